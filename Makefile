@@ -1,0 +1,45 @@
+# Two entry points (see README): `make bot` and `make test`. Both create .venv and install into it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# llama-cpp-python has no wheel on PyPI: build it once and keep the wheel here.
+WHEELS ?= $(HOME)/.cache/loraloop/wheels
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: bot test install install-bot lint bench
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The bot host: no torch.
+$(VENV)/.bot-installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+# Everything: bot + trainer/deploy (torch pinned by constraints.txt) + test tools.
+$(VENV)/.all-installed: $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PIP) torch==2.13.0
+	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once (~3 min on 2 cores)…"; \
+	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel --disable-pip-version-check -q --no-deps \
+	    -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	fi
+	$(PIP) --find-links $(WHEELS) -e '.[ml,dev]'
+	touch $@ $(VENV)/.bot-installed
+
+install-bot: $(VENV)/.bot-installed
+install: $(VENV)/.all-installed
+
+bot: install
+	$(VENV)/bin/loraloop bot
+
+test: install
+	@source tests/services.sh && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check bot data deploy trainer tests bench
+
+bench: install
+	$(PY) bench/run_all.py

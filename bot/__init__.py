@@ -1,0 +1,1 @@
+"""loraloop's shell: the Discord app, the scheduler, retrain orchestration and the command line."""

@@ -1,0 +1,119 @@
+"""All configuration, read in one place: environment (``LORALOOP_*``), ``.env`` and an optional YAML file."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class GuildRoles(BaseModel):
+    """Which Discord roles count as experts and admins in one guild."""
+
+    expert_role_ids: list[int] = Field(default_factory=list)
+    admin_role_ids: list[int] = Field(default_factory=list)
+    # Whether members without the expert role may /teach (their pairs always enter review as pending).
+    allow_non_expert_teach: bool = True
+    experts_channel_id: int | None = None
+
+
+class Settings(BaseSettings):
+    """loraloop's settings. Every field can be set as ``LORALOOP_<FIELD>`` or in the YAML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LORALOOP_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    home: Path = Field(default=Path("./loraloop-data"), description="Where the SQLite file, snapshots, runs live.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; default sqlite+aiosqlite under LORALOOP_HOME."
+    )
+    config_file: Path | None = Field(default=None, description="Optional YAML file with any of these settings.")
+
+    discord_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "LORALOOP_DISCORD_TOKEN")
+    )
+    ollama_host: str = Field(
+        default="http://127.0.0.1:11434", validation_alias=AliasChoices("OLLAMA_HOST", "LORALOOP_OLLAMA_HOST")
+    )
+
+    # Model identity.
+    model_name: str = Field(default="assistant", description="Fine-tuned tags are loraloop-<model_name>:v<N>.")
+    base_model: str = Field(default="Qwen/Qwen2.5-0.5B-Instruct", description="HF id or local dir to train on.")
+    ollama_base: str = Field(default="qwen2.5:0.5b-instruct", description="The clean Ollama base tag.")
+    system_prompt: str = "You are a helpful assistant."
+
+    # Review policy.
+    rating_quorum: int = Field(default=2, ge=1)
+    approve_mean: float = Field(default=4.0, ge=1, le=5)
+    reject_mean: float = Field(default=2.5, ge=1, le=5)
+
+    eval_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+    # Discord.
+    guilds: dict[int, GuildRoles] = Field(default_factory=dict)
+    chat_cooldown_s: float = 3.0
+    max_import_bytes: int = 5 * 1024 * 1024
+    max_field_chars: int = 4000
+
+    @field_validator("ollama_host")
+    @classmethod
+    def _with_scheme(cls, value: str) -> str:
+        # Ollama itself accepts OLLAMA_HOST as "host:port"; so do we.
+        value = value.strip().rstrip("/")
+        if "://" not in value:
+            value = "http://" + value
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        yaml_path = _yaml_path(init_settings, env_settings, dotenv_settings)
+        if yaml_path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.home / 'loraloop.db').resolve()}"
+
+    def roles_for(self, guild_id: int | None) -> GuildRoles:
+        return self.guilds.get(guild_id or 0, GuildRoles())
+
+
+def _yaml_path(*sources: PydanticBaseSettingsSource) -> Path | None:
+    for source in sources:
+        values: dict[str, Any] = source()
+        if values.get("config_file"):
+            path = Path(values["config_file"])
+            if not path.is_file():
+                raise FileNotFoundError(f"LORALOOP_CONFIG_FILE points at {path}, which does not exist")
+            return path
+    return None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings once; the CLI calls this and passes the object down."""
+    return Settings(**overrides)

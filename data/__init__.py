@@ -1,0 +1,1 @@
+"""The dataset and its store: examples, ratings, feedback, snapshots, formats, model versions."""

@@ -1,0 +1,123 @@
+"""The unit of teaching data: a conversation of role-tagged messages, and its normalised content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+# tool_call: the assistant calling a tool (content = the call as JSON text); tool: the tool's result.
+ROLES = ("system", "user", "assistant", "tool_call", "tool")
+
+_WS = re.compile(r"\s+")
+
+
+class InvalidConversation(ValueError):
+    """A conversation that cannot be trained on; the message says exactly why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """System prompt (optional, first), then user/assistant turns, ending with an assistant answer."""
+
+    messages: tuple[Message, ...]
+    tags: tuple[str, ...] = ()
+    # JSON text of the tool schemas the conversation may call (sharegpt's ``tools``), if any.
+    tools: str | None = field(default=None)
+
+    @classmethod
+    def from_dicts(
+        cls, messages: Iterable[dict[str, str]], tags: Sequence[str] = (), tools: str | None = None
+    ) -> Conversation:
+        return cls(tuple(Message(m["role"], m["content"]) for m in messages), tuple(tags), tools)
+
+    @classmethod
+    def qa(cls, question: str, answer: str, system: str | None = None) -> Conversation:
+        msgs = [Message("system", system)] if system else []
+        return cls(tuple(msgs + [Message("user", question), Message("assistant", answer)]))
+
+    def to_dicts(self) -> list[dict[str, str]]:
+        return [m.to_dict() for m in self.messages]
+
+    @property
+    def system(self) -> str | None:
+        return self.messages[0].content if self.messages and self.messages[0].role == "system" else None
+
+    @property
+    def turns(self) -> tuple[Message, ...]:
+        """The messages after the optional system prompt."""
+        return self.messages[1:] if self.system is not None else self.messages
+
+    @property
+    def has_tools(self) -> bool:
+        return any(m.role in ("tool_call", "tool") for m in self.messages)
+
+    def validate(self, max_chars: int | None = None) -> Conversation:
+        """Raise InvalidConversation with a specific reason, or return self."""
+        if not self.messages:
+            raise InvalidConversation("the conversation has no messages")
+        for i, m in enumerate(self.messages):
+            if m.role not in ROLES:
+                raise InvalidConversation(f"message {i}: unknown role {m.role!r} (expected one of {', '.join(ROLES)})")
+            if not isinstance(m.content, str):
+                raise InvalidConversation(f"message {i} ({m.role}): content must be text")
+            if m.role == "system" and i != 0:
+                raise InvalidConversation(f"message {i}: a system message may only come first")
+            if m.role != "system" and not m.content.strip():
+                raise InvalidConversation(f"message {i} ({m.role}): content is empty")
+            if max_chars is not None and len(m.content) > max_chars:
+                raise InvalidConversation(
+                    f"message {i} ({m.role}): {len(m.content)} characters, over the limit of {max_chars}"
+                )
+        turns = self.turns
+        if not turns:
+            raise InvalidConversation("the conversation has only a system prompt")
+        if turns[0].role != "user":
+            raise InvalidConversation(f"the first turn must be from the user, not {turns[0].role}")
+        if turns[-1].role != "assistant":
+            raise InvalidConversation(f"the last turn must be the assistant's answer, not {turns[-1].role}")
+        previous = "system"
+        for i, m in enumerate(turns, start=len(self.messages) - len(turns)):
+            allowed = _NEXT[previous]
+            if m.role not in allowed:
+                raise InvalidConversation(
+                    f"message {i}: {m.role} cannot follow {previous} (expected {' or '.join(sorted(allowed))})"
+                )
+            previous = m.role
+        return self
+
+    def content_hash(self) -> str:
+        """sha256 of the normalised conversation: the identity used to refuse duplicates.
+
+        Normalisation: Unicode NFKC, whitespace runs folded to one space, ends stripped.
+        Tags do not count (the same pair with other tags is the same example); tools do.
+        """
+        norm = [[m.role, _normalise(m.content)] for m in self.messages]
+        payload = json.dumps({"m": norm, "t": _normalise(self.tools or "")}, ensure_ascii=False,
+                             separators=(",", ":"))
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+_NEXT = {
+    "system": {"user"},
+    "user": {"assistant", "tool_call"},
+    "assistant": {"user"},
+    "tool_call": {"tool"},
+    "tool": {"assistant", "tool_call"},
+}
+
+
+def _normalise(text: str) -> str:
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()

@@ -1,0 +1,1 @@
+"""Adapter → GGUF → Ollama: conversion, registration, evaluation gate, switch, rollback, retention."""

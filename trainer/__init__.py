@@ -1,0 +1,1 @@
+"""LoRA/QLoRA supervised fine-tuning from a dataset snapshot; runs standalone on a GPU host."""

@@ -21,10 +21,15 @@ $(VENV)/.bot-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 # Everything: bot + trainer/deploy (torch pinned by constraints.txt) + test tools.
 $(VENV)/.all-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	$(PIP) torch==2.13.0
+	@mkdir -p $(WHEELS)
+	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz >/dev/null 2>&1; then \
+	  $(PY) -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+	    -d $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	fi
 	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
 	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once (~3 min on 2 cores)…"; \
 	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel --disable-pip-version-check -q --no-deps \
-	    -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	    -w $(WHEELS) $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz; \
 	fi
 	$(PIP) --find-links $(WHEELS) -e '.[ml,dev]'
 	touch $@ $(VENV)/.bot-installed
@@ -36,7 +41,8 @@ bot: install
 	$(VENV)/bin/loraloop bot
 
 test: install
-	@source tests/services.sh && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	@source tests/services.sh && \
+	  LORALOOP_LLAMA_CPP_SDIST=$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check bot data deploy trainer tests bench

@@ -1,0 +1,367 @@
+"""The one client loraloop uses to talk to Ollama, over HTTP only (the daemon may live on another host).
+
+Chat, create, list, show, ps and delete go through the official ``ollama.AsyncClient``; blob existence
+checks (``HEAD /api/blobs/…``, which the official client lacks) and streamed blob uploads use aiohttp.
+Every failure surfaces as an :class:`OllamaError` subclass whose message can be shown to a user as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import ollama
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+class OllamaError(Exception):
+    """Ollama answered with an error (``status`` is the HTTP status, or ``None`` for an error mid-stream)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class OllamaUnavailable(OllamaError):
+    """Ollama could not be reached (connection refused, timed out, or dropped)."""
+
+
+class ModelNotFound(OllamaError):
+    """The named model is not present on the Ollama host."""
+
+    def __init__(self, model: str, message: str | None = None) -> None:
+        super().__init__(message or f"model {model!r} is not available in Ollama (not created or pulled there)", 404)
+        self.model = model
+
+
+class DigestMismatch(OllamaError):
+    """The bytes Ollama received do not hash to the digest they were sent under."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One entry of ``/api/tags``."""
+
+    name: str
+    digest: str
+    size: int
+    modified_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateProgress:
+    """One progress line of ``/api/create``."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlobUpload:
+    """What :meth:`OllamaClient.ensure_blob` did for one file."""
+
+    digest: str
+    size: int
+    uploaded: bool  # False when Ollama already had it
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.size if self.uploaded else 0
+
+
+ProgressCallback = Callable[[CreateProgress], Awaitable[None] | None]
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file, read in chunks (blocking: call it in a thread for big files)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    return [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages]
+
+
+class OllamaClient:
+    """One object per Ollama host. ``timeout`` bounds connecting and each read, in seconds (None: no limit)."""
+
+    def __init__(self, host: str, timeout: float | None = 300.0) -> None:
+        host = host.strip().rstrip("/")
+        if "://" not in host:
+            host = "http://" + host
+        self.host = host
+        self.timeout = timeout
+        self._client = ollama.AsyncClient(host=host, timeout=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> OllamaClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._client.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- error translation -------------------------------------------------------------------------
+
+    def _unavailable(self, why: str) -> OllamaUnavailable:
+        return OllamaUnavailable(f"Ollama is not reachable at {self.host} ({why})")
+
+    def _translate(self, exc: BaseException, model: str | None = None) -> OllamaError:
+        if isinstance(exc, OllamaError):
+            return exc
+        if isinstance(exc, ollama.ResponseError):
+            status = exc.status_code if exc.status_code and exc.status_code > 0 else None
+            message = str(exc.error)
+            if status == 404 and model is not None:
+                return ModelNotFound(model, f"model {model!r} is not available in Ollama: {message}")
+            return OllamaError(f"Ollama error: {message}", status)
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            return self._unavailable(f"no answer within {self.timeout:g} s" if self.timeout else "timed out")
+        if isinstance(exc, ConnectionError | httpx.ConnectError | aiohttp.ClientConnectionError):
+            return self._unavailable("connection refused")
+        if isinstance(exc, httpx.TransportError | aiohttp.ClientError):
+            return self._unavailable(f"connection lost: {exc.__class__.__name__}")
+        raise exc
+
+    async def _call(self, coro: Awaitable[Any], model: str | None = None) -> Any:
+        try:
+            return await coro
+        except (TimeoutError, ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+            raise self._translate(exc, model) from exc
+
+    # -- model queries -----------------------------------------------------------------------------
+
+    async def version(self) -> str:
+        """The server's version string (``GET /api/version``); the cheapest liveness check."""
+        status, body = await self._json_request("GET", "/api/version")
+        if status != 200:
+            raise OllamaError(f"Ollama error: {body.get('error', body)}", status)
+        return str(body.get("version", ""))
+
+    async def list_models(self) -> list[ModelInfo]:
+        """All models on the host (``/api/tags``)."""
+        resp = await self._call(self._client.list())
+        return [
+            ModelInfo(
+                name=m.model or "",
+                digest=m.digest or "",
+                size=int(m.size or 0),
+                modified_at=m.modified_at.isoformat() if m.modified_at else "",
+            )
+            for m in resp.models
+        ]
+
+    async def has_model(self, model: str) -> bool:
+        """Whether ``model`` exists (``latest`` is implied when no tag is given, as Ollama does)."""
+        wanted = model if ":" in model.rsplit("/", 1)[-1] else model + ":latest"
+        return any(m.name == wanted for m in await self.list_models())
+
+    async def show(self, model: str) -> dict[str, Any]:
+        """``/api/show`` as a plain dict (template, system, parameters, details, …)."""
+        status, body = await self._json_request("POST", "/api/show", {"model": model})
+        if status in (400, 404) and "not found" in str(body.get("error", "")):
+            raise ModelNotFound(model, f"model {model!r} is not available in Ollama: {body['error']}")
+        if status != 200:
+            raise OllamaError(f"Ollama error: {body.get('error', body)}", status)
+        return body
+
+    async def running(self) -> list[str]:
+        """Names of the models loaded in memory right now (``/api/ps``)."""
+        resp = await self._call(self._client.ps())
+        return [m.model or m.name or "" for m in resp.models]
+
+    async def delete(self, model: str) -> None:
+        """Delete a model tag; raises :class:`ModelNotFound` when it is not there."""
+        await self._call(self._client.delete(model), model)
+
+    # -- chat --------------------------------------------------------------------------------------
+
+    async def chat_stream(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+    ) -> AsyncIterator[str]:
+        """Yield the reply's text pieces as Ollama streams them."""
+        try:
+            stream = await self._client.chat(
+                model=model, messages=_messages(messages), options=dict(options or {}) or None,
+                keep_alive=keep_alive, stream=True,
+            )
+            async for part in stream:
+                piece = part.message.content if part.message else None
+                if piece:
+                    yield piece
+        except (TimeoutError, ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+            raise self._translate(exc, model) from exc
+
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+    ) -> str:
+        """The whole reply text (non-streaming request)."""
+        resp = await self._call(
+            self._client.chat(
+                model=model, messages=_messages(messages), options=dict(options or {}) or None,
+                keep_alive=keep_alive, stream=False,
+            ),
+            model,
+        )
+        return resp.message.content or ""
+
+    # -- blobs and create --------------------------------------------------------------------------
+
+    async def has_blob(self, digest: str) -> bool:
+        """``HEAD /api/blobs/<digest>``: True on 200, False on 404."""
+        _check_digest(digest)
+        status, body = await self._raw_request("HEAD", f"/api/blobs/{digest}")
+        if status == 200:
+            return True
+        if status == 404:
+            return False
+        raise OllamaError(f"Ollama error checking blob {digest}: {body or status}", status)
+
+    async def push_blob(self, path: Path, digest: str | None = None) -> str:
+        """Upload a file as a blob (streamed) under its digest; Ollama verifies the digest and so do we."""
+        path = Path(path)
+        if digest is None:
+            digest = await asyncio.to_thread(file_digest, path)
+        _check_digest(digest)
+        sent = hashlib.sha256()
+
+        async def body() -> AsyncIterator[bytes]:
+            f = await asyncio.to_thread(path.open, "rb")
+            try:
+                while chunk := await asyncio.to_thread(f.read, _CHUNK):
+                    sent.update(chunk)
+                    yield chunk
+            finally:
+                f.close()
+
+        status, text = await self._raw_request("POST", f"/api/blobs/{digest}", data=body())
+        if status == 400 and "digest mismatch" in text:
+            raise DigestMismatch(f"Ollama rejected {path.name}: {_error_text(text)}", status)
+        if status not in (200, 201):
+            raise OllamaError(f"Ollama error uploading {path.name}: {_error_text(text)}", status)
+        if status == 201 and "sha256:" + sent.hexdigest() != digest:
+            # The file changed between hashing and sending, yet Ollama accepted it: never trust that blob.
+            raise DigestMismatch(f"{path.name} changed while it was uploaded; upload it again", None)
+        return digest
+
+    async def ensure_blob(self, path: Path) -> BlobUpload:
+        """Make sure Ollama has this file as a blob: HEAD first, upload only when missing."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        digest = await asyncio.to_thread(file_digest, path)
+        size = path.stat().st_size
+        if await self.has_blob(digest):
+            return BlobUpload(digest, size, uploaded=False)
+        await self.push_blob(path, digest)
+        if not await self.has_blob(digest):
+            raise OllamaError(f"Ollama accepted {path.name} but does not list blob {digest}", None)
+        return BlobUpload(digest, size, uploaded=True)
+
+    async def create(
+        self,
+        model: str,
+        *,
+        from_: str | None = None,
+        files: Mapping[str, str] | None = None,
+        adapters: Mapping[str, str] | None = None,
+        template: str | None = None,
+        system: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """``POST /api/create`` (streamed); each progress line goes to ``on_progress``; errors raise."""
+        try:
+            stream = await self._client.create(
+                model=model, from_=from_, files=dict(files) if files else None,
+                adapters=dict(adapters) if adapters else None, template=template, system=system,
+                parameters=dict(parameters) if parameters else None, quantize=quantize, stream=True,
+            )
+            succeeded = False
+            async for part in stream:
+                progress = CreateProgress(part.status or "", part.digest, part.total, part.completed)
+                succeeded = progress.status == "success"
+                if on_progress is not None:
+                    result = on_progress(progress)
+                    if inspect.isawaitable(result):
+                        await result
+        except (TimeoutError, ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+            error = self._translate(exc)
+            if isinstance(error, OllamaUnavailable):
+                raise error from exc
+            raise OllamaError(f"creating {model} failed: {error.message}", error.status) from exc
+        if not succeeded:
+            raise OllamaError(f"creating {model} failed: Ollama ended the stream without success", None)
+
+    # -- raw HTTP (aiohttp) ------------------------------------------------------------------------
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        return self._session
+
+    async def _raw_request(self, method: str, path: str, data: Any = None) -> tuple[int, str]:
+        try:
+            async with self._http().request(method, self.host + path, data=data) as resp:
+                return resp.status, await resp.text()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._translate(exc) from exc
+
+    async def _json_request(self, method: str, path: str, payload: Any = None) -> tuple[int, dict[str, Any]]:
+        try:
+            async with self._http().request(method, self.host + path, json=payload) as resp:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = {"error": (await resp.text()).strip()}
+                return resp.status, body if isinstance(body, dict) else {"error": str(body)}
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._translate(exc) from exc
+
+
+def _check_digest(digest: str) -> None:
+    if not _DIGEST.match(digest):
+        raise ValueError(f"not a blob digest (want sha256:<64 hex>): {digest!r}")
+
+
+def _error_text(text: str) -> str:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip() or "no details"
+    return str(body.get("error", body)) if isinstance(body, dict) else str(body)

@@ -1,0 +1,185 @@
+"""Snapshot conversations → token ids and labels, with loss only on what the assistant says.
+
+The text trained on is exactly what the base's chat template renders for the whole conversation — the
+same text the serving side renders — and each trained span is the assistant's answer plus the
+end-of-turn token that makes generation stop. Spans are found by rendering the serving prompt for each
+assistant turn (``add_generation_prompt=True``) and checking it is a prefix of the full rendering, so
+templates without ``{% generation %}`` markers (stock Qwen2.5, Llama 3, most bases) work unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from data.conversation import Conversation
+from trainer.config import TrainingRefused
+
+IGNORE = -100  # label of a token that does not count in the loss
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedConversation:
+    """A conversation as the chat template renders it, and the character spans the model learns to produce."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...]
+
+    def trained_text(self) -> list[str]:
+        return [self.text[a:b] for a, b in self.spans]
+
+
+@dataclass(slots=True)
+class PreparedSplit:
+    """Tokenised examples of one split plus what preparation did to them."""
+
+    examples: list[dict[str, list[int]]] = field(default_factory=list)
+    tokens: int = 0
+    trained_tokens: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+
+class ChatFormat:
+    """How conversations become text and tokens for one tokenizer + chat template + default system prompt."""
+
+    def __init__(self, tokenizer: Any, template: str | None = None, system_prompt: str | None = None,
+                 end_of_turn: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.template = template or getattr(tokenizer, "chat_template", None)
+        if not self.template:
+            raise TrainingRefused(
+                "the base model has no chat template; set chat_template in the training config (Jinja text or a "
+                "file) to the template the served model will use"
+            )
+        if isinstance(self.template, dict):  # several named templates: the default one is what serving uses
+            self.template = self.template.get("default") or next(iter(self.template.values()))
+        self.system_prompt = system_prompt
+        markers = [t for t in (*end_of_turn, tokenizer.eos_token) if t]
+        self.end_of_turn = tuple(dict.fromkeys(markers))
+        if not self.end_of_turn:
+            raise TrainingRefused("the tokenizer has no EOS/end-of-turn token: the model could not learn to stop")
+        bos = getattr(tokenizer, "bos_token", None)
+        # llama.cpp (and so Ollama) prepends BOS when the tokenizer says add_bos_token; mirror it.
+        self._bos_id = tokenizer.bos_token_id if bos and getattr(tokenizer, "add_bos_token", False) else None
+        self._bos_text = bos
+
+    # ---- text -------------------------------------------------------------------------------------
+    def messages(self, conversation: Conversation) -> list[dict[str, Any]]:
+        """The conversation in Hugging Face chat format, with the default system prompt when it has none."""
+        out: list[dict[str, Any]] = []
+        if conversation.system is None and self.system_prompt:
+            out.append({"role": "system", "content": self.system_prompt})
+        for m in conversation.messages:
+            if m.role == "tool_call":
+                try:
+                    call = json.loads(m.content)
+                except json.JSONDecodeError:
+                    call = {"name": "tool", "arguments": m.content}
+                calls = call if isinstance(call, list) else [call]
+                out.append({"role": "assistant", "content": "",
+                            "tool_calls": [{"type": "function", "function": c} for c in calls]})
+            else:
+                out.append({"role": m.role, "content": m.content})
+        return out
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
+               tools: str | None = None) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt,
+            tools=json.loads(tools) if tools else None,
+        )
+
+    def prompt(self, conversation: Conversation) -> str:
+        """What the serving side sends to the model to get the conversation's last answer."""
+        msgs = self.messages(conversation)
+        return self.render(msgs[:-1], add_generation_prompt=True, tools=conversation.tools)
+
+    def rendered(self, conversation: Conversation) -> RenderedConversation:
+        """The full rendering and the span of every assistant turn (its text and the end-of-turn token)."""
+        msgs = self.messages(conversation)
+        full = self.render(msgs, tools=conversation.tools)
+        spans = []
+        for i, msg in enumerate(msgs):
+            if msg["role"] != "assistant":
+                continue
+            prompt = self.render(msgs[:i], add_generation_prompt=True, tools=conversation.tools)
+            if not full.startswith(prompt):
+                raise TrainingRefused(
+                    f"the chat template renders turn {i} of a conversation differently when it is the serving prompt "
+                    "than inside the whole conversation; training on it would not match what the model sees when "
+                    "serving (configure a chat_template whose history rendering is stable)"
+                )
+            start = len(prompt)
+            content = msg.get("content") or ""
+            search_from = start + len(content) if content and full.startswith(content, start) else start
+            found = [(full.find(t, search_from), t) for t in self.end_of_turn]
+            found = [(pos, t) for pos, t in found if pos >= 0]
+            if not found:
+                raise TrainingRefused(
+                    f"the chat template does not end assistant turns with an end-of-turn token "
+                    f"({' or '.join(self.end_of_turn)}): the model would never learn to stop"
+                )
+            pos, marker = min(found)
+            spans.append((start, pos + len(marker)))
+        return RenderedConversation(full, tuple(spans))
+
+    # ---- tokens -----------------------------------------------------------------------------------
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _bos(self, text: str) -> list[int]:
+        return [self._bos_id] if self._bos_id is not None and not text.startswith(self._bos_text) else []
+
+    def encode_prompt(self, conversation: Conversation) -> list[int]:
+        """Token ids of the serving prompt for the conversation's last answer."""
+        text = self.prompt(conversation)
+        return self._bos(text) + self._ids(text)
+
+    def tokenize(self, conversation: Conversation) -> tuple[list[int], list[int]]:
+        """(input_ids, labels): labels copy the ids of tokens that start inside an assistant span, IGNORE elsewhere.
+
+        The whole rendering is tokenised at once, as the serving side tokenises a prompt, so the ids are the
+        ones the model meets when serving (no extra prefix spaces from tokenising pieces separately).
+        """
+        rendered = self.rendered(conversation)
+        enc = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+        labels = [IGNORE] * len(ids)
+        spans = iter(rendered.spans)
+        span = next(spans, None)
+        for k, (a, b) in enumerate(offsets):
+            while span is not None and a >= span[1]:
+                span = next(spans, None)
+            # A token that straddles the start of a span still carries answer text: it is learned.
+            if span is not None and b > span[0] and a < span[1]:
+                labels[k] = ids[k]
+        bos = self._bos(rendered.text)
+        return bos + ids, [IGNORE] * len(bos) + labels
+
+    def prepare(self, conversations: Iterable[Conversation], max_length: int) -> PreparedSplit:
+        """Tokenise a split; too-long examples keep their start, those left with nothing to learn are dropped."""
+        split = PreparedSplit()
+        for conversation in conversations:
+            ids, labels = self.tokenize(conversation)
+            if len(ids) > max_length:
+                split.truncated += 1
+                ids, labels = ids[:max_length], labels[:max_length]
+            if all(label == IGNORE for label in labels[1:]):
+                split.dropped += 1
+                continue
+            split.examples.append({"input_ids": ids, "labels": labels})
+            split.tokens += len(ids)
+            split.trained_tokens += sum(label != IGNORE for label in labels)
+        return split
+
+
+def end_of_turn_tokens(tokenizer: Any, generation_config: Any = None) -> list[str]:
+    """The tokens that end an assistant turn: the tokenizer's EOS and the generation config's eos ids."""
+    ids = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    names = [tokenizer.eos_token] if tokenizer.eos_token else []
+    names += [tokenizer.convert_ids_to_tokens(i) for i in ids]
+    return [n for n in dict.fromkeys(names) if n]

@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.go_template import Template, TemplateError
+from deploy.go_template import Template, TemplateError, ollama_prompt, render_chat
 
 VERSION = "0.12.6"
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
@@ -453,14 +453,14 @@ class OllamaTestServer:
             await events.put({"status": "parsing GGUF"})
             model.adapter_blobs.append(digest)
 
-        if body.get("template") is not None:
+        if body.get("template"):
             try:
                 Template(body["template"])
             except TemplateError as exc:
                 await fail(f"template error: {exc}", 400)
                 return
             model.template = body["template"]
-        if body.get("system") is not None:
+        if body.get("system"):  # an empty SYSTEM keeps the inherited one, as Ollama's setSystem is skipped
             model.system = body["system"]
         if body.get("parameters"):
             model.parameters.update(body["parameters"])
@@ -535,10 +535,8 @@ class OllamaTestServer:
             return web.json_response({"model": name, "created_at": _now(),
                                       "message": {"role": "assistant", "content": ""},
                                       "done_reason": "load", "done": True})
-        if m.system and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": m.system})
         try:
-            prompt = render_chat(m.template, messages)
+            prompt = ollama_prompt(m.template, m.system, messages)
         except TemplateError as exc:
             return self._error(500, f"template: {exc}")
         options = {**_DEFAULT_OPTIONS, **m.parameters, **(body.get("options") or {})}
@@ -712,45 +710,3 @@ class OllamaTestServer:
                     reason = choice["finish_reason"]
             emit("counts", {"prompt_eval_count": len(tokens), "eval_count": n})
             emit("done", "length" if reason == "length" else "stop")
-
-
-def render_chat(template: str, messages: list[dict[str, str]]) -> str:
-    """Render a chat as Ollama does: system messages collated into .System, same-role runs merged."""
-    t = Template(template)
-    system = "\n\n".join(x["content"] for x in messages if x["role"] == "system")
-    collated: list[dict[str, str]] = []
-    for x in messages:
-        if collated and collated[-1]["role"] == x["role"] and x["role"] != "tool":
-            collated[-1] = {**collated[-1], "content": collated[-1]["content"] + "\n\n" + x["content"]}
-        else:
-            collated.append(dict(x))
-    if "messages" in t.variables():
-        return t.render({
-            "System": system, "Response": "", "Tools": [],
-            "Messages": [{"Role": x["role"], "Content": x["content"], "Thinking": "", "ToolCalls": [],
-                          "ToolName": "", "Images": []} for x in collated],
-        })
-    # Legacy templates (.System/.Prompt/.Response) are executed once per user turn, as Ollama does.
-    out: list[str] = []
-    sys_text, prompt, response = "", "", ""
-    for x in collated:
-        if x["role"] == "system":
-            if prompt or response:
-                out.append(t.render({"System": sys_text, "Prompt": prompt, "Response": response}))
-                sys_text = prompt = response = ""
-            sys_text = x["content"]
-        elif x["role"] == "user":
-            if response:
-                out.append(t.render({"System": sys_text, "Prompt": prompt, "Response": response}))
-                sys_text = prompt = response = ""
-            prompt = x["content"]
-        elif x["role"] == "assistant":
-            response = x["content"]
-    last = t.render({"System": sys_text, "Prompt": prompt, "Response": response})
-    cut = template.find(".Response")
-    if cut >= 0 and not response:
-        # Ollama drops everything from .Response on for the turn being generated.
-        last = Template(template[: template.rfind("{{", 0, cut)]).render(
-            {"System": sys_text, "Prompt": prompt, "Response": ""})
-    out.append(last)
-    return "".join(out)

@@ -1,4 +1,7 @@
-"""A small interpreter for Go's text/template, enough for Ollama chat templates.
+"""A small interpreter for Go's text/template, enough for Ollama chat templates, and Ollama's chat rendering.
+
+Used before registering a model to check that the TEMPLATE we hand Ollama renders what the trainer trained on,
+and by the Ollama-API test server to render prompts.
 
 Covers: text with ``{{- … -}}`` trimming, comments, ``if``/``else if``/``else``, ``range`` (with ``$i, $x :=``
 and ``else``), ``with``, variable declaration and assignment, field chains on ``.``/``$``/``$var``/``(…)``,
@@ -422,3 +425,57 @@ class Template:
         if kind == "ident":
             return self._command([op], dot, scope, [])
         raise TemplateError(f"bad operand {op!r}")
+
+
+def render_chat(template: str, messages: list[dict[str, str]]) -> str:
+    """The prompt Ollama renders for a chat (after it prepended the model's SYSTEM when the chat has none).
+
+    As Ollama's template.Execute: all system messages joined into ``.System``, runs of the same role merged,
+    ``.Messages`` for templates that use it, otherwise the legacy ``.System``/``.Prompt``/``.Response`` form.
+    """
+    t = Template(template)
+    system = "\n\n".join(x["content"] for x in messages if x["role"] == "system")
+    collated: list[dict[str, str]] = []
+    for x in messages:
+        if collated and collated[-1]["role"] == x["role"] and x["role"] != "tool":
+            collated[-1] = {**collated[-1], "content": collated[-1]["content"] + "\n\n" + x["content"]}
+        else:
+            collated.append(dict(x))
+    if "messages" in t.variables():
+        return t.render({
+            "System": system, "Response": "", "Tools": [],
+            "Messages": [{"Role": x["role"], "Content": x["content"], "Thinking": "", "ToolCalls": [],
+                          "ToolName": "", "Images": []} for x in collated],
+        })
+    # Legacy templates (.System/.Prompt/.Response) are executed once per user turn, as Ollama does.
+    out: list[str] = []
+    sys_text, prompt, response = "", "", ""
+    for x in collated:
+        if x["role"] == "system":
+            if prompt or response:
+                out.append(t.render({"System": sys_text, "Prompt": prompt, "Response": response}))
+                sys_text = prompt = response = ""
+            sys_text = x["content"]
+        elif x["role"] == "user":
+            if response:
+                out.append(t.render({"System": sys_text, "Prompt": prompt, "Response": response}))
+                sys_text = prompt = response = ""
+            prompt = x["content"]
+        elif x["role"] == "assistant":
+            response = x["content"]
+    last = t.render({"System": sys_text, "Prompt": prompt, "Response": response})
+    cut = template.find(".Response")
+    if cut >= 0 and not response:
+        # Ollama drops everything from .Response on for the turn being generated.
+        last = Template(template[: template.rfind("{{", 0, cut)]).render(
+            {"System": sys_text, "Prompt": prompt, "Response": ""})
+    out.append(last)
+    return "".join(out)
+
+
+def ollama_prompt(template: str, system: str, messages: list[dict[str, str]]) -> str:
+    """What Ollama's /api/chat renders for ``messages`` on a model with this TEMPLATE and SYSTEM."""
+    msgs = [dict(m) for m in messages]
+    if system and (not msgs or msgs[0]["role"] != "system"):
+        msgs.insert(0, {"role": "system", "content": system})
+    return render_chat(template, msgs)

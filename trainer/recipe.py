@@ -114,54 +114,13 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
              len(eval_split.examples), epochs)
 
     # ---- 3. LoRA on every linear projection -------------------------------------------------------
-    lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=int(cfg.lora_alpha), lora_dropout=cfg.lora_dropout, bias="none",
-        target_modules=cfg.target_modules, task_type="CAUSAL_LM", use_dora=False, use_rslora=False,
-    )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, lora_config(cfg))
     trainable, total = model.get_nb_trainable_parameters()
     log.info("LoRA r=%d alpha=%d: %d trainable of %d parameters", cfg.lora_r, int(cfg.lora_alpha), trainable, total)
 
     has_eval = bool(eval_split.examples)
-    eval_every = "steps" if cfg.eval_steps else "epoch"
+    args = sft_config(cfg, out / CHECKPOINTS, epochs, cuda, has_eval, model)
     batching = _batching(cfg, cuda)
-    args = SFTConfig(
-        output_dir=str(out / CHECKPOINTS),
-        num_train_epochs=epochs,
-        max_steps=cfg.max_steps or -1,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a fraction below 1 is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        fp16=cuda and not torch.cuda.is_bf16_supported(),
-        use_cpu=not cuda,
-        activation_checkpointing=_gradient_checkpointing(cfg, cuda, model),
-        max_length=cfg.max_length if batching == "packing" else None,  # prepare() already truncated
-        padding_free=batching == "padding_free",
-        packing=batching == "packing",
-        eval_strategy=eval_every if has_eval else "no",
-        save_strategy=eval_every,
-        eval_steps=cfg.eval_steps,
-        save_steps=cfg.eval_steps,
-        save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=has_eval and cfg.load_best_at_end,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=1,
-        logging_first_step=True,
-        report_to="none",
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-        shuffle_dataset=True,
-    )
     callbacks: list[Any] = [progress]
     if has_eval and cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
@@ -243,6 +202,58 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
     }
     _plot_loss(train_curve, eval_curve, out / "loss.png")
     return metrics
+
+
+# ---- the two configurations the recipe (and bench/bench_train.py) hand to PEFT and TRL -----------------
+def lora_config(cfg: TrainConfig) -> LoraConfig:
+    """Plain LoRA that llama.cpp can apply: no DoRA, no rsLoRA, no fully trained modules."""
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=int(cfg.lora_alpha), lora_dropout=cfg.lora_dropout, bias="none",
+        target_modules=cfg.target_modules, task_type="CAUSAL_LM", use_dora=False, use_rslora=False,
+    )
+
+
+def sft_config(cfg: TrainConfig, output_dir: Path, epochs: int, cuda: bool, has_eval: bool, model: Any) -> SFTConfig:
+    """TRL's SFTConfig for our prepared (tokenised, labelled, truncated) datasets."""
+    eval_every = "steps" if cfg.eval_steps else "epoch"
+    batching = _batching(cfg, cuda)
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a fraction below 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=cuda and not torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        activation_checkpointing=_gradient_checkpointing(cfg, cuda, model),
+        max_length=cfg.max_length if batching == "packing" else None,  # prepare() already truncated
+        padding_free=batching == "padding_free",
+        packing=batching == "packing",
+        eval_strategy=eval_every if has_eval else "no",
+        save_strategy=eval_every,
+        eval_steps=cfg.eval_steps,
+        save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=has_eval and cfg.load_best_at_end,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=1,
+        logging_first_step=True,
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        shuffle_dataset=True,
+    )
 
 
 # ---- loading ---------------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ from trainer.config import TrainingRefused
 IGNORE = -100  # label of a token that does not count in the loss
 
 
+class UnrenderableConversation(TrainingRefused):
+    """This conversation (not the whole run) cannot be rendered faithfully by the chat template."""
+
+
 @dataclass(frozen=True, slots=True)
 class RenderedConversation:
     """A conversation as the chat template renders it, and the character spans the model learns to produce."""
@@ -40,6 +44,7 @@ class PreparedSplit:
     trained_tokens: int = 0
     truncated: int = 0
     dropped: int = 0
+    unrenderable: int = 0
 
 
 class ChatFormat:
@@ -123,6 +128,12 @@ class ChatFormat:
                     f"({' or '.join(self.end_of_turn)}): the model would never learn to stop"
                 )
             pos, marker = min(found)
+            for call in msg.get("tool_calls") or ():
+                if str(call["function"].get("name", "")) not in full[start:pos]:
+                    raise UnrenderableConversation(
+                        f"the chat template drops tool calls (turn {i}): a conversation with tool calls cannot be "
+                        "trained with it"
+                    )
             spans.append((start, pos + len(marker)))
         return RenderedConversation(full, tuple(spans))
 
@@ -160,10 +171,17 @@ class ChatFormat:
         return bos + ids, [IGNORE] * len(bos) + labels
 
     def prepare(self, conversations: Iterable[Conversation], max_length: int) -> PreparedSplit:
-        """Tokenise a split; too-long examples keep their start, those left with nothing to learn are dropped."""
+        """Tokenise a split; too-long examples keep their start, those left with nothing to learn are dropped.
+
+        Conversations the template cannot render faithfully (tool calls it drops) are skipped and counted.
+        """
         split = PreparedSplit()
         for conversation in conversations:
-            ids, labels = self.tokenize(conversation)
+            try:
+                ids, labels = self.tokenize(conversation)
+            except UnrenderableConversation:
+                split.unrenderable += 1
+                continue
             if len(ids) > max_length:
                 split.truncated += 1
                 ids, labels = ids[:max_length], labels[:max_length]

@@ -29,6 +29,7 @@ class ProgressReporter(TrainerCallback):
         self._task: Any = None
         self._t0 = 0.0
         self._first_step = 0
+        self.tokens_at_start = 0
 
     # ---- events ---------------------------------------------------------------------------------
     def emit(self, event: str, **fields: Any) -> None:
@@ -47,6 +48,7 @@ class ProgressReporter(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = time.monotonic()
         self._first_step = state.global_step  # non-zero when resuming
+        self.tokens_at_start = int(state.num_input_tokens_seen or 0)
         if not self.json_lines and self.console.is_terminal:
             self._bar = Progress(
                 TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),

@@ -65,6 +65,11 @@ def train(request: TrainRequest) -> dict[str, Any]:
         raise TrainingRefused(f"snapshot {request.snapshot} cannot be read: {exc}") from None
     if not snapshot.train:
         raise TrainingRefused(f"snapshot {request.snapshot} has no training examples")
+    if stored is not None:
+        started = (_load_json(out / "run.json") or {}).get("snapshot_sha256")
+        if started and started != snapshot.manifest.get("sha256"):
+            raise TrainingRefused(f"--resume: the run in {out} trained on snapshot {started[:12]}, not on "
+                                  f"{request.snapshot} ({str(snapshot.manifest.get('sha256'))[:12]})")
     base_dir = resolve_base(request.base)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     generation_config = _generation_config(base_dir)
@@ -112,6 +117,9 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
     log.info("train %d examples (%d tokens, %d trained, %d truncated, %d dropped), eval %d; %d epochs",
              n_train, train_split.tokens, train_split.trained_tokens, train_split.truncated, train_split.dropped,
              len(eval_split.examples), epochs)
+    skipped = train_split.unrenderable + eval_split.unrenderable
+    if skipped:
+        log.warning("%d conversations skipped: the chat template drops their tool calls", skipped)
 
     # ---- 3. LoRA on every linear projection -------------------------------------------------------
     model = get_peft_model(model, lora_config(cfg))
@@ -174,13 +182,15 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
     eval_curve += [{"step": h["step"], "epoch": h.get("epoch"), "eval_loss": h["eval_loss"]}
                    for h in history if "eval_loss" in h and h["step"] > 0]
     tokens_seen = int(trainer.state.num_input_tokens_seen or 0)
+    tokens_this_run = tokens_seen - progress.tokens_at_start  # a resumed run only timed its own part
     runtime = result.metrics.get("train_runtime") or 0.0
     metrics = {
         "base": request.base,
         "snapshot_sha256": snapshot.manifest.get("sha256"),
         "examples": {"train": n_train, "eval": len(eval_split.examples),
                      "truncated": train_split.truncated + eval_split.truncated,
-                     "dropped": train_split.dropped + eval_split.dropped},
+                     "dropped": train_split.dropped + eval_split.dropped,
+                     "unrenderable": train_split.unrenderable + eval_split.unrenderable},
         "epochs": epochs,
         "steps": trainer.state.global_step,
         "batching": batching,
@@ -196,7 +206,7 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "tokens_seen": tokens_seen,
         "train_runtime_s": round(runtime, 3),
-        "tokens_per_s": round(tokens_seen / runtime, 1) if runtime else None,
+        "tokens_per_s": round(tokens_this_run / runtime, 1) if runtime else None,
         "peak_memory_bytes": _peak_memory(cuda),
         "eval_table": table,
     }

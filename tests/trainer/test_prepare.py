@@ -142,3 +142,24 @@ def test_end_of_turn_includes_generation_config_eos(tiny_llama_dir):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     gen = GenerationConfig(eos_token_id=[tok.eos_token_id, tok.convert_tokens_to_ids("<|im_start|>")])
     assert end_of_turn_tokens(tok, gen) == [tok.eos_token, "<|im_start|>"]
+
+
+WEATHER_TOOL = ('[{"type": "function", "function": {"name": "weather", "description": "Weather in a city.", '
+                '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]')
+TOOL_CONVERSATION = Conversation.from_dicts([
+    {"role": "user", "content": "what is the weather in paris?"},
+    {"role": "tool_call", "content": '{"name": "weather", "arguments": {"city": "paris"}}'},
+    {"role": "tool", "content": '{"celsius": 20}'},
+    {"role": "assistant", "content": "it is 20 degrees in paris."},
+], tools=WEATHER_TOOL).validate()
+
+
+def test_tool_calls_are_trained_where_the_template_renders_them(tiny_llama_dir, tiny_qwen2_dir):
+    qwen = ChatFormat(AutoTokenizer.from_pretrained(tiny_qwen2_dir))
+    call, answer = qwen.rendered(TOOL_CONVERSATION).trained_text()
+    assert '"name": "weather"' in call and call.endswith("</tool_call><|im_end|>")
+    assert answer == "it is 20 degrees in paris.<|im_end|>"
+    # The tiny ChatML template has no tool-call syntax: such conversations are skipped and counted, not mangled.
+    chatml = ChatFormat(AutoTokenizer.from_pretrained(tiny_llama_dir))
+    split = chatml.prepare([TOOL_CONVERSATION, CONVERSATIONS["single"]], 512)
+    assert (split.unrenderable, len(split.examples)) == (1, 1)

@@ -98,3 +98,18 @@ def test_padding_free_batches_do_not_leak_between_examples(arch, tiny_llama_dir,
             losses[padding_free] = model(**{k: v for k, v in batch.items() if k in
                                             ("input_ids", "attention_mask", "position_ids", "labels")}).loss
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-5)
+
+
+def test_early_stopping_ends_the_run_and_keeps_the_best_checkpoint(tmp_path, snapshot_dir, tiny_llama_dir):
+    from trainer.config import load_config
+    from trainer.recipe import TrainRequest, train
+
+    # An improvement threshold no step can meet: the run stops after `patience` evaluations without one.
+    cfg = load_config(None, {"max_steps": 40, "eval_steps": 2, "early_stopping_patience": 2,
+                             "early_stopping_threshold": 100.0, "eval_generate": 0, "probes": [],
+                             "probe_eval_samples": 0})
+    metrics = train(TrainRequest(snapshot_dir, str(tiny_llama_dir), tmp_path / "out", cfg))
+    assert metrics["steps"] < 40
+    assert [p["step"] for p in metrics["eval_loss_curve"]][1:] == list(range(2, metrics["steps"] + 1, 2))
+    best = min(metrics["eval_loss_curve"][1:], key=lambda p: p["eval_loss"])
+    assert metrics["best_checkpoint"].endswith(f"checkpoint-{best['step']}")

@@ -66,10 +66,11 @@ class ChatFormat:
         self.end_of_turn = tuple(dict.fromkeys(markers))
         if not self.end_of_turn:
             raise TrainingRefused("the tokenizer has no EOS/end-of-turn token: the model could not learn to stop")
-        bos = getattr(tokenizer, "bos_token", None)
-        # llama.cpp (and so Ollama) prepends BOS when the tokenizer says add_bos_token; mirror it.
-        self._bos_id = tokenizer.bos_token_id if bos and getattr(tokenizer, "add_bos_token", False) else None
-        self._bos_text = bos
+        # llama.cpp (and so Ollama) prepends BOS when the tokenizer adds it to plain text; mirror that.
+        bos_id = tokenizer.bos_token_id
+        adds_bos = bos_id is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos_id]
+        self._bos_id = bos_id if adds_bos else None
+        self._bos_text = tokenizer.bos_token
 
     # ---- text -------------------------------------------------------------------------------------
     def messages(self, conversation: Conversation) -> list[dict[str, Any]]:

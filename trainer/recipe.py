@@ -23,6 +23,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, GenerationConfig
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils import is_flash_attn_2_available, is_liger_kernel_available
 from trl import SFTConfig, SFTTrainer
 
 from data.snapshot import read_snapshot
@@ -87,7 +88,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     (out / "run.json").write_text(json.dumps({
-        "base": request.base, "base_dir": str(base_dir), "snapshot": str(request.snapshot),
+        "base": request.base, "base_dir": str(base_dir.resolve()), "snapshot": str(request.snapshot),
         "snapshot_sha256": snapshot.manifest.get("sha256"), "chat_template": fmt.template,
         "system_prompt": cfg.system_prompt, "end_of_turn": list(fmt.end_of_turn),
     }, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -98,7 +99,9 @@ def train(request: TrainRequest) -> dict[str, Any]:
             metrics = _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, progress)
         metrics["wall_time_s"] = round(time.monotonic() - t_start, 3)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-        progress.emit("done", message=f"adapter written to {out}", out=str(out),
+        summary = (f"adapter written to {out} (eval loss {_fmt(metrics['eval_loss_before'])} → "
+                   f"{_fmt(metrics['eval_loss_after'])}, {metrics['wall_time_s']:.1f}s)")
+        progress.emit("done", message=summary, out=str(out),
                       eval_loss_before=metrics["eval_loss_before"], eval_loss_after=metrics["eval_loss_after"],
                       wall_time_s=metrics["wall_time_s"])
         return metrics
@@ -263,6 +266,8 @@ def sft_config(cfg: TrainConfig, output_dir: Path, epochs: int, cuda: bool, has_
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         shuffle_dataset=True,
+        # Liger's Triton kernels when the package is installed (CUDA only; never fetched from the Hub).
+        use_liger_kernel=cuda and is_liger_kernel_available(),
     )
 
 
@@ -308,6 +313,8 @@ def load_base_model(base_dir: Path, cfg: TrainConfig, cuda: bool) -> Any:
     if cuda:
         kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         kwargs["device_map"] = {"": 0}
+        if is_flash_attn_2_available():  # varlen kernels: padding-free batches without any mask
+            kwargs["attn_implementation"] = "flash_attention_2"
         if cfg.qlora:
             from transformers import BitsAndBytesConfig
 
@@ -398,6 +405,10 @@ def _load_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _last_user(conversation: Any) -> str:

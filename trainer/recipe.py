@@ -396,7 +396,8 @@ def _previous_run(out: Path, resume: bool) -> TrainConfig | None:
 
 def _last_checkpoint(out: Path) -> Path | None:
     ckpts = sorted((out / CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    done = [p for p in ckpts if (p / "trainer_state.json").is_file()]
+    # trainer_state.json is written last: a checkpoint without a readable one was cut short by the crash.
+    done = [p for p in ckpts if _load_json(p / "trainer_state.json") is not None]
     return done[-1] if done else None
 
 

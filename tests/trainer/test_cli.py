@@ -109,6 +109,14 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path, snapshot_dir, 
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
 
 
+def _readable(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def _train_cmd(snapshot_dir: Path, base: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bot.cli", "train", "--snapshot", str(snapshot_dir), "--base", str(base),
             "--out", str(out), "--json-progress", *extra]
@@ -126,7 +134,7 @@ def test_killed_run_resumes_from_its_checkpoint_and_finishes(tmp_path, snapshot_
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = out / "checkpoints" / "checkpoint-10" / "trainer_state.json"
     deadline = time.monotonic() + 120
-    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
+    while not _readable(checkpoint) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     stdout, stderr = first.communicate(timeout=30)

@@ -113,3 +113,26 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_checkpoint(tmp_path, sna
     assert [p["step"] for p in metrics["eval_loss_curve"]][1:] == list(range(2, metrics["steps"] + 1, 2))
     best = min(metrics["eval_loss_curve"][1:], key=lambda p: p["eval_loss"])
     assert metrics["best_checkpoint"].endswith(f"checkpoint-{best['step']}")
+
+
+def test_pad_token_is_never_an_end_of_turn_token(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from trainer.recipe import _set_distinct_pad
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    for pad in (tok.eos_token, None):
+        tok.pad_token = pad
+        _set_distinct_pad(tok, (tok.eos_token,))
+        assert tok.pad_token and tok.pad_token != tok.eos_token and tok.pad_token_id != tok.eos_token_id
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_the_crash(tmp_path):
+    from trainer.recipe import _last_checkpoint
+
+    for step, state in ((5, '{"global_step": 5}'), (10, '{"global_step": 10}'), (15, '{"global_st')):
+        ckpt = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoints" / "checkpoint-20").mkdir()  # crashed before its state was written
+    assert _last_checkpoint(tmp_path).name == "checkpoint-10"

@@ -41,7 +41,10 @@ def is_eval(example_id: str, eval_fraction: float) -> bool:
 
 
 def write_snapshot(examples: Iterable[_ExampleLike], out_dir: Path, eval_fraction: float = 0.1) -> dict[str, Any]:
-    """Write ``examples.jsonl`` (sorted by id) and ``manifest.json`` into a new or empty ``out_dir``."""
+    """Write ``examples.jsonl`` (sorted by id) and ``manifest.json`` into a new or empty ``out_dir``.
+
+    Returns the manifest plus ``path`` (the directory's absolute path, not stored in the manifest file).
+    """
     if not 0 < eval_fraction < 1:
         raise SnapshotError(f"eval_fraction must be between 0 and 1, not {eval_fraction}")
     out_dir = Path(out_dir)
@@ -72,7 +75,7 @@ def write_snapshot(examples: Iterable[_ExampleLike], out_dir: Path, eval_fractio
         "created_at": datetime.now(UTC).isoformat(),
     }
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return manifest
+    return {**manifest, "path": str(out_dir.resolve())}
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,8 @@ def read_snapshot(path: Path | str) -> Snapshot:
     train: list[Conversation] = []
     evals: list[Conversation] = []
     ids: dict[str, list[str]] = {"train": [], "eval": []}
-    for number, line in enumerate(payload.decode("utf-8").splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks on U+2028 and friends, which JSON keeps raw.
+    for number, line in enumerate(payload.decode("utf-8").split("\n")[:-1], start=1):
         try:
             record = json.loads(line)
             conv = Conversation.from_dicts(record["messages"], record.get("tags", ()), record.get("tools"))

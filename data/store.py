@@ -396,10 +396,13 @@ class Store:
 
     async def create_snapshot(self, out_dir: Path, eval_fraction: float = 0.1) -> Any:
         """Freeze the approved examples into ``out_dir`` (see data.snapshot); returns the manifest."""
+        import asyncio
+
         from data.snapshot import write_snapshot
 
-        manifest = write_snapshot(await self.approved_examples(), Path(out_dir), eval_fraction)
-        await self.record_snapshot(manifest["sha256"], str(Path(out_dir).resolve()), manifest["counts"])
+        examples = await self.approved_examples()
+        manifest = await asyncio.to_thread(write_snapshot, examples, Path(out_dir), eval_fraction)
+        await self.record_snapshot(manifest["sha256"], manifest["path"], manifest["counts"])
         return manifest
 
     # ---- model versions ----------------------------------------------------------------------------------

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.settings import Settings, load_settings
+from data.review import ReviewPolicy
+from data.store import Store
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,3 +41,25 @@ def settings() -> Settings:
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str) + "\n")
+
+
+@asynccontextmanager
+async def open_store(config: Settings) -> AsyncIterator[Store]:
+    """The store named by the settings, migrated to the newest schema."""
+    store = Store(
+        config.resolved_database_url,
+        policy=ReviewPolicy(config.rating_quorum, config.approve_mean, config.reject_mean),
+    )
+    try:
+        await store.migrate()
+    except (OSError, SQLAlchemyError) as exc:
+        await store.close()
+        fail(f"cannot open the database {_redacted(config.resolved_database_url)}: {exc}")
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _redacted(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)

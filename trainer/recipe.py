@@ -26,7 +26,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import is_flash_attn_2_available, is_liger_kernel_available
 from trl import SFTConfig, SFTTrainer
 
-from data.snapshot import read_snapshot
+from data.snapshot import SnapshotError, read_snapshot
 from trainer.config import TrainConfig, TrainingRefused
 from trainer.evaluate import Answer, answer_eval, answer_questions, answer_table
 from trainer.prepare import ChatFormat, end_of_turn_tokens
@@ -62,8 +62,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
         cfg = stored  # a resumed run keeps the configuration it started with
     try:
         snapshot = read_snapshot(request.snapshot)
-    except (OSError, ValueError) as exc:
-        raise TrainingRefused(f"snapshot {request.snapshot} cannot be read: {exc}") from None
+    except SnapshotError as exc:
+        raise TrainingRefused(f"snapshot cannot be read: {exc}") from None
     if not snapshot.train:
         raise TrainingRefused(f"snapshot {request.snapshot} has no training examples")
     if stored is not None:

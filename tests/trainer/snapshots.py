@@ -1,4 +1,4 @@
-"""Synthetic teaching data and snapshot directories in the snapshot contract's format (for tests and the bench).
+"""Synthetic teaching data and snapshot directories (for tests and the bench).
 
 The data is learnable by a tiny random model in a few dozen steps — a fixed answer pattern per question
 kind, an end-of-turn to learn — and its lengths vary (a few words to a few dozen) like real Q&A pairs.
@@ -6,13 +6,12 @@ kind, an end-of-turn to learn — and its lengths vary (a few words to a few doz
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
+from data import snapshot as data_snapshot
 from data.conversation import Conversation
 
 THINGS = ["cat", "dog", "tree", "river", "house", "model", "train", "bird", "stone", "cloud", "apple", "road"]
@@ -53,28 +52,18 @@ def synthetic_conversations(n: int, seed: int = 0, multi_turn_every: int = 7) ->
     return out
 
 
-def is_eval(example_id: str, eval_fraction: float) -> bool:
-    """The contract's hash-stable split: eval iff sha256("loraloop-split:" + id) as a fraction < eval_fraction."""
-    digest = hashlib.sha256(f"loraloop-split:{example_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction
+@dataclass(frozen=True)
+class _Example:
+    content_hash: str
+    messages: list[dict[str, str]]
+    tags: list[str]
+    source: str
+    tools: str | None
 
 
 def write_snapshot(directory: Path, conversations: Sequence[Conversation], eval_fraction: float = 0.1,
                    source: str = "synthetic") -> Path:
-    """A snapshot directory (examples.jsonl + manifest.json) exactly as the contract describes."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for conv in conversations:
-        ident = conv.content_hash()
-        rows.append({"id": ident, "split": "eval" if is_eval(ident, eval_fraction) else "train",
-                     "messages": conv.to_dicts(), "tags": list(conv.tags), "source": source})
-    rows.sort(key=lambda r: r["id"])
-    body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
-    (directory / "examples.jsonl").write_bytes(body)
-    counts = {"total": len(rows), "train": sum(r["split"] == "train" for r in rows),
-              "eval": sum(r["split"] == "eval" for r in rows)}
-    manifest = {"format": "loraloop-snapshot/1", "file": "examples.jsonl", "sha256": hashlib.sha256(body).hexdigest(),
-                "counts": counts, "eval_fraction": eval_fraction, "created_at": datetime.now(UTC).isoformat(),
-                "sources": {source: len(rows)}}
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    """A snapshot directory written by the data side's own writer (examples.jsonl + manifest.json)."""
+    examples = [_Example(c.content_hash(), c.to_dicts(), list(c.tags), source, c.tools) for c in conversations]
+    data_snapshot.write_snapshot(examples, directory, eval_fraction)
     return directory

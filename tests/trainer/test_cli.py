@@ -81,7 +81,7 @@ def test_missing_or_unusable_inputs_are_clear_errors(tmp_path, snapshot_dir, tin
         (["--base", str(tmp_path / "nowhere")], "is neither a model directory nor a Hugging Face id"),
         (["--base", "someone/missing-model"], "not in the Hugging Face cache and HF_HUB_OFFLINE=1"),
         (["--base", str(tmp_path)], "has no config.json"),
-        (["--base", str(tiny_llama_dir), "--snapshot", str(tmp_path / "no-snapshot")], "cannot be read"),
+        (["--base", str(tiny_llama_dir), "--snapshot", str(tmp_path / "no-snapshot")], "is not a snapshot"),
     ]
     no_template = tmp_path / "no-template"
     shutil.copytree(tiny_llama_dir, no_template)

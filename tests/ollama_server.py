@@ -471,8 +471,11 @@ class OllamaTestServer:
         for digest in model.layers():
             await events.put({"status": f"using existing layer {digest}"})
         await events.put({"status": "writing manifest"})
-        if self.create_delay:
-            await asyncio.sleep(self.create_delay)
+        deadline = time.monotonic() + self.create_delay
+        for _ in iter(int, 1):  # poll, so that setting create_delay = 0 releases a waiting create early
+            if not self.create_delay or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)
         model.modified_at = _now()
         with self._lock:
             self.models[name] = model
@@ -667,12 +670,35 @@ class OllamaTestServer:
         key = (m.model_blob, adapter)
         with self._llama_lock:
             if key not in self._llamas:
-                self._llamas[key] = llama_cpp.Llama(
-                    model_path=str(self.blob_path(m.model_blob)),
-                    lora_path=str(self.blob_path(adapter)) if adapter else None,
-                    n_ctx=512, n_threads=1, n_batch=512, verbose=False, type_k=0, type_v=0,
-                )
+                llm = llama_cpp.Llama(model_path=str(self.blob_path(m.model_blob)), n_ctx=512, n_threads=1,
+                                      n_batch=512, verbose=False, type_k=0, type_v=0)
+                if adapter:
+                    self._apply_lora(llm, self.blob_path(adapter))
+                self._llamas[key] = llm
             return self._llamas[key]
+
+    @staticmethod
+    def _apply_lora(llm: Any, path: Path) -> None:
+        """Attach a LoRA adapter the way llama.cpp's server does, refusing one llama.cpp cannot apply.
+
+        llama-cpp-python's ``lora_path`` misses a NULL adapter (e.g. "model arch and LoRA arch mismatch") and
+        goes on to crash in the first decode; Ollama's runner reports the failure instead, so do the same.
+        """
+        import ctypes
+
+        import llama_cpp
+
+        ptr = llama_cpp.llama_adapter_lora_init(llm._model.model, str(path).encode())
+        if not ptr:
+            llm.close()
+            raise RuntimeError("error loading model: failed to load LoRA adapter: the adapter does not match the "
+                               "model (architecture or tensor shapes)")
+        llm._stack.callback(lambda: llama_cpp.llama_adapter_lora_free(ptr))
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(ptr)
+        scales = (ctypes.c_float * 1)(1.0)
+        if llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, scales):
+            llm.close()
+            raise RuntimeError("error loading model: failed to set LoRA adapter")
 
     def _generate_real(self, m: Model, prompt: str, options: dict[str, Any], emit: Callable[[str, Any], None]) -> None:
         try:

@@ -1,7 +1,93 @@
-"""``loraloop models …``."""
+"""``loraloop models …``: list versions, promote one, roll back to the previous good one."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
 import typer
+from rich.table import Table
+
+from bot.cli.common import console, fail, open_store, print_json, settings
 
 app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
+T = TypeVar("T")
+
+
+def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]]) -> T:
+    from data.store import StoreError
+    from deploy.ollama import OllamaClient, OllamaError
+    from deploy.pipeline import DeployFailed
+
+    cfg = settings()
+
+    async def run() -> T:
+        async with open_store(cfg) as store, OllamaClient(cfg.ollama_host, timeout=30) as client:
+            return await fn(store, client)
+
+    try:
+        return asyncio.run(run())
+    except (DeployFailed, OllamaError, StoreError) as exc:
+        fail(str(exc))
+
+
+@app.command("list")
+def list_versions(as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
+    """Every model version, newest first: tag, status, which one is active, eval scores, failure reason."""
+    from deploy.ollama import OllamaError
+
+    async def run(store: Any, client: Any) -> tuple[list[Any], Any, set[str] | None]:
+        rows = await store.list_model_versions()
+        active = await store.active_model_version()
+        try:
+            present: set[str] | None = {m.name for m in await client.list_models()}
+        except OllamaError:
+            present = None  # listing still works when Ollama is down
+        return rows, active, present
+
+    rows, active, present = _with_store_and_ollama(run)
+    active_id = active.id if active is not None else None
+    if as_json:
+        for v in rows:
+            print_json({
+                "tag": v.tag, "name": v.name, "version": v.version, "status": v.status, "active": v.id == active_id,
+                "base_model": v.base_model, "ollama_base": v.ollama_base, "snapshot_sha256": v.snapshot_sha256,
+                "metrics": v.metrics, "failure_reason": v.failure_reason, "created_at": v.created_at,
+                "in_ollama": None if present is None else v.tag in present,
+            })
+        return
+    if not rows:
+        console.print("no model versions yet")
+        return
+    table = Table("", "tag", "status", "ROUGE-L", "EM", "in Ollama", "created", "note")
+    for v in rows:
+        scores = (v.metrics or {}).get("candidate") or {}
+        table.add_row(
+            "*" if v.id == active_id else "", v.tag, v.status,
+            f"{scores['rouge_l']:.3f}" if "rouge_l" in scores else "",
+            f"{scores['exact_match']:.3f}" if "exact_match" in scores else "",
+            "?" if present is None else ("yes" if v.tag in present else "no"),
+            f"{v.created_at:%Y-%m-%d %H:%M}", v.failure_reason or "",
+        )
+    console.print(table)
+    if present is None:
+        console.print("[yellow]Ollama is not reachable; 'in Ollama' is unknown[/]")
+
+
+@app.command("promote")
+def promote_cmd(tag: str = typer.Argument(..., help="e.g. loraloop-assistant:v3")) -> None:
+    """Make an existing version the active model."""
+    from deploy.pipeline import promote
+
+    version = _with_store_and_ollama(lambda store, client: promote(store, client, tag))
+    console.print(f"active model is now {version.tag}")
+
+
+@app.command("rollback")
+def rollback_cmd() -> None:
+    """Switch back to the previous good version."""
+    from deploy.pipeline import rollback
+
+    version = _with_store_and_ollama(rollback)
+    console.print(f"rolled back: active model is now {version.tag}")

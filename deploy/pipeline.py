@@ -1,0 +1,327 @@
+"""Deploy a trained adapter: adapter dir → GGUF → Ollama blobs → candidate tag → warm-up → gate → switch.
+
+Read top to bottom, :func:`deploy` is the whole story. The active model is a single pointer in the store,
+switched atomically only after every check passed; any failure marks the version failed with its reason
+and leaves the active model as it was. The candidate is always created ``from`` the clean base tag (never
+from a fine-tuned tag: Ollama inherits adapters, they would stack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from data.models import ModelVersion
+from data.snapshot import SnapshotError, read_snapshot
+from data.store import Store, StoreError
+from deploy.gate import GateResult, eval_prompts, probe_prompts, run_gate
+from deploy.modelfile import ServingFormat, serving_format_for
+from deploy.ollama import CreateProgress, ModelNotFound, OllamaClient, OllamaError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROBES = (
+    "What can you help me with?",
+    "Summarise what you know about this community in one sentence.",
+)
+WARM_UP = [{"role": "user", "content": "Hello"}]
+# Statuses of a version whose deploy has not finished (a crash leaves them behind).
+UNFINISHED = ("created", "registered", "evaluated")
+
+
+class DeployFailed(Exception):
+    """A deploy step failed; the version is marked failed with this message and the active model is unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeployConfig:
+    """How a version is registered, judged and kept. One object, from settings."""
+
+    model_name: str
+    ollama_base: str  # the clean base tag in Ollama, e.g. qwen2.5:0.5b-instruct
+    mode: Literal["adapter", "merged"] = "adapter"  # merged: hand Ollama merged safetensors (files=)
+    quantize: str | None = None  # merged mode only, e.g. q4_K_M
+    gate_margin: float = 0.02  # candidate may trail the active model by at most this ROUGE-L
+    eval_limit: int = 32
+    probes: tuple[str, ...] = DEFAULT_PROBES
+    keep_versions: int = 3  # fine-tuned tags kept in Ollama (besides the active and rollback target)
+    options: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0, "seed": 0, "num_predict": 128})
+    outtype: str = "f16"
+
+
+@dataclass(slots=True)
+class DeployResult:
+    """What happened to one deploy; ``status`` is the version's final status in the store."""
+
+    version: int
+    tag: str
+    promoted: bool
+    status: str
+    reason: str
+    gate: GateResult | None = None
+    bytes_uploaded: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+Event = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+
+
+async def deploy(
+    adapter_dir: Path,
+    *,
+    store: Store,
+    client: OllamaClient,
+    config: DeployConfig,
+    base_dir: Path | None = None,
+    snapshot_dir: Path | None = None,
+    on_event: Event | None = None,
+) -> DeployResult:
+    """Register ``adapter_dir`` as the next version, judge it, and make it active if it passes.
+
+    One deploy at a time (the retrain orchestration guarantees it): versions another deploy left unfinished
+    are marked failed as interrupted when the next one starts.
+    """
+    await fail_interrupted(store, client, config.model_name)
+    run = _read_run(adapter_dir)
+    snapshot = snapshot_dir or run.get("snapshot")
+    version = await store.create_model_version(
+        name=config.model_name, base_model=str(run.get("base") or base_dir or ""), ollama_base=config.ollama_base,
+        snapshot_sha256=run.get("snapshot_sha256"), snapshot_path=str(snapshot) if snapshot else None,
+        hyperparams=_hyperparameters(adapter_dir), artifacts={"adapter_dir": str(adapter_dir), "mode": config.mode},
+    )
+    tag = version.tag
+    result = DeployResult(version.version, tag, promoted=False, status=version.status, reason="")
+    t0 = time.monotonic()
+
+    async def emit(step: str, **info: Any) -> None:
+        info = {"version": version.version, "tag": tag, **info}
+        log.info("deploy %s: %s %s", tag, step, info)
+        if on_event is not None:
+            maybe = on_event(step, info)
+            if asyncio.iscoroutine(maybe):
+                await maybe
+
+    try:
+        # ---- 1. what Ollama must render, checked against the chat template the run trained with -----
+        fmt = serving_format_for(adapter_dir, base_dir, config.options)
+        await _check_base(client, config.ollama_base, fmt)
+
+        # ---- 2. files for Ollama: one adapter GGUF, or the merged model's safetensors -----------------
+        await emit("converting", mode=config.mode)
+        files = await asyncio.to_thread(_artifacts, adapter_dir, base_dir or _base_dir(run), config)
+        result.timings["convert_s"] = round(time.monotonic() - t0, 3)
+
+        # ---- 3. upload only what Ollama lacks -----------------------------------------------------------
+        digests: dict[str, str] = {}
+        for name, path in files.items():
+            upload = await client.ensure_blob(path)
+            digests[name] = upload.digest
+            result.bytes_uploaded += upload.bytes_sent
+            await emit("uploaded", file=name, digest=upload.digest, bytes=upload.bytes_sent, size=upload.size)
+        result.timings["upload_s"] = round(time.monotonic() - t0 - result.timings["convert_s"], 3)
+
+        # ---- 4. create the candidate from the clean base --------------------------------------------------
+        async def progress(p: CreateProgress) -> None:
+            await emit("create", status=p.status, completed=p.completed, total=p.total)
+
+        create_args: dict[str, Any] = {"template": fmt.template, "system": fmt.system or None,
+                                       "parameters": fmt.parameters(), "on_progress": progress}
+        if config.mode == "adapter":
+            await client.create(tag, from_=config.ollama_base, adapters=digests, **create_args)
+        else:
+            await client.create(tag, files=digests, quantize=config.quantize, **create_args)
+        await store.update_model_version(tag, status="registered", in_ollama=True, artifacts={
+            "adapter_dir": str(adapter_dir), "mode": config.mode, "blobs": digests,
+            "template": fmt.template, "system": fmt.system, "parameters": fmt.parameters()})
+        await _check_created(client, tag, fmt)
+
+        # ---- 5. warm-up: a base/adapter mismatch only shows when Ollama loads the model ------------------
+        try:
+            hello = await client.chat(tag, WARM_UP, {**config.options, "num_predict": 8})
+        except OllamaError as exc:
+            raise DeployFailed(f"warm-up chat failed (does the adapter match the base {config.ollama_base}?): "
+                               f"{exc}") from exc
+        await emit("warmed_up", reply=hello)
+
+        # ---- 6. gate against the active model ------------------------------------------------------------
+        active = await store.active_model_version()
+        active_tag = active.tag if active else None
+        if active_tag and not await client.has_model(active_tag):
+            raise DeployFailed(f"the active model {active_tag} is not in Ollama; cannot compare (restore it or "
+                               "promote another version first)")
+        prompts = eval_prompts(_eval_conversations(snapshot), config.eval_limit)
+        gate = await run_gate(client, tag, active_tag, prompts, probe_prompts(config.probes), config.gate_margin,
+                              config.options)
+        result.gate = gate
+        await emit("gated", passed=gate.passed, reason=gate.reason, scores=gate.scores)
+        result.timings["to_gate_s"] = round(time.monotonic() - t0, 3)
+
+        # ---- 7. switch (one transaction in the store) or reject ------------------------------------------
+        if not gate.passed:
+            await _forget(client, tag)
+            await store.update_model_version(tag, status="rejected", evaluation=gate.to_dict(), metrics=gate.scores,
+                                             failure_reason=gate.reason, in_ollama=False)
+            result.status, result.reason = "rejected", gate.reason
+            return result
+        await store.update_model_version(tag, status="evaluated", evaluation=gate.to_dict(), metrics=gate.scores)
+        await store.promote(tag)
+        result.promoted, result.status, result.reason = True, "promoted", gate.reason
+        result.timings["switched_s"] = round(time.monotonic() - t0, 3)
+        await emit("switched", active=tag)
+    except (DeployFailed, OllamaError, StoreError, SnapshotError, OSError, ValueError) as exc:
+        reason = str(exc)
+        removed = await _forget(client, tag)
+        await store.update_model_version(tag, status="failed", failure_reason=reason,
+                                         **({"in_ollama": False} if removed else {}))
+        result.status, result.reason = "failed", reason
+        await emit("failed", reason=reason)
+        return result
+
+    # ---- 8. retention (never fails the deploy) -------------------------------------------------------------
+    try:
+        deleted = await apply_retention(store, client, config.model_name, config.keep_versions)
+        if deleted:
+            await emit("retention", deleted=deleted)
+    except (OllamaError, StoreError) as exc:
+        log.warning("retention after %s failed: %s", tag, exc)
+    return result
+
+
+async def fail_interrupted(store: Store, client: OllamaClient, model_name: str) -> list[str]:
+    """Mark failed the versions a crashed deploy left half-way (never the active one) and drop their tags."""
+    active = await store.active_model_version()
+    marked = []
+    for v in await store.list_model_versions():
+        if v.name == model_name and v.status in UNFINISHED and (active is None or v.id != active.id):
+            removed = await _forget(client, v.tag)
+            await store.update_model_version(v.tag, status="failed", in_ollama=not removed and v.in_ollama,
+                                             failure_reason="interrupted: the deploy process stopped before finishing")
+            marked.append(v.tag)
+    return marked
+
+
+async def apply_retention(store: Store, client: OllamaClient, model_name: str, keep: int) -> list[str]:
+    """Delete fine-tuned tags beyond the newest ``keep`` in Ollama, never the active one or the rollback target."""
+    deleted = []
+    for v in await store.retention_candidates(keep):
+        if v.name != model_name:
+            continue
+        try:
+            await client.delete(v.tag)
+        except ModelNotFound:
+            pass  # already gone: the store catches up
+        await store.update_model_version(v.tag, in_ollama=False)
+        deleted.append(v.tag)
+    return deleted
+
+
+async def promote(store: Store, client: OllamaClient, tag: str) -> ModelVersion:
+    """Make an existing version active, after checking Ollama still has it."""
+    version = await store.get_model_version(tag)
+    if not await client.has_model(tag):
+        if version.in_ollama:
+            await store.update_model_version(tag, in_ollama=False)
+        raise DeployFailed(f"{tag} is not in Ollama any more (deleted by retention?); deploy it again instead")
+    return await store.promote(tag)
+
+
+async def rollback(store: Store, client: OllamaClient) -> ModelVersion:
+    """Switch back to the previous good version (checked to be in Ollama first)."""
+    target = await store.rollback_target()
+    if target is None:
+        raise DeployFailed("there is no earlier good model version to roll back to")
+    if not await client.has_model(target.tag):
+        await store.update_model_version(target.tag, in_ollama=False)
+        raise DeployFailed(f"the rollback target {target.tag} is not in Ollama any more; promote a version that is")
+    return await store.rollback()
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------
+
+
+async def _check_base(client: OllamaClient, base: str, fmt: ServingFormat) -> None:
+    if base.startswith("loraloop-"):
+        raise DeployFailed(f"ollama_base {base} is a fine-tuned tag; candidates must be created from the clean base")
+    try:
+        shown = await client.show(base)
+    except ModelNotFound as exc:
+        raise DeployFailed(f"the base model {base} is not in Ollama: run `ollama pull {base}` on the Ollama host"
+                           ) from exc
+    if "ADAPTER" in str(shown.get("modelfile", "")).split():
+        raise DeployFailed(f"the base model {base} already carries an adapter; use a clean base tag")
+    if not fmt.system and shown.get("system"):
+        raise DeployFailed(
+            f"the base {base} has SYSTEM {shown['system']!r}, which the training data did not have and an empty "
+            "SYSTEM cannot remove; set system_prompt for training and serving"
+        )
+
+
+async def _check_created(client: OllamaClient, tag: str, fmt: ServingFormat) -> None:
+    shown = await client.show(tag)
+    if shown.get("template") != fmt.template or (shown.get("system") or "") != fmt.system:
+        raise DeployFailed(f"Ollama registered {tag} with a different TEMPLATE/SYSTEM than requested")
+
+
+async def _forget(client: OllamaClient, tag: str) -> bool:
+    """Delete a candidate that will not serve; True when it is gone from Ollama."""
+    try:
+        await client.delete(tag)
+    except ModelNotFound:
+        return True
+    except OllamaError:
+        return False
+    return True
+
+
+def _read_run(adapter_dir: Path) -> dict[str, Any]:
+    if not (adapter_dir / "adapter_config.json").is_file() and not (adapter_dir / "adapter.gguf").is_file():
+        raise DeployFailed(f"{adapter_dir} is not an adapter directory (no adapter_config.json)")
+    run = adapter_dir / "run.json"
+    return json.loads(run.read_text(encoding="utf-8")) if run.is_file() else {}
+
+
+def _hyperparameters(adapter_dir: Path) -> dict[str, Any]:
+    cfg = adapter_dir / "adapter_config.json"
+    if not cfg.is_file():
+        return {}
+    data = json.loads(cfg.read_text(encoding="utf-8"))
+    return {k: data.get(k) for k in ("r", "lora_alpha", "target_modules", "base_model_name_or_path") if k in data}
+
+
+def _base_dir(run: dict[str, Any]) -> Path | None:
+    return Path(run["base_dir"]) if run.get("base_dir") else None
+
+
+def _artifacts(adapter_dir: Path, base_dir: Path | None, config: DeployConfig) -> dict[str, Path]:
+    """The files Ollama gets, by the name it sees them under."""
+    if config.mode == "adapter":
+        existing = adapter_dir / "adapter.gguf"
+        if existing.is_file():
+            return {"adapter.gguf": existing}
+        if base_dir is None:
+            raise DeployFailed("converting the adapter needs the base model directory (base_dir)")
+        from deploy import gguf
+
+        out = adapter_dir / "adapter.gguf"
+        gguf.convert_adapter(adapter_dir, base_dir, out, outtype=config.outtype)
+        return {"adapter.gguf": out}
+    if base_dir is None:
+        raise DeployFailed("merging needs the base model directory (base_dir)")
+    from deploy import merge
+
+    merged = adapter_dir / "merged"
+    if not (merged / "config.json").is_file():
+        merge.merge_adapter(adapter_dir, base_dir, merged)
+    return {p.relative_to(merged).as_posix(): p for p in sorted(merged.rglob("*")) if p.is_file()}
+
+
+def _eval_conversations(snapshot: Any) -> list[Any]:
+    if not snapshot:
+        return []
+    return list(read_snapshot(Path(snapshot)).eval)

@@ -1,0 +1,69 @@
+"""Train/serve consistency for real: the token ids llama.cpp gets through Ollama's rendering of our TEMPLATE/SYSTEM
+equal the ids the trainer builds for the same conversation (tiny models carrying the real Qwen2.5 / Llama 3 templates).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data.conversation import Conversation
+from deploy.modelfile import serving_format
+from deploy.ollama import OllamaClient
+from tests.fixtures.ollama import _convert_base
+from tests.ollama_server import OllamaTestServer
+
+pytestmark = pytest.mark.slow
+
+CHATS = [
+    [{"role": "user", "content": "what colour is the cat?"}],
+    [{"role": "system", "content": "be brief."}, {"role": "user", "content": "how many dogs are there?"}],
+    [
+        {"role": "user", "content": "tell me about the river."},
+        {"role": "assistant", "content": "the river is blue."},
+        {"role": "user", "content": "and the two rivers?"},
+    ],
+    [
+        {"role": "system", "content": "you answer in lower case."},
+        {"role": "user", "content": "a?"},
+        {"role": "assistant", "content": "b."},
+        {"role": "user", "content": "c?"},
+    ],
+]
+
+
+@pytest.fixture(scope="module", params=[("qwen2", "qwen2.5"), ("llama", "llama3")], ids=["qwen2.5", "llama3"])
+def served_base(request, tmp_path_factory: pytest.TempPathFactory, llama_cpp_sources: Path):
+    from trainer.tiny import build_tiny_model
+
+    arch, template = request.param
+    root = tmp_path_factory.mktemp(f"served-{template}")
+    model_dir = build_tiny_model(root / "model", arch=arch, template=template)
+    gguf = _convert_base(Path(llama_cpp_sources), model_dir, root / "base.gguf")
+    return template, model_dir, gguf
+
+
+@pytest.mark.parametrize("system_prompt", [None, "you are a helpful assistant."])
+async def test_served_prompt_tokens_equal_trained_tokens(
+    served_base, system_prompt: str | None, ollama_server: OllamaTestServer
+) -> None:
+    from transformers import AutoTokenizer
+
+    from trainer.prepare import ChatFormat
+
+    template, model_dir, gguf = served_base
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    fmt = serving_format(tok.chat_template, system_prompt, tok.bos_token or "")
+    if template == "qwen2.5" and system_prompt is None:
+        assert fmt.system.startswith("You are Qwen")  # the stock template's default, which training saw
+    ollama_server.add_base_model("base:1", gguf, template=fmt.template, system=fmt.system,
+                                 parameters=fmt.parameters())
+    chat_format = ChatFormat(tok, None, system_prompt, fmt.stop)
+    async with OllamaClient(ollama_server.url) as client:
+        for chat in CHATS:
+            await client.chat("base:1", chat, {"temperature": 0, "num_predict": 1})
+            served = ollama_server.prompts[-1]
+            trained_ids = chat_format.encode_prompt(Conversation.from_dicts([*chat, {"role": "assistant",
+                                                                                   "content": "x"}]))
+            assert served["tokens"] == trained_ids, (served["prompt"], chat)

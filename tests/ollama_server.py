@@ -85,6 +85,7 @@ class Model:
     modified_at: str = field(default_factory=_now)
     # For a model made from files= (safetensors): the blobs by file name, and the GGUF converted from them.
     files: dict[str, str] = field(default_factory=dict)
+    quantization: str = "F32"
 
     def layers(self) -> list[str]:
         return [d for d in [self.model_blob, *self.adapter_blobs, *self.files.values()] if d]
@@ -266,7 +267,7 @@ class OllamaTestServer:
 
     def _details(self, m: Model) -> dict[str, Any]:
         return {"parent_model": m.parent, "format": "gguf", "family": m.family, "families": [m.family],
-                "parameter_size": "tiny", "quantization_level": "F32"}
+                "parameter_size": "tiny", "quantization_level": m.quantization}
 
     def _size(self, m: Model) -> int:
         return sum(self.blob_path(d).stat().st_size for d in m.layers() if self.blob_path(d).exists())
@@ -414,7 +415,7 @@ class OllamaTestServer:
             model = Model(name, template=parent.template, system=parent.system,
                           parameters=dict(parent.parameters), model_blob=parent.model_blob,
                           adapter_blobs=list(parent.adapter_blobs), parent=parent.name, family=parent.family,
-                          scripted=parent.scripted, files=dict(parent.files))
+                          scripted=parent.scripted, files=dict(parent.files), quantization=parent.quantization)
         elif files:
             for fname, digest in files.items():
                 if not self._blob_exists(digest):
@@ -465,8 +466,9 @@ class OllamaTestServer:
         if body.get("parameters"):
             model.parameters.update(body["parameters"])
         if body.get("quantize"):
-            await fail(f"quantization is only supported for F16, BF16 and F32 models (asked {body['quantize']})", 400)
-            return
+            # Recorded and reported, not performed: the tiny test models' rows are too short for k-quants.
+            model.quantization = str(body["quantize"]).upper()
+            await events.put({"status": f"quantizing F32 model to {model.quantization}"})
 
         for digest in model.layers():
             await events.put({"status": f"using existing layer {digest}"})

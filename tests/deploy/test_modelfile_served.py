@@ -11,7 +11,7 @@ import pytest
 from data.conversation import Conversation
 from deploy.modelfile import serving_format
 from deploy.ollama import OllamaClient
-from tests.fixtures.ollama import _convert_base
+from tests.fixtures.models import convert_base_to_gguf
 from tests.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
@@ -33,15 +33,17 @@ CHATS = [
 ]
 
 
-@pytest.fixture(scope="module", params=[("qwen2", "qwen2.5"), ("llama", "llama3")], ids=["qwen2.5", "llama3"])
-def served_base(request, tmp_path_factory: pytest.TempPathFactory, llama_cpp_sources: Path):
-    from trainer.tiny import build_tiny_model
+@pytest.fixture(scope="module")
+def tiny_llama3_gguf(llama_cpp_sources: Path, tiny_llama3_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert_base_to_gguf(llama_cpp_sources, tiny_llama3_dir, tmp_path_factory.mktemp("gguf") / "llama3.gguf")
 
-    arch, template = request.param
-    root = tmp_path_factory.mktemp(f"served-{template}")
-    model_dir = build_tiny_model(root / "model", arch=arch, template=template)
-    gguf = _convert_base(Path(llama_cpp_sources), model_dir, root / "base.gguf")
-    return template, model_dir, gguf
+
+@pytest.fixture(params=["qwen2.5", "llama3"])
+def served_base(request):
+    """(template name, HF model dir, GGUF) of a tiny model carrying the real chat template."""
+    if request.param == "qwen2.5":
+        return "qwen2.5", request.getfixturevalue("tiny_qwen2_dir"), request.getfixturevalue("tiny_qwen2_gguf")
+    return "llama3", request.getfixturevalue("tiny_llama3_dir"), request.getfixturevalue("tiny_llama3_gguf")
 
 
 @pytest.mark.parametrize("system_prompt", [None, "you are a helpful assistant."])

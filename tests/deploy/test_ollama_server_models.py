@@ -9,7 +9,7 @@ import ollama
 import pytest
 
 from deploy.ollama import OllamaClient, OllamaError
-from tests.fixtures.ollama import _convert_base
+from tests.fixtures.models import convert_base_to_gguf
 from tests.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ async def test_create_from_a_gguf_file_and_chat(ollama_server: OllamaTestServer,
 async def test_merged_safetensors_are_converted_like_ollama_does(
     ollama_server: OllamaTestServer, tiny_llama_dir: Path, llama_cpp_sources: Path, tmp_path: Path
 ) -> None:
-    ollama_server.converter = lambda hf_dir, out: _convert_base(Path(llama_cpp_sources), hf_dir, out)
+    ollama_server.converter = lambda hf_dir, out: convert_base_to_gguf(llama_cpp_sources, hf_dir, out)
     files = {}
     paths = [p for p in sorted(tiny_llama_dir.iterdir()) if p.is_file()]  # noqa: ASYNC240 (a test's few files)
     async with OllamaClient(ollama_server.url) as client:

@@ -53,6 +53,19 @@ class DeployConfig:
     keep_versions: int = 3  # fine-tuned tags kept in Ollama (besides the active and rollback target)
     options: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0, "seed": 0, "num_predict": 128})
     outtype: str = "f16"
+    # The system prompt the bot sends with every chat (None: it sends none). It must be the one training used,
+    # else the served prompt differs from the trained one for every conversation without its own system prompt.
+    chat_system_prompt: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> DeployConfig:
+        """The deploy configuration from loraloop's settings (deploy_* fields where the settings have them)."""
+        values: dict[str, Any] = {"model_name": settings.model_name, "ollama_base": settings.ollama_base,
+                                  "chat_system_prompt": settings.system_prompt or None}
+        for name in ("mode", "quantize", "gate_margin", "eval_limit", "keep_versions", "outtype"):
+            if hasattr(settings, f"deploy_{name}"):
+                values[name] = getattr(settings, f"deploy_{name}")
+        return cls(**{**values, **overrides})
 
 
 @dataclass(slots=True)
@@ -110,6 +123,12 @@ async def deploy(
     try:
         # ---- 1. what Ollama must render, checked against the chat template the run trained with -----
         fmt = serving_format_for(adapter_dir, base_dir, config.options)
+        if config.chat_system_prompt is not None and config.chat_system_prompt != fmt.system:
+            raise DeployFailed(
+                f"the bot sends the system prompt {config.chat_system_prompt!r} but this adapter was trained with "
+                f"{fmt.system or 'no system prompt'!r} for conversations without one; train with the same "
+                "system_prompt the bot uses"
+            )
         await _check_base(client, config.ollama_base, fmt)
 
         # ---- 2. files for Ollama: one adapter GGUF, or the merged model's safetensors -----------------

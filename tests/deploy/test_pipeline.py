@@ -173,13 +173,17 @@ async def test_failures_mark_the_version_failed_and_keep_the_active(
         mismatch = await deploy(qwen_adapter, store=store, client=client, config=config(), base_dir=tiny_qwen2_dir)
         assert mismatch.status == "failed" and "warm-up chat failed" in mismatch.reason, mismatch.reason
         assert not await client.has_model(mismatch.tag)
+        # The bot would send a system prompt training never saw: refused before anything reaches Ollama.
+        drift = await deploy(tiny_llama_adapters[1], store=store, client=client,
+                             config=config(chat_system_prompt="You are a helpful assistant."), base_dir=tiny_llama_dir)
+        assert drift.status == "failed" and "trained with 'no system prompt'" in drift.reason, drift.reason
     async with OllamaClient(unreachable_ollama_url, timeout=2) as down:
         unreachable = await deploy(tiny_llama_adapters[1], store=store, client=down, config=config(),
                                    base_dir=tiny_llama_dir)
     assert unreachable.status == "failed" and "Ollama is not reachable" in unreachable.reason
     assert (await store.active_model_version()).tag == "loraloop-tiny:v1"
     others = [v for v in await store.list_model_versions() if v.tag != "loraloop-tiny:v1"]
-    assert len(others) == 3 and all(v.status == "failed" and v.failure_reason for v in others)
+    assert len(others) == 4 and all(v.status == "failed" and v.failure_reason for v in others)
 
 
 async def test_retention_keeps_recent_active_and_rollback_target(

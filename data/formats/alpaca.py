@@ -1,0 +1,42 @@
+"""alpaca: instruction / input / output / system / history (LLaMA-Factory's semantics)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from data.conversation import Conversation, Message
+from data.formats.common import RecordIssue, require_dict, text_field
+
+
+def parse(value: Any) -> Conversation:
+    record = require_dict(value)
+    instruction = text_field(record, "instruction", required=False)
+    extra = text_field(record, "input", required=False)
+    output = text_field(record, "output")
+    system = text_field(record, "system", required=False)
+    question = f"{instruction}\n{extra}" if instruction and extra else instruction or extra
+    if not question.strip():
+        raise RecordIssue('empty question: "instruction" and "input" are both empty')
+    messages = [Message("system", system)] if system else []
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        raise RecordIssue('"history" must be a list of [question, answer] pairs')
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise RecordIssue(f"history[{i}] must be a [question, answer] pair of texts")
+        messages += [Message("user", pair[0]), Message("assistant", pair[1])]
+    messages += [Message("user", question), Message("assistant", output)]
+    return Conversation(tuple(messages))
+
+
+def dump(conv: Conversation) -> dict[str, Any]:
+    if conv.has_tools:
+        raise RecordIssue("tool calls cannot be written as alpaca (use sharegpt)")
+    turns = conv.turns
+    pairs = [[turns[i].content, turns[i + 1].content] for i in range(0, len(turns) - 2, 2)]
+    record: dict[str, Any] = {"instruction": turns[-2].content, "input": "", "output": turns[-1].content}
+    if conv.system is not None:
+        record["system"] = conv.system
+    if pairs:
+        record["history"] = pairs
+    return record

@@ -1,0 +1,33 @@
+"""Helpers shared by the format codecs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RecordIssue(ValueError):
+    """One record is not valid in its format; the message is specific."""
+
+
+def require_dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RecordIssue(f"a record must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def text_field(record: dict[str, Any], key: str, *, required: bool = True, default: str = "") -> str:
+    if key not in record or record[key] is None:
+        if required:
+            raise RecordIssue(f'missing "{key}"')
+        return default
+    value = record[key]
+    if not isinstance(value, str):
+        raise RecordIssue(f'"{key}" must be text, not {type(value).__name__}')
+    return value
+
+
+def tags_of(record: dict[str, Any]) -> tuple[str, ...]:
+    tags = record.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise RecordIssue('"tags" must be a list of strings')
+    return tuple(tags)

@@ -1,0 +1,101 @@
+"""``loraloop dataset …`` / ``loraloop snapshot create`` end to end on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bot.cli import app
+
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+ALPACA_ZH = DATASETS / "alpaca_zh_demo.json"
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for key in ("LORALOOP_DATABASE_URL", "LORALOOP_CONFIG_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LORALOOP_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def stats(cli) -> dict:
+    result = cli("dataset", "stats", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.skipif(not ALPACA_ZH.is_file(), reason=f"{ALPACA_ZH} (shared datasets) is not present")
+def test_import_alpaca_zh_twice(cli):
+    from data import formats
+
+    distinct = {r.conversation.content_hash() for r in formats.read_file(ALPACA_ZH).records}
+    first = cli("dataset", "import", str(ALPACA_ZH), "--approve", "--json")
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert report["format"] == "alpaca" and report["records"] == 1000
+    assert report["imported"] == len(distinct)
+    assert len(report["duplicates"]) == 1000 - len(distinct)  # the file's own exact duplicates
+    second = json.loads(cli("dataset", "import", str(ALPACA_ZH), "--approve", "--json").stdout)
+    assert second["imported"] == 0 and len(second["duplicates"]) == 1000
+    assert stats(cli)["by_status"]["approved"] == len(distinct)
+
+
+def test_malformed_file_reports_each_record_and_changes_nothing(cli, tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "hello"}]}) + "\n")
+    assert cli("dataset", "import", str(good)).exit_code == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([
+        {"instruction": "fine", "input": "", "output": "ok"},
+        {"instruction": "no output"},
+        {"instruction": "", "input": "", "output": "empty question"},
+        {"instruction": 3, "output": "not text"},
+    ]))
+    result = cli("dataset", "import", str(bad), "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["committed"] is False and report["imported"] == 0
+    assert [e["location"] for e in report["errors"]] == ["record 1", "record 2", "record 3"]
+    assert stats(cli)["total"] == 1  # only the earlier good file
+
+
+def test_not_a_dataset_is_refused_whole(cli, tmp_path):
+    junk = tmp_path / "junk.json"
+    junk.write_bytes(b"\x00\x01 not json at all")
+    result = cli("dataset", "import", str(junk))
+    assert result.exit_code == 1
+    assert "junk.json" in result.output
+    assert stats(cli)["total"] == 0
+
+
+def test_pending_by_default_then_snapshot_and_export(cli, tmp_path):
+    rows = [{"instruction": f"question {i}", "input": "", "output": f"answer {i}"} for i in range(40)]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    assert cli("dataset", "import", str(tmp_path / "a.json")).exit_code == 0
+    assert stats(cli)["by_status"]["pending"] == 40
+    assert cli("dataset", "import", str(tmp_path / "a.json"), "--approve").exit_code == 0  # all duplicates
+    assert stats(cli)["by_status"]["approved"] == 0
+    rows2 = [{"instruction": f"other {i}", "input": "", "output": f"reply {i}"} for i in range(40)]
+    (tmp_path / "b.json").write_text(json.dumps(rows2))
+    assert cli("dataset", "import", str(tmp_path / "b.json"), "--approve").exit_code == 0
+    one = json.loads(cli("snapshot", "create", "--out", str(tmp_path / "s1"), "--json").stdout)
+    two = json.loads(cli("snapshot", "create", "--out", str(tmp_path / "s2"), "--json").stdout)
+    assert one["sha256"] == two["sha256"] and one["counts"]["total"] == 40
+    refused = cli("snapshot", "create", "--out", str(tmp_path / "s1"))
+    assert refused.exit_code == 1 and "immutable" in refused.output
+    out = tmp_path / "export.jsonl"
+    assert cli("dataset", "export", "--format", "openai", "--out", str(out), "--split", "eval").exit_code == 0
+    assert len(out.read_text().splitlines()) == one["counts"]["eval"]
+    back = cli("dataset", "import", str(out), "--json")
+    assert json.loads(back.stdout)["imported"] == 0  # round trip: every exported pair is already known

@@ -23,13 +23,10 @@ from data.store import Store, StoreError
 from deploy.gate import GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.modelfile import ServingFormat, serving_format_for
 from deploy.ollama import CreateProgress, ModelNotFound, OllamaClient, OllamaError
+from trainer.config import DEFAULT_PROBES  # the trainer's probes: same questions in both tables
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROBES = (
-    "What can you help me with?",
-    "Summarise what you know about this community in one sentence.",
-)
 WARM_UP = [{"role": "user", "content": "Hello"}]
 # Statuses of a version whose deploy has not finished (a crash leaves them behind).
 UNFINISHED = ("created", "registered", "evaluated")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, LlamaTokenizer
 
 from data.conversation import Conversation
 from trainer.config import TrainingRefused
@@ -26,9 +26,19 @@ CONVERSATIONS = {
 }
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
-def tokenizer(request, tiny_llama_dir, tiny_qwen2_dir):
-    return AutoTokenizer.from_pretrained(tiny_llama_dir if request.param == "llama" else tiny_qwen2_dir)
+def load_tokenizer(model_dir):
+    """The tiny model's tokenizer. For the qwen2 model (real Qwen2.5 template) it is loaded as what it is, a
+    SentencePiece tokenizer: transformers 5 would force the byte-level Qwen2Tokenizer on it, which drops this
+    vocabulary's spaces (a limit of the test model, not of real Qwen checkpoints)."""
+    if "qwen2" in (model_dir / "config.json").read_text():
+        return LlamaTokenizer.from_pretrained(model_dir)
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module", params=["llama-chatml", "qwen2-qwen2.5", "llama-llama3"])
+def tokenizer(request, tiny_llama_dir, tiny_qwen2_dir, tiny_llama3_dir):
+    dirs = {"llama-chatml": tiny_llama_dir, "qwen2-qwen2.5": tiny_qwen2_dir, "llama-llama3": tiny_llama3_dir}
+    return load_tokenizer(dirs[request.param])
 
 
 def serving_prompt(tokenizer, messages) -> str:
@@ -92,7 +102,7 @@ def test_default_system_prompt_matches_an_explicit_one(tokenizer):
 
 
 def test_qwen_template_without_system_prompt_uses_its_own_default(tiny_qwen2_dir):
-    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    tok = load_tokenizer(tiny_qwen2_dir)
     text = ChatFormat(tok).rendered(CONVERSATIONS["single"]).text
     assert text.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
 
@@ -155,7 +165,7 @@ TOOL_CONVERSATION = Conversation.from_dicts([
 
 
 def test_tool_calls_are_trained_where_the_template_renders_them(tiny_llama_dir, tiny_qwen2_dir):
-    qwen = ChatFormat(AutoTokenizer.from_pretrained(tiny_qwen2_dir))
+    qwen = ChatFormat(load_tokenizer(tiny_qwen2_dir))
     call, answer = qwen.rendered(TOOL_CONVERSATION).trained_text()
     assert '"name": "weather"' in call and call.endswith("</tool_call><|im_end|>")
     assert answer == "it is 20 degrees in paris.<|im_end|>"

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 # tool_call: the assistant calling a tool (content = the call as JSON text); tool: the tool's result.
 ROLES = ("system", "user", "assistant", "tool_call", "tool")
-
-_WS = re.compile(r"\s+")
 
 
 class InvalidConversation(ValueError):
@@ -120,4 +117,6 @@ _NEXT = {
 
 
 def _normalise(text: str) -> str:
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    if not unicodedata.is_normalized("NFKC", text):  # the common case is already normal: skip the copy
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.split())

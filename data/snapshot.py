@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from data.conversation import Conversation
 
 FORMAT = "loraloop-snapshot/1"
@@ -60,7 +62,7 @@ def write_snapshot(examples: Iterable[_ExampleLike], out_dir: Path, eval_fractio
                                   "tags": list(ex.tags or []), "source": ex.source}
         if ex.tools:
             record["tools"] = ex.tools
-        lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")))
+        lines.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode())
         splits[split] += 1
         sources[ex.source] += 1
     payload = ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
@@ -117,10 +119,10 @@ def read_snapshot(path: Path | str) -> Snapshot:
     # Split on "\n" only: str.splitlines() also breaks on U+2028 and friends, which JSON keeps raw.
     for number, line in enumerate(payload.decode("utf-8").split("\n")[:-1], start=1):
         try:
-            record = json.loads(line)
+            record = orjson.loads(line)
             conv = Conversation.from_dicts(record["messages"], record.get("tags", ()), record.get("tools"))
             split = record["split"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise SnapshotError(f"{data_path} line {number}: not a snapshot record ({exc})") from None
         if split not in ids:
             raise SnapshotError(f"{data_path} line {number}: unknown split {split!r}")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from data.conversation import Conversation, InvalidConversation
 from data.formats import alpaca, csv_, lf_v1, openai, sharegpt
 from data.formats.common import RecordIssue
@@ -61,8 +63,8 @@ def _load_json_records(text: str, filename: str) -> tuple[list[tuple[str, Any]],
         raise FormatError("the file is empty")
     if not filename.lower().endswith(".jsonl") and stripped[0] == "[":
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
             raise FormatError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
         if not isinstance(value, list):
             raise FormatError("a .json dataset must be an array of records")
@@ -82,8 +84,8 @@ def _load_json_records(text: str, filename: str) -> tuple[list[tuple[str, Any]],
         if not line.strip():
             continue
         try:
-            records.append((f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as exc:
+            records.append((f"line {number}", orjson.loads(line)))
+        except orjson.JSONDecodeError as exc:
             errors.append(RecordError(f"line {number}", f"not valid JSON: {exc.msg} at column {exc.colno}"))
     if not records:
         raise FormatError("no line of the file is valid JSON" if errors else "the file holds no records")
@@ -170,7 +172,7 @@ def dumps(conversations: Iterable[Conversation], format: str, *, jsonl: bool = T
         except RecordIssue as exc:
             raise ValueError(f"record {index} cannot be written as {format}: {exc}") from None
     if jsonl:
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        return b"".join(orjson.dumps(r) + b"\n" for r in records)
     return (json.dumps(records, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
 
 

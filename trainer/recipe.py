@@ -53,6 +53,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     """Run the recipe and return metrics.json's content. Raises TrainingRefused (nothing written) for bad input."""
     cfg, out = request.config, request.out
     progress = ProgressReporter(json_lines=request.json_progress)
+    t_start = time.monotonic()
 
     # ---- 1. everything that can refuse the run, before writing anything ---------------------------
     cuda = torch.cuda.is_available()
@@ -93,7 +94,6 @@ def train(request: TrainRequest) -> dict[str, Any]:
         "system_prompt": cfg.system_prompt, "end_of_turn": list(fmt.end_of_turn),
     }, indent=2, ensure_ascii=False), encoding="utf-8")
     file_log = _log_to(out / "train.log")
-    t_start = time.monotonic()
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout is reserved for progress JSON
             metrics = _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, progress)
@@ -115,6 +115,8 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
     out = request.out
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if not cuda and cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     n_train = len(train_split.examples)
     epochs = cfg.resolved_epochs(n_train)
     log.info("train %d examples (%d tokens, %d trained, %d truncated, %d dropped), eval %d; %d epochs",

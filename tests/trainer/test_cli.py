@@ -74,7 +74,10 @@ def test_qlora_without_cuda_is_refused(tmp_path, snapshot_dir, tiny_llama_dir):
     assert not (tmp_path / "o").exists()
 
 
-def test_missing_or_unusable_inputs_are_clear_errors(tmp_path, snapshot_dir, tiny_llama_dir):
+def test_missing_or_unusable_inputs_are_clear_errors(tmp_path, snapshot_dir, tiny_llama_dir, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     out = tmp_path / "out"
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     cases = [
@@ -159,3 +162,19 @@ def test_killed_run_resumes_from_its_checkpoint_and_finishes(tmp_path, snapshot_
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == total and metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert "resuming from" in (out / "train.log").read_text()
+
+
+def test_hugging_face_id_resolves_from_the_cache_offline(tmp_path, tiny_llama_dir, monkeypatch):
+    import huggingface_hub.constants
+
+    from trainer.recipe import resolve_base
+
+    # The cache layout huggingface_hub itself writes: models--org--name/{refs/main, snapshots/<revision>/...}.
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--loraloop--tiny-chat"
+    shutil.copytree(tiny_llama_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_base("loraloop/tiny-chat") == repo / "snapshots" / "0123abcd"

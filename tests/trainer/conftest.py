@@ -22,7 +22,7 @@ def snapshot_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, snapshot_dir, tiny_llama_dir):
-    """(out dir, metrics, wall seconds) of one training run of the tiny Llama on the snapshot."""
+    """(out dir, metrics, wall seconds) of one real training run of the tiny Llama on the snapshot, on CPU."""
     import time
 
     from trainer.config import load_config

@@ -11,9 +11,9 @@ import yaml
 from trainer.config import TrainConfig
 
 
-def test_tiny_run_is_fast_and_learns(trained_run):
-    out, metrics, wall = trained_run
-    assert wall < 45, f"training took {wall:.1f}s"
+def test_tiny_run_learns(trained_run):
+    # How fast is the bench's business (bench/bench_train.py), not a timed test's.
+    out, metrics, _ = trained_run
     assert metrics["device"] == "cpu"
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"] - 0.5
     assert metrics["token_accuracy_after"] > metrics["token_accuracy_before"]

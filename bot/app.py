@@ -1,0 +1,90 @@
+"""The Discord application: a ``commands.Bot`` wired to the store and Ollama, and ``run_bot``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import discord
+from discord.ext import commands
+
+from bot.chat import Chat
+from bot.cogs import EXTENSIONS
+from bot.settings import Settings
+from bot.views import DYNAMIC_ITEMS
+from data.review import ReviewPolicy
+from data.store import Store
+from deploy.ollama import OllamaClient
+
+log = logging.getLogger("loraloop.bot")
+
+
+class StartupError(Exception):
+    """The bot could not start; the message is for the operator and never contains the token."""
+
+
+class LoraloopBot(commands.Bot):
+    def __init__(self, settings: Settings, *, store: Store | None = None, ollama: OllamaClient | None = None,
+                 sync_commands: bool = True) -> None:
+        # Mentions and DMs carry their text without the privileged message-content intent.
+        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(),
+                         allowed_mentions=discord.AllowedMentions.none(), help_command=None)
+        self.settings = settings
+        self.store = store or Store(settings.resolved_database_url, policy=ReviewPolicy(
+            settings.rating_quorum, settings.approve_mean, settings.reject_mean))
+        self.ollama = ollama or OllamaClient(settings.ollama_host, timeout=120)
+        self.chat = Chat(settings, self.store, self.ollama)
+        self.sync_commands = sync_commands
+
+    async def setup_hook(self) -> None:
+        await self.store.migrate()
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        if not self.sync_commands:
+            return
+        guild_ids = [g for g in self.settings.guilds if g]
+        if guild_ids:  # guild commands update instantly
+            for guild_id in guild_ids:
+                guild = discord.Object(guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def on_message(self, message: discord.Message) -> None:
+        """No prefix commands: the chat cog answers mentions and DMs; everything else is a slash command."""
+
+    async def close(self) -> None:
+        await super().close()
+        await self.ollama.close()
+        await self.store.close()
+
+
+async def start(settings: Settings) -> None:
+    token = settings.discord_token.get_secret_value().strip() if settings.discord_token else ""
+    bot = LoraloopBot(settings)
+    try:
+        async with bot:
+            await bot.start(token)
+    except discord.LoginFailure:
+        raise StartupError("Discord rejected DISCORD_TOKEN (401 Unauthorized): reset the bot token in the "
+                           "Discord developer portal and set it again") from None
+    except discord.PrivilegedIntentsRequired:
+        raise StartupError("Discord refused the gateway intents; check the bot's settings") from None
+    except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
+        raise StartupError(f"cannot reach Discord ({exc.__class__.__name__}); check the network") from None
+    except discord.HTTPException as exc:
+        raise StartupError(f"Discord answered {exc.status} while starting: {exc.text[:200]}") from None
+
+
+def run_bot(settings: Settings) -> None:
+    """Run until stopped; start-up failures become one clear line and exit status 1."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(start(settings))
+    except StartupError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except KeyboardInterrupt:
+        pass

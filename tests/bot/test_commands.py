@@ -1,0 +1,176 @@
+"""Slash commands, buttons and modals dispatched through discord.py's real CommandTree and view store."""
+
+from __future__ import annotations
+
+import pytest
+
+from data.conversation import Conversation
+from tests.bot.conftest import BASE_TAG, start_bot
+from tests.fixtures.discord import ADMIN_ROLE, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
+
+EXPERT, ADMIN, MEMBER, AUTHOR = 21, 22, 23, 24
+EPHEMERAL = 64
+
+
+def last_response(api) -> dict:
+    return api.interaction_responses()[-1].json
+
+
+def response_text(api) -> str:
+    calls = api.interaction_responses() + api.find("POST", "/webhooks/")
+    last = max(calls, key=lambda c: c.at)
+    return (last.json.get("data") or last.json or {}).get("content") or ""
+
+
+def is_ephemeral(api) -> bool:
+    calls = api.interaction_responses() + api.find("POST", "/webhooks/")
+    last = max(calls, key=lambda c: c.at)
+    payload = last.json.get("data", last.json) if "type" in last.json else last.json
+    return bool(payload.get("flags", 0) & EPHEMERAL)
+
+
+PRIVILEGED = [
+    ("review", {}, None, "Only experts"),
+    ("import", {"file": "1"}, None, "Only experts"),
+    ("dataset", {"format": "openai"}, "export", "Only experts"),
+    ("model", {}, "rollback", "Only admins"),
+    ("teach", {}, None, "Only experts"),  # this test server does not allow non-expert teaching
+]
+
+
+@pytest.mark.parametrize(("name", "options", "sub", "refusal"), PRIVILEGED)
+async def test_privileged_commands_refuse_non_experts(bot, gateway, discord_api, name, options, sub, refusal):
+    attachments = None
+    if name == "import":
+        attachments = {"1": {"id": "1", "filename": "x.json", "size": 10, "url": "http://127.0.0.1:1/x",
+                             "proxy_url": "http://127.0.0.1:1/x"}}
+    await gateway.command(name, options, subcommand=sub, user_id=MEMBER, roles=[], attachments=attachments)
+    response = last_response(discord_api)
+    assert response["type"] == 4
+    assert response["data"]["flags"] & EPHEMERAL
+    assert refusal in response["data"]["content"]
+
+
+async def test_review_buttons_refuse_non_experts(bot, gateway, discord_api):
+    example = await bot.store.add_example(Conversation.qa("q", "a"), source="teach", author_id=AUTHOR)
+    msg = message_with_buttons([f"ll:rv:{a}:{example.id}" for a in ("1", "2", "3", "4", "5", "approve", "reject",
+                                                                    "edit")])
+    for custom_id in (f"ll:rv:5:{example.id}", f"ll:rv:edit:{example.id}"):
+        await gateway.click(custom_id, message=msg, user_id=MEMBER, roles=[])
+        assert "Only experts" in last_response(discord_api)["data"]["content"]
+    await gateway.click(f"ll:rv:approve:{example.id}", message=msg, user_id=EXPERT, roles=[EXPERT_ROLE])
+    assert "Only admins" in last_response(discord_api)["data"]["content"]
+    assert (await bot.store.get_example(example.id)).status == "pending"
+    assert await bot.store.ratings_for(example.id) == []
+
+
+async def test_teach_modal_creates_pending_example(bot, gateway, discord_api):
+    await gateway.command("teach", user_id=EXPERT, roles=[EXPERT_ROLE])
+    modal = last_response(discord_api)
+    assert modal["type"] == 9  # MODAL
+    fields = [c["components"][0]["custom_id"] for c in modal["data"]["components"]]
+    await gateway.submit_modal(modal["data"]["custom_id"], dict(zip(fields, ["What is r?", "The LoRA rank.", ""],
+                                                                    strict=True)),
+                               user_id=EXPERT, roles=[EXPERT_ROLE])
+    assert "waiting for expert review" in last_response(discord_api)["data"]["content"]
+    [example] = await bot.store.list_examples()
+    assert example.status == "pending" and example.source == "teach" and example.author_id == EXPERT
+    assert example.messages == [{"role": "user", "content": "What is r?"},
+                                {"role": "assistant", "content": "The LoRA rank."}]
+
+
+async def test_teach_modal_refuses_oversize_and_duplicates(bot, gateway, discord_api):
+    await bot.store.add_example(Conversation.qa("known", "yes"), source="teach")
+    await gateway.command("teach", user_id=EXPERT, roles=[EXPERT_ROLE])
+    modal = last_response(discord_api)["data"]
+    fields = [c["components"][0]["custom_id"] for c in modal["components"]]
+    bot.settings.max_field_chars = 50
+    await gateway.submit_modal(modal["custom_id"], dict(zip(fields, ["q" * 60, "a", ""], strict=True)),
+                               user_id=EXPERT, roles=[EXPERT_ROLE])
+    assert "over the limit of 50" in last_response(discord_api)["data"]["content"]
+    await gateway.command("teach", user_id=EXPERT, roles=[EXPERT_ROLE])
+    modal = last_response(discord_api)["data"]
+    await gateway.submit_modal(modal["custom_id"], dict(zip(fields, ["known", "yes", ""], strict=True)),
+                               user_id=EXPERT, roles=[EXPERT_ROLE])
+    assert "already in the dataset" in last_response(discord_api)["data"]["content"]
+    assert len(await bot.store.list_examples()) == 1
+
+
+async def test_review_flow_rates_and_shows_next(bot, gateway, discord_api):
+    own = await bot.store.add_example(Conversation.qa("mine", "x"), source="teach", author_id=EXPERT)
+    other = await bot.store.add_example(Conversation.qa("theirs", "y"), source="teach", author_id=AUTHOR)
+    await gateway.command("review", user_id=EXPERT, roles=[EXPERT_ROLE])
+    shown = last_response(discord_api)["data"]
+    assert f"Example #{other.id}" in shown["content"] and shown["flags"] & EPHEMERAL  # never one's own
+    buttons = [c["custom_id"] for row in shown["components"] for c in row["components"]]
+    assert f"ll:rv:4:{other.id}" in buttons and f"ll:rv:approve:{other.id}" in buttons
+    await gateway.click(f"ll:rv:4:{other.id}", message=discord_api.messages[max(discord_api.messages)],
+                        user_id=EXPERT, roles=[EXPERT_ROLE])
+    update = last_response(discord_api)
+    assert update["type"] == 7 and f"Rated #{other.id} 4/5" in update["data"]["content"]
+    assert "Nothing left to review" in update["data"]["content"]
+    await gateway.command("review", user_id=ADMIN, roles=[ADMIN_ROLE])
+    assert f"Example #{own.id}" in last_response(discord_api)["data"]["content"]  # oldest the admin did not write
+    await gateway.click(f"ll:rv:5:{other.id}", message=message_with_buttons([f"ll:rv:5:{other.id}"]),
+                        user_id=ADMIN, roles=[ADMIN_ROLE])
+    assert "→ approved" in last_response(discord_api)["data"]["content"]
+    assert (await bot.store.get_example(other.id)).status == "approved"
+    assert (await bot.store.get_example(own.id)).status == "pending"
+
+
+async def test_feedback_buttons_survive_a_restart(discord_api, settings, ollama_server):
+    ollama_server.add_scripted_model(BASE_TAG, reply="an answer")
+    first = await start_bot(settings)
+    answer = await first.store.record_answer(prompt=[{"role": "user", "content": "why?"}], answer="because",
+                                             model_tag=BASE_TAG)
+    await first.close()
+    second = await start_bot(settings)  # a new process: nothing in memory but the registered DynamicItems
+    try:
+        gw = Gateway(second, discord_api)
+        msg = message_with_buttons([f"ll:fb:{k}:{answer.id}" for k in ("up", "down", "fix")], "because")
+        await gw.click(f"ll:fb:up:{answer.id}", message=msg, user_id=MEMBER)
+        assert "noted" in last_response(discord_api)["data"]["content"]
+        assert await second.store.feedback_counts(answer.id) == (1, 0)
+        await gw.click(f"ll:fb:fix:{answer.id}", message=msg, user_id=MEMBER)
+        modal = last_response(discord_api)
+        assert modal["type"] == 9
+        question = modal["data"]["components"][0]["components"][0]
+        assert question["value"] == "why?"  # prefilled with the question
+        fields = [c["components"][0]["custom_id"] for c in modal["data"]["components"]]
+        await gw.submit_modal(modal["data"]["custom_id"], dict(zip(fields, ["why?", "Because of X."], strict=True)),
+                              user_id=MEMBER)
+        [example] = await second.store.list_examples()
+        assert example.source == "correction" and example.answer_id == answer.id and example.status == "pending"
+    finally:
+        await second.close()
+
+
+async def test_model_status_and_rollback_for_admins(bot, gateway, discord_api, ollama_server):
+    v1 = await bot.store.create_model_version(name="m", base_model="tiny", ollama_base=BASE_TAG)
+    v2 = await bot.store.create_model_version(name="m", base_model="tiny", ollama_base=BASE_TAG)
+    for v in (v1, v2):
+        await bot.store.update_model_version(v.id, status="registered", in_ollama=True)
+        ollama_server.add_scripted_model(v.tag, reply="x")
+        await bot.store.promote(v.id)
+    await gateway.command("model", subcommand="status", user_id=MEMBER)
+    assert f"`{v2.tag}`" in last_response(discord_api)["data"]["content"]
+    await gateway.command("model", subcommand="rollback", user_id=ADMIN, roles=[ADMIN_ROLE])
+    assert f"now answering with `{v1.tag}`" in last_response(discord_api)["data"]["content"]
+    assert (await bot.store.active_model_version()).id == v1.id
+    await gateway.command("model", subcommand="history", user_id=MEMBER)
+    assert "rolled_back" in last_response(discord_api)["data"]["content"]
+
+
+async def test_commands_synced_per_guild_on_start(bot, discord_api):
+    puts = discord_api.find("PUT", f"/guilds/{GUILD_ID}/commands")
+    assert len(puts) == 1
+    names = {c["name"] for c in puts[0].json}
+    assert {"ask", "teach", "import", "review", "dataset", "model"} <= names
+
+
+async def test_dataset_stats(bot, gateway, discord_api):
+    await bot.store.import_conversations([Conversation.qa(f"q{i}", "a") for i in range(3)], approve=True)
+    await gateway.command("dataset", subcommand="stats", user_id=MEMBER)
+    assert "**Examples:** 3" in last_response(discord_api)["data"]["content"]
+
+

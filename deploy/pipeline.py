@@ -325,7 +325,10 @@ def _artifacts(adapter_dir: Path, base_dir: Path | None, config: DeployConfig) -
         from deploy import gguf
 
         out = adapter_dir / "adapter.gguf"
-        gguf.convert_adapter(adapter_dir, base_dir, out, outtype=config.outtype)
+        try:
+            gguf.convert_adapter(adapter_dir, base_dir, out, outtype=config.outtype)
+        except gguf.ConversionError as exc:
+            raise DeployFailed(f"converting the adapter to GGUF failed: {exc}") from exc
         return {"adapter.gguf": out}
     if base_dir is None:
         raise DeployFailed("merging needs the base model directory (base_dir)")

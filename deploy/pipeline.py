@@ -131,7 +131,7 @@ async def deploy(
         # ---- 2. files for Ollama: one adapter GGUF, or the merged model's safetensors -----------------
         await emit("converting", mode=config.mode)
         files = await asyncio.to_thread(_artifacts, adapter_dir, base_dir or _base_dir(run), config)
-        result.timings["convert_s"] = round(time.monotonic() - t0, 3)
+        result.timings["prepare_s"] = round(time.monotonic() - t0, 3)  # format checks + conversion
 
         # ---- 3. upload only what Ollama lacks -----------------------------------------------------------
         digests: dict[str, str] = {}
@@ -140,7 +140,7 @@ async def deploy(
             digests[name] = upload.digest
             result.bytes_uploaded += upload.bytes_sent
             await emit("uploaded", file=name, digest=upload.digest, bytes=upload.bytes_sent, size=upload.size)
-        result.timings["upload_s"] = round(time.monotonic() - t0 - result.timings["convert_s"], 3)
+        result.timings["upload_s"] = round(time.monotonic() - t0 - result.timings["prepare_s"], 3)
 
         # ---- 4. create the candidate from the clean base --------------------------------------------------
         async def progress(p: CreateProgress) -> None:
@@ -318,8 +318,9 @@ def _artifacts(adapter_dir: Path, base_dir: Path | None, config: DeployConfig) -
     """The files Ollama gets, by the name it sees them under."""
     if config.mode == "adapter":
         existing = adapter_dir / "adapter.gguf"
-        if existing.is_file():
-            return {"adapter.gguf": existing}
+        weights = adapter_dir / "adapter_model.safetensors"
+        if existing.is_file() and (not weights.is_file() or existing.stat().st_mtime >= weights.stat().st_mtime):
+            return {"adapter.gguf": existing}  # converted before (e.g. by `loraloop deploy convert`)
         if base_dir is None:
             raise DeployFailed("converting the adapter needs the base model directory (base_dir)")
         from deploy import gguf

@@ -1,0 +1,151 @@
+"""PEFT LoRA adapter → GGUF LoRA adapter (what llama.cpp, and so Ollama, applies on a GGUF base).
+
+Built on the ``gguf`` package: tensor names come from its name maps, so ``model.layers.3.self_attn.q_proj``
+becomes ``blk.3.attn_q.weight`` and the adapter's tensors ``blk.3.attn_q.weight.lora_a`` / ``.lora_b``.
+llama.cpp permutes the rows of Llama-architecture Q and K weights when it converts a base model; ΔW = B·A
+must be permuted the same way, which means permuting the rows of ``lora_B``. Qwen2 has no such permutation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# HF architecture → (gguf arch name, whether Q/K rows are permuted by llama.cpp's base converter)
+SUPPORTED = {
+    "LlamaForCausalLM": ("llama", True),
+    "MistralForCausalLM": ("llama", True),
+    "Qwen2ForCausalLM": ("qwen2", False),
+}
+_REFUSED_TARGETS = ("embed_tokens", "lm_head", "wte", "embed_out")
+
+
+class ConversionError(Exception):
+    """The adapter cannot be converted (or served by llama.cpp); the message says why."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConversionError(f"{path} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConversionError(f"{path} is not valid JSON: {exc}") from None
+
+
+def check_adapter_config(config: dict[str, Any]) -> float:
+    """Refuse what a GGUF LoRA cannot represent; returns the alpha llama.cpp must store."""
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ConversionError(f"only LoRA adapters can be converted, not {config.get('peft_type')}")
+    if config.get("use_dora"):
+        raise ConversionError("DoRA adapters have no GGUF representation (llama.cpp applies plain LoRA only)")
+    if config.get("modules_to_save"):
+        raise ConversionError(f"modules_to_save ({', '.join(config['modules_to_save'])}) cannot be served "
+                              "as a LoRA adapter: train without them")
+    if config.get("alpha_pattern") or config.get("rank_pattern"):
+        raise ConversionError("per-module alpha_pattern/rank_pattern cannot be stored in a GGUF LoRA")
+    if config.get("lora_bias"):
+        raise ConversionError("LoRA bias terms cannot be stored in a GGUF LoRA")
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    refused = [t for t in targets if any(r in t for r in _REFUSED_TARGETS)]
+    if refused:
+        raise ConversionError(f"embedding/lm_head targets ({', '.join(refused)}) cannot be served as a GGUF LoRA")
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(r, int) or r < 1:
+        raise ConversionError(f"adapter_config.json has no valid rank r ({r!r})")
+    if not isinstance(alpha, int | float) or float(alpha) != int(alpha):
+        raise ConversionError(f"lora_alpha must be a whole number, not {alpha!r}")
+    if config.get("use_rslora"):
+        # PEFT scales rsLoRA by alpha/sqrt(r); llama.cpp by alpha/r: store alpha*sqrt(r) to get the same scale.
+        return float(alpha) * math.sqrt(r)
+    return float(alpha)
+
+
+def _permute_rows(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's Q/K row order (interleaved rotary halves → split halves), applied to dim 0."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def _load_tensors(adapter_dir: Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        raise ConversionError(f"{path} is missing (only safetensors adapters are supported)")
+    out: dict[str, np.ndarray] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            out[key] = f.get_tensor(key).float().numpy()
+    return out
+
+
+def _base_name(key: str) -> tuple[str, str]:
+    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' → ('model.layers.0…q_proj.weight', 'a')."""
+    name = key.removeprefix("base_model.model.")
+    for part, tag in ((".lora_A.", "a"), (".lora_B.", "b")):
+        if part in name:
+            module = name.split(part)[0]
+            return f"{module}.weight", tag
+    raise ConversionError(f"unexpected tensor {key!r} in the adapter (not a lora_A/lora_B weight)")
+
+
+def convert_adapter(adapter_dir: Path | str, base_dir: Path | str, out: Path | str, outtype: str = "f16") -> Path:
+    """Write ``out`` (a GGUF LoRA adapter for the GGUF conversion of ``base_dir``)."""
+    import gguf
+
+    adapter_dir, base_dir, out = Path(adapter_dir), Path(base_dir), Path(out)
+    if outtype not in ("f16", "f32"):
+        raise ConversionError(f"--outtype must be f16 or f32, not {outtype!r}")
+    config = _read_json(adapter_dir / "adapter_config.json")
+    alpha = check_adapter_config(config)
+    base = _read_json(base_dir / "config.json")
+    architectures = base.get("architectures") or []
+    hf_arch = next((a for a in architectures if a in SUPPORTED), None)
+    if hf_arch is None:
+        raise ConversionError(f"unsupported base architecture {', '.join(architectures) or '?'} "
+                              f"(supported: {', '.join(SUPPORTED)})")
+    arch_name, permute_qk = SUPPORTED[hf_arch]
+    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
+    n_head = int(base["num_attention_heads"])
+    n_kv = int(base.get("num_key_value_heads") or n_head)
+    name_map = gguf.get_tensor_name_map(arch, int(base["num_hidden_layers"]))
+
+    pairs: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in _load_tensors(adapter_dir).items():
+        base_name, tag = _base_name(key)
+        pairs.setdefault(base_name, {})[tag] = value
+    if not pairs:
+        raise ConversionError(f"{adapter_dir} holds no LoRA tensors")
+    dtype = np.float16 if outtype == "f16" else np.float32
+    writer = gguf.GGUFWriter(str(out), arch_name)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    for base_name in sorted(pairs):
+        parts = pairs[base_name]
+        if set(parts) != {"a", "b"}:
+            raise ConversionError(f"{base_name}: lora_A and lora_B must both be present")
+        gguf_name = name_map.get_name(base_name, try_suffixes=(".weight",))
+        if gguf_name is None:
+            raise ConversionError(f"{base_name} has no counterpart in llama.cpp's {arch_name} tensors")
+        a, b = parts["a"], parts["b"]
+        if a.shape[0] != b.shape[1]:
+            raise ConversionError(f"{base_name}: lora_A rank {a.shape[0]} does not match lora_B rank {b.shape[1]}")
+        if permute_qk and base_name.endswith("q_proj.weight"):
+            b = _permute_rows(b, n_head)
+        elif permute_qk and base_name.endswith("k_proj.weight"):
+            b = _permute_rows(b, n_kv)
+        writer.add_tensor(f"{gguf_name}.lora_a", np.ascontiguousarray(a, dtype=dtype))
+        writer.add_tensor(f"{gguf_name}.lora_b", np.ascontiguousarray(b, dtype=dtype))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out

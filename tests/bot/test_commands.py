@@ -6,6 +6,7 @@ import pytest
 
 from data.conversation import Conversation
 from tests.bot.conftest import BASE_TAG, start_bot
+from tests.bot.test_chat import wait_for
 from tests.fixtures.discord import ADMIN_ROLE, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 
 EXPERT, ADMIN, MEMBER, AUTHOR = 21, 22, 23, 24
@@ -174,3 +175,47 @@ async def test_dataset_stats(bot, gateway, discord_api):
     assert "**Examples:** 3" in last_response(discord_api)["data"]["content"]
 
 
+
+
+async def test_import_attachment_reports_each_outcome(bot, gateway, discord_api):
+    import json
+
+    await bot.store.add_example(Conversation.qa("known", "yes"), source="teach")
+    rows = [{"instruction": "new one", "input": "", "output": "fine"},
+            {"instruction": "known", "input": "", "output": "yes"},
+            {"instruction": "no answer"}]
+    attachment = discord_api.attachment("pairs.json", json.dumps(rows).encode())
+    await gateway.command("import", {"file": attachment["id"]}, user_id=EXPERT, roles=[EXPERT_ROLE],
+                          attachments={attachment["id"]: attachment})
+    assert last_response(discord_api)["type"] == 5  # deferred: the file is downloaded and parsed
+    await wait_for(lambda: discord_api.find("POST", "/webhooks/"))
+    followups = discord_api.find("POST", "/webhooks/")
+    assert followups, "no follow-up reached Discord"
+    text = followups[-1].json["content"]
+    assert "imported **1**" in text and "duplicates **1**" in text and "rejected **1**" in text
+    assert 'record 2: missing "output"' in text and followups[-1].json["flags"] & EPHEMERAL
+    pending = await bot.store.list_examples(status="pending")
+    assert [e.messages[0]["content"] for e in pending] == ["known", "new one"]
+
+
+async def test_import_refuses_oversize_and_garbage(bot, gateway, discord_api):
+    bot.settings.max_import_bytes = 100
+    big = discord_api.attachment("big.json", b"[" + b" " * 200 + b"]")
+    await gateway.command("import", {"file": big["id"]}, user_id=EXPERT, roles=[EXPERT_ROLE],
+                          attachments={big["id"]: big})
+    assert "the limit is 100 bytes" in last_response(discord_api)["data"]["content"]
+    junk = discord_api.attachment("junk.json", b"\x00\x01\x02")
+    await gateway.command("import", {"file": junk["id"]}, user_id=EXPERT, roles=[EXPERT_ROLE],
+                          attachments={junk["id"]: junk})
+    await wait_for(lambda: discord_api.find("POST", "/webhooks/"))
+    assert "was not imported: this is a binary file" in discord_api.find("POST", "/webhooks/")[-1].json["content"]
+    assert await bot.store.list_examples() == []
+
+
+async def test_export_sends_a_file(bot, gateway, discord_api):
+    await bot.store.import_conversations([Conversation.qa(f"q{i}", "a") for i in range(3)], approve=True)
+    await gateway.command("dataset", {"format": "openai"}, subcommand="export", user_id=EXPERT, roles=[EXPERT_ROLE])
+    call = discord_api.interaction_responses()[-1]
+    assert call.json["data"]["content"].startswith("3 approved examples")
+    [(name, payload)] = call.files
+    assert name == "loraloop-openai.jsonl" and len(payload.splitlines()) == 3

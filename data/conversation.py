@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+import orjson
 
 # tool_call: the assistant calling a tool (content = the call as JSON text); tool: the tool's result.
 ROLES = ("system", "user", "assistant", "tool_call", "tool")
@@ -102,9 +103,7 @@ class Conversation:
         Tags do not count (the same pair with other tags is the same example); tools do.
         """
         norm = [[m.role, _normalise(m.content)] for m in self.messages]
-        payload = json.dumps({"m": norm, "t": _normalise(self.tools or "")}, ensure_ascii=False,
-                             separators=(",", ":"))
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+        return hashlib.sha256(orjson.dumps({"m": norm, "t": _normalise(self.tools or "")})).hexdigest()
 
 
 _NEXT = {

@@ -337,7 +337,10 @@ def _artifacts(adapter_dir: Path, base_dir: Path | None, config: DeployConfig) -
 
     merged = adapter_dir / "merged"
     if not (merged / "config.json").is_file():
-        merge.merge_adapter(adapter_dir, base_dir, merged)
+        try:
+            merge.merge_adapter(adapter_dir, base_dir, merged)
+        except merge.MergeError as exc:
+            raise DeployFailed(f"merging the adapter into the base failed: {exc}") from exc
     return {p.relative_to(merged).as_posix(): p for p in sorted(merged.rglob("*")) if p.is_file()}
 
 

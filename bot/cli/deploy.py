@@ -28,3 +28,62 @@ def convert(
         out.unlink(missing_ok=True)
         fail(str(exc))
     console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
+
+
+@app.command("run")
+def run_deploy(
+    adapter: Path = typer.Option(..., "--adapter", help="Adapter directory written by `loraloop train`."),
+    base: Path | None = typer.Option(None, "--base", help="HF base model directory (default: the run's base_dir)."),
+    snapshot: Path | None = typer.Option(None, "--snapshot", help="Snapshot whose eval split the gate uses "
+                                         "(default: the run's snapshot)."),
+    mode: str | None = typer.Option(None, "--mode", help="adapter (default) or merged."),
+    margin: float | None = typer.Option(None, "--margin", help="How much worse (ROUGE-L) the candidate may be."),
+    keep: int | None = typer.Option(None, "--keep", help="Fine-tuned tags kept in Ollama."),
+    as_json: bool = typer.Option(False, "--json", help="Progress and result as JSON lines."),
+) -> None:
+    """Register an adapter with Ollama from the clean base, gate it against the active model, switch if it passes.
+
+    Exit status: 0 promoted, 3 rejected by the gate, 1 failed (the active model is unchanged in both cases).
+    """
+    import asyncio
+
+    from bot.cli.common import open_store, print_json, settings
+    from deploy.ollama import OllamaClient
+    from deploy.pipeline import DeployConfig, deploy
+
+    if not (adapter / "adapter_config.json").is_file():
+        fail(f"{adapter} is not an adapter directory (no adapter_config.json)", 2)
+    if mode is not None and mode not in ("adapter", "merged"):
+        fail(f"--mode must be adapter or merged, not {mode!r}", 2)
+    cfg = settings()
+    overrides = {k: v for k, v in {"mode": mode, "gate_margin": margin, "keep_versions": keep}.items()
+                 if v is not None}
+    config = DeployConfig.from_settings(cfg, **overrides)
+
+    def show(step: str, info: dict) -> None:
+        if as_json:
+            print_json({"event": step, **info})
+        elif step == "create":
+            console.print(f"  create: {info['status']}", highlight=False)
+        elif step != "create":
+            details = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("version", "tag", "scores"))
+            console.print(f"{info['tag']}: {step} {details}", highlight=False)
+
+    async def run():
+        async with open_store(cfg) as store, OllamaClient(cfg.ollama_host) as client:
+            return await deploy(adapter, store=store, client=client, config=config, base_dir=base,
+                                snapshot_dir=snapshot, on_event=show)
+
+    result = asyncio.run(run())
+    if as_json:
+        print_json({"event": "result", "tag": result.tag, "status": result.status, "reason": result.reason,
+                    "promoted": result.promoted, "bytes_uploaded": result.bytes_uploaded, "timings": result.timings,
+                    "scores": result.gate.scores if result.gate else None})
+    else:
+        if result.gate is not None:
+            console.print(result.gate.table(), highlight=False)
+        console.print(f"{result.tag}: {result.status} — {result.reason}", highlight=False)
+    if result.status == "rejected":
+        raise SystemExit(3)
+    if result.status != "promoted":
+        fail(f"{result.tag} failed: {result.reason}")

@@ -60,7 +60,10 @@ def list_versions(as_json: bool = typer.Option(False, "--json", help="One JSON o
     if not rows:
         console.print("no model versions yet")
         return
-    table = Table("", "tag", "status", "ROUGE-L", "EM", "in Ollama", "created", "note")
+    table = Table("")
+    table.add_column("tag", no_wrap=True)
+    for column in ("status", "ROUGE-L", "EM", "in Ollama", "created", "note"):
+        table.add_column(column)
     for v in rows:
         scores = (v.metrics or {}).get("candidate") or {}
         table.add_row(

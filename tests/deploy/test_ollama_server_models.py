@@ -1,4 +1,7 @@
-"""The Ollama-API test server with real GGUF models: create from files, from safetensors, bad adapters."""
+"""The Ollama-API test server with real GGUF models: create from a GGUF file, bad adapters.
+
+(Create from safetensors — the merged fallback — is covered by tests/deploy/test_pipeline.py.)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import ollama
 import pytest
 
 from deploy.ollama import OllamaClient, OllamaError
-from tests.fixtures.models import convert_base_to_gguf
 from tests.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
@@ -28,21 +30,6 @@ async def test_create_from_a_gguf_file_and_chat(ollama_server: OllamaTestServer,
     assert first.done and first.response and first.response == again.response  # greedy: deterministic
     assert first.eval_count and first.prompt_eval_count
     await client.close()
-
-
-async def test_merged_safetensors_are_converted_like_ollama_does(
-    ollama_server: OllamaTestServer, tiny_llama_dir: Path, llama_cpp_sources: Path, tmp_path: Path
-) -> None:
-    ollama_server.converter = lambda hf_dir, out: convert_base_to_gguf(llama_cpp_sources, hf_dir, out)
-    files = {}
-    paths = [p for p in sorted(tiny_llama_dir.iterdir()) if p.is_file()]  # noqa: ASYNC240 (a test's few files)
-    async with OllamaClient(ollama_server.url) as client:
-        for path in paths:
-            files[path.name] = (await client.ensure_blob(path)).digest
-        await client.create("merged:v1", files=files, template="{{ .Prompt }}", quantize="q4_K_M")
-        reply = await client.chat("merged:v1", CHAT, GREEDY)
-        shown = await client.show("merged:v1")
-    assert reply and shown["details"]["quantization_level"] == "Q4_K_M"
 
 
 async def test_bad_adapters_are_refused_at_create(ollama_server: OllamaTestServer, tiny_llama_gguf: Path,

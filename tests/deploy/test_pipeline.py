@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -20,6 +21,7 @@ from data.conversation import Conversation
 from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig, apply_retention, deploy, rollback
+from tests.fixtures.models import convert_base_to_gguf
 from tests.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
@@ -206,30 +208,25 @@ async def test_retention_keeps_recent_active_and_rollback_target(
     assert registered_base.get(BASE) is not None  # the base is never touched
 
 
-def test_models_cli_lists_and_rolls_back(
+def test_deploy_run_and_models_cli(
     registered_base: OllamaTestServer, tiny_llama_adapters: list[Path], tiny_llama_dir: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from bot.cli import app
-    from data.store import Store
 
-    db = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
-
-    async def two_versions() -> None:
-        s = Store(db)
-        await s.migrate()
-        async with OllamaClient(registered_base.url) as client:
-            for adapter in tiny_llama_adapters[:2]:
-                r = await deploy(adapter, store=s, client=client, config=config(gate_margin=1.0),
-                                 base_dir=tiny_llama_dir)
-                assert r.promoted, r.reason
-        await s.close()
-
-    asyncio.run(two_versions())
-    monkeypatch.setenv("LORALOOP_DATABASE_URL", db)
+    monkeypatch.setenv("LORALOOP_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
     monkeypatch.setenv("LORALOOP_OLLAMA_HOST", registered_base.url)
     monkeypatch.setenv("LORALOOP_MODEL_NAME", "tiny")
+    monkeypatch.setenv("LORALOOP_OLLAMA_BASE", BASE)
+    monkeypatch.setenv("LORALOOP_SYSTEM_PROMPT", "")  # the tiny ChatML model was trained without one
     runner = CliRunner()
+    for adapter in tiny_llama_adapters[:2]:
+        ran = runner.invoke(app, ["deploy", "run", "--adapter", str(adapter), "--base", str(tiny_llama_dir),
+                                  "--margin", "1", "--json"])
+        assert ran.exit_code == 0, ran.output
+        lines = [json.loads(line) for line in ran.stdout.splitlines()]
+        assert lines[-1]["event"] == "result" and lines[-1]["status"] == "promoted"
+        assert {"converting", "uploaded", "create", "warmed_up", "gated", "switched"} <= {e["event"] for e in lines}
     listed = runner.invoke(app, ["models", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
@@ -241,6 +238,32 @@ def test_models_cli_lists_and_rolls_back(
     assert promoted.exit_code == 0 and "loraloop-tiny:v2" in promoted.stdout, promoted.output
     bad = runner.invoke(app, ["models", "promote", "loraloop-tiny:v9"])
     assert bad.exit_code == 1 and "no model version" in bad.stderr
+    not_adapter = runner.invoke(app, ["deploy", "run", "--adapter", str(tmp_path)])
+    assert not_adapter.exit_code == 2 and "not an adapter directory" in not_adapter.stderr
+    monkeypatch.setenv("COLUMNS", "160")
+    table = runner.invoke(app, ["models", "list"])
+    assert table.exit_code == 0 and "loraloop-tiny:v2" in table.stdout
+
+
+async def test_merged_fallback_hands_ollama_the_merged_safetensors(
+    registered_base: OllamaTestServer, store: Any, tiny_llama_adapters: list[Path], tiny_llama_dir: Path,
+    llama_cpp_sources: Path, tmp_path: Path,
+) -> None:
+    # Ollama converts safetensors itself; the test server does it with llama.cpp's converter.
+    registered_base.converter = lambda hf_dir, out: convert_base_to_gguf(llama_cpp_sources, hf_dir, out)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_llama_adapters[0], adapter, ignore=shutil.ignore_patterns("adapter.gguf", "merged"))
+    async with OllamaClient(registered_base.url) as client:
+        result = await deploy(adapter, store=store, client=client, config=config(mode="merged", quantize="q4_K_M"),
+                              base_dir=tiny_llama_dir)
+    assert result.promoted, result.reason
+    (create,) = registered_base.requests_to("POST", "/api/create")
+    assert "from" not in create and "adapters" not in create and create["quantize"] == "q4_K_M"
+    assert {"config.json", "model.safetensors", "tokenizer.model"} <= set(create["files"])
+    merged_size = (adapter / "merged" / "model.safetensors").stat().st_size
+    assert result.bytes_uploaded >= merged_size  # the merged fallback does ship the whole model
+    assert any(p["model"] == result.tag for p in registered_base.prompts)  # llama.cpp served it
+    assert registered_base.get(result.tag).quantization == "Q4_K_M"
 
 
 KILL_SCRIPT = """

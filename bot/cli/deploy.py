@@ -65,7 +65,7 @@ def run_deploy(
             print_json({"event": step, **info})
         elif step == "create":
             console.print(f"  create: {info['status']}", highlight=False)
-        elif step != "create":
+        elif step != "failed":  # the failure is reported once, at the end
             details = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("version", "tag", "scores"))
             console.print(f"{info['tag']}: {step} {details}", highlight=False)
 
@@ -79,7 +79,7 @@ def run_deploy(
         print_json({"event": "result", "tag": result.tag, "status": result.status, "reason": result.reason,
                     "promoted": result.promoted, "bytes_uploaded": result.bytes_uploaded, "timings": result.timings,
                     "scores": result.gate.scores if result.gate else None})
-    else:
+    elif result.status != "failed":
         if result.gate is not None:
             console.print(result.gate.table(), highlight=False)
         console.print(f"{result.tag}: {result.status} — {result.reason}", highlight=False)

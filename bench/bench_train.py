@@ -131,10 +131,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", default="baseline,padded,padding_free",
                         help="comma list of baseline, padded, padding_free, packing")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (1 is steadier on a busy machine)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
     from tests.trainer.snapshots import synthetic_conversations

@@ -198,6 +198,10 @@ async def deploy(
         result.status, result.reason = "failed", reason
         await emit("failed", reason=reason)
         return result
+    except Exception as exc:  # a bug, not a deploy condition: still never leave the version looking alive
+        await _forget(client, tag)
+        await store.update_model_version(tag, status="failed", failure_reason=f"unexpected error: {exc!r}")
+        raise
 
     # ---- 8. retention (never fails the deploy) -------------------------------------------------------------
     try:

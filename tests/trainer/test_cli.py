@@ -129,7 +129,7 @@ def test_killed_run_resumes_from_its_checkpoint_and_finishes(tmp_path, snapshot_
     out = tmp_path / "run"
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({
-        "epochs": 2, "batch_size": 4, "eval_steps": 5, "learning_rate": 5e-3, "max_new_tokens": 4,
+        "epochs": 2, "batch_size": 4, "eval_steps": 5, "learning_rate": 5e-3, "max_new_tokens": 4, "cpu_threads": 1,
         "eval_generate": 2, "probes": [], "probe_eval_samples": 0,
     }))
     total = 2 * 23  # 89 training examples in batches of 4

@@ -105,7 +105,7 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_checkpoint(tmp_path, sna
     from trainer.recipe import TrainRequest, train
 
     # An improvement threshold no step can meet: the run stops after `patience` evaluations without one.
-    cfg = load_config(None, {"max_steps": 40, "eval_steps": 2, "early_stopping_patience": 2,
+    cfg = load_config(None, {"max_steps": 40, "eval_steps": 2, "cpu_threads": 1, "early_stopping_patience": 2,
                              "early_stopping_threshold": 100.0, "eval_generate": 0, "probes": [],
                              "probe_eval_samples": 0})
     metrics = train(TrainRequest(snapshot_dir, str(tiny_llama_dir), tmp_path / "out", cfg))

@@ -34,6 +34,7 @@ def train(
     system_prompt: str | None = typer.Option(None, help="System prompt for conversations without one."),
     chat_template: str | None = typer.Option(None, help="Chat template (Jinja text or file) if the base has none."),
     batching: str | None = typer.Option(None, help="auto, padding_free, packing or padded."),
+    cpu_threads: int | None = typer.Option(None, help="torch CPU threads (1 suits tiny models on a busy CPU)."),
 ) -> None:
     """Train a LoRA adapter from a dataset snapshot."""
     from trainer.config import TrainingRefused, load_config
@@ -43,7 +44,7 @@ def train(
         "batch_size": batch_size, "grad_accum": grad_accum, "max_length": max_length, "lora_r": lora_r,
         "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "seed": seed, "eval_steps": eval_steps,
         "early_stopping_patience": early_stopping_patience, "system_prompt": system_prompt,
-        "chat_template": chat_template, "batching": batching,
+        "chat_template": chat_template, "batching": batching, "cpu_threads": cpu_threads,
     }
     try:
         cfg = load_config(config, overrides)

@@ -6,7 +6,8 @@ special tokens, and a chat template: plain ChatML, or the real Qwen2.5 / Llama 3
 
 Known limit: transformers 5 loads every ``qwen2`` model with its byte-level ``Qwen2Tokenizer`` whatever
 ``tokenizer_config.json`` says, which drops this SentencePiece vocabulary's spaces on the HF side; llama.cpp
-tokenises the qwen2 model correctly. Tests that need HF and llama.cpp to tokenise alike use the llama model.
+tokenises the qwen2 model correctly. Tests that need HF and llama.cpp to tokenise alike use the llama
+architecture (which can carry any of the templates).
 """
 
 from __future__ import annotations
@@ -114,4 +115,6 @@ def _write_added_tokens(out: Path, tokenizer, markers: list[str]) -> None:
         decoder[str(token_id)] = {"content": token, "lstrip": False, "normalized": False, "rstrip": False,
                                   "single_word": False, "special": True}
     config["added_tokens_decoder"] = dict(sorted(decoder.items(), key=lambda kv: int(kv[0])))
+    # Like the real families: ChatML/Qwen add no BOS, Llama 3 does (llama.cpp's converter copies the flag).
+    config["add_bos_token"] = "<|begin_of_text|>" in markers
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -38,11 +38,23 @@ def tiny_llama3_gguf(llama_cpp_sources: Path, tiny_llama3_dir: Path, tmp_path_fa
     return convert_base_to_gguf(llama_cpp_sources, tiny_llama3_dir, tmp_path_factory.mktemp("gguf") / "llama3.gguf")
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen_template_gguf(llama_cpp_sources: Path, tiny_qwen_template_dir: Path,
+                            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert_base_to_gguf(llama_cpp_sources, tiny_qwen_template_dir,
+                                tmp_path_factory.mktemp("gguf") / "qwen-template.gguf")
+
+
 @pytest.fixture(params=["qwen2.5", "llama3"])
 def served_base(request):
-    """(template name, HF model dir, GGUF) of a tiny model carrying the real chat template."""
+    """(template name, HF model dir, GGUF) of a tiny model carrying the real chat template.
+
+    Both use the llama architecture: transformers 5 forces its byte-level Qwen2Tokenizer on any qwen2 model,
+    which the tiny SentencePiece vocabulary does not fit (see trainer/tiny.py); the template is what matters.
+    """
     if request.param == "qwen2.5":
-        return "qwen2.5", request.getfixturevalue("tiny_qwen2_dir"), request.getfixturevalue("tiny_qwen2_gguf")
+        return ("qwen2.5", request.getfixturevalue("tiny_qwen_template_dir"),
+                request.getfixturevalue("tiny_qwen_template_gguf"))
     return "llama3", request.getfixturevalue("tiny_llama3_dir"), request.getfixturevalue("tiny_llama3_gguf")
 
 

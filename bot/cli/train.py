@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from bot.cli.common import err_console, fail
+from bot.cli.common import err_console, fail, settings
 
 
 def train(
@@ -31,7 +31,8 @@ def train(
     seed: int | None = typer.Option(None, help="Random seed (42)."),
     eval_steps: int | None = typer.Option(None, help="Evaluate and checkpoint every N steps (default: each epoch)."),
     early_stopping_patience: int | None = typer.Option(None, help="Stop after N evaluations without improvement."),
-    system_prompt: str | None = typer.Option(None, help="System prompt for conversations without one."),
+    system_prompt: str | None = typer.Option(
+        None, help="System prompt for conversations without one (default: the bot's LORALOOP_SYSTEM_PROMPT)."),
     chat_template: str | None = typer.Option(None, help="Chat template (Jinja text or file) if the base has none."),
     batching: str | None = typer.Option(None, help="auto, padding_free, packing or padded."),
     cpu_threads: int | None = typer.Option(None, help="torch CPU threads (1 suits tiny models on a busy CPU)."),
@@ -48,6 +49,9 @@ def train(
     }
     try:
         cfg = load_config(config, overrides)
+        if cfg.system_prompt is None:
+            # Train with the system prompt the bot will serve with; the deploy gate refuses a mismatch.
+            cfg = cfg.model_copy(update={"system_prompt": settings().system_prompt or None})
         # Refusals that need no GPU check are reported before torch is even imported.
         cfg.check(cuda=True)
         _log_to_stderr()

@@ -162,6 +162,10 @@ def test_killed_run_resumes_from_its_checkpoint_and_finishes(tmp_path, snapshot_
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == total and metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert "resuming from" in (out / "train.log").read_text()
+    # With no --system-prompt, training uses the one the bot serves with (the deploy gate insists on it).
+    from bot.settings import Settings
+
+    assert json.loads((out / "run.json").read_text())["system_prompt"] == Settings().system_prompt
 
 
 def test_hugging_face_id_resolves_from_the_cache_offline(tmp_path, tiny_llama_dir, monkeypatch):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,8 +84,20 @@ def message_text(message: discord.Message, bot_id: int) -> str:
     return re.sub(rf"<@!?{bot_id}>", "", message.content).strip()
 
 
-async def reply_chain(message: discord.Message, bot_id: int, limit: int = MAX_HISTORY) -> list[dict[str, str]]:
-    """The conversation that ``message`` continues: its reply chain, oldest first, as chat messages."""
+async def conversation_for(message: discord.Message, bot_id: int, limit: int = MAX_HISTORY) -> list[dict[str, str]]:
+    """The conversation that ``message`` continues, oldest first: its reply chain when it replies to
+    something, else the thread it is in, else just itself."""
+    if message.reference is not None and message.reference.message_id:
+        chain = await _reply_chain(message, limit)
+    elif isinstance(message.channel, discord.Thread):
+        earlier = [m async for m in message.channel.history(limit=limit - 1, before=message)]
+        chain = [message, *earlier]  # history() gives newest first
+    else:
+        chain = [message]
+    return _as_history(reversed(chain), bot_id)
+
+
+async def _reply_chain(message: discord.Message, limit: int) -> list[discord.Message]:
     chain = [message]
     current = message
     while current.reference is not None and current.reference.message_id and len(chain) < limit:
@@ -97,8 +109,12 @@ async def reply_chain(message: discord.Message, bot_id: int, limit: int = MAX_HI
                 break
         chain.append(parent)
         current = parent
+    return chain
+
+
+def _as_history(messages: Iterable[discord.Message], bot_id: int) -> list[dict[str, str]]:
     history: list[dict[str, str]] = []
-    for m in reversed(chain):
+    for m in messages:
         role = "assistant" if m.author.id == bot_id else "user"
         text = message_text(m, bot_id)
         if not text:

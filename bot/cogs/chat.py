@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat import NO_MENTIONS, message_text, reply_chain
+from bot.chat import NO_MENTIONS, conversation_for, message_text
 from bot.views import feedback_view, say
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class ChatCog(commands.Cog):
             await message.reply(f"Please wait {left:.0f} s before asking again.", mention_author=False,
                                 allowed_mentions=NO_MENTIONS, delete_after=max(left, 3))
             return
-        history = await reply_chain(message, me.id)
+        history = await conversation_for(message, me.id)
         async with message.channel.typing():
             await self.bot.chat.answer(
                 history,

@@ -81,6 +81,21 @@ async def test_reply_chain_becomes_conversation_history(bot, gateway, discord_ap
     assert discord_api.find("GET", f"/messages/{first_q['id']}")
 
 
+async def test_thread_messages_become_conversation_history(bot, gateway, discord_api, ollama_server):
+    ollama_server.add_scripted_model(BASE_TAG, reply="Rome.")
+    thread = 710_000_000_000_000_001
+    gateway.add_guild(thread_ids=(thread,))
+    discord_api.add_message(mention("capital of France?", channel_id=thread))
+    discord_api.add_message(message_payload("Paris.", author=BOT, channel_id=thread))
+    await gateway.message(mention("and of Italy?", channel_id=thread))
+    await wait_for(lambda: ollama_server.requests_to("POST", "/api/chat"))
+    body = ollama_server.requests_to("POST", "/api/chat")[-1]
+    assert [(m["role"], m["content"]) for m in body["messages"]][1:] == [
+        ("user", "capital of France?"), ("assistant", "Paris."), ("user", "and of Italy?"),
+    ]
+    assert discord_api.find("GET", f"/channels/{thread}/messages")
+
+
 async def test_ollama_down_gives_a_short_clear_reply(discord_api, tmp_path, unreachable_ollama_url):
     from tests.bot.conftest import make_settings, start_bot
     from tests.fixtures.discord import Gateway
@@ -140,3 +155,16 @@ def test_split_reopens_code_blocks():
     for chunk in chunks:
         assert chunk.count("```") % 2 == 0, chunk[-50:]
     assert all(c.startswith("```python\n") for c in chunks[1:-1])
+
+
+async def test_per_user_cooldown(bot, gateway, discord_api, ollama_server):
+    ollama_server.add_scripted_model(BASE_TAG, reply="ok")
+    bot.settings.chat_cooldown_s = 60
+    await gateway.message(mention("first"))
+    await wait_for(lambda: discord_api.sent_messages())
+    await gateway.message(mention("second, too soon"))
+    await wait_for(lambda: len(discord_api.sent_messages()) == 2)
+    assert discord_api.sent_messages()[1].json["content"].startswith("Please wait")
+    assert len(ollama_server.requests_to("POST", "/api/chat")) == 1
+    await gateway.message(message_payload(f"<@{BOT_ID}> another user", author=user_payload(12), mentions=[BOT]))
+    await wait_for(lambda: len(ollama_server.requests_to("POST", "/api/chat")) == 2)

@@ -30,8 +30,8 @@ class SnapshotError(Exception):
 
 class _ExampleLike(Protocol):
     content_hash: str
-    messages: list[dict[str, str]]
-    tags: list[str]
+    messages: list[dict[str, str]] | str  # decoded, or the JSON text as stored
+    tags: list[str] | str
     source: str
     tools: str | None
 
@@ -58,8 +58,8 @@ def write_snapshot(examples: Iterable[_ExampleLike], out_dir: Path, eval_fractio
     sources: Counter[str] = Counter()
     for ex in sorted(examples, key=lambda e: e.content_hash):
         split = "eval" if is_eval(ex.content_hash, eval_fraction) else "train"
-        record: dict[str, Any] = {"id": ex.content_hash, "split": split, "messages": ex.messages,
-                                  "tags": list(ex.tags or []), "source": ex.source}
+        record: dict[str, Any] = {"id": ex.content_hash, "split": split, "messages": _json_value(ex.messages),
+                                  "tags": _json_value(ex.tags or []), "source": ex.source}
         if ex.tools:
             record["tools"] = ex.tools
         lines.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode())
@@ -78,6 +78,14 @@ def write_snapshot(examples: Iterable[_ExampleLike], out_dir: Path, eval_fractio
     }
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return {**manifest, "path": str(out_dir.resolve())}
+
+
+def _json_value(value: Any) -> Any:
+    """JSON text from the store goes into the line verbatim, re-serialised canonically (compact, key order
+    as stored); decoded values are serialised by orjson the same way."""
+    if isinstance(value, str):
+        return orjson.Fragment(orjson.dumps(orjson.loads(value)) if value[:1] not in "[{" else value)
+    return value
 
 
 @dataclass(frozen=True)

@@ -31,3 +31,19 @@ def tags_of(record: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise RecordIssue('"tags" must be a list of strings')
     return tuple(tags)
+
+
+def chat_messages(record: dict[str, Any], roles: tuple[str, ...]) -> list[tuple[int, str, dict[str, Any]]]:
+    """(index, role, message) for a record's ``messages`` list, checking its shape and roles."""
+    raw = record.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise RecordIssue('"messages" must be a non-empty list')
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise RecordIssue(f"messages[{i}] must be an object with role/content")
+        role = m.get("role")
+        if role not in roles:
+            raise RecordIssue(f"messages[{i}]: unknown role {role!r} (expected one of {', '.join(roles)})")
+        out.append((i, role, m))
+    return out

@@ -5,23 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from data.conversation import Conversation, Message
-from data.formats.common import RecordIssue, require_dict, tags_of
+from data.formats.common import RecordIssue, chat_messages, require_dict, tags_of
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
 def parse(value: Any) -> Conversation:
     record = require_dict(value)
-    raw = record.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise RecordIssue('"messages" must be a non-empty list')
     messages = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict):
-            raise RecordIssue(f"messages[{i}] must be an object with role/content")
-        role = m.get("role")
-        if role not in ROLES:
-            raise RecordIssue(f"messages[{i}]: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+    for i, role, m in chat_messages(record, ROLES):
         parts = m.get("content")
         if not isinstance(parts, list):
             raise RecordIssue(f'messages[{i}]: "content" must be a list of {{type, value}} parts')

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     reject_mean: float = Field(default=2.5, ge=1, le=5)
 
     eval_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+    # Deploy (adapter → Ollama): see deploy/pipeline.py DeployConfig.
+    deploy_mode: Literal["adapter", "merged"] = Field(
+        default="adapter", description="adapter: a GGUF LoRA on the clean base; merged: merged safetensors.")
+    deploy_quantize: str | None = Field(default=None, description="merged mode only, e.g. q4_K_M")
+    deploy_gate_margin: float = Field(default=0.02, ge=0, description="allowed ROUGE-L drop vs the active model")
+    deploy_eval_limit: int = Field(default=32, ge=0, description="eval prompts answered by each model in the gate")
+    deploy_keep_versions: int = Field(default=3, ge=1, description="fine-tuned tags kept in Ollama")
+    deploy_outtype: Literal["f16", "f32"] = "f16"
 
     # Discord.
     guilds: dict[int, GuildRoles] = Field(default_factory=dict)

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bot.settings import Settings
 
 
@@ -40,3 +42,17 @@ def test_settings_from_yaml_file(monkeypatch, tmp_path):
     assert s.model_name == "physics"
     assert s.rating_quorum == 4  # the environment wins over the file
     assert s.roles_for(42).expert_role_ids == [7]
+
+
+def test_deploy_settings_reach_the_deploy_config(monkeypatch, tmp_path):
+    from deploy.pipeline import DeployConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LORALOOP_DEPLOY_MODE", "merged")
+    monkeypatch.setenv("LORALOOP_DEPLOY_QUANTIZE", "q4_K_M")
+    monkeypatch.setenv("LORALOOP_DEPLOY_KEEP_VERSIONS", "5")
+    config = DeployConfig.from_settings(Settings())
+    assert (config.mode, config.quantize, config.keep_versions) == ("merged", "q4_K_M", 5)
+    monkeypatch.setenv("LORALOOP_DEPLOY_MODE", "sideways")
+    with pytest.raises(ValueError, match="deploy_mode"):
+        Settings()

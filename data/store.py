@@ -167,7 +167,7 @@ class Store:
             if existing is not None:
                 raise DuplicateExample(existing)
             example = Example(**_example_row(conversation, digest, source, author_id, guild_id, status),
-                              answer_id=answer_id)
+                              answer_id=answer_id, approved_at=utcnow() if status == "approved" else None)
             s.add(example)
             try:
                 await s.commit()
@@ -202,9 +202,7 @@ class Store:
                     duplicates.append(index)
                     continue
                 known.add(digest)
-                rows.append({"content_hash": digest, "messages": conv.to_dicts(), "tools": conv.tools,
-                             "tags": list(conv.tags), "source": source, "status": status, "author_id": author_id,
-                             "guild_id": guild_id})
+                rows.append(_example_row(conv, digest, source, author_id, guild_id, status))
             if rows:
                 # Core executemany, timestamps stamped by the database once per statement: binding three
                 # datetimes per row costs more than everything else in a 100k-row import.
@@ -558,11 +556,10 @@ def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:
 
 def _example_row(conv: Conversation, digest: str, source: str, author_id: int | None, guild_id: int | None,
                  status: str) -> dict[str, Any]:
-    now = utcnow()
+    """An example's columns, timestamps aside (the model's defaults or the bulk insert stamp those)."""
     return {
         "content_hash": digest, "messages": conv.to_dicts(), "tools": conv.tools, "tags": list(conv.tags),
         "source": source, "status": status, "author_id": author_id, "guild_id": guild_id,
-        "created_at": now, "updated_at": now, "approved_at": now if status == "approved" else None,
     }
 
 

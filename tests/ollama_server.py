@@ -520,7 +520,8 @@ class OllamaTestServer:
 
     # -- chat / generate ---------------------------------------------------------------------------
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _model_request(self, request: web.Request) -> tuple[dict[str, Any], str, Model] | web.Response:
+        """The JSON body of a chat/generate request and the model it names, or Ollama's error response."""
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
@@ -530,6 +531,13 @@ class OllamaTestServer:
         m = self.get(name)
         if m is None:
             return self._error(404, f'model "{name}" not found, try pulling it first')
+        return body, name, m
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        found = await self._model_request(request)
+        if isinstance(found, web.Response):
+            return found
+        body, name, m = found
         messages = [
             {"role": str(x.get("role", "")), "content": str(x.get("content") or "")}
             for x in body.get("messages") or []
@@ -548,15 +556,10 @@ class OllamaTestServer:
         return await self._respond(request, m, name, prompt, options, stream, chat=True)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        name = body.get("model") or ""
-        if not name:
-            return self._error(400, "model is required")
-        m = self.get(name)
-        if m is None:
-            return self._error(404, f'model "{name}" not found, try pulling it first')
+        found = await self._model_request(request)
+        if isinstance(found, web.Response):
+            return found
+        body, name, m = found
         self._touch(m.name, body.get("keep_alive"))
         prompt_text = str(body.get("prompt") or "")
         if not prompt_text:

@@ -157,3 +157,59 @@ class Promotion(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     action: Mapped[str] = mapped_column(String(16))  # promote | rollback
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# A retrain's life. Non-terminal states hold the single run slot (see RetrainRun.slot).
+RUN_STATES = ("proposed", "approved", "snapshotted", "training", "converting", "registering", "evaluating",
+              "evaluated", "promoted", "rejected", "failed", "cancelled", "expired")
+RUN_TERMINAL = ("promoted", "rejected", "failed", "cancelled", "expired")
+# States in which a job exists on a dispatcher (what a restarted bot must reattach or fail).
+RUN_DISPATCHED = ("snapshotted", "training", "converting", "registering", "evaluating")
+
+
+class RetrainRun(Base):
+    """One retrain, from proposal to promotion (or the reason it stopped).
+
+    ``slot`` is 1 while the run is not finished and NULL after: its unique constraint is the database-level
+    guarantee that at most one proposal or run is open at a time, whatever races happen above it.
+    """
+
+    __tablename__ = "retrain_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    slot: Mapped[int | None] = mapped_column(Integer, unique=True)
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was rejected, failed, cancelled or expired
+    proposed_by: Mapped[int | None] = mapped_column(BigInteger)  # None: the scheduler
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the numbers shown to the experts
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)  # the proposal message
+    status_message_id: Mapped[int | None] = mapped_column(BigInteger)  # the live progress message
+    expires_at: Mapped[datetime | None] = mapped_column()
+    reminded_at: Mapped[datetime | None] = mapped_column()
+    snapshot_sha256: Mapped[str | None] = mapped_column(String(64))
+    snapshot_path: Mapped[str | None] = mapped_column(Text)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    dispatcher: Mapped[str | None] = mapped_column(String(16))
+    job_ref: Mapped[str | None] = mapped_column(String(200))  # celery task id, or the local job's directory
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class RetrainVote(Base):
+    """An expert's vote on a run: approve/reject the proposal, promote/discard an evaluated candidate."""
+
+    __tablename__ = "retrain_votes"
+    __table_args__ = (UniqueConstraint("run_id", "user_id", "stage", name="uq_retrain_vote"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("retrain_runs.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    stage: Mapped[str] = mapped_column(String(16))  # proposal | promotion
+    approve: Mapped[bool] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -34,6 +34,7 @@ from data.models import (
     utcnow,
 )
 from data.review import ReviewPolicy, agreement, disagreement
+from data.runs import RunsMixin
 
 # Statuses a version can be rolled back to (it served well and was not rolled back itself).
 _GOOD_FOR_ROLLBACK = ("promoted",)
@@ -65,6 +66,19 @@ class InvalidRating(StoreError):
 
 class NoRollbackTarget(StoreError):
     pass
+
+
+class RunInProgress(StoreError):
+    """A retrain proposal or run is already open (at most one at a time)."""
+
+    def __init__(self, run: Any) -> None:
+        what = f"#{run.id} ({run.state})" if run is not None else "another one"
+        super().__init__(f"a retrain is already open: {what}; wait for it to finish or cancel it")
+        self.run = run
+
+
+class RunStateError(StoreError):
+    """A retrain run is not in a state that allows the requested change."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,7 @@ class DatasetStats:
         return self.__dict__.copy()
 
 
-class Store:
+class Store(RunsMixin):
     """All persistent state. Create with an async SQLAlchemy URL, then ``await migrate()``."""
 
     def __init__(
@@ -112,6 +126,7 @@ class Store:
         echo: bool = False,
     ) -> None:
         self.url = url
+        self.connect_args = connect_args or {}
         self.policy = policy or ReviewPolicy()
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]

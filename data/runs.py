@@ -1,0 +1,195 @@
+"""Retrain runs in the store: proposals, expert votes, and the run's state machine.
+
+At most one run is open (proposed … evaluated) at a time. Two things guarantee it in the database itself,
+whatever happens in the processes above: the unique ``slot`` column (1 while open, NULL once finished) and
+conditional state changes (``UPDATE … WHERE state IN (…)``): of two racing approvals exactly one moves a
+proposal to ``approved``; the other sees that it lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from data.models import RUN_STATES, RUN_TERMINAL, RetrainRun, RetrainVote, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+# The working states, in order: a run only moves forward along them (or ends).
+_CHAIN = ("proposed", "approved", "snapshotted", "training", "converting", "registering", "evaluating", "evaluated")
+_ENDS_FROM = {
+    "promoted": ("evaluating", "evaluated"),
+    "rejected": ("proposed", "evaluating", "evaluated"),
+    "expired": ("proposed",),
+    "failed": _CHAIN[1:],
+    "cancelled": _CHAIN,
+}
+VOTE_STAGES = {"proposal": "proposed", "promotion": "evaluated"}
+_SETTABLE = {"summary", "channel_id", "message_id", "status_message_id", "reminded_at", "snapshot_sha256",
+             "snapshot_path", "model_version_id", "dispatcher", "job_ref", "progress", "result", "guild_id"}
+
+
+def allowed_from(state: str) -> tuple[str, ...]:
+    """The states a run may be in to move to ``state``."""
+    if state in _ENDS_FROM:
+        return _ENDS_FROM[state]
+    if state in _CHAIN:
+        return _CHAIN[: _CHAIN.index(state)]
+    raise ValueError(f"unknown run state {state!r}; one of {', '.join(RUN_STATES)}")
+
+
+@dataclass(frozen=True)
+class VoteOutcome:
+    run: RetrainRun
+    approvals: list[int]  # user ids, in vote order
+    rejections: list[int]
+
+
+class RunsMixin:
+    """Mixed into data.store.Store (uses its ``session()``)."""
+
+    def session(self) -> AsyncSession:  # pragma: no cover - provided by Store
+        raise NotImplementedError
+
+    async def propose_run(self, *, summary: dict[str, Any], proposed_by: int | None = None,
+                          guild_id: int | None = None, channel_id: int | None = None,
+                          expires_at: datetime | None = None) -> RetrainRun:
+        """Open a proposal; raises RunInProgress when a proposal or run is already open."""
+        from data.store import RunInProgress
+
+        row = RetrainRun(state="proposed", slot=1, summary=summary, proposed_by=proposed_by, guild_id=guild_id,
+                         channel_id=channel_id, expires_at=expires_at, progress={}, result={})
+        async with self.session() as s:
+            s.add(row)
+            try:
+                await s.commit()
+            except IntegrityError:
+                await s.rollback()
+                existing = await s.scalar(select(RetrainRun).where(RetrainRun.slot == 1))
+                raise RunInProgress(existing) from None
+        return row
+
+    async def open_run(self) -> RetrainRun | None:
+        """The proposal or run holding the slot, if any."""
+        async with self.session() as s:
+            return await s.scalar(select(RetrainRun).where(RetrainRun.slot == 1))
+
+    async def get_run(self, run_id: int) -> RetrainRun:
+        from data.store import NotFound
+
+        async with self.session() as s:
+            row = await s.get(RetrainRun, run_id)
+        if row is None:
+            raise NotFound(f"there is no retrain run #{run_id}")
+        return row
+
+    async def list_runs(self, limit: int = 10) -> list[RetrainRun]:
+        """Newest first."""
+        async with self.session() as s:
+            return list(await s.scalars(select(RetrainRun).order_by(RetrainRun.id.desc()).limit(limit)))
+
+    async def runs_in(self, states: tuple[str, ...]) -> list[RetrainRun]:
+        async with self.session() as s:
+            return list(await s.scalars(select(RetrainRun).where(RetrainRun.state.in_(states))
+                                        .order_by(RetrainRun.id)))
+
+    async def transition(self, run_id: int, state: str, *, expect: str | tuple[str, ...] | None = None,
+                         reason: str | None = None, **fields: Any) -> RetrainRun:
+        """Move a run to ``state`` if (and only if) it is in a state that may: one conditional UPDATE.
+
+        Raises RunStateError when the run was not in such a state (another process moved it first, or the
+        move is not a legal one). Ending states release the slot.
+        """
+        from data.store import RunStateError
+
+        sources = allowed_from(state)
+        if expect is not None:
+            wanted = (expect,) if isinstance(expect, str) else expect
+            sources = tuple(s for s in sources if s in wanted)
+        _check_fields(fields)
+        values: dict[str, Any] = {"state": state, "updated_at": utcnow(), **fields}
+        if reason is not None:
+            values["reason"] = reason
+        if state in RUN_TERMINAL:
+            values.update(slot=None, finished_at=utcnow())
+        if state == "approved":
+            values["started_at"] = utcnow()
+        async with self.session() as s, s.begin():
+            changed = await s.execute(update(RetrainRun).where(RetrainRun.id == run_id,
+                                                               RetrainRun.state.in_(sources)).values(**values))
+            row = await s.get(RetrainRun, run_id, populate_existing=True)
+            if row is None:
+                from data.store import NotFound
+
+                raise NotFound(f"there is no retrain run #{run_id}")
+            if changed.rowcount != 1:
+                raise RunStateError(f"run #{run_id} is {row.state}: it cannot become {state}")
+        return row
+
+    async def set_run(self, run_id: int, **fields: Any) -> RetrainRun:
+        """Set bookkeeping fields (progress, message ids, job reference, result…) without a state change."""
+        _check_fields(fields)
+        async with self.session() as s, s.begin():
+            await s.execute(update(RetrainRun).where(RetrainRun.id == run_id)
+                            .values(**fields, updated_at=utcnow()))
+            row = await s.get(RetrainRun, run_id, populate_existing=True)
+        if row is None:
+            from data.store import NotFound
+
+            raise NotFound(f"there is no retrain run #{run_id}")
+        return row
+
+    async def vote_run(self, run_id: int, user_id: int, *, approve: bool, stage: str = "proposal") -> VoteOutcome:
+        """Record (or change) one expert's vote. Only counts votes; the caller decides what a quorum does."""
+        from data.store import RunStateError
+
+        if stage not in VOTE_STAGES:
+            raise ValueError(f"unknown vote stage {stage!r}")
+        async with self.session() as s, s.begin():
+            run = await s.get(RetrainRun, run_id)
+            if run is None:
+                from data.store import NotFound
+
+                raise NotFound(f"there is no retrain run #{run_id}")
+            if run.state != VOTE_STAGES[stage]:
+                raise RunStateError(f"run #{run_id} is {run.state}: it is not waiting for this vote any more")
+            await s.execute(delete(RetrainVote).where(RetrainVote.run_id == run_id, RetrainVote.user_id == user_id,
+                                                      RetrainVote.stage == stage))
+            s.add(RetrainVote(run_id=run_id, user_id=user_id, stage=stage, approve=approve))
+        return await self.votes(run_id, stage)
+
+    async def votes(self, run_id: int, stage: str = "proposal") -> VoteOutcome:
+        async with self.session() as s:
+            run = await s.get(RetrainRun, run_id)
+            rows = list(await s.execute(select(RetrainVote.user_id, RetrainVote.approve)
+                                        .where(RetrainVote.run_id == run_id, RetrainVote.stage == stage)
+                                        .order_by(RetrainVote.id)))
+        return VoteOutcome(run, [u for u, a in rows if a], [u for u, a in rows if not a])
+
+    async def proposals_due(self, now: datetime, remind_before: timedelta) -> tuple[list[RetrainRun],
+                                                                                    list[RetrainRun]]:
+        """Open proposals that have expired, and those due a reminder (not reminded yet)."""
+        async with self.session() as s:
+            open_ = list(await s.scalars(select(RetrainRun).where(RetrainRun.state == "proposed",
+                                                                  RetrainRun.expires_at.is_not(None))))
+        expired = [r for r in open_ if r.expires_at <= now]
+        remind = [r for r in open_ if r not in expired and r.reminded_at is None
+                  and r.expires_at - remind_before <= now]
+        return expired, remind
+
+    async def count_runs(self) -> int:
+        async with self.session() as s:
+            return await s.scalar(select(func.count()).select_from(RetrainRun)) or 0
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    from data.store import StoreError
+
+    unknown = set(fields) - _SETTABLE
+    if unknown:
+        raise StoreError(f"cannot set {', '.join(sorted(unknown))} on a retrain run")

@@ -118,62 +118,15 @@ async def deploy(
                 await maybe
 
     try:
-        # ---- 1. what Ollama must render, checked against the chat template the run trained with -----
-        fmt = serving_format_for(adapter_dir, base_dir, config.options)
-        if config.chat_system_prompt is not None and config.chat_system_prompt != fmt.system:
-            raise DeployFailed(
-                f"the bot sends the system prompt {config.chat_system_prompt!r} but this adapter was trained with "
-                f"{fmt.system or 'no system prompt'!r} for conversations without one; train with the same "
-                "system_prompt the bot uses"
-            )
-        await _check_base(client, config.ollama_base, fmt)
-
-        # ---- 2. files for Ollama: one adapter GGUF, or the merged model's safetensors -----------------
-        await emit("converting", mode=config.mode)
-        files = await asyncio.to_thread(_artifacts, adapter_dir, base_dir or _base_dir(run), config)
-        result.timings["prepare_s"] = round(time.monotonic() - t0, 3)  # format checks + conversion
-
-        # ---- 3. upload only what Ollama lacks -----------------------------------------------------------
-        digests: dict[str, str] = {}
-        for name, path in files.items():
-            upload = await client.ensure_blob(path)
-            digests[name] = upload.digest
-            result.bytes_uploaded += upload.bytes_sent
-            await emit("uploaded", file=name, digest=upload.digest, bytes=upload.bytes_sent, size=upload.size)
-        result.timings["upload_s"] = round(time.monotonic() - t0 - result.timings["prepare_s"], 3)
-
-        # ---- 4. create the candidate from the clean base --------------------------------------------------
-        async def progress(p: CreateProgress) -> None:
-            await emit("create", status=p.status, completed=p.completed, total=p.total)
-
-        create_args: dict[str, Any] = {"template": fmt.template, "system": fmt.system or None,
-                                       "parameters": fmt.parameters(), "on_progress": progress}
-        if config.mode == "adapter":
-            await client.create(tag, from_=config.ollama_base, adapters=digests, **create_args)
-        else:
-            await client.create(tag, files=digests, quantize=config.quantize, **create_args)
-        await store.update_model_version(tag, status="registered", in_ollama=True, artifacts={
-            "adapter_dir": str(adapter_dir), "mode": config.mode, "blobs": digests,
-            "template": fmt.template, "system": fmt.system, "parameters": fmt.parameters()})
-        await _check_created(client, tag, fmt)
-
-        # ---- 5. warm-up: a base/adapter mismatch only shows when Ollama loads the model ------------------
-        try:
-            hello = await client.chat(tag, WARM_UP, {**config.options, "num_predict": 8})
-        except OllamaError as exc:
-            raise DeployFailed(f"warm-up chat failed (does the adapter match the base {config.ollama_base}?): "
-                               f"{exc}") from exc
-        await emit("warmed_up", reply=hello)
-
-        # ---- 6. gate against the active model ------------------------------------------------------------
+        candidate = await register_candidate(adapter_dir, client=client, config=config, tag=tag,
+                                             base_dir=base_dir or _base_dir(run), emit=emit)
+        result.bytes_uploaded = candidate.bytes_uploaded
+        result.timings.update(candidate.timings)
+        await store.update_model_version(tag, status="registered", in_ollama=True,
+                                         artifacts={"adapter_dir": str(adapter_dir), **candidate.artifacts()})
         active = await store.active_model_version()
-        active_tag = active.tag if active else None
-        if active_tag and not await client.has_model(active_tag):
-            raise DeployFailed(f"the active model {active_tag} is not in Ollama; cannot compare (restore it or "
-                               "promote another version first)")
-        prompts = eval_prompts(_eval_conversations(snapshot), config.eval_limit)
-        gate = await run_gate(client, tag, active_tag, prompts, probe_prompts(config.probes), config.gate_margin,
-                              config.options)
+        gate = await judge_candidate(client, config, tag, active.tag if active else None,
+                                     _eval_conversations(snapshot))
         result.gate = gate
         await emit("gated", passed=gate.passed, reason=gate.reason, scores=gate.scores)
         result.timings["to_gate_s"] = round(time.monotonic() - t0, 3)
@@ -211,6 +164,102 @@ async def deploy(
     except (OllamaError, StoreError) as exc:
         log.warning("retention after %s failed: %s", tag, exc)
     return result
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A tag registered in Ollama and answering (warm-up passed), not yet judged or switched to."""
+
+    tag: str
+    fmt: ServingFormat
+    mode: str
+    blobs: dict[str, str]
+    bytes_uploaded: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"mode": self.mode, "blobs": self.blobs, "template": self.fmt.template, "system": self.fmt.system,
+                "parameters": self.fmt.parameters()}
+
+
+async def register_candidate(adapter_dir: Path, *, client: OllamaClient, config: DeployConfig, tag: str,
+                             base_dir: Path | None = None, emit: Callable[..., Awaitable[None]] | None = None
+                             ) -> Candidate:
+    """Adapter dir → files for Ollama → only the missing blobs uploaded → ``tag`` created from the clean base →
+    warm-up chat. Needs no database (the GPU worker runs it). On any failure the tag is deleted again and
+    DeployFailed / OllamaError / OSError / ValueError propagates."""
+    async def note(step: str, **info: Any) -> None:
+        if emit is not None:
+            await emit(step, **info)
+
+    t0 = time.monotonic()
+    created = False
+    try:
+        # ---- 1. what Ollama must render, checked against the chat template the run trained with -----
+        fmt = serving_format_for(adapter_dir, base_dir, config.options)
+        if config.chat_system_prompt is not None and config.chat_system_prompt != fmt.system:
+            raise DeployFailed(
+                f"the bot sends the system prompt {config.chat_system_prompt!r} but this adapter was trained with "
+                f"{fmt.system or 'no system prompt'!r} for conversations without one; train with the same "
+                "system_prompt the bot uses"
+            )
+        await _check_base(client, config.ollama_base, fmt)
+
+        # ---- 2. files for Ollama: one adapter GGUF, or the merged model's safetensors -----------------
+        await note("converting", mode=config.mode)
+        files = await asyncio.to_thread(_artifacts, adapter_dir, base_dir, config)
+        candidate = Candidate(tag, fmt, config.mode, {})
+        candidate.timings["prepare_s"] = round(time.monotonic() - t0, 3)  # format checks + conversion
+
+        # ---- 3. upload only what Ollama lacks -----------------------------------------------------------
+        for name, path in files.items():
+            upload = await client.ensure_blob(path)
+            candidate.blobs[name] = upload.digest
+            candidate.bytes_uploaded += upload.bytes_sent
+            await note("uploaded", file=name, digest=upload.digest, bytes=upload.bytes_sent, size=upload.size)
+        candidate.timings["upload_s"] = round(time.monotonic() - t0 - candidate.timings["prepare_s"], 3)
+
+        # ---- 4. create the candidate from the clean base --------------------------------------------------
+        async def progress(p: CreateProgress) -> None:
+            await note("create", status=p.status, completed=p.completed, total=p.total)
+
+        create_args: dict[str, Any] = {"template": fmt.template, "system": fmt.system or None,
+                                       "parameters": fmt.parameters(), "on_progress": progress}
+        created = True  # from here on a failure may leave a half-made tag behind
+        if config.mode == "adapter":
+            await client.create(tag, from_=config.ollama_base, adapters=candidate.blobs, **create_args)
+        else:
+            await client.create(tag, files=candidate.blobs, quantize=config.quantize, **create_args)
+        await _check_created(client, tag, fmt)
+
+        # ---- 5. warm-up: a base/adapter mismatch only shows when Ollama loads the model ------------------
+        try:
+            hello = await client.chat(tag, WARM_UP, {**config.options, "num_predict": 8})
+        except OllamaError as exc:
+            raise DeployFailed(f"warm-up chat failed (does the adapter match the base {config.ollama_base}?): "
+                               f"{exc}") from exc
+        await note("warmed_up", reply=hello)
+        return candidate
+    except BaseException:
+        if created:
+            await _forget(client, tag)
+        raise
+
+
+async def judge_candidate(client: OllamaClient, config: DeployConfig, tag: str, active_tag: str | None,
+                          eval_conversations: list[Any]) -> GateResult:
+    """The gate: the candidate against the active model on the snapshot's eval split and the probes."""
+    if active_tag and not await client.has_model(active_tag):
+        raise DeployFailed(f"the active model {active_tag} is not in Ollama; cannot compare (restore it or "
+                           "promote another version first)")
+    prompts = eval_prompts(eval_conversations, config.eval_limit)
+    return await run_gate(client, tag, active_tag, prompts, probe_prompts(config.probes), config.gate_margin,
+                          config.options)
+
+
+async def forget(client: OllamaClient, tag: str) -> bool:
+    """Delete a candidate that will not serve; True when it is gone from Ollama."""
+    return await _forget(client, tag)
 
 
 async def fail_interrupted(store: Store, client: OllamaClient, model_name: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import aiohttp
 import discord
@@ -26,7 +27,7 @@ class StartupError(Exception):
 
 class LoraloopBot(commands.Bot):
     def __init__(self, settings: Settings, *, store: Store | None = None, ollama: OllamaClient | None = None,
-                 sync_commands: bool = True) -> None:
+                 sync_commands: bool = True, dispatcher: Any = None, run_scheduler: bool = True) -> None:
         # Mentions and DMs carry their text without the privileged message-content intent.
         super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(),
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None)
@@ -36,6 +37,8 @@ class LoraloopBot(commands.Bot):
         self.ollama = ollama or OllamaClient(settings.ollama_host, timeout=120)
         self.chat = Chat(settings, self.store, self.ollama)
         self.sync_commands = sync_commands
+        self.dispatcher = dispatcher  # None: from settings (bot/retrain/dispatch.py)
+        self.run_scheduler = run_scheduler
 
     async def setup_hook(self) -> None:
         await self.store.migrate()

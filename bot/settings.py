@@ -72,6 +72,26 @@ class Settings(BaseSettings):
     deploy_keep_versions: int = Field(default=3, ge=1, description="fine-tuned tags kept in Ollama")
     deploy_outtype: Literal["f16", "f32"] = "f16"
 
+    # Retraining (bot/retrain): when to propose, who approves, where the training runs.
+    retrain_cron: str = Field(default="0 3 * * *", description="When to check for enough new data (crontab, UTC).")
+    retrain_min_new_examples: int = Field(default=50, ge=1, description="New approved examples that warrant a run.")
+    retrain_quorum: int = Field(default=2, ge=1, description="Distinct experts whose approval starts a run.")
+    retrain_expiry_h: float = Field(default=48.0, gt=0, description="A proposal dies after this many hours.")
+    retrain_reminder_h: float = Field(default=12.0, ge=0, description="Remind experts this long before expiry.")
+    retrain_promotion: Literal["automatic", "manual"] = Field(
+        default="automatic", description="manual: a candidate that passed the gate waits for an expert's promote.")
+    retrain_train: dict[str, Any] = Field(
+        default_factory=dict, description="Trainer settings for scheduled runs (trainer/config.py TrainConfig).")
+    dispatcher: Literal["local", "celery"] = Field(
+        default="local", description="local: train in a subprocess here; celery: on a GPU worker over Redis.")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Broker for the celery dispatcher.")
+    worker_time_limit_s: int = Field(default=6 * 3600, ge=60, description="A training job is stopped after this.")
+    worker_heartbeat_timeout_s: float = Field(
+        default=60.0, gt=0, description="A running job with no heartbeat for this long is failed (worker lost).")
+    worker_home: Path = Field(default=Path("./loraloop-worker"), description="Where the worker keeps its runs.")
+    worker_ollama_host: str | None = Field(
+        default=None, description="Ollama as the worker reaches it, if not at the bot's OLLAMA_HOST.")
+
     # Discord.
     guilds: dict[int, GuildRoles] = Field(default_factory=dict)
     chat_cooldown_s: float = 3.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bot.cli import botcmd, dataset, deploy, dev, models, train
+from bot.cli import botcmd, dataset, deploy, dev, models, retrain, train
 
 app = typer.Typer(
     name="loraloop",
@@ -18,8 +18,10 @@ app.add_typer(dataset.snapshot_app, name="snapshot")
 app.add_typer(deploy.app, name="deploy")
 app.add_typer(models.app, name="models")
 app.add_typer(dev.app, name="dev")
+app.add_typer(retrain.app, name="retrain")
 app.command("train")(train.train)
 app.command("bot")(botcmd.bot)
+app.command("worker")(retrain.worker)
 
 
 def main() -> None:

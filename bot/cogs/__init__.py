@@ -1,3 +1,4 @@
-"""One cog per feature; ``EXTENSIONS`` is what the bot loads (the retrain cog joins it with orchestration)."""
+"""One cog per feature; ``EXTENSIONS`` is what the bot loads."""
 
-EXTENSIONS = ("bot.cogs.chat", "bot.cogs.teach", "bot.cogs.review", "bot.cogs.dataset", "bot.cogs.models")
+EXTENSIONS = ("bot.cogs.chat", "bot.cogs.teach", "bot.cogs.review", "bot.cogs.dataset", "bot.cogs.models",
+              "bot.cogs.retrain")

@@ -28,7 +28,7 @@ async def test_migrated_schema_matches_models(store):
 
     async with store.engine.connect() as conn:
         assert await conn.run_sync(diff) == []
-        assert (await conn.execute(text("select version_num from alembic_version"))).scalar() == "0001"
+        assert (await conn.execute(text("select version_num from alembic_version"))).scalar() == "0002"
 
 
 async def test_add_example_refuses_normalised_duplicates(store):

@@ -1,0 +1,104 @@
+"""``loraloop retrain …`` (operators) and ``loraloop worker`` (the GPU host)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import typer
+
+from bot.cli.common import console, fail, open_store, print_json, settings
+
+app = typer.Typer(help="Retrain proposals and runs (the bot announces them in Discord).", no_args_is_help=True)
+
+
+def _run_line(run: Any) -> dict[str, Any]:
+    return {"id": run.id, "state": run.state, "reason": run.reason, "progress": run.progress,
+            "new_examples": (run.summary or {}).get("new_examples"), "created_at": run.created_at,
+            "finished_at": run.finished_at}
+
+
+async def _with_orchestrator(cfg: Any, work: Any) -> Any:
+    from bot.retrain.dispatch import make_dispatcher
+    from bot.retrain.orchestrator import Orchestrator
+    from deploy.ollama import OllamaClient
+
+    async with open_store(cfg) as store, OllamaClient(cfg.ollama_host) as client:
+        orchestrator = Orchestrator(store, cfg, make_dispatcher(cfg), client)
+        try:
+            return await work(orchestrator)
+        finally:
+            await orchestrator.dispatcher.close()
+
+
+@app.command()
+def propose(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Open a retrain proposal now; the bot posts it to the experts channel for approval."""
+    from data.store import StoreError
+
+    cfg = settings()
+    try:
+        run = asyncio.run(_with_orchestrator(cfg, lambda o: o.propose()))
+    except StoreError as exc:
+        fail(str(exc))
+    if as_json:
+        return print_json(_run_line(run))
+    console.print(f"retrain #{run.id} proposed with {run.summary['new_examples']} new examples; it starts when "
+                  f"{cfg.retrain_quorum} experts approve it in Discord", highlight=False)
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Option(5)) -> None:
+    """The latest retrain runs."""
+    async def work():
+        async with open_store(cfg) as store:
+            return await store.list_runs(limit)
+
+    cfg = settings()
+    runs = asyncio.run(work())
+    if as_json:
+        return print_json([_run_line(r) for r in runs])
+    if not runs:
+        console.print("no retrains yet")
+    for run in runs:
+        stage = (run.progress or {}).get("stage")
+        extra = f" ({stage})" if stage and stage != run.state else ""
+        console.print(f"#{run.id} {run.state}{extra}" + (f": {run.reason}" if run.reason else ""), highlight=False)
+
+
+@app.command()
+def cancel(run_id: int = typer.Argument(None, help="Default: the open one.")) -> None:
+    """Stop the open proposal or the running retrain; the active model is untouched."""
+    from data.store import StoreError
+
+    async def work(orchestrator):
+        target = run_id
+        if target is None:
+            run = await orchestrator.store.open_run()
+            if run is None:
+                raise StoreError("nothing to cancel: no retrain is open")
+            target = run.id
+        return await orchestrator.cancel(target, by=None)
+
+    cfg = settings()
+    try:
+        run = asyncio.run(_with_orchestrator(cfg, work))
+    except StoreError as exc:
+        fail(str(exc))
+    console.print(f"retrain #{run.id} {run.state}" + (f": {run.reason}" if run.reason else ""), highlight=False)
+
+
+def worker(loglevel: str = typer.Option("INFO", help="Celery log level.")) -> None:
+    """Serve retrain jobs from Redis on this (GPU) host, one at a time."""
+    import redis
+
+    cfg = settings()
+    try:
+        redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=3).ping()
+    except (redis.RedisError, OSError) as exc:
+        from bot.retrain.dispatch import _safe_url
+
+        fail(f"cannot reach Redis at {_safe_url(cfg.redis_url)}: {exc}")
+    from bot.retrain.worker import run_worker
+
+    run_worker(cfg, loglevel)

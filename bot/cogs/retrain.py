@@ -1,0 +1,321 @@
+"""Retraining in Discord: /retrain propose|status|cancel, the proposal with persistent Approve/Reject buttons,
+one live progress message per run, the loss curve and eval table at the end.
+
+The cog owns the orchestrator and the scheduler for the bot's lifetime; it is also their Notifier.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import permissions
+from bot.retrain import scheduler as retrain_scheduler
+from bot.retrain.dispatch import make_dispatcher
+from bot.retrain.orchestrator import Orchestrator
+from bot.views import core, say
+from data.models import RUN_TERMINAL, RetrainRun
+from data.store import RunInProgress, StoreError
+
+if TYPE_CHECKING:
+    from bot.app import LoraloopBot
+
+log = logging.getLogger("loraloop.bot.retrain")
+NONE = discord.AllowedMentions.none()
+STAGE_LABEL = {"queued": "waiting for a worker", "training": "training", "converting": "converting to GGUF",
+               "registering": "registering with Ollama", "evaluating": "evaluating against the active model"}
+
+
+# ---- rendering -------------------------------------------------------------------------------------------
+
+
+def bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / total) if total else 0
+    return "█" * filled + "░" * (width - filled)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def proposal_text(run: RetrainRun, quorum: int, approvals: int = 0) -> str:
+    s = run.summary or {}
+    hp = s.get("hyperparameters") or {}
+    sources = ", ".join(f"{k} {v}" for k, v in (s.get("sources") or {}).items()) or "—"
+    agreement = f"{s['agreement']:.2f}" if isinstance(s.get("agreement"), float) else "—"
+    who = f"<@{run.proposed_by}>" if run.proposed_by else "the scheduler"
+    epochs = hp.get("epochs") or "auto"
+    lines = [
+        f"**Retrain proposal #{run.id}** (by {who})",
+        f"New approved examples since the active model: **{s.get('new_examples', 0)}** "
+        f"(approved in all: {s.get('approved_total', 0)}; by source: {sources}; rater agreement {agreement})",
+        f"Base `{s.get('base_model')}` → Ollama `{s.get('ollama_base')}`; active now: `{s.get('active') or 'base'}`",
+        f"Plan: LoRA r={hp.get('lora_r')} α={hp.get('lora_alpha')}, lr {hp.get('learning_rate')}, epochs {epochs}, "
+        f"batch {hp.get('batch_size')}×{hp.get('grad_accum')}, max length {hp.get('max_length')}"
+        + (", QLoRA" if hp.get("qlora") else ""),
+    ]
+    if run.state == "proposed":
+        expires = discord.utils.format_dt(run.expires_at, "R") if run.expires_at else "never"
+        lines.append(f"Approvals: {approvals}/{quorum} — expires {expires}")
+    else:
+        lines.append(f"**{run.state}**" + (f": {run.reason}" if run.reason else ""))
+    return "\n".join(lines)[:2000]
+
+
+def progress_text(run: RetrainRun) -> str:
+    p = run.progress or {}
+    stage = p.get("stage") or run.state
+    head = f"**Retrain #{run.id}** · {STAGE_LABEL.get(stage, stage)}"
+    if p.get("tag"):
+        head += f" · `{p['tag']}`"
+    lines = [head]
+    if stage == "training" and p.get("total"):
+        step, total = int(p.get("step") or 0), int(p["total"])
+        line = f"`{bar(step, total)}` {step}/{total}"
+        if p.get("loss") is not None:
+            line += f" · loss {p['loss']:.4f}"
+        if p.get("eval_loss") is not None:
+            line += f" · eval loss {p['eval_loss']:.4f}"
+        line += f" · ETA {_duration(p.get('eta_s'))}"
+        lines.append(line)
+    if run.state in RUN_TERMINAL or run.state == "evaluated":
+        lines.append(f"**{run.state}**" + (f": {run.reason}" if run.reason else ""))
+    return "\n".join(lines)[:2000]
+
+
+def result_text(run: RetrainRun, tag: str | None, manual: bool) -> str:
+    r = run.result or {}
+    lines = [f"**Retrain #{run.id} {run.state}**" + (f" — `{tag}`" if tag else "")]
+    m = r.get("metrics") or {}
+    if m.get("eval_loss_before") is not None and m.get("eval_loss_after") is not None:
+        lines.append(f"eval loss {m['eval_loss_before']:.3f} → {m['eval_loss_after']:.3f} "
+                     f"({m.get('steps')} steps, {m.get('train_runtime_s')} s on {m.get('device')})")
+    if r.get("table"):
+        lines.append("```\n" + r["table"] + "\n```")
+    probes = (r.get("probes") or [])[:3]
+    for probe in probes:
+        lines.append(f"> {probe['question'][:120]}\nbefore: {probe['before'][:150]!r}\nafter: {probe['after'][:150]!r}")
+    if run.state == "promoted":
+        lines.append(f"✅ The bot now answers with `{tag}`. `/model rollback` switches back.")
+    elif run.state == "evaluated" and manual:
+        lines.append("It passed the gate. Promote it to make the bot answer with it, or discard it.")
+    elif run.reason:
+        lines.append(f"❌ Not switched: {run.reason}. The bot keeps answering with the model it has.")
+    return "\n".join(lines)[:2000]
+
+
+# ---- buttons --------------------------------------------------------------------------------------------
+
+
+class RetrainButton(discord.ui.DynamicItem[discord.ui.Button],
+                    template=r"ll:rt:(?P<kind>approve|reject|promote|discard):(?P<run>\d+)"):
+    STYLE = {"approve": (discord.ButtonStyle.success, "Approve"), "reject": (discord.ButtonStyle.danger, "Reject"),
+             "promote": (discord.ButtonStyle.success, "Promote"), "discard": (discord.ButtonStyle.danger, "Discard")}
+
+    def __init__(self, kind: str, run_id: int) -> None:
+        style, label = self.STYLE[kind]
+        super().__init__(discord.ui.Button(style=style, label=label, custom_id=f"ll:rt:{kind}:{run_id}"))
+        self.kind, self.run_id = kind, run_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> RetrainButton:
+        return cls(match["kind"], int(match["run"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot = core(interaction)
+        cog: RetrainCog | None = bot.get_cog("RetrainCog")  # type: ignore[assignment]
+        if cog is None:
+            return await say(interaction, "Retraining is not running on this bot.")
+        if not permissions.is_expert(bot.settings, interaction.guild_id, interaction.user):
+            return await say(interaction, "Only experts can vote on retrains.")
+        orch = cog.orchestrator
+        try:
+            if self.kind in ("approve", "reject"):
+                outcome, started = await orch.vote(self.run_id, interaction.user.id, self.kind == "approve")
+                if self.kind == "reject":
+                    text = f"Retrain #{self.run_id} rejected."
+                elif started:
+                    text = f"Approved — quorum reached, retrain #{self.run_id} is starting."
+                elif outcome.run.state == "proposed":
+                    text = f"Approved ({len(outcome.approvals)}/{bot.settings.retrain_quorum})."
+                else:
+                    text = f"Retrain #{self.run_id} is already {outcome.run.state}."
+                await say(interaction, text)
+                await cog.refresh_proposal(await bot.store.get_run(self.run_id))
+            else:
+                run = await orch.decide_promotion(self.run_id, interaction.user.id, self.kind == "promote")
+                why = f" ({run.reason})" if run.reason else ""
+                await say(interaction, f"Retrain #{self.run_id}: {run.state}{why}")
+        except StoreError as exc:
+            await say(interaction, str(exc))
+
+
+def proposal_view(run_id: int, kinds: tuple[str, ...] = ("approve", "reject")) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for kind in kinds:
+        view.add_item(RetrainButton(kind, run_id))
+    return view
+
+
+# ---- the cog ---------------------------------------------------------------------------------------------
+
+
+class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Propose, follow and stop retrains."):
+    def __init__(self, bot: LoraloopBot) -> None:
+        self.bot = bot
+        dispatcher = getattr(bot, "dispatcher", None) or make_dispatcher(bot.settings)
+        self.orchestrator = Orchestrator(bot.store, bot.settings, dispatcher, bot.ollama, notifier=self)
+        self.scheduler: Any = None
+        super().__init__()
+
+    async def cog_load(self) -> None:
+        retrain_scheduler.bind(self.orchestrator)
+        self.bot.add_dynamic_items(RetrainButton)
+        await self.orchestrator.recover()
+        if getattr(self.bot, "run_scheduler", True):
+            try:
+                self.scheduler = retrain_scheduler.build_scheduler(self.bot.settings)
+                self.scheduler.start()
+            except Exception as exc:  # a bad cron or job store must not stop the bot answering
+                log.error("retrain scheduler not started: %s", exc)
+
+    async def cog_unload(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        await self.orchestrator.close()
+        retrain_scheduler.bind(None)
+
+    # ---- commands ---------------------------------------------------------------------------------
+
+    @app_commands.command(name="propose", description="Propose a retrain with the new approved examples (experts).")
+    async def propose(self, interaction: discord.Interaction) -> None:
+        if not permissions.is_expert(self.bot.settings, interaction.guild_id, interaction.user):
+            return await say(interaction, "Only experts can propose a retrain.")
+        roles = self.bot.settings.roles_for(interaction.guild_id)
+        channel_id = roles.experts_channel_id or interaction.channel_id
+        try:
+            run = await self.orchestrator.propose(by=interaction.user.id, guild_id=interaction.guild_id,
+                                                  channel_id=channel_id)
+        except RunInProgress as exc:
+            return await say(interaction, str(exc))
+        except StoreError as exc:
+            return await say(interaction, f"No retrain proposed: {exc}")
+        await say(interaction, f"Retrain #{run.id} proposed in <#{channel_id}>: it starts when "
+                               f"{self.bot.settings.retrain_quorum} experts approve.")
+
+    @app_commands.command(name="status", description="The current retrain and the last few.")
+    async def status(self, interaction: discord.Interaction) -> None:
+        runs = await self.bot.store.list_runs(5)
+        if not runs:
+            return await say(interaction, "No retrains yet.")
+        lines = []
+        for run in runs:
+            if run.state in RUN_TERMINAL:
+                lines.append(f"#{run.id} **{run.state}**" + (f" — {run.reason}" if run.reason else ""))
+            elif run.state == "proposed":
+                votes = await self.bot.store.votes(run.id)
+                lines.append(f"#{run.id} **proposed** — {len(votes.approvals)}/{self.bot.settings.retrain_quorum} "
+                             f"approvals, {run.summary.get('new_examples')} new examples")
+            else:
+                lines.append(progress_text(run))
+        await say(interaction, "\n".join(lines)[:2000])
+
+    @app_commands.command(name="cancel", description="Stop the open proposal or the running retrain (admins).")
+    async def cancel(self, interaction: discord.Interaction) -> None:
+        if not permissions.is_admin(self.bot.settings, interaction.guild_id, interaction.user):
+            return await say(interaction, "Only admins can cancel a retrain.")
+        run = await self.bot.store.open_run()
+        if run is None:
+            return await say(interaction, "Nothing to cancel: no retrain is open.")
+        await interaction.response.defer(ephemeral=True)
+        run = await self.orchestrator.cancel(run.id, by=interaction.user.id)
+        await say(interaction, f"Retrain #{run.id} {run.state}" + (f": {run.reason}" if run.reason else ""))
+
+    # ---- Notifier ---------------------------------------------------------------------------------
+
+    def _channel(self, run: RetrainRun) -> discord.PartialMessageable | None:
+        return self.bot.get_partial_messageable(run.channel_id) if run.channel_id else None
+
+    async def proposed(self, run: RetrainRun) -> None:
+        channel = self._channel(run)
+        if channel is None:
+            log.warning("retrain #%d proposed, but no experts channel is configured to announce it", run.id)
+            return
+        message = await channel.send(proposal_text(run, self.bot.settings.retrain_quorum),
+                                     view=proposal_view(run.id), allowed_mentions=NONE)
+        await self.bot.store.set_run(run.id, message_id=message.id)
+
+    async def refresh_proposal(self, run: RetrainRun) -> None:
+        channel = self._channel(run)
+        if channel is None or run.message_id is None:
+            return
+        votes = await self.bot.store.votes(run.id)
+        view = proposal_view(run.id) if run.state == "proposed" else None
+        try:
+            await channel.get_partial_message(run.message_id).edit(
+                content=proposal_text(run, self.bot.settings.retrain_quorum, len(votes.approvals)), view=view)
+        except discord.HTTPException as exc:
+            log.warning("could not update the proposal message of #%d: %s", run.id, exc)
+
+    async def reminder(self, run: RetrainRun) -> None:
+        channel = self._channel(run)
+        if channel is None:
+            return
+        votes = await self.bot.store.votes(run.id)
+        expires = discord.utils.format_dt(run.expires_at, "R") if run.expires_at else "soon"
+        await channel.send(f"⏰ Retrain proposal #{run.id} expires {expires} with {len(votes.approvals)}/"
+                           f"{self.bot.settings.retrain_quorum} approvals.", allowed_mentions=NONE,
+                           reference=_reference(run))
+
+    async def progress(self, run: RetrainRun) -> None:
+        channel = self._channel(run)
+        if channel is None:
+            return
+        if run.status_message_id is None:
+            await self.refresh_proposal(run)
+            message = await channel.send(progress_text(run), allowed_mentions=NONE)
+            await self.bot.store.set_run(run.id, status_message_id=message.id)
+        else:
+            await channel.get_partial_message(run.status_message_id).edit(content=progress_text(run))
+
+    async def finished(self, run: RetrainRun, loss_png: bytes | None) -> None:
+        channel = self._channel(run)
+        if channel is None:
+            return
+        if run.status_message_id is not None:
+            await channel.get_partial_message(run.status_message_id).edit(content=progress_text(run))
+        if run.state in ("rejected", "expired", "cancelled") and run.model_version_id is None:
+            await self.refresh_proposal(run)  # a proposal that never ran: its message says why
+            return
+        tag = None
+        if run.model_version_id is not None:
+            tag = (await self.bot.store.get_model_version(run.model_version_id)).tag
+        manual = self.bot.settings.retrain_promotion == "manual"
+        kwargs: dict[str, Any] = {"allowed_mentions": NONE}
+        if loss_png:
+            kwargs["file"] = discord.File(io.BytesIO(loss_png), filename=f"retrain-{run.id}-loss.png")
+        if run.state == "evaluated" and manual:
+            kwargs["view"] = proposal_view(run.id, ("promote", "discard"))
+        await channel.send(result_text(run, tag, manual), **kwargs)
+
+
+def _reference(run: RetrainRun) -> discord.MessageReference | None:
+    if run.message_id is None or run.channel_id is None:
+        return None
+    return discord.MessageReference(message_id=run.message_id, channel_id=run.channel_id, fail_if_not_exists=False)
+
+
+async def setup(bot: LoraloopBot) -> None:
+    await bot.add_cog(RetrainCog(bot))

@@ -1,0 +1,217 @@
+"""Where a retrain job runs. One interface, two implementations:
+
+* :class:`LocalDispatcher` — a child process on this machine (the embedded default; needs the ``ml`` extra
+  here). Events go through a file in the job's directory; liveness is the process itself.
+* :class:`CeleryDispatcher` — a ``loraloop worker`` on a GPU host, over Redis. The snapshot travels inside
+  the task message; events come back on a Redis list; the worker refreshes a heartbeat key while it works.
+
+The orchestrator only polls: ``events(start)`` returns what happened since, ``alive()`` says whether the job
+can still report (True), has not started yet (None: queued), or is gone (False).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.retrain.job import JobSpec
+
+TERMINAL_EVENTS = ("result", "failed", "cancelled")
+
+
+class DispatchError(Exception):
+    """The job could not be handed over; the message says why (nothing was started)."""
+
+
+class Dispatcher(Protocol):
+    name: str
+
+    async def submit(self, spec: JobSpec) -> str:
+        """Start (or queue) the job; returns a reference stored on the run. Raises DispatchError."""
+
+    async def events(self, run_id: int, ref: str, start: int) -> list[dict[str, Any]]:
+        """Events from index ``start`` on."""
+
+    async def alive(self, run_id: int, ref: str) -> bool | None:
+        """True: running; None: queued, not started; False: gone."""
+
+    async def cancel(self, run_id: int, ref: str) -> None:
+        """Ask the job to stop (it reports ``cancelled``); a queued job is dropped when it is picked up."""
+
+    async def close(self) -> None: ...
+
+
+# ---- local ------------------------------------------------------------------------------------------------
+
+
+class LocalDispatcher:
+    """Each job is ``python -m bot.retrain.job DIR`` with DIR under ``home``; the reference is DIR."""
+
+    name = "local"
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+
+    async def submit(self, spec: JobSpec) -> str:
+        workdir = (self.home / f"run-{spec.run_id}-{uuid.uuid4().hex[:8]}").resolve()
+        try:
+            workdir.mkdir(parents=True)
+            (workdir / "spec.json").write_text(spec.to_json(), encoding="utf-8")
+            (workdir / "events.jsonl").touch()
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot.retrain.job", str(workdir), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=open(workdir / "stderr.log", "wb"),  # noqa: SIM115, ASYNC230
+                start_new_session=True)  # survives a bot restart; reattached through its directory
+        except OSError as exc:
+            raise DispatchError(f"cannot start the local training process in {workdir}: {exc}") from exc
+        (workdir / "pid").write_text(str(child.pid), encoding="utf-8")
+        self._children[str(workdir)] = child
+        return str(workdir)
+
+    async def events(self, run_id: int, ref: str, start: int) -> list[dict[str, Any]]:
+        path = Path(ref) / "events.jsonl"
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines[start:]:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                break  # a line being written: read it next time
+        return out
+
+    async def alive(self, run_id: int, ref: str) -> bool | None:
+        child = self._children.get(ref)
+        if child is not None:
+            return child.returncode is None
+        return _pid_runs_job(Path(ref))
+
+    async def cancel(self, run_id: int, ref: str) -> None:
+        workdir = Path(ref)
+        with contextlib.suppress(OSError):
+            (workdir / "cancel").touch()
+        child = self._children.get(ref)
+        pid = child.pid if child is not None else _read_pid(workdir)
+        if pid and (child is not None or _pid_runs_job(workdir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    async def close(self) -> None:
+        for child in self._children.values():  # reap; running jobs keep running (their own session)
+            if child.returncode is not None:
+                await child.wait()
+
+
+def _read_pid(workdir: Path) -> int | None:
+    try:
+        return int((workdir / "pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_runs_job(workdir: Path) -> bool:
+    """After a restart: is the recorded pid still this job's process (not a reused pid, not a zombie)?"""
+    pid = _read_pid(workdir)
+    if pid is None:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and str(workdir).encode() in cmdline
+
+
+# ---- celery over redis --------------------------------------------------------------------------------------
+
+
+class CeleryDispatcher:
+    """Jobs for ``loraloop worker`` processes; the reference is the Celery task id."""
+
+    name = "celery"
+
+    def __init__(self, redis_url: str) -> None:
+        import redis.asyncio as aioredis
+
+        self.redis_url = redis_url
+        self.redis = aioredis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10)
+        self._app: Any = None
+
+    def _celery(self) -> Any:
+        if self._app is None:
+            from bot.retrain.worker import make_celery
+
+            self._app = make_celery(self.redis_url)
+        return self._app
+
+    async def ping(self) -> None:
+        import redis.exceptions
+
+        try:
+            await self.redis.ping()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise DispatchError(f"cannot reach Redis at {_safe_url(self.redis_url)}: {exc}") from None
+
+    async def submit(self, spec: JobSpec) -> str:
+        await self.ping()
+        from bot.retrain import worker
+
+        task_id = f"loraloop-run-{spec.run_id}-{uuid.uuid4().hex[:8]}"
+        await self.redis.delete(*worker.keys(spec.run_id).values())
+        try:
+            await asyncio.to_thread(self._celery().send_task, worker.TASK, args=[spec.to_json()], task_id=task_id,
+                                    queue=worker.QUEUE, retry=False)
+        except Exception as exc:  # kombu raises its own and OS errors; all mean "not handed over"
+            raise DispatchError(f"cannot queue the job on Redis at {_safe_url(self.redis_url)}: {exc}") from None
+        return task_id
+
+    async def events(self, run_id: int, ref: str, start: int) -> list[dict[str, Any]]:
+        from bot.retrain import worker
+
+        raw = await self.redis.lrange(worker.keys(run_id)["events"], start, -1)
+        return [json.loads(r) for r in raw]
+
+    async def alive(self, run_id: int, ref: str) -> bool | None:
+        from bot.retrain import worker
+
+        keys = worker.keys(run_id)
+        if await self.redis.exists(keys["heartbeat"]):
+            return True
+        if not await self.redis.exists(keys["started"]):
+            return None  # still queued: waiting for a worker
+        return False
+
+    async def cancel(self, run_id: int, ref: str) -> None:
+        from bot.retrain import worker
+
+        await self.redis.set(worker.keys(run_id)["cancel"], "1", ex=7 * 86400)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def make_dispatcher(settings: Any) -> Dispatcher:
+    if settings.dispatcher == "celery":
+        return CeleryDispatcher(settings.redis_url)
+    return LocalDispatcher(Path(settings.home) / "jobs")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

@@ -1,0 +1,387 @@
+"""The retrain loop as the bot runs it: propose → expert votes → snapshot → dispatch → follow the job → switch.
+
+Every decision is a state change of one RetrainRun row (data/runs.py); this object only sequences them and
+tells a :class:`Notifier` (the Discord cog, or nothing on the command line) what happened. Failures end the
+run with a reason and never touch the active model: the bot keeps answering with what it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
+from bot.retrain.job import JobSpec
+from data.models import RUN_DISPATCHED, RetrainRun, utcnow
+from data.runs import VoteOutcome
+from data.store import RunStateError, Store, StoreError
+from deploy.ollama import OllamaClient, OllamaError
+from deploy.pipeline import DeployConfig, DeployFailed, apply_retention, fail_interrupted, forget, promote
+
+log = logging.getLogger("loraloop.retrain")
+
+
+class NothingToTrain(StoreError):
+    """Not enough new approved examples for a retrain."""
+
+
+class Notifier(Protocol):
+    async def proposed(self, run: RetrainRun) -> None: ...
+    async def reminder(self, run: RetrainRun) -> None: ...
+    async def progress(self, run: RetrainRun) -> None: ...
+    async def finished(self, run: RetrainRun, loss_png: bytes | None) -> None: ...
+
+
+class NullNotifier:
+    async def proposed(self, run: RetrainRun) -> None: ...
+    async def reminder(self, run: RetrainRun) -> None: ...
+    async def progress(self, run: RetrainRun) -> None: ...
+    async def finished(self, run: RetrainRun, loss_png: bytes | None) -> None: ...
+
+
+class Orchestrator:
+    def __init__(self, store: Store, settings: Any, dispatcher: Dispatcher, client: OllamaClient,
+                 notifier: Notifier | None = None, *, poll_s: float = 0.5, progress_every_s: float = 1.0) -> None:
+        self.store, self.settings, self.dispatcher, self.client = store, settings, dispatcher, client
+        self.notifier: Notifier = notifier or NullNotifier()
+        self.poll_s, self.progress_every_s = poll_s, progress_every_s
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    # ---- proposals ----------------------------------------------------------------------------------------
+
+    async def summary(self) -> dict[str, Any]:
+        """The numbers experts see on a proposal."""
+        stats = await self.store.dataset_stats()
+        active = await self.store.active_model_version()
+        return {
+            "new_examples": stats.new_approved_since_active,
+            "approved_total": stats.by_status.get("approved", 0),
+            "sources": {k: v for k, v in stats.approved_by_source.items() if v},
+            "agreement": stats.agreement,
+            "ratings": stats.ratings,
+            "base_model": self.settings.base_model,
+            "ollama_base": self.settings.ollama_base,
+            "active": active.tag if active else None,
+            "hyperparameters": self.plan(),
+        }
+
+    def plan(self) -> dict[str, Any]:
+        """The trainer settings a run will use (the trainer picks epochs from the data size when unset)."""
+        from trainer.config import TrainConfig
+
+        cfg = TrainConfig(**self.settings.retrain_train)
+        keys = ("learning_rate", "epochs", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
+                "max_length", "qlora")
+        return {k: getattr(cfg, k) for k in keys}
+
+    async def propose(self, *, by: int | None = None, guild_id: int | None = None, channel_id: int | None = None,
+                      min_new: int = 1) -> RetrainRun:
+        """Open a proposal (raises NothingToTrain, or RunInProgress when one is open) and announce it."""
+        summary = await self.summary()
+        if summary["new_examples"] < min_new:
+            raise NothingToTrain(f"{summary['new_examples']} new approved examples since the active model; "
+                                 f"a retrain needs at least {min_new}")
+        if guild_id is None and channel_id is None:
+            guild_id, channel_id = self._default_channel()
+        expires = utcnow() + timedelta(hours=self.settings.retrain_expiry_h)
+        run = await self.store.propose_run(summary=summary, proposed_by=by, guild_id=guild_id,
+                                           channel_id=channel_id, expires_at=expires)
+        log.info("retrain #%d proposed (%d new examples)", run.id, summary["new_examples"])
+        await self._notify("proposed", run)
+        return await self.store.get_run(run.id)
+
+    async def maybe_propose(self) -> RetrainRun | None:
+        """The scheduled check: propose when enough new approved data has gathered and nothing is open."""
+        if await self.store.open_run() is not None:
+            return None
+        try:
+            return await self.propose(min_new=self.settings.retrain_min_new_examples)
+        except (NothingToTrain, StoreError) as exc:
+            log.info("no retrain proposed: %s", exc)
+            return None
+
+    async def vote(self, run_id: int, user_id: int, approve: bool) -> tuple[VoteOutcome, bool]:
+        """An expert's vote on a proposal; returns the tally and whether this vote started the run."""
+        outcome = await self.store.vote_run(run_id, user_id, approve=approve)
+        if not approve:
+            run = await self.store.transition(run_id, "rejected", expect="proposed",
+                                              reason=f"rejected by expert {user_id}")
+            await self._notify("finished", run, None)
+            return VoteOutcome(run, outcome.approvals, outcome.rejections), False
+        if len(outcome.approvals) < self.settings.retrain_quorum:
+            return outcome, False
+        try:  # the database decides which of two simultaneous quorum votes starts the run
+            run = await self.store.transition(run_id, "approved", expect="proposed")
+        except RunStateError:
+            return outcome, False
+        self.start(run.id)
+        return VoteOutcome(run, outcome.approvals, outcome.rejections), True
+
+    async def expire_due(self) -> None:
+        """Housekeeping: expire stale proposals, remind experts of those about to expire."""
+        expired, remind = await self.store.proposals_due(utcnow(), timedelta(hours=self.settings.retrain_reminder_h))
+        for run in await self.store.runs_in(("proposed",)):
+            if run.message_id is None and run.channel_id is not None and run not in expired:
+                await self._notify("proposed", run)  # proposed from the command line: announce it here
+        for run in expired:
+            with contextlib.suppress(RunStateError):
+                run = await self.store.transition(run.id, "expired", expect="proposed", reason=(
+                    f"no quorum of {self.settings.retrain_quorum} approvals within "
+                    f"{self.settings.retrain_expiry_h:g} h"))
+                await self._notify("finished", run, None)
+        for run in remind:
+            run = await self.store.set_run(run.id, reminded_at=utcnow())
+            await self._notify("reminder", run)
+
+    # ---- runs ---------------------------------------------------------------------------------------------
+
+    def start(self, run_id: int) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._execute(run_id), name=f"retrain-{run_id}")
+        self._tasks[run_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(run_id, None) if self._tasks.get(run_id) is _t else None)
+        return task
+
+    async def wait(self, run_id: int, limit_s: float | None = None) -> RetrainRun:
+        """Until the run's job has ended (for the command line and tests)."""
+        task = self._tasks.get(run_id)
+        if task is not None:
+            await asyncio.wait_for(asyncio.shield(task), limit_s)
+        return await self.store.get_run(run_id)
+
+    async def _execute(self, run_id: int) -> None:
+        try:
+            ref = await self._dispatch(run_id)
+            await self._follow(run_id, ref)
+        except asyncio.CancelledError:
+            raise
+        except DispatchError as exc:
+            await self._fail(run_id, f"{exc}. The approved data is kept: propose again once this is fixed.")
+        except Exception as exc:
+            log.exception("retrain #%d crashed", run_id)
+            await self._fail(run_id, f"unexpected error in the orchestrator: {exc!r}")
+
+    async def _dispatch(self, run_id: int) -> str:
+        s = self.settings
+        await fail_interrupted(self.store, self.client, s.model_name)
+        out = Path(s.home) / "snapshots" / f"run-{run_id}-{int(time.time())}"
+        manifest = await self.store.create_snapshot(out, s.eval_fraction)
+        if not manifest["counts"].get("train"):
+            raise DispatchError("the snapshot has no training examples (every approved example fell in eval)")
+        active = await self.store.active_model_version()
+        config = self.deploy_config()
+        train = {**s.retrain_train}
+        train.setdefault("system_prompt", s.system_prompt or None)  # must match what the bot serves
+        version = await self.store.create_model_version(
+            name=s.model_name, base_model=s.base_model, ollama_base=s.ollama_base,
+            snapshot_sha256=manifest["sha256"], snapshot_path=manifest["path"], hyperparams=self.plan())
+        await self.store.transition(run_id, "snapshotted", expect="approved", snapshot_sha256=manifest["sha256"],
+                                    snapshot_path=manifest["path"], model_version_id=version.id)
+        files = await asyncio.to_thread(_read_files, Path(manifest["path"]))
+        spec = JobSpec(run_id=run_id, tag=version.tag, base_model=s.base_model, ollama_host=s.ollama_host,
+                       deploy=_jsonable(asdict(config)), snapshot_sha256=manifest["sha256"], snapshot_files=files,
+                       train=train, active_tag=active.tag if active else None,
+                       time_limit_s=s.worker_time_limit_s, heartbeat_ttl_s=s.worker_heartbeat_timeout_s)
+        ref = await self.dispatcher.submit(spec)
+        run = await self.store.set_run(run_id, dispatcher=self.dispatcher.name, job_ref=ref,
+                                       progress={"stage": "queued", "tag": version.tag})
+        log.info("retrain #%d dispatched to %s as %s", run_id, self.dispatcher.name, ref)
+        await self._notify("progress", run)
+        return ref
+
+    def deploy_config(self) -> DeployConfig:
+        return DeployConfig.from_settings(self.settings)
+
+    async def _follow(self, run_id: int, ref: str, start: int = 0) -> None:
+        """Poll the job's events until it ends; a job that dies without a word fails the run."""
+        index, last_write = start, 0.0
+        progress: dict[str, Any] = dict((await self.store.get_run(run_id)).progress or {})
+        while True:
+            events = await self.dispatcher.events(run_id, ref, index)
+            for event in events:
+                index += 1
+                kind = event.get("event")
+                if kind in TERMINAL_EVENTS:
+                    await self._conclude(run_id, event)
+                    return
+                if kind == "stage":
+                    progress = {"stage": event["stage"], "tag": progress.get("tag")}
+                    with contextlib.suppress(RunStateError):
+                        await self.store.transition(run_id, event["stage"])
+                    last_write = 0.0  # a stage change is always shown
+                elif kind in ("step", "eval"):
+                    progress.update({k: v for k, v in event.items() if k not in ("event", "t")})
+                elif kind == "started":
+                    progress["host"] = event.get("host")
+                if time.monotonic() - last_write >= self.progress_every_s:
+                    run = await self.store.set_run(run_id, progress=progress)
+                    last_write = time.monotonic()
+                    await self._notify("progress", run)
+            if not events:
+                if await self.dispatcher.alive(run_id, ref) is False:
+                    if await self.dispatcher.events(run_id, ref, index):
+                        continue  # it finished between the two reads
+                    await self.dispatcher.cancel(run_id, ref)
+                    await self._fail(run_id, "the training job stopped without reporting back (the worker was "
+                                             "killed or crashed); the previous model keeps answering")
+                    return
+                await asyncio.sleep(self.poll_s)
+
+    async def _conclude(self, run_id: int, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "failed":
+            return await self._fail(run_id, event.get("reason") or "the job failed")
+        if kind == "cancelled":
+            return await self._end(run_id, "cancelled", event.get("reason") or "cancelled", version_status="failed")
+        run = await self.store.get_run(run_id)
+        gate = event["gate"]
+        png = base64.b64decode(event["loss_png"]) if event.get("loss_png") else None
+        if png:
+            (Path(self.settings.home) / "runs").mkdir(parents=True, exist_ok=True)
+            (Path(self.settings.home) / "runs" / f"run-{run_id}-loss.png").write_bytes(png)
+        result = {k: event.get(k) for k in ("table", "metrics", "probes", "loss_curve", "bytes_uploaded")}
+        result.update(passed=gate["passed"], reason=gate["reason"], scores=gate["scores"])
+        version = await self.store.update_model_version(
+            run.model_version_id, status="registered", in_ollama=True, artifacts=event.get("artifacts") or {},
+            evaluation=gate, metrics={**gate["scores"], "train": event.get("metrics") or {}})
+        await self.store.set_run(run_id, result=result)
+        if not gate["passed"]:
+            await forget(self.client, version.tag)
+            await self.store.update_model_version(version.id, status="rejected", failure_reason=gate["reason"],
+                                                  in_ollama=False)
+            run = await self.store.transition(run_id, "rejected", reason=f"the evaluation gate refused "
+                                                                          f"{version.tag}: {gate['reason']}")
+            return await self._notify("finished", run, png)
+        await self.store.update_model_version(version.id, status="evaluated")
+        if self.settings.retrain_promotion == "manual":
+            run = await self.store.transition(run_id, "evaluated")
+            return await self._notify("finished", run, png)
+        await self._promote(run_id, png)
+
+    async def _promote(self, run_id: int, png: bytes | None = None) -> RetrainRun:
+        run = await self.store.get_run(run_id)
+        version = await self.store.get_model_version(run.model_version_id)
+        try:
+            await promote(self.store, self.client, version.tag)
+        except (DeployFailed, OllamaError, StoreError) as exc:
+            await self._fail(run_id, f"could not switch to {version.tag}: {exc}")
+            return await self.store.get_run(run_id)
+        run = await self.store.transition(run_id, "promoted", reason=None)
+        log.info("retrain #%d: now answering with %s", run_id, version.tag)
+        try:
+            await apply_retention(self.store, self.client, self.settings.model_name,
+                                  self.settings.deploy_keep_versions)
+        except (OllamaError, StoreError) as exc:
+            log.warning("retention after %s failed: %s", version.tag, exc)
+        await self._notify("finished", run, png)
+        return run
+
+    async def decide_promotion(self, run_id: int, user_id: int, approve: bool) -> RetrainRun:
+        """Manual promotion: an expert promotes or discards an evaluated candidate."""
+        await self.store.vote_run(run_id, user_id, approve=approve, stage="promotion")
+        if approve:
+            return await self._promote(run_id)
+        return await self._end(run_id, "rejected", f"discarded by expert {user_id} after the evaluation",
+                               version_status="rejected", expect="evaluated")
+
+    async def cancel(self, run_id: int, by: int | None = None) -> RetrainRun:
+        """Stop a proposal or a run (admins). The job is asked to stop; the active model is untouched."""
+        run = await self.store.get_run(run_id)
+        reason = f"cancelled by {by}" if by else "cancelled"
+        if run.job_ref and run.state in RUN_DISPATCHED:
+            with contextlib.suppress(Exception):
+                await self.dispatcher.cancel(run_id, run.job_ref)
+        task = self._tasks.pop(run_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        return await self._end(run_id, "cancelled", reason, version_status="failed")
+
+    async def recover(self) -> None:
+        """After a restart: reattach to jobs still running, fail runs whose job is gone (never leave one hanging)."""
+        for run in await self.store.runs_in(("approved", *RUN_DISPATCHED)):
+            if run.id in self._tasks:
+                continue
+            if run.job_ref and run.dispatcher == self.dispatcher.name:
+                alive = await self.dispatcher.alive(run.id, run.job_ref)
+                events = await self.dispatcher.events(run.id, run.job_ref, 0)
+                if alive is not False or any(e.get("event") in TERMINAL_EVENTS for e in events):
+                    log.info("retrain #%d: reattaching to %s", run.id, run.job_ref)
+                    task = asyncio.get_running_loop().create_task(self._follow_safely(run.id, run.job_ref))
+                    self._tasks[run.id] = task
+                    continue
+                reason = "interrupted: its job stopped while the bot was down"
+            else:
+                reason = "interrupted: the bot stopped before the job was handed to a worker"
+            await self._fail(run.id, reason)
+
+    async def _follow_safely(self, run_id: int, ref: str) -> None:
+        try:
+            await self._follow(run_id, ref)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("retrain #%d crashed", run_id)
+            await self._fail(run_id, f"unexpected error in the orchestrator: {exc!r}")
+
+    async def close(self) -> None:
+        """Stop following jobs (they keep running; ``recover`` reattaches) and release the dispatcher."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.dispatcher.close()
+
+    # ---- endings ---------------------------------------------------------------------------------------------
+
+    async def _fail(self, run_id: int, reason: str) -> None:
+        await self._end(run_id, "failed", reason, version_status="failed")
+
+    async def _end(self, run_id: int, state: str, reason: str, *, version_status: str,
+                   expect: str | None = None) -> RetrainRun:
+        try:
+            run = await self.store.transition(run_id, state, reason=reason, expect=expect)
+        except RunStateError:
+            return await self.store.get_run(run_id)  # it had ended already
+        log.warning("retrain #%d %s: %s", run_id, state, reason)
+        if run.model_version_id is not None:
+            version = await self.store.get_model_version(run.model_version_id)
+            active = await self.store.active_model_version()
+            if active is None or active.id != version.id:
+                removed = await forget(self.client, version.tag)  # the job may have created it before dying
+                await self.store.update_model_version(version.id, status=version_status, failure_reason=reason,
+                                                      in_ollama=version.in_ollama and not removed)
+        await self._notify("finished", run, None)
+        return run
+
+    async def _notify(self, what: str, run: RetrainRun, *args: Any) -> None:
+        """Tell the notifier; a Discord hiccup must never break the run."""
+        try:
+            await getattr(self.notifier, what)(run, *args)
+        except Exception:
+            log.exception("retrain #%d: notifying %s failed", run.id, what)
+
+    def _default_channel(self) -> tuple[int | None, int | None]:
+        for guild_id, roles in sorted(self.settings.guilds.items()):
+            if roles.experts_channel_id:
+                return guild_id, roles.experts_channel_id
+        return None, None
+
+
+def _read_files(directory: Path) -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value

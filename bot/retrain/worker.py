@@ -1,0 +1,103 @@
+"""The Celery side of dispatch: the app, the one task, and ``loraloop worker`` (one GPU job at a time).
+
+Reliability choices, each for a failure we test:
+
+* ``acks_late`` + ``reject_on_worker_lost``: a job whose worker dies is not silently lost by the broker —
+  but it is not blindly re-run either: the first thing a job does is claim ``started`` (SET NX); a redelivered
+  job finds it taken and reports itself failed as interrupted, so the orchestrator stays the one who decides.
+* heartbeats: a thread refreshes a short-lived key while the job runs; the orchestrator fails a started job
+  whose heartbeat expired (kill -9, power loss, network split) instead of waiting for it forever.
+* cancellation: a key the job polls between training steps and deploy steps; the training child is stopped.
+* the solo pool: the job runs in the worker process itself, so killing the worker kills the job (its trainer
+  child dies with it), and one worker runs exactly one job at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bot.retrain.job import JobSpec, run_job
+
+TASK = "loraloop.retrain"
+QUEUE = "loraloop"
+KEEP_S = 7 * 86400
+log = logging.getLogger("loraloop.worker")
+
+
+def keys(run_id: int) -> dict[str, str]:
+    prefix = f"loraloop:job:{run_id}:"
+    return {name: prefix + name for name in ("events", "heartbeat", "started", "cancel")}
+
+
+def make_celery(redis_url: str, *, worker_home: Path | None = None, ollama_host: str | None = None) -> Any:
+    from celery import Celery
+
+    app = Celery("loraloop", broker=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], task_default_queue=QUEUE, task_ignore_result=True,
+        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+        # A job may train for hours: Redis must not hand an unacknowledged one to another worker meanwhile.
+        broker_transport_options={"visibility_timeout": 24 * 3600},
+    )
+
+    @app.task(name=TASK, bind=True, acks_late=True)
+    def retrain(task: Any, spec_json: str) -> None:
+        import redis
+
+        spec = JobSpec.from_json(spec_json)
+        r = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
+        run_job_here(r, spec, task.request.id, worker_home or Path("./loraloop-worker"), ollama_host)
+
+    return app
+
+
+def run_job_here(r: Any, spec: JobSpec, task_id: str, worker_home: Path, ollama_host: str | None) -> None:
+    k = keys(spec.run_id)
+
+    def emit(event: dict[str, Any]) -> None:
+        r.rpush(k["events"], json.dumps({**event, "t": round(time.time(), 3)}, ensure_ascii=False))
+        r.expire(k["events"], KEEP_S)
+
+    if not r.set(k["started"], task_id, nx=True, ex=KEEP_S):
+        emit({"event": "failed", "reason": "the job was interrupted (its worker stopped) and is not re-run "
+                                           "automatically; propose a new retrain"})
+        return
+    if r.exists(k["cancel"]):
+        emit({"event": "cancelled", "reason": "cancelled before a worker picked it up"})
+        return
+    stop = threading.Event()
+    ttl = max(1, round(spec.heartbeat_ttl_s))
+
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                r.set(k["heartbeat"], socket.gethostname(), ex=ttl)
+            except Exception as exc:  # Redis blips: the next beat retries; a long outage fails the job
+                log.warning("heartbeat for run %s failed: %s", spec.run_id, exc)
+            stop.wait(ttl / 4)
+
+    heart = threading.Thread(target=beat, name=f"heartbeat-{spec.run_id}", daemon=True)
+    heart.start()
+    try:
+        workdir = Path(worker_home).resolve() / f"run-{spec.run_id}-{task_id[-8:]}"
+        asyncio.run(run_job(spec, workdir, emit, lambda: bool(r.exists(k["cancel"])), ollama_host=ollama_host))
+    finally:
+        stop.set()
+        heart.join(timeout=5)
+        r.delete(k["heartbeat"])
+
+
+def run_worker(settings: Any, loglevel: str = "INFO") -> None:
+    """Block serving jobs (``loraloop worker``)."""
+    app = make_celery(settings.redis_url, worker_home=settings.worker_home, ollama_host=settings.worker_ollama_host)
+    app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}", "-Q", QUEUE,
+                     "--without-gossip", "--without-mingle", "--without-heartbeat",
+                     "-n", f"loraloop@{socket.gethostname()}"])

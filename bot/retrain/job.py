@@ -93,8 +93,9 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
         await _train(spec, snapshot, run_dir, emit, cancelled, deadline)
         _check(cancelled, deadline, spec)
 
-        stage = {"converting": "converting", "uploaded": "registering", "create": "registering"}
+        stage = {"uploaded": "registering", "create": "registering"}
         seen: set[str] = set()
+        emit({"event": "stage", "stage": "converting"})  # includes checking the base in Ollama
 
         async def on_deploy(step: str, **info: Any) -> None:
             if step in stage and stage[step] not in seen:

@@ -66,15 +66,19 @@ def run_job_here(r: Any, spec: JobSpec, task_id: str, worker_home: Path, ollama_
         r.rpush(k["events"], json.dumps({**event, "t": round(time.time(), 3)}, ensure_ascii=False))
         r.expire(k["events"], KEEP_S)
 
+    ttl = max(1, round(spec.heartbeat_ttl_s))
+    # The heartbeat first: the orchestrator reads "started without a heartbeat" as a dead worker.
+    r.set(k["heartbeat"], socket.gethostname(), ex=ttl)
     if not r.set(k["started"], task_id, nx=True, ex=KEEP_S):
+        r.delete(k["heartbeat"])
         emit({"event": "failed", "reason": "the job was interrupted (its worker stopped) and is not re-run "
                                            "automatically; propose a new retrain"})
         return
     if r.exists(k["cancel"]):
         emit({"event": "cancelled", "reason": "cancelled before a worker picked it up"})
+        r.delete(k["heartbeat"])
         return
     stop = threading.Event()
-    ttl = max(1, round(spec.heartbeat_ttl_s))
 
     def beat() -> None:
         while not stop.is_set():

@@ -38,7 +38,7 @@ def propose(as_json: bool = typer.Option(False, "--json")) -> None:
 
     cfg = settings()
     try:
-        run = asyncio.run(_with_orchestrator(cfg, lambda o: o.propose()))
+        run = asyncio.run(_with_orchestrator(cfg, lambda o: o.propose(origin="command line")))
     except StoreError as exc:
         fail(str(exc))
     if as_json:

@@ -54,7 +54,7 @@ def proposal_text(run: RetrainRun, quorum: int, approvals: int = 0) -> str:
     hp = s.get("hyperparameters") or {}
     sources = ", ".join(f"{k} {v}" for k, v in (s.get("sources") or {}).items()) or "—"
     agreement = f"{s['agreement']:.2f}" if isinstance(s.get("agreement"), float) else "—"
-    who = f"<@{run.proposed_by}>" if run.proposed_by else "the scheduler"
+    who = f"<@{run.proposed_by}>" if run.proposed_by else f"the {s.get('origin') or 'scheduler'}"
     epochs = hp.get("epochs") or "auto"
     lines = [
         f"**Retrain proposal #{run.id}** (by {who})",

@@ -82,9 +82,10 @@ class Orchestrator:
         return {k: getattr(cfg, k) for k in keys}
 
     async def propose(self, *, by: int | None = None, guild_id: int | None = None, channel_id: int | None = None,
-                      min_new: int = 1) -> RetrainRun:
-        """Open a proposal (raises NothingToTrain, or RunInProgress when one is open) and announce it."""
-        summary = await self.summary()
+                      min_new: int = 1, origin: str = "discord") -> RetrainRun:
+        """Open a proposal (raises NothingToTrain, or RunInProgress when one is open) and announce it.
+        ``origin`` (discord, scheduler, command line) is shown when there is no proposing user."""
+        summary = {**await self.summary(), "origin": origin}
         if summary["new_examples"] < min_new:
             raise NothingToTrain(f"{summary['new_examples']} new approved examples since the active model; "
                                  f"a retrain needs at least {min_new}")
@@ -102,7 +103,7 @@ class Orchestrator:
         if await self.store.open_run() is not None:
             return None
         try:
-            return await self.propose(min_new=self.settings.retrain_min_new_examples)
+            return await self.propose(min_new=self.settings.retrain_min_new_examples, origin="scheduler")
         except (NothingToTrain, StoreError) as exc:
             log.info("no retrain proposed: %s", exc)
             return None

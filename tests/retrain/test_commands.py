@@ -1,0 +1,115 @@
+"""/retrain through discord.py's real CommandTree and DynamicItems: who may do what, and what the experts see."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from bot.settings import GuildRoles
+from data.models import utcnow
+from tests.bot.conftest import make_settings, start_bot
+from tests.fixtures.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
+from tests.retrain.conftest import approved_examples
+
+EXPERT, OTHER_EXPERT, ADMIN, MEMBER = 41, 42, 43, 44
+GUILDS = {GUILD_ID: GuildRoles(expert_role_ids=[EXPERT_ROLE], admin_role_ids=[ADMIN_ROLE],
+                               experts_channel_id=CHANNEL_ID)}
+
+
+def reply(api) -> str:
+    calls = api.interaction_responses() + api.find("POST", "/webhooks/")
+    last = max(calls, key=lambda c: c.at)
+    return (last.json.get("data") or last.json or {}).get("content") or ""
+
+
+async def test_propose_vote_reject_cancel_and_status(tmp_path, discord_api, ollama_server):
+    settings = make_settings(tmp_path, ollama_server.url, guilds=GUILDS)
+    bot = await start_bot(settings)
+    gateway = Gateway(bot, discord_api)
+    try:
+        await gateway.command("retrain", subcommand="propose", user_id=MEMBER, roles=[])
+        assert "Only experts" in reply(discord_api)
+        await gateway.command("retrain", subcommand="propose", user_id=EXPERT, roles=[EXPERT_ROLE])
+        assert "No retrain proposed: 0 new approved examples" in reply(discord_api)
+        await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
+        assert reply(discord_api) == "No retrains yet."
+
+        await approved_examples(bot.store, 12)
+        await gateway.command("retrain", subcommand="propose", user_id=EXPERT, roles=[EXPERT_ROLE])
+        assert "Retrain #1 proposed" in reply(discord_api)
+        run = await bot.store.open_run()
+        proposal = discord_api.messages[run.message_id]
+        assert "**12**" in proposal["content"] and "r=16" in proposal["content"] and "Approvals: 0/2" in \
+            proposal["content"]
+        await gateway.command("retrain", subcommand="propose", user_id=OTHER_EXPERT, roles=[EXPERT_ROLE])
+        assert "already open: #1 (proposed)" in reply(discord_api)
+
+        buttons = [c["custom_id"] for row in proposal["components"] for c in row["components"]]
+        await gateway.click(buttons[0], message=message_with_buttons(buttons), user_id=MEMBER, roles=[])
+        assert "Only experts" in reply(discord_api)
+        await gateway.click(buttons[0], message=message_with_buttons(buttons), user_id=EXPERT, roles=[EXPERT_ROLE])
+        assert reply(discord_api) == "Approved (1/2)."
+        assert "Approvals: 1/2" in proposal["content"]  # the proposal message was edited
+        await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
+        assert "#1 **proposed** — 1/2 approvals, 12 new examples" in reply(discord_api)
+        await gateway.click(buttons[1], message=message_with_buttons(buttons), user_id=OTHER_EXPERT,
+                            roles=[EXPERT_ROLE])
+        assert reply(discord_api) == "Retrain #1 rejected."
+        assert f"**rejected**: rejected by expert {OTHER_EXPERT}" in proposal["content"]
+        assert proposal["components"] == []
+        assert await bot.store.open_run() is None
+
+        await gateway.command("retrain", subcommand="propose", user_id=EXPERT, roles=[EXPERT_ROLE])
+        await gateway.command("retrain", subcommand="cancel", user_id=EXPERT, roles=[EXPERT_ROLE])
+        assert "Only admins" in reply(discord_api)
+        await gateway.command("retrain", subcommand="cancel", user_id=ADMIN, roles=[ADMIN_ROLE])
+        assert reply(discord_api) == f"Retrain #2 cancelled: cancelled by {ADMIN}"
+        await gateway.command("retrain", subcommand="cancel", user_id=ADMIN, roles=[ADMIN_ROLE])
+        assert reply(discord_api) == "Nothing to cancel: no retrain is open."
+        await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
+        assert reply(discord_api).splitlines() == [f"#2 **cancelled** — cancelled by {ADMIN}",
+                                                   f"#1 **rejected** — rejected by expert {OTHER_EXPERT}"]
+    finally:
+        await bot.close()
+
+
+async def test_command_line_proposal_is_announced_and_reminded(tmp_path, discord_api, ollama_server, monkeypatch):
+    settings = make_settings(tmp_path, ollama_server.url, guilds=GUILDS, retrain_expiry_h=24, retrain_reminder_h=6)
+    bot = await start_bot(settings)
+    try:
+        await approved_examples(bot.store, 7)
+        for key, value in {"LORALOOP_HOME": str(tmp_path), "LORALOOP_DATABASE_URL": settings.resolved_database_url,
+                           "LORALOOP_GUILDS": json.dumps({str(k): v.model_dump() for k, v in GUILDS.items()}),
+                           "OLLAMA_HOST": ollama_server.url}.items():
+            monkeypatch.setenv(key, value)
+        from bot.cli import app
+
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["retrain", "propose"])
+        assert result.exit_code == 0, result.output
+        assert "retrain #1 proposed with 7 new examples" in result.output
+        again = await asyncio.to_thread(CliRunner().invoke, app, ["retrain", "propose"])
+        assert again.exit_code == 1 and "already open: #1" in again.output
+
+        cog = bot.get_cog("RetrainCog")
+        await cog.orchestrator.expire_due()  # the bot's housekeeping job announces it
+        run = await bot.store.get_run(1)
+        assert "(by the command line)" in discord_api.messages[run.message_id]["content"]
+        assert int(discord_api.messages[run.message_id]["channel_id"]) == CHANNEL_ID
+        async with bot.store.session() as s, s.begin():
+            await s.execute(text("update retrain_runs set expires_at = :t"), {"t": utcnow() + timedelta(hours=5)})
+        await cog.orchestrator.expire_due()
+        reminder = discord_api.find("POST", f"/channels/{CHANNEL_ID}/messages")[-1].json
+        assert reminder["content"].startswith("⏰ Retrain proposal #1 expires") and "0/2 approvals" in \
+            reminder["content"]
+        assert int(reminder["message_reference"]["message_id"]) == run.message_id
+
+        status = await asyncio.to_thread(CliRunner().invoke, app, ["retrain", "status", "--json"])
+        assert json.loads(status.output)[0]["state"] == "proposed"
+        cancelled = await asyncio.to_thread(CliRunner().invoke, app, ["retrain", "cancel"])
+        assert cancelled.exit_code == 0 and "retrain #1 cancelled" in cancelled.output
+    finally:
+        await bot.close()

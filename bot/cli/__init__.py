@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bot.cli import botcmd, dataset, deploy, dev, models, retrain, train
+from bot.cli import botcmd, dataset, db, deploy, dev, doctor, models, retrain, train
 
 app = typer.Typer(
     name="loraloop",
@@ -19,9 +19,11 @@ app.add_typer(deploy.app, name="deploy")
 app.add_typer(models.app, name="models")
 app.add_typer(dev.app, name="dev")
 app.add_typer(retrain.app, name="retrain")
+app.add_typer(db.app, name="db")
 app.command("train")(train.train)
 app.command("bot")(botcmd.bot)
 app.command("worker")(retrain.worker)
+app.command("doctor")(doctor.doctor)
 
 
 def main() -> None:

@@ -1,0 +1,321 @@
+"""``loraloop doctor``: check a deployment and explain what is wrong, one line per check.
+
+Nothing is changed: the database is inspected, never migrated; Ollama and Redis are only asked questions; the
+Discord token's shape is checked offline and the token is never printed. The exit status is 1 when any check
+fails (warnings and skipped checks do not count), so the command doubles as a container healthcheck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import typer
+from pydantic import ValidationError
+
+from bot.settings import Settings, load_settings
+
+Status = Literal["ok", "FAIL", "warn", "skip"]
+TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the report: what was checked, how it went, and what to do about it."""
+
+    name: str
+    status: Status
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status:<4}  {self.name:<14}{self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProbe:
+    """What torch sees on this host: ``torch_version`` is None when torch is not installed."""
+
+    torch_version: str | None = None
+    cuda_version: str | None = None  # the CUDA torch was built for; None for a CPU-only build
+    devices: list[str] = field(default_factory=list)
+
+
+def doctor(
+    worker: bool = typer.Option(
+        False, "--worker", help="Check the GPU worker's side: Redis, Ollama, the base model and a visible GPU."),
+) -> None:
+    """Check settings, Discord token, database, Ollama, base model, Redis and GPU; exit 1 if any check fails."""
+    checks = run_checks(worker=worker)
+    for check in checks:
+        typer.secho(check.line(), fg={"ok": "green", "FAIL": "red", "warn": "yellow"}.get(check.status))
+    failed = [c.name for c in checks if c.status == "FAIL"]
+    if failed:
+        typer.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+        raise typer.Exit(1)
+    typer.echo("all checks passed")
+
+
+def run_checks(*, worker: bool = False, probe: Callable[[], GpuProbe] | None = None) -> list[Check]:
+    """Every check for the bot host (or, with ``worker``, the GPU worker), in the order they are printed."""
+    config, check = settings_check()
+    if config is None:
+        return [check]
+    checks = [check]
+    if worker:
+        checks.append(Check("discord token", "skip", "not needed on the worker"))
+        checks.append(Check("roles", "skip", "not needed on the worker"))
+        checks.append(Check("database", "skip", "the worker keeps no database (the bot records the runs)"))
+    else:
+        token = config.discord_token.get_secret_value() if config.discord_token else None
+        checks.append(discord_token_check(token))
+        checks.append(roles_check(config))
+        checks.append(database_check(config.resolved_database_url))
+    if worker and config.worker_ollama_host:
+        host, setting = config.worker_ollama_host, "LORALOOP_WORKER_OLLAMA_HOST"
+    else:
+        host, setting = config.ollama_host, "OLLAMA_HOST"
+    checks.extend(asyncio.run(ollama_checks(host, config.ollama_base, setting)))
+    if worker or config.dispatcher == "celery":
+        checks.append(redis_check(config.redis_url))
+    else:
+        checks.append(Check("redis", "skip", "not used (dispatcher=local)"))
+    checks.append(gpu_check((probe or probe_gpu)(), worker=worker, dispatcher=config.dispatcher))
+    return checks
+
+
+# ---- settings -----------------------------------------------------------------------------------------------
+
+
+def settings_check() -> tuple[Settings | None, Check]:
+    try:
+        config = load_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        return None, Check("settings", "FAIL", f"invalid: {problems}")
+    except FileNotFoundError as exc:
+        return None, Check("settings", "FAIL", str(exc))
+    sources = ["environment"]
+    if Path(".env").is_file():
+        sources.append(f"{Path('.env').resolve()}")
+    if config.config_file:
+        sources.append(str(config.config_file))
+    return config, Check("settings", "ok", f"read from {', '.join(sources)}; home {config.home}, "
+                                           f"model {config.model_name} on {config.ollama_base}")
+
+
+# ---- Discord ------------------------------------------------------------------------------------------------
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def discord_token_check(token: str | None) -> Check:
+    """The token's shape only (Discord is not asked): ``base64url(id).timestamp.hmac``. Never prints the token."""
+    name = "discord token"
+    if not token or not token.strip():
+        return Check(name, "FAIL", "DISCORD_TOKEN is not set: Discord developer portal → your application → Bot "
+                                   "→ Reset Token, then put it in DISCORD_TOKEN (.env)")
+    token = token.strip()
+    if token.lower().startswith("bot "):
+        return Check(name, "FAIL", "DISCORD_TOKEN starts with 'Bot ': set the token alone, without the prefix")
+    if token[0] in "\"'" or token[-1] in "\"'":
+        return Check(name, "FAIL", "DISCORD_TOKEN is wrapped in quotes: remove them")
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_SEGMENT.match(p) for p in parts):
+        return Check(name, "FAIL", f"DISCORD_TOKEN does not look like a bot token: expected three base64url parts "
+                                   f"separated by dots, got {len(parts)} part(s) of {len(token)} characters "
+                                   "(an application id, client secret or public key is not the bot token)")
+    try:
+        bot_id = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        bot_id = ""
+    if not bot_id.isdigit():
+        return Check(name, "FAIL", "DISCORD_TOKEN does not look like a bot token: its first part is not a "
+                                   "base64-encoded bot id")
+    return Check(name, "ok", f"shaped like a bot token for bot id {bot_id} (Discord itself is asked when the bot "
+                             "logs in)")
+
+
+def roles_check(config: Settings) -> Check:
+    configured = {g: r for g, r in config.guilds.items() if r.expert_role_ids or r.admin_role_ids}
+    if not configured:
+        return Check("roles", "warn", "no guild has expert or admin roles configured: nobody can review, approve "
+                                      "a retrain or roll back (see README, 'Quick start')")
+    no_admin = [str(g) for g, r in configured.items() if not r.admin_role_ids]
+    detail = f"{len(configured)} guild(s) with expert/admin roles"
+    if no_admin:
+        return Check("roles", "warn", f"{detail}; no admin role in guild(s) {', '.join(no_admin)}: nobody there "
+                                      "can approve directly, promote or roll back")
+    return Check("roles", "ok", detail)
+
+
+# ---- database -----------------------------------------------------------------------------------------------
+
+
+def head_revision() -> str:
+    """The newest Alembic revision this code knows."""
+    from alembic.script import ScriptDirectory
+
+    from data.migrations import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head() or ""
+
+
+def database_check(url: str) -> Check:
+    """Connect, read ``alembic_version`` and compare it with the code's head; never creates or migrates."""
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import make_url
+
+    from data.migrations import alembic_config
+
+    shown = redact(url)
+    upgrade = "run `loraloop db upgrade` (the bot also migrates when it starts)"
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database or ""
+        if path and path != ":memory:" and not Path(path).is_file():  # connecting would create it
+            return Check("database", "FAIL", f"no database at {path} yet: {upgrade}")
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    try:
+        current = asyncio.run(_current_revision(url, asyncpg=parsed.get_driver_name() == "asyncpg"))
+    except Exception as exc:  # any driver's connection error: its message is the explanation
+        return Check("database", "FAIL", f"cannot connect to {shown}: {_why(exc)}")
+    if current == head:
+        return Check("database", "ok", f"{shown} reachable, migrated (revision {head})")
+    if current is None:
+        return Check("database", "FAIL", f"{shown} reachable but not migrated (no schema; code expects revision "
+                                         f"{head}): {upgrade}")
+    try:
+        known = script.get_revision(current) is not None
+    except Exception:  # alembic raises its own errors for an unknown id
+        known = False
+    if not known:
+        return Check("database", "FAIL", f"{shown} is at revision {current}, which this loraloop does not know "
+                                         f"(migrated by a newer version?); code expects {head}")
+    return Check("database", "FAIL", f"{shown} is at revision {current}, code expects {head}: {upgrade}")
+
+
+async def _current_revision(url: str, *, asyncpg: bool) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url, connect_args={"timeout": TIMEOUT_S} if asyncpg else {})
+    try:
+        async with asyncio.timeout(TIMEOUT_S * 2), engine.connect() as conn:
+            return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+    finally:
+        await engine.dispose()
+
+
+# ---- Ollama -------------------------------------------------------------------------------------------------
+
+
+async def ollama_checks(host: str, base_tag: str, setting: str = "OLLAMA_HOST") -> list[Check]:
+    """Ollama's version, then whether the clean base tag every fine-tune builds on is present."""
+    from deploy.ollama import OllamaClient, OllamaError, OllamaUnavailable
+
+    async with OllamaClient(host, timeout=TIMEOUT_S) as client:
+        try:
+            version = await client.version()
+        except OllamaError as exc:
+            if isinstance(exc, OllamaUnavailable) or exc.status is None:
+                why = f"{exc}: start it (`docker compose up -d ollama`, or `ollama serve`) or fix {setting}"
+            else:  # something answers there, but not as Ollama does
+                why = f"{client.host} answered HTTP {exc.status} to GET /api/version: is {setting} Ollama's address?"
+            return [Check("ollama", "FAIL", why), Check("base model", "skip", f"{base_tag}: Ollama not reachable")]
+        checks = [Check("ollama", "ok", f"{client.host} reachable, Ollama {version or '(no version)'}")]
+        try:
+            present = await client.has_model(base_tag)
+        except OllamaError as exc:
+            return [*checks, Check("base model", "FAIL", f"cannot list Ollama's models: {exc}")]
+    if present:
+        return [*checks, Check("base model", "ok", f"{base_tag} present")]
+    return [*checks, Check("base model", "FAIL", f"{base_tag} is not in Ollama: run `ollama pull {base_tag}` on the "
+                                                "Ollama host (`docker compose exec ollama ollama pull "
+                                                f"{base_tag}`), or fix LORALOOP_OLLAMA_BASE")]
+
+
+# ---- Redis --------------------------------------------------------------------------------------------------
+
+
+def redis_check(url: str) -> Check:
+    import redis
+
+    shown = redact(url)
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
+        try:
+            version = client.info("server").get("redis_version", "?")
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        return Check("redis", "FAIL", f"cannot reach Redis at {shown}: {_why(exc)}; start it (`docker compose up "
+                                      "-d redis`) or fix LORALOOP_REDIS_URL")
+    return Check("redis", "ok", f"{shown} reachable, Redis {version}")
+
+
+# ---- GPU ----------------------------------------------------------------------------------------------------
+
+
+def probe_gpu() -> GpuProbe:
+    """Ask torch (if installed) which CUDA devices it can use."""
+    try:
+        import torch
+    except ImportError:
+        return GpuProbe()
+    devices: list[str] = []
+    if torch.cuda.is_available():
+        devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return GpuProbe(torch.__version__, torch.version.cuda, devices)
+
+
+def gpu_check(probe: GpuProbe, *, worker: bool, dispatcher: str) -> Check:
+    """A GPU is required on the worker; on the bot host it only matters when retrains run there (local)."""
+    if probe.devices:
+        names = ", ".join(probe.devices)
+        return Check("gpu", "ok", f"{len(probe.devices)} CUDA device(s): {names} (torch {probe.torch_version}, "
+                                  f"CUDA {probe.cuda_version})")
+    if probe.torch_version is None:
+        if worker:
+            return Check("gpu", "FAIL", "torch is not installed: the worker needs the ml extra "
+                                        "(pip install '.[ml]', or the worker image)")
+        return Check("gpu", "skip", "torch not installed (a bot-only host trains nothing)")
+    build = f"torch {probe.torch_version}, " + (f"built for CUDA {probe.cuda_version}" if probe.cuda_version
+                                                  else "a CPU-only build")
+    if worker:
+        return Check("gpu", "FAIL", f"no CUDA GPU visible ({build}): check the NVIDIA driver (nvidia-smi), the "
+                                    "NVIDIA Container Toolkit and the worker's GPU reservation")
+    if dispatcher == "local":
+        return Check("gpu", "warn", f"no CUDA GPU visible ({build}): retrains run on this host (dispatcher=local), "
+                                    "on the CPU, which only suits tiny models")
+    return Check("gpu", "skip", f"no CUDA GPU visible here ({build}); retrains run on the worker: check it with "
+                                "`loraloop doctor --worker`")
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+def _why(exc: BaseException) -> str:
+    """One line from a driver's exception, without SQLAlchemy's statement and background link."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {TIMEOUT_S * 2:g} s"
+    inner = getattr(exc, "orig", None) or exc
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+    return f"{inner.__class__.__name__}: {text}" if text else inner.__class__.__name__

@@ -201,10 +201,22 @@ class Orchestrator:
 
     async def _follow(self, run_id: int, ref: str, start: int = 0) -> None:
         """Poll the job's events until it ends; a job that dies without a word fails the run."""
-        index, last_write = start, 0.0
+        index, last_write, lost_since = start, 0.0, None
         progress: dict[str, Any] = dict((await self.store.get_run(run_id)).progress or {})
+        patience = max(30.0, self.settings.worker_heartbeat_timeout_s)
         while True:
-            events = await self.dispatcher.events(run_id, ref, index)
+            try:
+                events = await self.dispatcher.events(run_id, ref, index)
+                lost_since = None
+            except Exception as exc:  # Redis restarting, a full disk…: the job may well be fine; wait a while
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > patience:
+                    await self._fail(run_id, f"lost contact with the {self.dispatcher.name} dispatcher for "
+                                             f"{patience:g} s: {exc}")
+                    return
+                log.warning("retrain #%d: reading the job's events failed (%s); retrying", run_id, exc)
+                await asyncio.sleep(max(self.poll_s, 1.0))
+                continue
             for event in events:
                 index += 1
                 kind = event.get("event")

@@ -46,12 +46,23 @@ class GpuProbe:
     devices: list[str] = field(default_factory=list)
 
 
+CHECKS = ("settings", "discord token", "roles", "database", "ollama", "base model", "redis", "gpu")
+_CHECK_NAMES = ", ".join(c.replace(" ", "-") for c in CHECKS)
+
+
 def doctor(
     worker: bool = typer.Option(
         False, "--worker", help="Check the GPU worker's side: Redis, Ollama, the base model and a visible GPU."),
+    only: list[str] = typer.Option(
+        None, "--check", metavar="NAME",
+        help=f"Run only these checks (repeatable; settings always runs): {_CHECK_NAMES}."),
 ) -> None:
     """Check settings, Discord token, database, Ollama, base model, Redis and GPU; exit 1 if any check fails."""
-    checks = run_checks(worker=worker)
+    wanted = {name.replace("-", " ").replace("_", " ").lower() for name in only or []}
+    if unknown := sorted(wanted - set(CHECKS)):
+        typer.echo(f"error: unknown check(s) {', '.join(unknown)}; choose from {_CHECK_NAMES}", err=True)
+        raise typer.Exit(2)
+    checks = run_checks(worker=worker, only=wanted or None)
     for check in checks:
         typer.secho(check.line(), fg={"ok": "green", "FAIL": "red", "warn": "yellow"}.get(check.status))
     failed = [c.name for c in checks if c.status == "FAIL"]
@@ -61,32 +72,48 @@ def doctor(
     typer.echo("all checks passed")
 
 
-def run_checks(*, worker: bool = False, probe: Callable[[], GpuProbe] | None = None) -> list[Check]:
-    """Every check for the bot host (or, with ``worker``, the GPU worker), in the order they are printed."""
+def run_checks(
+    *, worker: bool = False, only: set[str] | None = None, probe: Callable[[], GpuProbe] | None = None,
+) -> list[Check]:
+    """The checks for the bot host (or, with ``worker``, the GPU worker), in the order they are printed.
+
+    ``only`` limits them to those names (the settings are always read: every other check needs them).
+    """
     config, check = settings_check()
     if config is None:
         return [check]
+
+    def want(*names: str) -> bool:
+        return only is None or any(n in only for n in names)
+
     checks = [check]
     if worker:
         checks.append(Check("discord token", "skip", "not needed on the worker"))
         checks.append(Check("roles", "skip", "not needed on the worker"))
         checks.append(Check("database", "skip", "the worker keeps no database (the bot records the runs)"))
     else:
-        token = config.discord_token.get_secret_value() if config.discord_token else None
-        checks.append(discord_token_check(token))
-        checks.append(roles_check(config))
-        checks.append(database_check(config.resolved_database_url))
-    if worker and config.worker_ollama_host:
-        host, setting = config.worker_ollama_host, "LORALOOP_WORKER_OLLAMA_HOST"
-    else:
-        host, setting = config.ollama_host, "OLLAMA_HOST"
-    checks.extend(asyncio.run(ollama_checks(host, config.ollama_base, setting)))
-    if worker or config.dispatcher == "celery":
-        checks.append(redis_check(config.redis_url))
-    else:
-        checks.append(Check("redis", "skip", "not used (dispatcher=local)"))
-    checks.append(gpu_check((probe or probe_gpu)(), worker=worker, dispatcher=config.dispatcher))
-    return checks
+        if want("discord token"):
+            token = config.discord_token.get_secret_value() if config.discord_token else None
+            checks.append(discord_token_check(token))
+        if want("roles"):
+            checks.append(roles_check(config))
+        if want("database"):
+            checks.append(database_check(config.resolved_database_url))
+    if want("ollama", "base model"):
+        if worker and config.worker_ollama_host:
+            host, setting = config.worker_ollama_host, "LORALOOP_WORKER_OLLAMA_HOST"
+        else:
+            host, setting = config.ollama_host, "OLLAMA_HOST"
+        checks.extend(asyncio.run(ollama_checks(host, config.ollama_base, setting)))
+    if want("redis"):
+        if worker or config.dispatcher == "celery":
+            checks.append(redis_check(config.redis_url))
+        else:
+            checks.append(Check("redis", "skip", "not used (dispatcher=local)"))
+    if want("gpu"):
+        checks.append(gpu_check((probe or probe_gpu)(), worker=worker, dispatcher=config.dispatcher))
+    # The base model cannot be checked without Ollama: its line comes along.
+    return [c for c in checks if c.name == "settings" or want(c.name) or (c.name == "ollama" and want("base model"))]
 
 
 # ---- settings -----------------------------------------------------------------------------------------------

@@ -386,3 +386,32 @@ def test_gpu_check(probe, worker, dispatcher, status, text):
     check = gpu_check(probe, worker=worker, dispatcher=dispatcher)
     assert (check.status, check.name) == (status, "gpu")
     assert text in check.detail
+
+
+# ---- --check: the containers' healthchecks run a subset ----------------------------------------------------
+
+
+def test_check_runs_only_the_named_checks(env, tmp_path, ollama_server):
+    ollama_server.add_scripted_model(BASE)
+    env.setenv("OLLAMA_HOST", ollama_server.url)
+    env.delenv("DISCORD_TOKEN")  # failing, but not asked for
+    migrate_sqlite(tmp_path)
+
+    report = doctor("--check", "database", "--check", "ollama")
+
+    assert list(report.lines) == ["settings", "database", "ollama"]
+    assert report.exit_code == 0
+
+
+def test_check_base_model_brings_the_ollama_line_along(env, unreachable_ollama_url):
+    env.setenv("OLLAMA_HOST", unreachable_ollama_url)
+
+    report = doctor("--check", "base-model")
+
+    assert list(report.lines) == ["settings", "ollama", "base model"]
+    assert report.status("ollama") == "FAIL" and report.exit_code == 1
+
+
+def test_check_rejects_an_unknown_name(env):
+    result = CliRunner().invoke(app, ["doctor", "--check", "dns"])
+    assert result.exit_code == 2 and "unknown check(s) dns" in result.output

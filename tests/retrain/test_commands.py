@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from bot.settings import GuildRoles
 from data.models import utcnow
 from tests.bot.conftest import make_settings, start_bot
+from tests.bot.test_chat import wait_for
 from tests.fixtures.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 from tests.retrain.conftest import approved_examples
 
@@ -53,13 +54,13 @@ async def test_propose_vote_reject_cancel_and_status(tmp_path, discord_api, olla
         assert "Only experts" in reply(discord_api)
         await gateway.click(buttons[0], message=message_with_buttons(buttons), user_id=EXPERT, roles=[EXPERT_ROLE])
         assert reply(discord_api) == "Approved (1/2)."
-        assert "Approvals: 1/2" in proposal["content"]  # the proposal message was edited
+        await wait_for(lambda: "Approvals: 1/2" in proposal["content"])  # the proposal message is edited
         await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
         assert "#1 **proposed** — 1/2 approvals, 12 new examples" in reply(discord_api)
         await gateway.click(buttons[1], message=message_with_buttons(buttons), user_id=OTHER_EXPERT,
                             roles=[EXPERT_ROLE])
         assert reply(discord_api) == "Retrain #1 rejected."
-        assert f"**rejected**: rejected by expert {OTHER_EXPERT}" in proposal["content"]
+        await wait_for(lambda: f"**rejected**: rejected by expert {OTHER_EXPERT}" in proposal["content"])
         assert proposal["components"] == []
         assert await bot.store.open_run() is None
 

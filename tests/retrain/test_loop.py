@@ -13,7 +13,7 @@ from bot.app import LoraloopBot
 from data.review import ReviewPolicy
 from data.store import Store
 from tests.bot.conftest import FAKE_TOKEN
-from tests.bot.test_chat import mention
+from tests.bot.test_chat import mention, wait_for
 from tests.fixtures.discord import CHANNEL_ID, EXPERT_ROLE, Gateway, message_with_buttons
 from tests.retrain.conftest import approved_examples, loop_settings, qa, wait_until
 
@@ -78,7 +78,7 @@ async def full_loop(settings, discord_api, base_server) -> None:
         assert (await bot.store.get_run(run.id)).state != "proposed"
         orchestrator = bot.get_cog("RetrainCog").orchestrator
         assert list(orchestrator._tasks) == [run.id]
-        assert proposal["components"] == []  # the buttons are gone from the proposal; a stale client still clicks:
+        await wait_for(lambda: proposal["components"] == [])  # the buttons go; a stale client still clicks:
         await gateway.click(buttons[0], message=message_with_buttons(buttons), user_id=EXPERTS[2],
                             roles=[EXPERT_ROLE])
         assert "not waiting for this vote" in last_text(discord_api)

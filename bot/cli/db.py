@@ -6,7 +6,7 @@ import asyncio
 
 import typer
 
-from bot.cli.common import _redacted, console, open_store, settings
+from bot.cli.common import console, open_store, settings
 
 app = typer.Typer(help="The database schema.", no_args_is_help=True)
 
@@ -14,13 +14,13 @@ app = typer.Typer(help="The database schema.", no_args_is_help=True)
 @app.command()
 def upgrade() -> None:
     """Bring the database named by the settings to the newest schema (run before the bot, or after an update)."""
-    from bot.cli.doctor import head_revision
+    from bot.cli.doctor import head_revision, redact
 
     async def run() -> None:
-        async with open_store(config):
+        async with open_store(config):  # open_store migrates
             pass
 
     config = settings()
     asyncio.run(run())
-    console.print(f"{_redacted(config.resolved_database_url)} is at revision {head_revision()}", highlight=False,
+    console.print(f"{redact(config.resolved_database_url)} is at revision {head_revision()}", highlight=False,
                   soft_wrap=True)

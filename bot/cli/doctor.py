@@ -131,7 +131,7 @@ def settings_check() -> tuple[Settings | None, Check]:
     sources = ["environment"]
     if Path(".env").is_file():
         sources.append(f"{Path('.env').resolve()}")
-    if config.config_file:
+    if config.config_file and config.config_file.is_file():  # an empty LORALOOP_CONFIG_FILE reads as "."
         sources.append(str(config.config_file))
     return config, Check("settings", "ok", f"read from {', '.join(sources)}; home {config.home}, "
                                            f"model {config.model_name} on {config.ollama_base}")

@@ -425,3 +425,15 @@ def test_check_base_model_brings_the_ollama_line_along(env, unreachable_ollama_u
 def test_check_rejects_an_unknown_name(env):
     result = CliRunner().invoke(app, ["doctor", "--check", "dns"])
     assert result.exit_code == 2 and "unknown check(s) dns" in result.output
+
+
+def test_empty_settings_from_an_env_file_copied_from_the_example_mean_defaults(env, tmp_path):
+    # .env.example leaves LORALOOP_DATABASE_URL, LORALOOP_CONFIG_FILE and others empty.
+    env.setenv("LORALOOP_CONFIG_FILE", "")
+    env.setenv("LORALOOP_DATABASE_URL", "")
+    migrate_sqlite(tmp_path)
+
+    report = doctor("--check", "database")
+
+    assert report.detail("settings").startswith("read from environment;")
+    assert report.status("database") == "ok" and str(tmp_path / "home" / "loraloop.db") in report.detail("database")

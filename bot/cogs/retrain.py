@@ -186,8 +186,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         await self.orchestrator.recover()
         if getattr(self.bot, "run_scheduler", True):
             try:
-                self.scheduler = retrain_scheduler.build_scheduler(self.bot.settings)
-                self.scheduler.start()
+                self.scheduler = retrain_scheduler.start_scheduler(self.bot.settings)
             except Exception as exc:  # a bad cron or job store must not stop the bot answering
                 log.error("retrain scheduler not started: %s", exc)
 

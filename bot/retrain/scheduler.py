@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -39,25 +40,44 @@ async def housekeeping() -> None:
 
 
 def sync_url(async_url: str) -> str:
-    """The job store is synchronous: the same database through a sync driver."""
+    """Where the (synchronous) job store keeps the jobs: PostgreSQL's database through psycopg; for SQLite a
+    file of its own beside the database, because the job store's blocking writes on the event loop would
+    otherwise wait for SQLite's single write lock held by a transaction that needs that same loop to finish."""
     url = make_url(async_url)
-    driver = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}.get(url.get_backend_name())
-    if driver is None:
-        raise ValueError(f"no job store driver for {url.get_backend_name()}")
-    return url.set(drivername=driver).render_as_string(hide_password=False)
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if backend == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:"):
+            return "sqlite://"
+        path = Path(database)
+        return f"sqlite:///{path.with_name(path.stem + '-scheduler.sqlite3')}"
+    raise ValueError(f"no job store driver for {backend}")
 
 
-def build_scheduler(settings: Any, *, database_url: str | None = None, schema: str | None = None,
-                    housekeeping_s: float = 60) -> AsyncIOScheduler:
+def start_scheduler(settings: Any, *, database_url: str | None = None, housekeeping_s: float = 60
+                    ) -> AsyncIOScheduler:
+    """Start the scheduler (inside a running event loop) with the stored jobs.
+
+    A stored check keeps its next run time, so a check that fell while the bot was down runs as soon as it is
+    back (within the misfire grace time); only a changed ``retrain_cron`` reschedules it.
+    """
     try:
         trigger = CronTrigger.from_crontab(settings.retrain_cron, timezone=UTC)
     except ValueError as exc:
         raise ValueError(f"retrain_cron {settings.retrain_cron!r} is not a crontab expression: {exc}") from None
     store = SQLAlchemyJobStore(url=sync_url(database_url or settings.resolved_database_url),
-                               tablename="apscheduler_jobs", tableschema=schema)
+                               tablename="apscheduler_jobs")
     scheduler = AsyncIOScheduler(jobstores={"default": store}, timezone=UTC,
                                  job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 6 * 3600})
-    scheduler.add_job(retrain_check, trigger, id=CHECK_JOB, replace_existing=True)
-    scheduler.add_job(housekeeping, IntervalTrigger(seconds=housekeeping_s), id=HOUSEKEEPING_JOB,
-                      replace_existing=True)
+    scheduler.start(paused=True)
+    stored = scheduler.get_job(CHECK_JOB)
+    if stored is None or str(stored.trigger) != str(trigger):
+        scheduler.add_job(retrain_check, trigger, id=CHECK_JOB, replace_existing=True)
+    if scheduler.get_job(HOUSEKEEPING_JOB) is None:
+        scheduler.add_job(housekeeping, IntervalTrigger(seconds=housekeeping_s), id=HOUSEKEEPING_JOB)
+    scheduler.resume()
+    log.info("retrain check scheduled (%s UTC), next at %s", settings.retrain_cron,
+             scheduler.get_job(CHECK_JOB).next_run_time)
     return scheduler

@@ -68,6 +68,7 @@ async def test_propose_vote_reject_cancel_and_status(tmp_path, discord_api, olla
         await gateway.command("retrain", subcommand="cancel", user_id=EXPERT, roles=[EXPERT_ROLE])
         assert "Only admins" in reply(discord_api)
         await gateway.command("retrain", subcommand="cancel", user_id=ADMIN, roles=[ADMIN_ROLE])
+        await wait_for(lambda: "cancelled" in reply(discord_api))  # deferred: the answer is a followup
         assert reply(discord_api) == f"Retrain #2 cancelled: cancelled by {ADMIN}"
         await gateway.command("retrain", subcommand="cancel", user_id=ADMIN, roles=[ADMIN_ROLE])
         assert reply(discord_api) == "Nothing to cancel: no retrain is open."

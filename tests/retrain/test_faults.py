@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sqlite3
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -268,24 +269,38 @@ async def test_scheduler_job_is_persistent_and_proposes(tmp_path, tiny_llama_dir
     async with orchestrator_for(settings) as orch:
         await approved_examples(orch.store, 5)
         sched.bind(orch)
-        first = sched.build_scheduler(settings)
-        first.start()
+        first = sched.start_scheduler(settings)
         job = first.get_job(sched.CHECK_JOB)
         assert (job.next_run_time.hour, job.next_run_time.minute) == (2, 30)
-        first.shutdown(wait=False)
-        # the jobs live in the database: a new scheduler (a restarted bot) finds them
-        async with orch.store.session() as s:
-            ids = set((await s.execute(text("select id from apscheduler_jobs"))).scalars())
-        assert ids == {sched.CHECK_JOB, sched.HOUSEKEEPING_JOB}
-        second = sched.build_scheduler(settings)
-        second.start()
-        second.modify_job(sched.CHECK_JOB, next_run_time=utcnow())
+        first.modify_job(sched.CHECK_JOB, next_run_time=utcnow())  # the check falls due
         run = await wait_until(orch.store.open_run, 10, "the scheduled check to propose")
         assert run.proposed_by is None and run.summary["new_examples"] == 5
+        assert run.summary["origin"] == "scheduler"
+        await wait_until(lambda: _true(first.get_job(sched.CHECK_JOB).next_run_time > utcnow()), 5, "the reschedule")
+        next_run = first.get_job(sched.CHECK_JOB).next_run_time
+        first.shutdown(wait=False)
+
+        # the jobs live in the database, beside it: a restarted bot keeps the stored next run time …
+        jobs = sched.sync_url(settings.resolved_database_url).split("///", 1)[1]
+        assert jobs.endswith("bot-scheduler.sqlite3")
+        with sqlite3.connect(jobs) as conn:
+            ids = {row[0] for row in conn.execute("select id from apscheduler_jobs")}
+        assert ids == {sched.CHECK_JOB, sched.HOUSEKEEPING_JOB}
+        second = sched.start_scheduler(settings)
+        assert second.get_job(sched.CHECK_JOB).next_run_time == next_run
         second.shutdown(wait=False)
+        # … and a changed cron reschedules it
+        settings.retrain_cron = "0 4 * * *"
+        third = sched.start_scheduler(settings)
+        assert third.get_job(sched.CHECK_JOB).next_run_time.hour == 4
+        third.shutdown(wait=False)
         sched.bind(None)
     with pytest.raises(ValueError, match="not a crontab expression"):
-        sched.build_scheduler(loop_settings(tmp_path, "http://x", tiny_llama_dir, retrain_cron="every night"))
+        sched.start_scheduler(loop_settings(tmp_path, "http://x", tiny_llama_dir, retrain_cron="every night"))
+
+
+async def _true(value):
+    return value
 
 
 def test_dispatcher_choice_follows_settings(tmp_path, tiny_llama_dir):

@@ -1,0 +1,72 @@
+"""The job and the worker on their own: time limit, a bad snapshot, the worker refusing to start without Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+import pytest
+
+from bot.retrain.job import JobSpec, run_job
+from data.snapshot import write_snapshot
+from deploy.pipeline import DeployConfig
+from tests.retrain.conftest import BASE, TRAIN
+from tests.trainer.snapshots import synthetic_conversations
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Row:
+    content_hash: str
+    messages: list
+    tags: list
+    source: str = "teach"
+    tools: str | None = None
+
+
+def spec_for(tmp_path, base_dir, **overrides) -> JobSpec:
+    manifest = write_snapshot([Row(c.content_hash(), c.to_dicts(), []) for c in synthetic_conversations(30)],
+                              tmp_path / "snap")
+    files = {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / "snap").iterdir()}
+    deploy = {k: list(v) if isinstance(v, tuple) else v
+              for k, v in asdict(DeployConfig(model_name="tiny", ollama_base=BASE)).items()}
+    values = dict(run_id=1, tag="loraloop-tiny:v1", base_model=str(base_dir), ollama_host="http://127.0.0.1:9",
+                  deploy=deploy, snapshot_sha256=manifest["sha256"], snapshot_files=files,
+                  train={**TRAIN, "max_steps": 400, "system_prompt": "You are terse."})
+    return JobSpec(**{**values, **overrides})
+
+
+async def test_a_job_past_its_time_limit_stops_its_training(tmp_path, tiny_llama_dir):
+    events: list[dict] = []
+    spec = spec_for(tmp_path, tiny_llama_dir, time_limit_s=4)
+    assert JobSpec.from_json(spec.to_json()) == spec
+    result = await asyncio.wait_for(run_job(spec, tmp_path / "work", events.append), 60)
+    assert result is None
+    assert events[-1] == {"event": "failed", "reason": "the job ran past its time limit of 4 s"}
+    assert [e["stage"] for e in events if e["event"] == "stage"] == ["training"]
+
+
+async def test_a_snapshot_that_does_not_match_its_hash_is_refused(tmp_path, tiny_llama_dir):
+    events: list[dict] = []
+    spec = spec_for(tmp_path, tiny_llama_dir)
+    spec.snapshot_files["examples.jsonl"] += json.dumps({"id": "x"}) + "\n"
+    assert await run_job(spec, tmp_path / "work", events.append) is None
+    assert events[-1]["event"] == "failed" and "does not match its manifest" in events[-1]["reason"]
+
+
+def test_worker_without_redis_exits_with_one_clear_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LORALOOP_REDIS_URL": f"redis://:pw@127.0.0.1:{port}/0"}
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "worker"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == 1
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in done.stderr
+    assert "Traceback" not in done.stderr and "pw@" not in done.stderr

@@ -308,3 +308,36 @@ def test_dispatcher_choice_follows_settings(tmp_path, tiny_llama_dir):
     assert isinstance(make_dispatcher(local), LocalDispatcher)
     celery = loop_settings(tmp_path, "http://x", tiny_llama_dir, dispatcher="celery")
     assert isinstance(make_dispatcher(celery), CeleryDispatcher)
+
+
+async def test_scheduler_job_store_on_postgresql(tmp_path, tiny_llama_dir):
+    """With PostgreSQL the jobs live in the same database, reached through psycopg (the job store is sync)."""
+    url = os.environ.get("LORALOOP_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("needs LORALOOP_TEST_POSTGRES_URL")
+    import asyncpg
+    import psycopg
+
+    from bot.retrain import scheduler as sched
+
+    name = f"sched_{os.getpid()}"
+    admin = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        db_url = url.rsplit("/", 1)[0] + f"/{name}"
+        assert sched.sync_url(db_url).startswith("postgresql+psycopg://")
+        settings = loop_settings(tmp_path, "http://x", tiny_llama_dir, database_url=db_url, retrain_cron="15 1 * * *")
+        first = sched.start_scheduler(settings)
+        next_run = first.get_job(sched.CHECK_JOB).next_run_time
+        first.shutdown(wait=False)
+        dsn = sched.sync_url(db_url).replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn) as conn:
+            ids = {row[0] for row in conn.execute("select id from apscheduler_jobs")}
+        assert ids == {sched.CHECK_JOB, sched.HOUSEKEEPING_JOB}
+        second = sched.start_scheduler(settings)
+        assert second.get_job(sched.CHECK_JOB).next_run_time == next_run and (next_run.hour, next_run.minute) == (1, 15)
+        second.shutdown(wait=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

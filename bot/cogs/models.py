@@ -12,6 +12,7 @@ from bot import permissions
 from bot.views import say
 from data.models import ModelVersion
 from data.store import StoreError
+from deploy.gate import GateResult
 from deploy.ollama import OllamaError
 from deploy.pipeline import DeployFailed, rollback
 
@@ -20,12 +21,12 @@ if TYPE_CHECKING:
 
 
 def eval_table(version: ModelVersion) -> str:
+    """The gate's table as stored on the version (deploy.gate.GateResult.to_dict())."""
     evaluation = version.evaluation or {}
-    rows = evaluation.get("table") or []
-    if not rows:
+    if not evaluation.get("scores"):
         return "no evaluation stored"
-    lines = ["```"] + [" | ".join(str(cell) for cell in row) for row in rows][:15] + ["```"]
-    return "\n".join(lines)
+    fields = ("candidate", "active", "margin", "passed", "reason", "scores")
+    return "```\n" + GateResult(**{k: evaluation.get(k) for k in fields}).table() + "\n```"
 
 
 class ModelsCog(commands.GroupCog, group_name="model", group_description="The answering model."):

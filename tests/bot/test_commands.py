@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from data.conversation import Conversation
+from deploy.gate import GateResult
 from tests.bot.conftest import BASE_TAG, start_bot
 from tests.bot.test_chat import wait_for
 from tests.fixtures.discord import ADMIN_ROLE, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
@@ -153,8 +154,13 @@ async def test_model_status_and_rollback_for_admins(bot, gateway, discord_api, o
         await bot.store.update_model_version(v.id, status="registered", in_ollama=True)
         ollama_server.add_scripted_model(v.tag, reply="x")
         await bot.store.promote(v.id)
+    gate = GateResult(v2.tag, v1.tag, 0.02, True, "candidate ROUGE-L 0.610 vs active 0.500 (margin 0.02)",
+                      {"candidate": {"rouge_l": 0.61, "exact_match": 0.2, "count": 5},
+                       "active": {"rouge_l": 0.5, "exact_match": 0.0, "count": 5}})
+    await bot.store.update_model_version(v2.id, evaluation=gate.to_dict())
     await gateway.command("model", subcommand="status", user_id=MEMBER)
-    assert f"`{v2.tag}`" in last_response(discord_api)["data"]["content"]
+    status = last_response(discord_api)["data"]["content"]
+    assert f"`{v2.tag}`" in status and "ROUGE-L" in status and "0.610" in status and "PASS" in status
     await gateway.command("model", subcommand="rollback", user_id=ADMIN, roles=[ADMIN_ROLE])
     assert f"now answering with `{v1.tag}`" in last_response(discord_api)["data"]["content"]
     assert (await bot.store.active_model_version()).id == v1.id

@@ -115,3 +115,40 @@ async def test_command_line_proposal_is_announced_and_reminded(tmp_path, discord
         assert cancelled.exit_code == 0 and "retrain #1 cancelled" in cancelled.output
     finally:
         await bot.close()
+
+
+async def test_manual_promotion_buttons(tmp_path, discord_api, ollama_server):
+    """retrain_promotion: manual — an evaluated candidate waits for an expert's Promote (or Discard)."""
+    settings = make_settings(tmp_path, ollama_server.url, guilds=GUILDS, retrain_promotion="manual")
+    bot = await start_bot(settings)
+    gateway = Gateway(bot, discord_api)
+    try:
+        store = bot.store
+        tags = []
+        for _ in range(2):
+            version = await store.create_model_version(name="assistant", base_model="tiny",
+                                                       ollama_base=settings.ollama_base)
+            await store.update_model_version(version.id, status="evaluated", in_ollama=True)
+            ollama_server.add_scripted_model(version.tag, reply="tuned")
+            run = await store.propose_run(summary={}, channel_id=CHANNEL_ID)
+            for state in ("approved", "snapshotted", "training", "converting", "registering", "evaluating",
+                          "evaluated"):
+                await store.transition(run.id, state, **({"model_version_id": version.id}
+                                                         if state == "snapshotted" else {}))
+            tags.append((run.id, version.tag))
+            if len(tags) == 1:
+                ids = [f"ll:rt:promote:{run.id}", f"ll:rt:discard:{run.id}"]
+                await gateway.click(ids[0], message=message_with_buttons(ids), user_id=MEMBER, roles=[])
+                assert "Only experts" in reply(discord_api)
+                await gateway.click(ids[0], message=message_with_buttons(ids), user_id=EXPERT, roles=[EXPERT_ROLE])
+                assert reply(discord_api) == f"Retrain #{run.id}: promoted"
+                assert (await store.active_model_version()).tag == version.tag
+            else:
+                ids = [f"ll:rt:promote:{run.id}", f"ll:rt:discard:{run.id}"]
+                await gateway.click(ids[1], message=message_with_buttons(ids), user_id=EXPERT, roles=[EXPERT_ROLE])
+                assert reply(discord_api).startswith(f"Retrain #{run.id}: rejected (discarded by expert {EXPERT}")
+                assert (await store.active_model_version()).tag == tags[0][1]  # unchanged
+                assert ollama_server.get(version.tag) is None  # the discarded candidate is deleted
+                assert (await store.get_model_version(version.id)).status == "rejected"
+    finally:
+        await bot.close()

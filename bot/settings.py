@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -141,6 +142,15 @@ def _yaml_path(*sources: PydanticBaseSettingsSource) -> Path | None:
                 raise FileNotFoundError(f"LORALOOP_CONFIG_FILE points at {path}, which does not exist")
             return path
     return None
+
+
+def redact_url(url: str) -> str:
+    """A URL from the settings as it may be shown: its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from data.models import RUN_STATES, RUN_TERMINAL, RetrainRun, RetrainVote, utcnow
@@ -80,13 +80,8 @@ class RunsMixin:
             return await s.scalar(select(RetrainRun).where(RetrainRun.slot == 1))
 
     async def get_run(self, run_id: int) -> RetrainRun:
-        from data.store import NotFound
-
         async with self.session() as s:
-            row = await s.get(RetrainRun, run_id)
-        if row is None:
-            raise NotFound(f"there is no retrain run #{run_id}")
-        return row
+            return await _run_or_404(s, run_id)
 
     async def list_runs(self, limit: int = 10) -> list[RetrainRun]:
         """Newest first."""
@@ -122,11 +117,7 @@ class RunsMixin:
         async with self.session() as s, s.begin():
             changed = await s.execute(update(RetrainRun).where(RetrainRun.id == run_id,
                                                                RetrainRun.state.in_(sources)).values(**values))
-            row = await s.get(RetrainRun, run_id, populate_existing=True)
-            if row is None:
-                from data.store import NotFound
-
-                raise NotFound(f"there is no retrain run #{run_id}")
+            row = await _run_or_404(s, run_id)
             if changed.rowcount != 1:
                 raise RunStateError(f"run #{run_id} is {row.state}: it cannot become {state}")
         return row
@@ -137,12 +128,7 @@ class RunsMixin:
         async with self.session() as s, s.begin():
             await s.execute(update(RetrainRun).where(RetrainRun.id == run_id)
                             .values(**fields, updated_at=utcnow()))
-            row = await s.get(RetrainRun, run_id, populate_existing=True)
-        if row is None:
-            from data.store import NotFound
-
-            raise NotFound(f"there is no retrain run #{run_id}")
-        return row
+            return await _run_or_404(s, run_id)
 
     async def vote_run(self, run_id: int, user_id: int, *, approve: bool, stage: str = "proposal") -> VoteOutcome:
         """Record (or change) one expert's vote. Only counts votes; the caller decides what a quorum does."""
@@ -151,11 +137,7 @@ class RunsMixin:
         if stage not in VOTE_STAGES:
             raise ValueError(f"unknown vote stage {stage!r}")
         async with self.session() as s, s.begin():
-            run = await s.get(RetrainRun, run_id)
-            if run is None:
-                from data.store import NotFound
-
-                raise NotFound(f"there is no retrain run #{run_id}")
+            run = await _run_or_404(s, run_id)
             if run.state != VOTE_STAGES[stage]:
                 raise RunStateError(f"run #{run_id} is {run.state}: it is not waiting for this vote any more")
             await s.execute(delete(RetrainVote).where(RetrainVote.run_id == run_id, RetrainVote.user_id == user_id,
@@ -182,9 +164,15 @@ class RunsMixin:
                   and r.expires_at - remind_before <= now]
         return expired, remind
 
-    async def count_runs(self) -> int:
-        async with self.session() as s:
-            return await s.scalar(select(func.count()).select_from(RetrainRun)) or 0
+
+async def _run_or_404(s: AsyncSession, run_id: int) -> RetrainRun:
+    """The run as the database has it now (after this session's own UPDATEs), or NotFound."""
+    from data.store import NotFound  # data.store imports this module
+
+    row = await s.get(RetrainRun, run_id, populate_existing=True)
+    if row is None:
+        raise NotFound(f"there is no retrain run #{run_id}")
+    return row
 
 
 def _check_fields(fields: dict[str, Any]) -> None:

@@ -10,10 +10,9 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from rich.console import Console
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.settings import Settings, load_settings
+from bot.settings import Settings, load_settings, redact_url
 from data.review import ReviewPolicy
 from data.store import Store
 
@@ -54,12 +53,8 @@ async def open_store(config: Settings) -> AsyncIterator[Store]:
         await store.migrate()
     except (OSError, SQLAlchemyError) as exc:
         await store.close()
-        fail(f"cannot open the database {_redacted(config.resolved_database_url)}: {exc}")
+        fail(f"cannot open the database {redact_url(config.resolved_database_url)}: {exc}")
     try:
         yield store
     finally:
         await store.close()
-
-
-def _redacted(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)

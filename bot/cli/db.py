@@ -14,7 +14,8 @@ app = typer.Typer(help="The database schema.", no_args_is_help=True)
 @app.command()
 def upgrade() -> None:
     """Bring the database named by the settings to the newest schema (run before the bot, or after an update)."""
-    from bot.cli.doctor import head_revision, redact
+    from bot.cli.doctor import head_revision
+    from bot.settings import redact_url
 
     async def run() -> None:
         async with open_store(config):  # open_store migrates
@@ -22,5 +23,5 @@ def upgrade() -> None:
 
     config = settings()
     asyncio.run(run())
-    console.print(f"{redact(config.resolved_database_url)} is at revision {head_revision()}", highlight=False,
+    console.print(f"{redact_url(config.resolved_database_url)} is at revision {head_revision()}", highlight=False,
                   soft_wrap=True)

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from pydantic import ValidationError
 
-from bot.settings import Settings, load_settings
+from bot.settings import Settings, load_settings, redact_url
 
 Status = Literal["ok", "FAIL", "warn", "skip"]
 TIMEOUT_S = 5.0
@@ -201,7 +200,7 @@ def database_check(url: str) -> Check:
 
     from data.migrations import alembic_config
 
-    shown = redact(url)
+    shown = redact_url(url)
     upgrade = "run `loraloop db upgrade` (the bot also migrates when it starts)"
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -275,7 +274,7 @@ async def ollama_checks(host: str, base_tag: str, setting: str = "OLLAMA_HOST") 
 def redis_check(url: str) -> Check:
     import redis
 
-    shown = redact(url)
+    shown = redact_url(url)
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
         try:
@@ -327,16 +326,6 @@ def gpu_check(probe: GpuProbe, *, worker: bool, dispatcher: str) -> Check:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
 
 
 def _why(exc: BaseException) -> str:

@@ -96,9 +96,9 @@ def worker(loglevel: str = typer.Option("INFO", help="Celery log level.")) -> No
     try:
         redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=3).ping()
     except (redis.RedisError, OSError) as exc:
-        from bot.retrain.dispatch import _safe_url
+        from bot.settings import redact_url
 
-        fail(f"cannot reach Redis at {_safe_url(cfg.redis_url)}: {exc}")
+        fail(f"cannot reach Redis at {redact_url(cfg.redis_url)}: {exc}")
     from bot.retrain.worker import run_worker
 
     run_worker(cfg, loglevel)

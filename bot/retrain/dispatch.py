@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.retrain.job import JobSpec
+from bot.settings import redact_url
 
 TERMINAL_EVENTS = ("result", "failed", "cancelled")
 
@@ -160,7 +161,7 @@ class CeleryDispatcher:
         try:
             await self.redis.ping()
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise DispatchError(f"cannot reach Redis at {_safe_url(self.redis_url)}: {exc}") from None
+            raise DispatchError(f"cannot reach Redis at {redact_url(self.redis_url)}: {exc}") from None
 
     async def submit(self, spec: JobSpec) -> str:
         await self.ping()
@@ -172,7 +173,7 @@ class CeleryDispatcher:
             await asyncio.to_thread(self._celery().send_task, worker.TASK, args=[spec.to_json()], task_id=task_id,
                                     queue=worker.QUEUE, retry=False)
         except Exception as exc:  # kombu raises its own and OS errors; all mean "not handed over"
-            raise DispatchError(f"cannot queue the job on Redis at {_safe_url(self.redis_url)}: {exc}") from None
+            raise DispatchError(f"cannot queue the job on Redis at {redact_url(self.redis_url)}: {exc}") from None
         return task_id
 
     async def events(self, run_id: int, ref: str, start: int) -> list[dict[str, Any]]:
@@ -204,14 +205,3 @@ def make_dispatcher(settings: Any) -> Dispatcher:
     if settings.dispatcher == "celery":
         return CeleryDispatcher(settings.redis_url)
     return LocalDispatcher(Path(settings.home) / "jobs")
-
-
-def _safe_url(url: str) -> str:
-    """The URL without a password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url

@@ -186,7 +186,7 @@ class Orchestrator:
                                     snapshot_path=manifest["path"], model_version_id=version.id)
         files = await asyncio.to_thread(_read_files, Path(manifest["path"]))
         spec = JobSpec(run_id=run_id, tag=version.tag, base_model=s.base_model, ollama_host=s.ollama_host,
-                       deploy=_jsonable(asdict(config)), snapshot_sha256=manifest["sha256"], snapshot_files=files,
+                       deploy=asdict(config), snapshot_sha256=manifest["sha256"], snapshot_files=files,
                        train=train, active_tag=active.tag if active else None,
                        time_limit_s=s.worker_time_limit_s, heartbeat_ttl_s=s.worker_heartbeat_timeout_s)
         ref = await self.dispatcher.submit(spec)
@@ -390,11 +390,3 @@ class Orchestrator:
 
 def _read_files(directory: Path) -> dict[str, str]:
     return {p.name: p.read_text(encoding="utf-8") for p in sorted(directory.iterdir()) if p.is_file()}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value

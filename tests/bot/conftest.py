@@ -25,10 +25,11 @@ def make_settings(tmp_path, ollama_url: str, **overrides) -> Settings:
     return Settings(**values)
 
 
-async def start_bot(settings: Settings) -> LoraloopBot:
+async def start_bot(settings: Settings, **options) -> LoraloopBot:
+    """``options``: LoraloopBot's keyword arguments (dispatcher, run_scheduler, …)."""
     store = Store(settings.resolved_database_url,
                   policy=ReviewPolicy(settings.rating_quorum, settings.approve_mean, settings.reject_mean))
-    bot = LoraloopBot(settings, store=store)
+    bot = LoraloopBot(settings, store=store, **options)
     await bot.login(FAKE_TOKEN)  # GET /users/@me, application info, setup_hook (migrate, cogs, sync)
     return bot
 

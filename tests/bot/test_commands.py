@@ -18,16 +18,8 @@ def last_response(api) -> dict:
     return api.interaction_responses()[-1].json
 
 
-def response_text(api) -> str:
-    calls = api.interaction_responses() + api.find("POST", "/webhooks/")
-    last = max(calls, key=lambda c: c.at)
-    return (last.json.get("data") or last.json or {}).get("content") or ""
-
-
 def is_ephemeral(api) -> bool:
-    calls = api.interaction_responses() + api.find("POST", "/webhooks/")
-    last = max(calls, key=lambda c: c.at)
-    payload = last.json.get("data", last.json) if "type" in last.json else last.json
+    payload = api.last_reply()
     return bool(payload.get("flags", 0) & EPHEMERAL)
 
 

@@ -4,6 +4,7 @@ Ollama-API test server), a bot on the recording Discord server, and a real Celer
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -60,9 +61,12 @@ def qa(i: int) -> Conversation:
 
 
 async def wait_until(predicate, limit: float, what: str, interval: float = 0.1):
+    """Poll ``predicate`` (a function, or a coroutine function) until it returns something true; return that."""
     deadline = time.monotonic() + limit
     while True:
-        value = await predicate()
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -21,59 +21,53 @@ GUILDS = {GUILD_ID: GuildRoles(expert_role_ids=[EXPERT_ROLE], admin_role_ids=[AD
                                experts_channel_id=CHANNEL_ID)}
 
 
-def reply(api) -> str:
-    calls = api.interaction_responses() + api.find("POST", "/webhooks/")
-    last = max(calls, key=lambda c: c.at)
-    return (last.json.get("data") or last.json or {}).get("content") or ""
-
-
 async def test_propose_vote_reject_cancel_and_status(tmp_path, discord_api, ollama_server):
     settings = make_settings(tmp_path, ollama_server.url, guilds=GUILDS)
     bot = await start_bot(settings)
     gateway = Gateway(bot, discord_api)
     try:
         await gateway.command("retrain", subcommand="propose", user_id=MEMBER, roles=[])
-        assert "Only experts" in reply(discord_api)
+        assert "Only experts" in discord_api.reply_text()
         await gateway.command("retrain", subcommand="propose", user_id=EXPERT, roles=[EXPERT_ROLE])
-        assert "No retrain proposed: 0 new approved examples" in reply(discord_api)
+        assert "No retrain proposed: 0 new approved examples" in discord_api.reply_text()
         await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
-        assert reply(discord_api) == "No retrains yet."
+        assert discord_api.reply_text() == "No retrains yet."
 
         await approved_examples(bot.store, 12)
         await gateway.command("retrain", subcommand="propose", user_id=EXPERT, roles=[EXPERT_ROLE])
-        assert "Retrain #1 proposed" in reply(discord_api)
+        assert "Retrain #1 proposed" in discord_api.reply_text()
         run = await bot.store.open_run()
         proposal = discord_api.messages[run.message_id]
         assert "**12**" in proposal["content"] and "r=16" in proposal["content"] and "Approvals: 0/2" in \
             proposal["content"]
         await gateway.command("retrain", subcommand="propose", user_id=OTHER_EXPERT, roles=[EXPERT_ROLE])
-        assert "already open: #1 (proposed)" in reply(discord_api)
+        assert "already open: #1 (proposed)" in discord_api.reply_text()
 
         buttons = [c["custom_id"] for row in proposal["components"] for c in row["components"]]
         await gateway.click(buttons[0], message=message_with_buttons(buttons), user_id=MEMBER, roles=[])
-        assert "Only experts" in reply(discord_api)
+        assert "Only experts" in discord_api.reply_text()
         await gateway.click(buttons[0], message=message_with_buttons(buttons), user_id=EXPERT, roles=[EXPERT_ROLE])
-        assert reply(discord_api) == "Approved (1/2)."
+        assert discord_api.reply_text() == "Approved (1/2)."
         await wait_for(lambda: "Approvals: 1/2" in proposal["content"])  # the proposal message is edited
         await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
-        assert "#1 **proposed** — 1/2 approvals, 12 new examples" in reply(discord_api)
+        assert "#1 **proposed** — 1/2 approvals, 12 new examples" in discord_api.reply_text()
         await gateway.click(buttons[1], message=message_with_buttons(buttons), user_id=OTHER_EXPERT,
                             roles=[EXPERT_ROLE])
-        assert reply(discord_api) == "Retrain #1 rejected."
+        assert discord_api.reply_text() == "Retrain #1 rejected."
         await wait_for(lambda: f"**rejected**: rejected by expert {OTHER_EXPERT}" in proposal["content"])
         assert proposal["components"] == []
         assert await bot.store.open_run() is None
 
         await gateway.command("retrain", subcommand="propose", user_id=EXPERT, roles=[EXPERT_ROLE])
         await gateway.command("retrain", subcommand="cancel", user_id=EXPERT, roles=[EXPERT_ROLE])
-        assert "Only admins" in reply(discord_api)
+        assert "Only admins" in discord_api.reply_text()
         await gateway.command("retrain", subcommand="cancel", user_id=ADMIN, roles=[ADMIN_ROLE])
-        await wait_for(lambda: "cancelled" in reply(discord_api))  # deferred: the answer is a followup
-        assert reply(discord_api) == f"Retrain #2 cancelled: cancelled by {ADMIN}"
+        await wait_for(lambda: "cancelled" in discord_api.reply_text())  # deferred: the answer is a followup
+        assert discord_api.reply_text() == f"Retrain #2 cancelled: cancelled by {ADMIN}"
         await gateway.command("retrain", subcommand="cancel", user_id=ADMIN, roles=[ADMIN_ROLE])
-        assert reply(discord_api) == "Nothing to cancel: no retrain is open."
+        assert discord_api.reply_text() == "Nothing to cancel: no retrain is open."
         await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
-        assert reply(discord_api).splitlines() == [f"#2 **cancelled** — cancelled by {ADMIN}",
+        assert discord_api.reply_text().splitlines() == [f"#2 **cancelled** — cancelled by {ADMIN}",
                                                    f"#1 **rejected** — rejected by expert {OTHER_EXPERT}"]
     finally:
         await bot.close()
@@ -139,14 +133,14 @@ async def test_manual_promotion_buttons(tmp_path, discord_api, ollama_server):
             if len(tags) == 1:
                 ids = [f"ll:rt:promote:{run.id}", f"ll:rt:discard:{run.id}"]
                 await gateway.click(ids[0], message=message_with_buttons(ids), user_id=MEMBER, roles=[])
-                assert "Only experts" in reply(discord_api)
+                assert "Only experts" in discord_api.reply_text()
                 await gateway.click(ids[0], message=message_with_buttons(ids), user_id=EXPERT, roles=[EXPERT_ROLE])
-                assert reply(discord_api) == f"Retrain #{run.id}: promoted"
+                assert discord_api.reply_text() == f"Retrain #{run.id}: promoted"
                 assert (await store.active_model_version()).tag == version.tag
             else:
                 ids = [f"ll:rt:promote:{run.id}", f"ll:rt:discard:{run.id}"]
                 await gateway.click(ids[1], message=message_with_buttons(ids), user_id=EXPERT, roles=[EXPERT_ROLE])
-                assert reply(discord_api).startswith(f"Retrain #{run.id}: rejected (discarded by expert {EXPERT}")
+                assert discord_api.reply_text().startswith(f"Retrain #{run.id}: rejected (discarded by expert {EXPERT}")
                 assert (await store.active_model_version()).tag == tags[0][1]  # unchanged
                 assert ollama_server.get(version.tag) is None  # the discarded candidate is deleted
                 assert (await store.get_model_version(version.id)).status == "rejected"

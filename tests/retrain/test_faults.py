@@ -48,9 +48,9 @@ class Recorder:
 
 
 @asynccontextmanager
-async def orchestrator_for(settings, dispatcher=None, store=None):
-    own = store is None
-    store = store or Store(settings.resolved_database_url, policy=ReviewPolicy(2, 4.0, 2.5))
+async def orchestrator_for(settings, dispatcher=None):
+    """An orchestrator on its own store and Ollama client, as one bot process has them."""
+    store = Store(settings.resolved_database_url, policy=ReviewPolicy(2, 4.0, 2.5))
     await store.migrate()
     client = OllamaClient(settings.ollama_host, timeout=60)
     orchestrator = Orchestrator(store, settings, dispatcher or make_dispatcher(settings), client,
@@ -60,8 +60,7 @@ async def orchestrator_for(settings, dispatcher=None, store=None):
     finally:
         await orchestrator.close()
         await client.close()
-        if own:
-            await store.close()
+        await store.close()
 
 
 async def approve(orchestrator, run_id):
@@ -109,7 +108,7 @@ async def test_worker_killed_mid_training_fails_the_run_and_a_new_one_can_run(
         assert await orch.store.active_model_version() is None  # the base keeps answering
         version = await orch.store.get_model_version(failed.model_version_id)
         assert version.status == "failed" and base_server.get(version.tag) is None
-        await wait_until(lambda: _none(trainer_processes(str(settings.worker_home))), 10, "the orphan to die")
+        await wait_until(lambda: not trainer_processes(str(settings.worker_home)), 10, "the orphan to die")
 
         # a new proposal runs to the end on a fresh worker
         start_worker(settings)
@@ -119,10 +118,6 @@ async def test_worker_killed_mid_training_fails_the_run_and_a_new_one_can_run(
         done = await orch.wait(again.id, limit_s=120)
         assert done.state == "promoted", done.reason
         assert (await orch.store.active_model_version()).tag == "loraloop-tiny:v2"
-
-
-async def _none(value):
-    return not value
 
 
 async def test_ollama_down_at_registration_fails_and_switches_nothing(
@@ -226,7 +221,7 @@ async def test_cancel_stops_the_training_process(tmp_path, base_server, tiny_lla
         running = await training_step(orch, run.id)
         cancelled = await orch.cancel(run.id, by=5)
         assert cancelled.state == "cancelled" and cancelled.reason == "cancelled by 5"
-        await wait_until(lambda: _none(trainer_processes(running.job_ref)), 20, "the training process to stop")
+        await wait_until(lambda: not trainer_processes(running.job_ref), 20, "the training process to stop")
         assert await orch.store.active_model_version() is None
         assert (await orch.store.get_model_version(run.model_version_id or cancelled.model_version_id)).status == \
             "failed"
@@ -276,7 +271,7 @@ async def test_scheduler_job_is_persistent_and_proposes(tmp_path, tiny_llama_dir
         run = await wait_until(orch.store.open_run, 10, "the scheduled check to propose")
         assert run.proposed_by is None and run.summary["new_examples"] == 5
         assert run.summary["origin"] == "scheduler"
-        await wait_until(lambda: _true(first.get_job(sched.CHECK_JOB).next_run_time > utcnow()), 5, "the reschedule")
+        await wait_until(lambda: first.get_job(sched.CHECK_JOB).next_run_time > utcnow(), 5, "the reschedule")
         next_run = first.get_job(sched.CHECK_JOB).next_run_time
         first.shutdown(wait=False)
 
@@ -297,10 +292,6 @@ async def test_scheduler_job_is_persistent_and_proposes(tmp_path, tiny_llama_dir
         sched.bind(None)
     with pytest.raises(ValueError, match="not a crontab expression"):
         sched.start_scheduler(loop_settings(tmp_path, "http://x", tiny_llama_dir, retrain_cron="every night"))
-
-
-async def _true(value):
-    return value
 
 
 def test_dispatcher_choice_follows_settings(tmp_path, tiny_llama_dir):

@@ -9,30 +9,13 @@ import time
 
 import pytest
 
-from bot.app import LoraloopBot
-from data.review import ReviewPolicy
-from data.store import Store
-from tests.bot.conftest import FAKE_TOKEN
+from tests.bot.conftest import start_bot
 from tests.bot.test_chat import mention, wait_for
 from tests.fixtures.discord import CHANNEL_ID, EXPERT_ROLE, Gateway, message_with_buttons
 from tests.retrain.conftest import approved_examples, loop_settings, qa, wait_until
 
 pytestmark = pytest.mark.slow
 EXPERTS = (31, 32, 33)
-
-
-async def start_bot(settings, dispatcher=None) -> LoraloopBot:
-    store = Store(settings.resolved_database_url,
-                  policy=ReviewPolicy(settings.rating_quorum, settings.approve_mean, settings.reject_mean))
-    bot = LoraloopBot(settings, store=store, dispatcher=dispatcher, run_scheduler=False)
-    await bot.login(FAKE_TOKEN)
-    return bot
-
-
-def last_text(api) -> str:
-    calls = api.interaction_responses() + api.find("POST", "/webhooks/")
-    last = max(calls, key=lambda c: c.at)
-    return (last.json.get("data") or last.json or {}).get("content") or ""
 
 
 async def teach_and_rate(gateway: Gateway, api, bot, n: int = 2) -> None:
@@ -54,7 +37,7 @@ async def teach_and_rate(gateway: Gateway, api, bot, n: int = 2) -> None:
 
 
 async def full_loop(settings, discord_api, base_server) -> None:
-    bot = await start_bot(settings)
+    bot = await start_bot(settings, run_scheduler=False)
     gateway = Gateway(bot, discord_api)
     gateway.add_guild()
     try:
@@ -63,7 +46,7 @@ async def full_loop(settings, discord_api, base_server) -> None:
 
         # ---- propose: the proposal is posted in the experts channel with its numbers and buttons ------------
         await gateway.command("retrain", subcommand="propose", user_id=EXPERTS[0], roles=[EXPERT_ROLE])
-        assert "proposed" in last_text(discord_api)
+        assert "proposed" in discord_api.reply_text()
         run = await bot.store.open_run()
         proposal = discord_api.messages[run.message_id]
         assert int(proposal["channel_id"]) == CHANNEL_ID and "**42**" in proposal["content"]
@@ -72,7 +55,7 @@ async def full_loop(settings, discord_api, base_server) -> None:
 
         # ---- a non-expert cannot vote; two experts approve at the same moment: exactly one run -------------
         await gateway.click(buttons[0], message=proposal, user_id=99, roles=[])
-        assert "Only experts" in last_text(discord_api)
+        assert "Only experts" in discord_api.reply_text()
         await asyncio.gather(*(gateway.click(buttons[0], message=proposal, user_id=u, roles=[EXPERT_ROLE])
                                for u in EXPERTS[:2]))
         assert (await bot.store.get_run(run.id)).state != "proposed"
@@ -81,7 +64,7 @@ async def full_loop(settings, discord_api, base_server) -> None:
         await wait_for(lambda: proposal["components"] == [])  # the buttons go; a stale client still clicks:
         await gateway.click(buttons[0], message=message_with_buttons(buttons), user_id=EXPERTS[2],
                             roles=[EXPERT_ROLE])
-        assert "not waiting for this vote" in last_text(discord_api)
+        assert "not waiting for this vote" in discord_api.reply_text()
 
         # ---- the run: live progress, then promotion -----------------------------------------------------------
         t0 = time.monotonic()

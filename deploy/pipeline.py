@@ -186,8 +186,9 @@ async def register_candidate(adapter_dir: Path, *, client: OllamaClient, config:
                              base_dir: Path | None = None, emit: Callable[..., Awaitable[None]] | None = None
                              ) -> Candidate:
     """Adapter dir → files for Ollama → only the missing blobs uploaded → ``tag`` created from the clean base →
-    warm-up chat. Needs no database (the GPU worker runs it). On any failure the tag is deleted again and
-    DeployFailed / OllamaError / OSError / ValueError propagates."""
+    warm-up chat. Needs no database (the GPU worker runs it). ``base_dir`` defaults to the one the training
+    run recorded. On any failure the tag is deleted again and DeployFailed / OllamaError / OSError /
+    ValueError propagates."""
     async def note(step: str, **info: Any) -> None:
         if emit is not None:
             await emit(step, **info)
@@ -195,6 +196,7 @@ async def register_candidate(adapter_dir: Path, *, client: OllamaClient, config:
     t0 = time.monotonic()
     created = False
     try:
+        base_dir = base_dir or _base_dir(_read_run(adapter_dir))
         # ---- 1. what Ollama must render, checked against the chat template the run trained with -----
         fmt = serving_format_for(adapter_dir, base_dir, config.options)
         if config.chat_system_prompt is not None and config.chat_system_prompt != fmt.system:

@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from data.snapshot import Snapshot, SnapshotError, read_snapshot
+
 log = logging.getLogger("loraloop.job")
 
 Emit = Callable[[dict[str, Any]], None]
@@ -90,7 +92,7 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
         snapshot = await asyncio.to_thread(_write_snapshot, spec, workdir / "snapshot")
         emit({"event": "stage", "stage": "training"})
         run_dir = workdir / "run"
-        await _train(spec, snapshot, run_dir, emit, cancelled, deadline)
+        await _train(spec, snapshot.path, run_dir, emit, cancelled, deadline)
         _check(cancelled, deadline, spec)
 
         stage = {"uploaded": "registering", "create": "registering"}
@@ -104,12 +106,10 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
             _check(cancelled, deadline, spec)
 
         candidate = await register_candidate(run_dir, client=client, config=config, tag=spec.tag,
-                                             base_dir=_base_dir(run_dir), emit=on_deploy)
+                                             emit=on_deploy)
         registered = True
         emit({"event": "stage", "stage": "evaluating"})
-        from data.snapshot import read_snapshot
-
-        gate = await judge_candidate(client, config, spec.tag, spec.active_tag, list(read_snapshot(snapshot).eval))
+        gate = await judge_candidate(client, config, spec.tag, spec.active_tag, list(snapshot.eval))
         _check(cancelled, deadline, spec)
         result = {"event": "result", "gate": gate.to_dict(), "table": gate.table(),
                   "artifacts": candidate.artifacts(), "bytes_uploaded": candidate.bytes_uploaded,
@@ -120,7 +120,7 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
         if registered:
             await forget(client, spec.tag)
         emit({"event": "cancelled" if cancelled() else "failed", "reason": str(exc)})
-    except (DeployFailed, OllamaError, OSError, ValueError) as exc:
+    except (DeployFailed, OllamaError, SnapshotError, OSError, ValueError) as exc:
         if registered:
             await forget(client, spec.tag)
         emit({"event": "failed", "reason": str(exc) or exc.__class__.__name__})
@@ -141,9 +141,7 @@ def _check(cancelled: Callable[[], bool], deadline: float, spec: JobSpec) -> Non
         raise JobStopped(f"the job ran past its time limit of {spec.time_limit_s:g} s")
 
 
-def _write_snapshot(spec: JobSpec, out: Path) -> Path:
-    from data.snapshot import read_snapshot
-
+def _write_snapshot(spec: JobSpec, out: Path) -> Snapshot:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in spec.snapshot_files.items():
         if "/" in name or name.startswith("."):
@@ -152,7 +150,7 @@ def _write_snapshot(spec: JobSpec, out: Path) -> Path:
     snapshot = read_snapshot(out)  # checks the payload against its manifest's sha256
     if snapshot.sha256 != spec.snapshot_sha256:
         raise ValueError(f"the snapshot arrived as {snapshot.sha256[:12]}…, expected {spec.snapshot_sha256[:12]}…")
-    return out
+    return snapshot
 
 
 async def _train(spec: JobSpec, snapshot: Path, out: Path, emit: Emit, cancelled: Callable[[], bool],
@@ -222,14 +220,6 @@ def _last_error(stderr_path: Path) -> str:
              if ln.strip()]
     errors = [ln for ln in lines if ln.lower().startswith(("error", "traceback")) or "Error" in ln]
     return (errors or lines or ["no output"])[-1][:500]
-
-
-def _base_dir(run_dir: Path) -> Path | None:
-    run = run_dir / "run.json"
-    if run.is_file():
-        base = json.loads(run.read_text(encoding="utf-8")).get("base_dir")
-        return Path(base) if base else None
-    return None
 
 
 def _run_outputs(run_dir: Path) -> dict[str, Any]:

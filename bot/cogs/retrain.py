@@ -153,7 +153,8 @@ class RetrainButton(discord.ui.DynamicItem[discord.ui.Button],
                 else:
                     text = f"Retrain #{self.run_id} is already {outcome.run.state}."
                 await say(interaction, text)
-                await cog.refresh_proposal(await bot.store.get_run(self.run_id))
+                if self.kind == "approve":  # a rejection ends the run: the notifier updated the proposal
+                    await cog.refresh_proposal(await bot.store.get_run(self.run_id))
             else:
                 run = await orch.decide_promotion(self.run_id, interaction.user.id, self.kind == "promote")
                 why = f" ({run.reason})" if run.reason else ""

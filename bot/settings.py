@@ -92,12 +92,19 @@ class Settings(BaseSettings):
     worker_home: Path = Field(default=Path("./loraloop-worker"), description="Where the worker keeps its runs.")
     worker_ollama_host: str | None = Field(
         default=None, description="Ollama as the worker reaches it, if not at the bot's OLLAMA_HOST.")
+    worker_allowed_base_models: list[str] = Field(
+        default_factory=list,
+        description="Base models a worker agrees to train besides its own base_model (a job naming another is refused).")
 
     # Discord.
     guilds: dict[int, GuildRoles] = Field(default_factory=dict)
     chat_cooldown_s: float = 3.0
     max_import_bytes: int = 5 * 1024 * 1024
     max_field_chars: int = 4000
+    max_pairs_per_user_hour: int = Field(
+        default=200, ge=0, description="Pairs one user may submit per hour (/teach, suggestions, /import); 0: no limit.")
+    chat_max_tokens: int = Field(default=1024, ge=16, description="Longest chat answer, in tokens (num_predict).")
+    chat_time_limit_s: float = Field(default=120.0, gt=0, description="A chat answer stops streaming after this.")
 
     @field_validator("ollama_host")
     @classmethod

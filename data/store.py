@@ -243,6 +243,12 @@ class Store(RunsMixin):
         async with self.session() as s:
             return list(await s.scalars(query))
 
+    async def count_submissions(self, author_id: int, since: datetime) -> int:
+        """How many examples ``author_id`` submitted since ``since`` (the per-user rate limit counts these)."""
+        async with self.session() as s:
+            return await s.scalar(select(func.count(Example.id)).where(
+                Example.author_id == author_id, Example.created_at >= since)) or 0
+
     async def next_for_review(self, reviewer_id: int, guild_id: int | None = None) -> Example | None:
         """The oldest pending example the reviewer neither wrote nor rated yet."""
         rated = select(Rating.example_id).where(Rating.rater_id == reviewer_id)

@@ -1,10 +1,24 @@
-"""Who may do what: expert and admin roles per guild, from the settings."""
+"""Who may do what: expert and admin roles per guild, from the settings; and how much one user may submit."""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 import discord
 
 from bot.settings import Settings
+from data.models import utcnow
+from data.store import Store
+
+SUBMISSION_WINDOW = timedelta(hours=1)
+
+
+class RateLimited(Exception):
+    """A submission over the per-user hourly limit; ``str(exc)`` is the message for the user."""
+
+    def __init__(self, message: str, retry_at: datetime | None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
 
 
 def _role_ids(user: discord.abc.User) -> set[int]:
@@ -26,6 +40,37 @@ def is_expert(settings: Settings, guild_id: int | None, user: discord.abc.User) 
 
 
 def may_teach(settings: Settings, guild_id: int | None, user: discord.abc.User) -> bool:
+    """/teach and "Suggest a better answer" follow one rule: experts, or anyone where the guild allows it.
+
+    In a DM there is no guild whose roles could vouch for the user, so the answer there is no.
+    """
     return is_expert(settings, guild_id, user) or (
         guild_id is not None and settings.roles_for(guild_id).allow_non_expert_teach
     )
+
+
+async def check_submission_quota(store: Store, settings: Settings, user_id: int, wanted: int = 1,
+                                 now: datetime | None = None) -> int | None:
+    """How many more pairs ``user_id`` may submit this hour (None: no limit); raises RateLimited when
+    ``wanted`` more would go over ``settings.max_pairs_per_user_hour``."""
+    limit = settings.max_pairs_per_user_hour
+    if limit == 0:
+        return None
+    now = now or utcnow()
+    used = await store.count_submissions(user_id, now - SUBMISSION_WINDOW)
+    remaining = max(limit - used, 0)
+    if wanted <= remaining:
+        return remaining
+    # The store gives a count, not the times: an hour from now every current submission has left the window,
+    # so that is when the user can surely submit again (possibly earlier).
+    retry_at = now + SUBMISSION_WINDOW
+    when = f"<t:{int(retry_at.timestamp())}:R>"
+    if wanted > limit:
+        raise RateLimited(f"that is {wanted:,} pairs, more than the limit of {limit:,} pairs per hour per user: "
+                          f"split it into parts of at most {limit:,}", None)
+    if remaining == 0:
+        raise RateLimited(f"you have submitted {used:,} pairs in the last hour; the limit is {limit:,} per hour. "
+                          f"You can submit again {when} at the latest", retry_at)
+    raise RateLimited(f"that is {wanted:,} pairs, but you can submit only {remaining:,} more this hour "
+                      f"(limit {limit:,} per hour, {used:,} used). All {limit:,} are free again {when} at the latest",
+                      retry_at)

@@ -3,7 +3,11 @@ keep working after a restart (discord.py ``DynamicItem``). Handlers are thin: pa
 
 from __future__ import annotations
 
+import io
+import json
 import re
+import secrets
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -11,12 +15,14 @@ import discord
 from bot import permissions
 from data.conversation import Conversation, InvalidConversation
 from data.models import Example
+from data.review import disagreement
 from data.store import StoreError
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
 
 MODAL_TEXT_MAX = 4000  # Discord's own limit for a text input
+CONTENT_MAX = 2000  # Discord's limit on a message's content
 
 
 def core(interaction: discord.Interaction) -> LoraloopBot:
@@ -30,6 +36,35 @@ async def say(interaction: discord.Interaction, text: str) -> None:
     else:
         await interaction.response.send_message(text, ephemeral=True,
                                                 allowed_mentions=discord.AllowedMentions.none())
+
+
+def modal_id(kind: str, *ids: int, user: discord.abc.User) -> str:
+    """A custom id unique to this user and this opening: discord.py keeps pending modals by custom id alone,
+    so two people (or one person twice) opening "the same" modal must not replace each other's."""
+    return ":".join(["ll", kind, *map(str, ids), str(user.id), str(secrets.randbits(48))])
+
+
+class OpenerOnlyModal(discord.ui.Modal):
+    """A modal only the user it was opened for may submit."""
+
+    opener_id: int
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id == self.opener_id:
+            return True
+        await say(interaction, "This form was opened by someone else; nothing was saved.")
+        return False
+
+
+async def check_quota(interaction: discord.Interaction, wanted: int = 1) -> bool:
+    """False (and the user told why) when ``wanted`` more pairs would go over the hourly limit."""
+    bot = core(interaction)
+    try:
+        await permissions.check_submission_quota(bot.store, bot.settings, interaction.user.id, wanted)
+    except permissions.RateLimited as exc:
+        await say(interaction, f"Not accepted: {exc}.")
+        return False
+    return True
 
 
 # ---- feedback on answers --------------------------------------------------------------------------------
@@ -53,18 +88,32 @@ class FeedbackButton(discord.ui.DynamicItem[discord.ui.Button],
     async def callback(self, interaction: discord.Interaction) -> None:
         bot = core(interaction)
         if self.kind == "fix":
-            try:
-                answer = await bot.store.get_answer(self.answer_id)
-            except StoreError as exc:
-                return await say(interaction, str(exc))
-            question = next((m["content"] for m in reversed(answer.prompt) if m["role"] == "user"), "")
-            return await interaction.response.send_modal(SuggestModal(self.answer_id, question, answer.answer))
+            return await self.open_suggestion(interaction)
         try:
             await bot.store.add_feedback(self.answer_id, interaction.user.id, 1 if self.kind == "up" else -1)
         except StoreError as exc:
             return await say(interaction, str(exc))
         await say(interaction, "Thanks, noted 👍" if self.kind == "up" else
                   "Thanks, noted 👎 — you can also suggest a better answer.")
+
+    async def open_suggestion(self, interaction: discord.Interaction) -> None:
+        bot = core(interaction)
+        if interaction.guild_id is None:
+            # A DM has no guild whose roles could say whether this user may teach (see permissions.may_teach).
+            return await say(interaction, "Suggestions are taken in the server: ask me there and use "
+                                          "“Suggest a better answer” under that answer.")
+        if not permissions.may_teach(bot.settings, interaction.guild_id, interaction.user):
+            return await say(interaction, "Only experts can suggest answers on this server; 👍/👎 tell them "
+                                          "what to look at.")
+        if not await check_quota(interaction):
+            return None
+        try:
+            answer = await bot.store.get_answer(self.answer_id)
+        except StoreError as exc:
+            return await say(interaction, str(exc))
+        question = next((m["content"] for m in reversed(answer.prompt) if m["role"] == "user"), "")
+        await interaction.response.send_modal(SuggestModal(self.answer_id, question, answer.answer,
+                                                           opener=interaction.user))
 
 
 def feedback_view(answer_id: int) -> discord.ui.View:
@@ -74,10 +123,11 @@ def feedback_view(answer_id: int) -> discord.ui.View:
     return view
 
 
-class SuggestModal(discord.ui.Modal):
-    def __init__(self, answer_id: int, question: str, current: str) -> None:
-        super().__init__(title="Suggest a better answer", custom_id=f"ll:suggest:{answer_id}", timeout=900)
-        self.answer_id = answer_id
+class SuggestModal(OpenerOnlyModal):
+    def __init__(self, answer_id: int, question: str, current: str, *, opener: discord.abc.User) -> None:
+        super().__init__(title="Suggest a better answer", custom_id=modal_id("suggest", answer_id, user=opener),
+                         timeout=900)
+        self.answer_id, self.opener_id = answer_id, opener.id
         self.question = discord.ui.TextInput(label="Question", style=discord.TextStyle.paragraph,
                                              default=question[:MODAL_TEXT_MAX], max_length=MODAL_TEXT_MAX)
         self.better = discord.ui.TextInput(label="Better answer", style=discord.TextStyle.paragraph,
@@ -87,6 +137,8 @@ class SuggestModal(discord.ui.Modal):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         bot = core(interaction)
+        if not await check_quota(interaction):  # checked again: the form may have stayed open a while
+            return
         conversation = Conversation.qa(self.question.value.strip(), self.better.value.strip())
         try:
             example = await bot.store.add_example(
@@ -107,8 +159,12 @@ class TeachModal(discord.ui.Modal, title="Teach the bot"):
     system = discord.ui.TextInput(label="System prompt / context (optional)", style=discord.TextStyle.paragraph,
                                   required=False, max_length=MODAL_TEXT_MAX)
 
+    # No custom id given: discord.py draws a random one for every instance, so openings never collide.
+
     async def on_submit(self, interaction: discord.Interaction) -> None:
         bot = core(interaction)
+        if not await check_quota(interaction):  # checked again: the form may have stayed open a while
+            return
         conversation = Conversation.qa(self.question.value.strip(), self.answer.value.strip(),
                                        self.system.value.strip() or None)
         try:
@@ -122,22 +178,96 @@ class TeachModal(discord.ui.Modal, title="Teach the bot"):
 
 
 # ---- review --------------------------------------------------------------------------------------------
+# What experts see is what trains: the card shows every message whole, or says it is shortened and carries the
+# full pair as a file. User text sits in code blocks so it cannot pose as the card's own lines.
+
+_FENCE = "```"
+_TRUNCATED = "⚠️ **Truncated — the full pair is attached** (`{name}`); read it before rating."
 
 
-def render_example(example: Example, scores: list[int]) -> str:
-    lines = [f"**Example #{example.id}** · source: {example.source} · status: {example.status}"]
-    for m in example.messages:
-        text = m["content"] if len(m["content"]) <= 700 else m["content"][:700] + "…"
-        lines.append(f"**{m['role']}:** {text}")
+@dataclass(frozen=True)
+class ReviewCard:
+    """A review card's message content and, when the pair did not fit, the full pair as a JSON file."""
+
+    content: str
+    attachment: bytes | None = None
+    filename: str = ""
+
+    def files(self) -> list[discord.File]:
+        return [discord.File(io.BytesIO(self.attachment), filename=self.filename)] if self.attachment else []
+
+
+def _neutralise(text: str) -> str:
+    # A zero-width space after every backtick that another follows: no run of three can close the block
+    # early, and the text looks exactly as it will be trained on.
+    return re.sub(r"`(?=`)", "`\u200b", text)
+
+
+def _shown_prefix(text: str, budget: int) -> str:
+    """The longest start of ``text`` whose neutralised form fits in ``budget`` characters."""
+    end = min(len(text), budget)
+    while (over := len(_neutralise(text[:end])) - budget) > 0:
+        end -= over
+    return _neutralise(text[:end])
+
+
+def _shares(lengths: list[int], budget: int) -> list[int]:
+    """Split ``budget`` characters among blocks: short ones whole, long ones an equal share of the rest."""
+    caps = [0] * len(lengths)
+    left = max(budget, 0)
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    for done, i in enumerate(order):
+        caps[i] = min(lengths[i], left // (len(order) - done))
+        left -= caps[i]
+    return caps
+
+
+def _shortened(text: str) -> str:
+    return f"*(shortened: {len(text):,} characters in all; the whole text is in the file)*"
+
+
+def _block(label: str, text: str, shown: str) -> list[str]:
+    lines = [f"**{label}:**", _FENCE, shown, _FENCE]
+    return lines + [_shortened(text)] if len(shown) < len(_neutralise(text)) else lines
+
+
+def render_example(example: Example, scores: list[int], limit: int = CONTENT_MAX) -> ReviewCard:
+    """The review card for ``example`` in at most ``limit`` characters; the header and ratings always show."""
+    head = f"**Example #{example.id}** · source: {example.source} · status: {example.status}"
     if scores:
-        from data.review import disagreement
-
-        lines.append(f"Ratings: {', '.join(map(str, scores))} · mean {sum(scores) / len(scores):.1f} · "
-                     f"disagreement {disagreement(scores):.2f}")
+        tail = (f"**Ratings:** {', '.join(map(str, scores))} · mean {sum(scores) / len(scores):.1f} · "
+                f"disagreement {disagreement(scores):.2f}")
     else:
-        lines.append("No ratings yet.")
-    out = "\n".join(lines)
-    return out if len(out) <= 2000 else out[:1990] + "…"
+        tail = "**No ratings yet.**"
+    blocks = [(m["role"], m["content"]) for m in example.messages]
+    if example.tools:
+        blocks.append(("tools", example.tools))
+    whole = "\n".join([head, *(line for label, text in blocks for line in _block(label, text, _neutralise(text))),
+                       tail])
+    if len(whole) <= limit:
+        return ReviewCard(whole)
+
+    filename = f"example-{example.id}.json"
+    # Room for text is what the card takes with every block empty (and noted as shortened). In a long
+    # conversation that frame alone leaves too little room: then its earliest messages are left to the file
+    # until half the card can hold text; the last question and answer are the last to go.
+    lengths = [len(_neutralise(text)) for _, text in blocks]
+    for skip in range(len(blocks)):
+        kept = blocks[skip:]
+        top = [head, _TRUNCATED.format(name=filename)]
+        if skip:
+            top.append(f"*({skip} earlier message{'s' if skip > 1 else ''} only in the file)*")
+        frame = len("\n".join([*top, tail])) + sum(
+            len("\n".join(["", f"**{label}:**", _FENCE, "", _FENCE, _shortened(text)])) for label, text in kept)
+        if frame + min(sum(lengths[skip:]), limit // 2) <= limit:
+            break
+    caps = _shares(lengths[skip:], limit - frame)
+    body = [line for (label, text), cap in zip(kept, caps, strict=True)
+            for line in _block(label, text, _shown_prefix(text, cap))]
+    full = {"id": example.id, "source": example.source, "status": example.status, "messages": example.messages,
+            "tools": example.tools, "tags": example.tags}
+    return ReviewCard("\n".join([*top, *body, tail]), json.dumps(full, ensure_ascii=False, indent=2).encode(),
+                      filename)
 
 
 class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
@@ -156,6 +286,7 @@ class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
         return cls(match["action"], int(match["example"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
+        # Only store reads and writes before the first response: Discord wants it within 3 s.
         bot = core(interaction)
         guild_id = interaction.guild_id
         if self.action in ("approve", "reject"):
@@ -165,11 +296,13 @@ class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
             return await say(interaction, "Only experts can review examples.")
         try:
             if self.action == "edit":
-                example = await bot.store.get_example(self.example_id)
-                return await interaction.response.send_modal(EditModal(example))
+                return await open_edit(interaction, await bot.store.get_example(self.example_id))
             if self.action.isdigit():
                 outcome = await bot.store.rate(self.example_id, interaction.user.id, int(self.action))
-                done = f"Rated #{self.example_id} {self.action}/5 (mean {outcome.mean:.1f} of {len(outcome.scores)})"
+                # A second click (or a double click) is a change of mind, not an error.
+                rated = (f"Changed your rating of #{self.example_id} to" if getattr(outcome, "changed", False)
+                         else f"Rated #{self.example_id}")
+                done = f"{rated} {self.action}/5 (mean {outcome.mean:.1f} of {len(outcome.scores)})"
                 if outcome.decided:
                     done += f" → {outcome.decided}"
             else:
@@ -191,31 +324,46 @@ def review_view(example_id: int) -> discord.ui.View:
 async def show_next_for_review(interaction: discord.Interaction, prefix: str = "", edit: bool = False) -> None:
     bot = core(interaction)
     example = await bot.store.next_for_review(interaction.user.id, interaction.guild_id)
-    head = f"{prefix}\n\n" if prefix else ""
+    head = f"{prefix[:CONTENT_MAX // 4]}\n\n" if prefix else ""
     if example is None:
-        content, view = head + "Nothing left to review — thank you!", None
+        card, view = ReviewCard(head + "Nothing left to review — thank you!"), None
     else:
         scores = [r.score for r in await bot.store.ratings_for(example.id)]
-        content, view = head + render_example(example, scores), review_view(example.id)
-    kwargs: dict[str, Any] = {"content": content[:2000], "allowed_mentions": discord.AllowedMentions.none()}
+        shown = render_example(example, scores, CONTENT_MAX - len(head))
+        card, view = ReviewCard(head + shown.content, shown.attachment, shown.filename), review_view(example.id)
+    kwargs: dict[str, Any] = {"content": card.content, "allowed_mentions": discord.AllowedMentions.none()}
     if edit:
-        await interaction.response.edit_message(view=view, **kwargs)
+        # attachments=[] drops the previous card's file when this one has none.
+        await interaction.response.edit_message(view=view, attachments=card.files(), **kwargs)
     else:
-        await interaction.response.send_message(ephemeral=True, view=view or discord.utils.MISSING, **kwargs)
+        await interaction.response.send_message(ephemeral=True, view=view or discord.utils.MISSING,
+                                                files=card.files(), **kwargs)
 
 
-class EditModal(discord.ui.Modal):
-    def __init__(self, example: Example) -> None:
-        super().__init__(title=f"Edit example #{example.id}", custom_id=f"ll:edit:{example.id}", timeout=900)
-        self.example_id = example.id
-        conv = Conversation.from_dicts(example.messages)
+async def open_edit(interaction: discord.Interaction, example: Example) -> None:
+    """Open the Edit form, or refuse when a text it would show is longer than a Discord form holds
+    (saving would silently cut it)."""
+    conv = Conversation.from_dicts(example.messages)
+    for message in conv.turns[-2:]:
+        if len(message.content) > MODAL_TEXT_MAX:
+            return await say(interaction, f"Example #{example.id}'s {message.role} text is {len(message.content):,} "
+                                          f"characters: too long to edit here (a Discord form holds "
+                                          f"{MODAL_TEXT_MAX:,}). Rate or reject it, and fix it in the file it came "
+                                          f"from (`loraloop dataset import`).")
+    await interaction.response.send_modal(EditModal(example, opener=interaction.user))
+
+
+class EditModal(OpenerOnlyModal):
+    def __init__(self, example: Example, *, opener: discord.abc.User) -> None:
+        super().__init__(title=f"Edit example #{example.id}", custom_id=modal_id("edit", example.id, user=opener),
+                         timeout=900)
+        self.example_id, self.opener_id = example.id, opener.id
+        conv = Conversation.from_dicts(example.messages, example.tags, example.tools)
         turns = conv.turns
-        self.multi_turn = len(turns) > 2 or conv.has_tools
-        self.system_text = conv.system
         self.question = discord.ui.TextInput(label="Question", style=discord.TextStyle.paragraph,
-                                             default=turns[-2].content[:MODAL_TEXT_MAX], max_length=MODAL_TEXT_MAX)
+                                             default=turns[-2].content, max_length=MODAL_TEXT_MAX)
         self.answer = discord.ui.TextInput(label="Answer", style=discord.TextStyle.paragraph,
-                                           default=turns[-1].content[:MODAL_TEXT_MAX], max_length=MODAL_TEXT_MAX)
+                                           default=turns[-1].content, max_length=MODAL_TEXT_MAX)
         self.add_item(self.question)
         self.add_item(self.answer)
         self.original = conv

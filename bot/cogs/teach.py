@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import discord
@@ -9,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import permissions
-from bot.views import TeachModal, say
+from bot.views import TeachModal, check_quota, say
 from data import formats
 from data.importer import import_bytes
 
@@ -28,6 +29,8 @@ class TeachCog(commands.Cog):
     async def teach(self, interaction: discord.Interaction) -> None:
         if not permissions.may_teach(self.bot.settings, interaction.guild_id, interaction.user):
             return await say(interaction, "Only experts can teach the bot on this server.")
+        if not await check_quota(interaction):  # before the form, so nobody types a pair that cannot be kept
+            return
         await interaction.response.send_modal(TeachModal())
 
     @app_commands.command(name="import", description="Import a file of Q&A pairs (experts).")
@@ -42,14 +45,26 @@ class TeachCog(commands.Cog):
         if file.size > settings.max_import_bytes:
             return await say(interaction, f"`{file.filename}` is {file.size:,} bytes; the limit is "
                                           f"{settings.max_import_bytes:,} bytes. Split it into smaller files.")
+        # The hourly limit: refused before the download when nothing is left, after parsing when the file's
+        # pairs are more than what is left (nothing is written then).
+        try:
+            remaining = await permissions.check_submission_quota(self.bot.store, settings, interaction.user.id)
+        except permissions.RateLimited as exc:
+            return await say(interaction, f"`{file.filename}` was not imported: {exc}.")
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             data = await file.read()
+            if remaining is not None:
+                # Parsed once more inside import_bytes: it takes no cap on the number of records (yet).
+                parsed = await asyncio.to_thread(formats.read_bytes, data, file.filename, format,
+                                                 settings.max_field_chars)
+                await permissions.check_submission_quota(self.bot.store, settings, interaction.user.id,
+                                                         wanted=len(parsed.records))
             report = await import_bytes(
                 self.bot.store, data, file.filename, format=format, author_id=interaction.user.id,
                 guild_id=interaction.guild_id, skip_invalid=True, max_chars=settings.max_field_chars,
             )
-        except formats.FormatError as exc:
+        except (formats.FormatError, permissions.RateLimited) as exc:
             return await say(interaction, f"`{file.filename}` was not imported: {exc}")
         except discord.HTTPException as exc:
             return await say(interaction, f"Could not download `{file.filename}` from Discord ({exc.status}).")

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,15 +303,50 @@ async def promote(store: Store, client: OllamaClient, tag: str) -> ModelVersion:
     return await store.promote(tag)
 
 
-async def rollback(store: Store, client: OllamaClient) -> ModelVersion:
-    """Switch back to the previous good version (checked to be in Ollama first)."""
+class AlreadyActive(Exception):
+    """A rollback to the version that already answers: nothing was changed (a retried request, typically)."""
+
+    def __init__(self, version: ModelVersion) -> None:
+        super().__init__(f"{version.tag} is already the active model; nothing was rolled back")
+        self.version = version
+
+
+_ROLLBACK_LOCKS: weakref.WeakKeyDictionary[Store, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def rollback(store: Store, client: OllamaClient, to: int | str | None = None) -> ModelVersion:
+    """Switch back to the previous good version (checked to be in Ollama first).
+
+    ``to`` (a version id or tag) names the version the caller saw as the target, so a retried request cannot
+    roll back twice: if ``to`` already answers, AlreadyActive is raised and nothing changes."""
+    # One rollback at a time per store in this process: a retry that arrives while the first one waits on
+    # Ollama then sees the switched pointer instead of computing "one back" from the old one.
+    async with _ROLLBACK_LOCKS.setdefault(store, asyncio.Lock()):
+        target = await store.rollback_target() if to is None else await _named_rollback_target(store, to)
+        if target is None:
+            raise DeployFailed("there is no earlier good model version to roll back to")
+        if not await client.has_model(target.tag):
+            await store.update_model_version(target.tag, in_ollama=False)
+            raise DeployFailed(f"the rollback target {target.tag} is not in Ollama any more; "
+                               "promote a version that is")
+        switched = await store.rollback()
+    if switched.id != target.id:  # another process rolled back between the check and the switch
+        log.warning("rollback to %s switched to %s instead (a concurrent rollback)", target.tag, switched.tag)
+    return switched
+
+
+async def _named_rollback_target(store: Store, to: int | str) -> ModelVersion:
+    wanted = await store.get_model_version(to)
+    active = await store.active_model_version()
+    if active is not None and active.id == wanted.id:
+        raise AlreadyActive(wanted)
     target = await store.rollback_target()
     if target is None:
         raise DeployFailed("there is no earlier good model version to roll back to")
-    if not await client.has_model(target.tag):
-        await store.update_model_version(target.tag, in_ollama=False)
-        raise DeployFailed(f"the rollback target {target.tag} is not in Ollama any more; promote a version that is")
-    return await store.rollback()
+    if target.id != wanted.id:
+        raise DeployFailed(f"{wanted.tag} is not the previous good version (that is {target.tag}); "
+                           f"`loraloop models promote {wanted.tag}` switches to any registered version")
+    return target
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------

@@ -111,6 +111,7 @@ class OllamaTestServer:
         self.prompts: list[dict[str, Any]] = []  # each real chat: model, rendered prompt, token ids
         self.blob_uploads: list[tuple[str, int]] = []  # (digest, bytes received) per POST that stored a blob
         self.create_delay = 0.0  # seconds to wait before "success" (lets a test kill a client mid-create)
+        self.latency_s = 0.0  # seconds every /api/* request waits before its handler runs (a slow or busy host)
         self.converter = converter  # (hf_dir, out_gguf) for files= with safetensors, as Ollama converts them
         self.url = ""
         self._lock = threading.RLock()
@@ -238,6 +239,8 @@ class OllamaTestServer:
                 body = raw.decode(errors="replace")
         with self._lock:
             self.requests.append((request.method, request.path, body))
+        if self.latency_s and request.path.startswith("/api/"):
+            await asyncio.sleep(self.latency_s)  # on the server's own loop: the client just waits
         return await handler(request)
 
     # -- handlers ----------------------------------------------------------------------------------

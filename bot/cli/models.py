@@ -1,4 +1,4 @@
-"""``loraloop models …``: list versions, promote one, roll back to the previous good one."""
+"""``loraloop models …``: list versions, promote one, roll back to the previous good one (``--to TAG``)."""
 
 from __future__ import annotations
 
@@ -88,9 +88,15 @@ def promote_cmd(tag: str = typer.Argument(..., help="e.g. loraloop-assistant:v3"
 
 
 @app.command("rollback")
-def rollback_cmd() -> None:
-    """Switch back to the previous good version."""
-    from deploy.pipeline import rollback
+def rollback_cmd(
+    to: str | None = typer.Option(None, "--to", help="The tag to switch back to; running it again changes nothing."),
+) -> None:
+    """Switch back to the previous good version (--to names it, so a repeated command cannot go two back)."""
+    from deploy.pipeline import AlreadyActive, rollback
 
-    version = _with_store_and_ollama(rollback)
+    try:
+        version = _with_store_and_ollama(lambda store, client: rollback(store, client, to=to))
+    except AlreadyActive as exc:
+        console.print(f"nothing to do: {exc}")
+        return
     console.print(f"rolled back: active model is now {version.tag}")

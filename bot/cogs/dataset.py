@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import io
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,9 @@ from data.conversation import Conversation
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
+
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's limit without boosts, when the interaction does not say
+UPLOAD_TOO_LARGE = 40005  # Discord's error code for an upload over the limit
 
 
 class DatasetCog(commands.GroupCog, group_name="dataset", group_description="The teaching dataset."):
@@ -39,16 +44,41 @@ class DatasetCog(commands.GroupCog, group_name="dataset", group_description="The
     async def export(self, interaction: discord.Interaction, format: str) -> None:
         if not permissions.is_expert(self.bot.settings, interaction.guild_id, interaction.user):
             return await say(interaction, "Only experts can export the dataset.")
+        await interaction.response.defer(ephemeral=True, thinking=True)  # the whole dataset is read and encoded
         examples = await self.bot.store.approved_examples()
         conversations = [Conversation.from_dicts(e.messages, e.tags, e.tools) for e in examples]
+        filename = f"loraloop-{format}.{'csv' if format == 'csv' else 'jsonl'}"
         try:
-            payload = formats.dumps(conversations, format, jsonl=format != "csv")
+            payload = await asyncio.to_thread(formats.dumps, conversations, format, jsonl=format != "csv")
         except ValueError as exc:
             return await say(interaction, f"Cannot export as {format}: {exc}")
-        suffix = "csv" if format == "csv" else "jsonl"
-        await interaction.response.send_message(
-            f"{len(conversations)} approved examples ({format}).", ephemeral=True,
-            file=discord.File(io.BytesIO(payload), filename=f"loraloop-{format}.{suffix}"))
+        limit = interaction.filesize_limit or DEFAULT_UPLOAD_LIMIT  # the payload's attachment_size_limit
+        upload = await asyncio.to_thread(fit_upload, payload, filename, limit)
+        text = f"{len(conversations)} approved examples ({format})."
+        if upload is None:
+            return await say(interaction, f"{text} {too_large(len(payload), limit, format, filename)}")
+        name, data = upload
+        if name != filename:
+            text += f" Gzip-compressed: {len(payload):,} bytes do not fit this channel's upload limit."
+        try:
+            await interaction.followup.send(text, ephemeral=True, file=discord.File(io.BytesIO(data), filename=name))
+        except discord.HTTPException as exc:
+            if exc.code != UPLOAD_TOO_LARGE:
+                raise
+            await say(interaction, f"{text} {too_large(len(payload), limit, format, filename)}")
+
+
+def fit_upload(payload: bytes, filename: str, limit: int) -> tuple[str, bytes] | None:
+    """The file to upload within ``limit`` bytes: as is, else gzip-compressed, else None."""
+    if len(payload) <= limit:
+        return filename, payload
+    packed = gzip.compress(payload, mtime=0)
+    return (filename + ".gz", packed) if len(packed) <= limit else None
+
+
+def too_large(size: int, limit: int, format: str, filename: str) -> str:
+    return (f"The export is {size:,} bytes, over this channel's upload limit of {limit:,} bytes even compressed. "
+            f"On the bot's host, run `loraloop dataset export --format {format} --out {filename}`.")
 
 
 async def setup(bot: LoraloopBot) -> None:

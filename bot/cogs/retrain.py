@@ -140,6 +140,8 @@ class RetrainButton(discord.ui.DynamicItem[discord.ui.Button],
             return await say(interaction, "Retraining is not running on this bot.")
         if not permissions.is_expert(bot.settings, interaction.guild_id, interaction.user):
             return await say(interaction, "Only experts can vote on retrains.")
+        # Votes start runs and promotions talk to Ollama and edit messages: answer within 3 s, report after.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         orch = cog.orchestrator
         try:
             if self.kind in ("approve", "reject"):
@@ -205,6 +207,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
             return await say(interaction, "Only experts can propose a retrain.")
         roles = self.bot.settings.roles_for(interaction.guild_id)
         channel_id = roles.experts_channel_id or interaction.channel_id
+        await interaction.response.defer(ephemeral=True, thinking=True)  # counting examples, posting the proposal
         try:
             run = await self.orchestrator.propose(by=interaction.user.id, guild_id=interaction.guild_id,
                                                   channel_id=channel_id)

@@ -125,14 +125,15 @@ async def test_feedback_buttons_survive_a_restart(discord_api, settings, ollama_
         await gw.click(f"ll:fb:up:{answer.id}", message=msg, user_id=MEMBER)
         assert "noted" in last_response(discord_api)["data"]["content"]
         assert await second.store.feedback_counts(answer.id) == (1, 0)
-        await gw.click(f"ll:fb:fix:{answer.id}", message=msg, user_id=MEMBER)
+        # Suggesting follows /teach's rule (experts here; this server does not allow non-expert teaching).
+        await gw.click(f"ll:fb:fix:{answer.id}", message=msg, user_id=EXPERT, roles=[EXPERT_ROLE])
         modal = last_response(discord_api)
         assert modal["type"] == 9
         question = modal["data"]["components"][0]["components"][0]
         assert question["value"] == "why?"  # prefilled with the question
         fields = [c["components"][0]["custom_id"] for c in modal["data"]["components"]]
         await gw.submit_modal(modal["data"]["custom_id"], dict(zip(fields, ["why?", "Because of X."], strict=True)),
-                              user_id=MEMBER)
+                              user_id=EXPERT, roles=[EXPERT_ROLE])
         [example] = await second.store.list_examples()
         assert example.source == "correction" and example.answer_id == answer.id and example.status == "pending"
     finally:
@@ -154,7 +155,13 @@ async def test_model_status_and_rollback_for_admins(bot, gateway, discord_api, o
     status = last_response(discord_api)["data"]["content"]
     assert f"`{v2.tag}`" in status and "ROUGE-L" in status and "0.610" in status and "PASS" in status
     await gateway.command("model", subcommand="rollback", user_id=ADMIN, roles=[ADMIN_ROLE])
-    assert f"now answering with `{v1.tag}`" in last_response(discord_api)["data"]["content"]
+    assert f"Roll back from `{v2.tag}` to `{v1.tag}`?" in discord_api.reply_text()  # the target, to confirm
+    assert (await bot.store.active_model_version()).id == v2.id
+    confirm = discord_api.messages[max(discord_api.messages)]
+    await gateway.click(f"ll:rb:{v1.id}", message=confirm, user_id=MEMBER)
+    assert "Only admins" in discord_api.reply_text()
+    await gateway.click(f"ll:rb:{v1.id}", message=confirm, user_id=ADMIN, roles=[ADMIN_ROLE])
+    assert f"now answering with `{v1.tag}`" in discord_api.reply_text()
     assert (await bot.store.active_model_version()).id == v1.id
     await gateway.command("model", subcommand="history", user_id=MEMBER)
     assert "rolled_back" in last_response(discord_api)["data"]["content"]
@@ -213,7 +220,8 @@ async def test_import_refuses_oversize_and_garbage(bot, gateway, discord_api):
 async def test_export_sends_a_file(bot, gateway, discord_api):
     await bot.store.import_conversations([Conversation.qa(f"q{i}", "a") for i in range(3)], approve=True)
     await gateway.command("dataset", {"format": "openai"}, subcommand="export", user_id=EXPERT, roles=[EXPERT_ROLE])
-    call = discord_api.interaction_responses()[-1]
-    assert call.json["data"]["content"].startswith("3 approved examples")
+    assert last_response(discord_api)["type"] == 5  # deferred: the whole dataset is read and encoded
+    call = discord_api.find("POST", "/webhooks/")[-1]
+    assert call.json["content"].startswith("3 approved examples")
     [(name, payload)] = call.files
     assert name == "loraloop-openai.jsonl" and len(payload.splitlines()) == 3

@@ -1,10 +1,15 @@
 """The chat path, in one place: message in → history from the reply chain → the active model streams its
 answer from Ollama → one Discord message edited at most about once a second, split past 2000 characters →
-the answer and the model version that gave it are recorded, with feedback buttons attached."""
+the answer and the model version that gave it are recorded, with feedback buttons attached.
+
+An answer has limits (:class:`AnswerLimits`): a token cap Ollama enforces (``num_predict``), a character cap
+for a server that ignores it, a total time, and a few Discord messages at most. A cut answer says so."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,6 +28,10 @@ DISCORD_LIMIT = 2000
 EDIT_INTERVAL_S = 1.0  # Discord allows ~5 edits per 5 s per channel; one a second leaves room
 CURSOR = " ▌"
 MAX_HISTORY = 20
+# Generous (English averages ~4): the cap Ollama applies is num_predict; this one only stops a server that
+# ignores it, so it must never cut an answer Ollama would have let through.
+CHARS_PER_TOKEN = 6
+MAX_MESSAGES = 5  # one answer never floods a channel, whatever the token cap
 _FENCE = re.compile(r"^```(\S*)", re.MULTILINE)
 
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -128,6 +137,46 @@ def _as_history(messages: Iterable[discord.Message], bot_id: int) -> list[dict[s
     return history
 
 
+@dataclass(frozen=True)
+class AnswerLimits:
+    """How long one answer may get: tokens (sent to Ollama), characters, Discord messages, seconds."""
+
+    max_tokens: int
+    time_s: float
+    max_chars: int
+    max_messages: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AnswerLimits:
+        chars = settings.chat_max_tokens * CHARS_PER_TOKEN
+        messages = max(1, min(MAX_MESSAGES, math.ceil(chars / DISCORD_LIMIT)))
+        return cls(settings.chat_max_tokens, settings.chat_time_limit_s, min(chars, messages * DISCORD_LIMIT),
+                   messages)
+
+
+def cut_note(why: str) -> str:
+    return f" … (answer cut: {why} limit)"
+
+
+def fit_messages(text: str, max_messages: int, tail: str = "") -> str:
+    """``text`` + ``tail``, with ``text`` shortened (at a space where possible) until the whole splits into at
+    most ``max_messages`` Discord messages; ``tail`` (a note) is always kept whole."""
+    if len(split_message(text + tail)) <= max_messages:
+        return text + tail
+    low, high = 0, len(text)  # the longest prefix that fits, by bisection (split_message is linear)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if len(split_message(text[:mid] + tail)) <= max_messages:
+            low = mid
+        else:
+            high = mid - 1
+    prefix = text[:low]
+    space = prefix.rfind(" ")
+    if space > low * 0.9:
+        prefix = prefix[:space]
+    return prefix.rstrip() + tail
+
+
 @dataclass
 class ChatResult:
     text: str
@@ -135,6 +184,7 @@ class ChatResult:
     answer_id: int | None
     model_tag: str
     error: str | None = None
+    cut: str | None = None  # "length" or "time" when the answer was stopped by a limit
 
 
 Send = Callable[[str], Awaitable[discord.Message]]
@@ -169,22 +219,47 @@ class Chat:
         model, version_id = await self.active_model()
         prompt = ([{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt
                   else []) + history
+        limits = AnswerLimits.from_settings(self.settings)
         text = ""
         sent: list[discord.Message] = []
         shown: list[str] = []
         last_render = float("-inf")
+        cut: str | None = None
+        deadline = asyncio.get_running_loop().time() + limits.time_s
+        stream = self.ollama.chat_stream(model, prompt, options={"num_predict": limits.max_tokens})
         try:
-            async for piece in self.ollama.chat_stream(model, prompt):
+            while True:
+                # The time limit covers waiting for the next piece too (a stalled stream), but never a Discord
+                # call: cancelling one half-way could leave a message posted that we do not know about.
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        piece = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    cut = "time"
+                    break
                 text += piece
+                if len(text) > limits.max_chars:
+                    cut = "length"
+                    break
                 if self.clock() - last_render >= EDIT_INTERVAL_S:
-                    await self._render(text + CURSOR, sent, shown, send_first)
+                    await self._render(fit_messages(text, limits.max_messages, CURSOR), sent, shown, send_first)
                     last_render = self.clock()
         except OllamaError as exc:
             notice = _explain(exc, model)
             log.warning("chat with %s failed: %s", model, exc)
-            await self._render((text + "\n\n" if text else "") + notice, sent, shown, send_first)
+            shown_text = fit_messages(text, limits.max_messages, "\n\n" + notice) if text else notice
+            await self._render(shown_text, sent, shown, send_first)
             return ChatResult(text, sent, None, model, error=notice)
-        if not text.strip():
+        finally:
+            await stream.aclose()  # a cut stream: close the HTTP response now, not when it is collected
+        if not cut and len(split_message(text)) > limits.max_messages:
+            cut = "length"  # under the character cap, but cut into too many pieces (code blocks, long words)
+        if cut:
+            log.info("chat answer from %s cut by the %s limit after %d characters", model, cut, len(text))
+            text = fit_messages(text[:limits.max_chars].rstrip(), limits.max_messages, cut_note(cut))
+        elif not text.strip():
             text = "(the model gave an empty answer)"
         answer = await self.store.record_answer(
             prompt=prompt, answer=text, model_tag=model, model_version_id=version_id, guild_id=guild_id,
@@ -192,7 +267,7 @@ class Chat:
         )
         view = make_view(answer.id) if make_view else None
         await self._render(text, sent, shown, send_first, view=view, force_last=view is not None)
-        return ChatResult(text, sent, answer.id, model)
+        return ChatResult(text, sent, answer.id, model, cut=cut)
 
     async def _render(self, text: str, sent: list[discord.Message], shown: list[str], send_first: Send,
                       view: discord.ui.View | None = None, force_last: bool = False) -> None:

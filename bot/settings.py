@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -151,13 +152,71 @@ def _yaml_path(*sources: PydanticBaseSettingsSource) -> Path | None:
     return None
 
 
+# Query (and fragment) parameters whose values are secrets. ``key`` is included: API keys ride in it (Google's
+# ``?key=``), and hiding a harmless value is cheaper than showing a key. ``sslkey``/``sslcert`` are file paths,
+# not secrets, and stay visible: they help diagnose a connection.
+SECRET_PARAMS = frozenset({
+    "password", "pass", "passwd", "pwd", "sslpassword", "token", "access_token", "refresh_token", "auth_token",
+    "id_token", "api_key", "apikey", "api-key", "secret", "client_secret", "key", "signature", "sig",
+})
+# The same names as ``name=value`` in plain text (a libpq conninfo string inside an error), minus ``key`` and
+# ``sig``, which are ordinary words in messages ("duplicate key=…").
+_TEXT_SECRETS = sorted(SECRET_PARAMS - {"key", "sig", "pass"}, key=len, reverse=True)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(.*)$", re.DOTALL)
+_PARAM = re.compile(r"(^|[?&;#])([^=&;#?]+)=([^&;#]*)")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+_CONNINFO_SECRET = re.compile(
+    r"(?<![\w-])(" + "|".join(re.escape(n) for n in _TEXT_SECRETS) + r")(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&;,'\")]+)",
+    re.IGNORECASE)
+_PLAIN_USER = re.compile(r"^[A-Za-z0-9._\-]{1,15}$")
+REDACTED = "***"
+
+
 def redact_url(url: str) -> str:
-    """A URL from the settings as it may be shown: its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """A URL as it may be shown: every secret it carries replaced by ``***``.
+
+    Secrets are a password (``user:pw@``, redis' ``:pw@``), a user name alone that looks like a token
+    (``https://ghp_…@host``: 16+ characters or any character outside ``[A-Za-z0-9._-]``), and the values of
+    :data:`SECRET_PARAMS` in the query or fragment. Anything that is not a URL is returned unchanged.
+    """
+    match = _SCHEME.match(url)
+    if match is None:
         return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    scheme, rest = match.groups()
+    # The authority ends before the query; the *last* "@" before it ends the user info, so a password holding
+    # "@" or "/" (typed unencoded) is still hidden whole.
+    query_at = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    head, tail = rest[:query_at], rest[query_at:]
+    at = head.rfind("@")
+    if at >= 0:
+        userinfo, host = head[:at], head[at + 1:]
+        user, colon, password = userinfo.partition(":")
+        if colon and password:
+            userinfo = f"{user}:{REDACTED}"
+        elif not colon and user and not _PLAIN_USER.match(user):
+            userinfo = REDACTED
+        head = f"{userinfo}@{host}"
+    return scheme + head + _PARAM.sub(_redact_param, tail)
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    sep, name, value = match.groups()
+    if unquote(name).strip().lower() in SECRET_PARAMS and value:
+        value = REDACTED
+    return f"{sep}{name}={value}"
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an exception message, a failure reason) with the secrets of every URL in it redacted
+    (:func:`redact_url`), and ``password=…``-style values of a libpq connection string too."""
+    def url(match: re.Match[str]) -> str:
+        found = match.group(0)
+        # Punctuation that closes a sentence or a bracket around the URL is not part of it.
+        stripped = found.rstrip(".,;:!?)]}")
+        return redact_url(stripped) + found[len(stripped):]
+
+    text = _URL_IN_TEXT.sub(url, text)
+    return _CONNINFO_SECRET.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
 
 
 def load_settings(**overrides: Any) -> Settings:

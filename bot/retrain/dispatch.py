@@ -21,8 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.retrain.job import JobSpec
-from bot.settings import redact_url
+from bot.retrain.job import JobSpec, WorkerPolicy
+from bot.settings import redact_text, redact_url
 
 TERMINAL_EVENTS = ("result", "failed", "cancelled")
 
@@ -53,26 +53,39 @@ class Dispatcher(Protocol):
 
 
 class LocalDispatcher:
-    """Each job is ``python -m bot.retrain.job DIR`` with DIR under ``home``; the reference is DIR."""
+    """Each job is ``python -m bot.retrain.job DIR`` with DIR under ``home``; the reference is DIR.
+
+    The child checks its spec as a worker does, against DIR/policy.json: ``policy`` when given (from the
+    settings, see :func:`make_dispatcher`), else one that allows exactly what the spec asks for (this process
+    wrote the spec; the check then still covers types, paths, the snapshot and the tag)."""
 
     name = "local"
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, policy: WorkerPolicy | None = None) -> None:
         self.home = Path(home)
+        self.policy = policy
         self._children: dict[str, asyncio.subprocess.Process] = {}
+
+    def _policy_for(self, spec: JobSpec) -> WorkerPolicy:
+        if self.policy is not None:
+            return self.policy
+        return WorkerPolicy(home=self.home.resolve(), model_name=str(spec.deploy.get("model_name")),
+                            base_models=(spec.base_model,), ollama_host=spec.ollama_host,
+                            max_time_limit_s=spec.time_limit_s)
 
     async def submit(self, spec: JobSpec) -> str:
         workdir = (self.home / f"run-{spec.run_id}-{uuid.uuid4().hex[:8]}").resolve()
         try:
             workdir.mkdir(parents=True)
             (workdir / "spec.json").write_text(spec.to_json(), encoding="utf-8")
+            (workdir / "policy.json").write_text(self._policy_for(spec).to_json(), encoding="utf-8")
             (workdir / "events.jsonl").touch()
             child = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot.retrain.job", str(workdir), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=open(workdir / "stderr.log", "wb"),  # noqa: SIM115, ASYNC230
                 start_new_session=True)  # survives a bot restart; reattached through its directory
         except OSError as exc:
-            raise DispatchError(f"cannot start the local training process in {workdir}: {exc}") from exc
+            raise DispatchError(redact_text(f"cannot start the local training process in {workdir}: {exc}")) from exc
         (workdir / "pid").write_text(str(child.pid), encoding="utf-8")
         self._children[str(workdir)] = child
         return str(workdir)
@@ -161,7 +174,8 @@ class CeleryDispatcher:
         try:
             await self.redis.ping()
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise DispatchError(f"cannot reach Redis at {redact_url(self.redis_url)}: {exc}") from None
+            raise DispatchError(f"cannot reach Redis at {redact_url(self.redis_url)}: "
+                                f"{redact_text(str(exc))}") from None
 
     async def submit(self, spec: JobSpec) -> str:
         await self.ping()
@@ -173,7 +187,8 @@ class CeleryDispatcher:
             await asyncio.to_thread(self._celery().send_task, worker.TASK, args=[spec.to_json()], task_id=task_id,
                                     queue=worker.QUEUE, retry=False)
         except Exception as exc:  # kombu raises its own and OS errors; all mean "not handed over"
-            raise DispatchError(f"cannot queue the job on Redis at {redact_url(self.redis_url)}: {exc}") from None
+            raise DispatchError(f"cannot queue the job on Redis at {redact_url(self.redis_url)}: "
+                                f"{redact_text(str(exc))}") from None
         return task_id
 
     async def events(self, run_id: int, ref: str, start: int) -> list[dict[str, Any]]:
@@ -204,4 +219,4 @@ class CeleryDispatcher:
 def make_dispatcher(settings: Any) -> Dispatcher:
     if settings.dispatcher == "celery":
         return CeleryDispatcher(settings.redis_url)
-    return LocalDispatcher(Path(settings.home) / "jobs")
+    return LocalDispatcher(Path(settings.home) / "jobs", WorkerPolicy.for_local(settings))

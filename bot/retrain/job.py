@@ -13,8 +13,12 @@ back as events through ``emit`` (JSON-able dicts)::
 The bot's orchestrator turns them into state changes; the candidate tag stays in Ollama after a result
 (the orchestrator promotes it or deletes it) and is deleted here after a failure or cancellation.
 
-Run as ``python -m bot.retrain.job DIR``: the local dispatcher's child process (spec in DIR/spec.json, events
-appended to DIR/events.jsonl, cancelled by a DIR/cancel file or SIGTERM).
+Run as ``python -m bot.retrain.job DIR``: the local dispatcher's child process (spec in DIR/spec.json, what it
+agrees to do in DIR/policy.json, events appended to DIR/events.jsonl, cancelled by a DIR/cancel file or SIGTERM).
+
+A job is data from elsewhere (on a worker: whatever sits in Redis), so :func:`validate_job` checks every field
+against the training host's own :class:`WorkerPolicy` before anything is created or contacted; both the worker
+and the local child call it.
 """
 
 from __future__ import annotations
@@ -23,20 +27,25 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import dataclasses
+import hashlib
 import json
 import logging
+import math
 import os
+import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from data.snapshot import Snapshot, SnapshotError, read_snapshot
+from bot.settings import redact_text
+from data.snapshot import EXAMPLES_FILE, FORMAT, MANIFEST_FILE, Snapshot, SnapshotError, read_snapshot
 
 log = logging.getLogger("loraloop.job")
 
@@ -74,6 +83,194 @@ class JobSpec:
 
 class JobStopped(Exception):
     """Cancelled, or over its time limit: the reason is the message."""
+
+
+class JobRefused(ValueError):
+    """A job that failed validation; the message names the field and why. Nothing was created or contacted."""
+
+
+@dataclass(frozen=True)
+class WorkerPolicy:
+    """What a training host agrees to do, from its own settings: never from the job it is asked to run."""
+
+    home: Path  # every job directory lies inside it
+    model_name: str  # candidate tags are loraloop-<model_name>:v<N>
+    base_models: tuple[str, ...]  # HF ids or local directories it agrees to train on
+    ollama_host: str  # the only Ollama it talks to
+    max_time_limit_s: float  # a job asking for longer gets this
+
+    @classmethod
+    def for_worker(cls, settings: Any) -> WorkerPolicy:
+        """A ``loraloop worker``: its base model plus ``worker_allowed_base_models``, its own Ollama."""
+        return cls(home=Path(settings.worker_home).resolve(), model_name=settings.model_name,
+                   base_models=tuple(dict.fromkeys([settings.base_model, *settings.worker_allowed_base_models])),
+                   ollama_host=settings.worker_ollama_host or settings.ollama_host,
+                   max_time_limit_s=float(settings.worker_time_limit_s))
+
+    @classmethod
+    def for_local(cls, settings: Any) -> WorkerPolicy:
+        """Training on the bot's host (the local dispatcher): the same allow-list, the bot's own Ollama."""
+        return cls(home=(Path(settings.home) / "jobs").resolve(), model_name=settings.model_name,
+                   base_models=tuple(dict.fromkeys([settings.base_model, *settings.worker_allowed_base_models])),
+                   ollama_host=settings.ollama_host, max_time_limit_s=float(settings.worker_time_limit_s))
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "home": str(self.home)})
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerPolicy:
+        raw = json.loads(text)
+        return cls(home=Path(raw["home"]), model_name=raw["model_name"], base_models=tuple(raw["base_models"]),
+                   ollama_host=raw["ollama_host"], max_time_limit_s=float(raw["max_time_limit_s"]))
+
+
+_SPEC_FIELDS = {f.name: f for f in dataclasses.fields(JobSpec)}
+_REQUIRED = {name for name, f in _SPEC_FIELDS.items()
+             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+_ANY_TAG = re.compile(r"^loraloop-[A-Za-z0-9][A-Za-z0-9_.\-]*:v[1-9][0-9]*$")
+_OLLAMA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TASK_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+_MAX_HEARTBEAT_S = 3600.0
+
+
+def validate_job(raw: Any, policy: WorkerPolicy) -> JobSpec:
+    """The job in ``raw`` (its JSON text) as a :class:`JobSpec` this host may run, or :class:`JobRefused`.
+
+    Checks types, the snapshot (file names, manifest, sha256 of the payload, before anything is written),
+    the candidate tag (``loraloop-<our model_name>:v<N>``, never the active tag), the base model (the policy's
+    allow-list) and the trainer settings (no file paths). The job's Ollama host is not used: the returned
+    spec carries the policy's, and its time limit is capped by the policy's.
+    """
+    if isinstance(raw, bytes | str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise JobRefused(f"the job is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise JobRefused(f"the job must be a JSON object, not {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_SPEC_FIELDS))
+    missing = sorted(_REQUIRED - set(raw))
+    if unknown or missing:
+        raise JobRefused("the job " + "; ".join(
+            ([f"has unknown fields {', '.join(unknown)}"] if unknown else [])
+            + ([f"lacks {', '.join(missing)}"] if missing else [])))
+    run_id = _typed(raw, "run_id", int)
+    if run_id < 1:
+        raise JobRefused(f"run_id must be positive, not {run_id}")
+    for name in ("tag", "base_model", "ollama_host", "snapshot_sha256"):
+        _typed(raw, name, str)
+    for name in ("deploy", "snapshot_files"):
+        _typed(raw, name, dict)
+    train = _typed(raw, "train", dict) if "train" in raw else {}
+    active = raw.get("active_tag")
+    if active is not None and not (isinstance(active, str) and _ANY_TAG.match(active)):
+        raise JobRefused(f"active_tag {active!r} is not a loraloop model tag")
+    limits = {}
+    for name in ("time_limit_s", "heartbeat_ttl_s"):
+        value = _typed(raw, name, (int, float)) if name in raw else _SPEC_FIELDS[name].default
+        if not (math.isfinite(value) and value > 0):
+            raise JobRefused(f"{name} must be a positive number of seconds, not {value!r}")
+        limits[name] = float(value)
+    if limits["heartbeat_ttl_s"] > _MAX_HEARTBEAT_S:
+        raise JobRefused(f"heartbeat_ttl_s {limits['heartbeat_ttl_s']:g} is over {_MAX_HEARTBEAT_S:g} s")
+
+    tag = raw["tag"]
+    if not re.fullmatch(rf"loraloop-{re.escape(policy.model_name)}:v[1-9][0-9]*", tag):
+        raise JobRefused(f"tag {tag!r} is not a candidate tag of this worker's model "
+                         f"(loraloop-{policy.model_name}:v<N>)")
+    if tag == active:
+        raise JobRefused(f"tag {tag!r} is the active model's tag: a job never overwrites the active model")
+    if raw["base_model"] not in policy.base_models:
+        raise JobRefused(f"base model {raw['base_model']!r} is not one this worker trains "
+                         f"({', '.join(policy.base_models)}; see worker_allowed_base_models)")
+    _check_snapshot(raw["snapshot_files"], raw["snapshot_sha256"])
+    deploy = _check_deploy(raw["deploy"], policy)
+    _check_train(train)
+    return JobSpec(run_id=run_id, tag=tag, base_model=raw["base_model"], ollama_host=policy.ollama_host,
+                   deploy=deploy, snapshot_sha256=raw["snapshot_sha256"], snapshot_files=dict(raw["snapshot_files"]),
+                   train=dict(train), active_tag=active,
+                   time_limit_s=min(limits["time_limit_s"], policy.max_time_limit_s),
+                   heartbeat_ttl_s=limits["heartbeat_ttl_s"])
+
+
+def job_dir(policy: WorkerPolicy, run_id: int, task_id: str) -> Path:
+    """The job's directory, inside the policy's home (refused: a task id that could point elsewhere)."""
+    if not isinstance(task_id, str) or not _TASK_ID.match(task_id):
+        raise JobRefused(f"task id {task_id!r} may only hold letters, digits, '-' and '_'")
+    home = policy.home.resolve()
+    workdir = (home / f"run-{run_id}-{task_id[-8:]}").resolve()
+    if workdir.parent != home:
+        raise JobRefused(f"the job directory {workdir} is not inside the worker's home {home}")
+    return workdir
+
+
+def _typed(raw: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = raw[name]
+    # bool is an int to Python, never to a job.
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise JobRefused(f"{name} must be {names}, not {type(value).__name__}")
+    return value
+
+
+def _check_snapshot(files: dict[Any, Any], sha256: str) -> None:
+    if not _SHA256.match(sha256):
+        raise JobRefused("snapshot_sha256 must be 64 lowercase hex digits")
+    if set(files) != {EXAMPLES_FILE, MANIFEST_FILE} or not all(isinstance(v, str) for v in files.values()):
+        raise JobRefused(f"snapshot_files must be exactly {EXAMPLES_FILE} and {MANIFEST_FILE} as text, "
+                         f"not {sorted(map(str, files))}")
+    try:
+        manifest = json.loads(files[MANIFEST_FILE])
+    except ValueError:
+        raise JobRefused(f"the snapshot's {MANIFEST_FILE} is not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
+            manifest.get("file", EXAMPLES_FILE) != EXAMPLES_FILE:
+        raise JobRefused(f"the snapshot's {MANIFEST_FILE} is not a {FORMAT} manifest for {EXAMPLES_FILE}")
+    actual = hashlib.sha256(files[EXAMPLES_FILE].encode("utf-8")).hexdigest()
+    if not actual == manifest.get("sha256") == sha256:
+        raise JobRefused(f"the snapshot does not match its hash: {EXAMPLES_FILE} is {actual[:12]}…, its manifest "
+                         f"says {str(manifest.get('sha256'))[:12]}…, the job says {sha256[:12]}…")
+
+
+def _check_deploy(deploy: dict[str, Any], policy: WorkerPolicy) -> dict[str, Any]:
+    from pydantic import TypeAdapter, ValidationError
+
+    from deploy.pipeline import DeployConfig
+
+    known = {f.name for f in dataclasses.fields(DeployConfig)}
+    if set(deploy) - known:
+        raise JobRefused(f"deploy has unknown fields {', '.join(sorted(set(deploy) - known))}")
+    try:  # the dataclass's own annotations are the schema; strict: no "3" for 3
+        config = TypeAdapter(DeployConfig).validate_json(json.dumps(deploy), strict=True)
+    except ValidationError as exc:
+        raise JobRefused("deploy: " + _errors(exc)) from None
+    except (ValueError, TypeError) as exc:  # DeployConfig's own checks (__post_init__)
+        raise JobRefused(f"deploy: {exc}") from None
+    if config.model_name != policy.model_name:
+        raise JobRefused(f"deploy.model_name {config.model_name!r} is not this worker's model "
+                         f"{policy.model_name!r}")
+    if not _OLLAMA_NAME.match(config.ollama_base):
+        raise JobRefused(f"deploy.ollama_base {config.ollama_base!r} is not an Ollama model name")
+    return dict(deploy)
+
+
+def _check_train(train: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    from trainer.config import TrainConfig
+
+    try:
+        config = TrainConfig.model_validate_json(json.dumps(train), strict=True)
+    except ValidationError as exc:
+        raise JobRefused("train: " + _errors(exc)) from None
+    if config.chat_template is not None and "{" not in config.chat_template:
+        # TrainConfig reads a template *file* when given a path: a job may not name files on this host.
+        raise JobRefused("train.chat_template must be template text, not a path on the worker")
+
+
+def _errors(exc: Any) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:3])
 
 
 async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[[], bool] = lambda: False,
@@ -123,12 +320,12 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
     except (DeployFailed, OllamaError, SnapshotError, OSError, ValueError) as exc:
         if registered:
             await forget(client, spec.tag)
-        emit({"event": "failed", "reason": str(exc) or exc.__class__.__name__})
+        emit({"event": "failed", "reason": redact_text(str(exc)) or exc.__class__.__name__})
     except Exception as exc:  # a bug: still report it, never leave the run hanging
         log.exception("job %s crashed", spec.run_id)
         if registered:
             await forget(client, spec.tag)
-        emit({"event": "failed", "reason": f"unexpected error in the job: {exc!r}"})
+        emit({"event": "failed", "reason": redact_text(f"unexpected error in the job: {exc!r}")})
     finally:
         await client.close()
     return None
@@ -250,12 +447,21 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(argv[0])
     logging.basicConfig(level=logging.INFO, filename=workdir / "job.log",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = JobSpec.from_json((workdir / "spec.json").read_text(encoding="utf-8"))
+    emit = file_emitter(workdir / "events.jsonl")
+    try:
+        policy = WorkerPolicy.from_json((workdir / "policy.json").read_text(encoding="utf-8"))
+        spec = validate_job((workdir / "spec.json").read_text(encoding="utf-8"), policy)
+        if workdir.resolve().parent != policy.home.resolve():
+            raise JobRefused(f"the job directory {workdir} is not inside {policy.home}")
+    except (JobRefused, OSError, ValueError, KeyError, TypeError) as exc:
+        reason = redact_text(f"the job was refused: {exc}")
+        log.error("%s", reason)
+        emit({"event": "failed", "reason": reason})
+        return 1
     stop = {"term": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(term=True))
     cancel_file = workdir / "cancel"
-    result = asyncio.run(run_job(spec, workdir, file_emitter(workdir / "events.jsonl"),
-                                 lambda: stop["term"] or cancel_file.exists()))
+    result = asyncio.run(run_job(spec, workdir, emit, lambda: stop["term"] or cancel_file.exists()))
     return 0 if result is not None else 1
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
 from bot.retrain.job import JobSpec
+from bot.settings import redact_text
 from data.models import RUN_DISPATCHED, RetrainRun, utcnow
 from data.runs import VoteOutcome
 from data.store import RunStateError, Store, StoreError
@@ -214,7 +215,8 @@ class Orchestrator:
                     await self._fail(run_id, f"lost contact with the {self.dispatcher.name} dispatcher for "
                                              f"{patience:g} s: {exc}")
                     return
-                log.warning("retrain #%d: reading the job's events failed (%s); retrying", run_id, exc)
+                log.warning("retrain #%d: reading the job's events failed (%s); retrying", run_id,
+                            redact_text(str(exc)))
                 await asyncio.sleep(max(self.poll_s, 1.0))
                 continue
             for event in events:
@@ -266,10 +268,10 @@ class Orchestrator:
         await self.store.set_run(run_id, result=result)
         if not gate["passed"]:
             await forget(self.client, version.tag)
-            await self.store.update_model_version(version.id, status="rejected", failure_reason=gate["reason"],
-                                                  in_ollama=False)
-            run = await self.store.transition(run_id, "rejected", reason=f"the evaluation gate refused "
-                                                                          f"{version.tag}: {gate['reason']}")
+            await self.store.update_model_version(version.id, status="rejected",
+                                                  failure_reason=redact_text(gate["reason"]), in_ollama=False)
+            run = await self.store.transition(run_id, "rejected", reason=redact_text(
+                f"the evaluation gate refused {version.tag}: {gate['reason']}"))
             return await self._notify("finished", run, png)
         await self.store.update_model_version(version.id, status="evaluated")
         if self.settings.retrain_promotion == "manual":
@@ -359,6 +361,9 @@ class Orchestrator:
 
     async def _end(self, run_id: int, state: str, reason: str, *, version_status: str,
                    expect: str | None = None) -> RetrainRun:
+        # Every ending's reason is stored, logged and shown in Discord: exception texts (a job's, a driver's)
+        # may carry a connection URL with its password.
+        reason = redact_text(reason)
         try:
             run = await self.store.transition(run_id, state, reason=reason, expect=expect)
         except RunStateError:

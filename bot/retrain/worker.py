@@ -10,6 +10,9 @@ Reliability choices, each for a failure we test:
 * cancellation: a key the job polls between training steps and deploy steps; the training child is stopped.
 * the solo pool: the job runs in the worker process itself, so killing the worker kills the job (its trainer
   child dies with it), and one worker runs exactly one job at a time.
+* trust nothing in Redis: a job is checked against the worker's own settings (:class:`WorkerPolicy`: base
+  model allow-list, tag form, paths, its own Ollama) before anything is created; a refused one gets one log
+  line and a ``failed`` event with the reason.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot.retrain.job import JobSpec, run_job
+from bot.retrain.job import JobRefused, JobSpec, WorkerPolicy, job_dir, run_job, validate_job
+from bot.settings import redact_text
 
 TASK = "loraloop.retrain"
 QUEUE = "loraloop"
@@ -36,7 +40,8 @@ def keys(run_id: int) -> dict[str, str]:
     return {name: prefix + name for name in ("events", "heartbeat", "started", "cancel")}
 
 
-def make_celery(redis_url: str, *, worker_home: Path | None = None, ollama_host: str | None = None) -> Any:
+def make_celery(redis_url: str, *, policy: WorkerPolicy | None = None) -> Any:
+    """The Celery app; ``policy`` (a worker's) is needed only by the side that runs jobs."""
     from celery import Celery
 
     app = Celery("loraloop", broker=redis_url, set_as_current=False)
@@ -49,22 +54,57 @@ def make_celery(redis_url: str, *, worker_home: Path | None = None, ollama_host:
     )
 
     @app.task(name=TASK, bind=True, acks_late=True)
-    def retrain(task: Any, spec_json: str) -> None:
+    def retrain(task: Any, spec_json: Any = None, *args: Any, **kwargs: Any) -> None:
         import redis
 
-        spec = JobSpec.from_json(spec_json)
+        if policy is None:
+            raise RuntimeError("this Celery app only sends jobs: make_celery(..., policy=...) runs them")
         r = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
-        run_job_here(r, spec, task.request.id, worker_home or Path("./loraloop-worker"), ollama_host)
+        try:
+            if args or kwargs:
+                raise JobRefused("the task takes exactly one argument, the job's JSON")
+            accept_job(r, spec_json, str(task.request.id), policy)
+        finally:
+            r.close()
 
     return app
 
 
-def run_job_here(r: Any, spec: JobSpec, task_id: str, worker_home: Path, ollama_host: str | None) -> None:
+def accept_job(r: Any, spec_json: Any, task_id: str, policy: WorkerPolicy) -> None:
+    """Validate a job taken from Redis, then run it; a refused job touches nothing but its event list."""
+    try:
+        spec = validate_job(spec_json, policy)
+        workdir = job_dir(policy, spec.run_id, task_id)
+    except JobRefused as exc:
+        reason = redact_text(f"the worker refused the job: {exc}")
+        run_id = _run_id_of(spec_json)
+        log.error("job %s refused: %s", run_id if run_id is not None else "(no valid run id)", reason)
+        if run_id is not None:  # without a valid run id there is no event list to report to
+            _emit(r, run_id, {"event": "failed", "reason": reason})
+        return
+    run_job_here(r, spec, task_id, workdir, policy.ollama_host)
+
+
+def _run_id_of(spec_json: Any) -> int | None:
+    try:
+        run_id = json.loads(spec_json)["run_id"] if isinstance(spec_json, str | bytes) else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return run_id if type(run_id) is int and run_id > 0 else None
+
+
+def _emit(r: Any, run_id: int, event: dict[str, Any]) -> None:
+    k = keys(run_id)
+    r.rpush(k["events"], json.dumps({**event, "t": round(time.time(), 3)}, ensure_ascii=False))
+    r.expire(k["events"], KEEP_S)
+
+
+def run_job_here(r: Any, spec: JobSpec, task_id: str, workdir: Path, ollama_host: str) -> None:
+    """Run a validated job in ``workdir`` (see :func:`accept_job`), with its heartbeat and claim in Redis."""
     k = keys(spec.run_id)
 
     def emit(event: dict[str, Any]) -> None:
-        r.rpush(k["events"], json.dumps({**event, "t": round(time.time(), 3)}, ensure_ascii=False))
-        r.expire(k["events"], KEEP_S)
+        _emit(r, spec.run_id, event)
 
     ttl = max(1, round(spec.heartbeat_ttl_s))
     # The heartbeat first: the orchestrator reads "started without a heartbeat" as a dead worker.
@@ -85,13 +125,12 @@ def run_job_here(r: Any, spec: JobSpec, task_id: str, worker_home: Path, ollama_
             try:
                 r.set(k["heartbeat"], socket.gethostname(), ex=ttl)
             except Exception as exc:  # Redis blips: the next beat retries; a long outage fails the job
-                log.warning("heartbeat for run %s failed: %s", spec.run_id, exc)
+                log.warning("heartbeat for run %s failed: %s", spec.run_id, redact_text(str(exc)))
             stop.wait(ttl / 4)
 
     heart = threading.Thread(target=beat, name=f"heartbeat-{spec.run_id}", daemon=True)
     heart.start()
     try:
-        workdir = Path(worker_home).resolve() / f"run-{spec.run_id}-{task_id[-8:]}"
         asyncio.run(run_job(spec, workdir, emit, lambda: bool(r.exists(k["cancel"])), ollama_host=ollama_host))
     finally:
         stop.set()
@@ -101,7 +140,7 @@ def run_job_here(r: Any, spec: JobSpec, task_id: str, worker_home: Path, ollama_
 
 def run_worker(settings: Any, loglevel: str = "INFO") -> None:
     """Block serving jobs (``loraloop worker``)."""
-    app = make_celery(settings.redis_url, worker_home=settings.worker_home, ollama_host=settings.worker_ollama_host)
+    app = make_celery(settings.redis_url, policy=WorkerPolicy.for_worker(settings))
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}", "-Q", QUEUE,
                      "--without-gossip", "--without-mingle", "--without-heartbeat",
                      "-n", f"loraloop@{socket.gethostname()}"])

@@ -78,8 +78,11 @@ class Worker:
     """``loraloop worker`` as a real process (its own session, so kill -9 reaches it alone)."""
 
     def __init__(self, settings: Settings, log: Path) -> None:
+        # The worker's own settings: what it agrees to train (model name, base) and the Ollama it talks to.
         env = {**os.environ, "LORALOOP_REDIS_URL": settings.redis_url,
-               "LORALOOP_WORKER_HOME": str(settings.worker_home), "PYTHONUNBUFFERED": "1"}
+               "LORALOOP_WORKER_HOME": str(settings.worker_home), "LORALOOP_MODEL_NAME": settings.model_name,
+               "LORALOOP_BASE_MODEL": settings.base_model, "OLLAMA_HOST": settings.ollama_host,
+               "PYTHONUNBUFFERED": "1"}
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker", "--loglevel", "INFO"], env=env,
                                      stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115

@@ -1,0 +1,106 @@
+"""An answer has limits: tokens (Ollama's num_predict), characters, Discord messages and seconds. A model that
+runs away or stalls ends with a short note, is recorded, and the bot goes on serving."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.chat import MAX_MESSAGES, AnswerLimits, cut_note, fit_messages, split_message
+from tests.bot.conftest import BASE_TAG
+from tests.bot.test_chat import mention, wait_for
+from tests.fixtures.discord import BOT_ID
+
+LENGTH_NOTE = cut_note("length")
+TIME_NOTE = cut_note("time")
+
+
+def bot_messages(discord_api) -> list[dict]:
+    return [m for m in discord_api.messages.values() if m["author"]["id"] == str(BOT_ID)]
+
+
+def answered(discord_api, count: int = 1):
+    """True once ``count`` answers carry their feedback buttons (the last step of an answer)."""
+    return lambda: sum(1 for m in bot_messages(discord_api) if m.get("components")) >= count
+
+
+async def recorded_answer(bot, message: dict):
+    custom_id = message["components"][0]["components"][0]["custom_id"]
+    return await bot.store.get_answer(int(custom_id.rsplit(":", 1)[1]))
+
+
+async def test_token_cap_reaches_ollama_and_a_runaway_answer_is_cut(bot, gateway, discord_api, ollama_server):
+    bot.settings.chat_max_tokens = 16
+    # The scripted model ignores num_predict, like a server that does not honour it: the bot's own cap stops it.
+    ollama_server.add_scripted_model(BASE_TAG, reply=" ".join(f"word{i}" for i in range(5000)))
+    await gateway.message(mention("talk forever"))
+    await wait_for(answered(discord_api))
+    assert ollama_server.requests_to("POST", "/api/chat")[-1]["options"]["num_predict"] == 16
+    (message,) = bot_messages(discord_api)
+    assert message["content"].endswith(LENGTH_NOTE)
+    assert len(message["content"]) <= 16 * 6 + len(LENGTH_NOTE)
+    assert (await recorded_answer(bot, message)).answer == message["content"]
+
+
+async def test_a_long_answer_never_floods_the_channel(bot, gateway, discord_api, ollama_server):
+    bot.settings.chat_max_tokens = 20_000  # a generous token cap still means a handful of messages
+    reply = ("lorem ipsum dolor sit amet " * 3000).strip()  # ~80,000 characters: 40+ messages uncapped
+    ollama_server.add_scripted_model(BASE_TAG, reply=reply)
+    await gateway.message(mention("write a book"))
+    await wait_for(answered(discord_api))
+    messages = bot_messages(discord_api)
+    assert len(messages) == MAX_MESSAGES
+    assert all(len(m["content"]) <= 2000 for m in messages)
+    assert messages[-1]["content"].endswith(LENGTH_NOTE)
+    assert reply.startswith(" ".join(m["content"] for m in messages).removesuffix(LENGTH_NOTE).rstrip())
+
+
+async def test_a_slow_endless_stream_is_cut_by_the_time_limit_and_the_bot_keeps_serving(
+        bot, gateway, discord_api, ollama_server):
+    bot.settings.chat_time_limit_s = 2.0
+    ollama_server.add_scripted_model(BASE_TAG, reply=" ".join(f"w{i}" for i in range(10_000)), token_delay=0.05)
+    started = time.monotonic()
+    await gateway.message(mention("never stop"))
+    await wait_for(answered(discord_api), limit=10)
+    assert time.monotonic() - started < 6
+    (message,) = bot_messages(discord_api)
+    assert message["content"].startswith("w0 w1 w2") and message["content"].endswith(TIME_NOTE)
+    answer = await recorded_answer(bot, message)
+    assert answer.answer == message["content"] and answer.model_tag == BASE_TAG
+
+    ollama_server.add_scripted_model(BASE_TAG, reply="still here")
+    await gateway.message(mention("are you there?"))
+    await wait_for(answered(discord_api, 2))
+    assert any(m["content"] == "still here" for m in bot_messages(discord_api))
+
+
+async def test_a_stalled_stream_is_cut_by_the_time_limit(bot, gateway, discord_api, ollama_server):
+    bot.settings.chat_time_limit_s = 1.0
+    ollama_server.add_scripted_model(BASE_TAG, reply="first then-silence", token_delay=60)  # 60 s between pieces
+    started = time.monotonic()
+    await gateway.message(mention("hello?"))
+    await wait_for(answered(discord_api), limit=10)
+    assert time.monotonic() - started < 5
+    (message,) = bot_messages(discord_api)
+    assert message["content"] == "first" + TIME_NOTE
+
+
+def test_limits_follow_the_token_cap():
+    class S:
+        chat_max_tokens, chat_time_limit_s = 16, 30.0
+
+    assert AnswerLimits.from_settings(S()) == AnswerLimits(16, 30.0, 96, 1)
+    S.chat_max_tokens = 1024
+    assert AnswerLimits.from_settings(S()).max_messages == 4
+    S.chat_max_tokens = 100_000
+    limits = AnswerLimits.from_settings(S())
+    assert (limits.max_messages, limits.max_chars) == (MAX_MESSAGES, MAX_MESSAGES * 2000)
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab c\n`xyz")), max_size=12_000), st.integers(1, 5))
+def test_fit_messages_keeps_the_note_and_the_message_count(text, n):
+    fitted = fit_messages(text, n, LENGTH_NOTE)
+    assert fitted.endswith(LENGTH_NOTE)
+    assert len(split_message(fitted)) <= n

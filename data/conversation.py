@@ -71,6 +71,7 @@ class Conversation:
                 raise InvalidConversation(f"message {i}: unknown role {m.role!r} (expected one of {', '.join(ROLES)})")
             if not isinstance(m.content, str):
                 raise InvalidConversation(f"message {i} ({m.role}): content must be text")
+            _check_text(m.content, f"message {i} ({m.role})")
             if m.role == "system" and i != 0:
                 raise InvalidConversation(f"message {i}: a system message may only come first")
             if m.role != "system" and not m.content.strip():
@@ -79,6 +80,14 @@ class Conversation:
                 raise InvalidConversation(
                     f"message {i} ({m.role}): {len(m.content)} characters, over the limit of {max_chars}"
                 )
+        for tag in self.tags:
+            if not isinstance(tag, str):
+                raise InvalidConversation(f"tag {tag!r} must be text")
+            _check_text(tag, f"tag {tag!r}")
+        if self.tools is not None:
+            if not isinstance(self.tools, str):
+                raise InvalidConversation("the tool schemas must be JSON text")
+            _check_text(self.tools, "the tool schemas' text")
         turns = self.turns
         if not turns:
             raise InvalidConversation("the conversation has only a system prompt")
@@ -113,6 +122,20 @@ _NEXT = {
     "tool_call": {"tool"},
     "tool": {"assistant", "tool_call"},
 }
+
+
+def _check_text(text: str, what: str) -> None:
+    """Refuse what no database can store: NUL (PostgreSQL's text refuses it) and unpaired surrogates (no UTF-8)."""
+    if "\x00" in text:
+        at = text.index("\x00")
+        raise InvalidConversation(f"{what} contains a NUL character (\\u0000, at character {at}); remove it")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = f"\\u{ord(text[exc.start]):04x}"
+            raise InvalidConversation(f"{what} contains an unpaired surrogate ({code}, at character {exc.start}), "
+                                      "which is not valid Unicode text; fix the text's encoding") from None
 
 
 def _normalise(text: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import console, fail, open_store, print_json, settings
@@ -26,12 +27,20 @@ def import_(
     skip_invalid: Annotated[bool, typer.Option(help="Import the valid records even if some are invalid.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Import examples (pending review unless --approve); one transaction."""
+    """Import examples (pending review unless --approve); one transaction.
+
+    Every refusal is one line on stderr and exit status 1. Text from the file is printed escaped: it is not markup.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from data import formats
     from data.importer import import_file
+    from data.store import StoreError
 
     if not path.is_file():
-        fail(f"{path}: no such file")
+        fail(f"{escape(str(path))}: {'not a file' if path.exists() else 'no such file'}")
+    if format != "auto" and format not in formats.FORMATS:
+        fail(f"unknown format {escape(repr(format))} (expected {FORMAT_HELP})")
     config = settings()
 
     async def run():
@@ -39,19 +48,26 @@ def import_(
             return await import_file(store, path, format=format, approve=approve, skip_invalid=skip_invalid,
                                      max_chars=config.max_field_chars)
 
+    name = escape(str(path))
     try:
         report = asyncio.run(run())
     except formats.FormatError as exc:
-        fail(f"{path}: {exc}")
+        fail(f"{name}: {escape(str(exc))}")
+    except OSError as exc:  # unreadable (permissions), or gone since the check above
+        fail(f"{name}: cannot read the file: {escape(exc.strerror or str(exc))}")
+    except StoreError as exc:  # the store refused the import as a whole; it wrote nothing
+        fail(f"{name}: nothing imported: {escape(str(exc))}")
+    except SQLAlchemyError as exc:
+        fail(f"{name}: nothing imported: the database failed ({escape(str(exc).splitlines()[0][:300])})")
     if json_out:
         print_json({"file": str(path), **report.to_dict()})
     else:
         status = "imported" if report.committed else "[bold red]nothing imported[/]"
-        console.print(f"{path} ({report.format}, {report.records} records): {status}")
+        console.print(f"{name} ({report.format}, {report.records} records): {status}", highlight=False)
         console.print(f"  imported: {report.imported}  duplicates: {len(report.duplicates)}  "
                       f"rejected: {len(report.errors)}")
         for error in report.errors[:50]:
-            console.print(f"  [red]{error.location}[/]: {error.message}", highlight=False)
+            console.print(f"  [red]{error.location}[/]: {escape(error.message)}", highlight=False)
         if len(report.errors) > 50:
             console.print(f"  … and {len(report.errors) - 50} more (use --json for all)")
         if report.errors and not report.committed:
@@ -88,7 +104,7 @@ def export(
     try:
         count = formats.write_file(conversations, out, format)
     except ValueError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     console.print(f"wrote {count} examples to {out} ({format}, split {split})")
 
 

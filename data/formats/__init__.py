@@ -2,6 +2,8 @@
 
 Reading never raises for a bad record: each one becomes a ``RecordError`` with its location ("record 3" in a
 JSON array, 0-based; "line 7" in JSONL/CSV, 1-based). A file that is not usable at all raises ``FormatError``.
+Hostile input stays one of those two: JSON nested deeper than 1024 levels refuses the file (or that JSONL line),
+text no database can store (NUL, an unpaired surrogate) is its record's error, from Conversation.validate.
 """
 
 from __future__ import annotations
@@ -56,6 +58,48 @@ def _decode(data: bytes) -> str:
         raise FormatError(f"the file is not UTF-8 text (byte {exc.start})") from None
 
 
+class _NotJSON(Exception):
+    """Text that is not JSON, with orjson's (or the standard library's) position when there is one."""
+
+    def __init__(self, msg: str, lineno: int | None = None, colno: int | None = None) -> None:
+        super().__init__(msg)
+        self.msg, self.lineno, self.colno = msg, lineno, colno
+
+    def where(self, *, line: bool = True) -> str:
+        if self.colno is None:
+            return self.msg
+        if line:
+            return f"{self.msg} at line {self.lineno}, column {self.colno}"
+        return f"{self.msg} at column {self.colno}"
+
+
+def _parse_json(text: str) -> Any:
+    """Parse with orjson; its errors become ``_NotJSON``.
+
+    orjson refuses an unpaired surrogate escape (``"\\ud800"``) for the whole text; the standard library reads it,
+    so that the record holding it gets its own error from Conversation.validate instead of the file failing.
+    orjson stops at 1024 levels of nesting; the standard library's RecursionError is turned into the same refusal.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in exc.msg:
+            raise _NotJSON("nested too deeply", exc.lineno, exc.colno) from None
+        if "surrogate" not in exc.msg:
+            raise _NotJSON(exc.msg, exc.lineno, exc.colno) from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise _NotJSON("nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise _NotJSON(exc.msg, exc.lineno, exc.colno) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN / Infinity: orjson refuses them, and so must the fallback.
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
+
+
 def _load_json_records(text: str, filename: str) -> tuple[list[tuple[str, Any]], list[RecordError]]:
     """(location, value) for each record; JSONL lines that do not parse become errors."""
     stripped = text.lstrip()
@@ -63,16 +107,16 @@ def _load_json_records(text: str, filename: str) -> tuple[list[tuple[str, Any]],
         raise FormatError("the file is empty")
     if not filename.lower().endswith(".jsonl") and stripped[0] == "[":
         try:
-            value = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise FormatError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+            value = _parse_json(text)
+        except _NotJSON as exc:
+            raise FormatError(f"not valid JSON: {exc.where()}") from None
         if not isinstance(value, list):
             raise FormatError("a .json dataset must be an array of records")
         return [(f"record {i}", v) for i, v in enumerate(value)], []
     if filename.lower().endswith(".json") and stripped[0] == "{":
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
+            value = _parse_json(text)
+        except _NotJSON:
             value = None  # maybe JSONL saved as .json: try line by line
         else:
             if isinstance(value, dict) and not _looks_like_record(value):
@@ -84,11 +128,13 @@ def _load_json_records(text: str, filename: str) -> tuple[list[tuple[str, Any]],
         if not line.strip():
             continue
         try:
-            records.append((f"line {number}", orjson.loads(line)))
-        except orjson.JSONDecodeError as exc:
-            errors.append(RecordError(f"line {number}", f"not valid JSON: {exc.msg} at column {exc.colno}"))
+            records.append((f"line {number}", _parse_json(line)))
+        except _NotJSON as exc:
+            errors.append(RecordError(f"line {number}", f"not valid JSON: {exc.where(line=False)}"))
     if not records:
-        raise FormatError("no line of the file is valid JSON" if errors else "the file holds no records")
+        if not errors:
+            raise FormatError("the file holds no records")
+        raise FormatError(f"no line of the file is valid JSON ({errors[0].location}: {errors[0].message})")
     return records, errors
 
 

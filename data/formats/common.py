@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+# Deeper JSON inside a record (tool calls, tool schemas) is refused: json.dumps would recurse past Python's limit.
+MAX_NESTING = 100
 
 
 class RecordIssue(ValueError):
@@ -47,3 +51,26 @@ def chat_messages(record: dict[str, Any], roles: tuple[str, ...]) -> list[tuple[
             raise RecordIssue(f"messages[{i}]: unknown role {role!r} (expected one of {', '.join(roles)})")
         out.append((i, role, m))
     return out
+
+
+def json_text(value: Any, what: str) -> str:
+    """``value`` as JSON text (kept as the dataset had it); refuses nesting deeper than MAX_NESTING levels."""
+    if _nesting(value) > MAX_NESTING:
+        raise RecordIssue(f"{what} is nested more than {MAX_NESTING} levels deep")
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _nesting(value: Any) -> int:
+    """How deep lists and objects nest in ``value``, found without recursion; stops counting past MAX_NESTING."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_NESTING:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

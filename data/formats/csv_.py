@@ -1,9 +1,19 @@
-"""CSV: a header with question and answer columns (and optionally system); one pair per row."""
+"""CSV: a header with question and answer columns (and optionally system); one pair per row.
+
+Formula injection: a spreadsheet runs a cell that begins with ``=``, ``+``, ``-``, ``@``, tab or carriage return
+as a formula. Written cells that begin with one of those are prefixed with a single quote ``'`` (OWASP's advice;
+spreadsheets show the text as is). So that every text round-trips exactly, the rule is: a cell that begins with
+any number of quotes (zero included) followed by one of those characters gets one more quote on writing, and on
+reading a cell that begins with one or more quotes followed by one of those characters loses one. ``=1`` is
+written ``'=1``, ``'=1`` is written ``''=1``; ``'hello`` and ``it's`` are written as they are. A hand-written CSV
+whose cell really starts with ``'=`` is therefore read without that first quote.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
 
 from data.conversation import Conversation
@@ -36,8 +46,23 @@ def load(text: str) -> tuple[list[tuple[str, Any]], list[Any]]:
     return records, []
 
 
+# Quotes, then a character that makes a spreadsheet evaluate the cell.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_ESCAPED = re.compile(r"'+[=+\-@\t\r]")
+
+
+def escape_cell(text: str) -> str:
+    """The cell as written: one more leading quote when it could start a formula (see the module docstring)."""
+    return "'" + text if _FORMULA.match(text) else text
+
+
+def unescape_cell(text: str) -> str:
+    """The inverse of ``escape_cell``."""
+    return text[1:] if _ESCAPED.match(text) else text
+
+
 def parse(value: dict[str, Any]) -> Conversation:
-    header, row = value["header"], value["row"]
+    header, row = value["header"], [unescape_cell(cell) for cell in value["row"]]
     if len(row) != len(header):
         raise RecordIssue(f"{len(row)} columns, the header has {len(header)}")
     cells = dict(zip(header, row, strict=True))
@@ -55,5 +80,5 @@ def write(conversations: list[Conversation], writer: Any) -> None:
         turns = conv.turns
         if len(turns) != 2 or conv.has_tools:
             raise ValueError(f"record {index} cannot be written as csv: only single question/answer pairs fit")
-        row = [turns[0].content, turns[1].content]
-        writer.writerow(row + [conv.system or ""] if with_system else row)
+        row = [turns[0].content, turns[1].content] + ([conv.system or ""] if with_system else [])
+        writer.writerow([escape_cell(cell) for cell in row])

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from data.conversation import Conversation, Message
-from data.formats.common import RecordIssue, chat_messages, require_dict, tags_of
+from data.formats.common import RecordIssue, chat_messages, json_text, require_dict, tags_of
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -21,7 +21,7 @@ def parse(value: Any) -> Conversation:
         if role == "assistant" and m.get("tool_calls"):
             if not isinstance(m["tool_calls"], list):
                 raise RecordIssue(f'messages[{i}]: "tool_calls" must be a list')
-            messages.append(Message("tool_call", json.dumps(m["tool_calls"], ensure_ascii=False)))
+            messages.append(Message("tool_call", json_text(m["tool_calls"], f'messages[{i}]: "tool_calls"')))
             continue
         content = m.get("content")
         if not isinstance(content, str):
@@ -36,7 +36,7 @@ def dump(conv: Conversation) -> dict[str, Any]:
         if m.role == "tool_call":
             try:
                 calls = json.loads(m.content)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # any text may be a tool call's, nested 100k deep too
                 calls = None
             if not isinstance(calls, list):
                 raise RecordIssue("a tool call that is not an OpenAI tool_calls list cannot be written as openai")

@@ -5,11 +5,10 @@ function_call / observation turns are kept as tool_call / tool turns; the tool s
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from data.conversation import Conversation, Message
-from data.formats.common import RecordIssue, require_dict, text_field
+from data.formats.common import RecordIssue, json_text, require_dict, text_field
 
 FROM_ROLE = {"human": "user", "gpt": "assistant", "system": "system", "function_call": "tool_call",
              "observation": "tool"}
@@ -36,7 +35,7 @@ def parse(value: Any) -> Conversation:
         messages.append(Message(FROM_ROLE[source], content))
     tools = record.get("tools")
     if tools is not None and not isinstance(tools, str):
-        tools = json.dumps(tools, ensure_ascii=False)
+        tools = json_text(tools, '"tools"')
     return Conversation(tuple(messages), tools=tools or None)
 
 

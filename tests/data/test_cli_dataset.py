@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from bot.cli import app
+from tests.fixtures.db import POSTGRES_URL
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 ALPACA_ZH = DATASETS / "alpaca_zh_demo.json"
@@ -99,3 +102,86 @@ def test_pending_by_default_then_snapshot_and_export(cli, tmp_path):
     assert len(out.read_text().splitlines()) == one["counts"]["eval"]
     back = cli("dataset", "import", str(out), "--json")
     assert json.loads(back.stdout)["imported"] == 0  # round trip: every exported pair is already known
+
+
+# ---- hostile files: each refusal is one specific line and a non-zero exit, never a traceback -------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def cli_on(request, cli, monkeypatch):
+    """The CLI on SQLite, and on a PostgreSQL database of its own when the test PostgreSQL runs."""
+    if request.param == "postgres":
+        if not POSTGRES_URL:
+            pytest.skip("PostgreSQL tests need LORALOOP_TEST_POSTGRES_URL")
+        import asyncpg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        admin = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://"))
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        monkeypatch.setenv("LORALOOP_DATABASE_URL", POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}")
+        try:
+            yield cli
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await admin.close()
+    else:
+        yield cli
+
+
+def hostile_pairs(tmp_path) -> Path:
+    path = tmp_path / "hostile.jsonl"
+    rows = [{"instruction": "fine", "output": "ok"}, {"instruction": "q", "output": "an\x00swer"},
+            {"instruction": "q\ud8002", "output": "a"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))  # ensure_ascii: the \u0000 and \ud800 escapes
+    return path
+
+
+async def test_nul_and_surrogate_records_are_named_and_nothing_is_written(cli_on, tmp_path):
+    # The CLI runs its own event loop (asyncio.run): off this test's loop, in a thread.
+    result = await asyncio.to_thread(cli_on, "dataset", "import", str(hostile_pairs(tmp_path)))
+    assert result.exit_code == 1, result.output
+    assert "line 2: message 1 (assistant) contains a NUL character" in result.output
+    assert "line 3: message 0 (user) contains an unpaired surrogate" in result.output
+    assert "Traceback" not in result.output
+    assert (await asyncio.to_thread(stats, cli_on))["total"] == 0
+    kept = await asyncio.to_thread(cli_on, "dataset", "import", str(hostile_pairs(tmp_path)), "--skip-invalid",
+                                   "--json")
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.stdout)["imported"] == 1  # the one fine pair; the database took it without complaint
+    assert (await asyncio.to_thread(stats, cli_on))["total"] == 1
+
+
+def refusals(tmp_path) -> list[tuple[list[str], str]]:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    deep_object = tmp_path / "deep-object.json"
+    deep_object.write_text('{"instruction": "q", "output": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    markup = tmp_path / "markup.csv"
+    markup.write_text("[/],[bold]\nq,a\n")  # the header is quoted in the refusal: it is not rich markup
+    (tmp_path / "folder.json").mkdir()
+    return [
+        ([str(tmp_path / "missing.json")], "missing.json: no such file"),
+        ([str(tmp_path / "folder.json")], "folder.json: not a file"),
+        ([str(deep), "--format", "yaml"], "unknown format 'yaml'"),
+        ([str(deep)], "deep.json: not valid JSON: nested too deeply"),
+        ([str(deep_object)], "deep-object.json: no line of the file is valid JSON (line 1: not valid JSON: nested "
+                             "too deeply"),
+        ([str(markup)], "must name question and answer columns (found: [/], [bold])"),
+    ]
+
+
+def test_every_refusal_is_one_specific_line(cli, tmp_path):
+    for args, message in refusals(tmp_path):
+        result = cli("dataset", "import", *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, (args, result.output)
+    assert stats(cli)["total"] == 0
+
+
+def test_record_errors_are_printed_as_text_not_markup(cli, tmp_path):
+    path = tmp_path / "roles.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "[/]", "content": "x"}, {"role": "[red]", "content": "y"}]}))
+    result = cli("dataset", "import", str(path))
+    assert result.exit_code == 1
+    assert "line 1: messages[0]: unknown role '[/]'" in result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -128,15 +130,21 @@ def test_csv_rows():
 # Control characters other than tab and newline make a file look binary; real datasets do not hold them.
 text = st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc"), include_characters="\n\t\r"),
                min_size=1, max_size=40).filter(str.strip)
-tags = st.lists(st.text(min_size=1, max_size=8), max_size=3).map(tuple)
+# Any text a database can store: no NUL, no unpaired surrogate (Conversation.validate refuses those).
+tags = st.lists(st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+                        min_size=1, max_size=8), max_size=3).map(tuple)
+# Texts a spreadsheet would run as a formula, with and without leading quotes: CSV escapes them (csv_ docstring).
+formula_like = st.builds(lambda quotes, start, rest: "'" * quotes + start + rest, st.integers(0, 3),
+                         st.sampled_from(["=", "+", "-", "@", "\t", "\r"]), text)
+cell = st.one_of(text, formula_like, st.builds(lambda quotes, rest: "'" * quotes + rest, st.integers(1, 3), text))
 
 
 @st.composite
-def conversations(draw, multi_turn: bool = True, system: bool = True, with_tags: bool = False):
+def conversations(draw, multi_turn: bool = True, system: bool = True, with_tags: bool = False, texts=text):
     turns = draw(st.integers(1, 3)) if multi_turn else 1
-    messages = [Message("system", draw(text))] if system and draw(st.booleans()) else []
+    messages = [Message("system", draw(texts))] if system and draw(st.booleans()) else []
     for _ in range(turns):
-        messages += [Message("user", draw(text)), Message("assistant", draw(text))]
+        messages += [Message("user", draw(texts)), Message("assistant", draw(texts))]
     return Conversation(tuple(messages), draw(tags) if with_tags else ())
 
 
@@ -145,7 +153,7 @@ CASES = {
     "sharegpt": conversations(),
     "openai": conversations(with_tags=True),
     "lf-v1": conversations(with_tags=True),
-    "csv": conversations(multi_turn=False),
+    "csv": conversations(multi_turn=False, texts=cell),
 }
 
 
@@ -164,6 +172,27 @@ def test_round_trip_is_exact(fmt, jsonl):
         assert [r.conversation for r in back.records] == convs
 
     check()
+
+
+def test_csv_export_neutralises_formulas_and_reads_back_exactly():
+    texts = ['=HYPERLINK("http://evil")', "+1", "-2", "@SUM(A1)", "\tx", "\rx", "'=already quoted",
+             "''-two quotes", "'plain quote", "it's = fine", "- a bullet"]
+    convs = [Conversation.qa(t, f"answer to {t}") for t in texts]
+    data = formats.dumps(convs, "csv")
+    cells = [row[0] for row in csv.reader(io.StringIO(data.decode(), newline=""))][1:]
+    # What a spreadsheet sees: no cell starts with a formula character.
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert cells == ["'" + '=HYPERLINK("http://evil")', "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\rx",
+                     "''=already quoted", "'" * 3 + "-two quotes", "'plain quote", "it's = fine", "'- a bullet"]
+    back = formats.read_bytes(data, "x.csv")
+    assert not back.errors and [r.conversation for r in back.records] == convs
+
+
+def test_csv_import_undoes_one_quote_before_a_formula_character():
+    data = b"question,answer\n'=1+1,''@x\n'not a formula,=2\n"
+    result = formats.read_bytes(data, "x.csv")
+    assert [r.conversation for r in result.records] == [Conversation.qa("=1+1", "'@x"),
+                                                          Conversation.qa("'not a formula", "=2")]
 
 
 def test_write_file_checks_suffix(tmp_path):

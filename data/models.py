@@ -59,6 +59,22 @@ class Example(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     # When the example was last approved: "new approved data since the active model" counts from this.
     approved_at: Mapped[datetime | None] = mapped_column(index=True)
+    # The edited copy that replaced this example (status superseded). No foreign key: SQLite cannot add one to
+    # an existing table without copying it, and examples are never deleted once visible.
+    superseded_by: Mapped[int | None] = mapped_column(Integer)
+    # The bulk import that wrote this row (NULL: added one by one). Hidden while that import is a PendingImport.
+    import_batch: Mapped[str | None] = mapped_column(String(32))
+
+
+class PendingImport(Base):
+    """A bulk import still being written, in batches (each a short transaction, so SQLite's write lock is never
+    held for long). Its examples stay invisible to every query until this row is deleted: one small statement
+    publishes any number of rows at once, and a failed import's rows are deleted with it."""
+
+    __tablename__ = "pending_imports"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Rating(Base):

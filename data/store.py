@@ -6,17 +6,20 @@ Objects returned are detached ORM rows: read them, don't mutate them — change 
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, event, func, insert, select, type_coerce, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Text, delete, event, func, insert, or_, select, type_coerce, update
+from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from data.conversation import Conversation
@@ -28,6 +31,7 @@ from data.models import (
     Example,
     Feedback,
     ModelVersion,
+    PendingImport,
     Promotion,
     Rating,
     SnapshotRecord,
@@ -38,7 +42,21 @@ from data.runs import RunsMixin
 
 # Statuses a version can be rolled back to (it served well and was not rolled back itself).
 _GOOD_FOR_ROLLBACK = ("promoted",)
-_HASH_CHUNK = 5000
+# Statuses a moderator may set directly; superseded is only ever the effect of an edit.
+_MODERATOR_STATUSES = ("pending", "approved", "rejected")
+# Statuses an example may be edited from (an edited copy always starts pending review again).
+_EDITABLE = ("pending", "approved", "rejected")
+# Rows per import transaction: each batch holds SQLite's write lock for some tens of milliseconds only.
+IMPORT_BATCH_ROWS = 2000
+# After this long writing batches back to back, an import pauses for longer than SQLite's longest busy-wait
+# sleep (100 ms), so a writer waiting for the lock (the bot) surely gets it: it waits about a second at most,
+# never its 10 s busy timeout, however big the import.
+_IMPORT_WRITE_WINDOW_S = 1.0
+_IMPORT_PAUSE_S = 0.12
+# A pending import this old belongs to a process that died mid-import; the next import deletes its rows.
+_STALE_IMPORT = timedelta(hours=1)
+# The examples every query sees: not those of an import still being written.
+_VISIBLE = or_(Example.import_batch.is_(None), Example.import_batch.not_in(select(PendingImport.id)))
 
 
 class StoreError(Exception):
@@ -62,6 +80,28 @@ class SelfRating(StoreError):
 
 class InvalidRating(StoreError):
     pass
+
+
+class Superseded(StoreError):
+    """The example was replaced by an edited copy: only the copy can be rated, decided or edited now."""
+
+    def __init__(self, example_id: int, replacement_id: int | None) -> None:
+        copy = f" (#{replacement_id})" if replacement_id is not None else ""
+        then = f"; review #{replacement_id} instead" if replacement_id is not None else ""
+        super().__init__(f"example #{example_id} was already superseded by an edit{copy}{then}")
+        self.example_id, self.replacement_id = example_id, replacement_id
+
+
+class NotEditable(StoreError):
+    pass
+
+
+class UnstorableText(StoreError):
+    """Text the database cannot hold: a NUL character (PostgreSQL refuses it) or an unpaired surrogate."""
+
+
+class ImportFailed(StoreError):
+    """The database refused a row of a bulk import; nothing of the import was kept."""
 
 
 class NoRollbackTarget(StoreError):
@@ -88,6 +128,7 @@ class RatingOutcome:
     mean: float
     disagreement: float
     decided: str | None  # the status this rating decided ('approved'/'rejected'), if it decided one
+    changed: bool = False  # True when this rater had rated the example before: the rating was changed
 
 
 @dataclass(frozen=True)
@@ -176,6 +217,7 @@ class Store(RunsMixin):
         _check_choice("source", source, SOURCES)
         _check_choice("status", status, EXAMPLE_STATUSES)
         conversation.validate(max_chars)
+        _check_storable(conversation)
         digest = conversation.content_hash()
         async with self.session() as s:
             existing = await s.scalar(select(Example.id).where(Example.content_hash == digest))
@@ -200,42 +242,108 @@ class Store(RunsMixin):
         author_id: int | None = None,
         guild_id: int | None = None,
         approve: bool = False,
+        batch_rows: int = IMPORT_BATCH_ROWS,
     ) -> ImportOutcome:
-        """Insert many (already validated) conversations in one transaction; duplicates are skipped and listed."""
+        """Insert many (already validated) conversations, all or nothing; duplicates are skipped and listed.
+
+        Written in short transactions of ``batch_rows`` rows, so the bot's own writes get SQLite's write lock
+        between them; the rows stay hidden (a PendingImport) until the end publishes them all with one small
+        statement; any failure, cancellation included, deletes them.
+        Raises UnstorableText before writing anything, ImportFailed when the database refuses a row.
+        """
         _check_choice("source", source, SOURCES)
-        status = "approved" if approve else "pending"
-        digests = [c.content_hash() for c in conversations]
+        # Off the event loop: a 100k-row import's text takes a while to scan (and to hash, unless cached).
+        digests = await asyncio.to_thread(_storable_digests, conversations)
+        await self._discard_stale_imports()
+        batch_id = uuid.uuid4().hex
         async with self.session() as s, s.begin():
-            known: set[str] = set()
-            unique = list(dict.fromkeys(digests))
-            for i in range(0, len(unique), _HASH_CHUNK):
-                chunk = unique[i : i + _HASH_CHUNK]
-                known.update(await s.scalars(select(Example.content_hash).where(Example.content_hash.in_(chunk))))
-            rows, duplicates = [], []
-            for index, (conv, digest) in enumerate(zip(conversations, digests, strict=True)):
-                if digest in known:
-                    duplicates.append(index)
-                    continue
-                known.add(digest)
-                rows.append(_example_row(conv, digest, source, author_id, guild_id, status))
-            if rows:
-                # Core executemany, timestamps stamped by the database once per statement: binding three
-                # datetimes per row costs more than everything else in a 100k-row import.
-                now = func.now()
-                stmt = insert(Example.__table__).values(created_at=now, updated_at=now,
-                                                        approved_at=now if approve else None)
-                await s.execute(stmt, rows)
-        return ImportOutcome(imported=len(rows), duplicates=duplicates)
+            s.add(PendingImport(id=batch_id))
+        seen: set[str] = set()  # digests already stored, or written by an earlier batch of this import
+        duplicates: list[int] = []
+        imported = 0
+        window_start = time.monotonic()
+        try:
+            for start in range(0, len(conversations), batch_rows):
+                stop = min(start + batch_rows, len(conversations))
+                written, dups = await _to_the_end(self._write_batch(conversations, digests, start, stop, seen,
+                                                                    batch_id, source, author_id, guild_id, approve))
+                imported += written
+                duplicates += dups
+                if time.monotonic() - window_start >= _IMPORT_WRITE_WINDOW_S:
+                    await asyncio.sleep(_IMPORT_PAUSE_S)
+                    window_start = time.monotonic()
+            await _to_the_end(self._publish_import(batch_id))
+        except BaseException as exc:  # cancellation included: the hidden rows must not outlive the import
+            await asyncio.shield(self._discard_import(batch_id))
+            if isinstance(exc, StatementError):
+                raise ImportFailed(f"the database refused a conversation of this import ({_db_reason(exc)}); "
+                                   "nothing was imported") from exc
+            raise
+        return ImportOutcome(imported=imported, duplicates=duplicates)
+
+    async def _write_batch(self, conversations: Sequence[Conversation], digests: list[str], start: int, stop: int,
+                           seen: set[str], batch_id: str, source: str, author_id: int | None,
+                           guild_id: int | None, approve: bool) -> tuple[int, list[int]]:
+        """Write conversations[start:stop] in one transaction; returns (rows written, duplicate indices).
+
+        Duplicates are looked up per batch, just before writing it; when a concurrent writer stored one of the
+        same conversations in between (the unique hash refuses the batch), the batch is looked up and written
+        once more.
+        """
+        for attempt in (1, 2):
+            try:
+                async with self.session() as s, s.begin():
+                    wanted = [d for d in dict.fromkeys(digests[start:stop]) if d not in seen]
+                    known = set(await s.scalars(select(Example.content_hash)
+                                                .where(Example.content_hash.in_(wanted)))) if wanted else set()
+                    rows, dups, fresh = [], [], set()
+                    for index in range(start, stop):
+                        digest = digests[index]
+                        if digest in seen or digest in known or digest in fresh:
+                            dups.append(index)
+                            continue
+                        fresh.add(digest)
+                        row = _example_row(conversations[index], digest, source, author_id, guild_id,
+                                           "approved" if approve else "pending")
+                        row["import_batch"] = batch_id
+                        rows.append(row)
+                    if rows:
+                        # Core executemany, timestamps stamped by the database once per statement: binding three
+                        # datetimes per row costs more than everything else in a 100k-row import.
+                        now = func.now()
+                        await s.execute(insert(Example.__table__).values(created_at=now, updated_at=now,
+                                                                         approved_at=now if approve else None), rows)
+                break
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        seen.update(known, fresh)
+        return len(rows), dups
+
+    async def _publish_import(self, batch_id: str) -> None:
+        """Make an import's rows visible, all at once."""
+        async with self.session() as s, s.begin():
+            await s.execute(delete(PendingImport).where(PendingImport.id == batch_id))
+
+    async def _discard_import(self, batch_id: str) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(delete(Example).where(Example.import_batch == batch_id)
+                            .execution_options(synchronize_session=False))
+            await s.execute(delete(PendingImport).where(PendingImport.id == batch_id))
+
+    async def _discard_stale_imports(self) -> None:
+        async with self.session() as s:
+            stale = list(await s.scalars(select(PendingImport.id)
+                                         .where(PendingImport.started_at < utcnow() - _STALE_IMPORT)))
+        for batch_id in stale:
+            await self._discard_import(batch_id)
 
     async def get_example(self, example_id: int) -> Example:
         async with self.session() as s:
-            example = await s.get(Example, example_id)
-            if example is None:
-                raise NotFound(f"there is no example #{example_id}")
-            return example
+            return await _get_or_404(s, example_id)
 
     async def list_examples(self, *, status: str | None = None, limit: int | None = None) -> list[Example]:
-        query = select(Example).order_by(Example.id)
+        query = select(Example).where(_VISIBLE).order_by(Example.id)
         if status is not None:
             query = query.where(Example.status == status)
         if limit is not None:
@@ -247,14 +355,14 @@ class Store(RunsMixin):
         """How many examples ``author_id`` submitted since ``since`` (the per-user rate limit counts these)."""
         async with self.session() as s:
             return await s.scalar(select(func.count(Example.id)).where(
-                Example.author_id == author_id, Example.created_at >= since)) or 0
+                Example.author_id == author_id, Example.created_at >= since, _VISIBLE)) or 0
 
     async def next_for_review(self, reviewer_id: int, guild_id: int | None = None) -> Example | None:
         """The oldest pending example the reviewer neither wrote nor rated yet."""
         rated = select(Rating.example_id).where(Rating.rater_id == reviewer_id)
         query = (
             select(Example)
-            .where(Example.status == "pending", Example.id.not_in(rated))
+            .where(Example.status == "pending", _VISIBLE, Example.id.not_in(rated))
             .where((Example.author_id.is_(None)) | (Example.author_id != reviewer_id))
             .order_by(Example.id)
             .limit(1)
@@ -265,57 +373,102 @@ class Store(RunsMixin):
             return await s.scalar(query)
 
     async def set_example_status(self, example_id: int, status: str) -> Example:
-        """A moderator's direct decision (approve/reject), overriding the rating rule."""
-        _check_choice("status", status, EXAMPLE_STATUSES)
+        """A moderator's direct decision (pending/approved/rejected), overriding the rating rule.
+
+        Raises Superseded when an edit replaced the example (even one that lands while this runs).
+        """
+        _check_choice("status", status, _MODERATOR_STATUSES)
         async with self.session() as s, s.begin():
+            await _get_or_404(s, example_id, lock=True)
+            # Conditional on the status at the moment of writing: on SQLite the read above may predate an edit
+            # committed since (its write lock is only taken here).
+            moved = await _move_status(s, example_id, status, frm=_EDITABLE)
             example = await _get_or_404(s, example_id)
-            _set_status(example, status)
+            if not moved:
+                raise Superseded(example_id, example.superseded_by)
         return example
 
     async def edit_example(self, example_id: int, conversation: Conversation, *, editor_id: int,
                            max_chars: int | None = None) -> Example:
-        """Replace an example by an edited copy: the copy enters review (pending), the original is superseded."""
+        """Replace an example by an edited copy: the copy enters review (pending), the original is superseded.
+
+        Pending, approved and rejected examples can be edited; a superseded one cannot (raises Superseded:
+        edit its copy), so of two racing edits exactly one wins.
+        """
         conversation.validate(max_chars)
+        _check_storable(conversation)
         digest = conversation.content_hash()
-        async with self.session() as s, s.begin():
-            original = await _get_or_404(s, example_id)
-            existing = await s.scalar(select(Example.id).where(Example.content_hash == digest))
-            if existing is not None:
-                raise DuplicateExample(existing)
-            copy = Example(**_example_row(conversation, digest, original.source, editor_id, original.guild_id,
-                                          "pending"), answer_id=original.answer_id)
-            s.add(copy)
-            _set_status(original, "superseded")
+        try:
+            async with self.session() as s, s.begin():
+                original = await _get_or_404(s, example_id, lock=True)
+                if original.status not in _EDITABLE:
+                    raise Superseded(example_id, original.superseded_by)
+                existing = await s.scalar(select(Example.id).where(Example.content_hash == digest))
+                if existing is not None:
+                    raise DuplicateExample(existing)
+                copy = Example(**_example_row(conversation, digest, original.source, editor_id, original.guild_id,
+                                              "pending"), answer_id=original.answer_id)
+                s.add(copy)
+                await s.flush()
+                if not await _move_status(s, example_id, "superseded", frm=_EDITABLE, superseded_by=copy.id):
+                    # Another edit superseded it after our read (SQLite: before we held the write lock).
+                    original = await _get_or_404(s, example_id)
+                    raise Superseded(example_id, original.superseded_by)
+        except IntegrityError:  # a concurrent insert of the same content won the race
+            async with self.session() as s:
+                existing = await s.scalar(select(Example.id).where(Example.content_hash == digest))
+            raise DuplicateExample(existing or 0) from None
         return copy
 
     # ---- ratings -------------------------------------------------------------------------------------
 
     async def rate(self, example_id: int, rater_id: int, score: int, comment: str | None = None) -> RatingOutcome:
-        """Record (or change) one expert's 1–5 rating; applies the review policy."""
+        """Record (or change) one expert's 1–5 rating; applies the review policy to a pending example.
+
+        Safe against concurrent raters (the decision counts every committed rating), concurrent edits (a
+        superseded example is never decided again) and double clicks (the second click changes the rating).
+        """
         if not isinstance(score, int) or not 1 <= score <= 5:
             raise InvalidRating(f"a rating is a whole number from 1 to 5, not {score!r}")
+        if comment is not None:
+            _check_text(comment, "the comment")
+        try:
+            return await self._rate(example_id, rater_id, score, comment)
+        except IntegrityError:
+            # The same rater's concurrent first rating (a double click) was inserted after this one looked for
+            # it; once more, this finds it and changes it.
+            return await self._rate(example_id, rater_id, score, comment)
+
+    async def _rate(self, example_id: int, rater_id: int, score: int, comment: str | None) -> RatingOutcome:
         async with self.session() as s, s.begin():
-            example = await _get_or_404(s, example_id)
+            # PostgreSQL: lock the example row, so a concurrent rating of it waits for this one to commit and
+            # then counts it (READ COMMITTED would otherwise let each see only its own: nobody decides).
+            # SQLite ignores FOR UPDATE; its single writer gives the same guarantee from the flush below on.
+            example = await _get_or_404(s, example_id, lock=True)
             if example.author_id is not None and example.author_id == rater_id:
                 raise SelfRating()
             if example.status == "superseded":
-                raise InvalidRating(f"example #{example_id} was replaced by an edited version; rate that one")
+                raise Superseded(example_id, example.superseded_by)
             rating = await s.scalar(
                 select(Rating).where(Rating.example_id == example_id, Rating.rater_id == rater_id)
             )
+            changed = rating is not None
             if rating is None:
                 s.add(Rating(example_id=example_id, rater_id=rater_id, score=score, comment=comment))
             else:
                 rating.score, rating.comment, rating.updated_at = score, comment, utcnow()
             await s.flush()
+            # Read the status again now that this transaction writes (SQLite: holds the write lock).
+            example = await _get_or_404(s, example_id)
+            if example.status == "superseded":
+                raise Superseded(example_id, example.superseded_by)
             scores = list(await s.scalars(select(Rating.score).where(Rating.example_id == example_id)))
             decided = self.policy.decide(scores)
-            if decided is not None and example.status in ("pending", "approved", "rejected") \
-                    and decided != example.status:
-                _set_status(example, decided)
-            else:
+            # Ratings decide pending examples only: a moderator's decision stands, a superseded one stays so.
+            if decided is None or not await _move_status(s, example_id, decided, frm=("pending",)):
                 decided = None
-        return RatingOutcome(example, scores, statistics.fmean(scores), disagreement(scores), decided)
+            example = await _get_or_404(s, example_id)
+        return RatingOutcome(example, scores, statistics.fmean(scores), disagreement(scores), decided, changed)
 
     async def ratings_for(self, example_id: int) -> list[Rating]:
         async with self.session() as s:
@@ -372,16 +525,19 @@ class Store(RunsMixin):
 
     async def dataset_stats(self) -> DatasetStats:
         async with self.session() as s:
-            by_status = dict((await s.execute(select(Example.status, func.count()).group_by(Example.status))).all())
-            by_source = dict((await s.execute(select(Example.source, func.count()).group_by(Example.source))).all())
+            by_status = dict((await s.execute(select(Example.status, func.count()).where(_VISIBLE)
+                                              .group_by(Example.status))).all())
+            by_source = dict((await s.execute(select(Example.source, func.count()).where(_VISIBLE)
+                                              .group_by(Example.source))).all())
             approved_by_source = dict((await s.execute(
-                select(Example.source, func.count()).where(Example.status == "approved").group_by(Example.source)
+                select(Example.source, func.count()).where(Example.status == "approved", _VISIBLE)
+                .group_by(Example.source)
             )).all())
             per_example: dict[int, list[int]] = {}
             for example_id, score in (await s.execute(select(Rating.example_id, Rating.score))).all():
                 per_example.setdefault(example_id, []).append(score)
             since = await self._active_since(s)
-            new_query = select(func.count()).select_from(Example).where(Example.status == "approved")
+            new_query = select(func.count()).select_from(Example).where(Example.status == "approved", _VISIBLE)
             if since is not None:
                 new_query = new_query.where(Example.approved_at > since)
             new_approved = await s.scalar(new_query) or 0
@@ -411,7 +567,7 @@ class Store(RunsMixin):
     async def approved_examples(self) -> list[Any]:
         """The training set as light rows (content_hash, messages, tags, source, tools), sorted by hash."""
         query = (select(Example.content_hash, Example.messages, Example.tags, Example.source, Example.tools)
-                 .where(Example.status == "approved").order_by(Example.content_hash))
+                 .where(Example.status == "approved", _VISIBLE).order_by(Example.content_hash))
         async with self.session() as s:
             return list(await s.execute(query))
 
@@ -421,7 +577,7 @@ class Store(RunsMixin):
         query = (select(type_coerce(Example.messages, Text).label("messages"),
                         type_coerce(Example.tags, Text).label("tags"),
                         Example.content_hash, Example.source, Example.tools)
-                 .where(Example.status == "approved").order_by(Example.content_hash))
+                 .where(Example.status == "approved", _VISIBLE).order_by(Example.content_hash))
         async with self.session() as s:
             return list(await s.execute(query))
 
@@ -558,6 +714,22 @@ class Store(RunsMixin):
         return [v for v in in_ollama[keep:] if v.id not in protected]
 
 
+async def _to_the_end(coro: Any) -> Any:
+    """Await ``coro``; if the caller is cancelled meanwhile, let it finish first, then pass the cancellation on.
+
+    A transaction cut off mid-statement leaves its connection (and SQLite's write lock) held until the pool
+    notices; an import's clean-up after a cancellation needs that lock, and must see every batch it wrote.
+    """
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller hears about
+        raise
+
+
 def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -584,18 +756,61 @@ def _example_row(conv: Conversation, digest: str, source: str, author_id: int | 
     }
 
 
-def _set_status(example: Example, status: str) -> None:
-    example.status = status
-    example.updated_at = utcnow()
-    if status == "approved":
-        example.approved_at = utcnow()
+def _check_storable(conv: Conversation, where: str = "") -> None:
+    """Raise UnstorableText when a conversation's text holds what the database cannot store."""
+    for i, m in enumerate(conv.messages):
+        _check_text(m.content, f"{where}message {i} ({m.role})")
+    if conv.tools is not None:
+        _check_text(conv.tools, f"{where}the tool schema text")
+    for tag in conv.tags:
+        _check_text(tag, f"{where}tag {tag!r}")
 
 
-async def _get_or_404(s: AsyncSession, example_id: int) -> Example:
-    example = await s.get(Example, example_id)
+def _storable_digests(conversations: Sequence[Conversation]) -> list[str]:
+    """Each conversation's content hash, once all are known to be storable."""
+    for index, conv in enumerate(conversations):
+        _check_storable(conv, f"conversation {index}: ")
+    return [c.content_hash() for c in conversations]
+
+
+def _check_text(text: Any, what: str) -> None:
+    if not isinstance(text, str):
+        return  # not text at all: Conversation.validate says so
+    if "\x00" in text:
+        raise UnstorableText(f"{what} contains a NUL character, which cannot be stored; remove it")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise UnstorableText(f"{what} contains an unpaired surrogate (broken Unicode), which cannot be stored; "
+                                 "fix the text's encoding") from None
+
+
+def _db_reason(exc: StatementError) -> str:
+    """The database's own words, without SQLAlchemy's statement dump (which repeats the rows)."""
+    return str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:300]
+
+
+async def _get_or_404(s: AsyncSession, example_id: int, *, lock: bool = False) -> Example:
+    """A visible example as the database has it now; ``lock``: and row-locked until commit (PostgreSQL)."""
+    query = select(Example).where(Example.id == example_id, _VISIBLE)
+    if lock:
+        query = query.with_for_update()
+    example = await s.scalar(query.execution_options(populate_existing=True))
     if example is None:
         raise NotFound(f"there is no example #{example_id}")
     return example
+
+
+async def _move_status(s: AsyncSession, example_id: int, status: str, *, frm: Sequence[str], **values: Any) -> bool:
+    """Set an example's status if (and only if) it is in one of ``frm`` when the UPDATE runs."""
+    now = utcnow()
+    values.update(status=status, updated_at=now)
+    if status == "approved":
+        values["approved_at"] = now
+    moved = await s.execute(update(Example).where(Example.id == example_id, Example.status.in_(frm))
+                            .values(**values).execution_options(synchronize_session=False))
+    return moved.rowcount == 1
 
 
 async def _version_or_404(s: AsyncSession, version: int | str) -> ModelVersion:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,7 +23,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one clear line on stderr and exit non-zero (no traceback)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 
-from data.conversation import Conversation, InvalidConversation
-from data.store import DuplicateExample, InvalidRating, NoRollbackTarget, NotFound, SelfRating, StoreError
+from data.conversation import Conversation, InvalidConversation, Message
+from data.models import utcnow
+from data.store import (
+    DuplicateExample,
+    InvalidRating,
+    NoRollbackTarget,
+    NotFound,
+    SelfRating,
+    StoreError,
+    Superseded,
+    UnstorableText,
+)
 
 AUTHOR, ALICE, BOB, CAROL = 1, 2, 3, 4
 
@@ -26,9 +37,16 @@ async def test_migrated_schema_matches_models(store):
     def diff(conn):
         return compare_metadata(MigrationContext.configure(conn), Base.metadata)
 
+    from alembic.script import ScriptDirectory
+
+    from data.migrations import alembic_config
+
     async with store.engine.connect() as conn:
         assert await conn.run_sync(diff) == []
-        assert (await conn.execute(text("select version_num from alembic_version"))).scalar() == "0002"
+        version = (await conn.execute(text("select version_num from alembic_version"))).scalar()
+    # One head (no branch left unchained), and the database is at it.
+    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert int(version) >= 3
 
 
 async def test_add_example_refuses_normalised_duplicates(store):
@@ -93,9 +111,43 @@ async def test_edit_supersedes_original(store):
     ex = await store.add_example(qa("q", "wrong"), source="teach", author_id=AUTHOR)
     copy = await store.edit_example(ex.id, qa("q", "right"), editor_id=ALICE)
     assert copy.status == "pending" and copy.author_id == ALICE
-    assert (await store.get_example(ex.id)).status == "superseded"
-    with pytest.raises(InvalidRating, match="replaced"):
+    original = await store.get_example(ex.id)
+    assert (original.status, original.superseded_by) == ("superseded", copy.id)
+    with pytest.raises(Superseded, match=f"example #{ex.id} was already superseded by an edit \\(#{copy.id}\\)"):
         await store.rate(ex.id, BOB, 5)
+    assert await store.ratings_for(ex.id) == []
+    # A superseded example is never edited again: the copy is what gets edited.
+    with pytest.raises(Superseded):
+        await store.edit_example(ex.id, qa("q", "righter"), editor_id=BOB)
+    again = await store.edit_example(copy.id, qa("q", "righter"), editor_id=BOB)
+    assert (await store.get_example(copy.id)).superseded_by == again.id
+
+
+async def test_moderator_decisions_refuse_superseded_examples(store):
+    ex = await store.add_example(qa("q", "wrong"), source="teach", author_id=AUTHOR)
+    copy = await store.edit_example(ex.id, qa("q", "right"), editor_id=ALICE)
+    for status in ("approved", "rejected", "pending"):
+        with pytest.raises(Superseded, match=f"superseded by an edit \\(#{copy.id}\\); review #{copy.id}"):
+            await store.set_example_status(ex.id, status)
+    assert (await store.get_example(ex.id)).status == "superseded"
+    with pytest.raises(StoreError, match="unknown status 'superseded'"):
+        await store.set_example_status(copy.id, "superseded")  # only an edit supersedes
+    approved = await store.set_example_status(copy.id, "approved")
+    assert approved.status == "approved" and approved.approved_at is not None
+    with pytest.raises(NotFound):
+        await store.set_example_status(copy.id + 100, "approved")
+
+
+async def test_ratings_decide_pending_examples_only(store):
+    """A moderator's rejection stands against later 5s; a rater changing their mind reports it."""
+    ex = await store.add_example(qa("q"), source="teach", author_id=AUTHOR)
+    await store.set_example_status(ex.id, "rejected")
+    first = await store.rate(ex.id, ALICE, 5)
+    second = await store.rate(ex.id, BOB, 5)
+    assert (first.changed, second.changed, second.decided) == (False, False, None)
+    assert (await store.get_example(ex.id)).status == "rejected"
+    changed = await store.rate(ex.id, BOB, 4)
+    assert changed.changed and changed.scores == [5, 4]
 
 
 async def test_import_is_one_transaction_and_reports_duplicates(store):
@@ -105,6 +157,48 @@ async def test_import_is_one_transaction_and_reports_duplicates(store):
     assert outcome.imported == 2 and outcome.duplicates == [1, 3]
     stats = await store.dataset_stats()
     assert stats.by_status["approved"] == 2 and stats.by_source["import"] == 2
+
+
+async def test_count_submissions_counts_one_author_since_a_time(store):
+    before = utcnow() - timedelta(seconds=5)
+    await store.add_example(qa("one"), source="teach", author_id=ALICE)
+    await store.add_example(qa("two"), source="teach", author_id=ALICE)
+    await store.add_example(qa("bob's"), source="teach", author_id=BOB)
+    await store.import_conversations([qa("imported")], author_id=ALICE)
+    assert await store.count_submissions(ALICE, before) == 3
+    assert await store.count_submissions(BOB, before) == 1
+    assert await store.count_submissions(CAROL, before) == 0
+    assert await store.count_submissions(ALICE, utcnow() + timedelta(minutes=1)) == 0
+
+
+def _raw(*contents: str, tools: str | None = None, tags: tuple[str, ...] = ()) -> Conversation:
+    """A conversation built directly, as a caller that skipped Conversation.validate would."""
+    roles = ["user", "assistant"] * (len(contents) // 2)
+    return Conversation(tuple(Message(r, c) for r, c in zip(roles, contents, strict=True)), tags, tools)
+
+
+@pytest.mark.parametrize("bad, problem", [("\x00", "a NUL character"), ("\ud800", "an unpaired surrogate")])
+async def test_text_the_database_cannot_hold_is_refused_clearly(store, bad, problem):
+    """PostgreSQL refuses NUL in text (asyncpg raised from deep inside the flush); unpaired surrogates cannot
+    be encoded at all. The store says which text is wrong, on both databases, and stores nothing.
+    (Conversation.validate, which add and edit run first, may be the one to say it; imports skip it.)"""
+    refused = (UnstorableText, InvalidConversation)
+    ok = await store.add_example(qa("fine"), source="teach", author_id=AUTHOR)
+    with pytest.raises(refused, match=f"message 1 \\(assistant\\) contains {problem}"):
+        await store.add_example(_raw("q", f"an{bad}swer"), source="teach")
+    with pytest.raises(refused, match=f"the tool schema.* contains {problem}"):
+        await store.add_example(_raw("q2", "a", tools=f'{{"x": "{bad}"}}'), source="teach")
+    with pytest.raises(refused, match=problem):
+        await store.edit_example(ok.id, _raw("fine", f"edited{bad}"), editor_id=ALICE)
+    with pytest.raises(UnstorableText, match=f"conversation 1: message 0 \\(user\\) contains {problem}"):
+        await store.import_conversations([qa("i0"), _raw(f"i{bad}1", "a")])
+    with pytest.raises(UnstorableText, match=f"conversation 2: tag .* contains {problem}"):
+        await store.import_conversations([qa("i0"), qa("i1"), _raw("i2", "a", tags=(f"t{bad}",))])
+    with pytest.raises(UnstorableText, match=f"the comment contains {problem}"):
+        await store.rate(ok.id, ALICE, 4, comment=f"hm{bad}")
+    assert [e.id for e in await store.list_examples()] == [ok.id]
+    assert (await store.get_example(ok.id)).status == "pending"
+    assert await store.ratings_for(ok.id) == []
 
 
 async def test_feedback_one_per_user_and_changeable(store):

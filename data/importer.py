@@ -1,4 +1,5 @@
-"""Bulk import: a file in any supported format → validated conversations → the store, in one transaction."""
+"""Bulk import: a file in any supported format → validated conversations → the store, all or nothing
+(written in batches that stay hidden until the last one is in)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
-from rich.markup import escape
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.settings import Settings, load_settings, redact_url

@@ -27,7 +27,7 @@ def import_(
     skip_invalid: Annotated[bool, typer.Option(help="Import the valid records even if some are invalid.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Import examples (pending review unless --approve); one transaction.
+    """Import examples (pending review unless --approve); all or nothing.
 
     Every refusal is one line on stderr and exit status 1. Text from the file is printed escaped: it is not markup.
     """

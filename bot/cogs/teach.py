@@ -13,6 +13,7 @@ from bot import permissions
 from bot.views import TeachModal, check_quota, say
 from data import formats
 from data.importer import import_bytes
+from data.store import StoreError
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -64,7 +65,7 @@ class TeachCog(commands.Cog):
                 self.bot.store, data, file.filename, format=format, author_id=interaction.user.id,
                 guild_id=interaction.guild_id, skip_invalid=True, max_chars=settings.max_field_chars,
             )
-        except (formats.FormatError, permissions.RateLimited) as exc:
+        except (formats.FormatError, permissions.RateLimited, StoreError) as exc:
             return await say(interaction, f"`{file.filename}` was not imported: {exc}")
         except discord.HTTPException as exc:
             return await say(interaction, f"Could not download `{file.filename}` from Discord ({exc.status}).")

@@ -8,7 +8,7 @@ WHEELS ?= $(HOME)/.cache/loraloop/wheels
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: bot test install install-bot lint bench
+.PHONY: bot test install install-bot lint bench bench-gpu test-gpu
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,13 @@ lint: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+# One CUDA GPU: Qwen2.5 0.5B/1.5B/7B-sized LoRA and QLoRA throughput vs plain TRL (<= 8 min). --cpu-smoke on CPU.
+bench-gpu: install
+	$(PY) bench/bench_gpu.py $(BENCH_ARGS)
+
+# Only the tests marked gpu (tests/gpu); each skips with its reason where torch sees no CUDA GPU.
+test-gpu: install
+	@source tests/services.sh && \
+	  LORALOOP_LLAMA_CPP_SDIST=$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz $(PY) -m pytest -q -p no:cacheprovider \
+	  -m gpu tests/gpu $(PYTEST_ARGS)

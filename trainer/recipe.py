@@ -220,6 +220,12 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
 
 
 # ---- the two configurations the recipe (and bench/bench_train.py) hand to PEFT and TRL -----------------
+# transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name now warns); older 5.x
+# (the GPU hosts' 5.17) knows only the old name. Chosen by the field that exists, not by a version number.
+_CHECKPOINTING_ARG = ("activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
+                      else "gradient_checkpointing")
+
+
 def lora_config(cfg: TrainConfig) -> LoraConfig:
     """Plain LoRA that llama.cpp can apply: no DoRA, no rsLoRA, no fully trained modules."""
     return LoraConfig(
@@ -249,7 +255,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, epochs: int, cuda: bool, has_
         bf16=cuda and torch.cuda.is_bf16_supported(),
         fp16=cuda and not torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
-        activation_checkpointing=_gradient_checkpointing(cfg, cuda, model),
+        **{_CHECKPOINTING_ARG: _gradient_checkpointing(cfg, cuda, model)},
         max_length=cfg.max_length if batching == "packing" else None,  # prepare() already truncated
         padding_free=batching == "padding_free",
         packing=batching == "packing",
@@ -268,8 +274,8 @@ def sft_config(cfg: TrainConfig, output_dir: Path, epochs: int, cuda: bool, has_
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         shuffle_dataset=True,
-        # Liger's Triton kernels when the package is installed (CUDA only; never fetched from the Hub).
-        use_liger_kernel=cuda and is_liger_kernel_available(),
+        # Liger's kernels are applied by load_base_model (TRL 1.16 deprecates this flag for Hub-loaded kernels).
+        use_liger_kernel=False,
     )
 
 
@@ -315,8 +321,9 @@ def load_base_model(base_dir: Path, cfg: TrainConfig, cuda: bool) -> Any:
     if cuda:
         kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         kwargs["device_map"] = {"": 0}
-        if is_flash_attn_2_available():  # varlen kernels: padding-free batches without any mask
-            kwargs["attn_implementation"] = "flash_attention_2"
+        # flash-attn's varlen kernels take padding-free batches without any mask; without the package, torch's
+        # SDPA (transformers builds a block-diagonal mask from the position ids of a padding-free batch).
+        kwargs["attn_implementation"] = "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
         if cfg.qlora:
             from transformers import BitsAndBytesConfig
 
@@ -335,7 +342,27 @@ def load_base_model(base_dir: Path, cfg: TrainConfig, cuda: bool) -> Any:
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
     model.config.use_cache = False
+    if cuda:
+        apply_liger_kernels(model)
     return model
+
+
+def apply_liger_kernels(model: Any) -> bool:
+    """Liger's Triton kernels (RoPE, RMSNorm, SwiGLU) patched into a loaded model; False when not installed.
+
+    Called on the model itself, from the installed package: TRL 1.16's replacement for ``use_liger_kernel``
+    fetches kernels from the Hub, which a training host may not reach. The loss kernels stay off: TRL computes
+    the loss through its own chunked LM head. Liger also patches the architecture's module globally (RoPE, and
+    the classes of models built later in this process), so a plain baseline must run in another process.
+    """
+    if not is_liger_kernel_available():
+        return False
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+    log.info("Liger kernels applied to %s", type(model).__name__)
+    return True
 
 
 def _refuse_embedding_targets(model: Any, cfg: TrainConfig) -> None:

@@ -28,8 +28,11 @@ class StartupError(Exception):
 class LoraloopBot(commands.Bot):
     def __init__(self, settings: Settings, *, store: Store | None = None, ollama: OllamaClient | None = None,
                  sync_commands: bool = True, dispatcher: Any = None, run_scheduler: bool = True) -> None:
-        # Mentions and DMs carry their text without the privileged message-content intent.
-        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(),
+        # Mentions and DMs carry their text without the privileged message-content intent; with it (the
+        # operator enabled it in the developer portal) the bot also reads replies and other people's turns.
+        intents = discord.Intents.default()
+        intents.message_content = settings.message_content_intent
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents,
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None)
         self.settings = settings
         self.store = store or Store(settings.resolved_database_url, policy=ReviewPolicy(
@@ -75,7 +78,9 @@ async def start(settings: Settings) -> None:
         raise StartupError("Discord rejected DISCORD_TOKEN (401 Unauthorized): reset the bot token in the "
                            "Discord developer portal and set it again") from None
     except discord.PrivilegedIntentsRequired:
-        raise StartupError("Discord refused the gateway intents; check the bot's settings") from None
+        raise StartupError("Discord refused the gateway intents: message_content_intent is on in the settings "
+                           "but the Message Content Intent is not enabled for the bot in the developer portal"
+                           ) from None
     except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
         raise StartupError(f"cannot reach Discord ({exc.__class__.__name__}); check the network") from None
     except discord.HTTPException as exc:

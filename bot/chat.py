@@ -19,7 +19,7 @@ from typing import Any
 import discord
 
 from bot.settings import Settings
-from data.store import Store
+from data.store import Store, StoreError
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
 
 log = logging.getLogger(__name__)
@@ -93,17 +93,65 @@ def message_text(message: discord.Message, bot_id: int) -> str:
     return re.sub(rf"<@!?{bot_id}>", "", message.content).strip()
 
 
-async def conversation_for(message: discord.Message, bot_id: int, limit: int = MAX_HISTORY) -> list[dict[str, str]]:
-    """The conversation that ``message`` continues, oldest first: its reply chain when it replies to
-    something, else the thread it is in, else just itself."""
+@dataclass
+class Conversation:
+    """The turns an answer continues, oldest first, and how many messages of its reply chain Discord hid."""
+
+    turns: list[dict[str, str]]
+    hidden: int = 0  # without the message-content intent, other people's messages arrive blank
+
+
+_FEEDBACK_ID = re.compile(r"^ll:fb:[a-z]+:(\d+)$")
+
+
+async def conversation_for(message: discord.Message, bot_id: int, limit: int = MAX_HISTORY, *,
+                           store: Store | None = None, reads_all: bool = True) -> Conversation:
+    """The conversation that ``message`` continues: its reply chain when it replies to something, else the
+    thread it is in, else just itself.
+
+    ``reads_all`` False (no message-content intent): blank messages of other people in the reply chain are
+    counted as hidden; in a thread they are simply not part of the conversation. A chain that starts at an
+    /ask answer gets its question back from the answer recorded in ``store`` (found by its feedback buttons)."""
+    hidden = 0
     if message.reference is not None and message.reference.message_id:
         chain = await _reply_chain(message, limit)
+        if not reads_all:
+            hidden = sum(1 for m in chain if _blanked(m, bot_id))
     elif isinstance(message.channel, discord.Thread):
-        earlier = [m async for m in message.channel.history(limit=limit - 1, before=message)]
+        try:
+            earlier = [m async for m in message.channel.history(limit=limit - 1, before=message)]
+        except discord.HTTPException as exc:  # no Read Message History here: answer the message alone
+            log.info("thread %s history unreadable (%s): answering the message alone", message.channel.id, exc)
+            earlier = []
         chain = [message, *earlier]  # history() gives newest first
     else:
         chain = [message]
-    return _as_history(reversed(chain), bot_id)
+    earlier_turns = await _recorded_question(chain[-1], bot_id, store) if store is not None else []
+    return Conversation(_as_history(reversed(chain), bot_id, earlier_turns), hidden)
+
+
+def _blanked(message: discord.Message, bot_id: int) -> bool:
+    """A guild message from someone else whose text Discord withheld (it cannot be empty otherwise)."""
+    in_guild = message.guild is not None or getattr(message.channel, "guild_id", None) is not None
+    return (message.author.id != bot_id and in_guild and not message.content and not message.attachments
+            and not message.embeds and not message.stickers)
+
+
+async def _recorded_question(oldest: discord.Message, bot_id: int, store: Store) -> list[dict[str, str]]:
+    """The turns before an /ask answer (an interaction's message carries no question): from the recorded
+    answer its feedback buttons name."""
+    if oldest.author.id != bot_id or oldest.interaction_metadata is None:
+        return []
+    for row in oldest.components:
+        for item in getattr(row, "children", []):
+            match = _FEEDBACK_ID.match(getattr(item, "custom_id", None) or "")
+            if match:
+                try:
+                    answer = await store.get_answer(int(match.group(1)))
+                except StoreError:
+                    return []
+                return [t for t in answer.prompt if t.get("role") in ("user", "assistant")]
+    return []
 
 
 async def _reply_chain(message: discord.Message, limit: int) -> list[discord.Message]:
@@ -121,8 +169,9 @@ async def _reply_chain(message: discord.Message, limit: int) -> list[discord.Mes
     return chain
 
 
-def _as_history(messages: Iterable[discord.Message], bot_id: int) -> list[dict[str, str]]:
-    history: list[dict[str, str]] = []
+def _as_history(messages: Iterable[discord.Message], bot_id: int,
+                earlier: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
+    history: list[dict[str, str]] = [dict(t) for t in earlier or []]
     for m in messages:
         role = "assistant" if m.author.id == bot_id else "user"
         text = message_text(m, bot_id)
@@ -135,6 +184,14 @@ def _as_history(messages: Iterable[discord.Message], bot_id: int) -> list[dict[s
     while history and history[0]["role"] != "user":
         history.pop(0)
     return history
+
+
+def hidden_note(count: int) -> str:
+    """Shown under an answer whose reply chain had turns the bot could not read."""
+    what = "1 earlier message" if count == 1 else f"{count} earlier messages"
+    verb = "is" if count == 1 else "are"
+    return (f"-# {what} in this conversation {verb} hidden from me: without the message content intent I only "
+            "read messages that mention me.")
 
 
 @dataclass(frozen=True)
@@ -185,9 +242,19 @@ class ChatResult:
     model_tag: str
     error: str | None = None
     cut: str | None = None  # "length" or "time" when the answer was stopped by a limit
+    discord_error: str | None = None  # Discord refused to show (part of) it; the answer is recorded anyway
 
 
 Send = Callable[[str], Awaitable[discord.Message]]
+# Posts a later chunk: (the previous chunk's message, text, view or nothing) -> the new message.
+SendMore = Callable[[discord.Message, str, "discord.ui.View | None"], Awaitable[discord.Message]]
+
+
+async def reply_to(previous: discord.Message, text: str, view: discord.ui.View | None = None) -> discord.Message:
+    """A later chunk as a reply to the one before; posted plain if that message was deleted meanwhile."""
+    extra: dict[str, Any] = {"view": view} if view is not None else {}
+    return await previous.channel.send(text, reference=previous.to_reference(fail_if_not_exists=False),
+                                       mention_author=False, allowed_mentions=NO_MENTIONS, **extra)
 
 
 class Chat:
@@ -210,19 +277,25 @@ class Chat:
         history: list[dict[str, str]],
         send_first: Send,
         *,
+        send_more: SendMore = reply_to,
+        note: str = "",
         make_view: Callable[[int], discord.ui.View] | None = None,
         guild_id: int | None = None,
         channel_id: int | None = None,
         user_id: int | None = None,
     ) -> ChatResult:
-        """Stream the answer into Discord: ``send_first`` posts the first message; later chunks reply to it."""
+        """Stream the answer into Discord: ``send_first`` posts the first message, ``send_more`` later chunks.
+
+        ``note`` is shown under the final answer, not recorded. Discord refusing a message (deleted, no
+        permission) stops the showing, not the answer: it is streamed to the end and recorded, and the refusal
+        logged once. Live edits run beside the stream, the latest text winning, so a rate-limited edit holds up
+        neither the stream nor the model server."""
         model, version_id = await self.active_model()
         prompt = ([{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt
                   else []) + history
         limits = AnswerLimits.from_settings(self.settings)
+        view_of = _Showing(send_first, send_more)
         text = ""
-        sent: list[discord.Message] = []
-        shown: list[str] = []
         last_render = float("-inf")
         cut: str | None = None
         deadline = asyncio.get_running_loop().time() + limits.time_s
@@ -244,16 +317,16 @@ class Chat:
                     cut = "length"
                     break
                 if self.clock() - last_render >= EDIT_INTERVAL_S:
-                    await self._render(fit_messages(text, limits.max_messages, CURSOR), sent, shown, send_first)
+                    view_of.live(fit_messages(text, limits.max_messages, CURSOR))
                     last_render = self.clock()
         except OllamaError as exc:
             notice = _explain(exc, model)
             log.warning("chat with %s failed: %s", model, exc)
-            shown_text = fit_messages(text, limits.max_messages, "\n\n" + notice) if text else notice
-            await self._render(shown_text, sent, shown, send_first)
-            return ChatResult(text, sent, None, model, error=notice)
+            await view_of.final(fit_messages(text, limits.max_messages, "\n\n" + notice) if text else notice)
+            return ChatResult(text, view_of.sent, None, model, error=notice, discord_error=view_of.error)
         finally:
             await stream.aclose()  # a cut stream: close the HTTP response now, not when it is collected
+            view_of.stop_live()
         if not cut and len(split_message(text)) > limits.max_messages:
             cut = "length"  # under the character cap, but cut into too many pieces (code blocks, long words)
         if cut:
@@ -265,12 +338,60 @@ class Chat:
             prompt=prompt, answer=text, model_tag=model, model_version_id=version_id, guild_id=guild_id,
             channel_id=channel_id, user_id=user_id,
         )
-        view = make_view(answer.id) if make_view else None
-        await self._render(text, sent, shown, send_first, view=view, force_last=view is not None)
-        return ChatResult(text, sent, answer.id, model, cut=cut)
+        view = make_view(answer.id) if make_view and view_of.error is None else None
+        shown = fit_messages(text, limits.max_messages, "\n" + note) if note else text
+        await view_of.final(shown, view=view)
+        return ChatResult(text, view_of.sent, answer.id, model, cut=cut, discord_error=view_of.error)
 
-    async def _render(self, text: str, sent: list[discord.Message], shown: list[str], send_first: Send,
-                      view: discord.ui.View | None = None, force_last: bool = False) -> None:
+
+class _Showing:
+    """One answer's Discord messages: live updates that coalesce (the newest text wins), a final render that
+    waits for the update in flight, and the first refusal from Discord ending all showing (logged once)."""
+
+    def __init__(self, send_first: Send, send_more: SendMore) -> None:
+        self.send_first, self.send_more = send_first, send_more
+        self.sent: list[discord.Message] = []
+        self.shown: list[str] = []
+        self.error: str | None = None
+        self._pending: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def live(self, text: str) -> None:
+        self._pending = text
+        if self.error is None and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._drain(), name="chat-live-edit")
+
+    def stop_live(self) -> None:
+        """Drop a pending update; one in flight finishes (``final`` waits for it)."""
+        self._pending = None
+
+    async def _drain(self) -> None:
+        while self._pending is not None and self.error is None:
+            text, self._pending = self._pending, None
+            await self._render(text)
+
+    async def final(self, text: str, view: discord.ui.View | None = None) -> None:
+        self._pending = None
+        if self._task is not None:
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+        await self._render(text, view=view, force_last=view is not None)
+
+    async def _render(self, text: str, view: discord.ui.View | None = None, force_last: bool = False) -> None:
+        if self.error is not None:
+            return
+        try:
+            await self._show(text, view, force_last)
+        except discord.HTTPException as exc:  # 429s never get here: discord.py waits them out and retries
+            self.error = f"{exc.status} {exc.text}"
+            log.warning("chat answer no longer shown: Discord refused it (%s %s: %s)", exc.status, exc.code,
+                        exc.text)
+
+    async def _show(self, text: str, view: discord.ui.View | None, force_last: bool) -> None:
+        sent, shown = self.sent, self.shown
         chunks = split_message(text)
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1
@@ -280,13 +401,12 @@ class Chat:
                     sent[i] = await sent[i].edit(content=chunk, allowed_mentions=NO_MENTIONS, **extra) or sent[i]
                     shown[i] = chunk
             elif not sent:
-                sent.append(await send_first(chunk))
+                sent.append(await self.send_first(chunk))
                 shown.append(chunk)
                 if extra:
                     await sent[0].edit(view=view)
             else:
-                sent.append(await sent[-1].reply(chunk, mention_author=False, allowed_mentions=NO_MENTIONS,
-                                                 **extra))
+                sent.append(await self.send_more(sent[-1], chunk, view if extra else None))
                 shown.append(chunk)
 
 

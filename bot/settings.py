@@ -66,13 +66,20 @@ class Settings(BaseSettings):
     eval_fraction: float = Field(default=0.1, gt=0, lt=1)
 
     # Deploy (adapter → Ollama): see deploy/pipeline.py DeployConfig.
-    deploy_mode: Literal["adapter", "merged"] = Field(
-        default="adapter", description="adapter: a GGUF LoRA on the clean base; merged: merged safetensors.")
-    deploy_quantize: str | None = Field(default=None, description="merged mode only, e.g. q4_K_M")
+    deploy_mode: Literal["auto", "adapter", "merged"] = Field(
+        default="auto", description="auto: adapter where the Ollama daemon can serve one for the base, else merged; "
+                                    "adapter: a GGUF LoRA on the clean base; merged: merged safetensors.")
+    deploy_quantize: str | None = Field(
+        default=None, description="merged path only: q4_K_M, q4_K_S, q8_0, f16, f32 or bf16 (what Ollama accepts)")
     deploy_gate_margin: float = Field(default=0.02, ge=0, description="allowed ROUGE-L drop vs the active model")
     deploy_eval_limit: int = Field(default=32, ge=0, description="eval prompts answered by each model in the gate")
     deploy_keep_versions: int = Field(default=3, ge=1, description="fine-tuned tags kept in Ollama")
     deploy_outtype: Literal["f16", "f32"] = "f16"
+    serve_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Sampling options users get (temperature, top_p, top_k, num_ctx, repeat_penalty, num_predict…), "
+                    "over deploy/pipeline.py SERVE_OPTIONS; written into each fine-tune and sent with chats to the "
+                    "base. num_predict defaults to chat_max_tokens.")
 
     # Retraining (bot/retrain): when to propose, who approves, where the training runs.
     retrain_cron: str = Field(default="0 3 * * *", description="When to check for enough new data (crontab, UTC).")
@@ -80,6 +87,10 @@ class Settings(BaseSettings):
     retrain_quorum: int = Field(default=2, ge=1, description="Distinct experts whose approval starts a run.")
     retrain_expiry_h: float = Field(default=48.0, gt=0, description="A proposal dies after this many hours.")
     retrain_reminder_h: float = Field(default=12.0, ge=0, description="Remind experts this long before expiry.")
+    compare_questions: int = Field(
+        default=5, ge=1, le=25, description="Questions in the experts' blind comparison of a candidate.")
+    quality_min_votes: int = Field(
+        default=20, ge=1, description="Votes each version needs before a 👎-rate regression can be called.")
     retrain_promotion: Literal["automatic", "manual"] = Field(
         default="automatic", description="manual: a candidate that passed the gate waits for an expert's promote.")
     retrain_train: dict[str, Any] = Field(
@@ -95,7 +106,8 @@ class Settings(BaseSettings):
         default=None, description="Ollama as the worker reaches it, if not at the bot's OLLAMA_HOST.")
     worker_allowed_base_models: list[str] = Field(
         default_factory=list,
-        description="Base models a worker agrees to train besides its own base_model (a job naming another is refused).")
+        description="Base models a worker agrees to train besides its own base_model (a job naming another is "
+                    "refused).")
 
     # Discord.
     guilds: dict[int, GuildRoles] = Field(default_factory=dict)
@@ -103,18 +115,37 @@ class Settings(BaseSettings):
     max_import_bytes: int = 5 * 1024 * 1024
     max_field_chars: int = 4000
     max_pairs_per_user_hour: int = Field(
-        default=200, ge=0, description="Pairs one user may submit per hour (/teach, suggestions, /import); 0: no limit.")
+        default=200, ge=0,
+        description="Pairs one user may submit per hour (/teach, suggestions, /import); 0: no limit.")
     chat_max_tokens: int = Field(default=1024, ge=16, description="Longest chat answer, in tokens (num_predict).")
     chat_time_limit_s: float = Field(default=120.0, gt=0, description="A chat answer stops streaming after this.")
+    message_content_intent: bool = Field(
+        default=False, description="Ask Discord for the privileged message-content intent (enable it in the "
+                                   "developer portal first): the bot then reads replies to /ask answers and every "
+                                   "turn of a reply chain or thread, not only messages that mention it.")
+
+    @field_validator("deploy_quantize")
+    @classmethod
+    def _ollama_quantize_type(cls, value: str | None) -> str | None:
+        # Ollama refuses any other type only when the merged model is created (at 3 a.m.): refuse it here.
+        from deploy.registration import quantize_type
+
+        return quantize_type(value) if value else None
+
+    @field_validator("serve_options")
+    @classmethod
+    def _typed_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Ollama would create the model and then refuse every chat with it: refuse at start-up instead.
+        from deploy.pipeline import check_options
+
+        check_options(value, "serve_options")
+        return value
 
     @field_validator("ollama_host")
     @classmethod
     def _with_scheme(cls, value: str) -> str:
-        # Ollama itself accepts OLLAMA_HOST as "host:port"; so do we.
-        value = value.strip().rstrip("/")
-        if "://" not in value:
-            value = "http://" + value
-        return value
+        # Read as Ollama's own clients read OLLAMA_HOST (see parse_ollama_host); a malformed value is one line.
+        return parse_ollama_host(value)
 
     @classmethod
     def settings_customise_sources(
@@ -139,6 +170,39 @@ class Settings(BaseSettings):
 
     def roles_for(self, guild_id: int | None) -> GuildRoles:
         return self.guilds.get(guild_id or 0, GuildRoles())
+
+
+def parse_ollama_host(value: str) -> str:
+    """OLLAMA_HOST as Ollama's clients read it: scheme and port optional (http, port 11434; an explicit http://
+    means port 80 and https:// 443, as in ollama-python), a path kept; 0.0.0.0 (where a server listens) means this
+    machine. Raises ValueError with one line when the value is not an address.
+    """
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest, port = "http", text, 11434
+    elif scheme.lower() in ("http", "https"):
+        scheme = scheme.lower()
+        port = 80 if scheme == "http" else 443
+    else:
+        raise ValueError(f"OLLAMA_HOST {value!r}: the scheme must be http or https, not {scheme!r}")
+    hostport, _, path = rest.partition("/")
+    if any(c.isspace() for c in hostport) or "@" in hostport:
+        raise ValueError(f"OLLAMA_HOST {value!r} is not an address (expected host[:port] or http(s)://host[:port])")
+    if hostport.startswith("["):  # [IPv6]:port
+        host, _, tail = hostport[1:].partition("]")
+        host, port_text = f"[{host}]", tail.removeprefix(":")
+    elif hostport.count(":") > 1:  # a bare IPv6 address
+        host, port_text = f"[{hostport}]", ""
+    else:
+        host, _, port_text = hostport.partition(":")
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"OLLAMA_HOST {value!r}: port {port_text!r} is not a number from 1 to 65535")
+        port = int(port_text)
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+    path = path.rstrip("/")
+    return f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
 
 
 def _yaml_path(*sources: PydanticBaseSettingsSource) -> Path | None:

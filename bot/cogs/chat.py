@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat import NO_MENTIONS, conversation_for, message_text
+from bot.chat import NO_MENTIONS, conversation_for, hidden_note, message_text
 from bot.views import feedback_view, say
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
+
+log = logging.getLogger(__name__)
 
 
 class ChatCog(commands.Cog):
@@ -36,26 +40,30 @@ class ChatCog(commands.Cog):
         guild_id = message.guild.id if message.guild else getattr(message.channel, "guild_id", None)
         if guild_id is not None and me.id not in {u.id for u in message.mentions}:
             return
+        reads_all = self.bot.intents.message_content
         if not message_text(message, me.id):
+            if guild_id is not None and not reads_all and not message.content:
+                # A ping-reply whose text Discord withheld (a reply to an /ask answer): say how to go on.
+                await _note(message, HIDDEN_REPLY.format(me=me.mention))
             return
         if len(message.content) > self.bot.settings.max_field_chars:
-            await message.reply(f"That message is too long for me ({len(message.content)} characters; the limit "
-                                f"is {self.bot.settings.max_field_chars}).", mention_author=False,
-                                allowed_mentions=NO_MENTIONS)
+            await _note(message, f"That message is too long for me ({len(message.content)} characters; the limit "
+                                 f"is {self.bot.settings.max_field_chars}).")
             return
         left = self._cooldown_left(message.author.id)
         if left:
-            await message.reply(f"Please wait {left:.0f} s before asking again.", mention_author=False,
-                                allowed_mentions=NO_MENTIONS, delete_after=max(left, 3))
+            await _note(message, f"Please wait {left:.0f} s before asking again.", delete_after=max(left, 3))
             return
-        history = await conversation_for(message, me.id)
-        async with message.channel.typing():
-            await self.bot.chat.answer(
-                history,
-                lambda text: message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS),
-                make_view=feedback_view, guild_id=guild_id,
-                channel_id=message.channel.id, user_id=message.author.id,
-            )
+        conversation = await conversation_for(message, me.id, store=self.bot.store, reads_all=reads_all)
+        with contextlib.suppress(discord.HTTPException):  # typing is a courtesy; the answer says what fails
+            await message.channel.typing()
+        await self.bot.chat.answer(
+            conversation.turns,
+            lambda text: message.channel.send(text, reference=message.to_reference(fail_if_not_exists=False),
+                                              mention_author=False, allowed_mentions=NO_MENTIONS),
+            note=hidden_note(conversation.hidden) if conversation.hidden else "",
+            make_view=feedback_view, guild_id=guild_id, channel_id=message.channel.id, user_id=message.author.id,
+        )
 
     @app_commands.command(name="ask", description="Ask the bot a question.")
     @app_commands.describe(question="What do you want to know?")
@@ -70,10 +78,28 @@ class ChatCog(commands.Cog):
         async def first(text: str) -> discord.Message:
             return await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS)
 
+        # Later chunks are follow-ups too: they need no permission in the channel, where a reply would.
+        async def more(previous: discord.Message, text: str, view: discord.ui.View | None) -> discord.Message:
+            extra = {"view": view} if view is not None else {}
+            return await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS, **extra)
+
         await self.bot.chat.answer(
-            [{"role": "user", "content": question}], first, make_view=feedback_view,
+            [{"role": "user", "content": question}], first, send_more=more, make_view=feedback_view,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, user_id=interaction.user.id,
         )
+
+
+HIDDEN_REPLY = ("I can't read that reply: Discord only shows me messages that mention me. Mention me ({me}) in "
+                "your message to go on, or ask an admin to enable the message content intent.")
+
+
+async def _note(message: discord.Message, text: str, **kwargs: Any) -> None:
+    """A short reply; a question deleted meanwhile or a channel the bot may not post in is only logged."""
+    try:
+        await message.channel.send(text, reference=message.to_reference(fail_if_not_exists=False),
+                                   mention_author=False, allowed_mentions=NO_MENTIONS, **kwargs)
+    except discord.HTTPException as exc:
+        log.warning("could not reply in channel %s: %s", message.channel.id, exc)
 
 
 async def setup(bot: LoraloopBot) -> None:

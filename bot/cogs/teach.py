@@ -32,7 +32,7 @@ class TeachCog(commands.Cog):
             return await say(interaction, "Only experts can teach the bot on this server.")
         if not await check_quota(interaction):  # before the form, so nobody types a pair that cannot be kept
             return
-        await interaction.response.send_modal(TeachModal())
+        await interaction.response.send_modal(TeachModal(timeout=900))  # an abandoned form is dropped
 
     @app_commands.command(name="import", description="Import a file of Q&A pairs (experts).")
     @app_commands.describe(file="alpaca / sharegpt / OpenAI / LLaMA-Factory JSON(L), or CSV question,answer")

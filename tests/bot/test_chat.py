@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +15,12 @@ from tests.fixtures.discord import BOT_ID, CHANNEL_ID, message_payload, user_pay
 
 USER = user_payload(11, "alice")
 BOT = {"id": str(BOT_ID), "username": "loraloop", "discriminator": "0", "avatar": None, "bot": True}
+
+
+@pytest.fixture(params=[False, True], ids=["no-intent", "intent"])
+def message_content_intent(request) -> bool:
+    """The chat path runs without the privileged intent (Discord's default) and with it."""
+    return request.param
 
 
 async def wait_for(predicate, limit: float = 10.0) -> None:

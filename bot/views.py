@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import permissions
+from data import quality
 from data.conversation import Conversation, InvalidConversation
 from data.models import Example
 from data.review import disagreement
@@ -21,6 +23,7 @@ from data.store import StoreError
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
 
+log = logging.getLogger("loraloop.bot.views")
 MODAL_TEXT_MAX = 4000  # Discord's own limit for a text input
 CONTENT_MAX = 2000  # Discord's limit on a message's content
 
@@ -95,6 +98,13 @@ class FeedbackButton(discord.ui.DynamicItem[discord.ui.Button],
             return await say(interaction, str(exc))
         await say(interaction, "Thanks, noted 👍" if self.kind == "up" else
                   "Thanks, noted 👎 — you can also suggest a better answer.")
+        if self.kind == "down":  # after answering: the check reads every vote of two versions
+            from bot.compare import alert_if_regressed
+
+            try:
+                await alert_if_regressed(bot, interaction.guild_id)
+            except (StoreError, discord.HTTPException) as exc:
+                log.warning("the regression check after a 👎 failed: %s", exc)
 
     async def open_suggestion(self, interaction: discord.Interaction) -> None:
         bot = core(interaction)
@@ -114,6 +124,54 @@ class FeedbackButton(discord.ui.DynamicItem[discord.ui.Button],
         question = next((m["content"] for m in reversed(answer.prompt) if m["role"] == "user"), "")
         await interaction.response.send_modal(SuggestModal(self.answer_id, question, answer.answer,
                                                            opener=interaction.user))
+
+
+class BetterAnswerButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:ba:(?P<answer>\d+)"):
+    """On the "needs a better answer" list: opens the suggestion form for a 👎 answer (it then goes through
+    review like any correction)."""
+
+    def __init__(self, answer_id: int, number: int = 0) -> None:
+        super().__init__(discord.ui.Button(style=discord.ButtonStyle.primary,
+                                           label=f"Write the right answer{f' ({number})' if number else ''}",
+                                           custom_id=f"ll:ba:{answer_id}"))
+        self.answer_id = answer_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> BetterAnswerButton:
+        return cls(int(match["answer"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot = core(interaction)
+        if not permissions.is_expert(bot.settings, interaction.guild_id, interaction.user):
+            return await say(interaction, "Only experts can review examples.")
+        await FeedbackButton("fix", self.answer_id).open_suggestion(interaction)
+
+
+async def show_bad_answers(interaction: discord.Interaction, limit: int = 5) -> None:
+    """The oldest 👎 answers nobody has written a better answer for, each with a button to write it."""
+    bot = core(interaction)
+    answers = await quality.answers_needing_better(bot.store, limit)
+    if not answers:
+        return await say(interaction, "No 👎 answer is waiting for a better one — thank you!")
+    head = f"**Needs a better answer** (the {len(answers)} oldest 👎 answers without a suggestion):"
+    budget = (CONTENT_MAX - len(head)) // len(answers) - 40
+    blocks = []
+    for n, answer in enumerate(answers, 1):
+        question, said = quality.question_of(answer), answer.answer
+        q_room = min(len(question), budget // 3)
+        blocks.append(f"**{n}.** asked: {_clip(question, q_room)!r}\n    answered (`{answer.model_tag}`): "
+                      f"{_clip(said, budget - q_room)!r}")
+    view = discord.ui.View(timeout=None)
+    for n, answer in enumerate(answers, 1):
+        view.add_item(BetterAnswerButton(answer.id, n))
+    await interaction.response.send_message("\n".join([head, *blocks])[:CONTENT_MAX], view=view, ephemeral=True,
+                                            allowed_mentions=discord.AllowedMentions.none())
+
+
+def _clip(text: str, limit: int) -> str:
+    limit = max(limit, 20)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def feedback_view(answer_id: int) -> discord.ui.View:
@@ -382,4 +440,4 @@ class EditModal(OpenerOnlyModal):
         await say(interaction, f"Saved as example #{copy.id} (pending review); #{self.example_id} is superseded.")
 
 
-DYNAMIC_ITEMS = (FeedbackButton, ReviewButton)
+DYNAMIC_ITEMS = (FeedbackButton, ReviewButton, BetterAnswerButton)

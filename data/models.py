@@ -229,3 +229,104 @@ class RetrainVote(Base):
     stage: Mapped[str] = mapped_column(String(16))  # proposal | promotion
     approve: Mapped[bool] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- quality (data/quality.py): experts' blind comparisons, regression alerts --------------------------
+
+
+class Comparison(Base):
+    """A blind side-by-side of a candidate and the model answering now, on questions from its gate table.
+
+    ``items`` hold, per question, the two answers as "a" and "b" and which of them is the candidate's: drawn at
+    random per question when the comparison is made, and only ever shown to an expert after their vote."""
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("retrain_runs.id", ondelete="SET NULL"), index=True)
+    candidate_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    candidate_tag: Mapped[str] = mapped_column(String(200))
+    opponent_tag: Mapped[str] = mapped_column(String(200))
+    items: Mapped[list[Any]] = mapped_column(JSON)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ComparisonVote(Base):
+    """One expert's verdict on one question of a comparison: "a", "b" or "tie"."""
+
+    __tablename__ = "comparison_votes"
+    __table_args__ = (UniqueConstraint("comparison_id", "item", "user_id", name="uq_comparison_vote"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), index=True)
+    item: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    choice: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class QualityAlert(Base):
+    """A regression alarm that was raised: one per version, so experts are told once."""
+
+    __tablename__ = "quality_alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"),
+                                                  unique=True)
+    compared_with: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- preferences (data/preferences.py): a chosen and a rejected answer to the same conversation -------------
+
+# suggestion: an expert's "Suggest a better answer"; thumbs-down: a 👎 on the answer, then the same user's
+# correction; import: a preference file (LLaMA-Factory ranking, TRL/OpenAI preference shape).
+PREFERENCE_SOURCES = ("suggestion", "thumbs-down", "import")
+PREFERENCE_STATUSES = ("pending", "approved", "rejected")
+
+
+class PreferenceRecord(Base):
+    """For this conversation prefix, ``chosen`` is the better answer and ``rejected`` the worse one.
+
+    ``prompt`` holds the prefix as the store keeps messages (system?, user, … ending with a user turn); the two
+    answers are assistant messages as dicts (content, reasoning). Reviewed like examples: experts rate the chosen
+    answer (PreferenceRating), or it is approved with the correction it came from."""
+
+    __tablename__ = "preference_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prompt: Mapped[list[Any]] = mapped_column(JSON)
+    chosen: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rejected: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    tools: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    # The model that produced the rejected answer (the bot's tag), when known.
+    rejected_model: Mapped[str | None] = mapped_column(String(200))
+    rejected_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    answer_id: Mapped[int | None] = mapped_column(ForeignKey("answers.id", ondelete="SET NULL"))
+    # The approved correction (an Example) that is the chosen side; one preference per correction.
+    example_id: Mapped[int | None] = mapped_column(ForeignKey("examples.id", ondelete="SET NULL"), unique=True)
+    author_id: Mapped[int | None] = mapped_column(BigInteger)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    approved_at: Mapped[datetime | None] = mapped_column()
+
+
+class PreferenceRating(Base):
+    """An expert's 1–5 rating of a preference record's chosen answer (the same rule as for examples)."""
+
+    __tablename__ = "preference_ratings"
+    __table_args__ = (UniqueConstraint("preference_id", "rater_id", name="uq_preference_rating"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    preference_id: Mapped[int] = mapped_column(ForeignKey("preference_records.id", ondelete="CASCADE"), index=True)
+    rater_id: Mapped[int] = mapped_column(BigInteger)
+    score: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

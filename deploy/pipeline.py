@@ -22,8 +22,19 @@ from data.models import ModelVersion
 from data.snapshot import SnapshotError, read_snapshot
 from data.store import Store, StoreError
 from deploy.gate import GateResult, eval_prompts, probe_prompts, run_gate
-from deploy.modelfile import ServingFormat, serving_format_for
+from deploy.modelfile import SERVED_CHECK_CHATS, ServingFormat, TrainedPrompts, serving_format_for, trained_format
 from deploy.ollama import CreateProgress, ModelNotFound, OllamaClient, OllamaError
+from deploy.registration import (
+    PROCESS_MEMORY,
+    DaemonFacts,
+    PathChoice,
+    PathMemory,
+    PathUnavailable,
+    choose_path,
+    is_adapter_refusal,
+    option_type_error,
+    quantize_type,
+)
 from trainer.config import DEFAULT_PROBES  # the trainer's probes: same questions in both tables
 
 log = logging.getLogger(__name__)
@@ -43,17 +54,28 @@ class DeployConfig:
 
     model_name: str
     ollama_base: str  # the clean base tag in Ollama, e.g. qwen2.5:0.5b-instruct
-    mode: Literal["adapter", "merged"] = "adapter"  # merged: hand Ollama merged safetensors (files=)
-    quantize: str | None = None  # merged mode only, e.g. q4_K_M
+    # auto: the adapter path where the daemon creates and loads adapter models for the base, else merged (see
+    # deploy/registration.py); adapter / merged: that path only, failing with the reason where it cannot work.
+    mode: Literal["auto", "adapter", "merged"] = "auto"
+    quantize: str | None = None  # merged path only: Ollama quantizes the merged model on create, e.g. q4_K_M
     gate_margin: float = 0.02  # candidate may trail the active model by at most this ROUGE-L
     eval_limit: int = 32
     probes: tuple[str, ...] = DEFAULT_PROBES
     keep_versions: int = 3  # fine-tuned tags kept in Ollama (besides the active and rollback target)
-    options: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0, "seed": 0, "num_predict": 128})
+    # The gate's decoding, sent with each of its requests and never written into a model: deterministic and
+    # short, so that two models are compared on the same footing run after run.
+    gate_options: dict[str, Any] = field(default_factory=lambda: dict(GATE_OPTIONS))
+    # What users get: written into every fine-tune as its PARAMETERs (with the stop tokens), and sent with each
+    # chat while the bot answers with the base, whose own parameters are not ours (see bot/chat.py).
+    serve_options: dict[str, Any] = field(default_factory=lambda: dict(SERVE_OPTIONS))
     outtype: str = "f16"
     # The system prompt the bot sends with every chat (None: it sends none). It must be the one training used,
     # else the served prompt differs from the trained one for every conversation without its own system prompt.
     chat_system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        check_options(self.serve_options, "serve_options")
+        check_options(self.gate_options, "gate_options")
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> DeployConfig:
@@ -63,7 +85,43 @@ class DeployConfig:
         for name in ("mode", "quantize", "gate_margin", "eval_limit", "keep_versions", "outtype"):
             if hasattr(settings, f"deploy_{name}"):
                 values[name] = getattr(settings, f"deploy_{name}")
+        values["serve_options"] = serve_options_from(settings)
         return cls(**{**values, **overrides})
+
+
+# Ollama's own defaults would do for most of these; they are written out so that /model status can show exactly
+# what users get, and so that a base tag with other parameters cannot change it.
+SERVE_OPTIONS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "repeat_penalty": 1.1,
+                                 "num_ctx": 4096, "num_predict": 1024}
+GATE_OPTIONS: dict[str, Any] = {"temperature": 0.0, "seed": 0, "num_predict": 128}
+# Ollama checks option types on every chat (a badly typed PARAMETER creates fine and then breaks every chat),
+# so they are checked here, before anything is created. Unknown keys Ollama would silently ignore: refused.
+OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
+    "temperature": (int, float), "top_p": (int, float), "top_k": int, "min_p": (int, float),
+    "typical_p": (int, float), "repeat_penalty": (int, float), "repeat_last_n": int,
+    "presence_penalty": (int, float), "frequency_penalty": (int, float), "num_ctx": int, "num_predict": int,
+    "seed": int, "num_keep": int,
+}
+
+
+def check_options(options: dict[str, Any], what: str) -> None:
+    """Raise ValueError naming the first option Ollama would ignore or refuse."""
+    for key, value in options.items():
+        kind = OPTION_TYPES.get(key)
+        if kind is None:
+            raise ValueError(f"{what}: {key!r} is not a sampling option loraloop passes to Ollama "
+                             f"(known: {', '.join(OPTION_TYPES)}; stop tokens come from the chat template)")
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ValueError(f"{what}: {key} must be {'an integer' if kind is int else 'a number'}, not {value!r}")
+
+
+def serve_options_from(settings: Any) -> dict[str, Any]:
+    """The served options from settings: ``serve_options`` over the defaults; num_predict is chat_max_tokens
+    unless serve_options sets it (one limit for the bot's answers and the model's own)."""
+    options = {**SERVE_OPTIONS, **(getattr(settings, "serve_options", None) or {})}
+    if "num_predict" not in (getattr(settings, "serve_options", None) or {}) and hasattr(settings, "chat_max_tokens"):
+        options["num_predict"] = int(settings.chat_max_tokens)
+    return options
 
 
 @dataclass(slots=True)
@@ -92,6 +150,7 @@ async def deploy(
     base_dir: Path | None = None,
     snapshot_dir: Path | None = None,
     on_event: Event | None = None,
+    memory: PathMemory | None = None,
 ) -> DeployResult:
     """Register ``adapter_dir`` as the next version, judge it, and make it active if it passes.
 
@@ -120,7 +179,7 @@ async def deploy(
 
     try:
         candidate = await register_candidate(adapter_dir, client=client, config=config, tag=tag,
-                                             base_dir=base_dir or _base_dir(run), emit=emit)
+                                             base_dir=base_dir or _base_dir(run), emit=emit, memory=memory)
         result.bytes_uploaded = candidate.bytes_uploaded
         result.timings.update(candidate.timings)
         await store.update_model_version(tag, status="registered", in_ollama=True,
@@ -173,75 +232,140 @@ class Candidate:
 
     tag: str
     fmt: ServingFormat
-    mode: str
+    mode: str  # the path it took: adapter or merged
     blobs: dict[str, str]
     bytes_uploaded: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    # How it was registered and why: path, reason, Ollama version, fallback, how the served prompt was checked.
+    registration: dict[str, Any] = field(default_factory=dict)
 
     def artifacts(self) -> dict[str, Any]:
         return {"mode": self.mode, "blobs": self.blobs, "template": self.fmt.template, "system": self.fmt.system,
-                "parameters": self.fmt.parameters()}
+                "parameters": self.fmt.parameters(), "registration": self.registration}
+
+
+class _AdapterRefused(Exception):
+    """The daemon refused the adapter model itself (at create or at load); auto mode falls back to merged."""
 
 
 async def register_candidate(adapter_dir: Path, *, client: OllamaClient, config: DeployConfig, tag: str,
-                             base_dir: Path | None = None, emit: Callable[..., Awaitable[None]] | None = None
-                             ) -> Candidate:
-    """Adapter dir → files for Ollama → only the missing blobs uploaded → ``tag`` created from the clean base →
-    warm-up chat. Needs no database (the GPU worker runs it). ``base_dir`` defaults to the one the training
-    run recorded. On any failure the tag is deleted again and DeployFailed / OllamaError / OSError /
-    ValueError propagates."""
+                             base_dir: Path | None = None, emit: Callable[..., Awaitable[None]] | None = None,
+                             memory: PathMemory | None = None) -> Candidate:
+    """Adapter dir → path chosen from the daemon's facts → files for Ollama → only the missing blobs uploaded →
+    ``tag`` created → warm-up chat → Ollama's own rendering of a few chats compared with training's. Needs no
+    database (the GPU worker runs it). ``base_dir`` defaults to the one the training run recorded; ``memory``
+    keeps the daemons' adapter refusals (default: this process's). On any failure the tag is deleted again and
+    DeployFailed / OllamaError / OSError / ValueError propagates."""
     async def note(step: str, **info: Any) -> None:
         if emit is not None:
             await emit(step, **info)
 
+    memory = PROCESS_MEMORY if memory is None else memory
+    t0 = time.monotonic()
+    base_dir = base_dir or _base_dir(_read_run(adapter_dir))
+    # ---- 1. what Ollama must render, checked against the chat template the run trained with -----------
+    fmt = serving_format_for(adapter_dir, base_dir, config.serve_options)
+    if config.chat_system_prompt is not None and config.chat_system_prompt != fmt.system:
+        raise DeployFailed(
+            f"the bot sends the system prompt {config.chat_system_prompt!r} but this adapter was trained with "
+            f"{fmt.system or 'no system prompt'!r} for conversations without one; train with the same "
+            "system_prompt the bot uses"
+        )
+    if error := option_type_error(fmt.parameters()):  # Ollama would create it, then fail every chat
+        raise DeployFailed(f"the served parameters would break every chat: {error}")
+    quantize = quantize_type(config.quantize) if config.quantize else None
+
+    # ---- 2. the path: what this daemon can do with this base (and what it refused before) -------------
+    facts, shown = await _check_base(client, config.ollama_base)
+    try:
+        choice = choose_path(config.mode, facts, memory)
+    except PathUnavailable as exc:
+        raise DeployFailed(str(exc)) from exc
+    if choice.path == "adapter" and not fmt.system and shown.get("system"):  # a merged model inherits nothing
+        raise DeployFailed(
+            f"the base {config.ollama_base} has SYSTEM {shown['system']!r}, which the training data did not have "
+            "and an empty SYSTEM cannot remove; set system_prompt for training and serving (or deploy merged)"
+        )
+    record: dict[str, Any] = {"path": choice.path, "mode": choice.mode, "reason": choice.reason,
+                              "ollama_version": facts.version, "base": facts.summary()}
+    try:
+        candidate = await _register(choice, adapter_dir, base_dir, client, config, tag, fmt, facts, quantize, note)
+    except _AdapterRefused as exc:
+        if choice.mode != "auto":
+            raise DeployFailed(f"Ollama {facts.version} refused the adapter model: {exc} (deploy_mode is adapter, "
+                               "which never falls back: set deploy_mode to auto or merged)") from exc
+        # Once per daemon version and base: the next deploy goes to merged directly.
+        memory.remember(facts, str(exc))
+        await note("fallback", path="merged", reason=str(exc))
+        merged = PathChoice("merged", "auto", f"the adapter was refused: {exc}")
+        candidate = await _register(merged, adapter_dir, base_dir, client, config, tag, fmt, facts, quantize, note)
+        record.update(path="merged", fallback=f"predicted adapter ({choice.reason}), but Ollama refused it: {exc}")
+    candidate.registration = {**record, **candidate.registration}
+    candidate.timings["registered_s"] = round(time.monotonic() - t0, 3)
+    return candidate
+
+
+async def _register(choice: PathChoice, adapter_dir: Path, base_dir: Path | None, client: OllamaClient,
+                    config: DeployConfig, tag: str, fmt: ServingFormat, facts: DaemonFacts, quantize: str | None,
+                    note: Callable[..., Awaitable[None]]) -> Candidate:
+    """One path's files → upload → create → warm-up → served-prompt check; the tag is deleted on any failure."""
     t0 = time.monotonic()
     created = False
     try:
-        base_dir = base_dir or _base_dir(_read_run(adapter_dir))
-        # ---- 1. what Ollama must render, checked against the chat template the run trained with -----
-        fmt = serving_format_for(adapter_dir, base_dir, config.options)
-        if config.chat_system_prompt is not None and config.chat_system_prompt != fmt.system:
-            raise DeployFailed(
-                f"the bot sends the system prompt {config.chat_system_prompt!r} but this adapter was trained with "
-                f"{fmt.system or 'no system prompt'!r} for conversations without one; train with the same "
-                "system_prompt the bot uses"
-            )
-        await _check_base(client, config.ollama_base, fmt)
-
-        # ---- 2. files for Ollama: one adapter GGUF, or the merged model's safetensors -----------------
-        await note("converting", mode=config.mode)
-        files = await asyncio.to_thread(_artifacts, adapter_dir, base_dir, config)
-        candidate = Candidate(tag, fmt, config.mode, {})
+        # ---- files for Ollama: one adapter GGUF, or the merged model's safetensors ----------------------
+        await note("converting", mode=choice.path, reason=choice.reason)
+        files = await asyncio.to_thread(_artifacts, adapter_dir, base_dir, config, choice.path)
+        candidate = Candidate(tag, fmt, choice.path, {})
         candidate.timings["prepare_s"] = round(time.monotonic() - t0, 3)  # format checks + conversion
 
-        # ---- 3. upload only what Ollama lacks -----------------------------------------------------------
+        # ---- upload only what Ollama lacks (content-addressed: HEAD first, unchanged files are not sent) ---
+        total = sum(p.stat().st_size for p in files.values())
+        done = 0
         for name, path in files.items():
-            upload = await client.ensure_blob(path)
+            async def sent(n: int, size: int, name: str = name, before: int = done) -> None:
+                await note("uploading", file=name, sent=n, size=size, total_sent=before + n, total=total)
+
+            upload = await client.ensure_blob(path, on_progress=sent)
+            done += upload.size
             candidate.blobs[name] = upload.digest
             candidate.bytes_uploaded += upload.bytes_sent
             await note("uploaded", file=name, digest=upload.digest, bytes=upload.bytes_sent, size=upload.size)
         candidate.timings["upload_s"] = round(time.monotonic() - t0 - candidate.timings["prepare_s"], 3)
 
-        # ---- 4. create the candidate from the clean base --------------------------------------------------
+        # ---- create: from the clean base with the adapter, or from the merged files ------------------------
         async def progress(p: CreateProgress) -> None:
             await note("create", status=p.status, completed=p.completed, total=p.total)
 
         create_args: dict[str, Any] = {"template": fmt.template, "system": fmt.system or None,
                                        "parameters": fmt.parameters(), "on_progress": progress}
         created = True  # from here on a failure may leave a half-made tag behind
-        if config.mode == "adapter":
-            await client.create(tag, from_=config.ollama_base, adapters=candidate.blobs, **create_args)
+        if choice.path == "adapter":
+            try:
+                await client.create(tag, from_=config.ollama_base, adapters=candidate.blobs, **create_args)
+            except OllamaError as exc:
+                if is_adapter_refusal(exc.message):
+                    raise _AdapterRefused(exc.message) from exc
+                raise
         else:
-            await client.create(tag, files=candidate.blobs, quantize=config.quantize, **create_args)
+            await client.create(tag, files=candidate.blobs, quantize=quantize, **create_args)
         await _check_created(client, tag, fmt)
 
-        # ---- 5. warm-up: a base/adapter mismatch only shows when Ollama loads the model ------------------
+        # ---- warm-up: a base/adapter mismatch only shows when Ollama loads the model -----------------------
         try:
-            hello = await client.chat(tag, WARM_UP, {**config.options, "num_predict": 8})
+            hello = await client.chat(tag, WARM_UP, {**config.gate_options, "num_predict": 8})
         except OllamaError as exc:
+            if choice.path == "adapter" and is_adapter_refusal(exc.message):
+                raise _AdapterRefused(exc.message) from exc
             raise DeployFailed(f"warm-up chat failed (does the adapter match the base {config.ollama_base}?): "
                                f"{exc}") from exc
         await note("warmed_up", reply=hello)
+
+        # ---- Ollama judges the prompt: its own rendering of real chats against training's, token by token ----
+        checked = await _check_served_prompt(client, tag, adapter_dir, base_dir, fmt, facts)
+        candidate.registration["served_prompt"] = checked
+        await note("served_prompt", result=checked)
+        candidate.timings["create_to_checked_s"] = round(
+            time.monotonic() - t0 - candidate.timings["prepare_s"] - candidate.timings["upload_s"], 3)
         return candidate
     except BaseException:
         if created:
@@ -249,15 +373,46 @@ async def register_candidate(adapter_dir: Path, *, client: OllamaClient, config:
         raise
 
 
+async def _check_served_prompt(client: OllamaClient, tag: str, adapter_dir: Path, base_dir: Path | None,
+                               fmt: ServingFormat, facts: DaemonFacts) -> str:
+    """What Ollama renders for a few chats equals what training rendered, or DeployFailed with the difference.
+
+    Daemons without ``_debug_render_only`` keep today's check (loraloop's Go-template interpreter, done when the
+    serving format was built); the returned text says which check ran."""
+    interpreter = "checked with loraloop's template interpreter only (serving_format)"
+    if not facts.renders_debug:
+        return f"Ollama {facts.version} has no _debug_render_only: {interpreter}"
+    trained = await asyncio.to_thread(TrainedPrompts, trained_format(adapter_dir, base_dir), fmt)
+    for chat in SERVED_CHECK_CHATS:
+        served = await client.render_prompt(tag, chat)
+        if served is None:
+            return f"Ollama {facts.version} ignored _debug_render_only: {interpreter}"
+        diff = await asyncio.to_thread(trained.difference, chat, served)
+        if diff:
+            roles = "/".join(m["role"] for m in chat)
+            raise DeployFailed(f"Ollama renders a different prompt for {tag} than training used ({roles} chat): "
+                               f"{diff}")
+    unit = "token for token with the base's tokenizer" if trained.by_tokens else "character for character"
+    return (f"Ollama {facts.version} rendered {len(SERVED_CHECK_CHATS)} chats (_debug_render_only) exactly as "
+            f"training did, {unit}")
+
+
 async def judge_candidate(client: OllamaClient, config: DeployConfig, tag: str, active_tag: str | None,
                           eval_conversations: list[Any]) -> GateResult:
-    """The gate: the candidate against the active model on the snapshot's eval split and the probes."""
-    if active_tag and not await client.has_model(active_tag):
-        raise DeployFailed(f"the active model {active_tag} is not in Ollama; cannot compare (restore it or "
-                           "promote another version first)")
+    """The gate: the candidate against what answers now on the snapshot's eval split and the probes.
+
+    With no fine-tuned version active the bot answers with the base tag, so that is what the candidate must
+    not be worse than: the first version is judged like every later one."""
+    opponent = active_tag or config.ollama_base
+    if not await client.has_model(opponent):
+        if active_tag:
+            raise DeployFailed(f"the active model {active_tag} is not in Ollama; cannot compare (restore it or "
+                               "promote another version first)")
+        raise DeployFailed(f"the base model {opponent} is not in Ollama; cannot compare: run `ollama pull "
+                           f"{opponent}` on the Ollama host")
     prompts = eval_prompts(eval_conversations, config.eval_limit)
-    return await run_gate(client, tag, active_tag, prompts, probe_prompts(config.probes), config.gate_margin,
-                          config.options)
+    return await run_gate(client, tag, opponent, prompts, probe_prompts(config.probes), config.gate_margin,
+                          config.gate_options, opponent_is_base=active_tag is None)
 
 
 async def forget(client: OllamaClient, tag: str) -> bool:
@@ -352,7 +507,8 @@ async def _named_rollback_target(store: Store, to: int | str) -> ModelVersion:
 # ---- helpers ----------------------------------------------------------------------------------------------
 
 
-async def _check_base(client: OllamaClient, base: str, fmt: ServingFormat) -> None:
+async def _check_base(client: OllamaClient, base: str) -> tuple[DaemonFacts, dict[str, Any]]:
+    """The daemon's facts about the clean base (and /api/show's answer); DeployFailed when it is not a clean base."""
     if base.startswith("loraloop-"):
         raise DeployFailed(f"ollama_base {base} is a fine-tuned tag; candidates must be created from the clean base")
     try:
@@ -362,11 +518,7 @@ async def _check_base(client: OllamaClient, base: str, fmt: ServingFormat) -> No
                            ) from exc
     if "ADAPTER" in str(shown.get("modelfile", "")).split():
         raise DeployFailed(f"the base model {base} already carries an adapter; use a clean base tag")
-    if not fmt.system and shown.get("system"):
-        raise DeployFailed(
-            f"the base {base} has SYSTEM {shown['system']!r}, which the training data did not have and an empty "
-            "SYSTEM cannot remove; set system_prompt for training and serving"
-        )
+    return DaemonFacts.from_show(client.host, await client.version(), base, shown), shown
 
 
 async def _check_created(client: OllamaClient, tag: str, fmt: ServingFormat) -> None:
@@ -405,9 +557,9 @@ def _base_dir(run: dict[str, Any]) -> Path | None:
     return Path(run["base_dir"]) if run.get("base_dir") else None
 
 
-def _artifacts(adapter_dir: Path, base_dir: Path | None, config: DeployConfig) -> dict[str, Path]:
-    """The files Ollama gets, by the name it sees them under."""
-    if config.mode == "adapter":
+def _artifacts(adapter_dir: Path, base_dir: Path | None, config: DeployConfig, path: str) -> dict[str, Path]:
+    """The files Ollama gets on this path, by the name it sees them under."""
+    if path == "adapter":
         existing = adapter_dir / "adapter.gguf"
         weights = adapter_dir / "adapter_model.safetensors"
         if existing.is_file() and (not weights.is_file() or existing.stat().st_mtime >= weights.stat().st_mtime):

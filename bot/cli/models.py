@@ -35,34 +35,44 @@ def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]]) -> T:
 @app.command("list")
 def list_versions(as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
     """Every model version, newest first: tag, status, which one is active, eval scores, failure reason."""
+    from data import quality
     from deploy.ollama import OllamaError
 
-    async def run(store: Any, client: Any) -> tuple[list[Any], Any, set[str] | None]:
+    async def run(store: Any, client: Any) -> tuple[list[Any], Any, set[str] | None, dict[Any, Any], Any]:
         rows = await store.list_model_versions()
         active = await store.active_model_version()
+        rates = await quality.feedback_by_version(store)
+        previous = await quality.previous_version(store)
         try:
             present: set[str] | None = {m.name for m in await client.list_models()}
         except OllamaError:
             present = None  # listing still works when Ollama is down
-        return rows, active, present
+        return rows, active, present, rates, previous
 
-    rows, active, present = _with_store_and_ollama(run)
+    rows, active, present, rates, (_, previous) = _with_store_and_ollama(run)
     active_id = active.id if active is not None else None
+    base_tag = settings().ollama_base
     if as_json:
         for v in rows:
-            print_json({
+            record = {
                 "tag": v.tag, "name": v.name, "version": v.version, "status": v.status, "active": v.id == active_id,
                 "base_model": v.base_model, "ollama_base": v.ollama_base, "snapshot_sha256": v.snapshot_sha256,
                 "metrics": v.metrics, "failure_reason": v.failure_reason, "created_at": v.created_at,
                 "in_ollama": None if present is None else v.tag in present,
-            })
+                # 👍/👎 on this version's answers, the 👍 rate and its 95% Wilson interval (data/quality.py)
+                "feedback": rates.get(v.id, quality.Rate()).to_dict(),
+            }
+            if v.id == active_id:  # what the regression alarm compares it with
+                before = rates.get(previous.id if previous else None, quality.Rate())
+                record["previous"] = {"tag": previous.tag if previous else base_tag, "feedback": before.to_dict()}
+            print_json(record)
         return
     if not rows:
         console.print("no model versions yet")
         return
     table = Table("")
     table.add_column("tag", no_wrap=True)
-    for column in ("status", "ROUGE-L", "EM", "in Ollama", "created", "note"):
+    for column in ("status", "ROUGE-L", "EM", "👍/👎 (95% CI of 👍)", "in Ollama", "created", "note"):
         table.add_column(column)
     for v in rows:
         scores = (v.metrics or {}).get("candidate") or {}
@@ -70,12 +80,20 @@ def list_versions(as_json: bool = typer.Option(False, "--json", help="One JSON o
             "*" if v.id == active_id else "", v.tag, v.status,
             f"{scores['rouge_l']:.3f}" if "rouge_l" in scores else "",
             f"{scores['exact_match']:.3f}" if "exact_match" in scores else "",
+            _feedback_cell(rates.get(v.id)),
             "?" if present is None else ("yes" if v.tag in present else "no"),
             f"{v.created_at:%Y-%m-%d %H:%M}", v.failure_reason or "",
         )
     console.print(table)
     if present is None:
         console.print("[yellow]Ollama is not reachable; 'in Ollama' is unknown[/]")
+
+
+def _feedback_cell(rate: Any) -> str:
+    if rate is None or not rate.votes:
+        return ""
+    lo, hi = rate.interval
+    return f"{rate.up}/{rate.down} ({lo:.0%}–{hi:.0%})"
 
 
 @app.command("promote")

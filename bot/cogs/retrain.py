@@ -6,6 +6,8 @@ The cog owns the orchestrator and the scheduler for the bot's lifetime; it is al
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import logging
 import re
@@ -158,6 +160,10 @@ class RetrainButton(discord.ui.DynamicItem[discord.ui.Button],
                 if self.kind == "approve":  # a rejection ends the run: the notifier updated the proposal
                     await cog.refresh_proposal(await bot.store.get_run(self.run_id))
             else:
+                from bot.compare import promotion_refusal
+
+                if self.kind == "promote" and (refusal := await promotion_refusal(bot, self.run_id)):
+                    return await say(interaction, refusal)
                 run = await orch.decide_promotion(self.run_id, interaction.user.id, self.kind == "promote")
                 why = f" ({run.reason})" if run.reason else ""
                 await say(interaction, f"Retrain #{self.run_id}: {run.state}{why}")
@@ -181,6 +187,8 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         dispatcher = getattr(bot, "dispatcher", None) or make_dispatcher(bot.settings)
         self.orchestrator = Orchestrator(bot.store, bot.settings, dispatcher, bot.ollama, notifier=self)
         self.scheduler: Any = None
+        self._progress_latest: dict[int, RetrainRun] = {}  # run id -> the newest state not yet shown
+        self._progress_editors: dict[int, asyncio.Task[None]] = {}
         super().__init__()
 
     async def cog_load(self) -> None:
@@ -196,6 +204,8 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
     async def cog_unload(self) -> None:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        for run_id in list(self._progress_editors):
+            await self._stop_progress(run_id)
         await self.orchestrator.close()
         retrain_scheduler.bind(None)
 
@@ -290,13 +300,36 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
             await self.refresh_proposal(run)
             message = await channel.send(progress_text(run), allowed_mentions=NONE)
             await self.bot.store.set_run(run.id, status_message_id=message.id)
-        else:
-            await channel.get_partial_message(run.status_message_id).edit(content=progress_text(run))
+            return
+        # Edits coalesce and run beside the orchestrator: a rate-limited edit (discord.py sleeps out a 429)
+        # never holds up the run, and when it goes through it shows the latest state, not a backlog.
+        self._progress_latest[run.id] = run
+        editor = self._progress_editors.get(run.id)
+        if editor is None or editor.done():
+            self._progress_editors[run.id] = asyncio.create_task(
+                self._edit_progress(run.id, channel, run.status_message_id), name=f"retrain-{run.id}-progress")
+
+    async def _edit_progress(self, run_id: int, channel: discord.PartialMessageable, message_id: int) -> None:
+        while (run := self._progress_latest.pop(run_id, None)) is not None:
+            try:
+                await channel.get_partial_message(message_id).edit(content=progress_text(run))
+            except discord.HTTPException as exc:
+                log.warning("retrain #%d: the progress message was not updated: %s", run_id, exc)
+
+    async def _stop_progress(self, run_id: int) -> None:
+        """Drop pending progress edits: the final state is written next (cancelling an edit is harmless)."""
+        self._progress_latest.pop(run_id, None)
+        editor = self._progress_editors.pop(run_id, None)
+        if editor is not None and not editor.done():
+            editor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await editor
 
     async def finished(self, run: RetrainRun, loss_png: bytes | None) -> None:
         channel = self._channel(run)
         if channel is None:
             return
+        await self._stop_progress(run.id)
         if run.status_message_id is not None:
             await channel.get_partial_message(run.status_message_id).edit(content=progress_text(run))
         if run.state in ("rejected", "expired", "cancelled") and run.model_version_id is None:
@@ -309,9 +342,18 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         kwargs: dict[str, Any] = {"allowed_mentions": NONE}
         if loss_png:
             kwargs["file"] = discord.File(io.BytesIO(loss_png), filename=f"retrain-{run.id}-loss.png")
-        if run.state == "evaluated" and manual:
+        compared = run.state == "evaluated" and manual
+        if compared:
             kwargs["view"] = proposal_view(run.id, ("promote", "discard"))
-        await channel.send(result_text(run, tag, manual), **kwargs)
+        message = await channel.send(result_text(run, tag, manual), **kwargs)
+        if compared:  # the experts' blind comparison; a failure to post it leaves plain Promote/Discard
+            try:
+                from bot.compare import post_comparison
+
+                if await post_comparison(self.bot, run, channel) is not None:
+                    await message.edit(view=None)  # Promote lives on the comparison, enabled by its tally
+            except (StoreError, discord.HTTPException) as exc:
+                log.warning("retrain #%d: the blind comparison was not posted: %s", run.id, exc)
 
 
 def _reference(run: RetrainRun) -> discord.MessageReference | None:

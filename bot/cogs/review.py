@@ -1,15 +1,16 @@
-"""Review: /review shows the next pending example the caller did not write, with rating buttons."""
+"""Review: /review shows the next pending example the caller did not write, with rating buttons; /review
+what:bad answers lists 👎 answers nobody has written a better answer for (the answer written goes to review)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import permissions
-from bot.views import say, show_next_for_review
+from bot.views import say, show_bad_answers, show_next_for_review
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -21,9 +22,13 @@ class ReviewCog(commands.Cog):
 
     @app_commands.command(name="review", description="Rate the next example waiting for review (experts).")
     @app_commands.guild_only()
-    async def review(self, interaction: discord.Interaction) -> None:
+    @app_commands.describe(what="examples: rate pending pairs; bad answers: 👎 answers that need a better one")
+    async def review(self, interaction: discord.Interaction,
+                     what: Literal["examples", "bad answers"] = "examples") -> None:
         if not permissions.is_expert(self.bot.settings, interaction.guild_id, interaction.user):
             return await say(interaction, "Only experts can review examples.")
+        if what == "bad answers":
+            return await show_bad_answers(interaction)
         await show_next_for_review(interaction)
 
 

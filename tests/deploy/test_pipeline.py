@@ -73,7 +73,7 @@ def snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config(**overrides: Any) -> DeployConfig:
     values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "keep_versions": 2,
                               "eval_limit": 3,
-                              "options": {"temperature": 0.0, "seed": 0, "num_predict": 12}, "outtype": "f32"}
+                              "gate_options": {"temperature": 0.0, "seed": 0, "num_predict": 12}, "outtype": "f32"}
     return DeployConfig(**{**values, **overrides})
 
 
@@ -104,7 +104,9 @@ async def test_first_deploy_registers_from_the_clean_base_and_becomes_active(
     active = await store.active_model_version()
     assert active.tag == "loraloop-tiny:v1" and active.status == "promoted" and active.in_ollama
     table = active.evaluation
-    assert table["passed"] and table["active"] is None and table["rows"][-1]["question"] == "Hello?"
+    # Judged against the base tag that answered until now, on the same rows.
+    assert table["passed"] and table["active"] == BASE and table["active_is_base"]
+    assert table["rows"][-1]["question"] == "Hello?" and table["scores"]["active"]["count"] == 3
     assert table["scores"]["candidate"]["count"] == 3 and table["rows"][0]["reference"].startswith("the ")
     assert active.artifacts["blobs"] == {"adapter.gguf": digest}
 

@@ -1,0 +1,224 @@
+"""Quality in Discord: the experts' blind side-by-side of a candidate and what answers now, and the alarm when
+the active version's 👎 rate regresses. The numbers come from :mod:`data.quality`; this file only shows them.
+
+A blind comparison is one public message in the experts channel (what is compared, how far the experts are, the
+tally at quorum, and in manual promotion the Promote button, enabled only once the experts find the candidate
+not worse). Each expert compares privately: "Compare" opens an ephemeral card per question with answers "A" and
+"B" in an order drawn per question; which one was the candidate's is shown to them right after their vote.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import permissions
+from bot.views import core, say
+from data import quality
+from data.models import RetrainRun
+
+if TYPE_CHECKING:
+    from bot.app import LoraloopBot
+
+log = logging.getLogger("loraloop.bot.quality")
+NONE = discord.AllowedMentions.none()
+CONTENT_MAX = 2000
+ANSWER_SHOWN = 700  # characters of each answer on a card: two answers and a question fit one message
+
+
+def _quorum(bot: LoraloopBot) -> int:
+    return int(getattr(bot.settings, "retrain_quorum", 2))
+
+
+def _clip(text: str, limit: int) -> str:
+    text = text.strip() or "(empty answer)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in text.splitlines() or [""])
+
+
+# ---- the public message -------------------------------------------------------------------------------------
+
+
+def comparison_text(comparison: quality.Comparison, tally: quality.Tally, run: RetrainRun | None = None) -> str:
+    head = f"**Blind comparison #{comparison.id}**" + (f" for retrain #{run.id}" if run else "")
+    lines = [head, f"A candidate against what answers now, on {len(comparison.items)} questions from its "
+                   "evaluation. Each expert compares privately (press Compare): which model wrote which answer is "
+                   "shown only after you voted.", tally.text()]
+    if tally.complete:
+        lines.append(f"The candidate was `{comparison.candidate_tag}`; the answers it was compared with came from "
+                     f"`{comparison.opponent_tag}`.")
+    return "\n".join(lines)[:CONTENT_MAX]
+
+
+def comparison_view(comparison: quality.Comparison, tally: quality.Tally, manual: bool,
+                    run: RetrainRun | None) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CompareButton(comparison.id, "start", 0))
+    if manual and run is not None and run.state == "evaluated":
+        # RetrainCog's persistent RetrainButton answers these ids; Promote stays greyed out until the tally allows.
+        view.add_item(discord.ui.Button(style=discord.ButtonStyle.success, label="Promote",
+                                        custom_id=f"ll:rt:promote:{run.id}", disabled=not tally.not_worse))
+        view.add_item(discord.ui.Button(style=discord.ButtonStyle.danger, label="Discard",
+                                        custom_id=f"ll:rt:discard:{run.id}"))
+    return view
+
+
+async def post_comparison(bot: LoraloopBot, run: RetrainRun, channel: discord.abc.Messageable,
+                          k: int | None = None) -> quality.Comparison | None:
+    """Make the blind comparison for an evaluated run from its gate table and post it; None when the gate rows
+    hold no question the two models answered differently."""
+    if run.model_version_id is None:
+        return None
+    version = await bot.store.get_model_version(run.model_version_id)
+    evaluation = version.evaluation or {}
+    comparison = await quality.create_comparison(
+        bot.store, run_id=run.id, candidate=version, opponent_tag=str(evaluation.get("active") or ""),
+        rows=evaluation.get("rows") or [], k=k or int(getattr(bot.settings, "compare_questions", 5)))
+    if comparison is None:
+        return None
+    tally = await quality.tally(bot.store, comparison, _quorum(bot))
+    manual = getattr(bot.settings, "retrain_promotion", "automatic") == "manual"
+    message = await channel.send(comparison_text(comparison, tally, run),
+                                 view=comparison_view(comparison, tally, manual, run), allowed_mentions=NONE)
+    await quality.set_comparison_message(bot.store, comparison.id, getattr(channel, "id", None), message.id)
+    return comparison
+
+
+async def refresh_comparison(bot: LoraloopBot, comparison: quality.Comparison) -> None:
+    """Show the current tally (and enable Promote once allowed) on the public message."""
+    if comparison.channel_id is None or comparison.message_id is None:
+        return
+    run = await bot.store.get_run(comparison.run_id) if comparison.run_id is not None else None
+    tally = await quality.tally(bot.store, comparison, _quorum(bot))
+    manual = getattr(bot.settings, "retrain_promotion", "automatic") == "manual"
+    channel = bot.get_partial_messageable(comparison.channel_id)
+    try:
+        await channel.get_partial_message(comparison.message_id).edit(
+            content=comparison_text(comparison, tally, run), view=comparison_view(comparison, tally, manual, run))
+    except discord.HTTPException as exc:
+        log.warning("could not update comparison #%d: %s", comparison.id, exc)
+
+
+async def promotion_refusal(bot: LoraloopBot, run_id: int) -> str | None:
+    """Why an expert may not promote this run's candidate yet (its blind comparison), or None."""
+    comparison = await quality.comparison_for_run(bot.store, run_id)
+    if comparison is None:
+        return None
+    tally = await quality.tally(bot.store, comparison, _quorum(bot))
+    if not tally.complete:
+        return (f"Not promoted: the blind comparison #{comparison.id} needs {tally.quorum - tally.experts_done} "
+                "more expert(s) first.")
+    if not tally.not_worse:
+        return f"Not promoted: the experts found the candidate worse in the blind comparison. {tally.text()}"
+    return None
+
+
+# ---- the private cards --------------------------------------------------------------------------------------
+
+
+def card(comparison: quality.Comparison, item: int, before: str = "") -> tuple[str, discord.ui.View]:
+    it = comparison.items[item]
+    lines = ([before, ""] if before else []) + [
+        f"**Comparison #{comparison.id} · question {item + 1}/{len(comparison.items)}**",
+        _quote(_clip(it["question"], 300)),
+        "**Answer A**", _quote(_clip(it["a"], ANSWER_SHOWN)),
+        "**Answer B**", _quote(_clip(it["b"], ANSWER_SHOWN)),
+    ]
+    view = discord.ui.View(timeout=None)
+    for choice in quality.CHOICES:
+        view.add_item(CompareButton(comparison.id, choice, item))
+    return "\n".join(lines)[-CONTENT_MAX:], view
+
+
+def reveal(comparison: quality.Comparison, item: int, choice: str) -> str:
+    it = comparison.items[item]
+    chose = "a tie" if choice == "tie" else f"answer {choice.upper()}"
+    whose = "the candidate" if choice == it["candidate"] else ("neither" if choice == "tie" else "what answers now")
+    return (f"Question {item + 1}: you chose {chose} ({whose}). Answer {it['candidate'].upper()} was the "
+            "candidate's.")
+
+
+class CompareButton(discord.ui.DynamicItem[discord.ui.Button],
+                    template=r"ll:cmp:(?P<comparison>\d+):(?P<action>start|a|b|tie):(?P<item>\d+)"):
+    LABELS = {"start": ("Compare", discord.ButtonStyle.primary), "a": ("A better", discord.ButtonStyle.secondary),
+              "b": ("B better", discord.ButtonStyle.secondary), "tie": ("Tie", discord.ButtonStyle.secondary)}
+
+    def __init__(self, comparison_id: int, action: str, item: int) -> None:
+        label, style = self.LABELS[action]
+        super().__init__(discord.ui.Button(style=style, label=label,
+                                           custom_id=f"ll:cmp:{comparison_id}:{action}:{item}"))
+        self.comparison_id, self.action, self.question = comparison_id, action, item
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> CompareButton:
+        return cls(int(match["comparison"]), match["action"], int(match["item"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot = core(interaction)
+        if not permissions.is_expert(bot.settings, interaction.guild_id, interaction.user):
+            return await say(interaction, "Only experts compare models.")
+        try:
+            comparison = await quality.get_comparison(bot.store, self.comparison_id)
+            before = ""
+            if self.action != "start":
+                counted = await quality.vote(bot.store, comparison.id, self.question, interaction.user.id,
+                                             self.action)
+                before = reveal(comparison, self.question, self.action) if counted else \
+                    f"Question {self.question + 1}: you had voted on it already; your first vote stands."
+            nxt = await quality.next_item(bot.store, comparison, interaction.user.id)
+        except quality.QualityError as exc:
+            return await say(interaction, str(exc))
+        if nxt is None:
+            text, view = (before + "\n\n" if before else "") + "You have compared every question — thank you.", None
+        else:
+            text, view = card(comparison, nxt, before)
+        if self.action == "start":
+            await interaction.response.send_message(text, view=view or discord.utils.MISSING, ephemeral=True,
+                                                    allowed_mentions=NONE)
+        else:
+            await interaction.response.edit_message(content=text, view=view, allowed_mentions=NONE)
+        if self.action != "start" and nxt is None:  # this expert finished: the tally may have reached quorum
+            await refresh_comparison(bot, comparison)
+
+
+# ---- the regression alarm -----------------------------------------------------------------------------------
+
+
+def experts_channel(bot: LoraloopBot, guild_id: int | None) -> int | None:
+    channel = bot.settings.roles_for(guild_id).experts_channel_id
+    if channel:
+        return channel
+    return next((roles.experts_channel_id for _, roles in sorted(bot.settings.guilds.items())
+                 if roles.experts_channel_id), None)
+
+
+async def alert_if_regressed(bot: LoraloopBot, guild_id: int | None) -> bool:
+    """Tell the experts channel, once per version, that the active version's 👎 rate regressed; True if told."""
+    regression = await quality.detect_regression(bot.store, bot.settings.ollama_base,
+                                                 int(getattr(bot.settings, "quality_min_votes", 20)))
+    channel_id = experts_channel(bot, guild_id)
+    if regression is None or channel_id is None or not await quality.claim_alert(bot.store, regression):
+        return False
+    from bot.cogs.models import RollbackButton  # the cog owns the button; imported late (it imports bot.views)
+
+    target = await bot.store.rollback_target()
+    view = discord.ui.View(timeout=None)
+    if target is not None:
+        view.add_item(RollbackButton(target.id))
+        advice = f"Admins can roll back to `{target.tag}`."
+    else:
+        advice = "There is no earlier fine-tuned version to roll back to."
+    await bot.get_partial_messageable(channel_id).send(f"{regression.text()}\n{advice}",
+                                                       view=view if target else discord.utils.MISSING,
+                                                       allowed_mentions=NONE)
+    return True
+
+
+DYNAMIC_ITEMS = (CompareButton,)

@@ -21,6 +21,7 @@ import discord
 from bot.settings import Settings
 from data.store import Store, StoreError
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
+from deploy.pipeline import serve_options_from
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,12 @@ class Chat:
         last_render = float("-inf")
         cut: str | None = None
         deadline = asyncio.get_running_loop().time() + limits.time_s
-        stream = self.ollama.chat_stream(model, prompt, options={"num_predict": limits.max_tokens})
+        # A fine-tune carries the served options in its Ollama model; the base tag's own parameters are not ours,
+        # so while the base answers they travel with each request (base and fine-tunes sample alike).
+        options = {"num_predict": limits.max_tokens}
+        if version_id is None:
+            options = {**serve_options_from(self.settings), **options}
+        stream = self.ollama.chat_stream(model, prompt, options=options)
         try:
             while True:
                 # The time limit covers waiting for the next piece too (a stalled stream), but never a Discord

@@ -107,16 +107,8 @@ async def refresh_comparison(bot: LoraloopBot, comparison: quality.Comparison) -
 
 async def promotion_refusal(bot: LoraloopBot, run_id: int) -> str | None:
     """Why an expert may not promote this run's candidate yet (its blind comparison), or None."""
-    comparison = await quality.comparison_for_run(bot.store, run_id)
-    if comparison is None:
-        return None
-    tally = await quality.tally(bot.store, comparison, _quorum(bot))
-    if not tally.complete:
-        return (f"Not promoted: the blind comparison #{comparison.id} needs {tally.quorum - tally.experts_done} "
-                "more expert(s) first.")
-    if not tally.not_worse:
-        return f"Not promoted: the experts found the candidate worse in the blind comparison. {tally.text()}"
-    return None
+    why = await quality.promotion_refusal(bot.store, run_id, _quorum(bot))
+    return None if why is None else f"Not promoted: {why}."
 
 
 # ---- the private cards --------------------------------------------------------------------------------------

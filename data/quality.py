@@ -325,3 +325,17 @@ async def tally(store: Any, comparison: Comparison, quorum: int) -> Tally:
             losses += 1
     done = sum(1 for n in per_user.values() if n >= len(comparison.items))
     return Tally(wins, losses, ties, done, quorum)
+
+
+async def promotion_refusal(store: Any, run_id: int, quorum: int) -> str | None:
+    """Why this run's candidate may not be promoted yet because of its blind comparison, or None."""
+    comparison = await comparison_for_run(store, run_id)
+    if comparison is None:
+        return None
+    result = await tally(store, comparison, quorum)
+    if not result.complete:
+        return (f"the blind comparison #{comparison.id} needs {result.quorum - result.experts_done} "
+                "more expert(s) first")
+    if not result.not_worse:
+        return f"the experts found the candidate worse in the blind comparison. {result.text()}"
+    return None

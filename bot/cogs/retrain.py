@@ -160,10 +160,6 @@ class RetrainButton(discord.ui.DynamicItem[discord.ui.Button],
                 if self.kind == "approve":  # a rejection ends the run: the notifier updated the proposal
                     await cog.refresh_proposal(await bot.store.get_run(self.run_id))
             else:
-                from bot.compare import promotion_refusal
-
-                if self.kind == "promote" and (refusal := await promotion_refusal(bot, self.run_id)):
-                    return await say(interaction, refusal)
                 run = await orch.decide_promotion(self.run_id, interaction.user.id, self.kind == "promote")
                 why = f" ({run.reason})" if run.reason else ""
                 await say(interaction, f"Retrain #{self.run_id}: {run.state}{why}")

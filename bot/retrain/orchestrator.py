@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
 from bot.retrain.job import JobSpec
 from bot.settings import redact_text
+from data import quality
 from data.models import RUN_DISPATCHED, RetrainRun, utcnow
 from data.runs import VoteOutcome
 from data.store import RunStateError, Store, StoreError
@@ -299,6 +300,8 @@ class Orchestrator:
 
     async def decide_promotion(self, run_id: int, user_id: int, approve: bool) -> RetrainRun:
         """Manual promotion: an expert promotes or discards an evaluated candidate."""
+        if approve and (why := await quality.promotion_refusal(self.store, run_id, self.settings.retrain_quorum)):
+            raise RunStateError(f"Not promoted: {why}.")  # no path promotes past the experts' comparison
         await self.store.vote_run(run_id, user_id, approve=approve, stage="promotion")
         if approve:
             return await self._promote(run_id)

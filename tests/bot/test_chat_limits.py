@@ -104,3 +104,26 @@ def test_fit_messages_keeps_the_note_and_the_message_count(text, n):
     fitted = fit_messages(text, n, LENGTH_NOTE)
     assert fitted.endswith(LENGTH_NOTE)
     assert len(split_message(fitted)) <= n
+
+
+async def test_the_base_gets_the_served_options_per_request_a_fine_tune_carries_its_own(
+        bot, gateway, discord_api, ollama_server):
+    """Base and fine-tunes sample alike: the base tag's parameters are not ours, so while it answers the served
+    options travel with each chat; a fine-tune has them inside its Ollama model, so only the cap is sent."""
+    bot.settings.serve_options = {"temperature": 0.3, "top_p": 0.8}
+    ollama_server.add_scripted_model(BASE_TAG, reply="from the base")
+    await gateway.message(mention("hello base"))
+    await wait_for(answered(discord_api))
+    options = ollama_server.requests_to("POST", "/api/chat")[-1]["options"]
+    assert options["temperature"] == 0.3 and options["top_p"] == 0.8
+    assert options["num_predict"] == bot.settings.chat_max_tokens
+
+    version = await bot.store.create_model_version(name="tiny", base_model="b", ollama_base=BASE_TAG)
+    ollama_server.add_scripted_model(version.tag, reply="from the fine-tune")
+    await bot.store.update_model_version(version.id, status="evaluated", in_ollama=True)
+    await bot.store.promote(version.id)
+    await gateway.message(mention("hello fine-tune"))
+    await wait_for(answered(discord_api, 2))
+    request = ollama_server.requests_to("POST", "/api/chat")[-1]
+    assert request["model"] == version.tag
+    assert request["options"] == {"num_predict": bot.settings.chat_max_tokens}

@@ -18,6 +18,7 @@ from typing import Any
 
 import discord
 
+from bot.reasoning import render_thinking, split_thinking
 from bot.settings import Settings
 from data.store import Store, StoreError
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
@@ -268,6 +269,9 @@ class Chat:
         self.ollama = ollama
         self.clock = clock
 
+    def _visible(self, text: str) -> str:
+        return _visible_text(text, self.settings.chat_thinking)
+
     async def active_model(self) -> tuple[str, int | None]:
         """The tag the store marks active, or the configured base before any fine-tune was promoted."""
         version = await self.store.active_model_version()
@@ -323,16 +327,20 @@ class Chat:
                     cut = "length"
                     break
                 if self.clock() - last_render >= EDIT_INTERVAL_S:
-                    view_of.live(fit_messages(text, limits.max_messages, CURSOR))
+                    view_of.live(fit_messages(self._visible(text), limits.max_messages, CURSOR))
                     last_render = self.clock()
         except OllamaError as exc:
             notice = _explain(exc, model)
             log.warning("chat with %s failed: %s", model, exc)
+            text = self._visible(text)
             await view_of.final(fit_messages(text, limits.max_messages, "\n\n" + notice) if text else notice)
             return ChatResult(text, view_of.sent, None, model, error=notice, discord_error=view_of.error)
         finally:
             await stream.aclose()  # a cut stream: close the HTTP response now, not when it is collected
             view_of.stop_live()
+        # A reasoning model's <think> block is not the answer: only the answer is recorded, and the thinking is
+        # shown collapsed (or not at all), never as raw tags.
+        thinking, text = split_thinking(text)
         if not cut and len(split_message(text)) > limits.max_messages:
             cut = "length"  # under the character cap, but cut into too many pieces (code blocks, long words)
         if cut:
@@ -345,9 +353,16 @@ class Chat:
             channel_id=channel_id, user_id=user_id,
         )
         view = make_view(answer.id) if make_view and view_of.error is None else None
-        shown = fit_messages(text, limits.max_messages, "\n" + note) if note else text
+        shown = render_thinking(thinking, self.settings.chat_thinking) + text
+        shown = fit_messages(shown, limits.max_messages, "\n" + note) if note else shown
         await view_of.final(shown, view=view)
         return ChatResult(text, view_of.sent, answer.id, model, cut=cut, discord_error=view_of.error)
+
+
+def _visible_text(text: str, mode: str) -> str:
+    """What Discord may show of a reply streamed so far: thinking collapsed or hidden, never raw tags."""
+    thinking, answer = split_thinking(text)
+    return render_thinking(thinking, mode) + answer  # type: ignore[arg-type]
 
 
 class _Showing:

@@ -75,6 +75,19 @@ class Settings(BaseSettings):
     deploy_eval_limit: int = Field(default=32, ge=0, description="eval prompts answered by each model in the gate")
     deploy_keep_versions: int = Field(default=3, ge=1, description="fine-tuned tags kept in Ollama")
     deploy_outtype: Literal["f16", "f32"] = "f16"
+    # The gate's other dimensions (deploy/gate.py; README "What the gate checks").
+    gate_max_retention_drop: float = Field(
+        default=0.5, ge=0, description="Rejects a candidate whose NLL of the base's answers to general prompts rose "
+                                       "by more than this (nats/token): general ability lost.")
+    gate_paraphrases: int = Field(
+        default=4, ge=0, description="Eval questions reworded by the base and answered again (0: off); a large "
+                                     "drop on the rewording flags over-fitting.")
+    gate_consistency_n: int = Field(
+        default=3, ge=0, description="Answers per probe at the served sampling options, compared pairwise "
+                                     "(below 2: off).")
+    general_prompts_file: Path | None = Field(
+        default=None, description="JSON set of general prompts for the retention measurement; default: the "
+                                  "shipped data/general_prompts/general-v1.json.")
     serve_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Sampling options users get (temperature, top_p, top_k, num_ctx, repeat_penalty, num_predict…), "
@@ -119,6 +132,8 @@ class Settings(BaseSettings):
         description="Pairs one user may submit per hour (/teach, suggestions, /import); 0: no limit.")
     chat_max_tokens: int = Field(default=1024, ge=16, description="Longest chat answer, in tokens (num_predict).")
     chat_time_limit_s: float = Field(default=120.0, gt=0, description="A chat answer stops streaming after this.")
+    chat_thinking: Literal["spoiler", "hidden"] = Field(
+        default="spoiler", description="A reasoning model's <think> block: collapsed behind a spoiler, or hidden.")
     message_content_intent: bool = Field(
         default=False, description="Ask Discord for the privileged message-content intent (enable it in the "
                                    "developer portal first): the bot then reads replies to /ask answers and every "

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime, TypeDecorator
 
@@ -330,3 +342,16 @@ class PreferenceRating(Base):
     rater_id: Mapped[int] = mapped_column(BigInteger)
     score: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Retrieval's stored embeddings (data/vectors.py): little-endian float32 bytes, one row per example and model.
+example_vectors = Table(
+    "example_vectors",
+    Base.metadata,
+    Column("example_id", Integer, ForeignKey("examples.id", ondelete="CASCADE"), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(timezone=True), nullable=False, default=utcnow),
+    PrimaryKeyConstraint("example_id", "model"),
+)

@@ -127,3 +127,19 @@ async def test_the_base_gets_the_served_options_per_request_a_fine_tune_carries_
     request = ollama_server.requests_to("POST", "/api/chat")[-1]
     assert request["model"] == version.tag
     assert request["options"] == {"num_predict": bot.settings.chat_max_tokens}
+
+
+async def test_a_reasoning_model_s_thinking_never_reaches_discord_as_raw_tags(bot, gateway, discord_api,
+                                                                               ollama_server):
+    ollama_server.add_scripted_model(BASE_TAG, reply="<think>The user greets; be brief.</think>\n\nHello!")
+    await gateway.message(mention("hi"))
+    await wait_for(answered(discord_api))
+    (message,) = bot_messages(discord_api)
+    assert "<think>" not in message["content"] and "</think>" not in message["content"]
+    assert message["content"] == "💭 ||The user greets; be brief.||\n\nHello!"
+    assert (await recorded_answer(bot, message)).answer == "Hello!"  # the thinking is not the answer
+
+    bot.settings.chat_thinking = "hidden"
+    await gateway.message(mention("hi again"))
+    await wait_for(answered(discord_api, 2))
+    assert bot_messages(discord_api)[-1]["content"] == "Hello!"

@@ -21,9 +21,15 @@ class InvalidConversation(ValueError):
 class Message:
     role: str
     content: str
+    # An assistant message's reasoning (reasoning_content, <think>…</think>, a Complex_CoT column), kept apart from
+    # the answer so each base family can be trained in its own convention and Discord never shows raw tags.
+    reasoning: str | None = None
 
     def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+        out = {"role": self.role, "content": self.content}
+        if self.reasoning is not None:
+            out["reasoning"] = self.reasoning
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +45,7 @@ class Conversation:
     def from_dicts(
         cls, messages: Iterable[dict[str, str]], tags: Sequence[str] = (), tools: str | None = None
     ) -> Conversation:
-        return cls(tuple(Message(m["role"], m["content"]) for m in messages), tuple(tags), tools)
+        return cls(tuple(Message(m["role"], m["content"], m.get("reasoning")) for m in messages), tuple(tags), tools)
 
     @classmethod
     def qa(cls, question: str, answer: str, system: str | None = None) -> Conversation:
@@ -57,6 +63,10 @@ class Conversation:
     def turns(self) -> tuple[Message, ...]:
         """The messages after the optional system prompt."""
         return self.messages[1:] if self.system is not None else self.messages
+
+    @property
+    def has_reasoning(self) -> bool:
+        return any(m.reasoning is not None for m in self.messages)
 
     @property
     def has_tools(self) -> bool:
@@ -78,8 +88,15 @@ class Conversation:
                 raise InvalidConversation(f"message {i} ({m.role}): content is empty")
             if max_chars is not None and len(m.content) > max_chars:
                 raise InvalidConversation(
-                    f"message {i} ({m.role}): {len(m.content)} characters, over the limit of {max_chars}"
+                    f"message {i} ({m.role}): {len(m.content)} characters, over the limit of {max_chars} "
+                    "(LORALOOP_MAX_FIELD_CHARS raises it)"
                 )
+            if m.reasoning is not None:
+                if m.role != "assistant":
+                    raise InvalidConversation(f"message {i} ({m.role}): only an assistant message can carry reasoning")
+                if not isinstance(m.reasoning, str):
+                    raise InvalidConversation(f"message {i} (assistant): the reasoning must be text")
+                _check_text(m.reasoning, f"message {i} (assistant) reasoning")
         for tag in self.tags:
             if not isinstance(tag, str):
                 raise InvalidConversation(f"tag {tag!r} must be text")
@@ -109,9 +126,11 @@ class Conversation:
         """sha256 of the normalised conversation: the identity used to refuse duplicates.
 
         Normalisation: Unicode NFKC, whitespace runs folded to one space, ends stripped.
-        Tags do not count (the same pair with other tags is the same example); tools do.
+        Tags do not count (the same pair with other tags is the same example); tools and reasoning do (a message
+        without reasoning hashes as it always did).
         """
-        norm = [[m.role, _normalise(m.content)] for m in self.messages]
+        norm = [[m.role, _normalise(m.content)] + ([_normalise(m.reasoning)] if m.reasoning is not None else [])
+                for m in self.messages]
         return hashlib.sha256(orjson.dumps({"m": norm, "t": _normalise(self.tools or "")})).hexdigest()
 
 
@@ -142,3 +161,32 @@ def _normalise(text: str) -> str:
     if not unicodedata.is_normalized("NFKC", text):  # the common case is already normal: skip the copy
         text = unicodedata.normalize("NFKC", text)
     return " ".join(text.split())
+
+
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+
+
+def split_think(text: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of a text that starts with a ``<think>…</think>`` block; (None, text) otherwise.
+
+    Only a leading block counts: a ``<think>`` later in an answer is the answer's text (code, a quote).
+    """
+    stripped = text.lstrip()
+    if not stripped.startswith(_THINK_OPEN):
+        return None, text
+    end = stripped.find(_THINK_CLOSE)
+    if end < 0:
+        return None, text
+    return stripped[len(_THINK_OPEN):end].strip(), stripped[end + len(_THINK_CLOSE):].lstrip()
+
+
+def join_think(reasoning: str | None, answer: str) -> str:
+    """The inverse of ``split_think``, for formats with no field of their own for the reasoning (R1's layout)."""
+    return answer if reasoning is None else f"{_THINK_OPEN}\n{reasoning}\n{_THINK_CLOSE}\n\n{answer}"
+
+
+def assistant(content: str, reasoning: str | None = None) -> Message:
+    """An assistant message; a leading <think> block in ``content`` becomes its reasoning (stripped)."""
+    if reasoning is None:
+        reasoning, content = split_think(content)
+    return Message("assistant", content, reasoning.strip() if reasoning is not None else None)

@@ -1,15 +1,31 @@
 """Bulk import: a file in any supported format → validated conversations → the store, all or nothing
-(written in batches that stay hidden until the last one is in)."""
+(written in batches that stay hidden until the last one is in).
+
+What the file holds is checked first (data.formats.kinds): preference and multimodal files are refused whole; a KTO
+file's desirable answers are imported as pairs and its undesirable ones (label false) as *rejected* examples, kept
+for preference use and never trained on. Template placeholders ({{name}}, LLaMA-Factory's identity data) are
+filled with ``set_values``; left unfilled, they may enter review but are never approved in bulk.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, field
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from data import formats
+from data.conversation import Conversation
 from data.store import Store
+
+# {{name}}, {{ author }}: the placeholders template datasets ship with.
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+class PlaceholdersLeft(formats.FormatError):
+    """--approve on records that still hold template placeholders; the message says how to fill them."""
 
 
 @dataclass(frozen=True)
@@ -21,11 +37,39 @@ class ImportReport:
     errors: list[formats.RecordError] = field(default_factory=list)
     # False when per-record errors stopped the import: then nothing was written.
     committed: bool = True
+    kind: str = "sft"
+    # KTO files: undesirable answers stored as rejected (counted in ``imported`` too).
+    rejected: int = 0
+    # Placeholder names left unfilled in the imported records, and how many records hold one.
+    placeholders: list[str] = field(default_factory=list)
+    with_placeholders: int = 0
+    approved: bool = False
+
+    @property
+    def waiting(self) -> int:
+        """Pairs this import left waiting for review."""
+        return 0 if self.approved else self.imported - self.rejected
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["errors"] = [{"location": e.location, "message": e.message} for e in self.errors]
+        out["waiting_for_review"] = self.waiting
         return out
+
+
+def placeholders_in(conversation: Conversation) -> set[str]:
+    return {name for m in conversation.messages for text in (m.content, m.reasoning or "")
+            for name in PLACEHOLDER.findall(text)}
+
+
+def fill_placeholders(conversation: Conversation, values: Mapping[str, str]) -> Conversation:
+    """The conversation with each ``{{name}}`` that ``values`` names replaced (others left as they are)."""
+    def fill(text: str) -> str:
+        return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+    return replace(conversation, messages=tuple(
+        replace(m, content=fill(m.content), reasoning=fill(m.reasoning) if m.reasoning is not None else None)
+        for m in conversation.messages))
 
 
 async def import_bytes(
@@ -40,21 +84,43 @@ async def import_bytes(
     guild_id: int | None = None,
     skip_invalid: bool = False,
     max_chars: int | None = None,
+    columns: formats.ColumnMap | None = None,
+    set_values: Mapping[str, str] | None = None,
+    allow_placeholders: bool = False,
 ) -> ImportReport:
     """Parse and import; raises ``formats.FormatError`` when the file is not usable at all.
 
-    Any invalid record stops the whole import (nothing written) unless ``skip_invalid``.
+    Any invalid record stops the whole import (nothing written) unless ``skip_invalid``; with ``skip_invalid``,
+    an import that leaves nothing valid is not committed either. ``approve`` with unfilled placeholders raises
+    PlaceholdersLeft unless ``allow_placeholders``.
     """
-    parsed = await asyncio.to_thread(formats.read_bytes, data, filename, format, max_chars)
-    total = len(parsed.records) + len(parsed.errors)
-    if parsed.errors and not skip_invalid:
-        return ImportReport(parsed.format, total, 0, [], list(parsed.errors), committed=False)
+    parsed = await asyncio.to_thread(formats.read_bytes, data, filename, format, max_chars, columns)
+    total = len(parsed.records) + len(parsed.undesirable) + len(parsed.errors)
+    wanted = [r.conversation for r in parsed.records]
+    undesirable = [r.conversation for r in parsed.undesirable]
+    if set_values:
+        wanted = [fill_placeholders(c, set_values) for c in wanted]
+        undesirable = [fill_placeholders(c, set_values) for c in undesirable]
+    left = [placeholders_in(c) for c in wanted]
+    names = sorted(set().union(*left)) if left else []
+    holding = sum(1 for found in left if found)
+    if approve and names and not allow_placeholders:
+        shown = ", ".join("{{" + n + "}}" for n in names)
+        fill = " ".join(f"--set {n}=VALUE" for n in names)
+        raise PlaceholdersLeft(f"{holding} records hold template placeholders ({shown}): fill them with {fill}, "
+                               "or pass --allow-placeholders to approve them as written")
+    if parsed.errors and (not skip_invalid or not (wanted or undesirable)):
+        return ImportReport(parsed.format, total, 0, [], list(parsed.errors), committed=False, kind=parsed.kind,
+                            approved=approve)
     outcome = await store.import_conversations(
-        [r.conversation for r in parsed.records], source=source, approve=approve, author_id=author_id,
-        guild_id=guild_id,
+        wanted + undesirable, source=source, approve=approve, author_id=author_id, guild_id=guild_id,
+        reject=range(len(wanted), len(wanted) + len(undesirable)),
     )
-    duplicates = [parsed.records[i].location for i in outcome.duplicates]
-    return ImportReport(parsed.format, total, outcome.imported, duplicates, list(parsed.errors))
+    located = parsed.records + parsed.undesirable
+    duplicates = [located[i].location for i in outcome.duplicates]
+    rejected = len(undesirable) - sum(1 for i in outcome.duplicates if i >= len(wanted))
+    return ImportReport(parsed.format, total, outcome.imported, duplicates, list(parsed.errors), kind=parsed.kind,
+                        rejected=rejected, placeholders=names, with_placeholders=holding, approved=approve)
 
 
 async def import_file(store: Store, path: Path, **kwargs: Any) -> ImportReport:

@@ -11,7 +11,8 @@ import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,6 +38,7 @@ from data.models import (
     SnapshotRecord,
     utcnow,
 )
+from data.preferences import approved_preferences, preference_stats, record_correction
 from data.review import ReviewPolicy, agreement, disagreement
 from data.runs import RunsMixin
 
@@ -46,6 +48,9 @@ _GOOD_FOR_ROLLBACK = ("promoted",)
 _MODERATOR_STATUSES = ("pending", "approved", "rejected")
 # Statuses an example may be edited from (an edited copy always starts pending review again).
 _EDITABLE = ("pending", "approved", "rejected")
+# Rows per batch of a streamed snapshot or export. Small: the rows alive at once get promoted to the garbage
+# collector's old generations, which then run full collections (5,000-row batches cost a third more CPU).
+SNAPSHOT_BATCH_ROWS = 1000
 # Rows per import transaction: each batch holds SQLite's write lock for some tens of milliseconds only.
 IMPORT_BATCH_ROWS = 2000
 # After this long writing batches back to back, an import pauses for longer than SQLite's longest busy-wait
@@ -57,6 +62,11 @@ _IMPORT_PAUSE_S = 0.12
 _STALE_IMPORT = timedelta(hours=1)
 # The examples every query sees: not those of an import still being written.
 _VISIBLE = or_(Example.import_batch.is_(None), Example.import_batch.not_in(select(PendingImport.id)))
+# The training set as snapshots and exports read it: messages and tags as the JSON text stored, sorted by hash.
+# Columns in SnapshotWriter.write_rows's order.
+_APPROVED_RAW = (select(Example.content_hash, type_coerce(Example.messages, Text).label("messages"),
+                        type_coerce(Example.tags, Text).label("tags"), Example.source, Example.tools)
+                 .where(Example.status == "approved", _VISIBLE).order_by(Example.content_hash))
 
 
 class StoreError(Exception):
@@ -150,6 +160,8 @@ class DatasetStats:
     new_approved_since_active: int
     feedback_up: int
     feedback_down: int
+    # Preference records (data.preferences): total, by_status, by_source, approved_by_source.
+    preferences: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -243,8 +255,12 @@ class Store(RunsMixin):
         guild_id: int | None = None,
         approve: bool = False,
         batch_rows: int = IMPORT_BATCH_ROWS,
+        reject: Collection[int] = frozenset(),
     ) -> ImportOutcome:
         """Insert many (already validated) conversations, all or nothing; duplicates are skipped and listed.
+
+        ``reject``: indices of conversations stored as rejected whatever ``approve`` says (a KTO file's
+        undesirable answers: kept for preference use, never trained on).
 
         Written in short transactions of ``batch_rows`` rows, so the bot's own writes get SQLite's write lock
         between them; the rows stay hidden (a PendingImport) until the end publishes them all with one small
@@ -266,7 +282,8 @@ class Store(RunsMixin):
             for start in range(0, len(conversations), batch_rows):
                 stop = min(start + batch_rows, len(conversations))
                 written, dups = await _to_the_end(self._write_batch(conversations, digests, start, stop, seen,
-                                                                    batch_id, source, author_id, guild_id, approve))
+                                                                    batch_id, source, author_id, guild_id, approve,
+                                                                    reject))
                 imported += written
                 duplicates += dups
                 if time.monotonic() - window_start >= _IMPORT_WRITE_WINDOW_S:
@@ -283,7 +300,8 @@ class Store(RunsMixin):
 
     async def _write_batch(self, conversations: Sequence[Conversation], digests: list[str], start: int, stop: int,
                            seen: set[str], batch_id: str, source: str, author_id: int | None,
-                           guild_id: int | None, approve: bool) -> tuple[int, list[int]]:
+                           guild_id: int | None, approve: bool,
+                           reject: Collection[int] = frozenset()) -> tuple[int, list[int]]:
         """Write conversations[start:stop] in one transaction; returns (rows written, duplicate indices).
 
         Duplicates are looked up per batch, just before writing it; when a concurrent writer stored one of the
@@ -296,23 +314,27 @@ class Store(RunsMixin):
                     wanted = [d for d in dict.fromkeys(digests[start:stop]) if d not in seen]
                     known = set(await s.scalars(select(Example.content_hash)
                                                 .where(Example.content_hash.in_(wanted)))) if wanted else set()
-                    rows, dups, fresh = [], [], set()
+                    rows, rejected, dups, fresh = [], [], [], set()
                     for index in range(start, stop):
                         digest = digests[index]
                         if digest in seen or digest in known or digest in fresh:
                             dups.append(index)
                             continue
                         fresh.add(digest)
+                        refused = index in reject
                         row = _example_row(conversations[index], digest, source, author_id, guild_id,
-                                           "approved" if approve else "pending")
+                                           "rejected" if refused else "approved" if approve else "pending")
                         row["import_batch"] = batch_id
-                        rows.append(row)
+                        (rejected if refused else rows).append(row)
+                    # Core executemany, timestamps stamped by the database once per statement: binding three
+                    # datetimes per row costs more than everything else in a 100k-row import.
+                    now = func.now()
                     if rows:
-                        # Core executemany, timestamps stamped by the database once per statement: binding three
-                        # datetimes per row costs more than everything else in a 100k-row import.
-                        now = func.now()
                         await s.execute(insert(Example.__table__).values(created_at=now, updated_at=now,
                                                                          approved_at=now if approve else None), rows)
+                    if rejected:
+                        await s.execute(insert(Example.__table__).values(created_at=now, updated_at=now), rejected)
+                    rows += rejected
                 break
             except IntegrityError:
                 if attempt == 2:
@@ -386,6 +408,8 @@ class Store(RunsMixin):
             example = await _get_or_404(s, example_id)
             if not moved:
                 raise Superseded(example_id, example.superseded_by)
+            if status == "approved":  # an approved correction is a preference judgement too
+                await record_correction(s, example_id)
         return example
 
     async def edit_example(self, example_id: int, conversation: Conversation, *, editor_id: int,
@@ -467,6 +491,8 @@ class Store(RunsMixin):
             # Ratings decide pending examples only: a moderator's decision stands, a superseded one stays so.
             if decided is None or not await _move_status(s, example_id, decided, frm=("pending",)):
                 decided = None
+            if decided == "approved":  # an approved correction is a preference judgement too
+                await record_correction(s, example_id)
             example = await _get_or_404(s, example_id)
         return RatingOutcome(example, scores, statistics.fmean(scores), disagreement(scores), decided, changed)
 
@@ -553,6 +579,7 @@ class Store(RunsMixin):
             new_approved_since_active=new_approved,
             feedback_up=feedback[1],
             feedback_down=feedback[-1],
+            preferences=await preference_stats(self),
         )
 
     async def _active_since(self, s: AsyncSession) -> datetime | None:
@@ -574,12 +601,19 @@ class Store(RunsMixin):
     async def approved_examples_raw(self) -> list[Any]:
         """Like ``approved_examples`` but ``messages`` and ``tags`` stay the JSON text the store holds
         (snapshots embed it as is: decoding and re-encoding 100k rows dominated snapshot time)."""
-        query = (select(type_coerce(Example.messages, Text).label("messages"),
-                        type_coerce(Example.tags, Text).label("tags"),
-                        Example.content_hash, Example.source, Example.tools)
-                 .where(Example.status == "approved", _VISIBLE).order_by(Example.content_hash))
         async with self.session() as s:
-            return list(await s.execute(query))
+            return list(await s.execute(_APPROVED_RAW))
+
+    async def approved_examples_batches(self, batch_rows: int = SNAPSHOT_BATCH_ROWS) -> AsyncIterator[Sequence[Any]]:
+        """``approved_examples_raw``'s rows, ``batch_rows`` at a time, fetched as they are consumed.
+
+        One SELECT, so one consistent view however long the reading takes; memory holds one batch. Read through a
+        plain connection (no ORM session: a third of the fetch time). Close it early with contextlib.aclosing.
+        """
+        async with self.engine.connect() as conn:
+            result = await conn.stream(_APPROVED_RAW.execution_options(yield_per=batch_rows))
+            async for batch in result.partitions():
+                yield batch
 
     async def record_snapshot(self, sha256: str, path: str, counts: dict[str, Any]) -> SnapshotRecord:
         row = SnapshotRecord(sha256=sha256, path=path, counts=counts)
@@ -587,16 +621,57 @@ class Store(RunsMixin):
             s.add(row)
         return row
 
-    async def create_snapshot(self, out_dir: Path, eval_fraction: float = 0.1) -> Any:
-        """Freeze the approved examples into ``out_dir`` (see data.snapshot); returns the manifest."""
-        import asyncio
+    async def create_snapshot(self, out_dir: Path, eval_fraction: float = 0.1, *,
+                              batch_rows: int = SNAPSHOT_BATCH_ROWS) -> Any:
+        """Freeze the approved examples into ``out_dir`` (see data.snapshot); returns the manifest.
 
-        from data.snapshot import write_snapshot
+        Streamed: each batch of rows goes to the file (off the event loop) as it arrives, so memory stays one
+        batch's however many examples there are; a failure or cancellation leaves no half-written snapshot.
+        """
+        from data.snapshot import SnapshotWriter
 
-        examples = await self.approved_examples_raw()
-        manifest = await asyncio.to_thread(write_snapshot, examples, Path(out_dir), eval_fraction)
+        writer = await asyncio.to_thread(SnapshotWriter, Path(out_dir), eval_fraction)
+        with writer:
+            async with aclosing(self.approved_examples_batches(batch_rows)) as batches:
+                async for batch in batches:
+                    # To the end even when cancelled: the clean-up must not race a write still in its thread.
+                    await _to_the_end(asyncio.to_thread(writer.write_rows, batch))
+            # The approved preference records ride along in their own file (few: read at once).
+            preferences = await approved_preferences(self)
+            if preferences:
+                await _to_the_end(asyncio.to_thread(writer.write_preferences, preferences))
+            manifest = await _to_the_end(asyncio.to_thread(writer.close))
         await self.record_snapshot(manifest["sha256"], manifest["path"], manifest["counts"])
         return manifest
+
+    async def export_approved(self, out: Path, format: str, *, split: str = "all", eval_fraction: float = 0.1,
+                              batch_rows: int = SNAPSHOT_BATCH_ROWS) -> int:
+        """Write the approved examples (sorted by hash) to ``out`` in ``format``; returns how many.
+
+        ``split``: train, eval or all, the snapshots' hash-stable split for ``eval_fraction``. Streamed like
+        create_snapshot; raises ValueError for a bad file name or a conversation the format cannot express, and
+        then leaves no file (see formats.DatasetWriter).
+        """
+        from data import formats
+        from data.snapshot import is_eval
+
+        if split not in ("train", "eval", "all"):
+            raise ValueError(f"split must be train, eval or all, not {split!r}")
+        want_eval = split == "eval"
+
+        def write(batch: Sequence[Any]) -> None:
+            # A generator: each row decoded just before it is written, dropped just after (see formats._Encoder);
+            # rows unpacked, not read by attribute (5× cheaper).
+            writer.write_stored((_decoded(messages), _decoded(tags), tools)
+                                for example_id, messages, tags, _, tools in batch
+                                if split == "all" or is_eval(example_id, eval_fraction) == want_eval)
+
+        writer = await asyncio.to_thread(formats.DatasetWriter, out, format)
+        with writer:
+            async with aclosing(self.approved_examples_batches(batch_rows)) as batches:
+                async for batch in batches:
+                    await _to_the_end(asyncio.to_thread(write, batch))
+            return await _to_the_end(asyncio.to_thread(writer.commit))
 
     # ---- model versions ----------------------------------------------------------------------------------
 
@@ -732,6 +807,11 @@ async def _to_the_end(coro: Any) -> Any:
 
 def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _decoded(value: Any) -> Any:
+    """A JSON column read as text: SQLite gives the text, asyncpg has already decoded it (its json codec)."""
+    return orjson.loads(value) if isinstance(value, str) else value
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

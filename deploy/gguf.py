@@ -95,6 +95,51 @@ def _base_name(key: str) -> tuple[str, str]:
     raise ConversionError(f"unexpected tensor {key!r} in the adapter (not a lora_A/lora_B weight)")
 
 
+# What must agree between the base an adapter was trained on and the one it is converted against.
+_BASE_FACTS = ("architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "intermediate_size", "vocab_size")
+
+
+def recorded_base(adapter_dir: Path | str) -> Path | None:
+    """The base model directory the adapter was trained on: run.json's base_dir (a loraloop run), else the
+    adapter_config.json's base_model_name_or_path when that is a local directory; None when neither is known."""
+    adapter_dir = Path(adapter_dir)
+    for path, key in ((adapter_dir / "run.json", "base_dir"), (adapter_dir / "adapter_config.json",
+                                                               "base_model_name_or_path")):
+        try:
+            value = json.loads(path.read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value and Path(value).is_dir():
+            return Path(value)
+    return None
+
+
+def check_base(adapter_dir: Path, base_dir: Path, base: dict[str, Any]) -> None:
+    """Refuse a base whose architecture or shape differs from the one the adapter was trained on."""
+    recorded = recorded_base(adapter_dir)
+    if recorded is None or recorded.resolve() == base_dir.resolve() or not (recorded / "config.json").is_file():
+        return
+    trained = _read_json(recorded / "config.json")
+    differences = [f"{key} {trained.get(key)!r} vs {base.get(key)!r}" for key in _BASE_FACTS
+                   if trained.get(key) != base.get(key)]
+    if differences:
+        raise ConversionError(f"{base_dir} is not the base this adapter was trained on ({recorded}): "
+                              f"{'; '.join(differences)}. Convert against {recorded} (the default)")
+
+
+def _expected_shape(base_name: str, base: dict[str, Any]) -> tuple[int, int] | None:
+    """(out, in) features of a projection of ``base``, for the modules whose size the config gives."""
+    hidden, n_head = int(base["hidden_size"]), int(base["num_attention_heads"])
+    head_dim = int(base.get("head_dim") or hidden // n_head)
+    n_kv = int(base.get("num_key_value_heads") or n_head)
+    inter = int(base.get("intermediate_size") or 0)
+    shapes = {"q_proj": (n_head * head_dim, hidden), "k_proj": (n_kv * head_dim, hidden),
+              "v_proj": (n_kv * head_dim, hidden), "o_proj": (hidden, n_head * head_dim),
+              "gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter)}
+    return shapes.get(base_name.removesuffix(".weight").rsplit(".", 1)[-1])
+
+
 def convert_adapter(adapter_dir: Path | str, base_dir: Path | str, out: Path | str, outtype: str = "f16") -> Path:
     """Write ``out`` (a GGUF LoRA adapter for the GGUF conversion of ``base_dir``)."""
     import gguf
@@ -102,6 +147,9 @@ def convert_adapter(adapter_dir: Path | str, base_dir: Path | str, out: Path | s
     adapter_dir, base_dir, out = Path(adapter_dir), Path(base_dir), Path(out)
     if outtype not in ("f16", "f32"):
         raise ConversionError(f"--outtype must be f16 or f32, not {outtype!r}")
+    if out.is_dir():
+        raise ConversionError(f"{out} is an existing folder: --out names the GGUF file to write "
+                              f"(e.g. {out / 'adapter.gguf'})")
     config = _read_json(adapter_dir / "adapter_config.json")
     alpha = check_adapter_config(config)
     base = _read_json(base_dir / "config.json")
@@ -110,6 +158,7 @@ def convert_adapter(adapter_dir: Path | str, base_dir: Path | str, out: Path | s
     if hf_arch is None:
         raise ConversionError(f"unsupported base architecture {', '.join(architectures) or '?'} "
                               f"(supported: {', '.join(SUPPORTED)})")
+    check_base(adapter_dir, base_dir, base)
     arch_name, permute_qk = SUPPORTED[hf_arch]
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
     n_head = int(base["num_attention_heads"])
@@ -137,6 +186,10 @@ def convert_adapter(adapter_dir: Path | str, base_dir: Path | str, out: Path | s
         a, b = parts["a"], parts["b"]
         if a.shape[0] != b.shape[1]:
             raise ConversionError(f"{base_name}: lora_A rank {a.shape[0]} does not match lora_B rank {b.shape[1]}")
+        expected = _expected_shape(base_name, base)
+        if expected is not None and (b.shape[0], a.shape[1]) != expected:
+            raise ConversionError(f"{base_name}: the adapter is {b.shape[0]}x{a.shape[1]}, the base's weight is "
+                                  f"{expected[0]}x{expected[1]}: {base_dir} is not the base it was trained on")
         if permute_qk and base_name.endswith("q_proj.weight"):
             b = _permute_rows(b, n_head)
         elif permute_qk and base_name.endswith("k_proj.weight"):

@@ -6,7 +6,9 @@ Like TRL's ``SFTConfig``, a run is described by one object that is written next 
 
 from __future__ import annotations
 
+import difflib
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +27,24 @@ DEFAULT_PROBES = (
 
 class TrainingRefused(ValueError):
     """A setting or input the trainer will not run with; the message is one clear line for the user."""
+
+
+class DPOSettings(BaseModel):
+    """The optional preference stage after SFT (trainer/dpo.py): TRL's DPOTrainer on the SFT adapter."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    enabled: bool = False
+    beta: float = Field(default=0.1, gt=0, description="How far the policy may move from the SFT model.")
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
+    min_pairs: int = Field(default=20, ge=1, description="Fewer approved preference records: the stage is skipped.")
+    # LoRA moves a few weights: it needs a higher rate than full-model DPO (5e-7 … 5e-6).
+    learning_rate: float = Field(default=5e-5, gt=0)
+    batch_size: int = Field(default=4, ge=1, description="Preference pairs per micro-batch (each is two sequences).")
+    grad_accum: int = Field(default=1, ge=1)
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
 
 
 class TrainConfig(BaseModel):
@@ -78,6 +98,19 @@ class TrainConfig(BaseModel):
     probes: list[str] = Field(default_factory=lambda: list(DEFAULT_PROBES))
     probe_eval_samples: int = Field(default=3, ge=0, description="Eval prompts added to the probes.")
 
+    # Retention (trainer/retention.py): the base's own answers to general prompts, scored before and after.
+    general_prompts_file: str | None = Field(
+        default=None, description="JSON prompt set on this host; None: the shipped data/general_prompts set.")
+    general_prompts: list[str] | None = Field(
+        default=None, description="The prompts themselves (overrides the file; how a bot's set reaches a worker).")
+    retention_prompts: int = Field(
+        default=50, ge=0, description="General prompts measured, spread over the set; 0: retention not measured.")
+    retention_max_new_tokens: int = Field(default=48, ge=1, description="Length of the base's general answers.")
+    retention_samples: int = Field(default=3, ge=0, description="General answers shown before/after training.")
+
+    # Preference learning after SFT (off unless enabled).
+    dpo: DPOSettings = Field(default_factory=DPOSettings)
+
     def refusals(self, cuda: bool) -> list[str]:
         """Every reason this configuration cannot be trained and served through GGUF/Ollama (empty: fine)."""
         problems = []
@@ -100,7 +133,10 @@ class TrainConfig(BaseModel):
                             "use a whole number such as 32")
         if self.qlora and not cuda:
             problems.append("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); none is available here, train plain LoRA "
-                            "on this machine")
+                            "on this machine" + (" (the DPO stage too)" if self.dpo.enabled else ""))
+        if self.dpo.enabled and self.batching == "packing":
+            problems.append("dpo.enabled with batching: packing is refused: DPO scores each chosen and rejected "
+                            "answer as a sequence of its own and cannot pack them; use batching auto")
         return problems
 
     def check(self, cuda: bool) -> None:
@@ -139,9 +175,128 @@ class TrainConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+# LLaMA-Factory's names for our settings, with how a value is translated (None: as it is).
+def _lf_target(value: Any) -> Any:
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        return "all-linear" if parts == ["all"] else parts
+    return value
+
+
+def _lf_epochs(value: Any) -> Any:
+    # LLaMA-Factory writes 3.0; a fraction of an epoch has no meaning here (use max_steps).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _lf_quantization(value: Any) -> Any:
+    if value in (None, 4, "4"):
+        return value is not None
+    raise TrainingRefused(f"quantization_bit {value!r} is refused: loraloop trains LoRA on a full-precision base or "
+                          "QLoRA on a 4-bit one (quantization_bit: 4)")
+
+
+LF_ALIASES: dict[str, tuple[str, Any]] = {
+    "lora_rank": ("lora_r", None),
+    "lora_target": ("target_modules", _lf_target),
+    "cutoff_len": ("max_length", None),
+    "num_train_epochs": ("epochs", _lf_epochs),
+    "per_device_train_batch_size": ("batch_size", None),
+    "gradient_accumulation_steps": ("grad_accum", None),
+    "lr_scheduler_type": ("lr_scheduler", None),
+    "quantization_bit": ("qlora", _lf_quantization),
+    "additional_target": ("modules_to_save", _lf_target),
+    "load_best_model_at_end": ("load_best_at_end", None),
+    "early_stopping_steps": ("early_stopping_patience", None),
+}
+# LLaMA-Factory settings that mean nothing here, and what to do instead.
+LF_IGNORED = {
+    "model_name_or_path": "use --base",
+    "stage": "loraloop runs supervised fine-tuning (sft)",
+    "do_train": "training is what `loraloop train` does",
+    "finetuning_type": "loraloop trains LoRA adapters",
+    "dataset": "use --data FILE or --snapshot DIR",
+    "dataset_dir": "use --data FILE or --snapshot DIR",
+    "eval_dataset": "the eval split comes from the data (LORALOOP_EVAL_FRACTION)",
+    "val_size": "the eval split is LORALOOP_EVAL_FRACTION, chosen by content hash so it stays stable",
+    "max_samples": "trim the dataset file instead",
+    "template": "the base model's own chat template is used; set chat_template for another",
+    "output_dir": "use --out",
+    "overwrite_output_dir": "use a new --out directory (or --resume)",
+    "overwrite_cache": "nothing is cached between runs",
+    "preprocessing_num_workers": "preparation runs in-process",
+    "dataloader_num_workers": "loading runs in-process",
+    "logging_steps": "every step is reported",
+    "save_steps": "use eval_steps (each evaluation saves a checkpoint)",
+    "plot_loss": "loss.png is always written",
+    "save_only_model": "checkpoints keep the optimizer so --resume works",
+    "report_to": "progress goes to stdout (--json-progress) and train.log",
+    "bf16": "the precision follows the GPU",
+    "fp16": "the precision follows the GPU",
+    "pure_bf16": "the precision follows the GPU",
+    "ddp_timeout": "one GPU per run",
+    "deepspeed": "one GPU per run",
+    "per_device_eval_batch_size": "evaluation uses batch_size",
+    "eval_strategy": "use eval_steps (default: each epoch)",
+    "evaluation_strategy": "use eval_steps (default: each epoch)",
+    "save_strategy": "checkpoints follow eval_steps",
+    "resume_from_checkpoint": "use --resume",
+    "trust_remote_code": "remote code is never run",
+    "flash_attn": "flash attention is used when installed",
+    "enable_liger_kernel": "Liger kernels are used when installed",
+    "enable_thinking": "the base family's reasoning convention is used",
+    "do_eval": "evaluation always runs before and after training",
+    "push_to_hub": "deploy with `loraloop deploy`",
+}
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A configuration and the notices its loading produced (LLaMA-Factory keys translated or ignored)."""
+
+    config: TrainConfig
+    notices: list[str] = field(default_factory=list)
+
+
+def translate_lf_keys(values: dict[str, Any], where: str = "") -> tuple[dict[str, Any], list[str]]:
+    """Our names for LLaMA-Factory's keys: one notice per translated key, one for all those ignored."""
+    out: dict[str, Any] = {}
+    notices: list[str] = []
+    ignored: list[str] = []
+    for key, value in values.items():
+        if key in LF_ALIASES and LF_ALIASES[key][0] != key:
+            ours, translate = LF_ALIASES[key]
+            if ours in values:
+                raise TrainingRefused(f"{key} and {ours} are the same setting{where}: keep one")
+            new = translate(value) if translate is not None else value
+            out[ours] = new
+            shown = f"{ours}: {new!r}" if new != value else ours
+            notices.append(f"{key}{where} is LLaMA-Factory's name: read as {shown}")
+        elif key in LF_IGNORED:
+            ignored.append(key)
+        else:
+            out[key] = value
+    if ignored:
+        notices.append(f"ignored{where}, no meaning here: "
+                       + "; ".join(f"{key} ({LF_IGNORED[key]})" for key in ignored))
+    return out, notices
+
+
+def _closest(name: str) -> str:
+    known = list(TrainConfig.model_fields) + list(LF_ALIASES) + list(LF_IGNORED)
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """YAML file (optional) then flag overrides (``None`` values ignored); every problem in one clear error."""
+    return read_config(path, overrides).config
+
+
+def read_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> LoadedConfig:
+    """Like ``load_config``, with the notices to show: LLaMA-Factory key names are read as ours."""
     values: dict[str, Any] = {}
+    notices: list[str] = []
+    where = f" in {path}" if path is not None else ""
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -153,17 +308,17 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             loaded = {}
         if not isinstance(loaded, dict):
             raise TrainingRefused(f"config file {path} must be a mapping of setting: value")
+        loaded, notices = translate_lf_keys(loaded, where)
         values.update(loaded)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return TrainConfig(**values)
+        return LoadedConfig(TrainConfig(**values), notices)
     except ValidationError as exc:
-        where = f" in {path}" if path is not None else ""
         lines = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "config"
             if err["type"] == "extra_forbidden":
-                lines.append(f"unknown setting {name!r}{where}")
+                lines.append(f"unknown setting {name!r}{where}{_closest(name)}")
             else:
                 lines.append(f"setting {name}{where}: {err['msg']} (got {err.get('input')!r})")
         raise TrainingRefused("\n".join(lines)) from None

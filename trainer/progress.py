@@ -3,6 +3,8 @@
 With ``--json-progress`` stdout carries nothing but one JSON object per line:
 ``{"event": "phase"|"step"|"eval"|"done", "step", "total", "epoch", "loss", "eta_s", ...}``.
 Everything else (library logs, warnings) goes to stderr and the run's ``train.log``.
+Without it, a terminal gets a progress bar; a pipe or a log file (CI, nohup, a container's log) gets a plain
+``step 40/200 (20%) loss 1.2345 eta 0:03:10`` line every ``line_interval_s`` seconds, and the last step's.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -21,10 +25,14 @@ from transformers import TrainerCallback
 class ProgressReporter(TrainerCallback):
     """Reports phases, steps and evaluations either as JSON lines or on a rich progress bar."""
 
-    def __init__(self, json_lines: bool, stream: TextIO | None = None, console: Console | None = None) -> None:
+    def __init__(self, json_lines: bool, stream: TextIO | None = None, console: Console | None = None,
+                 line_interval_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.json_lines = json_lines
         self.stream = stream or sys.stdout
         self.console = console or Console(stderr=True)
+        self.line_interval_s = line_interval_s
+        self._clock = clock
+        self._last_line: float | None = None
         self._bar: Progress | None = None
         self._task: Any = None
         self._t0 = 0.0
@@ -46,7 +54,8 @@ class ProgressReporter(TrainerCallback):
 
     # ---- TrainerCallback ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
-        self._t0 = time.monotonic()
+        self._t0 = self._clock()
+        self._last_line = None
         self._first_step = state.global_step  # non-zero when resuming
         self.tokens_at_start = int(state.num_input_tokens_seen or 0)
         if not self.json_lines and self.console.is_terminal:
@@ -72,6 +81,8 @@ class ProgressReporter(TrainerCallback):
                       grad_norm=logs.get("grad_norm"), token_accuracy=logs.get("mean_token_accuracy"))
             if self._bar is not None:
                 self._bar.update(self._task, loss=f"{logs['loss']:.4f}")
+            elif not self.json_lines:
+                self._step_line(state, logs["loss"])
 
     def on_train_end(self, args, state, control, **kwargs):
         self.close()
@@ -81,11 +92,24 @@ class ProgressReporter(TrainerCallback):
             self._bar.stop()
             self._bar = None
 
+    def _step_line(self, state: Any, loss: float) -> None:
+        """A plain progress line for a log file: the first step, then one per interval, and the last step."""
+        now = self._clock()
+        last = state.global_step >= state.max_steps
+        if self._last_line is not None and now - self._last_line < self.line_interval_s and not last:
+            return
+        self._last_line = now
+        total = max(1, state.max_steps)
+        eta = self.eta(state)
+        shown_eta = "?" if eta is None else str(timedelta(seconds=round(eta)))
+        self.console.print(f"step {state.global_step}/{state.max_steps} ({state.global_step / total:.0%}) "
+                           f"loss {loss:.4f} eta {shown_eta}", highlight=False, soft_wrap=True)
+
     def eta(self, state: Any) -> float | None:
         done = state.global_step - self._first_step
         if done <= 0 or not self._t0:
             return None
-        return (time.monotonic() - self._t0) / done * max(0, state.max_steps - state.global_step)
+        return (self._clock() - self._t0) / done * max(0, state.max_steps - state.global_step)
 
 
 def _clean(value: Any) -> Any:

@@ -28,9 +28,11 @@ from trl import SFTConfig, SFTTrainer
 
 from data.snapshot import SnapshotError, read_snapshot
 from trainer.config import TrainConfig, TrainingRefused
+from trainer.dpo import run_dpo
 from trainer.evaluate import Answer, answer_eval, answer_questions, answer_table
 from trainer.prepare import ChatFormat, end_of_turn_tokens
 from trainer.progress import ProgressReporter
+from trainer.retention import general_prompt_set, measure_base, measure_trained
 
 log = logging.getLogger("loraloop.trainer")
 
@@ -82,6 +84,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     eval_split = fmt.prepare(snapshot.eval, cfg.max_length)
     if not train_split.examples:
         raise TrainingRefused(f"no training example fits in max_length {cfg.max_length} with an answer left to learn")
+    general = general_prompt_set(cfg)  # a bad prompt set is refused here, before anything is written
     model = load_base_model(base_dir, cfg, cuda)
     _refuse_embedding_targets(model, cfg)
 
@@ -96,9 +99,12 @@ def train(request: TrainRequest) -> dict[str, Any]:
     file_log = _log_to(out / "train.log")
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout is reserved for progress JSON
-            metrics = _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, progress)
+            metrics = _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, progress,
+                           general=general)
         metrics["wall_time_s"] = round(time.monotonic() - t_start, 3)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+        # PEFT's save_pretrained leaves an empty model card template: replace it with what this run was.
+        (out / "README.md").write_text(model_card(request, cfg, snapshot.manifest, metrics), encoding="utf-8")
         summary = (f"adapter written to {out} (eval loss {_fmt(metrics['eval_loss_before'])} → "
                    f"{_fmt(metrics['eval_loss_after'])}, {metrics['wall_time_s']:.1f}s)")
         progress.emit("done", message=summary, out=str(out),
@@ -111,7 +117,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
         file_log.close()
 
 
-def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, progress) -> dict[str, Any]:
+def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, progress,
+         general=None) -> dict[str, Any]:
     out = request.out
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -158,7 +165,11 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
                 "answers": [asdict(a) for a in answer_eval(model, fmt, eval_convs, cfg.max_new_tokens)],
                 "probes": answer_questions(model, fmt, probe_questions, cfg.max_new_tokens),
             }
-        (out / "before.json").write_text(json.dumps(before, indent=2, ensure_ascii=False), encoding="utf-8")
+    if general is not None and not before.get("retention"):  # also a resumed run that started without it
+        with model.disable_adapter():  # the base answers general prompts, scored under itself (retention.py)
+            before["retention"] = measure_base(model, fmt, general, cfg.retention_prompts,
+                                               cfg.retention_max_new_tokens, cfg.max_length)
+    (out / "before.json").write_text(json.dumps(before, indent=2, ensure_ascii=False), encoding="utf-8")
 
     # ---- 5. train (resuming from the last checkpoint if asked and one exists) ------------------
     progress.phase("train", f"training {n_train} examples for {epochs} epochs ({batching})")
@@ -168,12 +179,18 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
         log.info("resuming from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     history = list(trainer.state.log_history)  # before the final evaluation adds to it
+    sft_tokens_at_start = progress.tokens_at_start  # the DPO stage's on_train_begin resets it
+
+    # ---- 5b. preferences (optional): DPO continues the SFT adapter, the SFT model as its reference -------
+    dpo = run_dpo(model, fmt, snapshot, cfg, out, cuda, progress) if cfg.dpo.enabled else None
 
     # ---- 6. after: same evaluation on the best weights --------------------------------------------
     progress.phase("evaluate-after", "evaluating the trained adapter")
     after_eval = trainer.evaluate() if has_eval else {}
     after_answers = answer_eval(model, fmt, eval_convs, cfg.max_new_tokens)
     after_probes = answer_questions(model, fmt, probe_questions, cfg.max_new_tokens)
+    retention = (measure_trained(model, fmt, before["retention"], cfg.retention_samples, cfg.max_length)
+                 if general is not None else None)
 
     # ---- 7. save: adapter, probes, metrics, loss curve ---------------------------------------------
     progress.phase("save", f"saving the adapter to {out}")
@@ -187,7 +204,7 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
     eval_curve += [{"step": h["step"], "epoch": h.get("epoch"), "eval_loss": h["eval_loss"]}
                    for h in history if "eval_loss" in h and h["step"] > 0]
     tokens_seen = int(trainer.state.num_input_tokens_seen or 0)
-    tokens_this_run = tokens_seen - progress.tokens_at_start  # a resumed run only timed its own part
+    tokens_this_run = tokens_seen - sft_tokens_at_start  # a resumed run only timed its own part
     runtime = result.metrics.get("train_runtime") or 0.0
     metrics = {
         "base": request.base,
@@ -215,7 +232,12 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
         "peak_memory_bytes": _peak_memory(cuda),
         "eval_table": table,
     }
-    _plot_loss(train_curve, eval_curve, out / "loss.png")
+    if dpo is not None:
+        metrics["dpo"] = dpo
+    if retention is not None:
+        metrics["retention"] = retention
+    _plot_loss(train_curve, eval_curve, out / "loss.png", title=f"{out.resolve().name}: loss ({request.base})",
+               dpo=dpo)
     return metrics
 
 
@@ -471,13 +493,19 @@ def _peak_memory(cuda: bool) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def _plot_loss(train_curve: list[dict], eval_curve: list[dict], path: Path) -> None:
+def _plot_loss(train_curve: list[dict], eval_curve: list[dict], path: Path, title: str | None = None,
+               dpo: dict | None = None) -> None:
+    """The SFT loss curves; after a DPO stage that ran, a second panel: its loss and reward accuracy per step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if dpo and dpo.get("ran"):
+        fig, (ax, ax_dpo) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+        _plot_dpo(ax_dpo, dpo)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train_curve:
         ax.plot([p["step"] for p in train_curve], [p["loss"] for p in train_curve], label="train loss", lw=1)
     points = [p for p in eval_curve if p["eval_loss"] is not None]
@@ -485,11 +513,66 @@ def _plot_loss(train_curve: list[dict], eval_curve: list[dict], path: Path) -> N
         ax.plot([p["step"] for p in points], [p["eval_loss"] for p in points], "o-", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    if title:
+        ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_dpo(ax: Any, dpo: dict) -> None:
+    curve = dpo.get("train_curve") or []
+    ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], label="DPO train loss", lw=1)
+    accuracy = [(p["step"], p["reward_accuracy"]) for p in curve if p.get("reward_accuracy") is not None]
+    if accuracy:
+        ax.plot(*zip(*accuracy, strict=True), lw=1, alpha=0.6, label="train reward accuracy")
+    before, after = dpo.get("before") or {}, dpo.get("after") or {}
+    steps = dpo.get("steps") or 0
+    for key, label in (("loss", "held-out DPO loss"), ("reward_accuracy", "held-out reward accuracy")):
+        if before.get(key) is not None and after.get(key) is not None:
+            ax.plot([0, steps], [before[key], after[key]], "o--", label=label)
+    ax.set_title(f"DPO (β {dpo.get('beta')}, {dpo['pairs']['train']} pairs)")
+    ax.set_xlabel("DPO step")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def model_card(request: TrainRequest, cfg: TrainConfig, manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The run folder's README.md: base, data (hash and counts), hyper-parameters and the before/after eval."""
+    examples = metrics.get("examples", {})
+    source = manifest.get("source") or {}
+    data_lines = [f"- snapshot sha256: `{manifest.get('sha256')}`"]
+    if source.get("sha256"):
+        data_lines.append(f"- data file: `{source.get('file')}` (sha256 `{source['sha256']}`)")
+    data_lines.append(f"- examples: {examples.get('train', 0)} train, {examples.get('eval', 0)} eval "
+                      f"({examples.get('truncated', 0)} truncated, {examples.get('dropped', 0)} dropped)")
+    hyper = {"lora_r": cfg.lora_r, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": cfg.lora_dropout,
+             "target_modules": cfg.target_modules, "qlora": cfg.qlora, "learning_rate": cfg.learning_rate,
+             "lr_scheduler": cfg.lr_scheduler, "warmup_ratio": cfg.warmup_ratio, "batch_size": cfg.batch_size,
+             "grad_accum": cfg.grad_accum, "max_length": cfg.max_length, "epochs": metrics.get("epochs"),
+             "steps": metrics.get("steps"), "seed": cfg.seed, "batching": metrics.get("batching")}
+    rows = [("eval loss", metrics.get("eval_loss_before"), metrics.get("eval_loss_after")),
+            ("token accuracy", metrics.get("token_accuracy_before"), metrics.get("token_accuracy_after"))]
+    answers = metrics.get("answers") or {}
+    for name, before in (answers.get("before") or {}).items():
+        after = (answers.get("after") or {}).get(name)
+        if isinstance(before, int | float) and isinstance(after, int | float):
+            rows.append((f"answers: {name}", before, after))
+    lines = [
+        "---", f"base_model: {request.base}", "library_name: peft", "tags:", "- lora", "- loraloop", "---", "",
+        f"# {request.out.resolve().name}", "",
+        f"A LoRA adapter for `{request.base}`, trained by loraloop on {metrics.get('device', '?')} "
+        f"in {metrics.get('wall_time_s', 0):.0f}s.", "",
+        "## Data", "", *data_lines, "",
+        "## Hyper-parameters", "", "| setting | value |", "|---|---|",
+        *(f"| {k} | {v} |" for k, v in hyper.items()), "",
+        "## Evaluation (held-out split)", "", "| metric | base | adapter |", "|---|---|---|",
+        *(f"| {name} | {_fmt(before)} | {_fmt(after)} |" for name, before, after in rows), "",
+        "![loss](loss.png)", "",
+    ]
+    return "\n".join(lines)
 
 
 def load_adapter(base: str | Path, adapter_dir: Path) -> Any:

@@ -21,10 +21,19 @@ FORMAT_HELP = "auto, alpaca, sharegpt, openai, lf-v1 or csv"
 
 @app.command("import")
 def import_(
-    path: Annotated[Path, typer.Argument(help="A .json, .jsonl or .csv file.")],
+    path: Annotated[Path | None, typer.Argument(help="A .json, .jsonl or .csv file (or use --dataset-info).")] = None,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "auto",
     approve: Annotated[bool, typer.Option(help="Admin bulk import: examples count as approved.")] = False,
     skip_invalid: Annotated[bool, typer.Option(help="Import the valid records even if some are invalid.")] = False,
+    columns: Annotated[str | None, typer.Option(
+        "--columns", help="Which column/key is what: question=COL,answer=COL[,system=COL,reasoning=COL].")] = None,
+    dataset_info: Annotated[Path | None, typer.Option(
+        "--dataset-info", help="A LLaMA-Factory dataset_info.json; import its entry --name.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="The dataset_info.json entry to import.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Fill a template placeholder: --set name=Ada fills {{name}} (repeatable).")] = None,
+    allow_placeholders: Annotated[bool, typer.Option(
+        help="Approve records that still hold {{placeholders}} as written.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Import examples (pending review unless --approve); all or nothing.
@@ -37,43 +46,102 @@ def import_(
     from data.importer import import_file
     from data.store import StoreError
 
+    column_map = None
+    try:
+        if dataset_info is not None:
+            if name is None:
+                fail("--dataset-info needs --name (the dataset's entry in the file)")
+            if path is not None or columns is not None:
+                fail("--dataset-info names the file and its columns: drop the PATH argument and --columns")
+            entry = formats.dataset_entry(dataset_info, name)
+            if entry.ranking:
+                raise formats.PreferenceData(f"dataset {name!r} is ranking (preference) data, not question/answer "
+                                             f"pairs: import it with `loraloop preferences import {entry.path}`")
+            path, column_map = entry.path, entry.columns
+            format = entry.columns.formatting or format
+        elif columns is not None:
+            column_map = formats.parse_columns(columns)
+    except formats.ColumnError as exc:
+        fail(str(exc))
+    except formats.FormatError as exc:
+        fail(f"{name}: {exc}")
+    if path is None:
+        fail("name the file to import (or --dataset-info PATH --name NAME)")
+    values = _set_values(set_ or [])
     if not path.is_file():
-        fail(f"{escape(str(path))}: {'not a file' if path.exists() else 'no such file'}")
+        fail(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     if format != "auto" and format not in formats.FORMATS:
-        fail(f"unknown format {escape(repr(format))} (expected {FORMAT_HELP})")
+        fail(f"unknown format {format!r} (expected {FORMAT_HELP})")
     config = settings()
 
     async def run():
         async with open_store(config) as store:
             return await import_file(store, path, format=format, approve=approve, skip_invalid=skip_invalid,
-                                     max_chars=config.max_field_chars)
+                                     max_chars=config.max_field_chars, columns=column_map, set_values=values,
+                                     allow_placeholders=allow_placeholders)
 
-    name = escape(str(path))
+    shown = str(path)
     try:
         report = asyncio.run(run())
     except formats.FormatError as exc:
-        fail(f"{name}: {escape(str(exc))}")
+        fail(f"{shown}: {exc}")
     except OSError as exc:  # unreadable (permissions), or gone since the check above
-        fail(f"{name}: cannot read the file: {escape(exc.strerror or str(exc))}")
+        fail(f"{shown}: cannot read the file: {exc.strerror or str(exc)}")
     except StoreError as exc:  # the store refused the import as a whole; it wrote nothing
-        fail(f"{name}: nothing imported: {escape(str(exc))}")
+        fail(f"{shown}: nothing imported: {exc}")
     except SQLAlchemyError as exc:
-        fail(f"{name}: nothing imported: the database failed ({escape(str(exc).splitlines()[0][:300])})")
+        fail(f"{shown}: nothing imported: the database failed ({str(exc).splitlines()[0][:300]})")
+    # --skip-invalid that leaves nothing imported is a failure, not a quiet success.
+    nothing = skip_invalid and bool(report.errors) and report.imported == 0
     if json_out:
         print_json({"file": str(path), **report.to_dict()})
     else:
-        status = "imported" if report.committed else "[bold red]nothing imported[/]"
-        console.print(f"{name} ({report.format}, {report.records} records): {status}", highlight=False)
-        console.print(f"  imported: {report.imported}  duplicates: {len(report.duplicates)}  "
-                      f"rejected: {len(report.errors)}")
-        for error in report.errors[:50]:
-            console.print(f"  [red]{error.location}[/]: {escape(error.message)}", highlight=False)
-        if len(report.errors) > 50:
-            console.print(f"  … and {len(report.errors) - 50} more (use --json for all)")
-        if report.errors and not report.committed:
-            console.print("Fix the records above, or pass --skip-invalid to import the valid ones.")
+        _print_report(escape(shown), report)
+    if nothing and report.committed:
+        fail(f"{shown}: imported 0 of {report.records} records (the valid ones are all duplicates)")
+    if nothing:
+        fail(f"{shown}: imported 0 of {report.records} records: none is valid")
     if not report.committed:
         raise SystemExit(1)
+
+
+def _set_values(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--set {pair!r} must be NAME=VALUE (e.g. --set name=Ada)")
+        values[key.strip()] = value
+    return values
+
+
+def _print_report(name: str, report) -> None:
+    status = "imported" if report.committed else "[bold red]nothing imported[/]"
+    kind = f", {report.kind}" if report.kind != "sft" else ""
+    console.print(f"{name} ({report.format}{kind}, {report.records} records): {status}", highlight=False,
+                  soft_wrap=True)
+    console.print(f"  imported: {report.imported}  duplicates: {len(report.duplicates)}  "
+                  f"rejected: {len(report.errors)}")
+    for error in report.errors[:50]:
+        console.print(f"  [red]{escape(error.location)}[/]: {escape(error.message)}", highlight=False, soft_wrap=True)
+    if len(report.errors) > 50:
+        console.print(f"  … and {len(report.errors) - 50} more (use --json for all)")
+    if report.errors and not report.committed:
+        console.print("Fix the records above, or pass --skip-invalid to import the valid ones.")
+    if not report.committed:
+        return
+    if report.kind == "kto":
+        console.print(f"  KTO labels: {report.rejected} undesirable answers (label false) stored as rejected, "
+                      "for preference use; never trained on", highlight=False, soft_wrap=True)
+    if report.placeholders:
+        names = ", ".join("{{" + n + "}}" for n in report.placeholders)
+        fill = " ".join(f"--set {n}=VALUE" for n in report.placeholders)
+        console.print(f"  [yellow]warning:[/] {report.with_placeholders} records hold template placeholders "
+                      f"({escape(names)}); import again with {fill} to fill them", highlight=False, soft_wrap=True)
+    if report.waiting:
+        console.print(f"  {report.waiting} pairs now wait for review: approve them with "
+                      "`loraloop review approve --all-pending` (or review them in Discord)",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -82,10 +150,8 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Output file (.json, .jsonl or .csv).")],
     split: Annotated[str, typer.Option(help="train, eval or all (the snapshot's hash-stable split)")] = "all",
 ) -> None:
-    """Export the approved examples."""
+    """Export the approved examples (streamed from the database; a refused conversation leaves no file)."""
     from data import formats
-    from data.conversation import Conversation
-    from data.snapshot import is_eval
 
     if split not in ("train", "eval", "all"):
         fail(f"--split must be train, eval or all, not {split!r}")
@@ -95,17 +161,15 @@ def export(
 
     async def run():
         async with open_store(config) as store:
-            return await store.approved_examples()
+            return await store.export_approved(out, format, split=split, eval_fraction=config.eval_fraction)
 
-    examples = asyncio.run(run())
-    if split != "all":
-        examples = [e for e in examples if is_eval(e.content_hash, config.eval_fraction) == (split == "eval")]
-    conversations = [Conversation.from_dicts(e.messages, e.tags, e.tools) for e in examples]
     try:
-        count = formats.write_file(conversations, out, format)
+        count = asyncio.run(run())
     except ValueError as exc:
-        fail(escape(str(exc)))
-    console.print(f"wrote {count} examples to {out} ({format}, split {split})")
+        fail(str(exc))  # fail() prints text, not markup
+    except OSError as exc:
+        fail(f"{out}: cannot write the file: {exc.strerror or exc}")
+    console.print(f"wrote {count} examples to {escape(str(out))} ({format}, split {split})", highlight=False)
 
 
 @app.command()
@@ -137,6 +201,7 @@ def stats(json_out: Annotated[bool, typer.Option("--json", help="Print one JSON 
 @snapshot_app.command("create")
 def snapshot_create(
     out: Annotated[Path, typer.Option("--out", help="A new (or empty) directory.")],
+    allow_empty: Annotated[bool, typer.Option(help="Write a snapshot even with no approved example.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Freeze the approved examples (examples.jsonl + manifest.json, hash-stable train/eval split)."""
@@ -146,12 +211,17 @@ def snapshot_create(
 
     async def run():
         async with open_store(config) as store:
+            if not allow_empty and not (await store.dataset_stats()).by_status.get("approved"):
+                return None
             return await store.create_snapshot(out, config.eval_fraction)
 
     try:
         manifest = asyncio.run(run())
     except SnapshotError as exc:
         fail(str(exc))
+    if manifest is None:
+        fail("no approved examples to snapshot: approve some first (`loraloop review list`, `loraloop review "
+             "approve`, or `dataset import --approve`), or pass --allow-empty")
     if json_out:
         print_json(manifest)
     else:

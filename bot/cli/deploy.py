@@ -15,17 +15,32 @@ app = typer.Typer(help="Convert an adapter to GGUF and register it with Ollama."
 @app.command()
 def convert(
     adapter: Annotated[Path, typer.Option(help="PEFT adapter directory (adapter_config.json + safetensors).")],
-    base: Annotated[Path, typer.Option(help="The base model directory the adapter was trained on.")],
     out: Annotated[Path, typer.Option(help="The GGUF file to write.")],
+    base: Annotated[Path | None, typer.Option(
+        help="The base model directory the adapter was trained on (default: the one the run recorded).")] = None,
     outtype: Annotated[str, typer.Option(help="f16 or f32")] = "f16",
 ) -> None:
-    """Convert a LoRA adapter to a GGUF adapter for llama.cpp / Ollama."""
-    from deploy.gguf import ConversionError, convert_adapter
+    """Convert a LoRA adapter to a GGUF adapter for llama.cpp / Ollama.
 
+    A base other than the recorded one is refused when its architecture or shape differs.
+    """
+    from deploy.gguf import ConversionError, convert_adapter, recorded_base
+
+    if not (adapter / "adapter_config.json").is_file():
+        fail(f"{adapter} is not an adapter directory (no adapter_config.json)")
+    if out.is_dir():
+        fail(f"{out} is an existing folder: --out names the GGUF file to write (e.g. {out / 'adapter.gguf'})")
+    if base is None:
+        base = recorded_base(adapter)
+        if base is None:
+            fail(f"{adapter} does not record its base model directory (no run.json, or the directory is gone): "
+                 "pass --base DIR")
+    existed = out.exists()
     try:
         path = convert_adapter(adapter, base, out, outtype=outtype)
     except ConversionError as exc:
-        out.unlink(missing_ok=True)
+        if not existed:
+            out.unlink(missing_ok=True)
         fail(str(exc))
     console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,13 @@ import orjson
 
 from data.conversation import Conversation, InvalidConversation
 from data.formats import alpaca, csv_, lf_v1, openai, sharegpt
+from data.formats.columns import ColumnError, ColumnMap, DatasetEntry, dataset_entry, flat_record, parse_columns
 from data.formats.common import RecordIssue
+from data.formats.kinds import Kind, detect_kind, kto_label, media_of
+
+__all__ = ["FORMATS", "ColumnError", "ColumnMap", "DatasetEntry", "FormatError", "Kind", "MultimodalData",
+           "ParseResult", "ParsedRecord", "PreferenceData", "RecordError", "check_kind", "dataset_entry",
+           "detect_format", "detect_kind", "dumps", "parse_columns", "read_bytes", "read_file", "write_file"]
 
 FORMATS = ("alpaca", "sharegpt", "openai", "lf-v1", "csv")
 _CODECS = {"alpaca": alpaca, "sharegpt": sharegpt, "openai": openai, "lf-v1": lf_v1}
@@ -28,6 +36,14 @@ _CODECS = {"alpaca": alpaca, "sharegpt": sharegpt, "openai": openai, "lf-v1": lf
 
 class FormatError(ValueError):
     """The whole file is unusable; the message says why."""
+
+
+class PreferenceData(FormatError):
+    """The file holds preference data (a chosen and a rejected answer per prompt), not question/answer pairs."""
+
+
+class MultimodalData(FormatError):
+    """The file's records carry images, videos or audio, which a text model cannot learn from."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,9 @@ class ParseResult:
     format: str
     records: list[ParsedRecord]
     errors: list[RecordError]
+    kind: Kind = "sft"
+    # KTO files: the answers labelled undesirable (label / kto_tag false). Never pairs to learn from.
+    undesirable: list[ParsedRecord] = field(default_factory=list)
 
 
 def _decode(data: bytes) -> str:
@@ -156,8 +175,20 @@ def _detect_records(records: list[tuple[str, Any]]) -> str:
             return "openai"
         if "instruction" in value or "output" in value:
             return "alpaca"
-    raise FormatError("cannot tell the format: no record has messages, conversations or instruction/output "
-                      "(pass the format explicitly)")
+    raise FormatError("cannot tell the format: no record has messages, conversations, instruction/output or "
+                      "question/answer-like keys (pass the format explicitly, or name the keys with "
+                      "--columns question=KEY,answer=KEY)")
+
+
+def _flatten(records: list[tuple[str, Any]]) -> list[tuple[str, Any]] | None:
+    """Records with CSV-style keys (Question/Response/Complex_CoT …) as alpaca records; None when some have not."""
+    out = []
+    for location, value in records:
+        flat = flat_record(value) if isinstance(value, dict) else None
+        if flat is None:
+            return None
+        out.append((location, flat))
+    return out
 
 
 def detect_format(data: bytes, filename: str) -> str:
@@ -165,71 +196,206 @@ def detect_format(data: bytes, filename: str) -> str:
     if filename.lower().endswith(".csv"):
         return "csv"
     records, _ = _load_json_records(text, filename)
-    return _detect_records(records)
+    try:
+        return _detect_records(records)
+    except FormatError:
+        if _flatten(records) is None:
+            raise
+        return "alpaca"
 
 
-def read_bytes(data: bytes, filename: str, format: str = "auto", max_chars: int | None = None) -> ParseResult:
-    """Parse a dataset file's bytes; ``format`` "auto" detects it."""
+def read_bytes(data: bytes, filename: str, format: str = "auto", max_chars: int | None = None,
+               columns: ColumnMap | None = None) -> ParseResult:
+    """Parse a dataset file's bytes; ``format`` "auto" detects it, ``columns`` renames keys/headers first.
+
+    Raises PreferenceData or MultimodalData (one line) for data of a kind loraloop does not train on as pairs;
+    a KTO file's undesirable answers come back apart, in ``undesirable``.
+    """
     if format != "auto" and format not in FORMATS:
         raise FormatError(f"unknown format {format!r} (expected auto or one of {', '.join(FORMATS)})")
     text = _decode(data)
     if format == "csv" or (format == "auto" and filename.lower().endswith(".csv")):
-        rows, errors = csv_.load(text)
+        rows, errors = csv_.load(text, columns)
         return _convert("csv", rows, errors, csv_.parse, max_chars)
     if filename.lower().endswith(".csv"):
         raise FormatError(f"a .csv file cannot hold the {format} format")
     records, errors = _load_json_records(text, filename)
-    chosen = _detect_records(records) if format == "auto" else format
-    return _convert(chosen, records, errors, _CODECS[chosen].parse, max_chars)
+    if columns:
+        records = [(location, columns.apply(value)) for location, value in records]
+    kind = check_kind(records)
+    if format == "auto":
+        try:
+            chosen = _detect_records(records)
+        except FormatError:
+            flat = _flatten(records)
+            if flat is None:
+                raise
+            chosen, records = "alpaca", flat
+    else:
+        chosen = format
+    return _convert(chosen, records, errors, _CODECS[chosen].parse, max_chars, kind)
+
+
+def check_kind(records: list[tuple[str, Any]]) -> Kind:
+    """The file's kind (see data.formats.kinds); preference and multimodal files are refused in one line."""
+    kind = detect_kind(value for _, value in records)
+    if kind == "preference":
+        raise PreferenceData(
+            f"this file holds preference data (chosen/rejected answers, {len(records)} records), not "
+            "question/answer pairs: import it with `loraloop preferences import FILE`")
+    if kind == "multimodal":
+        found = [(location, media_of(value)) for location, value in records if media_of(value) is not None]
+        raise MultimodalData(
+            f"this file holds multimodal records ({len(found)} of {len(records)}, first {found[0][0]}: "
+            f"{found[0][1]}): loraloop trains text-only models and refuses them rather than drop their media")
+    return kind
 
 
 def _convert(fmt: str, records: list[tuple[str, Any]], errors: list[RecordError], parse: Any,
-             max_chars: int | None) -> ParseResult:
+             max_chars: int | None, kind: Kind = "sft") -> ParseResult:
     parsed: list[ParsedRecord] = []
+    undesirable: list[ParsedRecord] = []
     errors = list(errors)
     for location, value in records:
         try:
-            parsed.append(ParsedRecord(location, parse(value).validate(max_chars)))
+            record = ParsedRecord(location, parse(value).validate(max_chars))
         except (RecordIssue, InvalidConversation) as exc:
             errors.append(RecordError(location, str(exc)))
+            continue
+        if kind == "kto" and kto_label(value) is False:
+            undesirable.append(record)
+        else:
+            parsed.append(record)
     errors.sort(key=lambda e: int(e.location.split()[-1]))
-    return ParseResult(fmt, parsed, errors)
+    return ParseResult(fmt, parsed, errors, kind, undesirable)
 
 
-def read_file(path: Path | str, format: str = "auto", max_chars: int | None = None) -> ParseResult:
+def read_file(path: Path | str, format: str = "auto", max_chars: int | None = None,
+              columns: ColumnMap | None = None) -> ParseResult:
     path = Path(path)
-    return read_bytes(path.read_bytes(), path.name, format, max_chars)
+    return read_bytes(path.read_bytes(), path.name, format, max_chars, columns)
 
 
 def dumps(conversations: Iterable[Conversation], format: str, *, jsonl: bool = True) -> bytes:
     """Serialise; raises ValueError naming the first conversation the format cannot express."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r} (expected one of {', '.join(FORMATS)})")
-    conversations = list(conversations)
-    if format == "csv":
-        out = io.StringIO()
-        csv_.write(conversations, csv.writer(out))  # "\r\n" rows: any \r or \n in a field gets quoted
-        return out.getvalue().encode("utf-8")
-    codec = _CODECS[format]
-    records = []
-    for index, conv in enumerate(conversations):
-        try:
-            records.append(codec.dump(conv))
-        except RecordIssue as exc:
-            raise ValueError(f"record {index} cannot be written as {format}: {exc}") from None
-    if jsonl:
-        return b"".join(orjson.dumps(r) + b"\n" for r in records)
-    return (json.dumps(records, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    encoder = _Encoder(format, jsonl=jsonl)
+    return encoder.encode(conversations) + encoder.finish()
 
 
 def write_file(conversations: Iterable[Conversation], path: Path | str, format: str) -> int:
     """Write to ``path``: .json → one array, .jsonl → one record a line, .csv → CSV. Returns the count."""
-    path = Path(path)
-    conversations = list(conversations)
-    suffix = path.suffix.lower()
-    if (format == "csv") != (suffix == ".csv"):
-        raise ValueError(f"{path.name}: use a .csv file for the csv format and .json/.jsonl for the others")
-    if suffix not in (".json", ".jsonl", ".csv"):
-        raise ValueError(f"{path.name}: the file name must end in .json, .jsonl or .csv")
-    path.write_bytes(dumps(conversations, format, jsonl=suffix == ".jsonl"))
-    return len(conversations)
+    with DatasetWriter(path, format) as writer:
+        writer.write(conversations)
+        return writer.commit()
+
+
+class DatasetWriter:
+    """Writes one dataset file a batch at a time; the bytes are exactly ``dumps``'s for all the batches at once.
+
+    The file is written beside ``path`` under a temporary name and renamed into place by ``commit``; ``discard``
+    (or leaving a ``with`` block by an exception) removes it, so a conversation the format refuses never leaves
+    half a file. CSV keeps its conversations until ``commit``: its header depends on all of them.
+    """
+
+    def __init__(self, path: Path | str, format: str) -> None:
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if (format == "csv") != (suffix == ".csv"):
+            raise ValueError(f"{self.path.name}: use a .csv file for the csv format and .json/.jsonl for the others")
+        if suffix not in (".json", ".jsonl", ".csv"):
+            raise ValueError(f"{self.path.name}: the file name must end in .json, .jsonl or .csv")
+        self._encoder = _Encoder(format, jsonl=suffix == ".jsonl")
+        # open("xb"), not mkstemp: the file gets the usual permissions (umask), as a plain write would give it.
+        self._part = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.part")
+        self._file = self._part.open("xb")
+
+    @property
+    def count(self) -> int:
+        """Conversations written so far."""
+        return self._encoder.count
+
+    def write(self, conversations: Iterable[Conversation]) -> None:
+        self._file.write(self._encoder.encode(conversations))
+
+    def write_stored(self, rows: Iterable[tuple[list[dict[str, Any]], Sequence[str], str | None]]) -> None:
+        """Write conversations given as the store keeps them: (Conversation.to_dicts(), tags, tools)."""
+        self._file.write(self._encoder.encode_stored(rows))
+
+    def commit(self) -> int:
+        """Finish the file and put it at ``path``; returns how many conversations it holds."""
+        self._file.write(self._encoder.finish())
+        self._file.close()
+        os.replace(self._part, self.path)
+        return self.count
+
+    def discard(self) -> None:
+        self._file.close()
+        self._part.unlink(missing_ok=True)
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.discard()
+
+
+class _Encoder:
+    """A dataset file's bytes, a batch of conversations at a time.
+
+    Each record is serialised as soon as it is built, so only bytes outlive it: a batch of built records kept
+    alive would be promoted through the garbage collector's generations and set off full collections.
+    """
+
+    def __init__(self, format: str, *, jsonl: bool) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"unknown format {format!r} (expected one of {', '.join(FORMATS)})")
+        self.format, self.jsonl, self.count = format, jsonl, 0
+        self._csv: list[Conversation] = []
+
+    def encode(self, conversations: Iterable[Conversation]) -> bytes:
+        if self.format == "csv":
+            self._csv.extend(conversations)
+            self.count = len(self._csv)
+            return b""
+        return b"".join([self._record(self._dump(conv)) for conv in conversations])
+
+    def encode_stored(self, rows: Iterable[tuple[list[dict[str, Any]], Sequence[str], str | None]]) -> bytes:
+        if self.format != "openai":
+            return self.encode(Conversation.from_dicts(messages, tags, tools) for messages, tags, tools in rows)
+        # The store keeps messages as OpenAI's: most rows are written without building a Conversation at all.
+        pieces = []
+        for messages, tags, tools in rows:
+            record = openai.dump_stored(messages, tags)
+            if record is None:
+                record = self._dump(Conversation.from_dicts(messages, tags, tools))
+            else:
+                self.count += 1
+            pieces.append(self._record(record))
+        return b"".join(pieces)
+
+    def finish(self) -> bytes:
+        if self.format == "csv":
+            out = io.StringIO()
+            csv_.write(self._csv, csv.writer(out))  # "\r\n" rows: any \r or \n in a field gets quoted
+            return out.getvalue().encode("utf-8")
+        if self.jsonl:
+            return b""
+        return b"\n]\n" if self.count else b"[]\n"
+
+    def _dump(self, conv: Conversation) -> dict[str, Any]:
+        try:
+            record = _CODECS[self.format].dump(conv)
+        except RecordIssue as exc:
+            raise ValueError(f"record {self.count} cannot be written as {self.format}: {exc}") from None
+        self.count += 1
+        return record
+
+    def _record(self, record: dict[str, Any]) -> bytes:
+        """One record's bytes; ``count`` already counts it."""
+        if self.jsonl:
+            return orjson.dumps(record) + b"\n"
+        # json.dumps(all records, indent=2) piece by piece: each record one level in. Strings never hold a raw
+        # newline (JSON escapes it), so every "\n" is a line break of the layout.
+        return (("[\n  " if self.count == 1 else ",\n  ")
+                + json.dumps(record, ensure_ascii=False, indent=2).replace("\n", "\n  ")).encode("utf-8")

@@ -1,10 +1,14 @@
-"""alpaca: instruction / input / output / system / history (LLaMA-Factory's semantics)."""
+"""alpaca: instruction / input / output / system / history (LLaMA-Factory's semantics).
+
+Reasoning rides in the output as a leading ``<think>…</think>`` block (LLaMA-Factory's convention), or in a
+``reasoning`` key (what --columns reasoning=Complex_CoT maps a column to).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from data.conversation import Conversation, Message
+from data.conversation import Conversation, Message, assistant, join_think
 from data.formats.common import RecordIssue, require_dict, text_field
 
 
@@ -14,6 +18,7 @@ def parse(value: Any) -> Conversation:
     extra = text_field(record, "input", required=False)
     output = text_field(record, "output")
     system = text_field(record, "system", required=False)
+    reasoning = text_field(record, "reasoning", required=False).strip() or None
     question = f"{instruction}\n{extra}" if instruction and extra else instruction or extra
     if not question.strip():
         raise RecordIssue('empty question: "instruction" and "input" are both empty')
@@ -24,8 +29,8 @@ def parse(value: Any) -> Conversation:
     for i, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise RecordIssue(f"history[{i}] must be a [question, answer] pair of texts")
-        messages += [Message("user", pair[0]), Message("assistant", pair[1])]
-    messages += [Message("user", question), Message("assistant", output)]
+        messages += [Message("user", pair[0]), assistant(pair[1])]
+    messages += [Message("user", question), assistant(output, reasoning)]
     return Conversation(tuple(messages))
 
 
@@ -33,8 +38,10 @@ def dump(conv: Conversation) -> dict[str, Any]:
     if conv.has_tools:
         raise RecordIssue("tool calls cannot be written as alpaca (use sharegpt)")
     turns = conv.turns
-    pairs = [[turns[i].content, turns[i + 1].content] for i in range(0, len(turns) - 2, 2)]
-    record: dict[str, Any] = {"instruction": turns[-2].content, "input": "", "output": turns[-1].content}
+    pairs = [[turns[i].content, join_think(turns[i + 1].reasoning, turns[i + 1].content)]
+             for i in range(0, len(turns) - 2, 2)]
+    record: dict[str, Any] = {"instruction": turns[-2].content, "input": "",
+                              "output": join_think(turns[-1].reasoning, turns[-1].content)}
     if conv.system is not None:
         record["system"] = conv.system
     if pairs:

@@ -1,6 +1,7 @@
 """OpenAI chat: ``{"messages": [{"role", "content"}, …]}``, roles system/user/assistant/tool.
 
-An assistant message with ``tool_calls`` is a tool_call turn whose text is the calls' JSON.
+An assistant message with ``tool_calls`` is a tool_call turn whose text is the calls' JSON; its reasoning is
+``reasoning_content`` (``reasoning`` and ``thinking`` are read too), or a leading ``<think>`` block of the content.
 """
 
 from __future__ import annotations
@@ -8,10 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from data.conversation import Conversation, Message
+from data.conversation import Conversation, Message, assistant
 from data.formats.common import RecordIssue, chat_messages, json_text, require_dict, tags_of
 
 ROLES = ("system", "user", "assistant", "tool")
+# Where an assistant message carries its reasoning: DeepSeek's API, OpenAI-compatible servers, Ollama.
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 
 
 def parse(value: Any) -> Conversation:
@@ -26,7 +29,13 @@ def parse(value: Any) -> Conversation:
         content = m.get("content")
         if not isinstance(content, str):
             raise RecordIssue(f'messages[{i}] ({role}): "content" must be text')
-        messages.append(Message(role, content))
+        if role != "assistant":
+            messages.append(Message(role, content))
+            continue
+        reasoning = next((m[k] for k in REASONING_KEYS if m.get(k) is not None), None)
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise RecordIssue(f"messages[{i}] (assistant): the reasoning must be text")
+        messages.append(assistant(content, reasoning))
     return Conversation(tuple(messages), tags_of(record))
 
 
@@ -42,8 +51,28 @@ def dump(conv: Conversation) -> dict[str, Any]:
                 raise RecordIssue("a tool call that is not an OpenAI tool_calls list cannot be written as openai")
             out.append({"role": "assistant", "content": "", "tool_calls": calls})
         else:
-            out.append({"role": m.role, "content": m.content})
+            out.append({"role": m.role, "content": m.content}
+                       | ({"reasoning_content": m.reasoning} if m.reasoning is not None else {}))
     record: dict[str, Any] = {"messages": out}
     if conv.tags:
         record["tags"] = list(conv.tags)
     return record
+
+
+def dump_stored(messages: list[dict[str, Any]], tags: list[str]) -> dict[str, Any] | None:
+    """``dump(Conversation.from_dicts(messages, tags))`` straight from the store's message dicts, or None for a
+    conversation that needs ``dump`` itself (a tool call, reasoning). Exports skip building a Conversation per row.
+
+    The store keeps each message as ``{"role", "content"}`` (Conversation.to_dicts), which is OpenAI's own layout:
+    such dicts are used as they are.
+    """
+    for m in messages:
+        if len(m) != 2 or list(m) != _STORED_KEYS or m["role"] == "tool_call":
+            return None
+    record: dict[str, Any] = {"messages": messages}
+    if tags:
+        record["tags"] = list(tags)
+    return record
+
+
+_STORED_KEYS = ["role", "content"]

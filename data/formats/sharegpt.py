@@ -1,13 +1,14 @@
 """sharegpt: ``conversations`` of from/value turns, optional ``system`` and ``tools``.
 
 function_call / observation turns are kept as tool_call / tool turns; the tool schemas stay as text.
+An answer's reasoning is a leading ``<think>…</think>`` block of its value (LLaMA-Factory's convention).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from data.conversation import Conversation, Message
+from data.conversation import Conversation, Message, assistant, join_think
 from data.formats.common import RecordIssue, json_text, require_dict, text_field
 
 FROM_ROLE = {"human": "user", "gpt": "assistant", "system": "system", "function_call": "tool_call",
@@ -32,7 +33,7 @@ def parse(value: Any) -> Conversation:
         content = turn.get("value")
         if not isinstance(content, str):
             raise RecordIssue(f'conversations[{i}]: "value" must be text')
-        messages.append(Message(FROM_ROLE[source], content))
+        messages.append(assistant(content) if source == "gpt" else Message(FROM_ROLE[source], content))
     tools = record.get("tools")
     if tools is not None and not isinstance(tools, str):
         tools = json_text(tools, '"tools"')
@@ -40,7 +41,7 @@ def parse(value: Any) -> Conversation:
 
 
 def dump(conv: Conversation) -> dict[str, Any]:
-    record: dict[str, Any] = {"conversations": [{"from": ROLE_FROM[m.role], "value": m.content}
+    record: dict[str, Any] = {"conversations": [{"from": ROLE_FROM[m.role], "value": join_think(m.reasoning, m.content)}
                                                 for m in conv.turns]}
     if conv.system is not None:
         record["system"] = conv.system

@@ -113,7 +113,10 @@ def test_detection_and_override():
     forced = formats.read_bytes(sharegpt.encode(), "d.json", format="alpaca")
     assert forced.format == "alpaca" and forced.errors and not forced.records
     image = json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "value": "x.png"}]}]})
-    assert "not supported (text only)" in formats.read_bytes(image.encode(), "i.jsonl").errors[0].message
+    with pytest.raises(formats.MultimodalData, match="first line 1: image_url part"):  # refused whole, never dropped
+        formats.read_bytes(image.encode(), "i.jsonl")
+    audio = json.dumps({"messages": [{"role": "user", "content": [{"type": "sound", "value": "x"}]}]})
+    assert "not supported (text only)" in formats.read_bytes(audio.encode(), "a.jsonl").errors[0].message
 
 
 def test_csv_rows():

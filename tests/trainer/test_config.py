@@ -30,7 +30,7 @@ def test_yaml_then_flags_override(tmp_path):
 @pytest.mark.parametrize(("content", "message"), [
     ("lora_r: [1, 2", "is not valid YAML"),
     ("- just\n- a list\n", "must be a mapping"),
-    ("lora_rank: 8\n", "unknown setting 'lora_rank'"),
+    ("lora_rnk: 8\n", "unknown setting 'lora_rnk' in .* \\(did you mean 'lora_rank'\\?\\)"),
     ("batch_size: zero\n", "setting batch_size"),
 ])
 def test_bad_config_files_are_clear(tmp_path, content, message):

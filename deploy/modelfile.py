@@ -188,8 +188,18 @@ def _as_trained(chat: list[dict[str, str]], system_prompt: str | None) -> list[d
     return chat
 
 
-def serving_format_for(adapter_dir: Path, base_dir: Path | None = None,
-                       options: Mapping[str, Any] | None = None) -> ServingFormat:
+@dataclass(frozen=True, slots=True)
+class TrainedFormat:
+    """How a training run rendered chats: its chat template, default system prompt and the base's tokenizer dir."""
+
+    chat_template: str
+    system_prompt: str | None
+    tokenizer_dir: Path | None
+    bos_token: str = ""
+    eos_token: str = ""
+
+
+def trained_format(adapter_dir: Path, base_dir: Path | None = None) -> TrainedFormat:
     """Read the chat template and system prompt a training run used (its ``run.json``), else the base's."""
     run = adapter_dir / "run.json"
     info: dict[str, Any] = json.loads(run.read_text(encoding="utf-8")) if run.is_file() else {}
@@ -204,8 +214,105 @@ def serving_format_for(adapter_dir: Path, base_dir: Path | None = None,
             template = (tok_dir / "chat_template.jinja").read_text(encoding="utf-8")
     if not template:
         raise UnsupportedTemplate(f"no chat template found for {adapter_dir} (no run.json and no base chat template)")
-    bos = _token_text(tok_cfg.get("bos_token"))
-    return serving_format(template, info.get("system_prompt"), bos, _token_text(tok_cfg.get("eos_token")), options)
+    has_tokenizer = tok_dir is not None and (tok_dir / "tokenizer_config.json").is_file()
+    return TrainedFormat(template, info.get("system_prompt"), tok_dir if has_tokenizer else None,
+                         _token_text(tok_cfg.get("bos_token")), _token_text(tok_cfg.get("eos_token")))
+
+
+def serving_format_for(adapter_dir: Path, base_dir: Path | None = None,
+                       options: Mapping[str, Any] | None = None) -> ServingFormat:
+    """The serving format for the chat template and system prompt a training run used (else the base's)."""
+    trained = trained_format(adapter_dir, base_dir)
+    return serving_format(trained.chat_template, trained.system_prompt, trained.bos_token, trained.eos_token,
+                          options)
+
+
+# Chats Ollama itself renders for a candidate (``_debug_render_only``) before the gate: with and without a system
+# prompt, multi-turn, and text beyond ASCII (NFC, as stored examples are).
+SERVED_CHECK_CHATS: tuple[list[dict[str, str]], ...] = (
+    [{"role": "user", "content": "What is LoRA?"}],
+    [{"role": "system", "content": "Réponds en une ligne."}, {"role": "user", "content": "Qu'est-ce qu'un port ? 🚢"}],
+    [
+        {"role": "user", "content": "Wie heißt die Hauptstadt?"},
+        {"role": "assistant", "content": "Berlin. 🇩🇪"},
+        {"role": "user", "content": "Und auf Japanisch?\n日本語で答えてください。"},
+    ],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "a?"},
+        {"role": "assistant", "content": "b."},
+        {"role": "user", "content": "c — «d»?"},
+    ],
+)
+
+
+class TrainedPrompts:
+    """The trainer's rendering of chats (its chat template, its default system prompt) as the base's tokenizer
+    tokenises it, to compare with the prompt Ollama renders. Loading the tokenizer blocks: build it in a thread.
+
+    Without a tokenizer (no base directory, or transformers missing) the texts are compared instead."""
+
+    def __init__(self, trained: TrainedFormat, fmt: ServingFormat) -> None:
+        self.trained = trained
+        self.fmt = fmt
+        self.tokenizer: Any = None
+        self._format: Any = None
+        if trained.tokenizer_dir is not None:
+            try:
+                from transformers import AutoTokenizer
+
+                from trainer.prepare import ChatFormat
+            except ImportError:
+                return
+            self.tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer_dir)
+            self._format = ChatFormat(self.tokenizer, trained.chat_template, trained.system_prompt, fmt.stop)
+
+    @property
+    def by_tokens(self) -> bool:
+        return self.tokenizer is not None
+
+    def trained_text(self, chat: list[dict[str, str]]) -> str:
+        """The prompt text training used for the answer to ``chat`` (BOS text included when the template has it)."""
+        if self._format is not None:
+            from data.conversation import Conversation
+
+            return self._format.prompt(Conversation.from_dicts([*chat, {"role": "assistant", "content": "x"}]))
+        return render_hf(self.trained.chat_template, _as_trained(chat, self.trained.system_prompt),
+                         self.trained.bos_token, self.trained.eos_token)
+
+    def ids(self, text: str) -> list[int]:
+        """Token ids as llama.cpp feeds them: BOS first when the tokenizer adds one and the text lacks it."""
+        tok = self.tokenizer
+        ids = list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
+        bos_id = tok.bos_token_id
+        if bos_id is not None and tok("a", add_special_tokens=True)["input_ids"][:1] == [bos_id] and not (
+                tok.bos_token and text.startswith(tok.bos_token)):
+            ids.insert(0, bos_id)
+        return ids
+
+    def difference(self, chat: list[dict[str, str]], served: str) -> str | None:
+        """None when Ollama's rendering ``served`` is what training saw for ``chat``, else a readable diff."""
+        trained = self.trained_text(chat)
+        if self.fmt.bos and trained.startswith(self.fmt.bos) and not served.startswith(self.fmt.bos):
+            served = self.fmt.bos + served  # llama.cpp adds BOS as a token; the rendering leaves it out
+        if not self.by_tokens:
+            return None if served == trained else _text_diff(served, trained)
+        got, want = self.ids(served), self.ids(trained)
+        if got == want:
+            return None
+        at = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+        pieces = self.tokenizer.convert_ids_to_tokens
+        lo = max(0, at - 4)
+        return (f"token {at} of {len(got)} (training: {len(want)} tokens): Ollama "
+                f"{pieces(got[lo:at + 6])!r}, training {pieces(want[lo:at + 6])!r}; "
+                + _text_diff(served, trained))
+
+
+def _text_diff(served: str, trained: str) -> str:
+    at = next((i for i, (a, b) in enumerate(zip(served, trained, strict=False)) if a != b),
+              min(len(served), len(trained)))
+    return (f"at character {at} Ollama renders {served[max(0, at - 30):at + 40]!r}, training rendered "
+            f"{trained[max(0, at - 30):at + 40]!r}")
 
 
 def _token_text(token: Any) -> str:

@@ -87,6 +87,12 @@ class BlobUpload:
 
 
 ProgressCallback = Callable[[CreateProgress], Awaitable[None] | None]
+# (bytes of this file sent so far, the file's size): called as an upload goes, at most every _PROGRESS_EVERY bytes.
+UploadCallback = Callable[[int, int], Awaitable[None] | None]
+_PROGRESS_EVERY = 16 << 20
+# Creating from safetensors: Ollama sends one "converting model" line, then nothing until the conversion (and any
+# quantization) is done, which for a 7B model takes minutes; the read timeout must outlast that silence.
+CREATE_TIMEOUT_S = 2 * 3600.0
 
 
 def file_digest(path: Path) -> str:
@@ -103,15 +109,20 @@ def _messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
 
 
 class OllamaClient:
-    """One object per Ollama host. ``timeout`` bounds connecting and each read, in seconds (None: no limit)."""
+    """One object per Ollama host. ``timeout`` bounds connecting and each read, in seconds (None: no limit);
+    ``create_timeout`` is the read limit of ``/api/create`` alone (model conversion is silent and long)."""
 
-    def __init__(self, host: str, timeout: float | None = 300.0) -> None:
+    def __init__(self, host: str, timeout: float | None = 300.0, create_timeout: float | None = CREATE_TIMEOUT_S
+                 ) -> None:
         host = host.strip().rstrip("/")
         if "://" not in host:
             host = "http://" + host
         self.host = host
         self.timeout = timeout
+        self.create_timeout = create_timeout
         self._client = ollama.AsyncClient(host=host, timeout=timeout)
+        self._create_client = ollama.AsyncClient(
+            host=host, timeout=httpx.Timeout(timeout, read=create_timeout) if timeout else create_timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> OllamaClient:
@@ -122,6 +133,7 @@ class OllamaClient:
 
     async def close(self) -> None:
         await self._client.close()
+        await self._create_client.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -238,6 +250,31 @@ class OllamaClient:
         )
         return resp.message.content or ""
 
+    async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
+        """One embedding per text, in order (``/api/embed``)."""
+        if not texts:
+            return []
+        resp = await self._call(self._client.embed(model=model, input=list(texts)), model)
+        vectors = [list(map(float, v)) for v in resp.embeddings or []]
+        if len(vectors) != len(texts):
+            raise OllamaError(f"Ollama returned {len(vectors)} embeddings for {len(texts)} texts from {model!r}")
+        return vectors
+
+    async def render_prompt(self, model: str, messages: Sequence[Mapping[str, Any]]) -> str | None:
+        """The exact prompt Ollama would feed ``model`` for this chat (``_debug_render_only``, 0.13.0 and later;
+        nothing is generated). None when the daemon ignored the flag (an older one answers the chat instead)."""
+        payload = {"model": model, "messages": _messages(messages), "stream": False, "_debug_render_only": True,
+                   "options": {"num_predict": 1}}  # bounds the reply of a daemon that does not know the flag
+        status, body = await self._json_request("POST", "/api/chat", payload)
+        if status == 404:
+            raise ModelNotFound(model, f"model {model!r} is not available in Ollama: {body.get('error', body)}")
+        if status != 200:
+            raise OllamaError(f"Ollama error: {body.get('error', body)}", status)
+        info = body.get("_debug_info")
+        if not isinstance(info, dict) or not isinstance(info.get("rendered_template"), str):
+            return None
+        return info["rendered_template"]
+
     # -- blobs and create --------------------------------------------------------------------------
 
     async def has_blob(self, digest: str) -> bool:
@@ -250,20 +287,29 @@ class OllamaClient:
             return False
         raise OllamaError(f"Ollama error checking blob {digest}: {body or status}", status)
 
-    async def push_blob(self, path: Path, digest: str | None = None) -> str:
+    async def push_blob(self, path: Path, digest: str | None = None, on_progress: UploadCallback | None = None
+                        ) -> str:
         """Upload a file as a blob (streamed) under its digest; Ollama verifies the digest and so do we."""
         path = Path(path)
         if digest is None:
             digest = await asyncio.to_thread(file_digest, path)
         _check_digest(digest)
         sent = hashlib.sha256()
+        size = path.stat().st_size
 
         async def body() -> AsyncIterator[bytes]:
             f = await asyncio.to_thread(path.open, "rb")
+            done = reported = 0
             try:
                 while chunk := await asyncio.to_thread(f.read, _CHUNK):
                     sent.update(chunk)
                     yield chunk
+                    done += len(chunk)
+                    if on_progress is not None and (done - reported >= _PROGRESS_EVERY or done == size):
+                        reported = done
+                        result = on_progress(done, size)
+                        if inspect.isawaitable(result):
+                            await result
             finally:
                 f.close()
 
@@ -277,7 +323,7 @@ class OllamaClient:
             raise DigestMismatch(f"{path.name} changed while it was uploaded; upload it again", None)
         return digest
 
-    async def ensure_blob(self, path: Path) -> BlobUpload:
+    async def ensure_blob(self, path: Path, on_progress: UploadCallback | None = None) -> BlobUpload:
         """Make sure Ollama has this file as a blob: HEAD first, upload only when missing."""
         path = Path(path)
         if not path.is_file():
@@ -286,7 +332,7 @@ class OllamaClient:
         size = path.stat().st_size
         if await self.has_blob(digest):
             return BlobUpload(digest, size, uploaded=False)
-        await self.push_blob(path, digest)
+        await self.push_blob(path, digest, on_progress)
         if not await self.has_blob(digest):
             raise OllamaError(f"Ollama accepted {path.name} but does not list blob {digest}", None)
         return BlobUpload(digest, size, uploaded=True)
@@ -304,9 +350,12 @@ class OllamaClient:
         quantize: str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> None:
-        """``POST /api/create`` (streamed); each progress line goes to ``on_progress``; errors raise."""
+        """``POST /api/create`` (streamed); each progress line goes to ``on_progress``; errors raise.
+
+        Reads wait up to ``create_timeout``: after "converting model" Ollama is silent until it is done, and a
+        client that gives up then usually stops the create (the tag never appears)."""
         try:
-            stream = await self._client.create(
+            stream = await self._create_client.create(
                 model=model, from_=from_, files=dict(files) if files else None,
                 adapters=dict(adapters) if adapters else None, template=template, system=system,
                 parameters=dict(parameters) if parameters else None, quantize=quantize, stream=True,
@@ -322,6 +371,9 @@ class OllamaClient:
         except (TimeoutError, ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
             error = self._translate(exc)
             if isinstance(error, OllamaUnavailable):
+                if isinstance(exc, httpx.TimeoutException | TimeoutError) and self.create_timeout:
+                    raise OllamaUnavailable(f"creating {model}: Ollama sent nothing for {self.create_timeout:g} s "
+                                            "(converting a large model? raise the create timeout)") from exc
                 raise error from exc
             raise OllamaError(f"creating {model} failed: {error.message}", error.status) from exc
         if not succeeded:

@@ -60,6 +60,13 @@ class DeployConfig:
     quantize: str | None = None  # merged path only: Ollama quantizes the merged model on create, e.g. q4_K_M
     gate_margin: float = 0.02  # candidate may trail the active model by at most this ROUGE-L
     eval_limit: int = 32
+    # The gate's other dimensions (deploy/gate.py). Retention: the largest rise in NLL (nats/token) of the base's
+    # general answers a candidate may show; measured on the tiny Llama, normal runs rise 0.05-0.20 and a
+    # deliberately over-trained one (8 pairs, 60 epochs, lr 3e-2) 0.75. Paraphrases and consistency cost extra
+    # chats per deploy: off here unless asked for, on in the bot's settings (gate_paraphrases, gate_consistency_n).
+    max_retention_drop: float = 0.5
+    paraphrases: int = 0  # eval questions reworded by the base tag and answered again by both models
+    consistency_n: int = 0  # answers per probe at the served options (2 or more to measure)
     probes: tuple[str, ...] = DEFAULT_PROBES
     keep_versions: int = 3  # fine-tuned tags kept in Ollama (besides the active and rollback target)
     # The gate's decoding, sent with each of its requests and never written into a model: deterministic and
@@ -85,6 +92,10 @@ class DeployConfig:
         for name in ("mode", "quantize", "gate_margin", "eval_limit", "keep_versions", "outtype"):
             if hasattr(settings, f"deploy_{name}"):
                 values[name] = getattr(settings, f"deploy_{name}")
+        for name, setting in (("max_retention_drop", "gate_max_retention_drop"), ("paraphrases", "gate_paraphrases"),
+                              ("consistency_n", "gate_consistency_n")):
+            if hasattr(settings, setting):
+                values[name] = getattr(settings, setting)
         values["serve_options"] = serve_options_from(settings)
         return cls(**{**values, **overrides})
 
@@ -186,7 +197,7 @@ async def deploy(
                                          artifacts={"adapter_dir": str(adapter_dir), **candidate.artifacts()})
         active = await store.active_model_version()
         gate = await judge_candidate(client, config, tag, active.tag if active else None,
-                                     _eval_conversations(snapshot))
+                                     _eval_conversations(snapshot), retention=trained_retention(adapter_dir))
         result.gate = gate
         await emit("gated", passed=gate.passed, reason=gate.reason, scores=gate.scores)
         result.timings["to_gate_s"] = round(time.monotonic() - t0, 3)
@@ -398,7 +409,7 @@ async def _check_served_prompt(client: OllamaClient, tag: str, adapter_dir: Path
 
 
 async def judge_candidate(client: OllamaClient, config: DeployConfig, tag: str, active_tag: str | None,
-                          eval_conversations: list[Any]) -> GateResult:
+                          eval_conversations: list[Any], retention: dict[str, Any] | None = None) -> GateResult:
     """The gate: the candidate against what answers now on the snapshot's eval split and the probes.
 
     With no fine-tuned version active the bot answers with the base tag, so that is what the candidate must
@@ -411,8 +422,26 @@ async def judge_candidate(client: OllamaClient, config: DeployConfig, tag: str, 
         raise DeployFailed(f"the base model {opponent} is not in Ollama; cannot compare: run `ollama pull "
                            f"{opponent}` on the Ollama host")
     prompts = eval_prompts(eval_conversations, config.eval_limit)
+    # The base rewords the eval questions: the same rewordings for every version, comparable run to run.
+    paraphraser = opponent
+    if config.paraphrases and active_tag and await client.has_model(config.ollama_base):
+        paraphraser = config.ollama_base
+    # Repeated answers as users get them, cut to the gate's length (the served num_predict is a whole chat's).
+    sampling = {**config.serve_options, "num_predict": config.gate_options.get("num_predict", 128)}
     return await run_gate(client, tag, opponent, prompts, probe_prompts(config.probes), config.gate_margin,
-                          config.gate_options, opponent_is_base=active_tag is None)
+                          config.gate_options, opponent_is_base=active_tag is None,
+                          paraphrases=config.paraphrases, paraphraser=paraphraser,
+                          consistency_n=config.consistency_n, sampling=sampling,
+                          retention=retention, max_retention_drop=config.max_retention_drop)
+
+
+def trained_retention(run_dir: Path) -> dict[str, Any] | None:
+    """The trainer's retention record (metrics.json in the run or adapter directory), None when not measured."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return metrics.get("retention") if isinstance(metrics, dict) else None
 
 
 async def forget(client: OllamaClient, tag: str) -> bool:

@@ -37,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from deploy.gate import PARAPHRASE_INSTRUCTION
 from deploy.go_template import Template, TemplateError, ollama_prompt, render_chat
 
 VERSION = "0.13.0"  # what a server answers unless a test gives it another version
@@ -85,6 +86,28 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+def paraphrase(question: str) -> str:
+    """The server's answer to the gate's paraphrase instruction, for any model: a fixed rewording (what a capable
+    model answers deterministically), so tests know which reworded question each model was asked."""
+    return f"Please tell me: {question.strip()}"
+
+
+EMBED_DIM = 768
+
+
+def trigram_embedding(text: str, dim: int = EMBED_DIM) -> list[float]:
+    """The test server's embedding: a bag of the case-folded text's character trigrams, each hashed (blake2b, so
+    the same in every process) to one of ``dim`` buckets, L2-normalised. Texts that share wording are close;
+    it knows no synonyms."""
+    padded = f"  {' '.join(text.casefold().split())}  "
+    vector = [0.0] * dim
+    for i in range(len(padded) - 2):
+        bucket = int.from_bytes(hashlib.blake2b(padded[i:i + 3].encode(), digest_size=8).digest(), "little") % dim
+        vector[bucket] += 1.0
+    norm = sum(v * v for v in vector) ** 0.5 or 1.0
+    return [v / norm for v in vector]
+
+
 def full_name(name: str) -> str:
     """Ollama's short form → full tag: ``x`` means ``x:latest``."""
     return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
@@ -99,6 +122,14 @@ class Scripted:
     fail_after: int | None = None  # pieces sent before a mid-stream {"error"} line
     error: str = "an error was encountered while running the model: unexpected EOF"
     load_error: str | None = None  # fails before any content, like a runner that does not start
+    by_question: dict[str, str] = field(default_factory=dict)  # last user message -> its own reply
+
+    def for_question(self, question: str) -> Scripted:
+        """This model's reply to ``question``: its own one where ``by_question`` names it."""
+        if question in self.by_question:
+            return Scripted(self.by_question[question], self.token_delay, self.fail_after, self.error,
+                            self.load_error)
+        return self
 
     def pieces(self) -> list[str]:
         return re.findall(r"\s*\S+|\s+", self.reply) or [""]
@@ -155,6 +186,9 @@ class OllamaTestServer:
         self.blob_uploads: list[tuple[str, int]] = []  # (digest, bytes received) per POST that stored a blob
         self.create_delay = 0.0  # seconds to wait before "success" (lets a test kill a client mid-create)
         self.latency_s = 0.0  # seconds every /api/* request waits before its handler runs (a slow or busy host)
+        # /api/embed only: an error it answers with ((status, message); a runner that crashed) and a delay.
+        self.embed_error: tuple[int, str] | None = None
+        self.embed_delay_s = 0.0
         self.converter = converter  # (hf_dir, out_gguf) for files= with safetensors, as Ollama converts them
         self.url = ""
         self._lock = threading.RLock()
@@ -189,20 +223,24 @@ class OllamaTestServer:
     def add_scripted_model(
         self, name: str, reply: str = "Hello there!", token_delay: float = 0.0, fail_after: int | None = None,
         load_error: str | None = None, template: str = "{{ .Prompt }}", system: str = "",
+        by_question: dict[str, str] | None = None,
     ) -> Model:
-        """Register a model whose chats answer ``reply`` (bot tests: streaming, delays, failures)."""
+        """Register a model whose chats answer ``reply`` (bot tests: streaming, delays, failures), or the reply
+        ``by_question`` names for the chat's last user message."""
         model = Model(full_name(name), template=template, system=system,
-                      scripted=Scripted(reply, token_delay, fail_after, load_error=load_error))
+                      scripted=Scripted(reply, token_delay, fail_after, load_error=load_error,
+                                        by_question=dict(by_question or {})))
         with self._lock:
             self.models[model.name] = model
         return model
 
-    def script_tag(self, name: str, reply: str) -> None:
-        """Make the tag ``name`` answer ``reply`` once it is created (by /api/create), and now if it exists."""
+    def script_tag(self, name: str, reply: str, by_question: dict[str, str] | None = None) -> None:
+        """Make the tag ``name`` answer ``reply`` (or ``by_question``'s reply for a chat's last user message) once
+        it is created (by /api/create), and now if it exists."""
         with self._lock:
-            self._scripted_tags[full_name(name)] = Scripted(reply)
+            self._scripted_tags[full_name(name)] = Scripted(reply, by_question=dict(by_question or {}))
             if full_name(name) in self.models:
-                self.models[full_name(name)].scripted = Scripted(reply)
+                self.models[full_name(name)].scripted = self._scripted_tags[full_name(name)]
 
     def get(self, name: str) -> Model | None:
         with self._lock:
@@ -272,6 +310,7 @@ class OllamaTestServer:
         app.router.add_post("/api/create", self._create)
         app.router.add_post("/api/chat", self._chat)
         app.router.add_post("/api/generate", self._generate)
+        app.router.add_post("/api/embed", self._embed)
         app.router.add_delete("/api/delete", self._delete)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -654,7 +693,11 @@ class OllamaTestServer:
                 self.rendered.append({"model": m.name, "prompt": prompt})
             return web.json_response({"model": name, "created_at": _now(), "message": {"role": "", "content": ""},
                                       "done": False, "_debug_info": {"rendered_template": prompt}})
-        return await self._respond(request, m, name, prompt, options, stream, chat=True)
+        question = next((x["content"] for x in reversed(messages) if x["role"] == "user"), "")
+        scripted = m.scripted.for_question(question) if m.scripted is not None else None
+        if messages[0] == {"role": "system", "content": PARAPHRASE_INSTRUCTION}:
+            scripted = Scripted(paraphrase(question))  # the gate's rewording request (deploy/gate.py)
+        return await self._respond(request, m, name, prompt, options, stream, chat=True, scripted=scripted)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         found = await self._model_request(request)
@@ -683,6 +726,33 @@ class OllamaTestServer:
         return await self._respond(request, m, name, prompt, options, body.get("stream", True) is not False,
                                    chat=False)
 
+    async def _embed(self, request: web.Request) -> web.Response:
+        """``/api/embed`` (server/routes.go EmbedHandler): any registered model embeds, with
+        :func:`trigram_embedding` (768 dimensions) instead of a network; the response has Ollama's shape."""
+        found = await self._model_request(request)
+        if isinstance(found, web.Response):
+            return found
+        body, name, m = found
+        raw = body.get("input")
+        if raw is None or raw == "":
+            texts: list[str] = []
+        elif isinstance(raw, str):
+            texts = [raw]
+        elif isinstance(raw, list) and all(isinstance(t, str) for t in raw):
+            texts = raw
+        else:
+            return self._error(400, "invalid input type")
+        if any(t == "" for t in texts):
+            return self._error(400, "input cannot be empty")
+        if self.embed_delay_s:
+            await asyncio.sleep(self.embed_delay_s)
+        if self.embed_error is not None:
+            return self._error(*self.embed_error)
+        self._touch(m.name, body.get("keep_alive"))
+        return web.json_response({"model": name, "embeddings": [trigram_embedding(t) for t in texts],
+                                  "total_duration": 1_000_000, "load_duration": 100_000,
+                                  "prompt_eval_count": sum(len(t.split()) for t in texts)})
+
     def _touch(self, name: str, keep_alive: Any) -> None:
         seconds = 300.0
         if isinstance(keep_alive, int | float):
@@ -695,7 +765,7 @@ class OllamaTestServer:
 
     async def _respond(
         self, request: web.Request, m: Model, name: str, prompt: str, options: dict[str, Any], stream: bool,
-        chat: bool,
+        chat: bool, scripted: Scripted | None = None,
     ) -> web.StreamResponse:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -704,8 +774,9 @@ class OllamaTestServer:
         def emit(kind: str, value: Any = None) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
 
-        if m.scripted is not None:
-            task = asyncio.create_task(self._scripted(m.scripted, emit))
+        scripted = scripted or m.scripted
+        if scripted is not None:
+            task = asyncio.create_task(self._scripted(scripted, emit))
         else:
             task = asyncio.create_task(asyncio.to_thread(self._generate_real, m, prompt, options, emit))
 

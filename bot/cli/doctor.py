@@ -45,7 +45,7 @@ class GpuProbe:
     devices: list[str] = field(default_factory=list)
 
 
-CHECKS = ("settings", "discord token", "roles", "database", "ollama", "base model", "redis", "gpu")
+CHECKS = ("settings", "discord token", "roles", "database", "ollama", "base model", "deploy path", "redis", "gpu")
 _CHECK_NAMES = ", ".join(c.replace(" ", "-") for c in CHECKS)
 
 
@@ -98,12 +98,13 @@ def run_checks(
             checks.append(roles_check(config))
         if want("database"):
             checks.append(database_check(config.resolved_database_url))
-    if want("ollama", "base model"):
+    if want("ollama", "base model", "deploy path"):
         if worker and config.worker_ollama_host:
             host, setting = config.worker_ollama_host, "LORALOOP_WORKER_OLLAMA_HOST"
         else:
             host, setting = config.ollama_host, "OLLAMA_HOST"
-        checks.extend(asyncio.run(ollama_checks(host, config.ollama_base, setting)))
+        checks.extend(asyncio.run(ollama_checks(host, config.ollama_base, setting, config.deploy_mode,
+                                                config.deploy_quantize)))
     if want("redis"):
         if worker or config.dispatcher == "celery":
             checks.append(redis_check(config.redis_url))
@@ -111,8 +112,10 @@ def run_checks(
             checks.append(Check("redis", "skip", "not used (dispatcher=local)"))
     if want("gpu"):
         checks.append(gpu_check((probe or probe_gpu)(), worker=worker, dispatcher=config.dispatcher))
-    # The base model cannot be checked without Ollama: its line comes along.
-    return [c for c in checks if c.name == "settings" or want(c.name) or (c.name == "ollama" and want("base model"))]
+    # The base model cannot be checked without Ollama, nor the deploy path without the base: their lines come along.
+    return [c for c in checks if c.name == "settings" or want(c.name)
+            or (c.name == "ollama" and want("base model", "deploy path"))
+            or (c.name == "base model" and want("deploy path"))]
 
 
 # ---- settings -----------------------------------------------------------------------------------------------
@@ -243,9 +246,12 @@ async def _current_revision(url: str, *, asyncpg: bool) -> str | None:
 # ---- Ollama -------------------------------------------------------------------------------------------------
 
 
-async def ollama_checks(host: str, base_tag: str, setting: str = "OLLAMA_HOST") -> list[Check]:
-    """Ollama's version, then whether the clean base tag every fine-tune builds on is present."""
-    from deploy.ollama import OllamaClient, OllamaError, OllamaUnavailable
+async def ollama_checks(host: str, base_tag: str, setting: str = "OLLAMA_HOST", mode: str = "auto",
+                        quantize: str | None = None) -> list[Check]:
+    """Ollama's version; whether the clean base tag every fine-tune builds on is present, and what Ollama says
+    about it (engine, renderer); which registration path a deploy takes there, warning when ``mode`` cannot work."""
+    from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
+    from deploy.registration import DaemonFacts, PathUnavailable, choose_path, parse_version
 
     async with OllamaClient(host, timeout=TIMEOUT_S) as client:
         try:
@@ -255,17 +261,35 @@ async def ollama_checks(host: str, base_tag: str, setting: str = "OLLAMA_HOST") 
                 why = f"{exc}: start it (`docker compose up -d ollama`, or `ollama serve`) or fix {setting}"
             else:  # something answers there, but not as Ollama does
                 why = f"{client.host} answered HTTP {exc.status} to GET /api/version: is {setting} Ollama's address?"
-            return [Check("ollama", "FAIL", why), Check("base model", "skip", f"{base_tag}: Ollama not reachable")]
-        checks = [Check("ollama", "ok", f"{client.host} reachable, Ollama {version or '(no version)'}")]
+            return [Check("ollama", "FAIL", why), Check("base model", "skip", f"{base_tag}: Ollama not reachable"),
+                    Check("deploy path", "skip", "Ollama not reachable")]
+        release = "a development build" if parse_version(version) is None else "a release"
+        checks = [Check("ollama", "ok", f"{client.host} reachable, Ollama {version or '(no version)'} ({release})")]
         try:
-            present = await client.has_model(base_tag)
+            shown = await client.show(base_tag)
+        except ModelNotFound:
+            return [*checks, Check("base model", "FAIL", f"{base_tag} is not in Ollama: run `ollama pull {base_tag}` "
+                                                        "on the Ollama host (`docker compose exec ollama ollama pull "
+                                                        f"{base_tag}`), or fix LORALOOP_OLLAMA_BASE"),
+                    Check("deploy path", "skip", f"{base_tag} is not in Ollama")]
         except OllamaError as exc:
-            return [*checks, Check("base model", "FAIL", f"cannot list Ollama's models: {exc}")]
-    if present:
-        return [*checks, Check("base model", "ok", f"{base_tag} present")]
-    return [*checks, Check("base model", "FAIL", f"{base_tag} is not in Ollama: run `ollama pull {base_tag}` on the "
-                                                "Ollama host (`docker compose exec ollama ollama pull "
-                                                f"{base_tag}`), or fix LORALOOP_OLLAMA_BASE")]
+            return [*checks, Check("base model", "FAIL", f"cannot read {base_tag} from Ollama: {exc}"),
+                    Check("deploy path", "skip", f"{base_tag} could not be read")]
+    facts = DaemonFacts.from_show(client.host, version, base_tag, shown)
+    checks.append(Check("base model", "ok", f"{base_tag} present; {facts.summary().split(': ', 1)[1]}"))
+    try:
+        choice = choose_path(mode, facts)
+    except PathUnavailable as exc:
+        return [*checks, Check("deploy path", "warn", str(exc))]
+    prompt_check = ("Ollama judges the served prompt (_debug_render_only)" if facts.renders_debug else
+                    "no _debug_render_only here: the served prompt is checked by loraloop's interpreter only")
+    detail = f"deploy_mode {mode}: {choice.path} path ({choice.reason}); {prompt_check}"
+    if choice.path == "adapter" and quantize:
+        return [*checks, Check("deploy path", "warn", f"{detail}; deploy_quantize {quantize} is ignored: it applies "
+                                                      "to the merged path only")]
+    if mode == "merged" and facts.adapter_refusal() is None and not facts.template_ignored():
+        detail += " (auto would take the adapter path here: far fewer bytes per retrain)"
+    return [*checks, Check("deploy path", "ok", detail)]
 
 
 # ---- Redis --------------------------------------------------------------------------------------------------

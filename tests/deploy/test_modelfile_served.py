@@ -4,6 +4,9 @@ equal the ids the trainer builds for the same conversation (tiny models carrying
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,58 @@ async def test_served_prompt_tokens_equal_trained_tokens(
             trained_ids = chat_format.encode_prompt(Conversation.from_dicts([*chat, {"role": "assistant",
                                                                                    "content": "x"}]))
             assert served["tokens"] == trained_ids, (served["prompt"], chat)
+
+
+# ---- golden prompts rendered by Go's own text/template (tests/goldens) ------------------------------------------
+
+def _goldens() -> dict[str, str]:
+    from tests.goldens.cases import PROMPTS
+
+    # Bytes, not read_text: universal newlines would turn a rendered "\r\n" into "\n".
+    return {p.name: p.read_bytes().decode("utf-8") for p in sorted(PROMPTS.glob("*.txt"))}
+
+
+def test_golden_cases_are_the_templates_deploy_serves() -> None:
+    import json
+
+    from tests.goldens.cases import CASES, cases
+
+    assert json.loads(CASES.read_text(encoding="utf-8")) == cases(), "run python -m tests.goldens.cases, then go run"
+    expected = {f"{model}--{chat}.txt" for model in cases()["models"] for chat in cases()["chats"]}
+    assert set(_goldens()) == expected
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs Go (Debian: apt-get install golang-go) to run render.go")
+def test_go_text_template_renders_the_committed_goldens(tmp_path: Path) -> None:
+    from tests.goldens.cases import CASES, HERE
+
+    env = {**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"),
+           "GOTOOLCHAIN": "local", "GOFLAGS": ""}
+    out = tmp_path / "prompts"
+    subprocess.run(["go", "run", str(HERE / "render.go"), str(CASES), str(out)], check=True, env=env,
+                   capture_output=True, timeout=300)
+    regenerated = {p.name: p.read_bytes().decode("utf-8") for p in sorted(out.glob("*.txt"))}
+    assert regenerated == _goldens()
+
+
+def test_the_interpreter_reproduces_every_golden_exactly() -> None:
+    from deploy.go_template import ollama_prompt
+    from tests.goldens.cases import cases
+
+    spec = cases()
+    for model, m in spec["models"].items():
+        for name, chat in spec["chats"].items():
+            golden = _goldens()[f"{model}--{name}.txt"]
+            assert ollama_prompt(m["template"], m["system"], chat) == golden, (model, name)
+
+
+async def test_the_test_server_renders_every_golden(ollama_server: OllamaTestServer) -> None:
+    from tests.goldens.cases import cases
+
+    spec = cases()
+    goldens = _goldens()
+    async with OllamaClient(ollama_server.url) as client:
+        for model, m in spec["models"].items():
+            ollama_server.add_scripted_model(f"golden-{model}:1", template=m["template"], system=m["system"])
+            for name, chat in spec["chats"].items():
+                assert await client.render_prompt(f"golden-{model}:1", chat) == goldens[f"{model}--{name}.txt"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ async def test_unknown_model_is_model_not_found(ollama_server: OllamaTestServer)
     async with OllamaClient(ollama_server.url) as client:
         with pytest.raises(ModelNotFound) as err:
             await client.chat("nope:v9", MESSAGES)
-        assert err.value.model == "nope:v9" and "try pulling it first" in str(err.value)
+        assert err.value.model == "nope:v9" and "model 'nope:v9' not found" in str(err.value)
         with pytest.raises(ModelNotFound):
             [p async for p in client.chat_stream("nope:v9", MESSAGES)]
         with pytest.raises(ModelNotFound):
@@ -175,7 +176,7 @@ async def test_official_async_client_works_unchanged(ollama_server: OllamaTestSe
     assert shown.details.family == "llama"
     with pytest.raises(ollama.ResponseError) as err:
         await client.chat(model="zzz", messages=MESSAGES)
-    assert err.value.status_code == 404 and err.value.error == 'model "zzz" not found, try pulling it first'
+    assert err.value.status_code == 404 and err.value.error == "model 'zzz' not found"
     await client.delete("c:1")
     with pytest.raises(ollama.ResponseError) as err:
         await client.delete("c:1")
@@ -196,3 +197,28 @@ async def test_concurrent_chats(ollama_server: OllamaTestServer) -> None:
     async with OllamaClient(ollama_server.url) as client:
         replies = await asyncio.gather(*(client.chat("a:1", MESSAGES) for _ in range(8)))
     assert replies == ["p q r"] * 8
+
+
+async def test_uploads_report_progress_and_head_spares_a_second_upload(ollama_server: OllamaTestServer,
+                                                                       tmp_path: Path) -> None:
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom((40 << 20) + 123))  # more than two progress steps of 16 MiB
+    seen: list[tuple[int, int]] = []
+    async with OllamaClient(ollama_server.url) as client:
+        first = await client.ensure_blob(path, on_progress=lambda sent, size: seen.append((sent, size)))
+        again = await client.ensure_blob(path, on_progress=lambda sent, size: seen.append((sent, size)))
+    size = path.stat().st_size
+    assert first.uploaded and first.bytes_sent == size and not again.uploaded and again.bytes_sent == 0
+    assert [s for s, _ in seen] == [16 << 20, 32 << 20, size] and {n for _, n in seen} == {size}
+    assert ollama_server.blob_uploads == [(first.digest, size)]
+
+
+async def test_a_create_gets_its_own_read_timeout(ollama_server: OllamaTestServer) -> None:
+    """Ollama is silent while it converts a model: /api/create may wait longer than any other request."""
+    ollama_server.add_scripted_model("a:1", reply="x")
+    ollama_server.create_delay = 1.5
+    async with OllamaClient(ollama_server.url, timeout=0.5, create_timeout=10) as client:
+        await client.create("slow:1", from_="a:1")
+    async with OllamaClient(ollama_server.url, timeout=10, create_timeout=0.5) as client:
+        with pytest.raises(OllamaUnavailable, match="sent nothing for 0.5 s"):
+            await client.create("slow:2", from_="a:1")

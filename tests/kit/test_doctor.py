@@ -26,7 +26,7 @@ POSTGRES_URL = os.environ.get("LORALOOP_TEST_POSTGRES_URL")
 BASE = "qwen2.5:0.5b-instruct"
 GOOD_TOKEN = (base64.urlsafe_b64encode(b"123456789012345678").decode().rstrip("=")
               + ".GhJkLm." + "aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789_-xy")
-NAMES = ("settings", "discord token", "roles", "database", "ollama", "base model", "redis", "gpu")
+NAMES = ("settings", "discord token", "roles", "database", "ollama", "base model", "deploy path", "redis", "gpu")
 LINE = re.compile(rf"^(ok|FAIL|warn|skip)\s+({'|'.join(NAMES)})\s+(.*)$")
 
 
@@ -107,7 +107,7 @@ def test_a_healthy_bot_host_passes_every_check(env, tmp_path, ollama_server):
     assert list(report.lines) == list(NAMES)  # one line per check, in order
     assert {name: status for name, (status, _) in report.lines.items()} == {
         "settings": "ok", "discord token": "ok", "roles": "ok", "database": "ok", "ollama": "ok",
-        "base model": "ok", "redis": "ok", "gpu": gpu_status(otherwise="skip")}
+        "base model": "ok", "deploy path": "ok", "redis": "ok", "gpu": gpu_status(otherwise="skip")}
     assert "123456789012345678" in report.detail("discord token")
     assert f"revision {head_revision()}" in report.detail("database")
     assert f"Ollama {OLLAMA_VERSION}" in report.detail("ollama")  # the test server's /api/version
@@ -143,7 +143,7 @@ def test_an_unreachable_ollama_fails_and_the_base_model_is_not_checked(env, tmp_
 
     assert report.status("ollama") == "FAIL"
     assert "not reachable" in report.detail("ollama") and "OLLAMA_HOST" in report.detail("ollama")
-    assert report.status("base model") == "skip"
+    assert report.status("base model") == "skip" and report.status("deploy path") == "skip"
     assert report.exit_code == 1
 
 
@@ -420,6 +420,60 @@ def test_check_base_model_brings_the_ollama_line_along(env, unreachable_ollama_u
 
     assert list(report.lines) == ["settings", "ollama", "base model"]
     assert report.status("ollama") == "FAIL" and report.exit_code == 1
+
+
+# ---- which way a deploy reaches Ollama ---------------------------------------------------------------------
+
+
+def test_an_old_ollama_takes_the_adapter_path_and_ollama_judges_the_prompt(env, ollama_server, capsys):
+    ollama_server.version = "0.13.0"
+    ollama_server.add_scripted_model(BASE)
+    env.setenv("OLLAMA_HOST", ollama_server.url)
+
+    report = doctor("--check", "deploy-path")
+
+    assert list(report.lines) == ["settings", "ollama", "base model", "deploy path"]
+    assert "Ollama 0.13.0 (a release)" in report.detail("ollama")
+    assert "llama on the llama.cpp engine, no renderer (TEMPLATE decides), capabilities completion" in report.detail(
+        "base model")
+    assert report.status("deploy path") == "ok"
+    assert report.detail("deploy path").startswith("deploy_mode auto: adapter path (Ollama 0.13.0 creates and loads")
+    assert "Ollama judges the served prompt (_debug_render_only)" in report.detail("deploy path")
+    assert report.exit_code == 0
+    with capsys.disabled():
+        print(f"\n--- loraloop doctor, Ollama {ollama_server.version} ---\n{report.output}")
+
+
+def test_a_new_ollama_takes_the_merged_path_and_warns_about_a_forced_adapter_mode(env, ollama_server, capsys):
+    ollama_server.version = "0.34.1"
+    ollama_server.add_scripted_model(BASE)
+    env.setenv("OLLAMA_HOST", ollama_server.url)
+
+    auto = doctor("--check", "deploy-path")
+    env.setenv("LORALOOP_DEPLOY_MODE", "adapter")
+    forced = doctor("--check", "deploy-path")
+
+    assert auto.status("deploy path") == "ok" and auto.detail("deploy path").startswith(
+        "deploy_mode auto: merged path (Ollama 0.34.1 cannot create models with LoRA adapters (removed in 0.34.1))")
+    assert forced.status("deploy path") == "warn" and "deploy_mode is adapter but Ollama 0.34.1 cannot create" in \
+        forced.detail("deploy path")
+    assert auto.exit_code == forced.exit_code == 0  # a warning, not a failure: deploys would fail with the reason
+    with capsys.disabled():
+        print(f"\n--- loraloop doctor, Ollama {ollama_server.version} ---\n{auto.output}"
+              f"--- with LORALOOP_DEPLOY_MODE=adapter ---\n{forced.output}")
+
+
+def test_a_new_engine_base_is_named_and_the_adapter_mode_warned_about(env, ollama_server):
+    ollama_server.version = "0.13.0"
+    ollama_server.add_scripted_model(BASE).family = "qwen3"
+    env.setenv("OLLAMA_HOST", ollama_server.url)
+    env.setenv("LORALOOP_DEPLOY_MODE", "adapter")
+    env.setenv("LORALOOP_DEPLOY_QUANTIZE", "q8_0")
+
+    report = doctor("--check", "deploy-path")
+
+    assert "qwen3 on the new engine" in report.detail("base model")
+    assert report.status("deploy path") == "warn" and "loras are not yet implemented" in report.detail("deploy path")
 
 
 def test_check_rejects_an_unknown_name(env):

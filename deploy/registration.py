@@ -1,0 +1,231 @@
+"""Which way a fine-tune reaches Ollama: as a LoRA adapter on the clean base, or as a merged model.
+
+The choice is made from what the daemon says about itself (``/api/version``) and about the base
+(``/api/show``: engine architecture, capabilities, renderer), before anything is converted. ``auto`` takes the
+adapter path wherever that daemon can create and load an adapter model for that base and the merged path
+otherwise; when the daemon refuses an adapter anyway, the deploy falls back to merged once and
+:class:`PathMemory` remembers that for the daemon and base until the daemon's version changes. The explicit
+modes never fall back: they fail with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Path_ = Literal["adapter", "merged"]
+Mode = Literal["auto", "adapter", "merged"]
+
+# Ollama 0.34.1 (ollama PR #14969) removed creating models with LoRA adapters; older-built ones still serve.
+ADAPTER_CREATE_REMOVED_IN = (0, 34, 1)
+# `"_debug_render_only": true` on /api/chat returns the rendered prompt without generating.
+DEBUG_RENDER_SINCE = (0, 13, 0)
+# Architectures that run on Ollama's new engine, which refuses adapters at load ("loras are not yet
+# implemented"); from fs/ggml's OllamaEngineRequired. Older-engine bases (llama, qwen2, mistral…) apply them.
+NEW_ENGINE_ARCHITECTURES = frozenset({
+    "bert", "deepseek2", "deepseekocr", "gemma3", "gemma3n", "gemma4", "gptoss", "gpt-oss", "laguna", "llama4",
+    "mistral3", "mllama", "nemotron_h", "nemotron_h_moe", "nemotron_h_omni", "nomic-bert", "olmo3", "qwen25vl",
+    "qwen3", "qwen3moe", "qwen35", "qwen35moe", "qwen3next", "qwen3vl", "qwen3vlmoe", "glm4moelite", "glmocr",
+    "lfm2", "lfm2moe",
+})
+# What /api/create's `quantize` accepts (server/quantization.go), in the spelling the settings use.
+QUANTIZE_TYPES = ("q4_K_M", "q4_K_S", "q8_0", "f16", "f32", "bf16")
+LORA_NOT_IMPLEMENTED = "loras are not yet implemented"
+
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+
+
+class PathUnavailable(Exception):
+    """The configured registration path cannot work on this daemon and base; the message says why."""
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """``0.13.0``, ``v0.12.6-rc1`` → (0, 13, 0); None for a build without a release number (``0.0.0``, dev)."""
+    m = _VERSION.match(text.strip())
+    if not m:
+        return None
+    version = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    return None if version == (0, 0, 0) else version
+
+
+def quantize_type(value: str) -> str:
+    """The accepted spelling of a quantization type (case-insensitive, as Ollama reads it); ValueError otherwise."""
+    for known in QUANTIZE_TYPES:
+        if value.strip().lower() == known.lower():
+            return known
+    raise ValueError(f"Ollama cannot quantize to {value!r}; it accepts {', '.join(QUANTIZE_TYPES)}")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonFacts:
+    """What an Ollama daemon says about itself and about one base tag."""
+
+    host: str
+    version: str
+    base: str
+    family: str = ""  # details.family
+    architecture: str = ""  # model_info general.architecture
+    capabilities: tuple[str, ...] = ()
+    renderer: str = ""  # a built-in renderer: Ollama then ignores TEMPLATE
+    parser: str = ""
+
+    @classmethod
+    def from_show(cls, host: str, version: str, base: str, shown: dict[str, Any]) -> DaemonFacts:
+        details = shown.get("details") or {}
+        info = shown.get("model_info") or {}
+        return cls(host=host, version=version, base=base, family=str(details.get("family") or ""),
+                   architecture=str(info.get("general.architecture") or ""),
+                   capabilities=tuple(str(c) for c in shown.get("capabilities") or ()),
+                   renderer=str(shown.get("renderer") or ""), parser=str(shown.get("parser") or ""))
+
+    @property
+    def release(self) -> tuple[int, int, int] | None:
+        return parse_version(self.version)
+
+    @property
+    def new_engine(self) -> bool:
+        return bool({self.architecture, self.family} & NEW_ENGINE_ARCHITECTURES)
+
+    @property
+    def renders_debug(self) -> bool:
+        """Whether /api/chat answers ``_debug_render_only`` (a dev build is taken to be recent)."""
+        return self.release is None or self.release >= DEBUG_RENDER_SINCE
+
+    def adapter_refusal(self) -> str | None:
+        """Why this daemon refuses an adapter model for this base, or None when it creates and loads one."""
+        if self.release is None or self.release >= ADAPTER_CREATE_REMOVED_IN:
+            return (f"Ollama {self.version or '(unknown version)'} cannot create models with LoRA adapters "
+                    "(removed in 0.34.1)")
+        if self.new_engine:
+            return (f"{self.base} ({self.architecture or self.family}) runs on Ollama's new engine, which refuses "
+                    f"LoRA adapters when it loads the model ({LORA_NOT_IMPLEMENTED!r})")
+        return None
+
+    def template_ignored(self) -> str | None:
+        """Why a model created from this base would not be prompted with our TEMPLATE, or None."""
+        if self.renderer:
+            return (f"{self.base} has Ollama's built-in renderer {self.renderer!r}, which a model created from it "
+                    "inherits and which replaces our TEMPLATE")
+        return None
+
+    def summary(self) -> str:
+        engine = "new engine" if self.new_engine else "llama.cpp engine"
+        renderer = f"renderer {self.renderer}" if self.renderer else "no renderer (TEMPLATE decides)"
+        caps = ", ".join(self.capabilities) or "none listed"
+        arch = self.architecture or self.family or "?"
+        return f"{self.base}: {arch} on the {engine}, {renderer}, capabilities {caps}"
+
+
+@dataclass(frozen=True, slots=True)
+class PathChoice:
+    """The path a deploy takes, and why (shown in the version's record and by ``loraloop doctor``)."""
+
+    path: Path_
+    mode: Mode
+    reason: str
+    remembered: bool = False
+
+
+class PathMemory:
+    """Fallbacks to merged the daemons forced, by daemon and base; forgotten when the daemon's version changes.
+
+    With a ``file`` it survives restarts (JSON); without one it lasts as long as the process.
+    """
+
+    def __init__(self, file: Path | None = None) -> None:
+        self.file = Path(file) if file else None
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, str]] = {}
+        if self.file is not None and self.file.is_file():
+            try:
+                loaded = json.loads(self.file.read_text(encoding="utf-8"))
+            except ValueError:
+                loaded = {}  # a damaged memory only costs one more adapter attempt
+            self._entries = {k: v for k, v in loaded.items() if isinstance(v, dict)} if isinstance(loaded, dict) else {}
+
+    @staticmethod
+    def _key(facts: DaemonFacts) -> str:
+        return f"{facts.host.rstrip('/')}|{facts.base.lower()}"
+
+    def recall(self, facts: DaemonFacts) -> str | None:
+        """Why this daemon (at this version) refused an adapter for this base before, or None."""
+        with self._lock:
+            entry = self._entries.get(self._key(facts))
+        if entry and entry.get("version") == facts.version:
+            return entry.get("reason") or "the daemon refused an adapter before"
+        return None
+
+    def remember(self, facts: DaemonFacts, reason: str) -> None:
+        with self._lock:
+            self._entries[self._key(facts)] = {"version": facts.version, "reason": reason}
+            if self.file is not None:
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self._entries, indent=1, sort_keys=True), encoding="utf-8")
+                tmp.replace(self.file)
+
+
+# Remembered for the life of the process when the caller keeps no memory of its own.
+PROCESS_MEMORY = PathMemory()
+
+
+def choose_path(mode: str, facts: DaemonFacts, memory: PathMemory | None = None) -> PathChoice:
+    """The registration path for ``mode`` on this daemon and base; PathUnavailable when an explicit adapter
+    mode cannot work there (it never falls back)."""
+    if "completion" not in facts.capabilities and facts.capabilities:
+        raise PathUnavailable(f"{facts.base} cannot chat (capabilities: {', '.join(facts.capabilities)}); "
+                              "use an instruct or chat base")
+    if mode == "merged":
+        return PathChoice("merged", "merged", "deploy_mode is merged")
+    refusal = facts.adapter_refusal()
+    if mode == "adapter":
+        if refusal:
+            raise PathUnavailable(f"deploy_mode is adapter but {refusal}; set deploy_mode to merged or auto")
+        return PathChoice("adapter", "adapter", "deploy_mode is adapter")
+    if mode != "auto":
+        raise ValueError(f"deploy mode must be auto, adapter or merged, not {mode!r}")
+    if refusal:
+        return PathChoice("merged", "auto", refusal)
+    if remembered := memory.recall(facts) if memory is not None else None:
+        return PathChoice("merged", "auto", f"this daemon refused an adapter for {facts.base} before: {remembered}",
+                          remembered=True)
+    if ignored := facts.template_ignored():
+        return PathChoice("merged", "auto", ignored)
+    return PathChoice("adapter", "auto", f"Ollama {facts.version} creates and loads adapter models for {facts.base}")
+
+
+def is_adapter_refusal(message: str) -> bool:
+    """Whether an Ollama error is the daemon refusing a LoRA adapter (at create or when it loads the model)."""
+    # Only a refusal of adapters as such: an adapter that does not fit its base ("failed to load LoRA adapter")
+    # is a broken candidate, and merging it would hide that.
+    text = message.lower()
+    refused = any(p in text for p in ("not yet implemented", "not supported", "no longer supported", "unsupported"))
+    return refused and ("lora" in text or "adapter" in text)
+
+
+# api.Options' field types, as Ollama's Options.FromMap checks them on every chat: /api/create stores any value, so a
+# wrong type creates fine and then fails every chat with `option "temperature" must be of type float32`.
+_FLOAT_OPTIONS = frozenset({"temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
+                            "frequency_penalty"})
+_INT_OPTIONS = frozenset({"top_k", "num_ctx", "num_predict", "seed", "repeat_last_n", "num_keep", "num_batch",
+                          "num_gpu", "num_thread"})
+_BOOL_OPTIONS = frozenset({"penalize_newline", "numa", "use_mmap", "low_vram"})
+
+
+def option_type_error(options: dict[str, Any]) -> str | None:
+    """Ollama's message for the first option of a type it refuses at chat time, or None (unknown keys pass)."""
+    for key, value in options.items():
+        if key in _FLOAT_OPTIONS and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f'option "{key}" must be of type float32'
+        if key in _INT_OPTIONS and (isinstance(value, bool) or not isinstance(value, int | float)
+                                    or (isinstance(value, float) and not value.is_integer())):
+            return f'option "{key}" must be of type integer'
+        if key in _BOOL_OPTIONS and not isinstance(value, bool):
+            return f'option "{key}" must be of type boolean'
+        if key == "stop" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return f'option "{key}" must be an array of strings'
+    return None

@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import json
 import re
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,10 @@ def file_digest(path: Path) -> str:
 
 
 def _messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    return [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages]
+    # NFC, as the trainer renders it: some tokenizers normalise (Qwen2's), llama.cpp never does, so a decomposed
+    # "é" would otherwise be served as other tokens than it was trained as.
+    return [{"role": str(m["role"]), "content": unicodedata.normalize("NFC", str(m.get("content") or ""))}
+            for m in messages]
 
 
 class OllamaClient:

@@ -10,6 +10,7 @@ templates without ``{% generation %}`` markers (stock Qwen2.5, Llama 3, most bas
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +116,11 @@ class ChatFormat:
                     out.append({"role": m.role, "content": f"<think>\n{m.reasoning}\n</think>\n\n{m.content}"})
             else:
                 out.append({"role": m.role, "content": m.content})
+        # NFC, as the bot sends chats to Ollama (deploy/ollama.py): llama.cpp does not normalise, so training on a
+        # decomposed form would teach tokens the served model never sees.
+        for message in out:
+            if isinstance(message.get("content"), str):
+                message["content"] = unicodedata.normalize("NFC", message["content"])
         return out
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False,

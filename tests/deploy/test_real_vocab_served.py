@@ -84,10 +84,8 @@ async def test_served_prompt_is_the_training_prompt(
     assert fmt.end_of_turn[0] in serving.stop  # the end of turn the model learned also stops Ollama
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Qwen2's HF tokenizer NFC-normalises text, llama.cpp does not: a decomposed 'é' (e + U+0301) is trained as "
-    "one token sequence and served as another. Fix: NFC-normalise message text before it reaches Ollama "
-    "(deploy/ollama.py _messages) and when conversations are stored (data/conversation.py)"))
+# Qwen2's HF tokenizer NFC-normalises text, llama.cpp does not: a decomposed 'é' (e + U+0301) was trained as one
+# token sequence and served as another. Both sides now send NFC (deploy/ollama.py _messages, trainer/prepare.py).
 async def test_decomposed_unicode_is_served_as_trained(
     real_qwen2_dir: Path, real_vocab_ggufs: dict[str, ConvertedBase], ollama_server: OllamaTestServer,
     tmp_path: Path,

@@ -111,7 +111,7 @@ def test_images_are_pinned(services):
         assert image, f"{name} has no image name"
         tag = image_tag(image)
         assert tag and tag != "latest" and not tag.startswith("$"), f"{name}: {image} is not pinned"
-    assert services["ollama"]["image"] == "ollama/ollama:0.13.0"
+    assert services["ollama"]["image"] == "ollama/ollama:0.34.1"  # the newest release the deploy is tested against
 
 
 def test_the_worker_reserves_a_gpu_and_the_bot_does_not(services):

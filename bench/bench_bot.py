@@ -30,19 +30,50 @@ from tests.ollama_server import OllamaTestServer  # noqa: E402
 BOT = user_payload(BOT_ID, "loraloop", bot=True)
 
 
+ROUND_GAP_S = 0.3  # between rounds, on both paths: answers overlap alike (each streams for about 0.8 s)
+
+
 async def first_token_direct(url: str, rounds: int) -> list[float]:
     times = []
     async with OllamaClient(url) as client:
+        readers = []
         for _ in range(rounds):
-            start = time.perf_counter()
-            async for _piece in client.chat_stream(BASE_TAG, [{"role": "user", "content": "hi"}]):
-                times.append(time.perf_counter() - start)
-                break
+            first: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            readers.append(asyncio.create_task(read_answer(client, first)))
+            times.append(await first)
+            await asyncio.sleep(ROUND_GAP_S)
+        await asyncio.gather(*readers)
     return times
+
+
+async def read_answer(client: OllamaClient, first: asyncio.Future[float]) -> None:
+    """Time the first piece, then read the answer to its end, as the bot does: a client hanging up mid-stream
+    makes the test server log a traceback for each answer cut off."""
+    start = time.perf_counter()
+    async for _piece in client.chat_stream(BASE_TAG, [{"role": "user", "content": "hi"}]):
+        if not first.done():
+            first.set_result(time.perf_counter() - start)
+
+
+def finished_answers(api: DiscordAPI) -> int:
+    """Answers rendered to the end (the final edit carries the feedback buttons)."""
+    return len([c for c in api.find("PATCH") if c.json and c.json.get("components")])
+
+
+async def until_finished(api: DiscordAPI, count: int) -> bool:
+    """Wait (60 s at most) until ``count`` answers have finished; False if they did not."""
+    try:
+        async with asyncio.timeout(60):
+            while finished_answers(api) < count:  # noqa: ASYNC110 - the answers arrive at another server
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def first_token_bot(gateway: Gateway, api: DiscordAPI, rounds: int) -> list[float]:
     times = []
+    done_before = finished_answers(api)
     for i in range(rounds):
         seen = len(api.sent_messages())
         start = time.perf_counter()
@@ -51,7 +82,8 @@ async def first_token_bot(gateway: Gateway, api: DiscordAPI, rounds: int) -> lis
         while len(api.sent_messages()) == seen:  # noqa: ASYNC110 - the reply arrives at another server
             await asyncio.sleep(0.0005)
         times.append(time.perf_counter() - start)
-        await asyncio.sleep(0.3)  # let the answer finish before the next round
+        await asyncio.sleep(ROUND_GAP_S)
+    await until_finished(api, done_before + rounds)  # no answer still streaming into the next measurement
     return times
 
 
@@ -66,15 +98,12 @@ async def loop_lag(gateway: Gateway, api: DiscordAPI, concurrent: int) -> list[f
             lags.append(time.perf_counter() - start - 0.01)
 
     tick = asyncio.create_task(ticker())
-    before = len([c for c in api.find("PATCH") if c.json and c.json.get("components")])
+    before = finished_answers(api)
     for i in range(concurrent):
         gateway.client._connection.parse_message_create(message_payload(
             f"<@{BOT_ID}> talk {i}", author=user_payload(5000 + i), mentions=[BOT]))
-    deadline = time.monotonic() + 60
-    while len([c for c in api.find("PATCH") if c.json and c.json.get("components")]) < before + concurrent:
-        if time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
+    if not await until_finished(api, before + concurrent):
+        print(f"(only {finished_answers(api) - before} of {concurrent} answers finished within 60 s)")
     stop.set()
     await tick
     return lags

@@ -6,11 +6,12 @@ the eval split stays there in every later snapshot and eval metrics stay compara
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,9 @@ from data.conversation import Conversation
 FORMAT = "loraloop-snapshot/1"
 EXAMPLES_FILE = "examples.jsonl"
 MANIFEST_FILE = "manifest.json"
+# Preference records (chosen/rejected answers, for the DPO stage): their own file, the same hash-stable split.
+# Listed in the manifest with their own sha256; snapshots written before it have none and read as before.
+PREFERENCES_FILE = "preferences.jsonl"
 
 
 class SnapshotError(Exception):
@@ -38,7 +42,7 @@ class _ExampleLike(Protocol):
 
 def is_eval(example_id: str, eval_fraction: float) -> bool:
     """eval iff sha256("loraloop-split:" + id), read as a fraction of 2**64, is below ``eval_fraction``."""
-    digest = hashlib.sha256(f"loraloop-split:{example_id}".encode()).digest()
+    digest = hashlib.sha256(b"loraloop-split:" + example_id.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction
 
 
@@ -46,38 +50,120 @@ def write_snapshot(examples: Iterable[_ExampleLike], out_dir: Path, eval_fractio
     """Write ``examples.jsonl`` (sorted by id) and ``manifest.json`` into a new or empty ``out_dir``.
 
     Returns the manifest plus ``path`` (the directory's absolute path, not stored in the manifest file).
+    Holds every example to sort them; SnapshotWriter takes them already sorted, a batch at a time.
     """
-    if not 0 < eval_fraction < 1:
-        raise SnapshotError(f"eval_fraction must be between 0 and 1, not {eval_fraction}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise SnapshotError(f"{out_dir} is not empty: a snapshot is immutable, write it to a new directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
-    splits: Counter[str] = Counter()
-    sources: Counter[str] = Counter()
-    for ex in sorted(examples, key=lambda e: e.content_hash):
-        split = "eval" if is_eval(ex.content_hash, eval_fraction) else "train"
-        record: dict[str, Any] = {"id": ex.content_hash, "split": split, "messages": _json_value(ex.messages),
-                                  "tags": _json_value(ex.tags or []), "source": ex.source}
-        if ex.tools:
-            record["tools"] = ex.tools
-        lines.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode())
-        splits[split] += 1
-        sources[ex.source] += 1
-    payload = ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
-    (out_dir / EXAMPLES_FILE).write_bytes(payload)
-    manifest = {
-        "format": FORMAT,
-        "file": EXAMPLES_FILE,
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "counts": {"total": len(lines), "train": splits["train"], "eval": splits["eval"]},
-        "eval_fraction": eval_fraction,
-        "sources": dict(sorted(sources.items())),
-        "created_at": datetime.now(UTC).isoformat(),
-    }
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return {**manifest, "path": str(out_dir.resolve())}
+    with SnapshotWriter(out_dir, eval_fraction) as writer:
+        writer.write(sorted(examples, key=lambda e: e.content_hash))
+        return writer.close()
+
+
+class SnapshotWriter:
+    """Writes a snapshot from examples given in id (content hash) order, one batch at a time.
+
+    Memory stays one batch's, whatever the snapshot's size; the bytes are exactly ``write_snapshot``'s.
+    Used as a context manager, a failure removes what was written (the directory too, if this made it).
+    """
+
+    def __init__(self, out_dir: Path, eval_fraction: float = 0.1) -> None:
+        if not 0 < eval_fraction < 1:
+            raise SnapshotError(f"eval_fraction must be between 0 and 1, not {eval_fraction}")
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and any(self.out_dir.iterdir()):
+            raise SnapshotError(f"{self.out_dir} is not empty: a snapshot is immutable, write it to a new directory")
+        self._made_dir = not self.out_dir.exists()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.eval_fraction = eval_fraction
+        self._file = (self.out_dir / EXAMPLES_FILE).open("xb")
+        self._sha256 = hashlib.sha256()
+        self._last = ""
+        self._splits: Counter[str] = Counter()
+        self._sources: Counter[str] = Counter()
+        self._preferences: dict[str, Any] | None = None
+
+    def write_preferences(self, records: Iterable[Any]) -> None:
+        """Write ``preferences.jsonl`` at once (records with content_hash, prompt, chosen, rejected, tags, tools,
+        source — the store's PreferenceRecord rows), sorted by id, split by the same rule as the examples."""
+        lines, splits = [], Counter()
+        for rec in sorted(records, key=lambda r: r.content_hash):
+            split = "eval" if is_eval(rec.content_hash, self.eval_fraction) else "train"
+            line: dict[str, Any] = {"id": rec.content_hash, "split": split, "prompt": rec.prompt,
+                                    "chosen": rec.chosen, "rejected": rec.rejected, "tags": rec.tags or [],
+                                    "source": rec.source}
+            if rec.tools:
+                line["tools"] = rec.tools
+            lines.append(orjson.dumps(line, option=orjson.OPT_SORT_KEYS) + b"\n")
+            splits[split] += 1
+        payload = b"".join(lines)
+        with (self.out_dir / PREFERENCES_FILE).open("xb") as f:
+            f.write(payload)
+        self._preferences = {"file": PREFERENCES_FILE, "sha256": hashlib.sha256(payload).hexdigest(),
+                             "counts": {"total": splits.total(), "train": splits["train"], "eval": splits["eval"]}}
+
+    def write(self, examples: Iterable[_ExampleLike]) -> None:
+        """Append examples; each id must sort after (or equal) the last one written."""
+        self.write_rows((ex.content_hash, ex.messages, ex.tags, ex.source, ex.tools) for ex in examples)
+
+    def write_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        """``write`` for rows of (content_hash, messages, tags, source, tools), the store's column order."""
+        # Hot loop (a million rows is a normal snapshot): rows unpacked (a database row's attributes cost 5× more),
+        # counts kept in locals.
+        lines, last, fraction, sources, evals = [], self._last, self.eval_fraction, self._sources, 0
+        for example_id, messages, tags, source, tools in rows:
+            if example_id < last:
+                raise SnapshotError(f"examples out of order: {example_id[:12]}… after {last[:12]}… "
+                                    "(a snapshot's examples must come sorted by id)")
+            last = example_id
+            in_eval = is_eval(example_id, fraction)
+            evals += in_eval
+            record: dict[str, Any] = {"id": example_id, "split": "eval" if in_eval else "train",
+                                      "messages": _json_value(messages), "tags": _json_value(tags or []),
+                                      "source": source}
+            if tools:
+                record["tools"] = tools
+            lines.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+            sources[source] = sources.get(source, 0) + 1
+        self._last = last
+        self._splits["eval"] += evals
+        self._splits["train"] += len(lines) - evals
+        if lines:
+            lines.append(b"")  # every line ends in "\n", the last one included
+            chunk = b"\n".join(lines)
+            self._sha256.update(chunk)
+            self._file.write(chunk)
+
+    def close(self) -> dict[str, Any]:
+        """Finish ``examples.jsonl``, write ``manifest.json``; returns the manifest plus ``path``."""
+        self._file.close()
+        manifest = {
+            "format": FORMAT,
+            "file": EXAMPLES_FILE,
+            "sha256": self._sha256.hexdigest(),
+            "counts": {"total": self._splits.total(), "train": self._splits["train"], "eval": self._splits["eval"]},
+            "eval_fraction": self.eval_fraction,
+            "sources": dict(sorted(self._sources.items())),
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        if self._preferences is not None:
+            manifest["preferences"] = self._preferences
+        (self.out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
+                                                  encoding="utf-8")
+        return {**manifest, "path": str(self.out_dir.resolve())}
+
+    def abort(self) -> None:
+        """Remove what this writer wrote: a half-written snapshot must not look like one."""
+        self._file.close()
+        for name in (EXAMPLES_FILE, MANIFEST_FILE, PREFERENCES_FILE):
+            (self.out_dir / name).unlink(missing_ok=True)
+        if self._made_dir:
+            with contextlib.suppress(OSError):  # someone else's file in it now: leave the directory
+                self.out_dir.rmdir()
+
+    def __enter__(self) -> SnapshotWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.abort()
 
 
 def _json_value(value: Any) -> Any:
@@ -95,6 +181,8 @@ class Snapshot:
     train: list[Conversation]
     eval: list[Conversation]
     ids: dict[str, list[str]]  # split → example ids, in file order
+    # split → preference records (data.formats.preference.Preference), in file order; empty in older snapshots.
+    preferences: dict[str, list[Any]] = field(default_factory=lambda: {"train": [], "eval": []})
 
     @property
     def sha256(self) -> str:
@@ -139,4 +227,34 @@ def read_snapshot(path: Path | str) -> Snapshot:
     counts = manifest.get("counts", {})
     if counts.get("train") != len(train) or counts.get("eval") != len(evals):
         raise SnapshotError(f"{path}: the manifest's counts do not match {EXAMPLES_FILE}")
-    return Snapshot(path=path, manifest=manifest, train=train, eval=evals, ids=ids)
+    preferences = _read_preferences(path, manifest.get("preferences"))
+    return Snapshot(path=path, manifest=manifest, train=train, eval=evals, ids=ids, preferences=preferences)
+
+
+def _read_preferences(path: Path, listed: Any) -> dict[str, list[Any]]:
+    """The snapshot's preference records by split, verified against the manifest's entry (none: empty)."""
+    from data.formats.preference import Preference
+
+    out: dict[str, list[Any]] = {"train": [], "eval": []}
+    if listed is None:
+        return out
+    if not isinstance(listed, dict) or listed.get("file") != PREFERENCES_FILE:
+        raise SnapshotError(f"{path}: the manifest's preferences entry is not one for {PREFERENCES_FILE}")
+    data_path = path / PREFERENCES_FILE
+    if not data_path.is_file():
+        raise SnapshotError(f"{data_path} is missing")
+    payload = data_path.read_bytes()
+    if hashlib.sha256(payload).hexdigest() != listed.get("sha256"):
+        raise SnapshotError(f"{data_path} does not match its manifest: the snapshot was modified")
+    for number, line in enumerate(payload.decode("utf-8").split("\n")[:-1], start=1):
+        try:
+            record = orjson.loads(line)
+            pref = Preference.from_row(record["prompt"], record["chosen"], record["rejected"],
+                                       record.get("tags", ()), record.get("tools"))
+            out[record["split"]].append(pref)
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise SnapshotError(f"{data_path} line {number}: not a preference record ({exc})") from None
+    counts = listed.get("counts") or {}
+    if counts.get("train") != len(out["train"]) or counts.get("eval") != len(out["eval"]):
+        raise SnapshotError(f"{path}: the manifest's preference counts do not match {PREFERENCES_FILE}")
+    return out

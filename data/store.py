@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, delete, event, func, insert, or_, select, type_coerce, update
+from sqlalchemy import Text, cast, delete, event, func, insert, or_, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -42,6 +42,8 @@ from data.preferences import approved_preferences, preference_stats, record_corr
 from data.review import ReviewPolicy, agreement, disagreement
 from data.runs import RunsMixin
 
+# The role of the prompt entry that lists the retrieved pairs an answer was given with (record_answer).
+RETRIEVAL_ROLE = "retrieval"
 # Statuses a version can be rolled back to (it served well and was not rolled back itself).
 _GOOD_FOR_ROLLBACK = ("promoted",)
 # Statuses a moderator may set directly; superseded is only ever the effect of an edit.
@@ -67,6 +69,10 @@ _VISIBLE = or_(Example.import_batch.is_(None), Example.import_batch.not_in(selec
 _APPROVED_RAW = (select(Example.content_hash, type_coerce(Example.messages, Text).label("messages"),
                         type_coerce(Example.tags, Text).label("tags"), Example.source, Example.tools)
                  .where(Example.status == "approved", _VISIBLE).order_by(Example.content_hash))
+# The same, the JSON as text on PostgreSQL too: a cast in SQL, or asyncpg decodes it on the event loop.
+_APPROVED_TEXT = (select(Example.content_hash, cast(Example.messages, Text).label("messages"),
+                         cast(Example.tags, Text).label("tags"), Example.source, Example.tools)
+                  .where(Example.status == "approved", _VISIBLE).order_by(Example.content_hash))
 
 
 class StoreError(Exception):
@@ -513,7 +519,13 @@ class Store(RunsMixin):
         channel_id: int | None = None,
         message_id: int | None = None,
         user_id: int | None = None,
+        pair_ids: Sequence[int] = (),
     ) -> Answer:
+        """``pair_ids``: the approved examples retrieval showed the model (bot/retrieval.py); see :func:`used_pairs`."""
+        if pair_ids:
+            # An entry of its own role at the end of the prompt list: readers of chat turns pick roles, so they pass
+            # it by, and the answer row needs no new column.
+            prompt = [*prompt, {"role": RETRIEVAL_ROLE, "pair_ids": [int(i) for i in pair_ids]}]
         row = Answer(prompt=prompt, answer=answer, model_tag=model_tag, model_version_id=model_version_id,
                      guild_id=guild_id, channel_id=channel_id, message_id=message_id, user_id=user_id)
         async with self.session() as s, s.begin():
@@ -541,6 +553,21 @@ class Store(RunsMixin):
             else:
                 row.value, row.updated_at = value, utcnow()
         return row
+
+    async def pair_feedback(self, pair_ids: Collection[int]) -> dict[int, tuple[int, int]]:
+        """👍 and 👎 counts, per example, of the answers that were given with it retrieved (every id in
+        ``pair_ids`` is in the result, (0, 0) when unused or unrated)."""
+        wanted = set(pair_ids)
+        counts = dict.fromkeys(wanted, (0, 0))
+        # Only answers that name retrieved pairs, matched on the stored JSON text (the same on SQLite and PG).
+        query = (select(Answer.prompt, Feedback.value).join(Feedback, Feedback.answer_id == Answer.id)
+                 .where(cast(Answer.prompt, Text).like(f'%"{RETRIEVAL_ROLE}"%')))
+        async with self.session() as s:
+            for prompt, value in await s.execute(query):
+                for example_id in set(used_pairs(prompt)) & wanted:
+                    up, down = counts[example_id]
+                    counts[example_id] = (up + (value > 0), down + (value < 0))
+        return counts
 
     async def feedback_counts(self, answer_id: int) -> tuple[int, int]:
         async with self.session() as s:
@@ -605,13 +632,14 @@ class Store(RunsMixin):
             return list(await s.execute(_APPROVED_RAW))
 
     async def approved_examples_batches(self, batch_rows: int = SNAPSHOT_BATCH_ROWS) -> AsyncIterator[Sequence[Any]]:
-        """``approved_examples_raw``'s rows, ``batch_rows`` at a time, fetched as they are consumed.
+        """``approved_examples_raw``'s rows, ``batch_rows`` at a time, fetched as they are consumed; ``messages``
+        and ``tags`` are the stored JSON text on every database.
 
         One SELECT, so one consistent view however long the reading takes; memory holds one batch. Read through a
         plain connection (no ORM session: a third of the fetch time). Close it early with contextlib.aclosing.
         """
         async with self.engine.connect() as conn:
-            result = await conn.stream(_APPROVED_RAW.execution_options(yield_per=batch_rows))
+            result = await conn.stream(_APPROVED_TEXT.execution_options(yield_per=batch_rows))
             async for batch in result.partitions():
                 yield batch
 
@@ -630,12 +658,20 @@ class Store(RunsMixin):
         """
         from data.snapshot import SnapshotWriter
 
+        # SQLite snapshots embed the stored JSON text as it is; PostgreSQL ones have always held it decoded and
+        # re-encoded (asyncpg used to decode it on the way): each keeps its bytes, decoded in the writer's thread.
+        decode = self.engine.dialect.name != "sqlite"
+
+        def write(batch: Sequence[Any]) -> None:  # a generator: each row's decoded JSON dropped once written
+            writer.write_rows(((example_id, orjson.loads(messages), orjson.loads(tags), source, tools)
+                               for example_id, messages, tags, source, tools in batch) if decode else batch)
+
         writer = await asyncio.to_thread(SnapshotWriter, Path(out_dir), eval_fraction)
         with writer:
             async with aclosing(self.approved_examples_batches(batch_rows)) as batches:
                 async for batch in batches:
                     # To the end even when cancelled: the clean-up must not race a write still in its thread.
-                    await _to_the_end(asyncio.to_thread(writer.write_rows, batch))
+                    await _to_the_end(asyncio.to_thread(write, batch))
             # The approved preference records ride along in their own file (few: read at once).
             preferences = await approved_preferences(self)
             if preferences:
@@ -787,6 +823,14 @@ class Store(RunsMixin):
                 select(ModelVersion).where(ModelVersion.in_ollama.is_(True)).order_by(ModelVersion.version.desc())
             ))
         return [v for v in in_ollama[keep:] if v.id not in protected]
+
+
+def used_pairs(prompt: Sequence[Any]) -> list[int]:
+    """The retrieved example ids a recorded answer's prompt lists (``record_answer(pair_ids=…)``), in order."""
+    for entry in prompt:
+        if isinstance(entry, dict) and entry.get("role") == RETRIEVAL_ROLE:
+            return [int(i) for i in entry.get("pair_ids", [])]
+    return []
 
 
 async def _to_the_end(coro: Any) -> Any:

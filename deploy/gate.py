@@ -8,21 +8,49 @@ the base tag before any was promoted) by more than ``margin`` mean ROUGE-L over 
 
 Both models answer with the gate's own deterministic options, sent per request: what is compared is the
 weights, never the sampling.
+
+Three more dimensions practitioners check on a fine-tune, each reported beside the score above:
+
+- paraphrases: up to ``paraphrases`` eval questions are reworded by the paraphrasing model (the base tag, so the
+  rewordings are the same for every version) with a fixed instruction and the deterministic options; both models
+  answer the rewording and are scored against the same reference. A candidate whose reworded score falls more than
+  ``OVERFIT_GAP`` below its score on the original wording is flagged over-fitted (it learned the wording, not the
+  answer). Flagged, not rejected: a reworded question can legitimately ask something slightly different.
+- consistency: each model answers every probe ``consistency_n`` times with the served (sampling) options; the mean
+  pairwise ROUGE-L of those answers says how much its answer depends on the dice (1: always the same answer).
+- retention: the trainer's measurement (trainer/retention.py, metrics.json ``retention``): how much less likely the
+  candidate finds the base's own answers to general prompts. Above ``max_retention_drop`` the candidate is
+  rejected: it learned its pairs and forgot how to answer anything else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from typing import Any
 
 from data.conversation import Conversation
-from data.metrics import score_answers
+from data.metrics import rouge_l, score_answers
 from deploy.ollama import OllamaClient
 
 CHAT_ROLES = ("system", "user", "assistant")
 DECIDED_BY = "rouge_l"
 METRIC_NAMES = {"rouge_l": "ROUGE-L F1", "exact_match": "exact match"}
+# The paraphrasing model's system prompt; the user message is the question alone. Fixed: a changed instruction
+# changes every rewording, and with it the numbers versions are compared on.
+PARAPHRASE_INSTRUCTION = ("Rewrite the user's question in different words with exactly the same meaning. "
+                          "Reply with the rewritten question only: no answer, no quotes, no explanation.")
+# A reworded score this far (absolute ROUGE-L) below the original-wording score flags the candidate over-fitted.
+# The eval references are short, so a model that learned the answer loses a few words to a rewording, not a fifth.
+OVERFIT_GAP = 0.2
+MEANINGS = {
+    "paraphrase": "the same eval questions reworded; far below the original wording: the wording was memorised",
+    "consistency": "similarity of repeated answers at the served sampling (mean pairwise ROUGE-L); 1: always "
+                   "the same, low: the dice decide",
+    "retention": "how much less likely the base's answers to general questions became (nats/token); near 0: "
+                 "general ability kept",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +79,12 @@ class GateResult:
     active_is_base: bool = False  # ``active`` is the base tag: no fine-tuned version answered yet
     decided_by: str = DECIDED_BY  # the metric the verdict compared ("" when nothing was compared)
     options: dict[str, Any] = field(default_factory=dict)  # the decoding options both models answered with
+    # Reworded eval questions: count, paraphrased_by, per role {original, paraphrased}, overfitted (see module doc).
+    paraphrase: dict[str, Any] = field(default_factory=dict)
+    # Repeated probe answers at the served options: n, probes, options, per role the mean pairwise ROUGE-L.
+    consistency: dict[str, Any] = field(default_factory=dict)
+    # The trainer's retention record plus the limit it was judged against and whether it passed.
+    retention: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,11 +104,42 @@ class GateResult:
             s = self.scores[role]
             label = "base" if role == "active" and self.active_is_base else role
             lines.append(f"{label:<10} {tag:<32} {s['rouge_l']:>8.3f} {s['exact_match']:>6.3f} {s['count']:>4}")
+        lines += self._dimension_lines()
         if self.decided_by:
             lines.append(f"decided by mean {METRIC_NAMES.get(self.decided_by, self.decided_by)} over the eval "
-                         f"prompts, margin {self.margin:g}")
+                         f"prompts, margin {self.margin:g}" + (" and the retention limit" if self.retention else ""))
         lines.append(("PASS" if self.passed else "FAIL") + f": {self.reason}")
         return "\n".join(lines)
+
+    def _dimension_lines(self) -> list[str]:
+        """One line per extra dimension that ran: its numbers, then what they mean."""
+        other = "base" if self.active_is_base else "active"
+        lines = []
+        para = self.paraphrase
+        if para.get("count"):
+            parts = [f"{label} {para[role]['original']:.3f} → {para[role]['paraphrased']:.3f}"
+                     for role, label in (("candidate", "candidate"), ("active", other)) if role in para]
+            lines.append(f"reworded ({para['count']} eval questions, original → reworded ROUGE-L): "
+                         + ", ".join(parts))
+            lines.append(f"  {MEANINGS['paraphrase']}")
+            if para.get("overfitted"):
+                c = para["candidate"]
+                lines.append(f"  OVER-FITTED? the candidate scores {c['original']:.3f} on the training wording but "
+                             f"{c['paraphrased']:.3f} reworded (more than {para.get('gap', OVERFIT_GAP):g} lower)")
+        cons = self.consistency
+        if cons.get("n"):
+            parts = [f"{label} {cons[role]:.3f}" for role, label in (("candidate", "candidate"), ("active", other))
+                     if cons.get(role) is not None]
+            lines.append(f"consistency ({cons['n']} answers to each of {cons['probes']} probes): " + ", ".join(parts))
+            lines.append(f"  {MEANINGS['consistency']}")
+        ret = self.retention
+        if ret.get("increase") is not None:
+            verdict = "within" if ret.get("passed") else "OVER"
+            lines.append(f"retention ({ret.get('prompts')} general prompts, {ret.get('set')}): NLL "
+                         f"{ret['nll_before']:.3f} → {ret['nll_after']:.3f}, {ret['increase']:+.3f} "
+                         f"({verdict} the limit {ret.get('max_drop', 0):g})")
+            lines.append(f"  {MEANINGS['retention']}")
+        return lines
 
     def details(self) -> str:
         """Every prompt: question, reference, both answers and their ROUGE-L (the file behind the table)."""
@@ -82,14 +147,27 @@ class GateResult:
         out = [self.table(), ""]
         for i, row in enumerate(self.rows, 1):
             out.append(f"--- {i}. {row.get('kind', 'eval')} ---")
-            out.append(f"question:  {row.get('question', '')}")
+            if row.get("original") is not None:
+                out.append(f"original:  {row['original']}")
+            out.append(f"{'reworded' if row.get('original') is not None else 'question'}:  {row.get('question', '')}")
             if row.get("reference") is not None:
                 out.append(f"reference: {row['reference']}")
             for role, label in (("candidate", "candidate"), ("active", other)):
                 if role in row:
                     score = row.get(f"{role}_rouge_l")
                     out.append(f"{label}{'' if score is None else f' (ROUGE-L {score:.3f})'}: {row[role]}")
+                samples = row.get(f"{role}_samples")
+                if samples:
+                    out.append(f"{label}, {len(samples)} sampled answers (consistency "
+                               f"{row.get(f'{role}_consistency', 0):.3f}):")
+                    out += [f"  - {s}" for s in samples]
             out.append("")
+        ret = self.retention
+        if ret.get("samples"):
+            out.append("--- general prompts (retention): base answer, then the candidate's after training ---")
+            for sample in ret["samples"]:
+                out += [f"prompt: {sample.get('prompt')}", f"  base:      {sample.get('before')}",
+                        f"  candidate: {sample.get('after')}"]
         return "\n".join(out)
 
 
@@ -129,8 +207,17 @@ async def run_gate(
     options: Mapping[str, Any],
     *,
     opponent_is_base: bool = False,
+    paraphrases: int = 0,
+    paraphraser: str | None = None,
+    consistency_n: int = 0,
+    sampling: Mapping[str, Any] | None = None,
+    retention: Mapping[str, Any] | None = None,
+    max_retention_drop: float | None = None,
 ) -> GateResult:
-    """Answer everything with both models, score, and decide (``active`` None: nothing to compare with)."""
+    """Answer everything with both models, score, and decide (``active`` None: nothing to compare with).
+
+    ``paraphrases`` eval questions are reworded by ``paraphraser``; probes are answered ``consistency_n`` times
+    with ``sampling``; ``retention`` (the trainer's record) is judged against ``max_retention_drop``."""
     tags = {"candidate": candidate} | ({"active": active} if active else {})
     answers = {role: await answer_all(client, tag, [*prompts, *probes], options) for role, tag in tags.items()}
     refs = [p.reference or "" for p in prompts]
@@ -145,6 +232,20 @@ async def run_gate(
             for role in tags:
                 row[f"{role}_rouge_l"] = round(score_answers([answers[role][i]], [p.reference]).rouge_l, 4)
         rows.append(row)
+    para: dict[str, Any] = {}
+    if paraphrases > 0 and prompts and paraphraser:
+        para, para_rows = await _paraphrase_check(client, tags, prompts[:paraphrases], rows, paraphraser, options)
+        rows += para_rows
+    cons: dict[str, Any] = {}
+    if consistency_n >= 2 and probes:
+        cons = await _consistency_check(client, tags, probes, rows[len(prompts):len(prompts) + len(probes)],
+                                        consistency_n, dict(sampling or options))
+    kept = dict(retention or {})
+    if kept.get("increase") is not None and max_retention_drop is not None:
+        kept.update(max_drop=max_retention_drop, passed=retention_passes(kept, max_retention_drop))
+    else:
+        kept = {}  # not measured (an older run, or retention_prompts 0): nothing to judge or show
+
     other = f"base {active}" if opponent_is_base else "active"
     decided_by = DECIDED_BY
     if active is None:
@@ -157,5 +258,73 @@ async def run_gate(
         reason = f"candidate ROUGE-L {cand:.3f} worse than {other} {act:.3f} by more than margin {margin:g}"
         if passed:
             reason = f"candidate ROUGE-L {cand:.3f} vs {other} {act:.3f} (margin {margin:g})"
+    if kept and not kept["passed"]:
+        lost = (f"general ability lost: the base's answers to {kept.get('prompts')} general prompts became "
+                f"{kept['increase']:.3f} nats/token less likely (limit {max_retention_drop:g})")
+        reason = lost if passed else f"{reason}; {lost}"
+        passed = False
     return GateResult(candidate, active, margin, passed, reason, scores, rows, active_is_base=opponent_is_base,
-                      decided_by=decided_by, options=dict(options))
+                      decided_by=decided_by, options=dict(options), paraphrase=para, consistency=cons,
+                      retention=kept)
+
+
+def retention_passes(retention: Mapping[str, Any] | None, max_drop: float) -> bool:
+    """Whether a trainer's retention record is within ``max_drop`` (a run that did not measure it passes)."""
+    increase = (retention or {}).get("increase")
+    return increase is None or increase <= max_drop
+
+
+async def paraphrase(client: OllamaClient, model: str, question: str, options: Mapping[str, Any]) -> str:
+    """``question`` reworded by ``model`` (the fixed instruction, deterministic options); "" when it gave nothing."""
+    reply = await client.chat(model, [{"role": "system", "content": PARAPHRASE_INSTRUCTION},
+                                      {"role": "user", "content": question}], options)
+    lines = [ln.strip().strip("\"'“”「」").strip() for ln in reply.strip().splitlines()]
+    return next((ln for ln in lines if ln), "")  # small models add an explanation after a blank line
+
+
+async def _paraphrase_check(client: OllamaClient, tags: Mapping[str, str], prompts: Sequence[EvalPrompt],
+                            rows: list[dict[str, Any]], paraphraser: str,
+                            options: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Both models on reworded eval questions, beside their score on the same questions as worded in the data."""
+    reworded: list[tuple[int, EvalPrompt]] = []
+    for i, p in enumerate(prompts):
+        text = await paraphrase(client, paraphraser, p.question, options)
+        if text and text.casefold() != p.question.strip().casefold():  # an echo measures nothing
+            last = max(k for k, m in enumerate(p.messages) if m["role"] == "user")
+            messages = tuple({**m, "content": text} if k == last else m for k, m in enumerate(p.messages))
+            reworded.append((i, EvalPrompt(messages, p.reference)))
+    if not reworded:
+        return {"count": 0, "paraphrased_by": paraphraser}, []
+    answers = {role: await answer_all(client, tag, [p for _, p in reworded], options) for role, tag in tags.items()}
+    result: dict[str, Any] = {"count": len(reworded), "paraphrased_by": paraphraser, "gap": OVERFIT_GAP,
+                              "meaning": MEANINGS["paraphrase"]}
+    para_rows = []
+    for j, (i, p) in enumerate(reworded):
+        row: dict[str, Any] = {"kind": "paraphrase", "question": p.question, "original": prompts[i].question,
+                               "reference": p.reference}
+        for role in tags:
+            row[role] = answers[role][j]
+            row[f"{role}_rouge_l"] = round(rouge_l(answers[role][j], p.reference or ""), 4)
+        para_rows.append(row)
+    for role in tags:
+        original = sum(rows[i][f"{role}_rouge_l"] for i, _ in reworded) / len(reworded)
+        again = sum(r[f"{role}_rouge_l"] for r in para_rows) / len(para_rows)
+        result[role] = {"original": round(original, 4), "paraphrased": round(again, 4)}
+    cand = result["candidate"]
+    result["overfitted"] = cand["original"] - cand["paraphrased"] > OVERFIT_GAP
+    return result, para_rows
+
+
+async def _consistency_check(client: OllamaClient, tags: Mapping[str, str], probes: Sequence[EvalPrompt],
+                             probe_rows: list[dict[str, Any]], n: int, sampling: dict[str, Any]) -> dict[str, Any]:
+    """Each model answers each probe ``n`` times at the served sampling options; mean pairwise ROUGE-L."""
+    result: dict[str, Any] = {"n": n, "probes": len(probes), "options": sampling, "meaning": MEANINGS["consistency"]}
+    for role, tag in tags.items():
+        per_probe = []
+        for p, row in zip(probes, probe_rows, strict=True):
+            samples = [await client.chat(tag, list(p.messages), sampling) for _ in range(n)]
+            similarity = sum(rouge_l(a, b) for a, b in combinations(samples, 2)) / (n * (n - 1) / 2)
+            row[f"{role}_samples"], row[f"{role}_consistency"] = samples, round(similarity, 4)
+            per_probe.append(similarity)
+        result[role] = round(sum(per_probe) / len(per_probe), 4)
+    return result

@@ -108,13 +108,25 @@ def result_text(run: RetrainRun, tag: str | None, manual: bool) -> str:
     probes = (r.get("probes") or [])[:3]
     for probe in probes:
         lines.append(f"> {probe['question'][:120]}\nbefore: {probe['before'][:150]!r}\nafter: {probe['after'][:150]!r}")
+    # General ability kept? A couple of the retention set's answers, the base's and the candidate's.
+    for sample in ((m.get("retention") or {}).get("samples") or [])[:2]:
+        lines.append(f"> (general) {sample['prompt'][:120]}\nbase: {sample['before'][:120]!r}\n"
+                     f"after: {sample['after'][:120]!r}")
+    verdict = ""
     if run.state == "promoted":
-        lines.append(f"✅ The bot now answers with `{tag}`. `/model rollback` switches back.")
+        verdict = f"✅ The bot now answers with `{tag}`. `/model rollback` switches back."
     elif run.state == "evaluated" and manual:
-        lines.append("It passed the gate. Promote it to make the bot answer with it, or discard it.")
+        verdict = "It passed the gate. Promote it to make the bot answer with it, or discard it."
     elif run.reason:
-        lines.append(f"❌ Not switched: {run.reason}. The bot keeps answering with the model it has.")
-    return "\n".join(lines)[:2000]
+        verdict = f"❌ Not switched: {run.reason}. The bot keeps answering with the model it has."
+    body = "\n".join(lines)
+    if not verdict:
+        return body[:2000]
+    # The verdict is what people act on: the details give way to it under Discord's 2000 characters.
+    body = body[:2000 - len(verdict) - 5]
+    if body.count("```") % 2:  # cut inside the table: close it, or the verdict would render as code
+        body += "```"
+    return body + "\n" + verdict[:2000]
 
 
 # ---- buttons --------------------------------------------------------------------------------------------

@@ -45,7 +45,15 @@ from typing import Any
 import yaml
 
 from bot.settings import redact_text
-from data.snapshot import EXAMPLES_FILE, FORMAT, MANIFEST_FILE, Snapshot, SnapshotError, read_snapshot
+from data.snapshot import (
+    EXAMPLES_FILE,
+    FORMAT,
+    MANIFEST_FILE,
+    PREFERENCES_FILE,
+    Snapshot,
+    SnapshotError,
+    read_snapshot,
+)
 
 log = logging.getLogger("loraloop.job")
 
@@ -54,7 +62,7 @@ STAGES = ("training", "converting", "registering", "evaluating")
 # Metrics worth carrying back (the full metrics.json stays on the worker).
 _METRICS = ("epochs", "steps", "device", "batching", "examples", "eval_loss_before", "eval_loss_after",
             "train_loss", "train_runtime_s", "tokens_per_s", "answers", "token_accuracy_before",
-            "token_accuracy_after")
+            "token_accuracy_after", "dpo", "retention")
 
 
 @dataclass
@@ -217,9 +225,10 @@ def _typed(raw: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> 
 def _check_snapshot(files: dict[Any, Any], sha256: str) -> None:
     if not _SHA256.match(sha256):
         raise JobRefused("snapshot_sha256 must be 64 lowercase hex digits")
-    if set(files) != {EXAMPLES_FILE, MANIFEST_FILE} or not all(isinstance(v, str) for v in files.values()):
-        raise JobRefused(f"snapshot_files must be exactly {EXAMPLES_FILE} and {MANIFEST_FILE} as text, "
-                         f"not {sorted(map(str, files))}")
+    names = set(files) - {PREFERENCES_FILE}  # preference records travel in their own, optional file
+    if names != {EXAMPLES_FILE, MANIFEST_FILE} or not all(isinstance(v, str) for v in files.values()):
+        raise JobRefused(f"snapshot_files must be exactly {EXAMPLES_FILE} and {MANIFEST_FILE} (and optionally "
+                         f"{PREFERENCES_FILE}) as text, not {sorted(map(str, files))}")
     try:
         manifest = json.loads(files[MANIFEST_FILE])
     except ValueError:
@@ -231,6 +240,12 @@ def _check_snapshot(files: dict[Any, Any], sha256: str) -> None:
     if not actual == manifest.get("sha256") == sha256:
         raise JobRefused(f"the snapshot does not match its hash: {EXAMPLES_FILE} is {actual[:12]}…, its manifest "
                          f"says {str(manifest.get('sha256'))[:12]}…, the job says {sha256[:12]}…")
+    listed = manifest.get("preferences")
+    if (listed is None) != (PREFERENCES_FILE not in files):
+        raise JobRefused(f"the snapshot's manifest and files disagree on {PREFERENCES_FILE}")
+    if listed is not None and (not isinstance(listed, dict) or listed.get("sha256") !=
+                               hashlib.sha256(files[PREFERENCES_FILE].encode("utf-8")).hexdigest()):
+        raise JobRefused(f"the snapshot's {PREFERENCES_FILE} does not match the sha256 its manifest lists")
 
 
 def _check_deploy(deploy: dict[str, Any], policy: WorkerPolicy) -> dict[str, Any]:
@@ -267,6 +282,8 @@ def _check_train(train: dict[str, Any]) -> None:
     if config.chat_template is not None and "{" not in config.chat_template:
         # TrainConfig reads a template *file* when given a path: a job may not name files on this host.
         raise JobRefused("train.chat_template must be template text, not a path on the worker")
+    if config.general_prompts_file is not None:  # the same: the bot sends the prompts themselves (general_prompts)
+        raise JobRefused("train.general_prompts_file names a file on the worker; send train.general_prompts instead")
 
 
 def _errors(exc: Any) -> str:
@@ -278,7 +295,15 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
     """Do the job; every outcome is reported through ``emit`` (it never raises for a job condition).
     Returns the result event, or None when the job failed or was cancelled."""
     from deploy.ollama import OllamaClient, OllamaError
-    from deploy.pipeline import DeployConfig, DeployFailed, forget, judge_candidate, register_candidate
+    from deploy.pipeline import (
+        DeployConfig,
+        DeployFailed,
+        forget,
+        judge_candidate,
+        register_candidate,
+        trained_retention,
+    )
+    from deploy.registration import PathMemory
 
     deadline = time.monotonic() + spec.time_limit_s
     config = DeployConfig(**{k: tuple(v) if k == "probes" else v for k, v in spec.deploy.items()})
@@ -302,15 +327,19 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
                 emit({"event": "stage", "stage": stage[step]})
             _check(cancelled, deadline, spec)
 
+        # Beside the job folders: a fallback to merged that one job learned holds for the next job too.
+        memory = PathMemory(workdir.parent / "ollama-paths.json")
         candidate = await register_candidate(run_dir, client=client, config=config, tag=spec.tag,
-                                             emit=on_deploy)
+                                             emit=on_deploy, memory=memory)
         registered = True
         emit({"event": "stage", "stage": "evaluating"})
-        gate = await judge_candidate(client, config, spec.tag, spec.active_tag, list(snapshot.eval))
+        gate = await judge_candidate(client, config, spec.tag, spec.active_tag, list(snapshot.eval),
+                                     retention=trained_retention(run_dir))
         _check(cancelled, deadline, spec)
-        result = {"event": "result", "gate": gate.to_dict(), "table": gate.table(),
-                  "artifacts": candidate.artifacts(), "bytes_uploaded": candidate.bytes_uploaded,
-                  **_run_outputs(run_dir)}
+        outputs = _run_outputs(run_dir)
+        result = {"event": "result", "gate": gate.to_dict(),
+                  "table": gate.table() + _dpo_lines(outputs["metrics"].get("dpo")),
+                  "artifacts": candidate.artifacts(), "bytes_uploaded": candidate.bytes_uploaded, **outputs}
         emit(result)
         return result
     except JobStopped as exc:
@@ -417,6 +446,22 @@ def _last_error(stderr_path: Path) -> str:
              if ln.strip()]
     errors = [ln for ln in lines if ln.lower().startswith(("error", "traceback")) or "Error" in ln]
     return (errors or lines or ["no output"])[-1][:500]
+
+
+def _dpo_lines(dpo: dict[str, Any] | None) -> str:
+    """The DPO stage's lines under the gate's table (the Discord summary): what it did, or why it was skipped."""
+    if not dpo:
+        return ""
+    if not dpo.get("ran"):
+        return f"\nDPO skipped: {dpo.get('reason')}"
+    before, after = dpo.get("before") or {}, dpo.get("after") or {}
+    lines = [f"\nDPO on {dpo['pairs']['train']} preference pairs (β {dpo['beta']:g}, {dpo['steps']} steps), "
+             f"held-out {dpo['pairs']['eval']}:"]
+    for key, label in (("reward_accuracy", "reward accuracy"), ("reward_margin", "reward margin"),
+                       ("logp_margin", "log-prob margin"), ("loss", "DPO loss")):
+        if before.get(key) is not None and after.get(key) is not None:
+            lines.append(f"  {label:<16} {before[key]:>8.3f} → {after[key]:.3f}")
+    return "\n".join(lines)
 
 
 def _run_outputs(run_dir: Path) -> dict[str, Any]:

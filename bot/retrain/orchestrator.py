@@ -181,6 +181,14 @@ class Orchestrator:
         config = self.deploy_config()
         train = {**s.retrain_train}
         train.setdefault("system_prompt", s.system_prompt or None)  # must match what the bot serves
+        if s.general_prompts_file is not None and "general_prompts" not in train:
+            # The worker may not read files named by a job: the retention set travels inside it.
+            from data.general_prompts import load_general_prompts  # torch-free
+
+            try:
+                train["general_prompts"] = list(load_general_prompts(s.general_prompts_file).prompts)
+            except ValueError as exc:
+                raise DispatchError(f"general_prompts_file: {exc}") from None
         version = await self.store.create_model_version(
             name=s.model_name, base_model=s.base_model, ollama_base=s.ollama_base,
             snapshot_sha256=manifest["sha256"], snapshot_path=manifest["path"], hyperparams=self.plan())

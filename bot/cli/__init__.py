@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli import botcmd, dataset, db, deploy, dev, doctor, models, preferences, retrain, review, train
+from bot.cli import botcmd, dataset, db, deploy, dev, doctor, models, preferences, retrain, retrieval, review, train
 
 app = typer.Typer(
     name="loraloop",
@@ -47,6 +47,7 @@ app.add_typer(dataset.app, name="dataset")
 app.add_typer(dataset.snapshot_app, name="snapshot")
 app.add_typer(preferences.app, name="preferences")
 app.add_typer(review.app, name="review")
+app.add_typer(retrieval.app, name="retrieval")
 app.add_typer(deploy.app, name="deploy")
 app.add_typer(models.app, name="models")
 app.add_typer(dev.app, name="dev")

@@ -37,7 +37,8 @@ class DatasetCog(commands.GroupCog, group_name="dataset", group_description="The
         await say(interaction, f"**Examples:** {s.total} ({status})\n**Sources:** {source}\n"
                                f"**Ratings:** {s.ratings} on {s.rated_examples} examples · agreement {agreement}\n"
                                f"**Approved since the current model:** {s.new_approved_since_active}\n"
-                               f"**Answer feedback:** 👍 {s.feedback_up} · 👎 {s.feedback_down}")
+                               f"**Answer feedback:** 👍 {s.feedback_up} · 👎 {s.feedback_down}\n"
+                               f"**Preference pairs:** {_preference_line(s.preferences)}")
 
     @app_commands.command(name="export", description="Download the approved examples (experts).")
     @app_commands.choices(format=[app_commands.Choice(name=f, value=f) for f in formats.FORMATS])
@@ -83,3 +84,12 @@ def too_large(size: int, limit: int, format: str, filename: str) -> str:
 
 async def setup(bot: LoraloopBot) -> None:
     await bot.add_cog(DatasetCog(bot))
+
+
+def _preference_line(p: dict) -> str:
+    """Preference records (chosen vs rejected answers, for the DPO stage): total, by status, approved by source."""
+    if not p.get("total"):
+        return "0"
+    status = ", ".join(f"{k} {v}" for k, v in p["by_status"].items())
+    sources = ", ".join(f"{k} {v}" for k, v in p["approved_by_source"].items() if v)
+    return f"{p['total']} ({status})" + (f" · approved from {sources}" if sources else "")

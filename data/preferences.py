@@ -262,3 +262,12 @@ async def export_preferences(store: Store, out: Path, format: str, *, split: str
     prefs = [preference_of(r) for r in rows
              if split == "all" or is_eval(r.content_hash, eval_fraction) == (split == "eval")]
     return await asyncio.to_thread(preference_format.write_file, prefs, out, format)
+
+
+def preference_summary(p: dict[str, Any]) -> str:
+    """Preference records (chosen vs rejected answers, for the DPO stage): total, by status, approved by source."""
+    if not p.get("total"):
+        return "0"
+    status = ", ".join(f"{k} {v}" for k, v in p["by_status"].items())
+    sources = ", ".join(f"{k} {v}" for k, v in p["approved_by_source"].items() if v)
+    return f"{p['total']} ({status})" + (f" · approved from {sources}" if sources else "")

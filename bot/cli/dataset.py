@@ -196,6 +196,9 @@ def stats(json_out: Annotated[bool, typer.Option("--json", help="Print one JSON 
     agreement = "n/a" if result.agreement is None else f"{result.agreement:.0%}"
     console.print(f"ratings: {result.ratings} on {result.rated_examples} examples; agreement {agreement}; "
                   f"new approved since the active model: {result.new_approved_since_active}")
+    from data.preferences import preference_summary
+
+    console.print(f"preference pairs: {preference_summary(result.preferences)}", highlight=False)
 
 
 @snapshot_app.command("create")

@@ -15,6 +15,7 @@ from bot import permissions
 from bot.views import say
 from data import formats
 from data.conversation import Conversation
+from data.preferences import preference_summary
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -38,7 +39,7 @@ class DatasetCog(commands.GroupCog, group_name="dataset", group_description="The
                                f"**Ratings:** {s.ratings} on {s.rated_examples} examples · agreement {agreement}\n"
                                f"**Approved since the current model:** {s.new_approved_since_active}\n"
                                f"**Answer feedback:** 👍 {s.feedback_up} · 👎 {s.feedback_down}\n"
-                               f"**Preference pairs:** {_preference_line(s.preferences)}")
+                               f"**Preference pairs:** {preference_summary(s.preferences)}")
 
     @app_commands.command(name="export", description="Download the approved examples (experts).")
     @app_commands.choices(format=[app_commands.Choice(name=f, value=f) for f in formats.FORMATS])
@@ -86,10 +87,3 @@ async def setup(bot: LoraloopBot) -> None:
     await bot.add_cog(DatasetCog(bot))
 
 
-def _preference_line(p: dict) -> str:
-    """Preference records (chosen vs rejected answers, for the DPO stage): total, by status, approved by source."""
-    if not p.get("total"):
-        return "0"
-    status = ", ".join(f"{k} {v}" for k, v in p["by_status"].items())
-    sources = ", ".join(f"{k} {v}" for k, v in p["approved_by_source"].items() if v)
-    return f"{p['total']} ({status})" + (f" · approved from {sources}" if sources else "")

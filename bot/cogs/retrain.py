@@ -91,6 +91,9 @@ def progress_text(run: RetrainRun) -> str:
             line += f" · eval loss {p['eval_loss']:.4f}"
         line += f" · ETA {_duration(p.get('eta_s'))}"
         lines.append(line)
+    if stage == "registering" and p.get("upload_total"):
+        sent, total = int(p.get("uploaded") or 0), int(p["upload_total"])
+        lines.append(f"`{bar(sent, total)}` uploaded {sent / 1e6:,.1f} of {total / 1e6:,.1f} MB")
     if run.state in RUN_TERMINAL or run.state == "evaluated":
         lines.append(f"**{run.state}**" + (f": {run.reason}" if run.reason else ""))
     return "\n".join(lines)[:2000]

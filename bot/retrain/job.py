@@ -317,7 +317,7 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
         await _train(spec, snapshot.path, run_dir, emit, cancelled, deadline)
         _check(cancelled, deadline, spec)
 
-        stage = {"uploaded": "registering", "create": "registering"}
+        stage = {"uploading": "registering", "uploaded": "registering", "create": "registering"}
         seen: set[str] = set()
         emit({"event": "stage", "stage": "converting"})  # includes checking the base in Ollama
 
@@ -325,6 +325,8 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
             if step in stage and stage[step] not in seen:
                 seen.add(stage[step])
                 emit({"event": "stage", "stage": stage[step]})
+            if step == "uploading":  # a merged model is gigabytes: the status message shows the upload
+                emit({"event": "upload", "sent": info.get("total_sent"), "total": info.get("total")})
             _check(cancelled, deadline, spec)
 
         # Beside the job folders: a fallback to merged that one job learned holds for the next job too.

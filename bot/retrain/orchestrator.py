@@ -241,6 +241,8 @@ class Orchestrator:
                     last_write = 0.0  # a stage change is always shown
                 elif kind in ("step", "eval"):
                     progress.update({k: v for k, v in event.items() if k not in ("event", "t")})
+                elif kind == "upload":
+                    progress.update(uploaded=event.get("sent"), upload_total=event.get("total"))
                 elif kind == "started":
                     progress["host"] = event.get("host")
                 if time.monotonic() - last_write >= self.progress_every_s:

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     retrain_reminder_h: float = Field(default=12.0, ge=0, description="Remind experts this long before expiry.")
     compare_questions: int = Field(
         default=5, ge=1, le=25, description="Questions in the experts' blind comparison of a candidate.")
+    compare_automatic: bool = Field(
+        default=False, description="automatic mode: experts also compare a promoted version with the previous one.")
     quality_min_votes: int = Field(
         default=20, ge=1, description="Votes each version needs before a 👎-rate regression can be called.")
     retrain_promotion: Literal["automatic", "manual"] = Field(

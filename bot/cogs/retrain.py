@@ -357,11 +357,14 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         if compared:
             kwargs["view"] = proposal_view(run.id, ("promote", "discard"))
         message = await channel.send(result_text(run, tag, manual), **kwargs)
-        if compared:  # the experts' blind comparison; a failure to post it leaves plain Promote/Discard
+        # In automatic mode, on request, the experts still judge the promoted version blind (for information: it
+        # is already answering, and /model rollback undoes it if the tally goes against it).
+        informative = run.state == "promoted" and not manual and self.bot.settings.compare_automatic
+        if compared or informative:  # a failure to post it leaves plain Promote/Discard
             try:
                 from bot.compare import post_comparison
 
-                if await post_comparison(self.bot, run, channel) is not None:
+                if await post_comparison(self.bot, run, channel) is not None and compared:
                     await message.edit(view=None)  # Promote lives on the comparison, enabled by its tally
             except (StoreError, discord.HTTPException) as exc:
                 log.warning("retrain #%d: the blind comparison was not posted: %s", run.id, exc)

@@ -138,3 +138,36 @@ async def test_a_candidate_the_experts_find_worse_cannot_be_promoted(manual_bot,
                         user_id=EXPERT_1, roles=[EXPERT_ROLE])
     assert "found the candidate worse" in api.reply_text()
     assert (await bot.store.get_run(run.id)).state == "evaluated" and await bot.store.active_model_version() is None
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_automatic_mode_compares_a_promoted_version_only_when_asked(tmp_path, discord_api, ollama_server,
+                                                                          enabled) -> None:
+    settings = make_settings(tmp_path, ollama_server.url, retrain_promotion="automatic", retrain_quorum=2,
+                             model_name="m", compare_automatic=enabled, guilds={GUILD_ID: GuildRoles(
+                                 expert_role_ids=[EXPERT_ROLE], admin_role_ids=[ADMIN_ROLE],
+                                 allow_non_expert_teach=False, experts_channel_id=CHANNEL_ID)})
+    ollama_server.add_scripted_model(BASE_TAG, reply="base answer")
+    bot = await start_bot(settings, run_scheduler=False)
+    try:
+        version = await bot.store.create_model_version(name="m", base_model="tiny", ollama_base=BASE_TAG)
+        rows = [{"kind": "eval", "question": f"what is {t}?", "reference": f"{t} is red.",
+                 "candidate": f"{t} is red.", "active": f"no idea about {t}", "candidate_rouge_l": 1.0,
+                 "active_rouge_l": 0.0} for t in ("ink", "rust", "wine")]
+        gate = GateResult(version.tag, BASE_TAG, 0.02, True, "passed", {}, rows, active_is_base=True)
+        await bot.store.update_model_version(version.id, status="evaluated", in_ollama=True,
+                                             evaluation=gate.to_dict())
+        await bot.store.promote(version.id)
+        run = await bot.store.propose_run(summary={}, guild_id=GUILD_ID, channel_id=CHANNEL_ID)
+        for state in ("approved", "snapshotted", "training", "converting", "registering", "evaluating", "promoted"):
+            run = await bot.store.transition(run.id, state)
+        run = await bot.store.set_run(run.id, model_version_id=version.id)
+        await bot.get_cog("RetrainCog").finished(run, None)
+        comparison = await quality.comparison_for_run(bot.store, run.id)
+        assert (comparison is not None) is enabled
+        posted = [c.json for c in discord_api.sent_messages()]
+        assert any("promote" in cid for m in posted for cid in buttons(m)) is False  # nothing to promote here
+        if enabled:
+            assert len(comparison.items) == 3 and version.tag not in str(posted[-1])  # blind: no tags shown
+    finally:
+        await bot.close()

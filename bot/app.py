@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bot.chat import Chat
 from bot.cogs import EXTENSIONS
+from bot.retrieval import Retriever
 from bot.settings import Settings
 from bot.views import DYNAMIC_ITEMS
 from data.review import ReviewPolicy
@@ -38,13 +39,16 @@ class LoraloopBot(commands.Bot):
         self.store = store or Store(settings.resolved_database_url, policy=ReviewPolicy(
             settings.rating_quorum, settings.approve_mean, settings.reject_mean))
         self.ollama = ollama or OllamaClient(settings.ollama_host, timeout=120)
-        self.chat = Chat(settings, self.store, self.ollama)
+        self.retrieval = Retriever(settings, self.store, self.ollama)
+        self.chat = Chat(settings, self.store, self.ollama, retrieval=self.retrieval)
         self.sync_commands = sync_commands
         self.dispatcher = dispatcher  # None: from settings (bot/retrain/dispatch.py)
         self.run_scheduler = run_scheduler
 
     async def setup_hook(self) -> None:
         await self.store.migrate()
+        # In the background: the bot answers (without retrieval) while the index is built from the database.
+        self.retrieval.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
@@ -63,6 +67,7 @@ class LoraloopBot(commands.Bot):
         """No prefix commands: the chat cog answers mentions and DMs; everything else is a slash command."""
 
     async def close(self) -> None:
+        await self.retrieval.stop()
         await super().close()
         await self.ollama.close()
         await self.store.close()

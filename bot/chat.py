@@ -2,6 +2,11 @@
 answer from Ollama → one Discord message edited at most about once a second, split past 2000 characters →
 the answer and the model version that gave it are recorded, with feedback buttons attached.
 
+Approved pairs the active model has not learned yet reach it through retrieval (bot/retrieval.py): the turn's
+relevant ones go into the system message sent to Ollama, the answer names them in a footer with a button to see
+them, and the recorded answer lists their ids (its recorded prompt is the one without them, what a retrain or a
+preference pair should see).
+
 An answer has limits (:class:`AnswerLimits`): a token cap Ollama enforces (``num_predict``), a character cap
 for a server that ignores it, a total time, and a few Discord messages at most. A cut answer says so."""
 
@@ -19,7 +24,9 @@ from typing import Any
 import discord
 
 from bot.reasoning import render_thinking, split_thinking
+from bot.retrieval import Retrieved, Retriever
 from bot.settings import Settings
+from bot.views import UsedPairsButton
 from data.store import Store, StoreError
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
 from deploy.pipeline import serve_options_from
@@ -104,6 +111,8 @@ class Conversation:
 
 
 _FEEDBACK_ID = re.compile(r"^ll:fb:[a-z]+:(\d+)$")
+# Retrieved.footer()'s line at the end of an answer.
+_RETRIEVAL_FOOTER = re.compile(r"\n?^-# Using \d+ expert answers?: #\d+(?:, #\d+)*[ \t]*$", re.MULTILINE)
 
 
 async def conversation_for(message: discord.Message, bot_id: int, limit: int = MAX_HISTORY, *,
@@ -177,6 +186,8 @@ def _as_history(messages: Iterable[discord.Message], bot_id: int,
     for m in messages:
         role = "assistant" if m.author.id == bot_id else "user"
         text = message_text(m, bot_id)
+        if role == "assistant":  # what the model said, not the line naming the expert answers it was given
+            text = _RETRIEVAL_FOOTER.sub("", text).rstrip()
         if not text:
             continue
         if history and history[-1]["role"] == role:  # one answer split over several messages
@@ -263,11 +274,12 @@ class Chat:
     """Answers conversations with the active model and records them."""
 
     def __init__(self, settings: Settings, store: Store, ollama: OllamaClient,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, retrieval: Retriever | None = None) -> None:
         self.settings = settings
         self.store = store
         self.ollama = ollama
         self.clock = clock
+        self.retrieval = retrieval
 
     def _visible(self, text: str) -> str:
         return _visible_text(text, self.settings.chat_thinking)
@@ -298,6 +310,11 @@ class Chat:
         model, version_id = await self.active_model()
         prompt = ([{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt
                   else []) + history
+        retrieved = await self.retrieval.retrieve(history, version_id) if self.retrieval else Retrieved()
+        sent = prompt
+        if retrieved.hits:
+            sent = [{"role": "system", "content": retrieved.system_message(self.settings.system_prompt)}, *history]
+            note = f"{retrieved.footer()}\n{note}" if note else retrieved.footer()
         limits = AnswerLimits.from_settings(self.settings)
         view_of = _Showing(send_first, send_more)
         text = ""
@@ -309,7 +326,7 @@ class Chat:
         options = {"num_predict": limits.max_tokens}
         if version_id is None:
             options = {**serve_options_from(self.settings), **options}
-        stream = self.ollama.chat_stream(model, prompt, options=options)
+        stream = self.ollama.chat_stream(model, sent, options=options)
         try:
             while True:
                 # The time limit covers waiting for the next piece too (a stalled stream), but never a Discord
@@ -350,9 +367,11 @@ class Chat:
             text = "(the model gave an empty answer)"
         answer = await self.store.record_answer(
             prompt=prompt, answer=text, model_tag=model, model_version_id=version_id, guild_id=guild_id,
-            channel_id=channel_id, user_id=user_id,
+            channel_id=channel_id, user_id=user_id, pair_ids=retrieved.ids,
         )
         view = make_view(answer.id) if make_view and view_of.error is None else None
+        if view is not None and retrieved.hits:
+            view.add_item(UsedPairsButton(answer.id))
         shown = render_thinking(thinking, self.settings.chat_thinking) + text
         shown = fit_messages(shown, limits.max_messages, "\n" + note) if note else shown
         await view_of.final(shown, view=view)

@@ -216,7 +216,9 @@ def parse_ollama_host(value: str) -> str:
     else:
         raise ValueError(f"OLLAMA_HOST {value!r}: the scheme must be http or https, not {scheme!r}")
     hostport, _, path = rest.partition("/")
-    if any(c.isspace() for c in hostport) or "@" in hostport:
+    # Credentials for a proxy in front of Ollama (http://user:pass@host) are kept; httpx sends them as basic auth.
+    userinfo, at, hostport = hostport.rpartition("@")
+    if any(c.isspace() for c in hostport + userinfo) or "@" in hostport or (at and not sep):
         raise ValueError(f"OLLAMA_HOST {value!r} is not an address (expected host[:port] or http(s)://host[:port])")
     if hostport.startswith("["):  # [IPv6]:port
         host, _, tail = hostport[1:].partition("]")
@@ -231,7 +233,7 @@ def parse_ollama_host(value: str) -> str:
         port = int(port_text)
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
     path = path.rstrip("/")
-    return f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
+    return f"{scheme}://{userinfo + at}{host}:{port}" + (f"/{path}" if path else "")
 
 
 def _yaml_path(*sources: PydanticBaseSettingsSource) -> Path | None:

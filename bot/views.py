@@ -3,6 +3,7 @@ keep working after a restart (discord.py ``DynamicItem``). Handlers are thin: pa
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ from data import quality
 from data.conversation import Conversation, InvalidConversation
 from data.models import Example
 from data.review import disagreement
-from data.store import StoreError
+from data.store import NotFound, StoreError, used_pairs
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -172,6 +173,52 @@ async def show_bad_answers(interaction: discord.Interaction, limit: int = 5) -> 
 def _clip(text: str, limit: int) -> str:
     limit = max(limit, 20)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class UsedPairsButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:pairs:(?P<answer>\d+)"):
+    """Under an answer that used taught pairs: shows experts those pairs, with the 👍/👎 of every answer that used
+    each, so a pair that keeps leading to 👎 stands out."""
+
+    def __init__(self, answer_id: int) -> None:
+        super().__init__(discord.ui.Button(style=discord.ButtonStyle.secondary, label="Expert answers used",
+                                           custom_id=f"ll:pairs:{answer_id}"))
+        self.answer_id = answer_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> UsedPairsButton:
+        return cls(int(match["answer"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot = core(interaction)
+        if not permissions.is_expert(bot.settings, interaction.guild_id, interaction.user):
+            return await say(interaction, "Only experts can see the expert answers behind an answer.")
+        try:
+            ids = used_pairs((await bot.store.get_answer(self.answer_id)).prompt)
+            feedback = await bot.store.pair_feedback(ids)
+            examples = []
+            for example_id in ids:
+                with contextlib.suppress(NotFound):  # deleted since
+                    examples.append(await bot.store.get_example(example_id))
+        except StoreError as exc:
+            return await say(interaction, str(exc))
+        await say(interaction, render_used_pairs(examples, feedback) if examples else
+                  "The expert answers this answer used are no longer in the dataset.")
+
+
+def render_used_pairs(examples: list[Example], feedback: dict[int, tuple[int, int]]) -> str:
+    """The pairs an answer was given, each with the 👍/👎 of the answers that used it, in one message."""
+    head = f"**Expert answers used** ({len(examples)}; 👍/👎 count every answer that used the pair):"
+    budget = (CONTENT_MAX - len(head)) // len(examples) - 60
+    blocks = []
+    for example in examples:
+        up, down = feedback.get(example.id, (0, 0))
+        question = next((m["content"] for m in reversed(example.messages) if m["role"] == "user"), "")
+        status = "" if example.status == "approved" else f" · now {example.status}"
+        q_room = min(len(question), budget // 3)
+        blocks.append(f"**#{example.id}** · 👍 {up} · 👎 {down}{status}\n> Q: {_clip(question, q_room)!r}\n"
+                      f"> A: {_clip(example.messages[-1]['content'], budget - q_room)!r}")
+    return "\n".join([head, *blocks])[:CONTENT_MAX]
 
 
 def feedback_view(answer_id: int) -> discord.ui.View:
@@ -352,6 +399,7 @@ class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
                 return await say(interaction, "Only admins can approve or reject directly; experts rate 1–5.")
         elif not permissions.is_expert(bot.settings, guild_id, interaction.user):
             return await say(interaction, "Only experts can review examples.")
+        outcome = None
         try:
             if self.action == "edit":
                 return await open_edit(interaction, await bot.store.get_example(self.example_id))
@@ -369,6 +417,8 @@ class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
                 done = f"Example #{self.example_id} {status}."
         except StoreError as exc:
             return await say(interaction, str(exc))
+        if self.action in ("approve", "reject") or getattr(outcome, "decided", None):
+            bot.retrieval.request_sync()  # the next chat can use (or stops using) the pair within seconds
         await show_next_for_review(interaction, prefix=done, edit=True)
 
 
@@ -440,4 +490,4 @@ class EditModal(OpenerOnlyModal):
         await say(interaction, f"Saved as example #{copy.id} (pending review); #{self.example_id} is superseded.")
 
 
-DYNAMIC_ITEMS = (FeedbackButton, ReviewButton, BetterAnswerButton)
+DYNAMIC_ITEMS = (FeedbackButton, ReviewButton, BetterAnswerButton, UsedPairsButton)

@@ -82,6 +82,12 @@ async def approved_pairs(store: Any, ids: Collection[int] | None = None) -> list
     return pairs
 
 
+async def approved_ids(store: Any) -> set[int]:
+    """The ids of every approved example: what a running index is compared with to find approvals made elsewhere."""
+    async with store.session() as s:
+        return set(await s.scalars(select(Example.id).where(Example.status == "approved")))
+
+
 def pair_of(example_id: int, messages: Sequence[Mapping[str, str]]) -> Pair:
     """The question is every user turn (a multi-turn pair is found by any of them); the answer is the last one."""
     question = "\n".join(m["content"] for m in messages if m["role"] == "user")

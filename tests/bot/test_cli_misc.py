@@ -53,6 +53,7 @@ def test_bot_checks_the_token_shape_before_connecting(tmp_path, token, message):
     ("https://example.com:56789/path/", "https://example.com:56789/path"),
     ("[::1]:8080", "http://[::1]:8080"),
     ("  http://127.0.0.1:11434/ ", "http://127.0.0.1:11434"),
+    ("https://user:s3cret@proxy.example:8443", "https://user:s3cret@proxy.example:8443"),  # a proxy's basic auth
 ])
 def test_ollama_host_as_ollama_reads_it(value, url):
     assert parse_ollama_host(value) == url
@@ -75,6 +76,7 @@ def test_settings_read_ollama_host(monkeypatch, tmp_path):
     ("host:port", "port 'port' is not a number from 1 to 65535"),
     ("host:70000", "port '70000' is not a number"),
     ("my host", "is not an address"),
+    ("user:pw@host", "is not an address"),  # credentials only with an explicit scheme
 ])
 def test_malformed_ollama_host_is_one_line(tmp_path, value, message):
     with pytest.raises(ValueError, match=message):

@@ -1,0 +1,148 @@
+"""Benchmark retrieval's cost on the chat path: the bot's added first-token latency with retrieval off and on.
+
+Time from a mention arriving at the bot to the first Discord message carrying the answer, minus the time to the
+first streamed piece when calling the Ollama-API test server directly (as bench/bench_bot.py measures it), for:
+retrieval off; the delta scope over N approved pairs, lexical; the same with embed_model (the test server's
+trigram embedding: one /api/embed round trip per turn). Each question matches some pairs, so a block is added.
+Also the retrieval p50 alone (``Retriever.search``). Target: added latency with retrieval ≤ 5 ms + retrieval p50;
+on a busy machine the bot's path misses 5 ms with retrieval off too, so each line also shows the increment over off.
+Usage: python bench/bench_retrieval_chat.py [--rounds 30] [--pairs 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import discord
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.conversation import Conversation  # noqa: E402
+from deploy.ollama import OllamaClient  # noqa: E402
+from tests.bot.conftest import BASE_TAG, make_settings, start_bot  # noqa: E402
+from tests.fixtures.discord import BOT_ID, DiscordAPI, Gateway, message_payload, user_payload  # noqa: E402
+from tests.ollama_server import OllamaTestServer  # noqa: E402
+
+BOT = user_payload(BOT_ID, "loraloop", bot=True)
+EMBEDDER = "embedder:latest"
+ROUND_GAP_S = 0.3
+TOPICS = ["password", "invoice", "deploy", "backup", "printer", "vpn", "calendar", "badge", "laptop", "wiki"]
+
+
+def pair(i: int) -> Conversation:
+    return Conversation.qa(f"How do I fix the {TOPICS[i % len(TOPICS)]} problem number {i} on site {i % 13}?",
+                           f"Open ticket queue {i % 17} and follow runbook {i}.")
+
+
+def question(i: int) -> str:
+    return f"how to fix {TOPICS[i % len(TOPICS)]} problem {i * 7 % 1000} at site {i % 13}"
+
+
+async def first_token_direct(url: str, rounds: int) -> list[float]:
+    """As bench/bench_bot.py: each answer read to its end in the background (answers overlap as the bot's do)."""
+    times: list[float] = []
+
+    async def read(client: OllamaClient, first: asyncio.Future[float]) -> None:
+        start = time.perf_counter()
+        async for _piece in client.chat_stream(BASE_TAG, [{"role": "user", "content": "hi"}]):
+            if not first.done():
+                first.set_result(time.perf_counter() - start)
+
+    async with OllamaClient(url) as client:
+        readers = []
+        for _ in range(rounds):
+            first: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            readers.append(asyncio.create_task(read(client, first)))
+            times.append(await first)
+            await asyncio.sleep(ROUND_GAP_S)
+        await asyncio.gather(*readers)
+    return times
+
+
+async def first_token_bot(gateway: Gateway, api: DiscordAPI, rounds: int) -> list[float]:
+    times = []
+    for i in range(rounds):
+        seen = len(api.sent_messages())
+        start = time.perf_counter()
+        await gateway.message(message_payload(f"<@{BOT_ID}> {question(i)}", author=user_payload(1000 + i),
+                                              mentions=[BOT]))
+        while len(api.sent_messages()) == seen:  # noqa: ASYNC110 - the reply arrives at another server
+            await asyncio.sleep(0.0005)
+        times.append(time.perf_counter() - start)
+        await asyncio.sleep(ROUND_GAP_S)
+    return times
+
+
+async def measure(home: Path, ollama: OllamaTestServer, api: DiscordAPI, rounds: int, pairs: int,
+                  **settings: object) -> tuple[list[float], list[float], list[float], int]:
+    """(first-token times directly and via the bot, retrieval times alone, pairs found per turn ×100); the direct
+    times are taken right before the bot's, so both see the same machine load."""
+    direct = await first_token_direct(ollama.url, rounds)
+    bot = await start_bot(make_settings(home, ollama.url, **settings))
+    gateway = Gateway(bot, api)
+    try:
+        await bot.store.import_conversations([pair(i) for i in range(pairs)], approve=True)
+        await bot.retrieval.wait_idle()
+        await bot.retrieval.sync()
+        search: list[float] = []
+        found = 0
+        for i in range(rounds if bot.retrieval.enabled else 0):
+            start = time.perf_counter()
+            found += len(await bot.retrieval.search(question(i)))
+            search.append(time.perf_counter() - start)
+        via_bot = await first_token_bot(gateway, api, rounds)
+        await asyncio.sleep(1.0)  # the last answers stream to their end
+    finally:
+        await bot.close()
+    return direct, via_bot, search, round(100 * found / rounds)
+
+
+def ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.1f} ms" if values else "—"
+
+
+async def main(rounds: int, pairs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        ollama = OllamaTestServer(tmp / "ollama").start()
+        ollama.add_scripted_model(BASE_TAG, reply=" ".join(f"w{i}" for i in range(40)), token_delay=0.02)
+        ollama.add_scripted_model(EMBEDDER, reply="-")
+        api = DiscordAPI()
+        await api.start()
+        discord.http.Route.BASE = api.url
+        runs = [tmp / name for name in ("off", "lexical", "hybrid")]
+        for run in runs:
+            run.mkdir()
+        try:
+            results = {
+                "retrieval off": await measure(runs[0], ollama, api, rounds, pairs, retrieval_scope="off"),
+                "delta, lexical": await measure(runs[1], ollama, api, rounds, pairs),
+                "delta, hybrid (embed)": await measure(runs[2], ollama, api, rounds, pairs, embed_model=EMBEDDER),
+            }
+        finally:
+            await api.stop()
+            ollama.stop()
+    print(f"{pairs} approved pairs, {rounds} turns each; added = via the bot − the Ollama-API server directly")
+    off = None
+    for name, (direct, via_bot, search, found) in results.items():
+        added = (statistics.median(via_bot) - statistics.median(direct)) * 1000
+        off = added if off is None else off
+        budget = 5.0 + (statistics.median(search) * 1000 if search else 0.0)
+        verdict = "ok" if added <= budget else "OVER"
+        # On a loaded machine the bot's own path already misses 5 ms; what retrieval adds is the second number.
+        print(f"{name:>22}: added first-token latency p50 {added:5.1f} ms (retrieval off +{added - off:4.1f} ms); "
+              f"retrieval alone p50 {ms(search)}; {found / 100:.2f} pairs per turn; target ≤ {budget:.1f} ms: "
+              f"{verdict}")
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--pairs", type=int, default=2000)
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, args.pairs))

@@ -1,0 +1,304 @@
+"""Retrieval in the bot: taught in minutes, learned by the next retrain.
+
+The bot keeps one :class:`~data.retrieval.RetrievalIndex` of approved pairs. On every chat turn it asks it for the
+pairs relevant to the user's question and puts them in the system message, in a delimited block ("Expert answers
+that may help: …"), within a character budget. Which pairs a turn may use is the scope (``retrieval_scope``):
+
+- ``delta`` (default): approved pairs the active model was not trained on, so a promotion takes the pairs of its
+  snapshot out, and a rollback brings back those the older version lacks (checked on the turn after the switch);
+- ``all``: every approved pair; ``off``: none.
+
+The index is built from the database in the background when the bot starts (it answers without retrieval
+meanwhile), re-read every ``retrieval_sync_s`` (approvals by CLI, imports or another process) and right after an
+approval in Discord (:meth:`Retriever.request_sync`). With ``embed_model`` set, pairs and questions are embedded
+through Ollama's /api/embed and the lists are fused; when embeddings fail, retrieval goes on lexically (logged
+once) and an answer never fails because of retrieval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot.settings import Settings
+from data.retrieval import Hit, RetrievalConfig, RetrievalError, RetrievalIndex, within_budget
+from data.store import Store, StoreError
+from data.vectors import approved_ids, build_index, delta_ids, index_pairs
+from deploy.ollama import OllamaClient, OllamaError
+
+log = logging.getLogger(__name__)
+
+BLOCK_HEAD = "Expert answers that may help:"
+BLOCK_TAIL = "(End of expert answers. Use them only where they answer the question.)"
+# A question waits this long for its vector at most; then it is answered with lexical retrieval alone.
+QUERY_EMBED_TIMEOUT_S = 2.0
+# One /api/embed request while indexing (a background task: nobody waits for it).
+INDEX_EMBED_TIMEOUT_S = 120.0
+EMBED_BATCH = 64  # texts per /api/embed request
+INDEX_STEP = 2048  # pairs embedded and added to the index at a time
+# After an embedding failure, questions skip the embedding call for this long (no timeout paid on every turn).
+EMBED_RETRY_S = 60.0
+# What a failure while indexing or querying may raise: the database, the index, the embedding server.
+_FAILURES = (SQLAlchemyError, StoreError, RetrievalError, OllamaError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """The pairs one chat turn is given, best first (empty: nothing relevant, or retrieval off)."""
+
+    hits: tuple[Hit, ...] = ()
+
+    @property
+    def ids(self) -> list[int]:
+        return [h.example_id for h in self.hits]
+
+    def system_message(self, system_prompt: str) -> str:
+        """The system prompt with the expert answers' block after it (the prompt alone when there are none)."""
+        if not self.hits:
+            return system_prompt
+        return f"{system_prompt}\n\n{expert_block(self.hits)}" if system_prompt else expert_block(self.hits)
+
+    def footer(self) -> str:
+        """The line under an answer that used taught pairs (Discord subtext)."""
+        if not self.hits:
+            return ""
+        what = "1 expert answer" if len(self.hits) == 1 else f"{len(self.hits)} expert answers"
+        return f"-# Using {what}: {', '.join(f'#{i}' for i in self.ids)}"
+
+
+def expert_block(hits: Sequence[Hit]) -> str:
+    """The block the model reads: each pair tagged with its example id, so nothing in a pair can pass for the
+    block's end."""
+    parts = [BLOCK_HEAD]
+    for hit in hits:
+        parts.append(f'<expert_answer id="{hit.example_id}">\nQuestion: {hit.question}\nAnswer: {hit.answer}\n'
+                     "</expert_answer>")
+    parts.append(BLOCK_TAIL)
+    return "\n".join(parts)
+
+
+def query_text(history: Sequence[dict[str, str]]) -> str:
+    """What a turn retrieves with: the latest user message."""
+    return next((t["content"] for t in reversed(history) if t.get("role") == "user"), "")
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one :meth:`Retriever.sync` changed."""
+
+    added: int
+    removed: int
+    indexed: int  # pairs in the index afterwards
+    allowed: int | None  # pairs the scope lets a turn use (None: all of them)
+
+
+class Retriever:
+    """The bot's index of approved pairs, its scope, and keeping both in step with the database."""
+
+    def __init__(self, settings: Settings, store: Store, ollama: OllamaClient, *,
+                 config: RetrievalConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings, self.store, self.ollama = settings, store, ollama
+        self.config = config
+        self.clock = clock
+        self.index: RetrievalIndex | None = None  # None until the first build has finished
+        self._allowed: frozenset[int] | None = None  # the scope's ids; None: every indexed pair
+        self._scope_of: tuple[int | None] | None = None  # (active version id,) the scope was computed for
+        self._sync_lock = asyncio.Lock()
+        self._first_sync = asyncio.Event()  # the start-up build was tried (done, or failed and logged)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._embed_down_since: float | None = None  # when embeddings last failed; None: working (or unused)
+        self._embedding_pass = False  # one pass over the pairs without vectors at a time
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.retrieval_scope != "off"
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build the index in the background, then re-read the database every ``retrieval_sync_s``."""
+        if self.enabled:
+            self._spawn(self._run(), "retrieval-sync")
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def request_sync(self) -> None:
+        """Read approvals now (after one in Discord), without keeping the caller waiting."""
+        if self.enabled:
+            self._spawn(self._sync_logged(), "retrieval-sync-now")
+
+    async def wait_idle(self) -> None:
+        """Until the first build and the syncs requested so far are done (tests, the benchmark)."""
+        if self.enabled and any(t.get_name() == "retrieval-sync" for t in self._tasks):
+            await self._first_sync.wait()  # the first build runs in the periodic task, which never ends
+        await asyncio.gather(*(t for t in self._tasks if t.get_name() != "retrieval-sync"), return_exceptions=True)
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        while True:
+            await self._sync_logged()
+            self._first_sync.set()
+            await asyncio.sleep(self.settings.retrieval_sync_s)
+
+    async def _sync_logged(self) -> None:
+        try:
+            report = await self.sync()
+        except _FAILURES as exc:  # the next sync tries again; chats go on with the index as it is
+            log.warning("retrieval: reading approved pairs failed (%s); retrying in %g s", exc,
+                        self.settings.retrieval_sync_s)
+            return
+        if report.added or report.removed:
+            log.info("retrieval: +%d −%d pairs; %d indexed, %s in scope", report.added, report.removed,
+                     report.indexed, "all" if report.allowed is None else report.allowed)
+
+    # ---- keeping the index in step -----------------------------------------------------------------------
+
+    async def sync(self) -> SyncReport:
+        """Bring the index up to date with the database (built from it the first time), vectors included where
+        the embedding model answers, and recompute the scope."""
+        async with self._sync_lock:
+            if self.index is None:
+                index = await build_index(self.store, embed_model=self.settings.embed_model, config=self.config)
+                added, removed = len(index), 0
+                self.index = index
+            else:
+                index = self.index
+                approved = await approved_ids(self.store)
+                new, gone = approved - index.ids, index.ids - approved
+                added, removed = len(new), len(gone)
+                if new or gone:
+                    await self._index(index, new | gone)
+            await self._refresh_scope()
+            report = SyncReport(added, removed, len(index), None if self._allowed is None else len(self._allowed))
+        # Outside the lock: embedding thousands of pairs after a first start must not hold up later approvals.
+        await self._embed_missing(index)
+        return report
+
+    async def rebuild(self) -> SyncReport:
+        """Throw the index away and build it again from the database."""
+        async with self._sync_lock:
+            self.index, self._scope_of = None, None
+        return await self.sync()
+
+    async def _index(self, index: RetrievalIndex, ids: set[int]) -> None:
+        if self._embedding_usable():
+            try:
+                await index_pairs(self.store, index, ids, embed=self._embed_batch,
+                                  embed_model=self.settings.embed_model)
+                return
+            except (OllamaError, TimeoutError) as exc:
+                self._embedding_failed(exc)
+        await index_pairs(self.store, index, ids)  # lexically now; _embed_missing adds vectors later
+
+    async def _embed_missing(self, index: RetrievalIndex) -> None:
+        """Vectors for indexed pairs that lack one (embedding was down, or embed_model changed)."""
+        if self._embedding_pass or not self._embedding_usable():
+            return
+        self._embedding_pass = True
+        try:
+            missing = index.without_vectors()
+            # Each index_pairs call rebuilds the lexical index once: a few large steps, not one per request.
+            for start in range(0, len(missing), INDEX_STEP):
+                await index_pairs(self.store, index, missing[start:start + INDEX_STEP], embed=self._embed_batch,
+                                  embed_model=self.settings.embed_model)
+        except (OllamaError, TimeoutError) as exc:
+            self._embedding_failed(exc)
+        finally:
+            self._embedding_pass = False
+
+    async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            async with asyncio.timeout(INDEX_EMBED_TIMEOUT_S):
+                vectors += await self.ollama.embed(self.settings.embed_model or "", texts[start:start + EMBED_BATCH])
+        self._embedding_ok()
+        return vectors
+
+    async def _refresh_scope(self) -> None:
+        version = await self.store.active_model_version()
+        if self.settings.retrieval_scope == "delta":
+            self._allowed = frozenset(await delta_ids(self.store))
+        else:
+            self._allowed = None
+        self._scope_of = (version.id if version else None,)
+
+    # ---- a chat turn --------------------------------------------------------------------------------------
+
+    async def retrieve(self, history: Sequence[dict[str, str]], version_id: int | None = None) -> Retrieved:
+        """The pairs for this turn (``version_id``: the model that answers it, whose training the delta scope
+        leaves out). Never raises: a failure means no pairs, logged."""
+        index = self.index
+        text = query_text(history)
+        if not self.enabled or index is None or not len(index) or not text.strip():
+            return Retrieved()
+        try:
+            if self._scope_of != (version_id,):  # promoted or rolled back since: the delta changed
+                await self._refresh_scope()  # not behind the sync lock: a long sync must not hold up a turn
+            return Retrieved(tuple(await self.search(text, index)))
+        except _FAILURES as exc:
+            log.warning("retrieval failed for this turn (%s); answering without it", exc)
+            return Retrieved()
+
+    async def search(self, text: str, index: RetrievalIndex | None = None) -> list[Hit]:
+        """The scope's best pairs for ``text`` within the budget (the CLI's query shows these)."""
+        index = index or self.index
+        if index is None:
+            return []
+        vector = await self._query_vector(text) if index.dim is not None else None
+        k, allowed = self.settings.retrieval_k, self._allowed
+        try:
+            hits = await asyncio.to_thread(index.query, text, k, vector=vector, allow=allowed)
+        except RetrievalError as exc:  # a vector of another dimension: embed_model changed under a built index
+            self._embedding_failed(exc)
+            hits = await asyncio.to_thread(index.query, text, k, allow=allowed)
+        return within_budget(hits, self.settings.retrieval_max_chars)
+
+    async def _query_vector(self, text: str) -> list[float] | None:
+        if not self._embedding_usable():
+            return None
+        try:
+            async with asyncio.timeout(QUERY_EMBED_TIMEOUT_S):
+                [vector] = await self.ollama.embed(self.settings.embed_model or "", [text])
+        except (OllamaError, TimeoutError) as exc:
+            self._embedding_failed(exc)
+            return None
+        self._embedding_ok()
+        return vector
+
+    # ---- embedding health -----------------------------------------------------------------------------------
+
+    @property
+    def embedding_working(self) -> bool:
+        """Whether the last embedding call succeeded (False also without embed_model)."""
+        return bool(self.settings.embed_model) and self._embed_down_since is None
+
+    def _embedding_usable(self) -> bool:
+        if not self.settings.embed_model:
+            return False
+        return self._embed_down_since is None or self.clock() - self._embed_down_since >= EMBED_RETRY_S
+
+    def _embedding_failed(self, exc: Exception) -> None:
+        if self._embed_down_since is None:  # logged once per outage, not on every turn
+            log.warning("retrieval: embeddings from %r failed (%s); lexical retrieval only until they work again",
+                        self.settings.embed_model, exc)
+        self._embed_down_since = self.clock()
+
+    def _embedding_ok(self) -> None:
+        if self._embed_down_since is not None:
+            log.info("retrieval: embeddings from %r work again", self.settings.embed_model)
+            self._embed_down_since = None

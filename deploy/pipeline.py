@@ -16,11 +16,10 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from data.models import ModelVersion
+from data.errors import StoreError
 from data.snapshot import SnapshotError, read_snapshot
-from data.store import Store, StoreError
 from deploy.gate import GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.modelfile import SERVED_CHECK_CHATS, ServingFormat, TrainedPrompts, serving_format_for, trained_format
 from deploy.ollama import CreateProgress, ModelNotFound, OllamaClient, OllamaError
@@ -36,6 +35,10 @@ from deploy.registration import (
     quantize_type,
 )
 from trainer.config import DEFAULT_PROBES  # the trainer's probes: same questions in both tables
+
+if TYPE_CHECKING:  # the GPU worker imports this module and has no database stack
+    from data.models import ModelVersion
+    from data.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -202,39 +205,83 @@ async def deploy(
         await emit("gated", passed=gate.passed, reason=gate.reason, scores=gate.scores)
         result.timings["to_gate_s"] = round(time.monotonic() - t0, 3)
 
-        # ---- 7. switch (one transaction in the store) or reject ------------------------------------------
-        if not gate.passed:
-            await _forget(client, tag)
-            await store.update_model_version(tag, status="rejected", evaluation=gate.to_dict(), metrics=gate.scores,
-                                             failure_reason=gate.reason, in_ollama=False)
-            result.status, result.reason = "rejected", gate.reason
-            return result
-        await store.update_model_version(tag, status="evaluated", evaluation=gate.to_dict(), metrics=gate.scores)
-        await store.promote(tag)
-        result.promoted, result.status, result.reason = True, "promoted", gate.reason
-        result.timings["switched_s"] = round(time.monotonic() - t0, 3)
-        await emit("switched", active=tag)
+        # ---- 7. reject, or switch (one transaction in the store) and apply retention ---------------------
+        done = await conclude_candidate(store, client, tag, gate, model_name=config.model_name,
+                                        keep_versions=config.keep_versions,
+                                        train_metrics=trained_metrics(adapter_dir))
     except (DeployFailed, OllamaError, StoreError, SnapshotError, OSError, ValueError) as exc:
         reason = str(exc)
-        removed = await _forget(client, tag)
+        removed = await forget(client, tag)
         await store.update_model_version(tag, status="failed", failure_reason=reason,
                                          **({"in_ollama": False} if removed else {}))
         result.status, result.reason = "failed", reason
         await emit("failed", reason=reason)
         return result
     except Exception as exc:  # a bug, not a deploy condition: still never leave the version looking alive
-        await _forget(client, tag)
+        await forget(client, tag)
         await store.update_model_version(tag, status="failed", failure_reason=f"unexpected error: {exc!r}")
         raise
 
-    # ---- 8. retention (never fails the deploy) -------------------------------------------------------------
+    # Told after the try: a listener's error must not mark a version that now answers as failed.
+    result.status, result.reason, result.promoted = done.status, done.reason, done.status == "promoted"
+    if result.promoted:
+        result.timings["switched_s"] = round(time.monotonic() - t0, 3)
+        await emit("switched", active=tag)
+        if done.deleted:
+            await emit("retention", deleted=done.deleted)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Conclusion:
+    """What :func:`conclude_candidate` did; ``status`` is the version's status in the store now."""
+
+    tag: str
+    status: Literal["rejected", "evaluated", "promoted"]
+    reason: str  # the gate's
+    deleted: tuple[str, ...] = ()  # the older tags retention removed from Ollama after the switch
+
+
+async def conclude_candidate(store: Store, client: OllamaClient, tag: str, gate: GateResult, *, model_name: str,
+                             keep_versions: int, manual: bool = False,
+                             train_metrics: dict[str, Any] | None = None) -> Conclusion:
+    """After the gate, the one promotion path (``loraloop deploy run`` and the retrain loop): store the
+    judgement, then reject (the tag deleted from Ollama) or promote and apply retention. ``manual``: a passing
+    candidate stops at evaluated, for an expert to :func:`switch_to` it.
+
+    Raises DeployFailed / OllamaError / StoreError when the switch fails: the version stays evaluated and the
+    active model unchanged; the caller marks the version failed."""
+    judged = {"evaluation": gate.to_dict(), "metrics": version_metrics(gate, train_metrics)}
+    if not gate.passed:
+        await forget(client, tag)
+        await store.update_model_version(tag, status="rejected", failure_reason=gate.reason, in_ollama=False,
+                                         **judged)
+        return Conclusion(tag, "rejected", gate.reason)
+    await store.update_model_version(tag, status="evaluated", **judged)
+    if manual:
+        return Conclusion(tag, "evaluated", gate.reason)
+    deleted = await switch_to(store, client, tag, model_name=model_name, keep_versions=keep_versions)
+    return Conclusion(tag, "promoted", gate.reason, tuple(deleted))
+
+
+async def switch_to(store: Store, client: OllamaClient, tag: str, *, model_name: str,
+                    keep_versions: int) -> list[str]:
+    """Promote an evaluated version (checked to be in Ollama) and apply retention; the tags retention deleted.
+
+    Retention is housekeeping and never fails a switch that happened: its errors are logged."""
+    await promote(store, client, tag)
     try:
-        deleted = await apply_retention(store, client, config.model_name, config.keep_versions)
-        if deleted:
-            await emit("retention", deleted=deleted)
+        return await apply_retention(store, client, model_name, keep_versions)
     except (OllamaError, StoreError) as exc:
         log.warning("retention after %s failed: %s", tag, exc)
-    return result
+    except Exception:  # a bug here must not have the caller mark the version that now answers as failed
+        log.exception("retention after %s crashed", tag)
+    return []
+
+
+def version_metrics(gate: GateResult, train_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a version stores as ``metrics``: the gate's scores per role, and the trainer's numbers under "train"."""
+    return {**gate.scores, "train": dict(train_metrics or {})}
 
 
 @dataclass(slots=True)
@@ -380,7 +427,7 @@ async def _register(choice: PathChoice, adapter_dir: Path, base_dir: Path | None
         return candidate
     except BaseException:
         if created:
-            await _forget(client, tag)
+            await forget(client, tag)
         raise
 
 
@@ -437,16 +484,39 @@ async def judge_candidate(client: OllamaClient, config: DeployConfig, tag: str, 
 
 def trained_retention(run_dir: Path) -> dict[str, Any] | None:
     """The trainer's retention record (metrics.json in the run or adapter directory), None when not measured."""
+    return _run_metrics(run_dir).get("retention")
+
+
+# The trainer's numbers a version keeps under metrics["train"] (the full metrics.json stays with the run).
+TRAIN_METRICS = ("epochs", "steps", "device", "batching", "examples", "eval_loss_before", "eval_loss_after",
+                 "train_loss", "train_runtime_s", "tokens_per_s", "answers", "token_accuracy_before",
+                 "token_accuracy_after", "dpo", "retention")
+
+
+def trained_metrics(run_dir: Path) -> dict[str, Any]:
+    """The trainer's numbers (:data:`TRAIN_METRICS`) from metrics.json in the run or adapter directory; {} when
+    there is none (an adapter trained elsewhere)."""
+    metrics = _run_metrics(run_dir)
+    return {k: metrics.get(k) for k in TRAIN_METRICS} if metrics else {}
+
+
+def _run_metrics(run_dir: Path) -> dict[str, Any]:
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return metrics.get("retention") if isinstance(metrics, dict) else None
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
 
 
 async def forget(client: OllamaClient, tag: str) -> bool:
     """Delete a candidate that will not serve; True when it is gone from Ollama."""
-    return await _forget(client, tag)
+    try:
+        await client.delete(tag)
+    except ModelNotFound:
+        return True
+    except OllamaError:
+        return False
+    return True
 
 
 async def fail_interrupted(store: Store, client: OllamaClient, model_name: str) -> list[str]:
@@ -455,7 +525,7 @@ async def fail_interrupted(store: Store, client: OllamaClient, model_name: str) 
     marked = []
     for v in await store.list_model_versions():
         if v.name == model_name and v.status in UNFINISHED and (active is None or v.id != active.id):
-            removed = await _forget(client, v.tag)
+            removed = await forget(client, v.tag)
             await store.update_model_version(v.tag, status="failed", in_ollama=not removed and v.in_ollama,
                                              failure_reason="interrupted: the deploy process stopped before finishing")
             marked.append(v.tag)
@@ -554,17 +624,6 @@ async def _check_created(client: OllamaClient, tag: str, fmt: ServingFormat) -> 
     shown = await client.show(tag)
     if shown.get("template") != fmt.template or (shown.get("system") or "") != fmt.system:
         raise DeployFailed(f"Ollama registered {tag} with a different TEMPLATE/SYSTEM than requested")
-
-
-async def _forget(client: OllamaClient, tag: str) -> bool:
-    """Delete a candidate that will not serve; True when it is gone from Ollama."""
-    try:
-        await client.delete(tag)
-    except ModelNotFound:
-        return True
-    except OllamaError:
-        return False
-    return True
 
 
 def _read_run(adapter_dir: Path) -> dict[str, Any]:

@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
-from bot.retrain.job import JobSpec
 from bot.settings import redact_text
 from data import quality
 from data.models import RUN_DISPATCHED, RetrainRun, utcnow
 from data.runs import VoteOutcome
 from data.store import RunStateError, Store, StoreError
+from deploy.gate import GateResult
 from deploy.ollama import OllamaClient, OllamaError
-from deploy.pipeline import DeployConfig, DeployFailed, apply_retention, fail_interrupted, forget, promote
+from deploy.pipeline import DeployConfig, DeployFailed, conclude_candidate, fail_interrupted, forget, switch_to
+from worker.job import JobSpec
 
 log = logging.getLogger("loraloop.retrain")
 
@@ -266,46 +267,49 @@ class Orchestrator:
         if kind == "cancelled":
             return await self._end(run_id, "cancelled", event.get("reason") or "cancelled", version_status="failed")
         run = await self.store.get_run(run_id)
-        gate = event["gate"]
+        gate = GateResult.from_dict(event["gate"])
+        gate.reason = redact_text(gate.reason)  # stored and shown in Discord: a job's texts may carry a password
         png = base64.b64decode(event["loss_png"]) if event.get("loss_png") else None
         if png:
             (Path(self.settings.home) / "runs").mkdir(parents=True, exist_ok=True)
             (Path(self.settings.home) / "runs" / f"run-{run_id}-loss.png").write_bytes(png)
         result = {k: event.get(k) for k in ("table", "metrics", "probes", "loss_curve", "bytes_uploaded")}
-        result.update(passed=gate["passed"], reason=gate["reason"], scores=gate["scores"])
-        version = await self.store.update_model_version(
-            run.model_version_id, status="registered", in_ollama=True, artifacts=event.get("artifacts") or {},
-            evaluation=gate, metrics={**gate["scores"], "train": event.get("metrics") or {}})
+        result.update(passed=gate.passed, reason=gate.reason, scores=gate.scores)
+        version = await self.store.update_model_version(run.model_version_id, status="registered", in_ollama=True,
+                                                        artifacts=event.get("artifacts") or {})
         await self.store.set_run(run_id, result=result)
-        if not gate["passed"]:
-            await forget(self.client, version.tag)
-            await self.store.update_model_version(version.id, status="rejected",
-                                                  failure_reason=redact_text(gate["reason"]), in_ollama=False)
-            run = await self.store.transition(run_id, "rejected", reason=redact_text(
-                f"the evaluation gate refused {version.tag}: {gate['reason']}"))
-            return await self._notify("finished", run, png)
-        await self.store.update_model_version(version.id, status="evaluated")
-        if self.settings.retrain_promotion == "manual":
+        # The job registered and judged the candidate; the rest is deploy/pipeline.py's one promotion path.
+        config = self.deploy_config()
+        try:
+            done = await conclude_candidate(self.store, self.client, version.tag, gate, model_name=config.model_name,
+                                            keep_versions=config.keep_versions, train_metrics=event.get("metrics"),
+                                            manual=self.settings.retrain_promotion == "manual")
+        except (DeployFailed, OllamaError, StoreError) as exc:
+            return await self._fail(run_id, f"could not switch to {version.tag}: {exc}")
+        if done.status == "rejected":
+            run = await self.store.transition(run_id, "rejected", reason=f"the evaluation gate refused {version.tag}: "
+                                                                         f"{gate.reason}")
+        elif done.status == "evaluated":
             run = await self.store.transition(run_id, "evaluated")
-            return await self._notify("finished", run, png)
-        await self._promote(run_id, png)
+        else:
+            run = await self.store.transition(run_id, "promoted", reason=None)
+            log.info("retrain #%d: now answering with %s", run_id, version.tag)
+        await self._notify("finished", run, png)
 
-    async def _promote(self, run_id: int, png: bytes | None = None) -> RetrainRun:
+    async def _promote(self, run_id: int) -> RetrainRun:
+        """An expert's Promote on an evaluated candidate: the switch and retention of the one promotion path."""
         run = await self.store.get_run(run_id)
         version = await self.store.get_model_version(run.model_version_id)
+        config = self.deploy_config()
         try:
-            await promote(self.store, self.client, version.tag)
+            await switch_to(self.store, self.client, version.tag, model_name=config.model_name,
+                            keep_versions=config.keep_versions)
         except (DeployFailed, OllamaError, StoreError) as exc:
             await self._fail(run_id, f"could not switch to {version.tag}: {exc}")
             return await self.store.get_run(run_id)
         run = await self.store.transition(run_id, "promoted", reason=None)
         log.info("retrain #%d: now answering with %s", run_id, version.tag)
-        try:
-            await apply_retention(self.store, self.client, self.settings.model_name,
-                                  self.settings.deploy_keep_versions)
-        except (OllamaError, StoreError) as exc:
-            log.warning("retention after %s failed: %s", version.tag, exc)
-        await self._notify("finished", run, png)
+        await self._notify("finished", run, None)
         return run
 
     async def decide_promotion(self, run_id: int, user_id: int, approve: bool) -> RetrainRun:

@@ -15,7 +15,7 @@ $(VENV)/bin/python:
 
 # The bot host: no torch.
 $(VENV)/.bot-installed: $(VENV)/bin/python pyproject.toml constraints.txt
-	$(PIP) -e .
+	$(PIP) -e '.[bot]'
 	touch $@
 
 # Everything: bot + trainer/deploy (torch pinned by constraints.txt) + test tools.
@@ -31,7 +31,7 @@ $(VENV)/.all-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel --disable-pip-version-check -q --no-deps \
 	    -w $(WHEELS) $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz; \
 	fi
-	$(PIP) --find-links $(WHEELS) -e '.[ml,dev]'
+	$(PIP) --find-links $(WHEELS) -e '.[bot,ml,dev]'
 	touch $@ $(VENV)/.bot-installed
 
 install-bot: $(VENV)/.bot-installed

@@ -89,16 +89,12 @@ def cancel(run_id: int = typer.Argument(None, help="Default: the open one.")) ->
 
 
 def worker(loglevel: str = typer.Option("INFO", help="Celery log level.")) -> None:
-    """Serve retrain jobs from Redis on this (GPU) host, one at a time."""
-    import redis
+    """Serve retrain jobs from Redis on this (GPU) host, one at a time (the same as ``python -m worker``)."""
+    from worker.celery_app import RedisUnreachable, check_redis, run_worker
 
     cfg = settings()
     try:
-        redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=3).ping()
-    except (redis.RedisError, OSError) as exc:
-        from bot.settings import redact_url
-
-        fail(f"cannot reach Redis at {redact_url(cfg.redis_url)}: {exc}")
-    from bot.retrain.worker import run_worker
-
+        check_redis(cfg.redis_url)
+    except RedisUnreachable as exc:
+        fail(str(exc))
     run_worker(cfg, loglevel)

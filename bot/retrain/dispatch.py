@@ -21,8 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.retrain.job import JobSpec, WorkerPolicy
 from bot.settings import redact_text, redact_url
+from worker.job import JobSpec, WorkerPolicy
 
 TERMINAL_EVENTS = ("result", "failed", "cancelled")
 
@@ -53,7 +53,7 @@ class Dispatcher(Protocol):
 
 
 class LocalDispatcher:
-    """Each job is ``python -m bot.retrain.job DIR`` with DIR under ``home``; the reference is DIR.
+    """Each job is ``python -m worker.job DIR`` with DIR under ``home``; the reference is DIR.
 
     The child checks its spec as a worker does, against DIR/policy.json: ``policy`` when given (from the
     settings, see :func:`make_dispatcher`), else one that allows exactly what the spec asks for (this process
@@ -81,7 +81,7 @@ class LocalDispatcher:
             (workdir / "policy.json").write_text(self._policy_for(spec).to_json(), encoding="utf-8")
             (workdir / "events.jsonl").touch()
             child = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot.retrain.job", str(workdir), stdin=asyncio.subprocess.DEVNULL,
+                sys.executable, "-m", "worker.job", str(workdir), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=open(workdir / "stderr.log", "wb"),  # noqa: SIM115, ASYNC230
                 start_new_session=True)  # survives a bot restart; reattached through its directory
         except OSError as exc:
@@ -163,7 +163,7 @@ class CeleryDispatcher:
 
     def _celery(self) -> Any:
         if self._app is None:
-            from bot.retrain.worker import make_celery
+            from worker.celery_app import make_celery
 
             self._app = make_celery(self.redis_url)
         return self._app
@@ -179,7 +179,7 @@ class CeleryDispatcher:
 
     async def submit(self, spec: JobSpec) -> str:
         await self.ping()
-        from bot.retrain import worker
+        from worker import celery_app as worker
 
         task_id = f"loraloop-run-{spec.run_id}-{uuid.uuid4().hex[:8]}"
         await self.redis.delete(*worker.keys(spec.run_id).values())
@@ -192,13 +192,13 @@ class CeleryDispatcher:
         return task_id
 
     async def events(self, run_id: int, ref: str, start: int) -> list[dict[str, Any]]:
-        from bot.retrain import worker
+        from worker import celery_app as worker
 
         raw = await self.redis.lrange(worker.keys(run_id)["events"], start, -1)
         return [json.loads(r) for r in raw]
 
     async def alive(self, run_id: int, ref: str) -> bool | None:
-        from bot.retrain import worker
+        from worker import celery_app as worker
 
         keys = worker.keys(run_id)
         if await self.redis.exists(keys["heartbeat"]):
@@ -208,7 +208,7 @@ class CeleryDispatcher:
         return False
 
     async def cancel(self, run_id: int, ref: str) -> None:
-        from bot.retrain import worker
+        from worker import celery_app as worker
 
         await self.redis.set(worker.keys(run_id)["cancel"], "1", ex=7 * 86400)
 

@@ -206,7 +206,7 @@ def test_older_snapshots_without_preferences_still_read(tmp_path):
 
 
 async def test_the_job_carries_preferences_and_refuses_them_modified(store, tmp_path):
-    from bot.retrain.job import JobRefused, _check_snapshot
+    from worker.job import JobRefused, _check_snapshot
 
     await store.import_conversations([Conversation.qa("q?", "a.")], approve=True)
     await import_preferences(store, prefs(3), approve=True)

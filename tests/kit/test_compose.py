@@ -135,13 +135,13 @@ def test_every_service_has_a_healthcheck_and_a_restart_policy(services):
         assert service.get("restart") in ("always", "unless-stopped", "on-failure"), name
 
 
-def test_healthchecks_that_run_doctor_name_real_checks(services):
-    for name in ("bot", "worker"):
-        test = services[name]["healthcheck"]["test"]
-        assert test[1:3] == ["loraloop", "doctor"], name
-        names = [test[i + 1] for i, word in enumerate(test) if word == "--check"]
-        assert names and all(n.replace("-", " ") in CHECKS for n in names), (name, names)
-    assert "--worker" in services["worker"]["healthcheck"]["test"]
+def test_healthchecks_run_real_checks(services):
+    test = services["bot"]["healthcheck"]["test"]
+    assert test[1:3] == ["loraloop", "doctor"]
+    names = [test[i + 1] for i, word in enumerate(test) if word == "--check"]
+    assert names and all(n.replace("-", " ") in CHECKS for n in names), names
+    # The worker image has no loraloop CLI (no database stack): its own entry point checks Redis and the GPU.
+    assert services["worker"]["healthcheck"]["test"][1:] == ["python", "-m", "worker", "--check"]
 
 
 def test_depends_on_names_existing_services_with_conditions_they_can_meet(services):

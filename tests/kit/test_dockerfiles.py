@@ -80,7 +80,7 @@ def test_copied_packages_are_the_ones_pyproject_installs(dockerfile):
 
 
 def test_dependencies_are_installed_against_the_lock(dockerfile):
-    project = [c for c in pip_installs(dockerfile) if re.search(r"\s(\.|'\.\[ml\]'|\"\.\[ml\]\")(\s|$)", c)]
+    project = [c for c in pip_installs(dockerfile) if re.search(r"\s'\.\[(bot|worker)\]'(\s|$)", c)]
     assert len(project) == 1, pip_installs(dockerfile)
     assert "-c constraints.txt" in project[0] and "-c docker/constraints.lock" in project[0]
 
@@ -93,7 +93,7 @@ def test_the_bot_image_has_no_torch():
     assert "LORALOOP_DISPATCHER=celery" in " ".join(e.args for e in df.stages[-1].all("ENV"))
 
 
-def test_the_worker_image_has_cuda_torch_and_the_ml_extra():
+def test_the_worker_image_has_cuda_torch_and_the_worker_extra():
     df = parse_dockerfile(WORKER)
     installs = pip_installs(df)
     torch = [c for c in installs if re.search(r"\btorch==", c)]
@@ -102,9 +102,10 @@ def test_the_worker_image_has_cuda_torch_and_the_ml_extra():
     assert version.split("+")[0] == constraint_pin("torch"), "the worker's torch differs from constraints.txt"
     assert re.search(r"\+cu\d+$", version) and re.search(r"--index-url \S+/whl/cu\d+", torch[0])
     assert version.split("+")[1] in torch[0].split("--index-url", 1)[1]  # the build matches the index
-    assert any("'.[ml]'" in c for c in installs)
+    assert any("'.[worker]'" in c for c in installs)
     assert df.stages[-1].base.startswith("nvidia/cuda:")
-    assert df.stages[-1].all("CMD")[-1].words() == ["loraloop", "worker"]
+    # The GPU side's own entry point: `loraloop` is the bot's command line (its database layer is not installed).
+    assert df.stages[-1].all("CMD")[-1].words() == ["python", "-m", "worker"]
 
 
 def test_both_images_run_the_same_python():
@@ -118,6 +119,9 @@ def test_both_images_run_the_same_python():
 def test_image_healthchecks_run_real_doctor_checks(dockerfile):
     check = dockerfile.stages[-1].all("HEALTHCHECK")[-1].args
     command = json.loads(re.search(r"CMD (\[.*\])", check).group(1))
+    if dockerfile.path == WORKER:  # Redis and the GPU, checked by the worker itself (no bot stack there)
+        assert command == ["python", "-m", "worker", "--check"]
+        return
     assert command[:2] == ["loraloop", "doctor"]
     names = [command[i + 1] for i, w in enumerate(command) if w == "--check"]
     assert names and all(n.replace("-", " ") in CHECKS for n in names)
@@ -144,7 +148,8 @@ def test_the_lock_pins_every_dependency_of_the_bot_and_the_ml_extra():
     pins = lock_pins()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     linux = {"platform_system": "Linux", "sys_platform": "linux", "python_version": "3.11", "extra": ""}
-    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["ml"]]
+    extras = project["optional-dependencies"]
+    wanted = [Requirement(r) for r in project["dependencies"] + extras["bot"] + extras["ml"]]
     missing = sorted(canonical(r.name) for r in wanted
                      if (r.marker is None or r.marker.evaluate(linux))
                      and canonical(r.name) != "torch" and canonical(r.name) not in pins)

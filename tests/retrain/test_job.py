@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 
 import pytest
 
-from bot.retrain.job import JobSpec, run_job
 from data.snapshot import write_snapshot
 from deploy.pipeline import DeployConfig
 from tests.retrain.conftest import BASE, TRAIN
 from tests.trainer.snapshots import synthetic_conversations
+from worker.job import JobSpec, run_job
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from bot.retrain.dispatch import LocalDispatcher
-from bot.retrain.job import JobRefused, JobSpec, WorkerPolicy, job_dir, validate_job
-from bot.retrain.worker import QUEUE, TASK, accept_job, keys, make_celery
 from tests.retrain.conftest import REDIS_URL
 from tests.retrain.test_job import spec_for
+from worker.celery_app import QUEUE, TASK, accept_job, keys, make_celery
+from worker.job import JobRefused, JobSpec, WorkerPolicy, job_dir, validate_job
 
 BASE_DIR = "/models/tiny-llama"  # never opened: every job here is refused before training
 EVIL_HOST = "http://attacker.example.invalid:11434"

@@ -1,4 +1,5 @@
-"""The Celery side of dispatch: the app, the one task, and ``loraloop worker`` (one GPU job at a time).
+"""The Celery side of dispatch: the app, the one task, and the worker loop behind ``loraloop worker`` and
+``python -m worker`` (one GPU job at a time).
 
 Reliability choices, each for a failure we test:
 
@@ -26,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot.retrain.job import JobRefused, JobSpec, WorkerPolicy, job_dir, run_job, validate_job
-from bot.settings import redact_text
+from bot.settings import redact_text, redact_url
+from worker.job import JobRefused, JobSpec, WorkerPolicy, job_dir, run_job, validate_job
 
 TASK = "loraloop.retrain"
 QUEUE = "loraloop"
@@ -138,8 +139,22 @@ def run_job_here(r: Any, spec: JobSpec, task_id: str, workdir: Path, ollama_host
         r.delete(k["heartbeat"])
 
 
+class RedisUnreachable(Exception):
+    """The worker cannot reach its broker; the message (credentials redacted) says where and why."""
+
+
+def check_redis(redis_url: str) -> None:
+    """Fail fast with one clear line instead of Celery's endless reconnect loop."""
+    import redis
+
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
+    except (redis.RedisError, OSError) as exc:
+        raise RedisUnreachable(f"cannot reach Redis at {redact_url(redis_url)}: {redact_text(str(exc))}") from None
+
+
 def run_worker(settings: Any, loglevel: str = "INFO") -> None:
-    """Block serving jobs (``loraloop worker``)."""
+    """Block serving jobs (``loraloop worker``, ``python -m worker``)."""
     app = make_celery(settings.redis_url, policy=WorkerPolicy.for_worker(settings))
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}", "-Q", QUEUE,
                      "--without-gossip", "--without-mingle", "--without-heartbeat",

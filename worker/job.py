@@ -1,4 +1,4 @@
-"""One retrain job, on whichever machine trains: snapshot → ``loraloop train`` (a child process) → GGUF →
+"""One retrain job, on whichever machine trains: snapshot → ``python -m trainer train`` (a child process) → GGUF →
 Ollama blobs + create → warm-up → gate against the active model.
 
 It needs no database and no shared filesystem: everything comes in the :class:`JobSpec`, everything goes
@@ -13,7 +13,7 @@ back as events through ``emit`` (JSON-able dicts)::
 The bot's orchestrator turns them into state changes; the candidate tag stays in Ollama after a result
 (the orchestrator promotes it or deletes it) and is deleted here after a failure or cancellation.
 
-Run as ``python -m bot.retrain.job DIR``: the local dispatcher's child process (spec in DIR/spec.json, what it
+Run as ``python -m worker.job DIR``: the local dispatcher's child process (spec in DIR/spec.json, what it
 agrees to do in DIR/policy.json, events appended to DIR/events.jsonl, cancelled by a DIR/cancel file or SIGTERM).
 
 A job is data from elsewhere (on a worker: whatever sits in Redis), so :func:`validate_job` checks every field
@@ -58,11 +58,6 @@ from data.snapshot import (
 log = logging.getLogger("loraloop.job")
 
 Emit = Callable[[dict[str, Any]], None]
-STAGES = ("training", "converting", "registering", "evaluating")
-# Metrics worth carrying back (the full metrics.json stays on the worker).
-_METRICS = ("epochs", "steps", "device", "batching", "examples", "eval_loss_before", "eval_loss_after",
-            "train_loss", "train_runtime_s", "tokens_per_s", "answers", "token_accuracy_before",
-            "token_accuracy_after", "dpo", "retention")
 
 
 @dataclass
@@ -383,12 +378,13 @@ def _write_snapshot(spec: JobSpec, out: Path) -> Snapshot:
 
 async def _train(spec: JobSpec, snapshot: Path, out: Path, emit: Emit, cancelled: Callable[[], bool],
                  deadline: float) -> None:
-    """``loraloop train`` in a child process (a crash or OOM there cannot take this process down); its JSON
+    """``python -m trainer train`` in a child process (a crash or OOM there cannot take this process down); its JSON
     progress lines become step events. It dies with this process (PR_SET_PDEATHSIG)."""
     config = out.parent / "train.yaml"  # the snapshot step created out.parent
     config.write_text(yaml.safe_dump(spec.train), encoding="utf-8")
     resume = (out / "checkpoints").is_dir()
-    args = [sys.executable, "-m", "bot.cli", "train", "--snapshot", str(snapshot), "--base", spec.base_model,
+    # The trainer's own entry point: the child loads neither the bot's CLI nor its settings, only the job's config.
+    args = [sys.executable, "-m", "trainer", "train", "--snapshot", str(snapshot), "--base", spec.base_model,
             "--out", str(out), "--config", str(config), "--json-progress", *(["--resume"] if resume else [])]
     stderr_path = out.parent / "train.stderr"
     with open(stderr_path, "wb") as stderr:  # noqa: ASYNC230 (opening a log file; the child writes it)
@@ -467,11 +463,13 @@ def _dpo_lines(dpo: dict[str, Any] | None) -> str:
 
 
 def _run_outputs(run_dir: Path) -> dict[str, Any]:
+    from deploy.pipeline import TRAIN_METRICS  # what is carried back; the full metrics.json stays on the worker
+
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     probes_path = run_dir / "probes.json"
     png = run_dir / "loss.png"
     return {
-        "metrics": {k: metrics.get(k) for k in _METRICS},
+        "metrics": {k: metrics.get(k) for k in TRAIN_METRICS},
         "loss_curve": metrics.get("train_loss_curve", []),
         "probes": json.loads(probes_path.read_text(encoding="utf-8")) if probes_path.is_file() else [],
         "loss_png": base64.b64encode(png.read_bytes()).decode() if png.is_file() else None,

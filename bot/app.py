@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from bot.chat import Chat
 from bot.cogs import EXTENSIONS
+from bot.permissions import Refused, say
 from bot.retrieval import Retriever
 from bot.settings import Settings
-from bot.views import DYNAMIC_ITEMS
 from data.review import ReviewPolicy
 from data.store import Store
 from deploy.ollama import OllamaClient
+
+if TYPE_CHECKING:
+    from bot.cogs.retrain import RetrainCog
 
 log = logging.getLogger("loraloop.bot")
 
 
 class StartupError(Exception):
     """The bot could not start; the message is for the operator and never contains the token."""
+
+
+class LoraloopTree(app_commands.CommandTree["LoraloopBot"]):
+    async def on_error(self, interaction: discord.Interaction[LoraloopBot], error: app_commands.AppCommandError,
+                       /) -> None:
+        """A refused check (``@experts_only`` …) is the user's answer, not an error to log."""
+        if isinstance(error, Refused):
+            return await say(interaction, str(error))
+        await super().on_error(interaction, error)
 
 
 class LoraloopBot(commands.Bot):
@@ -34,7 +47,8 @@ class LoraloopBot(commands.Bot):
         intents = discord.Intents.default()
         intents.message_content = settings.message_content_intent
         super().__init__(command_prefix=commands.when_mentioned, intents=intents,
-                         allowed_mentions=discord.AllowedMentions.none(), help_command=None)
+                         allowed_mentions=discord.AllowedMentions.none(), help_command=None,
+                         tree_cls=LoraloopTree)
         self.settings = settings
         self.store = store or Store(settings.resolved_database_url, policy=ReviewPolicy(
             settings.rating_quorum, settings.approve_mean, settings.reject_mean))
@@ -44,14 +58,14 @@ class LoraloopBot(commands.Bot):
         self.sync_commands = sync_commands
         self.dispatcher = dispatcher  # None: from settings (bot/retrain/dispatch.py)
         self.run_scheduler = run_scheduler
+        self.retrain: RetrainCog | None = None  # set while the retrain cog is loaded (its cog_load)
 
     async def setup_hook(self) -> None:
         await self.store.migrate()
         # In the background: the bot answers (without retrieval) while the index is built from the database.
         self.retrieval.start()
         for extension in EXTENSIONS:
-            await self.load_extension(extension)
-        self.add_dynamic_items(*DYNAMIC_ITEMS)
+            await self.load_extension(extension)  # each cog registers the persistent buttons it owns
         if not self.sync_commands:
             return
         guild_ids = [g for g in self.settings.guilds if g]

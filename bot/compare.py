@@ -1,5 +1,6 @@
 """Quality in Discord: the experts' blind side-by-side of a candidate and what answers now, and the alarm when
-the active version's 👎 rate regresses. The numbers come from :mod:`data.quality`; this file only shows them.
+the active version's 👎 rate regresses (with the button that rolls back: /model rollback confirms with it too).
+The numbers come from :mod:`data.quality`; this file only shows them.
 
 A blind comparison is one public message in the experts channel (what is compared, how far the experts are, the
 tally at quorum, and in manual promotion the Promote button, enabled only once the experts find the candidate
@@ -16,12 +17,17 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import permissions
-from bot.views import core, say
+from bot.permissions import IdButton, Only, say
 from data import quality
 from data.models import RetrainRun
+from data.store import StoreError
+from deploy.ollama import OllamaError
+from deploy.pipeline import AlreadyActive, DeployFailed, rollback
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
+
+    Interaction = discord.Interaction[LoraloopBot]
 
 log = logging.getLogger("loraloop.bot.quality")
 NONE = discord.AllowedMentions.none()
@@ -136,8 +142,8 @@ def reveal(comparison: quality.Comparison, item: int, choice: str) -> str:
             "candidate's.")
 
 
-class CompareButton(discord.ui.DynamicItem[discord.ui.Button],
-                    template=r"ll:cmp:(?P<comparison>\d+):(?P<action>start|a|b|tie):(?P<item>\d+)"):
+class CompareButton(IdButton, template=r"ll:cmp:(?P<comparison>\d+):(?P<action>start|a|b|tie):(?P<item>\d+)"):
+    only = Only(permissions.is_expert, "Only experts compare models.")
     LABELS = {"start": ("Compare", discord.ButtonStyle.primary), "a": ("A better", discord.ButtonStyle.secondary),
               "b": ("B better", discord.ButtonStyle.secondary), "tie": ("Tie", discord.ButtonStyle.secondary)}
 
@@ -148,14 +154,12 @@ class CompareButton(discord.ui.DynamicItem[discord.ui.Button],
         self.comparison_id, self.action, self.question = comparison_id, action, item
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> CompareButton:
         return cls(int(match["comparison"]), match["action"], int(match["item"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot = core(interaction)
-        if not permissions.is_expert(bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only experts compare models.")
+    async def callback(self, interaction: Interaction) -> None:
+        bot = interaction.client
         try:
             comparison = await quality.get_comparison(bot.store, self.comparison_id)
             before = ""
@@ -198,8 +202,6 @@ async def alert_if_regressed(bot: LoraloopBot, guild_id: int | None) -> bool:
     channel_id = experts_channel(bot, guild_id)
     if regression is None or channel_id is None or not await quality.claim_alert(bot.store, regression):
         return False
-    from bot.cogs.models import RollbackButton  # the cog owns the button; imported late (it imports bot.views)
-
     target = await bot.store.rollback_target()
     view = discord.ui.View(timeout=None)
     if target is not None:
@@ -213,4 +215,36 @@ async def alert_if_regressed(bot: LoraloopBot, guild_id: int | None) -> bool:
     return True
 
 
-DYNAMIC_ITEMS = (CompareButton,)
+
+# ---- rolling back -------------------------------------------------------------------------------------------
+
+
+async def roll_back_to(bot: LoraloopBot, to: int | str) -> str:
+    """Roll back to the named version; the answer to show. Naming the target makes a retry harmless."""
+    try:
+        version = await rollback(bot.store, bot.ollama, to=to)
+    except AlreadyActive as exc:
+        return f"Nothing to do: {exc}."
+    except (DeployFailed, StoreError, OllamaError) as exc:
+        return f"Rollback refused: {exc}"
+    return f"Rolled back: now answering with `{version.tag}`."
+
+
+class RollbackButton(IdButton, template=r"ll:rb:(?P<version>\d+)"):
+    """Confirms a rollback to the version it carries (not "one back", which a second click would repeat)."""
+
+    only = Only(permissions.is_admin, "Only admins can roll the model back.")
+
+    def __init__(self, version_id: int) -> None:
+        super().__init__(discord.ui.Button(style=discord.ButtonStyle.danger, label="Roll back",
+                                           custom_id=f"ll:rb:{version_id}"))
+        self.version_id = version_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> RollbackButton:
+        return cls(int(match["version"]))
+
+    async def callback(self, interaction: Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # Ollama may take longer than 3 s
+        await say(interaction, await roll_back_to(interaction.client, self.version_id))

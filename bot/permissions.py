@@ -1,14 +1,27 @@
-"""Who may do what: expert and admin roles per guild, from the settings; and how much one user may submit."""
+"""Who may do what: expert and admin roles per guild, from the settings; and how much one user may submit.
+
+Commands declare their rule with ``@experts_only(...)`` / ``@admins_only(...)`` / ``@teachers_only(...)`` (an
+``app_commands.check``: a refusal is a :class:`Refused` the command tree answers ephemerally); buttons that carry
+ids subclass :class:`IdButton`, whose ``interaction_check`` applies the button's :class:`Only` rule."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import discord
+from discord import app_commands
 
 from bot.settings import Settings
 from data.models import utcnow
 from data.store import Store
+
+if TYPE_CHECKING:
+    from bot.app import LoraloopBot
+
+    Interaction = discord.Interaction[LoraloopBot]
 
 SUBMISSION_WINDOW = timedelta(hours=1)
 
@@ -74,3 +87,77 @@ async def check_submission_quota(store: Store, settings: Settings, user_id: int,
     raise RateLimited(f"that is {wanted:,} pairs, but you can submit only {remaining:,} more this hour "
                       f"(limit {limit:,} per hour, {used:,} used). All {limit:,} are free again {when} at the latest",
                       retry_at)
+
+
+# ---- the rules in Discord ----------------------------------------------------------------------------------
+
+
+async def say(interaction: Interaction, text: str) -> None:
+    """An ephemeral answer, whether or not the interaction was answered already."""
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+    else:
+        await interaction.response.send_message(text, ephemeral=True,
+                                                allowed_mentions=discord.AllowedMentions.none())
+
+
+class Refused(app_commands.CheckFailure):
+    """A command this user may not use here; ``str(exc)`` is the answer they get (LoraloopTree.on_error)."""
+
+
+@dataclass(frozen=True)
+class Only:
+    """Who may use a command or a button (``allows``, one of the rules above), and what everyone else is told."""
+
+    allows: Callable[[Settings, int | None, discord.abc.User], bool]
+    refusal: str
+
+    def permits(self, interaction: Interaction) -> bool:
+        return self.allows(interaction.client.settings, interaction.guild_id, interaction.user)
+
+
+T = TypeVar("T")
+
+
+def only(rule: Only) -> Callable[[T], T]:
+    """An ``app_commands.check``: the command runs only for users ``rule`` allows; others get its refusal."""
+
+    async def predicate(interaction: Interaction) -> bool:
+        if not rule.permits(interaction):
+            raise Refused(rule.refusal)
+        return True
+
+    return app_commands.check(predicate)
+
+
+def experts_only(refusal: str) -> Callable[[T], T]:
+    return only(Only(is_expert, refusal))
+
+
+def admins_only(refusal: str) -> Callable[[T], T]:
+    return only(Only(is_admin, refusal))
+
+
+def teachers_only(refusal: str) -> Callable[[T], T]:
+    return only(Only(may_teach, refusal))
+
+
+# The base's template matches nothing (discord.py wants one on every subclass); each button has its own.
+class IdButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:(?!)"):
+    """A persistent button whose custom id carries the ids it acts on (so it works after a restart).
+
+    ``only`` says who may press it (None: anyone); a subclass whose rule depends on the button sets it per
+    instance. The callback runs only when ``interaction_check`` let the user through."""
+
+    only: ClassVar[Only | None] = None
+
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+        rule = self.rule()
+        if rule is None or rule.permits(interaction):
+            return True
+        await say(interaction, rule.refusal)
+        return False
+
+    def rule(self) -> Only | None:
+        return self.only
+

@@ -15,31 +15,22 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import permissions
+from bot.compare import alert_if_regressed
+from bot.permissions import IdButton, Only, say
 from data import quality
 from data.conversation import Conversation, InvalidConversation
 from data.models import Example
 from data.review import disagreement
-from data.store import NotFound, StoreError, used_pairs
+from data.store import NotFound, StoreError
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
 
+    Interaction = discord.Interaction[LoraloopBot]
+
 log = logging.getLogger("loraloop.bot.views")
 MODAL_TEXT_MAX = 4000  # Discord's own limit for a text input
 CONTENT_MAX = 2000  # Discord's limit on a message's content
-
-
-def core(interaction: discord.Interaction) -> LoraloopBot:
-    return interaction.client  # type: ignore[return-value]
-
-
-async def say(interaction: discord.Interaction, text: str) -> None:
-    """An ephemeral answer, whether or not the interaction was answered already."""
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
-    else:
-        await interaction.response.send_message(text, ephemeral=True,
-                                                allowed_mentions=discord.AllowedMentions.none())
 
 
 def modal_id(kind: str, *ids: int, user: discord.abc.User) -> str:
@@ -53,16 +44,16 @@ class OpenerOnlyModal(discord.ui.Modal):
 
     opener_id: int
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+    async def interaction_check(self, interaction: Interaction) -> bool:
         if interaction.user.id == self.opener_id:
             return True
         await say(interaction, "This form was opened by someone else; nothing was saved.")
         return False
 
 
-async def check_quota(interaction: discord.Interaction, wanted: int = 1) -> bool:
+async def check_quota(interaction: Interaction, wanted: int = 1) -> bool:
     """False (and the user told why) when ``wanted`` more pairs would go over the hourly limit."""
-    bot = core(interaction)
+    bot = interaction.client
     try:
         await permissions.check_submission_quota(bot.store, bot.settings, interaction.user.id, wanted)
     except permissions.RateLimited as exc:
@@ -74,8 +65,7 @@ async def check_quota(interaction: discord.Interaction, wanted: int = 1) -> bool
 # ---- feedback on answers --------------------------------------------------------------------------------
 
 
-class FeedbackButton(discord.ui.DynamicItem[discord.ui.Button],
-                     template=r"ll:fb:(?P<kind>up|down|fix):(?P<answer>\d+)"):
+class FeedbackButton(IdButton, template=r"ll:fb:(?P<kind>up|down|fix):(?P<answer>\d+)"):
     LABELS = {"up": ("👍", None), "down": ("👎", None), "fix": (None, "Suggest a better answer")}
 
     def __init__(self, kind: str, answer_id: int) -> None:
@@ -85,12 +75,12 @@ class FeedbackButton(discord.ui.DynamicItem[discord.ui.Button],
         self.kind, self.answer_id = kind, answer_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> FeedbackButton:
         return cls(match["kind"], int(match["answer"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot = core(interaction)
+    async def callback(self, interaction: Interaction) -> None:
+        bot = interaction.client
         if self.kind == "fix":
             return await self.open_suggestion(interaction)
         try:
@@ -100,15 +90,13 @@ class FeedbackButton(discord.ui.DynamicItem[discord.ui.Button],
         await say(interaction, "Thanks, noted 👍" if self.kind == "up" else
                   "Thanks, noted 👎 — you can also suggest a better answer.")
         if self.kind == "down":  # after answering: the check reads every vote of two versions
-            from bot.compare import alert_if_regressed
-
             try:
                 await alert_if_regressed(bot, interaction.guild_id)
             except (StoreError, discord.HTTPException) as exc:
                 log.warning("the regression check after a 👎 failed: %s", exc)
 
-    async def open_suggestion(self, interaction: discord.Interaction) -> None:
-        bot = core(interaction)
+    async def open_suggestion(self, interaction: Interaction) -> None:
+        bot = interaction.client
         if interaction.guild_id is None:
             # A DM has no guild whose roles could say whether this user may teach (see permissions.may_teach).
             return await say(interaction, "Suggestions are taken in the server: ask me there and use "
@@ -127,9 +115,11 @@ class FeedbackButton(discord.ui.DynamicItem[discord.ui.Button],
                                                            opener=interaction.user))
 
 
-class BetterAnswerButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:ba:(?P<answer>\d+)"):
+class BetterAnswerButton(IdButton, template=r"ll:ba:(?P<answer>\d+)"):
     """On the "needs a better answer" list: opens the suggestion form for a 👎 answer (it then goes through
     review like any correction)."""
+
+    only = Only(permissions.is_expert, "Only experts can review examples.")
 
     def __init__(self, answer_id: int, number: int = 0) -> None:
         super().__init__(discord.ui.Button(style=discord.ButtonStyle.primary,
@@ -138,20 +128,17 @@ class BetterAnswerButton(discord.ui.DynamicItem[discord.ui.Button], template=r"l
         self.answer_id = answer_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> BetterAnswerButton:
         return cls(int(match["answer"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot = core(interaction)
-        if not permissions.is_expert(bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only experts can review examples.")
+    async def callback(self, interaction: Interaction) -> None:
         await FeedbackButton("fix", self.answer_id).open_suggestion(interaction)
 
 
-async def show_bad_answers(interaction: discord.Interaction, limit: int = 5) -> None:
+async def show_bad_answers(interaction: Interaction, limit: int = 5) -> None:
     """The oldest 👎 answers nobody has written a better answer for, each with a button to write it."""
-    bot = core(interaction)
+    bot = interaction.client
     answers = await quality.answers_needing_better(bot.store, limit)
     if not answers:
         return await say(interaction, "No 👎 answer is waiting for a better one — thank you!")
@@ -175,9 +162,11 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class UsedPairsButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:pairs:(?P<answer>\d+)"):
+class UsedPairsButton(IdButton, template=r"ll:pairs:(?P<answer>\d+)"):
     """Under an answer that used taught pairs: shows experts those pairs, with the 👍/👎 of every answer that used
     each, so a pair that keeps leading to 👎 stands out."""
+
+    only = Only(permissions.is_expert, "Only experts can see the expert answers behind an answer.")
 
     def __init__(self, answer_id: int) -> None:
         super().__init__(discord.ui.Button(style=discord.ButtonStyle.secondary, label="Expert answers used",
@@ -185,16 +174,14 @@ class UsedPairsButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:p
         self.answer_id = answer_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> UsedPairsButton:
         return cls(int(match["answer"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot = core(interaction)
-        if not permissions.is_expert(bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only experts can see the expert answers behind an answer.")
+    async def callback(self, interaction: Interaction) -> None:
+        bot = interaction.client
         try:
-            ids = used_pairs((await bot.store.get_answer(self.answer_id)).prompt)
+            ids = (await bot.store.get_answer(self.answer_id)).pair_ids or []
             feedback = await bot.store.pair_feedback(ids)
             examples = []
             for example_id in ids:
@@ -240,8 +227,8 @@ class SuggestModal(OpenerOnlyModal):
         self.add_item(self.question)
         self.add_item(self.better)
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        bot = core(interaction)
+    async def on_submit(self, interaction: Interaction) -> None:
+        bot = interaction.client
         if not await check_quota(interaction):  # checked again: the form may have stayed open a while
             return
         conversation = Conversation.qa(self.question.value.strip(), self.better.value.strip())
@@ -266,8 +253,8 @@ class TeachModal(discord.ui.Modal, title="Teach the bot"):
 
     # No custom id given: discord.py draws a random one for every instance, so openings never collide.
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        bot = core(interaction)
+    async def on_submit(self, interaction: Interaction) -> None:
+        bot = interaction.client
         if not await check_quota(interaction):  # checked again: the form may have stayed open a while
             return
         conversation = Conversation.qa(self.question.value.strip(), self.answer.value.strip(),
@@ -375,8 +362,7 @@ def render_example(example: Example, scores: list[int], limit: int = CONTENT_MAX
                       filename)
 
 
-class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=r"ll:rv:(?P<action>[1-5]|approve|reject|edit):(?P<example>\d+)"):
+class ReviewButton(IdButton, template=r"ll:rv:(?P<action>[1-5]|approve|reject|edit):(?P<example>\d+)"):
     def __init__(self, action: str, example_id: int) -> None:
         style = {"approve": discord.ButtonStyle.success, "reject": discord.ButtonStyle.danger}.get(
             action, discord.ButtonStyle.secondary)
@@ -386,19 +372,16 @@ class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
         self.action, self.example_id = action, example_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> ReviewButton:
         return cls(match["action"], int(match["example"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    def rule(self) -> Only:
+        return _DECIDE if self.action in ("approve", "reject") else _RATE
+
+    async def callback(self, interaction: Interaction) -> None:
         # Only store reads and writes before the first response: Discord wants it within 3 s.
-        bot = core(interaction)
-        guild_id = interaction.guild_id
-        if self.action in ("approve", "reject"):
-            if not permissions.is_admin(bot.settings, guild_id, interaction.user):
-                return await say(interaction, "Only admins can approve or reject directly; experts rate 1–5.")
-        elif not permissions.is_expert(bot.settings, guild_id, interaction.user):
-            return await say(interaction, "Only experts can review examples.")
+        bot = interaction.client
         outcome = None
         try:
             if self.action == "edit":
@@ -422,6 +405,10 @@ class ReviewButton(discord.ui.DynamicItem[discord.ui.Button],
         await show_next_for_review(interaction, prefix=done, edit=True)
 
 
+_DECIDE = Only(permissions.is_admin, "Only admins can approve or reject directly; experts rate 1–5.")
+_RATE = Only(permissions.is_expert, "Only experts can review examples.")
+
+
 def review_view(example_id: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for action in ("1", "2", "3", "4", "5", "approve", "reject", "edit"):
@@ -429,8 +416,8 @@ def review_view(example_id: int) -> discord.ui.View:
     return view
 
 
-async def show_next_for_review(interaction: discord.Interaction, prefix: str = "", edit: bool = False) -> None:
-    bot = core(interaction)
+async def show_next_for_review(interaction: Interaction, prefix: str = "", edit: bool = False) -> None:
+    bot = interaction.client
     example = await bot.store.next_for_review(interaction.user.id, interaction.guild_id)
     head = f"{prefix[:CONTENT_MAX // 4]}\n\n" if prefix else ""
     if example is None:
@@ -448,7 +435,7 @@ async def show_next_for_review(interaction: discord.Interaction, prefix: str = "
                                                 files=card.files(), **kwargs)
 
 
-async def open_edit(interaction: discord.Interaction, example: Example) -> None:
+async def open_edit(interaction: Interaction, example: Example) -> None:
     """Open the Edit form, or refuse when a text it would show is longer than a Discord form holds
     (saving would silently cut it)."""
     conv = Conversation.from_dicts(example.messages)
@@ -476,8 +463,8 @@ class EditModal(OpenerOnlyModal):
         self.add_item(self.answer)
         self.original = conv
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        bot = core(interaction)
+    async def on_submit(self, interaction: Interaction) -> None:
+        bot = interaction.client
         messages = list(self.original.to_dicts())
         messages[-2] = {"role": messages[-2]["role"], "content": self.question.value.strip()}
         messages[-1] = {"role": "assistant", "content": self.answer.value.strip()}
@@ -489,5 +476,3 @@ class EditModal(OpenerOnlyModal):
             return await say(interaction, f"Not saved: {exc}")
         await say(interaction, f"Saved as example #{copy.id} (pending review); #{self.example_id} is superseded.")
 
-
-DYNAMIC_ITEMS = (FeedbackButton, ReviewButton, BetterAnswerButton, UsedPairsButton)

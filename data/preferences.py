@@ -145,7 +145,7 @@ async def import_preferences(store: Store, prefs: Sequence[Preference], *, appro
 
 
 async def get_preference(store: Store, preference_id: int) -> PreferenceRecord:
-    from data.store import NotFound
+    from data.errors import NotFound
 
     async with store.session() as s:
         row = await s.get(PreferenceRecord, preference_id)
@@ -181,7 +181,7 @@ async def set_preference_status(store: Store, preference_id: int, status: str) -
 async def rate_preference(store: Store, preference_id: int, rater_id: int, score: int) -> PreferenceRatingOutcome:
     """One expert's 1–5 rating of the chosen answer (a second one by the same expert changes it); the store's
     review policy decides a pending record, exactly as for examples. Its author cannot rate it."""
-    from data.store import InvalidRating, NotFound, SelfRating
+    from data.errors import InvalidRating, NotFound, SelfRating
 
     if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
         raise InvalidRating(f"a rating is a whole number from 1 to 5, not {score!r}")

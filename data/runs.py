@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from data.errors import NotFound, RunInProgress, RunStateError, StoreError
 from data.models import RUN_STATES, RUN_TERMINAL, RetrainRun, RetrainVote, utcnow
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ class VoteOutcome:
 
 
 class RunsMixin:
-    """Mixed into data.store.Store (uses its ``session()``)."""
+    """Mixed into data.store.Store (uses its ``session()``); its errors come from data.errors, so this module
+    never imports the store."""
 
     def session(self) -> AsyncSession:  # pragma: no cover - provided by Store
         raise NotImplementedError
@@ -60,8 +62,6 @@ class RunsMixin:
                           guild_id: int | None = None, channel_id: int | None = None,
                           expires_at: datetime | None = None) -> RetrainRun:
         """Open a proposal; raises RunInProgress when a proposal or run is already open."""
-        from data.store import RunInProgress
-
         row = RetrainRun(state="proposed", slot=1, summary=summary, proposed_by=proposed_by, guild_id=guild_id,
                          channel_id=channel_id, expires_at=expires_at, progress={}, result={})
         async with self.session() as s:
@@ -100,8 +100,6 @@ class RunsMixin:
         Raises RunStateError when the run was not in such a state (another process moved it first, or the
         move is not a legal one). Ending states release the slot.
         """
-        from data.store import RunStateError
-
         sources = allowed_from(state)
         if expect is not None:
             wanted = (expect,) if isinstance(expect, str) else expect
@@ -132,8 +130,6 @@ class RunsMixin:
 
     async def vote_run(self, run_id: int, user_id: int, *, approve: bool, stage: str = "proposal") -> VoteOutcome:
         """Record (or change) one expert's vote. Only counts votes; the caller decides what a quorum does."""
-        from data.store import RunStateError
-
         if stage not in VOTE_STAGES:
             raise ValueError(f"unknown vote stage {stage!r}")
         async with self.session() as s, s.begin():
@@ -167,8 +163,6 @@ class RunsMixin:
 
 async def _run_or_404(s: AsyncSession, run_id: int) -> RetrainRun:
     """The run as the database has it now (after this session's own UPDATEs), or NotFound."""
-    from data.store import NotFound  # data.store imports this module
-
     row = await s.get(RetrainRun, run_id, populate_existing=True)
     if row is None:
         raise NotFound(f"there is no retrain run #{run_id}")
@@ -176,8 +170,6 @@ async def _run_or_404(s: AsyncSession, run_id: int) -> RetrainRun:
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
-    from data.store import StoreError
-
     unknown = set(fields) - _SETTABLE
     if unknown:
         raise StoreError(f"cannot set {', '.join(sorted(unknown))} on a retrain run")

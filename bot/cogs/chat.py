@@ -12,10 +12,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.chat import NO_MENTIONS, conversation_for, hidden_note, message_text
-from bot.views import feedback_view, say
+from bot.permissions import say
+from bot.views import FeedbackButton, UsedPairsButton, feedback_view
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
+
+    Interaction = discord.Interaction[LoraloopBot]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,9 @@ class ChatCog(commands.Cog):
     def __init__(self, bot: LoraloopBot) -> None:
         self.bot = bot
         self._last_ask: dict[int, float] = {}
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(FeedbackButton, UsedPairsButton)
 
     def _cooldown_left(self, user_id: int) -> float:
         now = time.monotonic()
@@ -67,7 +73,7 @@ class ChatCog(commands.Cog):
 
     @app_commands.command(name="ask", description="Ask the bot a question.")
     @app_commands.describe(question="What do you want to know?")
-    async def ask(self, interaction: discord.Interaction, question: app_commands.Range[str, 1, 4000]) -> None:
+    async def ask(self, interaction: Interaction, question: app_commands.Range[str, 1, 4000]) -> None:
         if len(question) > self.bot.settings.max_field_chars:
             return await say(interaction, f"That question is too long (limit {self.bot.settings.max_field_chars}).")
         left = self._cooldown_left(interaction.user.id)

@@ -11,14 +11,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import permissions
-from bot.views import say
+from bot.permissions import experts_only, say
 from data import formats
 from data.conversation import Conversation
 from data.preferences import preference_summary
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
+
+    Interaction = discord.Interaction[LoraloopBot]
 
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's limit without boosts, when the interaction does not say
 UPLOAD_TOO_LARGE = 40005  # Discord's error code for an upload over the limit
@@ -30,7 +31,7 @@ class DatasetCog(commands.GroupCog, group_name="dataset", group_description="The
         super().__init__()
 
     @app_commands.command(name="stats", description="Counts by status and source, agreement, new examples.")
-    async def stats(self, interaction: discord.Interaction) -> None:
+    async def stats(self, interaction: Interaction) -> None:
         s = await self.bot.store.dataset_stats()
         status = ", ".join(f"{k} {v}" for k, v in s.by_status.items())
         source = ", ".join(f"{k} {v}" for k, v in s.by_source.items())
@@ -43,9 +44,8 @@ class DatasetCog(commands.GroupCog, group_name="dataset", group_description="The
 
     @app_commands.command(name="export", description="Download the approved examples (experts).")
     @app_commands.choices(format=[app_commands.Choice(name=f, value=f) for f in formats.FORMATS])
-    async def export(self, interaction: discord.Interaction, format: str) -> None:
-        if not permissions.is_expert(self.bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only experts can export the dataset.")
+    @experts_only("Only experts can export the dataset.")
+    async def export(self, interaction: Interaction, format: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)  # the whole dataset is read and encoded
         examples = await self.bot.store.approved_examples()
         conversations = [Conversation.from_dicts(e.messages, e.tags, e.tools) for e in examples]

@@ -1,4 +1,5 @@
-"""/model status, /model history, /model rollback (admins) and its confirm button.
+"""/model status, /model history, /model rollback (admins; its confirm button is bot/compare.py's, which the
+regression alarm offers too).
 
 Status and history show what users get and what they think of it: the served parameters, the gate's table
 (its per-prompt rows attached as a file), and each version's 👍/👎 since promotion with a 95% interval next to the
@@ -7,24 +8,25 @@ version that answered before it (data/quality.py says what the numbers mean)."""
 from __future__ import annotations
 
 import io
-import re
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import permissions
-from bot.views import core, say
+from bot.compare import CompareButton, RollbackButton, roll_back_to
+from bot.permissions import admins_only, say
 from data import quality
 from data.models import ModelVersion
-from data.store import StoreError
 from deploy.gate import GateResult
-from deploy.ollama import OllamaError
-from deploy.pipeline import AlreadyActive, DeployFailed, rollback, serve_options_from
+from deploy.pipeline import serve_options_from
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
+
+    Interaction = discord.Interaction[LoraloopBot]
+
+    Interaction = discord.Interaction[LoraloopBot]
 
 
 def eval_table(version: ModelVersion) -> str:
@@ -60,50 +62,17 @@ async def feedback_lines(bot: LoraloopBot, active: ModelVersion | None) -> list[
             f"Before it, `{before_tag}`: {rates.get(before.id if before else None, quality.Rate()).text()}"]
 
 
-async def roll_back_to(bot: LoraloopBot, to: int | str) -> str:
-    """Roll back to the named version; the answer to show. Naming the target makes a retry harmless."""
-    try:
-        version = await rollback(bot.store, bot.ollama, to=to)
-    except AlreadyActive as exc:
-        return f"Nothing to do: {exc}."
-    except (DeployFailed, StoreError, OllamaError) as exc:
-        return f"Rollback refused: {exc}"
-    return f"Rolled back: now answering with `{version.tag}`."
-
-
-class RollbackButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:rb:(?P<version>\d+)"):
-    """Confirms a rollback to the version it carries (not "one back", which a second click would repeat)."""
-
-    def __init__(self, version_id: int) -> None:
-        super().__init__(discord.ui.Button(style=discord.ButtonStyle.danger, label="Roll back",
-                                           custom_id=f"ll:rb:{version_id}"))
-        self.version_id = version_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> RollbackButton:
-        return cls(int(match["version"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot = core(interaction)
-        if not permissions.is_admin(bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only admins can roll the model back.")
-        await interaction.response.defer(ephemeral=True, thinking=True)  # Ollama may take longer than 3 s
-        await say(interaction, await roll_back_to(bot, self.version_id))
-
-
 class ModelsCog(commands.GroupCog, group_name="model", group_description="The answering model."):
     def __init__(self, bot: LoraloopBot) -> None:
         self.bot = bot
         super().__init__()
 
     async def cog_load(self) -> None:
-        from bot.compare import DYNAMIC_ITEMS  # the blind comparison's buttons: quality lives with the models
-
-        self.bot.add_dynamic_items(RollbackButton, *DYNAMIC_ITEMS)
+        # The blind comparison's buttons too: quality lives with the models.
+        self.bot.add_dynamic_items(RollbackButton, CompareButton)
 
     @app_commands.command(name="status", description="Which model answers, since when, how it scored, how it is liked.")
-    async def status(self, interaction: discord.Interaction) -> None:
+    async def status(self, interaction: Interaction) -> None:
         active = await self.bot.store.active_model_version()
         feedback = "\n".join(await feedback_lines(self.bot, active))
         if active is None:
@@ -121,7 +90,7 @@ class ModelsCog(commands.GroupCog, group_name="model", group_description="The an
                                                 allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="history", description="The model versions, newest first, with their 👍/👎.")
-    async def history(self, interaction: discord.Interaction) -> None:
+    async def history(self, interaction: Interaction) -> None:
         versions = await self.bot.store.list_model_versions()
         active = await self.bot.store.active_model_version()
         if not versions:
@@ -135,9 +104,8 @@ class ModelsCog(commands.GroupCog, group_name="model", group_description="The an
 
     @app_commands.command(name="rollback", description="Switch back to the previous good model (admins).")
     @app_commands.describe(to="The version to switch back to (its tag); without it, the target is shown first.")
-    async def rollback(self, interaction: discord.Interaction, to: str | None = None) -> None:
-        if not permissions.is_admin(self.bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only admins can roll the model back.")
+    @admins_only("Only admins can roll the model back.")
+    async def rollback(self, interaction: Interaction, to: str | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         if to is not None:
             return await say(interaction, await roll_back_to(self.bot, to.strip()))

@@ -18,15 +18,18 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import permissions
+from bot.compare import post_comparison
+from bot.permissions import IdButton, Only, admins_only, experts_only, say
 from bot.retrain import scheduler as retrain_scheduler
 from bot.retrain.dispatch import make_dispatcher
 from bot.retrain.orchestrator import Orchestrator
-from bot.views import core, say
 from data.models import RUN_TERMINAL, RetrainRun
 from data.store import RunInProgress, StoreError
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
+
+    Interaction = discord.Interaction[LoraloopBot]
 
 log = logging.getLogger("loraloop.bot.retrain")
 NONE = discord.AllowedMentions.none()
@@ -135,8 +138,8 @@ def result_text(run: RetrainRun, tag: str | None, manual: bool) -> str:
 # ---- buttons --------------------------------------------------------------------------------------------
 
 
-class RetrainButton(discord.ui.DynamicItem[discord.ui.Button],
-                    template=r"ll:rt:(?P<kind>approve|reject|promote|discard):(?P<run>\d+)"):
+class RetrainButton(IdButton, template=r"ll:rt:(?P<kind>approve|reject|promote|discard):(?P<run>\d+)"):
+    only = Only(permissions.is_expert, "Only experts can vote on retrains.")
     STYLE = {"approve": (discord.ButtonStyle.success, "Approve"), "reject": (discord.ButtonStyle.danger, "Reject"),
              "promote": (discord.ButtonStyle.success, "Promote"), "discard": (discord.ButtonStyle.danger, "Discard")}
 
@@ -146,17 +149,15 @@ class RetrainButton(discord.ui.DynamicItem[discord.ui.Button],
         self.kind, self.run_id = kind, run_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> RetrainButton:
         return cls(match["kind"], int(match["run"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        bot = core(interaction)
-        cog: RetrainCog | None = bot.get_cog("RetrainCog")  # type: ignore[assignment]
+    async def callback(self, interaction: Interaction) -> None:
+        bot = interaction.client
+        cog = bot.retrain
         if cog is None:
             return await say(interaction, "Retraining is not running on this bot.")
-        if not permissions.is_expert(bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only experts can vote on retrains.")
         # Votes start runs and promotions talk to Ollama and edit messages: answer within 3 s, report after.
         await interaction.response.defer(ephemeral=True, thinking=True)
         orch = cog.orchestrator
@@ -204,6 +205,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
 
     async def cog_load(self) -> None:
         retrain_scheduler.bind(self.orchestrator)
+        self.bot.retrain = self  # what RetrainButton reaches the orchestrator through
         self.bot.add_dynamic_items(RetrainButton)
         await self.orchestrator.recover()
         if getattr(self.bot, "run_scheduler", True):
@@ -219,13 +221,13 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
             await self._stop_progress(run_id)
         await self.orchestrator.close()
         retrain_scheduler.bind(None)
+        self.bot.retrain = None
 
     # ---- commands ---------------------------------------------------------------------------------
 
     @app_commands.command(name="propose", description="Propose a retrain with the new approved examples (experts).")
-    async def propose(self, interaction: discord.Interaction) -> None:
-        if not permissions.is_expert(self.bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only experts can propose a retrain.")
+    @experts_only("Only experts can propose a retrain.")
+    async def propose(self, interaction: Interaction) -> None:
         roles = self.bot.settings.roles_for(interaction.guild_id)
         channel_id = roles.experts_channel_id or interaction.channel_id
         await interaction.response.defer(ephemeral=True, thinking=True)  # counting examples, posting the proposal
@@ -240,7 +242,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
                                f"{self.bot.settings.retrain_quorum} experts approve.")
 
     @app_commands.command(name="status", description="The current retrain and the last few.")
-    async def status(self, interaction: discord.Interaction) -> None:
+    async def status(self, interaction: Interaction) -> None:
         runs = await self.bot.store.list_runs(5)
         if not runs:
             return await say(interaction, "No retrains yet.")
@@ -257,9 +259,8 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         await say(interaction, "\n".join(lines)[:2000])
 
     @app_commands.command(name="cancel", description="Stop the open proposal or the running retrain (admins).")
-    async def cancel(self, interaction: discord.Interaction) -> None:
-        if not permissions.is_admin(self.bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only admins can cancel a retrain.")
+    @admins_only("Only admins can cancel a retrain.")
+    async def cancel(self, interaction: Interaction) -> None:
         run = await self.bot.store.open_run()
         if run is None:
             return await say(interaction, "Nothing to cancel: no retrain is open.")
@@ -362,8 +363,6 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         informative = run.state == "promoted" and not manual and self.bot.settings.compare_automatic
         if compared or informative:  # a failure to post it leaves plain Promote/Discard
             try:
-                from bot.compare import post_comparison
-
                 if await post_comparison(self.bot, run, channel) is not None and compared:
                     await message.edit(view=None)  # Promote lives on the comparison, enabled by its tally
             except (StoreError, discord.HTTPException) as exc:

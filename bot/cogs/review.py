@@ -9,24 +9,28 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import permissions
-from bot.views import say, show_bad_answers, show_next_for_review
+from bot.permissions import experts_only
+from bot.views import BetterAnswerButton, ReviewButton, show_bad_answers, show_next_for_review
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
+
+    Interaction = discord.Interaction[LoraloopBot]
 
 
 class ReviewCog(commands.Cog):
     def __init__(self, bot: LoraloopBot) -> None:
         self.bot = bot
 
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ReviewButton, BetterAnswerButton)
+
     @app_commands.command(name="review", description="Rate the next example waiting for review (experts).")
     @app_commands.guild_only()
     @app_commands.describe(what="examples: rate pending pairs; bad answers: 👎 answers that need a better one")
-    async def review(self, interaction: discord.Interaction,
+    @experts_only("Only experts can review examples.")
+    async def review(self, interaction: Interaction,
                      what: Literal["examples", "bad answers"] = "examples") -> None:
-        if not permissions.is_expert(self.bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only experts can review examples.")
         if what == "bad answers":
             return await show_bad_answers(interaction)
         await show_next_for_review(interaction)

@@ -10,13 +10,16 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import permissions
-from bot.views import TeachModal, check_quota, say
+from bot.permissions import experts_only, say, teachers_only
+from bot.views import TeachModal, check_quota
 from data import formats
 from data.importer import import_bytes
 from data.store import StoreError
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
+
+    Interaction = discord.Interaction[LoraloopBot]
 
 FORMAT_CHOICES = [app_commands.Choice(name=f, value=f) for f in ("auto", *formats.FORMATS)]
 
@@ -27,9 +30,8 @@ class TeachCog(commands.Cog):
 
     @app_commands.command(name="teach", description="Teach the bot a question and its answer.")
     @app_commands.guild_only()
-    async def teach(self, interaction: discord.Interaction) -> None:
-        if not permissions.may_teach(self.bot.settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only experts can teach the bot on this server.")
+    @teachers_only("Only experts can teach the bot on this server.")
+    async def teach(self, interaction: Interaction) -> None:
         if not await check_quota(interaction):  # before the form, so nobody types a pair that cannot be kept
             return
         await interaction.response.send_modal(TeachModal(timeout=900))  # an abandoned form is dropped
@@ -38,11 +40,10 @@ class TeachCog(commands.Cog):
     @app_commands.describe(file="alpaca / sharegpt / OpenAI / LLaMA-Factory JSON(L), or CSV question,answer")
     @app_commands.choices(format=FORMAT_CHOICES)
     @app_commands.guild_only()
-    async def import_(self, interaction: discord.Interaction, file: discord.Attachment,
+    @experts_only("Only experts can import files.")
+    async def import_(self, interaction: Interaction, file: discord.Attachment,
                       format: str = "auto") -> None:
         settings = self.bot.settings
-        if not permissions.is_expert(settings, interaction.guild_id, interaction.user):
-            return await say(interaction, "Only experts can import files.")
         if file.size > settings.max_import_bytes:
             return await say(interaction, f"`{file.filename}` is {file.size:,} bytes; the limit is "
                                           f"{settings.max_import_bytes:,} bytes. Split it into smaller files.")

@@ -58,7 +58,8 @@ class ImportReport:
 
 
 def placeholders_in(conversation: Conversation) -> set[str]:
-    return {name for m in conversation.messages for text in (m.content, m.reasoning or "")
+    # "{{" looked for first: a plain substring search is many times faster than the pattern's, on every text.
+    return {name for m in conversation.messages for text in (m.content, m.reasoning or "") if "{{" in text
             for name in PLACEHOLDER.findall(text)}
 
 
@@ -94,6 +95,19 @@ async def import_bytes(
     an import that leaves nothing valid is not committed either. ``approve`` with unfilled placeholders raises
     PlaceholdersLeft unless ``allow_placeholders``.
     """
+    # The records stay alive until the import is done: the collector would walk them all again and again (see
+    # formats.collector_paused); the bot's own garbage waits for the end of the import. The records are freed
+    # (_import's frame is gone) before the collector is back, so it never walks them at all.
+    with formats.collector_paused():
+        return await _import(store, data, filename, format=format, approve=approve, source=source,
+                             author_id=author_id, guild_id=guild_id, skip_invalid=skip_invalid, max_chars=max_chars,
+                             columns=columns, set_values=set_values, allow_placeholders=allow_placeholders)
+
+
+async def _import(store: Store, data: bytes, filename: str, *, format: str, approve: bool, source: str,
+                  author_id: int | None, guild_id: int | None, skip_invalid: bool, max_chars: int | None,
+                  columns: formats.ColumnMap | None, set_values: Mapping[str, str] | None,
+                  allow_placeholders: bool) -> ImportReport:
     parsed = await asyncio.to_thread(formats.read_bytes, data, filename, format, max_chars, columns)
     total = len(parsed.records) + len(parsed.undesirable) + len(parsed.errors)
     wanted = [r.conversation for r in parsed.records]
@@ -101,9 +115,16 @@ async def import_bytes(
     if set_values:
         wanted = [fill_placeholders(c, set_values) for c in wanted]
         undesirable = [fill_placeholders(c, set_values) for c in undesirable]
-    left = [placeholders_in(c) for c in wanted]
-    names = sorted(set().union(*left)) if left else []
-    holding = sum(1 for found in left if found)
+    names: list[str] = []
+    holding = 0
+    # Most files hold no "{{" at all, nor its JSON escape: then no record needs a search.
+    if b"{{" in data or b"\\u007b" in data or b"\\u007B" in data:
+        found: set[str] = set()
+        for conversation in wanted:
+            if names_in := placeholders_in(conversation):
+                found |= names_in
+                holding += 1
+        names = sorted(found)
     if approve and names and not allow_placeholders:
         shown = ", ".join("{{" + n + "}}" for n in names)
         fill = " ".join(f"--set {n}=VALUE" for n in names)

@@ -116,6 +116,8 @@ class Answer(Base):
     answer: Mapped[str] = mapped_column(Text)
     model_tag: Mapped[str] = mapped_column(String(200))
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    # The approved examples retrieval put in front of the model for this answer (bot/retrieval.py), in order.
+    pair_ids: Mapped[list[int] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -19,11 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, cast, delete, event, func, insert, or_, select, type_coerce, update
+from sqlalchemy import Text, bindparam, cast, delete, event, func, insert, or_, select, type_coerce, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from data.conversation import Conversation
+from data.errors import (  # re-exported: callers import the store's errors from data.store
+    DuplicateExample,
+    ImportFailed,
+    InvalidRating,
+    NoRollbackTarget,
+    NotEditable,  # noqa: F401 (re-exported)
+    NotFound,
+    RunInProgress,  # noqa: F401 (re-exported)
+    RunStateError,  # noqa: F401 (re-exported)
+    SelfRating,
+    StoreError,
+    Superseded,
+    UnstorableText,
+)
 from data.models import (
     EXAMPLE_STATUSES,
     SOURCES,
@@ -43,7 +58,6 @@ from data.review import ReviewPolicy, agreement, disagreement
 from data.runs import RunsMixin
 
 # The role of the prompt entry that lists the retrieved pairs an answer was given with (record_answer).
-RETRIEVAL_ROLE = "retrieval"
 # Statuses a version can be rolled back to (it served well and was not rolled back itself).
 _GOOD_FOR_ROLLBACK = ("promoted",)
 # Statuses a moderator may set directly; superseded is only ever the effect of an edit.
@@ -73,68 +87,6 @@ _APPROVED_RAW = (select(Example.content_hash, type_coerce(Example.messages, Text
 _APPROVED_TEXT = (select(Example.content_hash, cast(Example.messages, Text).label("messages"),
                          cast(Example.tags, Text).label("tags"), Example.source, Example.tools)
                   .where(Example.status == "approved", _VISIBLE).order_by(Example.content_hash))
-
-
-class StoreError(Exception):
-    """A request the store refuses; ``str(exc)`` is a message fit to show the user."""
-
-
-class NotFound(StoreError):
-    pass
-
-
-class DuplicateExample(StoreError):
-    def __init__(self, existing_id: int) -> None:
-        super().__init__(f"this pair is already in the dataset (example #{existing_id})")
-        self.existing_id = existing_id
-
-
-class SelfRating(StoreError):
-    def __init__(self) -> None:
-        super().__init__("you cannot rate your own example")
-
-
-class InvalidRating(StoreError):
-    pass
-
-
-class Superseded(StoreError):
-    """The example was replaced by an edited copy: only the copy can be rated, decided or edited now."""
-
-    def __init__(self, example_id: int, replacement_id: int | None) -> None:
-        copy = f" (#{replacement_id})" if replacement_id is not None else ""
-        then = f"; review #{replacement_id} instead" if replacement_id is not None else ""
-        super().__init__(f"example #{example_id} was already superseded by an edit{copy}{then}")
-        self.example_id, self.replacement_id = example_id, replacement_id
-
-
-class NotEditable(StoreError):
-    pass
-
-
-class UnstorableText(StoreError):
-    """Text the database cannot hold: a NUL character (PostgreSQL refuses it) or an unpaired surrogate."""
-
-
-class ImportFailed(StoreError):
-    """The database refused a row of a bulk import; nothing of the import was kept."""
-
-
-class NoRollbackTarget(StoreError):
-    pass
-
-
-class RunInProgress(StoreError):
-    """A retrain proposal or run is already open (at most one at a time)."""
-
-    def __init__(self, run: Any) -> None:
-        what = f"#{run.id} ({run.state})" if run is not None else "another one"
-        super().__init__(f"a retrain is already open: {what}; wait for it to finish or cancel it")
-        self.run = run
-
-
-class RunStateError(StoreError):
-    """A retrain run is not in a state that allows the requested change."""
 
 
 @dataclass(frozen=True)
@@ -274,8 +226,10 @@ class Store(RunsMixin):
         Raises UnstorableText before writing anything, ImportFailed when the database refuses a row.
         """
         _check_choice("source", source, SOURCES)
-        # Off the event loop: a 100k-row import's text takes a while to scan (and to hash, unless cached).
-        digests = await asyncio.to_thread(_storable_digests, conversations)
+        # Off the event loop: a 100k-row import's text takes a while to check, serialise and hash.
+        stored = await asyncio.to_thread(_storable_rows, conversations)
+        inserts = (_import_insert(self.engine.dialect, approve), _import_insert(self.engine.dialect, False))
+        lookup = _known_digests(self.engine.dialect, min(batch_rows, len(conversations)) or 1)
         await self._discard_stale_imports()
         batch_id = uuid.uuid4().hex
         async with self.session() as s, s.begin():
@@ -287,7 +241,7 @@ class Store(RunsMixin):
         try:
             for start in range(0, len(conversations), batch_rows):
                 stop = min(start + batch_rows, len(conversations))
-                written, dups = await _to_the_end(self._write_batch(conversations, digests, start, stop, seen,
+                written, dups = await _to_the_end(self._write_batch(stored, start, stop, seen, inserts, lookup,
                                                                     batch_id, source, author_id, guild_id, approve,
                                                                     reject))
                 imported += written
@@ -304,42 +258,46 @@ class Store(RunsMixin):
             raise
         return ImportOutcome(imported=imported, duplicates=duplicates)
 
-    async def _write_batch(self, conversations: Sequence[Conversation], digests: list[str], start: int, stop: int,
-                           seen: set[str], batch_id: str, source: str, author_id: int | None,
-                           guild_id: int | None, approve: bool,
+    async def _write_batch(self, stored: Sequence[_StoredRow], start: int, stop: int, seen: set[str],
+                           inserts: tuple[str, str], lookup: tuple[str, int], batch_id: str, source: str,
+                           author_id: int | None, guild_id: int | None, approve: bool,
                            reject: Collection[int] = frozenset()) -> tuple[int, list[int]]:
-        """Write conversations[start:stop] in one transaction; returns (rows written, duplicate indices).
+        """Write stored[start:stop] in one transaction; returns (rows written, duplicate indices).
 
         Duplicates are looked up per batch, just before writing it; when a concurrent writer stored one of the
         same conversations in between (the unique hash refuses the batch), the batch is looked up and written
-        once more.
+        once more. ``inserts``: the kept rows' and the rejected rows' INSERT (_import_insert); ``lookup``: the
+        SELECT of known hashes and how many it takes (_known_digests).
         """
+        status = "approved" if approve else "pending"
         for attempt in (1, 2):
             try:
                 async with self.session() as s, s.begin():
-                    wanted = [d for d in dict.fromkeys(digests[start:stop]) if d not in seen]
-                    known = set(await s.scalars(select(Example.content_hash)
-                                                .where(Example.content_hash.in_(wanted)))) if wanted else set()
+                    wanted = [d for d in dict.fromkeys(row[0] for row in stored[start:stop]) if d not in seen]
+                    conn = await s.connection()
+                    known: set[str] = set()
+                    if wanted:  # padded with repeats to the one size the statement takes
+                        sql, size = lookup
+                        found = await conn.exec_driver_sql(sql, (*wanted, *[wanted[0]] * (size - len(wanted))))
+                        known = set(found.scalars())
                     rows, rejected, dups, fresh = [], [], [], set()
                     for index in range(start, stop):
-                        digest = digests[index]
+                        digest, messages, tags, tools = stored[index]
                         if digest in seen or digest in known or digest in fresh:
                             dups.append(index)
                             continue
                         fresh.add(digest)
                         refused = index in reject
-                        row = _example_row(conversations[index], digest, source, author_id, guild_id,
-                                           "rejected" if refused else "approved" if approve else "pending")
-                        row["import_batch"] = batch_id
-                        (rejected if refused else rows).append(row)
-                    # Core executemany, timestamps stamped by the database once per statement: binding three
-                    # datetimes per row costs more than everything else in a 100k-row import.
-                    now = func.now()
+                        # In _IMPORT_COLUMNS' order.
+                        (rejected if refused else rows).append((digest, messages, tools, tags, source,
+                                                                "rejected" if refused else status, author_id,
+                                                                guild_id, batch_id))
+                    # The driver's executemany with the rows as tuples: SQLAlchemy's per-row parameter handling
+                    # would cost more than the database's own work.
                     if rows:
-                        await s.execute(insert(Example.__table__).values(created_at=now, updated_at=now,
-                                                                         approved_at=now if approve else None), rows)
+                        await conn.exec_driver_sql(inserts[0], rows)
                     if rejected:
-                        await s.execute(insert(Example.__table__).values(created_at=now, updated_at=now), rejected)
+                        await conn.exec_driver_sql(inserts[1], rejected)
                     rows += rejected
                 break
             except IntegrityError:
@@ -521,13 +479,10 @@ class Store(RunsMixin):
         user_id: int | None = None,
         pair_ids: Sequence[int] = (),
     ) -> Answer:
-        """``pair_ids``: the approved examples retrieval showed the model (bot/retrieval.py); see :func:`used_pairs`."""
-        if pair_ids:
-            # An entry of its own role at the end of the prompt list: readers of chat turns pick roles, so they pass
-            # it by, and the answer row needs no new column.
-            prompt = [*prompt, {"role": RETRIEVAL_ROLE, "pair_ids": [int(i) for i in pair_ids]}]
+        """``pair_ids``: the approved examples retrieval showed the model (bot/retrieval.py), in order."""
         row = Answer(prompt=prompt, answer=answer, model_tag=model_tag, model_version_id=model_version_id,
-                     guild_id=guild_id, channel_id=channel_id, message_id=message_id, user_id=user_id)
+                     guild_id=guild_id, channel_id=channel_id, message_id=message_id, user_id=user_id,
+                     pair_ids=[int(i) for i in pair_ids] or None)
         async with self.session() as s, s.begin():
             s.add(row)
         return row
@@ -559,12 +514,11 @@ class Store(RunsMixin):
         ``pair_ids`` is in the result, (0, 0) when unused or unrated)."""
         wanted = set(pair_ids)
         counts = dict.fromkeys(wanted, (0, 0))
-        # Only answers that name retrieved pairs, matched on the stored JSON text (the same on SQLite and PG).
-        query = (select(Answer.prompt, Feedback.value).join(Feedback, Feedback.answer_id == Answer.id)
-                 .where(cast(Answer.prompt, Text).like(f'%"{RETRIEVAL_ROLE}"%')))
+        query = (select(Answer.pair_ids, Feedback.value).join(Feedback, Feedback.answer_id == Answer.id)
+                 .where(Answer.pair_ids.is_not(None)))
         async with self.session() as s:
-            for prompt, value in await s.execute(query):
-                for example_id in set(used_pairs(prompt)) & wanted:
+            for used, value in await s.execute(query):
+                for example_id in set(used) & wanted:
                     up, down = counts[example_id]
                     counts[example_id] = (up + (value > 0), down + (value < 0))
         return counts
@@ -825,14 +779,6 @@ class Store(RunsMixin):
         return [v for v in in_ollama[keep:] if v.id not in protected]
 
 
-def used_pairs(prompt: Sequence[Any]) -> list[int]:
-    """The retrieved example ids a recorded answer's prompt lists (``record_answer(pair_ids=…)``), in order."""
-    for entry in prompt:
-        if isinstance(entry, dict) and entry.get("role") == RETRIEVAL_ROLE:
-            return [int(i) for i in entry.get("pair_ids", [])]
-    return []
-
-
 async def _to_the_end(coro: Any) -> Any:
     """Await ``coro``; if the caller is cancelled meanwhile, let it finish first, then pass the cancellation on.
 
@@ -884,17 +830,67 @@ def _check_storable(conv: Conversation, where: str = "") -> None:
     """Raise UnstorableText when a conversation's text holds what the database cannot store."""
     for i, m in enumerate(conv.messages):
         _check_text(m.content, f"{where}message {i} ({m.role})")
+        if m.reasoning is not None:
+            _check_text(m.reasoning, f"{where}message {i} ({m.role}) reasoning")
     if conv.tools is not None:
         _check_text(conv.tools, f"{where}the tool schema text")
     for tag in conv.tags:
         _check_text(tag, f"{where}tag {tag!r}")
 
 
-def _storable_digests(conversations: Sequence[Conversation]) -> list[str]:
-    """Each conversation's content hash, once all are known to be storable."""
+# A conversation as an import writes it: (content hash, messages as stored JSON text, tags as stored JSON text,
+# tools). A plain tuple: a hundred thousand of them are made at once.
+_StoredRow = tuple[str, str, str, str | None]
+
+
+def _storable_rows(conversations: Sequence[Conversation]) -> list[_StoredRow]:
+    """Each conversation's row; UnstorableText for the first one holding text the database cannot store.
+
+    The JSON text is exactly what the JSON columns' serializer (_json_text) writes, made here once. Its making is
+    the check too, so the text is not scanned twice: orjson refuses an unpaired surrogate, and writes NUL as the
+    escape \\u0000, which only then calls for a closer look (the same escape typed as text is a false alarm).
+    """
+    rows = []
     for index, conv in enumerate(conversations):
-        _check_storable(conv, f"conversation {index}: ")
-    return [c.content_hash() for c in conversations]
+        try:
+            messages, tags = orjson.dumps(conv.to_dicts()), orjson.dumps(list(conv.tags))
+        except orjson.JSONEncodeError:
+            _check_storable(conv, f"conversation {index}: ")
+            raise  # not a text problem: no better message to give
+        if conv.tools is not None or b"\\u0000" in messages or b"\\u0000" in tags:
+            _check_storable(conv, f"conversation {index}: ")
+        rows.append((conv.content_hash(), messages.decode(), tags.decode(), conv.tools))
+    return rows
+
+
+# The columns an import binds, in the table's order (as the compiled INSERT lists them).
+_IMPORT_COLUMNS = ("content_hash", "messages", "tools", "tags", "source", "status", "author_id", "guild_id",
+                   "import_batch")
+
+
+def _known_digests(dialect: Dialect, size: int) -> tuple[str, int]:
+    """(SELECT of which of ``size`` content hashes are stored, as the driver takes it; ``size``).
+
+    Made once per import, not per batch: SQLAlchemy would build each batch's IN list of thousands of parameters
+    anew, one by one.
+    """
+    query = select(Example.content_hash).where(Example.content_hash.in_([""] * size))
+    return query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}).string, size
+
+
+def _import_insert(dialect: Dialect, approved: bool) -> str:
+    """An import's INSERT as the driver takes it, parameters in _IMPORT_COLUMNS' order.
+
+    The timestamps are the database's clock, read once per statement: binding three datetimes per row costs
+    more than anything else in a big import. ``approved``: approved_at is stamped too.
+    """
+    now = func.now()
+    stamps = {"created_at": now, "updated_at": now, **({"approved_at": now} if approved else {})}
+    compiled = (insert(Example.__table__).inline()
+                .values(**{c: bindparam(c) for c in _IMPORT_COLUMNS}, **stamps).compile(dialect=dialect))
+    if tuple(compiled.positiontup or ()) != _IMPORT_COLUMNS:
+        raise RuntimeError(f"the import's INSERT binds {compiled.positiontup}, not {_IMPORT_COLUMNS}")
+    return compiled.string
 
 
 def _check_text(text: Any, what: str) -> None:

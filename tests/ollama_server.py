@@ -82,6 +82,10 @@ def option_error(options: dict[str, Any]) -> str | None:
     return None
 
 
+class _HungUp(Exception):
+    """The client of a streamed reply went away: the generation behind it stops."""
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -770,8 +774,11 @@ class OllamaTestServer:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
+        hung_up = threading.Event()
 
         def emit(kind: str, value: Any = None) -> None:
+            if hung_up.is_set():
+                raise _HungUp  # the generation stops at its next token, as Ollama's runner does
             loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
 
         scripted = scripted or m.scripted
@@ -788,46 +795,51 @@ class OllamaTestServer:
         resp: web.StreamResponse | None = None
         collected: list[str] = []
         counts = {"prompt_eval_count": 0, "eval_count": 0}
-        while True:
-            kind, value = await queue.get()
-            if kind == "error_before":
-                await task
-                return self._error(500, value)
-            if kind == "counts":
-                counts.update(value)
-                continue
-            if kind == "error":
-                if resp is None and not stream:
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "error_before":
                     await task
                     return self._error(500, value)
-                if resp is None:
-                    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
-                    await resp.prepare(request)
-                await resp.write((json.dumps({"error": value}) + "\n").encode())
-                break
-            if kind == "piece":
-                collected.append(value)
-                if stream:
+                if kind == "counts":
+                    counts.update(value)
+                    continue
+                if kind == "error":
+                    if resp is None and not stream:
+                        await task
+                        return self._error(500, value)
                     if resp is None:
                         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
                         await resp.prepare(request)
-                    await resp.write((json.dumps(piece(value)) + "\n").encode())
-                continue
-            if kind == "done":
-                total = time.perf_counter_ns() - started
-                final = piece("".join(collected) if not stream else "")
-                final.update(done=True, done_reason=value, total_duration=total, load_duration=0,
-                             prompt_eval_duration=0, eval_duration=total, **counts)
-                if not stream:
-                    await task
-                    return web.json_response(final)
-                if resp is None:
-                    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
-                    await resp.prepare(request)
-                await resp.write((json.dumps(final) + "\n").encode())
-                break
-        await task
-        await resp.write_eof()
+                    await resp.write((json.dumps({"error": value}) + "\n").encode())
+                    break
+                if kind == "piece":
+                    collected.append(value)
+                    if stream:
+                        if resp is None:
+                            resp = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
+                            await resp.prepare(request)
+                        await resp.write((json.dumps(piece(value)) + "\n").encode())
+                    continue
+                if kind == "done":
+                    total = time.perf_counter_ns() - started
+                    final = piece("".join(collected) if not stream else "")
+                    final.update(done=True, done_reason=value, total_duration=total, load_duration=0,
+                                 prompt_eval_duration=0, eval_duration=total, **counts)
+                    if not stream:
+                        await task
+                        return web.json_response(final)
+                    if resp is None:
+                        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
+                        await resp.prepare(request)
+                    await resp.write((json.dumps(final) + "\n").encode())
+                    break
+            await task
+            await resp.write_eof()
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one: the client hung up mid-stream
+            hung_up.set()
+            with contextlib.suppress(_HungUp):
+                await task
         return resp
 
     async def _scripted(self, s: Scripted, emit: Callable[[str, Any], None]) -> None:

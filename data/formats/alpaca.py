@@ -20,12 +20,14 @@ def parse(value: Any) -> Conversation:
     system = text_field(record, "system", required=False)
     reasoning = text_field(record, "reasoning", required=False).strip() or None
     question = f"{instruction}\n{extra}" if instruction and extra else instruction or extra
-    if not question.strip():
+    if not question or question.isspace():  # what strip() would leave empty, without the copy
         raise RecordIssue('empty question: "instruction" and "input" are both empty')
-    messages = [Message("system", system)] if system else []
     history = record.get("history") or []
     if not isinstance(history, list):
         raise RecordIssue('"history" must be a list of [question, answer] pairs')
+    if not system and not history:  # the common record: one pair, built directly
+        return Conversation((Message("user", question), assistant(output, reasoning)))
+    messages = [Message("system", system)] if system else []
     for i, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise RecordIssue(f"history[{i}] must be a [question, answer] pair of texts")

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from bot.retrieval import BLOCK_HEAD
 from data.conversation import Conversation
-from data.store import used_pairs
 from tests.bot.conftest import BASE_TAG, make_settings, start_bot
 from tests.bot.test_chat import USER, mention, wait_for
 from tests.bot.test_commands import ADMIN, EPHEMERAL, EXPERT, MEMBER, last_response
@@ -74,7 +73,7 @@ async def test_a_pair_taught_in_discord_is_in_the_next_prompt_and_named_under_th
     # Recorded: the answer as the model gave it, the prompt without the block (what a retrain would see), the ids.
     answer = await bot.store.get_answer(answer_id)
     assert answer.answer == "Use the vault." and answer.prompt[0] == {"role": "system", "content": "You are terse."}
-    assert used_pairs(answer.prompt) == [example_id]
+    assert answer.pair_ids == [example_id]
     assert [t["role"] for t in answer.prompt if t["role"] in ("system", "user", "assistant")] == ["system", "user"]
 
     # An unrelated question gets no block, no footer and no button.

@@ -48,11 +48,13 @@ go:
 	  echo "golang-go not installed: the Go golden-prompt test will skip"
 
 test: install go
+	$(VENV)/bin/ruff check bot data deploy trainer worker tools tests bench
+	@out=$$($(PY) -m tools.import_graph) || { echo "$$out"; exit 1; }; echo "$$out" | tail -n 1
 	@source tests/services.sh && \
 	  LORALOOP_LLAMA_CPP_SDIST=$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check bot data deploy trainer tests bench
+	$(VENV)/bin/ruff check bot data deploy trainer worker tools tests bench
 
 bench: install
 	$(PY) bench/run_all.py

@@ -8,27 +8,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from bot.cli import app
 from tests.fixtures.db import POSTGRES_URL
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 ALPACA_ZH = DATASETS / "alpaca_zh_demo.json"
 
 
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for key in ("LORALOOP_DATABASE_URL", "LORALOOP_CONFIG_FILE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("LORALOOP_HOME", str(tmp_path / "home"))
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 def stats(cli) -> dict:

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from bot.cli import app
 from data import formats
 from data.conversation import Conversation, Message
 
@@ -18,18 +16,9 @@ needs_info = pytest.mark.skipif(not INFO.is_file(), reason=f"{INFO} (shared data
 
 
 @pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for key in ("LORALOOP_DATABASE_URL", "LORALOOP_CONFIG_FILE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("LORALOOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LORALOOP_MAX_FIELD_CHARS", "20000")
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, list(args), catch_exceptions=False)
-
-    return invoke
+def cli(cli, monkeypatch):
+    monkeypatch.setenv("LORALOOP_MAX_FIELD_CHARS", "20000")  # some of the shared datasets' texts are longer
+    return cli
 
 
 def csv_pairs(text: str, **kwargs) -> list[Conversation]:

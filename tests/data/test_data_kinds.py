@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from bot.cli import app
 from data import formats
 from data.formats.kinds import detect_kind
 
@@ -23,18 +21,6 @@ def dataset(name: str) -> Path:
     return path
 
 
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for key in ("LORALOOP_DATABASE_URL", "LORALOOP_CONFIG_FILE", "LORALOOP_MAX_FIELD_CHARS"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("LORALOOP_HOME", str(tmp_path / "home"))
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 def by_status(cli) -> dict:

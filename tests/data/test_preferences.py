@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from bot.cli import app
 from data.conversation import Conversation
 from data.formats import FormatError
 from data.formats import preference as pf
@@ -225,14 +223,6 @@ async def test_the_job_carries_preferences_and_refuses_them_modified(store, tmp_
 # ---- the command line -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for key in ("LORALOOP_DATABASE_URL", "LORALOOP_CONFIG_FILE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("LORALOOP_HOME", str(tmp_path / "home"))
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args), catch_exceptions=False)
 
 
 def test_cli_import_review_stats_and_exact_export(cli, tmp_path):

@@ -12,7 +12,18 @@ import pytest
 from data.conversation import Conversation
 from data.vectors import build_index, index_pairs, load_vectors
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
+from tests.fixtures.db import BACKENDS, make_store
 from tests.ollama_server import EMBED_DIM, OllamaTestServer, trigram_embedding
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request, tmp_path):
+    """Vectors are stored on both backends (tests/deploy's own store fixture is SQLite only)."""
+    store, cleanup = await make_store(request.param, tmp_path)
+    try:
+        yield store
+    finally:
+        await cleanup()
 
 EMBEDDER = "nomic-embed-text:latest"
 

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from data.conversation import Conversation
 from deploy.gate import GateResult
 from deploy.modelfile import serving_format_for
@@ -64,18 +62,6 @@ def config(**overrides: Any) -> DeployConfig:
     values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "eval_limit": 4,
                               "gate_margin": 0.02}
     return DeployConfig(**{**values, **overrides})
-
-
-@pytest.fixture
-async def store(tmp_path: Path):
-    from data.store import Store
-
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'loraloop.db'}")
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def test_a_first_candidate_worse_than_the_base_is_rejected(ollama_server: OllamaTestServer, store: Any,

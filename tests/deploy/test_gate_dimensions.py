@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from data.conversation import Conversation
 from deploy.gate import PARAPHRASE_INSTRUCTION, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
@@ -17,19 +15,6 @@ from tests.deploy.test_gate_base import BASE, RIGHT, answered_chats, config, eva
 from tests.ollama_server import OllamaTestServer, paraphrase
 
 CANDIDATE = "loraloop-tiny:v1"
-
-
-@pytest.fixture
-async def store(tmp_path: Path):
-    """One SQLite store: the gate's numbers are stored as JSON, the same on every backend."""
-    from data.store import Store
-
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'loraloop.db'}")
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def retention_record(increase: float) -> dict[str, Any]:

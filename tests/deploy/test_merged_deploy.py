@@ -10,37 +10,13 @@ from typing import Any
 
 import pytest
 
-from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig, apply_retention, deploy, rollback
 from deploy.registration import PathMemory
-from tests.fixtures.models import convert_base_to_gguf
 from tests.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
 BASE = "tiny-llama:base"
-
-
-@pytest.fixture
-def server(ollama_server: OllamaTestServer, tiny_llama_gguf: Path, tiny_llama_adapters: list[Path],
-           llama_cpp_sources: Path) -> OllamaTestServer:
-    ollama_server.converter = lambda hf_dir, out: convert_base_to_gguf(llama_cpp_sources, hf_dir, out)
-    fmt = serving_format_for(tiny_llama_adapters[0])
-    ollama_server.add_base_model(BASE, tiny_llama_gguf, template=fmt.template, system=fmt.system,
-                                 parameters=fmt.parameters())
-    return ollama_server
-
-
-@pytest.fixture
-async def store(tmp_path: Path):
-    from data.store import Store
-
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'loraloop.db'}")
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture
@@ -61,10 +37,10 @@ def config(**overrides: Any) -> DeployConfig:
 
 
 async def test_a_merged_deploy_end_to_end_and_a_redeploy_uploads_only_what_changed(
-    server: OllamaTestServer, store: Any, fresh_adapters: list[Path], tiny_llama_dir: Path,
+    converting_server: OllamaTestServer, store: Any, fresh_adapters: list[Path], tiny_llama_dir: Path,
 ) -> None:
     events: list[tuple[str, dict[str, Any]]] = []
-    async with OllamaClient(server.url) as client:
+    async with OllamaClient(converting_server.url) as client:
         first = await deploy(fresh_adapters[0], store=store, client=client, config=config(), base_dir=tiny_llama_dir,
                              memory=PathMemory(), on_event=lambda step, info: events.append((step, info)))
         assert first.promoted and first.status == "promoted", first.reason
@@ -72,21 +48,22 @@ async def test_a_merged_deploy_end_to_end_and_a_redeploy_uploads_only_what_chang
         files = {p.name: p.stat().st_size for p in merged.iterdir() if p.is_file()}
         assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"} <= set(files)
         # Every merged file travelled once, the base never.
-        assert first.bytes_uploaded == sum(files.values()) == sum(n for _, n in server.blob_uploads)
-        (create,) = server.requests_to("POST", "/api/create")
+        assert first.bytes_uploaded == sum(files.values()) == sum(n for _, n in converting_server.blob_uploads)
+        (create,) = converting_server.requests_to("POST", "/api/create")
         assert set(create["files"]) == set(files) and create["quantize"] == "q4_K_M" and "adapters" not in create
         created = [info["status"] for step, info in events if step == "create"]
         assert created[:1] == ["converting model"] and "quantizing F16 model to Q4_K_M" in created
         assert "verifying conversion" in created and created[-1] == "success"
         uploading = [info for step, info in events if step == "uploading"]
         assert uploading[-1]["total_sent"] == uploading[-1]["total"] == sum(files.values())  # progress to 100 %
-        assert server.get(first.tag).quantization == "Q4_K_M" and any(p["model"] == first.tag for p in server.prompts)
+        assert converting_server.get(first.tag).quantization == "Q4_K_M"
+        assert any(p["model"] == first.tag for p in converting_server.prompts)
 
-        uploads_before = len(server.blob_uploads)
+        uploads_before = len(converting_server.blob_uploads)
         second = await deploy(fresh_adapters[1], store=store, client=client, config=config(),
                               base_dir=tiny_llama_dir, memory=PathMemory())
         assert second.promoted, second.reason
-        sent = server.blob_uploads[uploads_before:]
+        sent = converting_server.blob_uploads[uploads_before:]
         weights = (fresh_adapters[1] / "merged" / "model.safetensors").stat().st_size
         # Only the merged weights differ: config and tokenizer blobs were found by HEAD and not sent again.
         assert [size for _, size in sent] == [weights] and second.bytes_uploaded == weights
@@ -97,9 +74,9 @@ async def test_a_merged_deploy_end_to_end_and_a_redeploy_uploads_only_what_chang
 
 
 async def test_rollback_and_retention_work_for_merged_versions(
-    server: OllamaTestServer, store: Any, fresh_adapters: list[Path], tiny_llama_dir: Path,
+    converting_server: OllamaTestServer, store: Any, fresh_adapters: list[Path], tiny_llama_dir: Path,
 ) -> None:
-    async with OllamaClient(server.url) as client:
+    async with OllamaClient(converting_server.url) as client:
         tags = []
         for adapter in (*fresh_adapters, fresh_adapters[0]):
             result = await deploy(adapter, store=store, client=client, config=config(quantize=None, keep_versions=10),

@@ -194,29 +194,6 @@ async def test_option_types_are_checked_at_every_chat_as_ollama_does(ollama_serv
 # ---- full deploys: the path on each kind of daemon -----------------------------------------------------------
 
 
-@pytest.fixture
-def converting_server(ollama_server: OllamaTestServer, tiny_llama_gguf: Path, tiny_llama_adapters: list[Path],
-                      llama_cpp_sources: Path) -> OllamaTestServer:
-    """The tiny base pulled, and safetensors converted by llama.cpp's converter (as Ollama converts them)."""
-    ollama_server.converter = lambda hf_dir, out: convert_base_to_gguf(llama_cpp_sources, hf_dir, out)
-    fmt = serving_format_for(tiny_llama_adapters[0])
-    ollama_server.add_base_model(BASE, tiny_llama_gguf, template=fmt.template, system=fmt.system,
-                                 parameters=fmt.parameters())
-    return ollama_server
-
-
-@pytest.fixture
-async def store(tmp_path: Path):
-    from data.store import Store
-
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'loraloop.db'}")
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 def config(**overrides: Any) -> DeployConfig:
     values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "eval_limit": 0,
                               "gate_margin": 1.0, "gate_options": {"temperature": 0.0, "seed": 0, "num_predict": 4},

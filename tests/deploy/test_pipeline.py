@@ -38,18 +38,6 @@ def registered_base(ollama_server: OllamaTestServer, tiny_llama_gguf: Path, tiny
     return ollama_server
 
 
-@pytest.fixture
-async def store(tmp_path: Path):
-    from data.store import Store
-
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'loraloop.db'}")
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 @pytest.fixture(scope="module")
 def snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A snapshot whose eval split gives the gate a few prompts with reference answers."""

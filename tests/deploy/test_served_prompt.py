@@ -23,18 +23,6 @@ THINKING_RENDERER = CHATML_TEMPLATE.replace("<|im_start|>assistant\n{{ end }}",
                                             "<|im_start|>assistant\n<think>\n\n</think>\n\n{{ end }}")
 
 
-@pytest.fixture
-async def store(tmp_path: Path):
-    from data.store import Store
-
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'loraloop.db'}")
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 def register_base(server: OllamaTestServer, gguf: Path, adapter: Path, renderer: str = "") -> None:
     fmt = serving_format_for(adapter)
     assert fmt.template == CHATML_TEMPLATE and THINKING_RENDERER != CHATML_TEMPLATE

@@ -19,18 +19,6 @@ SERVE = {"temperature": 0.6, "top_p": 0.85, "top_k": 30, "repeat_penalty": 1.15,
 GATE = {"temperature": 0.0, "seed": 0, "num_predict": 24}
 
 
-@pytest.fixture
-async def store(tmp_path: Path):
-    from data.store import Store
-
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'loraloop.db'}")
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 def shown_parameters(text: str) -> dict[str, list[str]]:
     """/api/show's ``parameters`` text (one ``name value`` line per value) as name -> values."""
     out: dict[str, list[str]] = {}

@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import discord
@@ -71,13 +72,14 @@ async def until_finished(api: DiscordAPI, count: int) -> bool:
     return True
 
 
-async def first_token_bot(gateway: Gateway, api: DiscordAPI, rounds: int) -> list[float]:
+async def first_token_bot(gateway: Gateway, api: DiscordAPI, rounds: int,
+                          question: Callable[[int], str] = "question {}".format) -> list[float]:
     times = []
     done_before = finished_answers(api)
     for i in range(rounds):
         seen = len(api.sent_messages())
         start = time.perf_counter()
-        await gateway.message(message_payload(f"<@{BOT_ID}> question {i}", author=user_payload(1000 + i),
+        await gateway.message(message_payload(f"<@{BOT_ID}> {question(i)}", author=user_payload(1000 + i),
                                               mentions=[BOT]))
         while len(api.sent_messages()) == seen:  # noqa: ASYNC110 - the reply arrives at another server
             await asyncio.sleep(0.0005)

@@ -23,15 +23,14 @@ import discord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_bot import first_token_bot, first_token_direct  # noqa: E402  (the same measurement)
 from data.conversation import Conversation  # noqa: E402
-from deploy.ollama import OllamaClient  # noqa: E402
 from tests.bot.conftest import BASE_TAG, make_settings, start_bot  # noqa: E402
-from tests.fixtures.discord import BOT_ID, DiscordAPI, Gateway, message_payload, user_payload  # noqa: E402
+from tests.fixtures.discord import BOT_ID, DiscordAPI, Gateway, user_payload  # noqa: E402
 from tests.ollama_server import OllamaTestServer  # noqa: E402
 
 BOT = user_payload(BOT_ID, "loraloop", bot=True)
 EMBEDDER = "embedder:latest"
-ROUND_GAP_S = 0.3
 TOPICS = ["password", "invoice", "deploy", "backup", "printer", "vpn", "calendar", "badge", "laptop", "wiki"]
 
 
@@ -42,41 +41,6 @@ def pair(i: int) -> Conversation:
 
 def question(i: int) -> str:
     return f"how to fix {TOPICS[i % len(TOPICS)]} problem {i * 7 % 1000} at site {i % 13}"
-
-
-async def first_token_direct(url: str, rounds: int) -> list[float]:
-    """As bench/bench_bot.py: each answer read to its end in the background (answers overlap as the bot's do)."""
-    times: list[float] = []
-
-    async def read(client: OllamaClient, first: asyncio.Future[float]) -> None:
-        start = time.perf_counter()
-        async for _piece in client.chat_stream(BASE_TAG, [{"role": "user", "content": "hi"}]):
-            if not first.done():
-                first.set_result(time.perf_counter() - start)
-
-    async with OllamaClient(url) as client:
-        readers = []
-        for _ in range(rounds):
-            first: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-            readers.append(asyncio.create_task(read(client, first)))
-            times.append(await first)
-            await asyncio.sleep(ROUND_GAP_S)
-        await asyncio.gather(*readers)
-    return times
-
-
-async def first_token_bot(gateway: Gateway, api: DiscordAPI, rounds: int) -> list[float]:
-    times = []
-    for i in range(rounds):
-        seen = len(api.sent_messages())
-        start = time.perf_counter()
-        await gateway.message(message_payload(f"<@{BOT_ID}> {question(i)}", author=user_payload(1000 + i),
-                                              mentions=[BOT]))
-        while len(api.sent_messages()) == seen:  # noqa: ASYNC110 - the reply arrives at another server
-            await asyncio.sleep(0.0005)
-        times.append(time.perf_counter() - start)
-        await asyncio.sleep(ROUND_GAP_S)
-    return times
 
 
 async def measure(home: Path, ollama: OllamaTestServer, api: DiscordAPI, rounds: int, pairs: int,
@@ -96,7 +60,7 @@ async def measure(home: Path, ollama: OllamaTestServer, api: DiscordAPI, rounds:
             start = time.perf_counter()
             found += len(await bot.retrieval.search(question(i)))
             search.append(time.perf_counter() - start)
-        via_bot = await first_token_bot(gateway, api, rounds)
+        via_bot = await first_token_bot(gateway, api, rounds, question)
         await asyncio.sleep(1.0)  # the last answers stream to their end
     finally:
         await bot.close()

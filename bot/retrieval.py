@@ -21,16 +21,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import EllipsisType
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.settings import Settings
+from data.metrics import rouge_l, score_answers
 from data.retrieval import Hit, RetrievalConfig, RetrievalError, RetrievalIndex, within_budget
+from data.snapshot import read_snapshot
 from data.store import Store, StoreError
-from data.vectors import approved_ids, build_index, delta_ids, index_pairs
+from data.vectors import approved_ids, build_index, delta_ids, ids_of_hashes, index_pairs
+from deploy.gate import EvalPrompt, GateResult, eval_prompts
 from deploy.ollama import OllamaClient, OllamaError
+from deploy.pipeline import Inform
 
 log = logging.getLogger(__name__)
 
@@ -254,13 +261,17 @@ class Retriever:
             log.warning("retrieval failed for this turn (%s); answering without it", exc)
             return Retrieved()
 
-    async def search(self, text: str, index: RetrievalIndex | None = None) -> list[Hit]:
-        """The scope's best pairs for ``text`` within the budget (the CLI's query shows these)."""
+    async def search(self, text: str, index: RetrievalIndex | None = None, *,
+                     allowed: Collection[int] | None | EllipsisType = ...) -> list[Hit]:
+        """The scope's best pairs for ``text`` within the budget (the CLI's query shows these); ``allowed``: these
+        ids instead of the scope's (None: every indexed pair)."""
         index = index or self.index
         if index is None:
             return []
         vector = await self._query_vector(text) if index.dim is not None else None
-        k, allowed = self.settings.retrieval_k, self._allowed
+        k = self.settings.retrieval_k
+        if isinstance(allowed, EllipsisType):
+            allowed = self._allowed
         try:
             hits = await asyncio.to_thread(index.query, text, k, vector=vector, allow=allowed)
         except RetrievalError as exc:  # a vector of another dimension: embed_model changed under a built index
@@ -302,3 +313,58 @@ class Retriever:
         if self._embed_down_since is not None:
             log.info("retrieval: embeddings from %r work again", self.settings.embed_model)
             self._embed_down_since = None
+
+
+# ---- the gate's second table ------------------------------------------------------------------------------------
+
+
+def gate_with_retrieval(settings: Settings, store: Store, ollama: OllamaClient) -> Inform:
+    """What ``conclude_candidate(inform=…)`` runs: the candidate answers the gate's eval prompts again, now with the
+    expert answers the bot would retrieve once the candidate answers (the scope taken relative to the candidate's
+    own snapshot), at the gate's options and scored the same way. For information: the verdict judged the weights
+    alone. The eval split's own pairs are never retrieved (their answers are the references)."""
+
+    async def measure(tag: str, gate: GateResult) -> dict[str, Any]:
+        if settings.retrieval_scope == "off":
+            return {"skipped": "retrieval is off (retrieval_scope: off)"}
+        weights = gate.scores.get("candidate")
+        if not weights or not weights.get("count"):
+            return {"skipped": "the gate had no eval prompts"}
+        version = await store.get_model_version(tag)
+        if not version.snapshot_path:
+            return {"skipped": f"{tag} records no snapshot"}
+        snapshot = await asyncio.to_thread(read_snapshot, Path(version.snapshot_path))
+        prompts = eval_prompts(snapshot.eval, int(weights["count"]))
+        retriever = Retriever(settings, store, ollama)
+        await retriever.sync()
+        held_out = await ids_of_hashes(store, snapshot.ids["eval"])
+        if settings.retrieval_scope == "delta":
+            allowed = await delta_ids(store, tag) - held_out
+        else:
+            allowed = (retriever.index.ids if retriever.index else set()) - held_out
+        rows, used = [], set()
+        for prompt in prompts:
+            hits = await retriever.search(prompt.question, allowed=frozenset(allowed))
+            answer = await ollama.chat(tag, _with_block(prompt, hits, settings.system_prompt), gate.options)
+            used.update(h.example_id for h in hits)
+            rows.append({"question": prompt.question, "pair_ids": [h.example_id for h in hits], "answer": answer,
+                         "rouge_l": rouge_l(answer, prompt.reference or "")})
+        scores = score_answers([r["answer"] for r in rows], [p.reference or "" for p in prompts])
+        return {"scope": settings.retrieval_scope, "k": settings.retrieval_k, "max_chars": settings.retrieval_max_chars,
+                "search": "lexical + vectors" if retriever.embedding_working else "lexical",
+                "prompts": len(prompts), "with_pairs": sum(1 for r in rows if r["pair_ids"]), "pairs": len(used),
+                "weights": dict(weights), "candidate": scores.to_dict(), "rows": rows}
+
+    return measure
+
+
+def _with_block(prompt: EvalPrompt, hits: Sequence[Hit], system_prompt: str) -> list[dict[str, str]]:
+    """The eval chat as the bot would send it: the expert answers' block after its system message (the chat's own,
+    else the bot's system prompt); unchanged when nothing was retrieved."""
+    messages = [dict(m) for m in prompt.messages]
+    if not hits:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        messages[0]["content"] = Retrieved(tuple(hits)).system_message(messages[0]["content"])
+        return messages
+    return [{"role": "system", "content": Retrieved(tuple(hits)).system_message(system_prompt)}, *messages]

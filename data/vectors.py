@@ -88,6 +88,17 @@ async def approved_ids(store: Any) -> set[int]:
         return set(await s.scalars(select(Example.id).where(Example.status == "approved")))
 
 
+async def ids_of_hashes(store: Any, hashes: Collection[str]) -> set[int]:
+    """The ids of the examples whose content hash is in ``hashes`` (a snapshot's ids are content hashes)."""
+    out: set[int] = set()
+    async with store.session() as s:
+        wanted = sorted(hashes)
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            out.update(await s.scalars(select(Example.id).where(Example.content_hash.in_(chunk))))
+    return out
+
+
 def pair_of(example_id: int, messages: Sequence[Mapping[str, str]]) -> Pair:
     """The question is every user turn (a multi-turn pair is found by any of them); the answer is the last one."""
     question = "\n".join(m["content"] for m in messages if m["role"] == "user")
@@ -95,21 +106,28 @@ def pair_of(example_id: int, messages: Sequence[Mapping[str, str]]) -> Pair:
     return Pair(example_id, question, answers[-1] if answers else "")
 
 
-async def delta_ids(store: Any) -> set[int]:
+async def delta_ids(store: Any, tag: str | None = None) -> set[int]:
     """Approved examples the active model was not trained on (scope ``delta``): every approved example when no
-    version is active, else those whose content hash is not in the active version's snapshot.
+    version is active, else those whose content hash is not in the active version's snapshot. ``tag``: the same
+    for that version instead of the active one (the gate's with-retrieval table asks it for a candidate).
 
     Without a readable snapshot (deleted, or modified since), it falls back to the examples approved after the
     snapshot was recorded."""
     async with store.session() as s:
-        pointer = await s.get(ActiveModel, 1)
-        active = await s.get(ModelVersion, pointer.model_version_id) if pointer and pointer.model_version_id else None
+        if tag is not None:
+            version = await s.scalar(select(ModelVersion).where(ModelVersion.tag == tag))
+            if version is None:
+                raise LookupError(f"no model version is tagged {tag}")
+        else:
+            pointer = await s.get(ActiveModel, 1)
+            version = (await s.get(ModelVersion, pointer.model_version_id)
+                       if pointer and pointer.model_version_id else None)
         approved = select(Example.id, Example.content_hash).where(Example.status == "approved")
-        if active is None or active.snapshot_sha256 is None:
+        if version is None or version.snapshot_sha256 is None:
             return {i for i, _ in await s.execute(approved)}
-        sha, path = active.snapshot_sha256, active.snapshot_path
+        sha, path = version.snapshot_sha256, version.snapshot_path
         frozen_at = await s.scalar(select(func.min(SnapshotRecord.created_at))
-                                   .where(SnapshotRecord.sha256 == sha)) or active.created_at
+                                   .where(SnapshotRecord.sha256 == sha)) or version.created_at
         rows = list(await s.execute(approved))
         late = {i for (i,) in await s.execute(select(Example.id).where(Example.status == "approved",
                                                                        Example.approved_at > frozen_at))}

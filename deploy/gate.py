@@ -85,6 +85,9 @@ class GateResult:
     consistency: dict[str, Any] = field(default_factory=dict)
     # The trainer's retention record plus the limit it was judged against and whether it passed.
     retention: dict[str, Any] = field(default_factory=dict)
+    # For information, never judged: the candidate on the same eval prompts with the expert answers the bot would
+    # retrieve for it (bot/retrieval.py ``gate_with_retrieval``): scope, k, candidate scores, rows; or "error".
+    with_retrieval: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,7 +112,26 @@ class GateResult:
             lines.append(f"decided by mean {METRIC_NAMES.get(self.decided_by, self.decided_by)} over the eval "
                          f"prompts, margin {self.margin:g}" + (" and the retention limit" if self.retention else ""))
         lines.append(("PASS" if self.passed else "FAIL") + f": {self.reason}")
+        lines += self._retrieval_lines()
         return "\n".join(lines)
+
+    def _retrieval_lines(self) -> list[str]:
+        """The second table: the candidate's weights alone (what was judged) and with retrieval (information)."""
+        info = self.with_retrieval
+        if not info:
+            return []
+        head = ["", "with retrieval (for information; the verdict above judged the weights alone):"]
+        if info.get("error") or info.get("skipped"):
+            return [*head, f"  not measured: {info.get('error') or info.get('skipped')}"]
+        lines = [*head, f"{'candidate':<22} {'ROUGE-L':>8} {'EM':>6} {'n':>4}"]
+        for label, key in (("weights alone", "weights"), ("with expert answers", "candidate")):
+            s = info.get(key)
+            if s:
+                lines.append(f"{label:<22} {s['rouge_l']:>8.3f} {s['exact_match']:>6.3f} {s['count']:>4}")
+        lines.append(f"  {info.get('with_pairs', 0)} of {info.get('prompts', 0)} eval prompts got expert answers "
+                     f"({info.get('pairs', 0)} distinct pairs; scope {info.get('scope')}, k {info.get('k')}, "
+                     f"{info.get('search', 'lexical')}); the eval pairs themselves are never retrieved")
+        return lines
 
     def _dimension_lines(self) -> list[str]:
         """One line per extra dimension that ran: its numbers, then what they mean."""
@@ -162,6 +184,11 @@ class GateResult:
                                f"{row.get(f'{role}_consistency', 0):.3f}):")
                     out += [f"  - {s}" for s in samples]
             out.append("")
+        for i, row in enumerate(self.with_retrieval.get("rows", []), 1):
+            if row.get("pair_ids"):
+                out += [f"--- {i}. eval with retrieval (pairs {', '.join(f'#{p}' for p in row['pair_ids'])}) ---",
+                        f"question:  {row.get('question', '')}",
+                        f"candidate (ROUGE-L {row.get('rouge_l', 0):.3f}): {row.get('answer', '')}", ""]
         ret = self.retention
         if ret.get("samples"):
             out.append("--- general prompts (retention): base answer, then the candidate's after training ---")

@@ -153,6 +153,8 @@ class DeployResult:
 
 
 Event = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+# An information-only measurement beside the gate's verdict (the bot's retrieval table): tag, gate → its record.
+Inform = Callable[[str, GateResult], Awaitable[dict[str, Any]]]
 
 
 async def deploy(
@@ -165,6 +167,7 @@ async def deploy(
     snapshot_dir: Path | None = None,
     on_event: Event | None = None,
     memory: PathMemory | None = None,
+    inform: Inform | None = None,
 ) -> DeployResult:
     """Register ``adapter_dir`` as the next version, judge it, and make it active if it passes.
 
@@ -208,7 +211,7 @@ async def deploy(
         # ---- 7. reject, or switch (one transaction in the store) and apply retention ---------------------
         done = await conclude_candidate(store, client, tag, gate, model_name=config.model_name,
                                         keep_versions=config.keep_versions,
-                                        train_metrics=trained_metrics(adapter_dir))
+                                        train_metrics=trained_metrics(adapter_dir), inform=inform)
     except (DeployFailed, OllamaError, StoreError, SnapshotError, OSError, ValueError) as exc:
         reason = str(exc)
         removed = await forget(client, tag)
@@ -244,13 +247,19 @@ class Conclusion:
 
 async def conclude_candidate(store: Store, client: OllamaClient, tag: str, gate: GateResult, *, model_name: str,
                              keep_versions: int, manual: bool = False,
-                             train_metrics: dict[str, Any] | None = None) -> Conclusion:
+                             train_metrics: dict[str, Any] | None = None,
+                             inform: Inform | None = None) -> Conclusion:
     """After the gate, the one promotion path (``loraloop deploy run`` and the retrain loop): store the
     judgement, then reject (the tag deleted from Ollama) or promote and apply retention. ``manual``: a passing
     candidate stops at evaluated, for an expert to :func:`switch_to` it.
 
     Raises DeployFailed / OllamaError / StoreError when the switch fails: the version stays evaluated and the
-    active model unchanged; the caller marks the version failed."""
+    active model unchanged; the caller marks the version failed.
+
+    ``inform`` measures something for information beside the verdict (stored as the gate's ``with_retrieval``),
+    while the candidate is still in Ollama; its failure is recorded there and changes nothing else."""
+    if inform is not None:
+        gate.with_retrieval = await _informed(inform, tag, gate)
     judged = {"evaluation": gate.to_dict(), "metrics": version_metrics(gate, train_metrics)}
     if not gate.passed:
         await forget(client, tag)
@@ -262,6 +271,14 @@ async def conclude_candidate(store: Store, client: OllamaClient, tag: str, gate:
         return Conclusion(tag, "evaluated", gate.reason)
     deleted = await switch_to(store, client, tag, model_name=model_name, keep_versions=keep_versions)
     return Conclusion(tag, "promoted", gate.reason, tuple(deleted))
+
+
+async def _informed(inform: Inform, tag: str, gate: GateResult) -> dict[str, Any]:
+    try:
+        return await inform(tag, gate)
+    except Exception as exc:  # information only: whatever failed, the verdict and the switch go on
+        log.warning("the with-retrieval table for %s failed: %s", tag, exc, exc_info=True)
+        return {"error": str(exc) or type(exc).__name__}
 
 
 async def switch_to(store: Store, client: OllamaClient, tag: str, *, model_name: str,

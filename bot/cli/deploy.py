@@ -63,6 +63,7 @@ def run_deploy(
     import asyncio
 
     from bot.cli.common import open_store, print_json, settings
+    from bot.retrieval import gate_with_retrieval
     from deploy.ollama import OllamaClient
     from deploy.pipeline import DeployConfig, deploy
 
@@ -87,7 +88,8 @@ def run_deploy(
     async def run():
         async with open_store(cfg) as store, OllamaClient(cfg.ollama_host) as client:
             return await deploy(adapter, store=store, client=client, config=config, base_dir=base,
-                                snapshot_dir=snapshot, on_event=show)
+                                snapshot_dir=snapshot, on_event=show,
+                                inform=gate_with_retrieval(cfg, store, client))
 
     result = asyncio.run(run())
     if as_json:

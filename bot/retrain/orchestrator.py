@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
+from bot.retrieval import gate_with_retrieval
 from bot.settings import redact_text
 from data import quality
 from data.models import RUN_DISPATCHED, RetrainRun, utcnow
@@ -283,9 +284,12 @@ class Orchestrator:
         try:
             done = await conclude_candidate(self.store, self.client, version.tag, gate, model_name=config.model_name,
                                             keep_versions=config.keep_versions, train_metrics=event.get("metrics"),
-                                            manual=self.settings.retrain_promotion == "manual")
+                                            manual=self.settings.retrain_promotion == "manual",
+                                            inform=gate_with_retrieval(self.settings, self.store, self.client))
         except (DeployFailed, OllamaError, StoreError) as exc:
             return await self._fail(run_id, f"could not switch to {version.tag}: {exc}")
+        if gate.with_retrieval:  # the table the experts read gains the with-retrieval lines measured just now
+            await self.store.set_run(run_id, result={**result, "table": gate.table()})
         if done.status == "rejected":
             run = await self.store.transition(run_id, "rejected", reason=f"the evaluation gate refused {version.tag}: "
                                                                          f"{gate.reason}")

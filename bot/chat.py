@@ -23,11 +23,12 @@ from typing import Any
 
 import discord
 
-from bot.reasoning import render_thinking, split_thinking
+from bot.reasoning import ThinkingMode, render_thinking, split_thinking
 from bot.retrieval import Retrieved, Retriever
 from bot.settings import Settings
 from bot.views import UsedPairsButton
-from data.store import Store, StoreError
+from data.errors import StoreError
+from data.store import Store
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
 from deploy.pipeline import serve_options_from
 
@@ -378,10 +379,10 @@ class Chat:
         return ChatResult(text, view_of.sent, answer.id, model, cut=cut, discord_error=view_of.error)
 
 
-def _visible_text(text: str, mode: str) -> str:
+def _visible_text(text: str, mode: ThinkingMode) -> str:
     """What Discord may show of a reply streamed so far: thinking collapsed or hidden, never raw tags."""
     thinking, answer = split_thinking(text)
-    return render_thinking(thinking, mode) + answer  # type: ignore[arg-type]
+    return render_thinking(thinking, mode) + answer
 
 
 class _Showing:
@@ -416,7 +417,8 @@ class _Showing:
             try:
                 await self._task
             except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():  # cancelled itself, not only the edit task
                     raise
         await self._render(text, view=view, force_last=view is not None)
 

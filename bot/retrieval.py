@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
@@ -30,10 +30,11 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.settings import Settings
+from data.errors import StoreError
 from data.metrics import rouge_l, score_answers
 from data.retrieval import Hit, RetrievalConfig, RetrievalError, RetrievalIndex, within_budget
 from data.snapshot import read_snapshot
-from data.store import Store, StoreError
+from data.store import Store
 from data.vectors import approved_ids, build_index, delta_ids, ids_of_hashes, index_pairs
 from deploy.gate import EvalPrompt, GateResult, eval_prompts
 from deploy.ollama import OllamaClient, OllamaError
@@ -151,8 +152,8 @@ class Retriever:
             await self._first_sync.wait()  # the first build runs in the periodic task, which never ends
         await asyncio.gather(*(t for t in self._tasks if t.get_name() != "retrieval-sync"), return_exceptions=True)
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -341,15 +342,16 @@ def gate_with_retrieval(settings: Settings, store: Store, ollama: OllamaClient) 
         if settings.retrieval_scope == "delta":
             allowed = await delta_ids(store, tag) - held_out
         else:
-            allowed = (retriever.index.ids if retriever.index else set()) - held_out
-        rows, used = [], set()
+            allowed = set(retriever.index.ids if retriever.index else ()) - held_out
+        rows: list[dict[str, Any]] = []
+        used: set[int] = set()
         for prompt in prompts:
             hits = await retriever.search(prompt.question, allowed=frozenset(allowed))
             answer = await ollama.chat(tag, _with_block(prompt, hits, settings.system_prompt), gate.options)
             used.update(h.example_id for h in hits)
             rows.append({"question": prompt.question, "pair_ids": [h.example_id for h in hits], "answer": answer,
                          "rouge_l": rouge_l(answer, prompt.reference or "")})
-        scores = score_answers([r["answer"] for r in rows], [p.reference or "" for p in prompts])
+        scores = score_answers([str(r["answer"]) for r in rows], [p.reference or "" for p in prompts])
         return {"scope": settings.retrieval_scope, "k": settings.retrieval_k, "max_chars": settings.retrieval_max_chars,
                 "search": "lexical + vectors" if retriever.embedding_working else "lexical",
                 "prompts": len(prompts), "with_pairs": sum(1 for r in rows if r["pair_ids"]), "pairs": len(used),

@@ -1,23 +1,32 @@
 """``python -m trainer train``: LoRA/QLoRA fine-tune from a snapshot, or straight from a dataset file (``--data``,
 through an ephemeral snapshot: LLaMA-Factory's one-step habit). Runs on the GPU host: no database, no Discord, and
 not the bot's settings — everything comes from the arguments and the ``--config`` file (a retrain job writes both).
-The bot's command line mounts the same command as ``loraloop train``."""
+The bot's command line mounts the same command as ``loraloop train``.
+
+Every ``TrainConfig`` field is an option of its own, built from the field (``config_options``), as TRL builds its
+options from its config classes: a new setting is in the YAML, the command line and ``--help`` at once."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import sys
 import tempfile
+import types
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import NoReturn
+from typing import Any, Literal, NoReturn, TextIO, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
+
+from trainer.config import TrainConfig
 
 # The bot's default system prompt (bot/settings.py). A bot serving another one says so: a retrain job always sends
 # the bot's prompt in its config, and by hand it is --system-prompt (the deploy gate refuses a mismatch).
@@ -39,7 +48,111 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise SystemExit(code)
 
 
+# ---- options from the config --------------------------------------------------------------------------------
+
+SETTINGS_PANEL = "Training settings (override --config)"
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def option_parameters(model: type[BaseModel], *, aliases: Mapping[str, Sequence[str]] | None = None,
+                      notes: Mapping[str, str] | None = None, defaults: BaseModel | None = None,
+                      prefix: str = "", panel: str = SETTINGS_PANEL) -> list[inspect.Parameter]:
+    """One typer option per field of ``model``: ``--field-name`` (a nested model's fields as ``--outer-field``, in a
+    panel of their own), its description as help with the default appended, a Literal's values as choices, a bool as
+    ``--x/--no-x``, a list as a repeatable option.
+
+    Every option defaults to None, so a setting not given leaves the ``--config`` file's (or the model's default) in
+    place. ``aliases`` and ``notes`` (keyed by parameter name, ``outer__field`` when nested) add option names and
+    command-specific help. A field without a description, or of a type with no command-line form, is a TypeError.
+    """
+    params = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        option = "--" + key.replace("__", "-").replace("_", "-")
+        default = getattr(defaults, name) if defaults is not None else info.get_default(call_default_factory=True)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            params += option_parameters(info.annotation, aliases=aliases, notes=notes, defaults=default,
+                                        prefix=f"{key}__", panel=(info.description or name).rstrip("."))
+            continue
+        if not info.description:
+            raise TypeError(f"{model.__name__}.{name} has no description: give it Field(description=...), the "
+                            "help its option shows")
+        kind = _option_type(f"{model.__name__}.{name}", info.annotation)
+        repeat = "Repeat the option for more than one." if get_origin(kind) is list else None
+        help_text = escape(" ".join(filter(None, [info.description, (notes or {}).get(key), repeat])))
+        if default is not None and not info.is_required():
+            help_text += " " + escape(f"[default: {_shown(default, option)}]")
+        decls = [f"{option}/--no-{option[2:]}" if kind is bool else option, *(aliases or {}).get(key, ())]
+        params.append(inspect.Parameter(
+            key, inspect.Parameter.KEYWORD_ONLY, annotation=kind | None,
+            default=typer.Option(None, *decls, help=help_text, show_default=False, rich_help_panel=panel)))
+    return params
+
+
+def config_options(model: type[BaseModel], *, aliases: Mapping[str, Sequence[str]] | None = None,
+                   notes: Mapping[str, str] | None = None) -> Callable[[Command], Command]:
+    """Give a typer command taking ``**settings`` an option per field of ``model`` (see ``option_parameters``)."""
+
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        added = option_parameters(model, aliases=aliases, notes=notes)
+        if clash := {p.name for p in own} & {p.name for p in added}:
+            raise TypeError(f"{command.__name__}'s own parameters {sorted(clash)} clash with {model.__name__}'s")
+        hints = get_type_hints(command)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in own]
+        setattr(command, "__signature__", signature.replace(parameters=[*own, *added]))  # noqa: B010 (read by typer)
+        command.__annotations__ = {**hints, **{p.name: p.annotation for p in added}}
+        return command
+
+    return decorate
+
+
+def given_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a command line gave (options left out are None), nested as the config nests them."""
+    given: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        *outer, name = key.split("__")
+        target = given
+        for part in outer:
+            target = target.setdefault(part, {})
+        target[name] = value
+    return given
+
+
+def _option_type(where: str, annotation: Any) -> Any:
+    """The type typer parses an option as, for a field of this annotation (None dropped: every option may be unset)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = {a for a in get_args(annotation) if a is not type(None)}
+    else:
+        args = {annotation}
+    if args == {str, list[str]}:  # one name or several: always a list on the command line
+        return list[str]
+    if len(args) == 1:
+        (kind,) = args
+        if kind in (bool, int, float, str, Path) or get_origin(kind) is Literal:
+            return kind
+        if get_origin(kind) is list and get_args(kind)[0] in (int, float, str, Path):
+            return kind
+    raise TypeError(f"{where}: a {annotation} has no command-line form; teach _option_type one")
+
+
+def _shown(value: Any, option: str) -> str:
+    if isinstance(value, bool):
+        return option[2:] if value else f"no-{option[2:]}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value) or "none"
+    return str(value)
+
+
 @app.command("train")
+@config_options(TrainConfig, aliases={"learning_rate": ["--lr"], "lora_r": ["-r"]}, notes={
+    "system_prompt": "Use the one the bot serves with (LORALOOP_SYSTEM_PROMPT); unset, this command uses "
+                     f"{DEFAULT_SYSTEM_PROMPT!r}, the bot's default."})
 def train(
     snapshot: Path | None = typer.Option(None, "--snapshot",
                                          help="Snapshot directory (examples.jsonl + manifest.json)."),
@@ -49,45 +162,21 @@ def train(
     columns: str | None = typer.Option(None, "--columns", help="--data: question=COL,answer=COL[,system=COL]."),
     base: str = typer.Option(..., "--base", help="Base model: a local directory or a Hugging Face id."),
     out: Path = typer.Option(..., "--out", help="Run directory: adapter, metrics, probes, checkpoints, log."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file with training settings."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with training settings (the training "
+                                       "settings' options override it)."),
     json_progress: bool = typer.Option(False, "--json-progress", help="One JSON line per step/eval on stdout."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    qlora: bool = typer.Option(False, "--qlora", help="4-bit NF4 base (QLoRA); needs a CUDA GPU."),
-    epochs: int | None = typer.Option(None, help="Epochs (default: chosen from the dataset size)."),
-    max_steps: int | None = typer.Option(None, help="Stop after this many optimizer steps."),
-    learning_rate: float | None = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate (2e-4)."),
-    batch_size: int | None = typer.Option(None, help="Examples per micro-batch (8)."),
-    grad_accum: int | None = typer.Option(None, help="Gradient accumulation steps (1)."),
-    max_length: int | None = typer.Option(None, help="Tokens per example (1024)."),
-    lora_r: int | None = typer.Option(None, "--lora-r", "-r", help="LoRA rank (16)."),
-    lora_alpha: float | None = typer.Option(None, "--lora-alpha", help="LoRA alpha, a whole number (32)."),
-    lora_dropout: float | None = typer.Option(None, "--lora-dropout", help="LoRA dropout (0.05)."),
-    seed: int | None = typer.Option(None, help="Random seed (42)."),
-    eval_steps: int | None = typer.Option(None, help="Evaluate and checkpoint every N steps (default: each epoch)."),
-    early_stopping_patience: int | None = typer.Option(None, help="Stop after N evaluations without improvement."),
-    system_prompt: str | None = typer.Option(
-        None, help="System prompt for conversations without one; use the one the bot serves with "
-                   f"(LORALOOP_SYSTEM_PROMPT; default: {DEFAULT_SYSTEM_PROMPT!r})."),
-    chat_template: str | None = typer.Option(None, help="Chat template (Jinja text or file) if the base has none."),
-    batching: str | None = typer.Option(None, help="auto, padding_free, packing or padded."),
-    cpu_threads: int | None = typer.Option(None, help="torch CPU threads (1 suits tiny models on a busy CPU)."),
     eval_fraction: float = typer.Option(0.1, "--eval-fraction", min=0.0, max=1.0,
                                         help="--data: share of the pairs held out for evaluation."),
+    **settings: Any,
 ) -> None:
     """Train a LoRA adapter from a dataset snapshot (or straight from a dataset file with --data)."""
     from trainer.config import TrainingRefused, read_config
 
-    overrides = {
-        "qlora": qlora or None, "epochs": epochs, "max_steps": max_steps, "learning_rate": learning_rate,
-        "batch_size": batch_size, "grad_accum": grad_accum, "max_length": max_length, "lora_r": lora_r,
-        "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "seed": seed, "eval_steps": eval_steps,
-        "early_stopping_patience": early_stopping_patience, "system_prompt": system_prompt,
-        "chat_template": chat_template, "batching": batching, "cpu_threads": cpu_threads,
-    }
     if (snapshot is None) == (data is None):
         fail("name the training data: --snapshot DIR, or --data FILE (not both)", 2)
     try:
-        loaded = read_config(config, overrides)
+        loaded = read_config(config, given_settings(settings))
         for notice in loaded.notices:
             err_console.print(f"[yellow]note:[/] {escape(notice)}", highlight=False, soft_wrap=True)
         cfg = loaded.config
@@ -101,6 +190,7 @@ def train(
             if data is not None:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loraloop-data-")))
                 snapshot = snapshot_from_file(data, workdir / "snapshot", data_format, columns, eval_fraction)
+            assert snapshot is not None  # --snapshot, or the one --data just made (exactly one was named)
             from trainer import recipe
 
             recipe.train(recipe.TrainRequest(snapshot=snapshot, base=base, out=out, config=cfg, resume=resume,
@@ -158,15 +248,15 @@ def _record_data_file(out: Path, snapshot: Path) -> None:
     run_path.write_text(json.dumps(run, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever sys.stderr is at the time (tests and wrappers swap it)."""
 
     @property
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:
+    def stream(self, value: TextIO) -> None:
         pass
 
 

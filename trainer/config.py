@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Modules the GGUF LoRA format (and therefore Ollama) cannot carry an adapter for.
 EMBEDDING_OR_HEAD = ("embed_tokens", "lm_head", "wte", "wpe", "embed_out", "word_embeddings", "output")
@@ -34,17 +34,17 @@ class DPOSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    enabled: bool = False
+    enabled: bool = Field(default=False, description="Run the preference stage after SFT.")
     beta: float = Field(default=0.1, gt=0, description="How far the policy may move from the SFT model.")
-    epochs: int = Field(default=1, ge=1)
+    epochs: int = Field(default=1, ge=1, description="Epochs over the preference pairs.")
     max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
     min_pairs: int = Field(default=20, ge=1, description="Fewer approved preference records: the stage is skipped.")
     # LoRA moves a few weights: it needs a higher rate than full-model DPO (5e-7 … 5e-6).
-    learning_rate: float = Field(default=5e-5, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0, description="Peak learning rate of the preference stage.")
     batch_size: int = Field(default=4, ge=1, description="Preference pairs per micro-batch (each is two sequences).")
-    grad_accum: int = Field(default=1, ge=1)
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    grad_accum: int = Field(default=1, ge=1, description="Gradient accumulation steps.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(default="sigmoid", description="TRL's DPO loss.")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="Share of preference labels taken as noise.")
 
 
 class TrainConfig(BaseModel):
@@ -53,49 +53,58 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # LoRA (practitioners' defaults: r 16, alpha 2r, light dropout, every linear projection).
-    lora_r: int = Field(default=16, ge=1)
+    lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
     # A float here so that 16.5 is refused with our own message rather than silently cast.
-    lora_alpha: float = Field(default=32, gt=0)
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: str | list[str] = "all-linear"
-    use_dora: bool = False
-    use_rslora: bool = False
-    modules_to_save: list[str] = Field(default_factory=list)
-    qlora: bool = False
+    lora_alpha: float = Field(default=32, gt=0, description="LoRA alpha, a whole number (GGUF stores an integer).")
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: str | list[str] = Field(
+        default="all-linear", description="The modules given adapters: all-linear (every linear projection) or names.")
+    use_dora: bool = Field(default=False, description="DoRA; refused: its magnitude vectors have no GGUF form.")
+    use_rslora: bool = Field(default=False, description="rsLoRA; refused: llama.cpp scales adapters by alpha/r.")
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full; refused: a GGUF LoRA adapter cannot carry them.")
+    qlora: bool = Field(default=False, description="4-bit NF4 base (QLoRA); needs a CUDA GPU.")
 
     # Optimisation.
-    learning_rate: float = Field(default=2e-4, gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(default=0.05, ge=0, le=0.5)
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        default="cosine", description="Learning-rate schedule after the warmup.")
+    warmup_ratio: float = Field(default=0.05, ge=0, le=0.5, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradients are clipped to this norm.")
     batch_size: int = Field(default=8, ge=1, description="Per-device examples per micro-batch.")
-    grad_accum: int = Field(default=1, ge=1)
+    grad_accum: int = Field(default=1, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(default=1024, ge=8, description="Tokens per example; longer ones are truncated.")
-    epochs: int | None = Field(default=None, ge=1, description="None: chosen from the dataset size.")
-    max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
-    seed: int = 42
-    # How examples are batched. "auto": padding-free on CPU and CUDA (measured fastest, see bench/bench_train.py).
-    batching: Literal["auto", "padding_free", "packing", "padded"] = "auto"
-    gradient_checkpointing: bool | None = Field(default=None, description="None: on for CUDA bases over 1B params.")
-    # Tiny models on a busy CPU run faster on one thread (measured 2x under contention); None: torch's default.
-    cpu_threads: int | None = Field(default=None, ge=1)
+    epochs: int | None = Field(default=None, ge=1, description="Epochs; None: chosen from the dataset size.")
+    max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    seed: int = Field(default=42, description="Random seed.")
+    batching: Literal["auto", "padding_free", "packing", "padded"] = Field(
+        default="auto", description="How examples are batched; auto: padding-free on CPU and CUDA (measured fastest, "
+                                    "see bench/bench_train.py).")
+    gradient_checkpointing: bool | None = Field(
+        default=None, description="Gradient checkpointing; None: on for CUDA bases over 1B params.")
+    # Tiny models on a busy CPU run faster on one thread (measured 2x under contention).
+    cpu_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; None: torch's default.")
 
     # Evaluation, checkpoints, early stopping.
-    eval_steps: int | None = Field(default=None, ge=1, description="None: evaluate (and checkpoint) each epoch.")
-    early_stopping_patience: int | None = Field(default=None, ge=1, description="Evaluations without improvement.")
-    early_stopping_threshold: float = Field(default=0.0, ge=0)
-    load_best_at_end: bool = True
-    save_total_limit: int = Field(default=2, ge=1)
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="Evaluate (and checkpoint) every N steps; None: each epoch.")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="Stop after N evaluations without improvement; None: never early.")
+    early_stopping_threshold: float = Field(
+        default=0.0, ge=0, description="How much the eval loss must fall to count as an improvement.")
+    load_best_at_end: bool = Field(default=True, description="End with the checkpoint of the best eval loss.")
+    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept.")
     eval_generate: int = Field(default=32, ge=0, description="Eval prompts answered and scored (ROUGE-L, EM).")
-    max_new_tokens: int = Field(default=96, ge=1)
+    max_new_tokens: int = Field(default=96, ge=1, description="Length of the eval and probe answers.")
 
     # Chat format: must match what the serving side renders.
-    chat_template: str | None = Field(default=None, description="Jinja text or a path to a .jinja file.")
+    chat_template: str | None = Field(
+        default=None, description="Jinja text or a path to a .jinja file; None: the base's own template.")
     system_prompt: str | None = Field(
-        default=None, description="Added to conversations without one (serving must send the same system prompt)."
-    )
-    probes: list[str] = Field(default_factory=lambda: list(DEFAULT_PROBES))
+        default=None, description="Added to conversations without one (serving must send the same system prompt).")
+    probes: list[str] = Field(default_factory=lambda: list(DEFAULT_PROBES),
+                              description="Questions answered before and after training (probes.json).")
     probe_eval_samples: int = Field(default=3, ge=0, description="Eval prompts added to the probes.")
 
     # Retention (trainer/retention.py): the base's own answers to general prompts, scored before and after.
@@ -109,7 +118,13 @@ class TrainConfig(BaseModel):
     retention_samples: int = Field(default=3, ge=0, description="General answers shown before/after training.")
 
     # Preference learning after SFT (off unless enabled).
-    dpo: DPOSettings = Field(default_factory=DPOSettings)
+    dpo: DPOSettings = Field(default_factory=DPOSettings, description="The preference stage after SFT (DPO).")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _all_linear_alone(cls, value: Any) -> Any:
+        # PEFT knows the all-linear shorthand only as a string; a list of it alone (one --target-modules) means it.
+        return "all-linear" if value == ["all-linear"] else value
 
     def refusals(self, cuda: bool) -> list[str]:
         """Every reason this configuration cannot be trained and served through GGUF/Ollama (empty: fine)."""
@@ -172,7 +187,8 @@ class TrainConfig(BaseModel):
         return self.chat_template
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        text: str = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        return text
 
 
 # LLaMA-Factory's names for our settings, with how a value is translated (None: as it is).
@@ -288,7 +304,8 @@ def _closest(name: str) -> str:
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file (optional) then flag overrides (``None`` values ignored); every problem in one clear error."""
+    """YAML file (optional) then flag overrides (``None`` values ignored; a nested setting's, such as ``dpo``'s,
+    merged into the file's); every problem in one clear error."""
     return read_config(path, overrides).config
 
 
@@ -310,7 +327,11 @@ def read_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             raise TrainingRefused(f"config file {path} must be a mapping of setting: value")
         loaded, notices = translate_lf_keys(loaded, where)
         values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **{k: v for k, v in value.items() if v is not None}}
+        elif value is not None:
+            values[key] = value
     try:
         return LoadedConfig(TrainConfig(**values), notices)
     except ValidationError as exc:

@@ -21,8 +21,6 @@ def bot() -> None:
     check = discord_token_check(token)
     if check.status == "FAIL":
         fail(check.detail, 2)
-    try:
-        from bot.app import run_bot
-    except ImportError as exc:  # pragma: no cover - only before the Discord app exists
-        fail(f"the Discord app is not available: {exc}")
+    from bot.app import run_bot
+
     run_bot(config)

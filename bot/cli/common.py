@@ -1,4 +1,5 @@
-"""Shared plumbing for CLI commands: settings, error exits, JSON output."""
+"""Shared plumbing for CLI commands: settings, error exits, JSON output, and the one way a command opens the store
+(``open_store``) and Ollama's client (``open_ollama``) from the settings."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -16,6 +17,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.settings import Settings, load_settings, redact_url
 from data.review import ReviewPolicy
 from data.store import Store
+
+if TYPE_CHECKING:
+    from deploy.ollama import OllamaClient
 
 console = Console()
 err_console = Console(stderr=True)
@@ -59,3 +63,12 @@ async def open_store(config: Settings) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def open_ollama(config: Settings, *, timeout_s: float) -> AsyncIterator[OllamaClient]:
+    """Ollama's client for the settings' host; ``timeout_s`` bounds connecting and each read."""
+    from deploy.ollama import OllamaClient
+
+    async with OllamaClient(config.ollama_host, timeout=timeout_s) as client:
+        yield client

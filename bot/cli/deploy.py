@@ -62,9 +62,8 @@ def run_deploy(
     """
     import asyncio
 
-    from bot.cli.common import open_store, print_json, settings
+    from bot.cli.common import open_ollama, open_store, print_json, settings
     from bot.retrieval import gate_with_retrieval
-    from deploy.ollama import OllamaClient
     from deploy.pipeline import DeployConfig, deploy
 
     if not (adapter / "adapter_config.json").is_file():
@@ -86,7 +85,7 @@ def run_deploy(
             console.print(f"{info['tag']}: {step} {details}", highlight=False)
 
     async def run():
-        async with open_store(cfg) as store, OllamaClient(cfg.ollama_host) as client:
+        async with open_store(cfg) as store, open_ollama(cfg, timeout_s=300) as client:
             return await deploy(adapter, store=store, client=client, config=config, base_dir=base,
                                 snapshot_dir=snapshot, on_event=show,
                                 inform=gate_with_retrieval(cfg, store, client))

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import typer
 from rich.table import Table
 
-from bot.cli.common import console, fail, open_store, print_json, settings
+from bot.cli.common import console, fail, open_ollama, open_store, print_json, settings
 
 app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 T = TypeVar("T")
@@ -17,13 +17,13 @@ T = TypeVar("T")
 
 def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]]) -> T:
     from data.store import StoreError
-    from deploy.ollama import OllamaClient, OllamaError
+    from deploy.ollama import OllamaError
     from deploy.pipeline import DeployFailed
 
     cfg = settings()
 
     async def run() -> T:
-        async with open_store(cfg) as store, OllamaClient(cfg.ollama_host, timeout=30) as client:
+        async with open_store(cfg) as store, open_ollama(cfg, timeout_s=30) as client:
             return await fn(store, client)
 
     try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from bot.cli.common import console, fail, open_store, print_json, settings
+from bot.cli.common import console, fail, open_ollama, open_store, print_json, settings
 
 app = typer.Typer(help="Retrain proposals and runs (the bot announces them in Discord).", no_args_is_help=True)
 
@@ -21,9 +21,8 @@ def _run_line(run: Any) -> dict[str, Any]:
 async def _with_orchestrator(cfg: Any, work: Any) -> Any:
     from bot.retrain.dispatch import make_dispatcher
     from bot.retrain.orchestrator import Orchestrator
-    from deploy.ollama import OllamaClient
 
-    async with open_store(cfg) as store, OllamaClient(cfg.ollama_host) as client:
+    async with open_store(cfg) as store, open_ollama(cfg, timeout_s=300) as client:
         orchestrator = Orchestrator(store, cfg, make_dispatcher(cfg), client)
         try:
             return await work(orchestrator)

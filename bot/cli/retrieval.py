@@ -14,12 +14,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import console, fail, open_store, print_json, settings
+from bot.cli.common import console, fail, open_ollama, open_store, print_json, settings
 from bot.retrieval import Retriever, SyncReport
 from bot.settings import Settings
 from data.retrieval import Hit, RetrievalError
 from data.vectors import delete_vectors
-from deploy.ollama import OllamaClient
 
 app = typer.Typer(help="What the bot retrieves for a question (and why), and rebuilding its index.",
                   no_args_is_help=True)
@@ -55,7 +54,7 @@ def query(
         fail("retrieval is off (retrieval_scope: off): chats are answered without expert answers")
 
     async def run() -> tuple[SyncReport, list[Hit], dict[int, tuple[int, int]], str]:
-        async with open_store(config) as store, OllamaClient(config.ollama_host, timeout=30) as ollama:
+        async with open_store(config) as store, open_ollama(config, timeout_s=30) as ollama:
             retriever = Retriever(config, store, ollama)
             report = await retriever.sync()
             hits = await retriever.search(text)
@@ -101,7 +100,7 @@ def rebuild(
     config = settings()
 
     async def run() -> tuple[SyncReport, int, int, str]:
-        async with open_store(config) as store, OllamaClient(config.ollama_host, timeout=120) as ollama:
+        async with open_store(config) as store, open_ollama(config, timeout_s=120) as ollama:
             retriever = Retriever(config, store, ollama)
             report = await retriever.rebuild()
             pruned = await delete_vectors(store, keep_model=config.embed_model) if prune else 0

@@ -49,12 +49,14 @@ go:
 
 test: install go
 	$(VENV)/bin/ruff check bot data deploy trainer worker tools tests bench
+	$(VENV)/bin/mypy
 	@out=$$($(PY) -m tools.import_graph) || { echo "$$out"; exit 1; }; echo "$$out" | tail -n 1
 	@source tests/services.sh && \
 	  LORALOOP_LLAMA_CPP_SDIST=$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check bot data deploy trainer worker tools tests bench
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) bench/run_all.py

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +35,7 @@ from data.models import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from data.store import Store
@@ -207,12 +208,13 @@ async def rate_preference(store: Store, preference_id: int, rater_id: int, score
                 decided = store.policy.decide(scores)
                 if decided is not None:
                     now = utcnow()
-                    moved = await s.execute(
+                    # An UPDATE's result is a CursorResult (it has rowcount); execute() is typed as a plain Result.
+                    moved = cast("CursorResult[Any]", await s.execute(
                         update(PreferenceRecord).where(PreferenceRecord.id == preference_id,
                                                        PreferenceRecord.status == "pending")
                         .values(status=decided, updated_at=now,
                                 **({"approved_at": now} if decided == "approved" else {}))
-                        .execution_options(synchronize_session=False))
+                        .execution_options(synchronize_session=False)))
                     decided = decided if moved.rowcount == 1 else None
             break
         except IntegrityError:  # the same rater's concurrent first rating won: once more changes it

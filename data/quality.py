@@ -18,12 +18,15 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
 
 from data.models import Answer, Comparison, ComparisonVote, Example, Feedback, ModelVersion, Promotion, QualityAlert
+
+if TYPE_CHECKING:
+    from data.store import Store
 
 Z95 = 1.959964  # two-sided 95%
 CHOICES = ("a", "b", "tie")
@@ -92,7 +95,7 @@ class Rate:
                 "up_rate_ci95": [round(lo, 4), round(hi, 4)] if self.votes else None}
 
 
-async def feedback_by_version(store: Any) -> dict[int | None, Rate]:
+async def feedback_by_version(store: Store) -> dict[int | None, Rate]:
     """👍/👎 counts per model version id (None: answers the base tag gave)."""
     async with store.session() as s:
         rows = (await s.execute(
@@ -105,7 +108,7 @@ async def feedback_by_version(store: Any) -> dict[int | None, Rate]:
     return {v: Rate(c.get(1, 0), c.get(-1, 0)) for v, c in counts.items()}
 
 
-async def previous_version(store: Any) -> tuple[bool, ModelVersion | None]:
+async def previous_version(store: Store) -> tuple[bool, ModelVersion | None]:
     """The version that answered before the active one: (True, version), (True, None) for the base tag, or
     (False, None) when nothing is active (the base answers and has no predecessor)."""
     async with store.session() as s:
@@ -133,7 +136,7 @@ class Regression:
                 f"{self.before.votes} (two-proportion z = {self.z:.2f}, beyond 1.96: not chance at 95%).")
 
 
-async def detect_regression(store: Any, base_tag: str, min_votes: int = 20) -> Regression | None:
+async def detect_regression(store: Store, base_tag: str, min_votes: int = 20) -> Regression | None:
     """The active version's regression against the one before it, when both have ``min_votes`` votes and the
     two-proportion test says so; else None."""
     any_active, before_version = await previous_version(store)
@@ -151,7 +154,7 @@ async def detect_regression(store: Any, base_tag: str, min_votes: int = 20) -> R
     return Regression(active, before_version.tag if before_version else base_tag, now, before, z)
 
 
-async def claim_alert(store: Any, regression: Regression) -> bool:
+async def claim_alert(store: Store, regression: Regression) -> bool:
     """Record that experts are told about this version's regression; False when they were already."""
     row = QualityAlert(model_version_id=regression.version.id, compared_with=regression.previous_tag,
                        details={"now": regression.now.to_dict(), "before": regression.before.to_dict(),
@@ -167,7 +170,7 @@ async def claim_alert(store: Any, regression: Regression) -> bool:
 # ---- answers waiting for a better one -----------------------------------------------------------------------
 
 
-async def answers_needing_better(store: Any, limit: int = 5) -> list[Answer]:
+async def answers_needing_better(store: Store, limit: int = 5) -> list[Answer]:
     """Answers someone gave 👎 that no suggestion or correction answers yet, oldest first."""
     thumbs_down = exists().where(Feedback.answer_id == Answer.id, Feedback.value == -1)
     corrected = exists().where(Example.answer_id == Answer.id)
@@ -198,7 +201,7 @@ def comparison_items(rows: Sequence[dict[str, Any]], k: int, rng: random.Random 
     return items
 
 
-async def create_comparison(store: Any, *, run_id: int | None, candidate: ModelVersion, opponent_tag: str,
+async def create_comparison(store: Store, *, run_id: int | None, candidate: ModelVersion, opponent_tag: str,
                             rows: Sequence[dict[str, Any]], k: int, rng: random.Random | None = None
                             ) -> Comparison | None:
     """A blind comparison for ``candidate`` from its gate rows, or None when no question has two different
@@ -213,7 +216,7 @@ async def create_comparison(store: Any, *, run_id: int | None, candidate: ModelV
     return row
 
 
-async def get_comparison(store: Any, comparison_id: int) -> Comparison:
+async def get_comparison(store: Store, comparison_id: int) -> Comparison:
     async with store.session() as s:
         row = await s.get(Comparison, comparison_id)
     if row is None:
@@ -221,33 +224,33 @@ async def get_comparison(store: Any, comparison_id: int) -> Comparison:
     return row
 
 
-async def comparison_for_run(store: Any, run_id: int) -> Comparison | None:
+async def comparison_for_run(store: Store, run_id: int) -> Comparison | None:
     async with store.session() as s:
         return await s.scalar(select(Comparison).where(Comparison.run_id == run_id).order_by(Comparison.id.desc())
                               .limit(1))
 
 
-async def set_comparison_message(store: Any, comparison_id: int, channel_id: int | None, message_id: int) -> None:
+async def set_comparison_message(store: Store, comparison_id: int, channel_id: int | None, message_id: int) -> None:
     async with store.session() as s, s.begin():
         row = await s.get(Comparison, comparison_id)
         if row is not None:
             row.channel_id, row.message_id = channel_id, message_id
 
 
-async def user_votes(store: Any, comparison_id: int, user_id: int) -> dict[int, str]:
+async def user_votes(store: Store, comparison_id: int, user_id: int) -> dict[int, str]:
     async with store.session() as s:
         rows = await s.execute(select(ComparisonVote.item, ComparisonVote.choice).where(
             ComparisonVote.comparison_id == comparison_id, ComparisonVote.user_id == user_id))
         return dict(rows.all())
 
 
-async def next_item(store: Any, comparison: Comparison, user_id: int) -> int | None:
+async def next_item(store: Store, comparison: Comparison, user_id: int) -> int | None:
     """The first question this expert has not voted on, or None when they are done."""
     done = await user_votes(store, comparison.id, user_id)
     return next((i for i in range(len(comparison.items)) if i not in done), None)
 
 
-async def vote(store: Any, comparison_id: int, item: int, user_id: int, choice: str) -> bool:
+async def vote(store: Store, comparison_id: int, item: int, user_id: int, choice: str) -> bool:
     """One expert's verdict on one question. False (nothing changed) when they had voted on it already: a vote
     is final, since the expert has seen which answer was whose right after it."""
     if choice not in CHOICES:
@@ -309,7 +312,7 @@ class Tally:
                 "ci95": list(self.interval) if self.votes else None}
 
 
-async def tally(store: Any, comparison: Comparison, quorum: int) -> Tally:
+async def tally(store: Store, comparison: Comparison, quorum: int) -> Tally:
     async with store.session() as s:
         votes = list((await s.execute(select(ComparisonVote.user_id, ComparisonVote.item, ComparisonVote.choice)
                                       .where(ComparisonVote.comparison_id == comparison.id))).all())
@@ -327,7 +330,7 @@ async def tally(store: Any, comparison: Comparison, quorum: int) -> Tally:
     return Tally(wins, losses, ties, done, quorum)
 
 
-async def promotion_refusal(store: Any, run_id: int, quorum: int) -> str | None:
+async def promotion_refusal(store: Store, run_id: int, quorum: int) -> str | None:
     """Why this run's candidate may not be promoted yet because of its blind comparison, or None."""
     comparison = await comparison_for_run(store, run_id)
     if comparison is None:

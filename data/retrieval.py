@@ -265,8 +265,7 @@ class _Dense:
             # einsum's own loop, not BLAS: a multi-threaded BLAS call this small waits on a busy second core
             # (p50 10-20 ms instead of 1 ms on the loaded 2-core bench machine).
             cos = np.einsum("ij,j->i", stored, query)
-            hits = _top(cos, cos, keys, depth, cutoff)
-            return [(i, s) for i, s, _ in hits]
+            return [(i, s) for i, s, _ in _top(cos, cos, keys, depth, cutoff)]
         allow = None if allowed_ids is None else set(allowed_ids.tolist())
         # Deep enough that ``depth`` allowed ids are likely among the neighbours read.
         count = depth if allow is None else int(depth * 2 * len(self.index) / max(len(allow), 1))
@@ -296,7 +295,8 @@ class _Dense:
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    unit: np.ndarray = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return unit
 
 
 class RetrievalIndex:

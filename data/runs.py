@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +19,7 @@ from data.errors import NotFound, RunInProgress, RunStateError, StoreError
 from data.models import RUN_STATES, RUN_TERMINAL, RetrainRun, RetrainVote, utcnow
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
     from sqlalchemy.ext.asyncio import AsyncSession
 
 # The working states, in order: a run only moves forward along them (or ends).
@@ -113,8 +114,9 @@ class RunsMixin:
         if state == "approved":
             values["started_at"] = utcnow()
         async with self.session() as s, s.begin():
-            changed = await s.execute(update(RetrainRun).where(RetrainRun.id == run_id,
-                                                               RetrainRun.state.in_(sources)).values(**values))
+            # An UPDATE's result is a CursorResult (it has rowcount); SQLAlchemy types execute() as a plain Result.
+            changed = cast("CursorResult[Any]", await s.execute(
+                update(RetrainRun).where(RetrainRun.id == run_id, RetrainRun.state.in_(sources)).values(**values)))
             row = await _run_or_404(s, run_id)
             if changed.rowcount != 1:
                 raise RunStateError(f"run #{run_id} is {row.state}: it cannot become {state}")
@@ -143,7 +145,7 @@ class RunsMixin:
 
     async def votes(self, run_id: int, stage: str = "proposal") -> VoteOutcome:
         async with self.session() as s:
-            run = await s.get(RetrainRun, run_id)
+            run = await _run_or_404(s, run_id)
             rows = list(await s.execute(select(RetrainVote.user_id, RetrainVote.approve)
                                         .where(RetrainVote.run_id == run_id, RetrainVote.stage == stage)
                                         .order_by(RetrainVote.id)))
@@ -155,9 +157,9 @@ class RunsMixin:
         async with self.session() as s:
             open_ = list(await s.scalars(select(RetrainRun).where(RetrainRun.state == "proposed",
                                                                   RetrainRun.expires_at.is_not(None))))
-        expired = [r for r in open_ if r.expires_at <= now]
+        expired = [r for r in open_ if r.expires_at is not None and r.expires_at <= now]
         remind = [r for r in open_ if r not in expired and r.reminded_at is None
-                  and r.expires_at - remind_before <= now]
+                  and r.expires_at is not None and r.expires_at - remind_before <= now]
         return expired, remind
 
 

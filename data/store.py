@@ -9,18 +9,19 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import typing
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Collection, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Text, bindparam, cast, delete, event, func, insert, or_, select, type_coerce, update
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -280,7 +281,11 @@ class Store(RunsMixin):
                         sql, size = lookup
                         found = await conn.exec_driver_sql(sql, (*wanted, *[wanted[0]] * (size - len(wanted))))
                         known = set(found.scalars())
-                    rows, rejected, dups, fresh = [], [], [], set()
+                    # One _IMPORT_COLUMNS row each: the stored row's fields plus its source, status and ids.
+                    rows: list[tuple[Any, ...]] = []
+                    rejected: list[tuple[Any, ...]] = []
+                    dups: list[int] = []
+                    fresh: set[str] = set()
                     for index in range(start, stop):
                         digest, messages, tags, tools = stored[index]
                         if digest in seen or digest in known or digest in fresh:
@@ -518,7 +523,7 @@ class Store(RunsMixin):
                  .where(Answer.pair_ids.is_not(None)))
         async with self.session() as s:
             for used, value in await s.execute(query):
-                for example_id in set(used) & wanted:
+                for example_id in set(used or ()) & wanted:  # never None (the WHERE): the column's type allows it
                     up, down = counts[example_id]
                     counts[example_id] = (up + (value > 0), down + (value < 0))
         return counts
@@ -585,7 +590,8 @@ class Store(RunsMixin):
         async with self.session() as s:
             return list(await s.execute(_APPROVED_RAW))
 
-    async def approved_examples_batches(self, batch_rows: int = SNAPSHOT_BATCH_ROWS) -> AsyncIterator[Sequence[Any]]:
+    async def approved_examples_batches(self, batch_rows: int = SNAPSHOT_BATCH_ROWS
+                                        ) -> AsyncGenerator[Sequence[Any], None]:
         """``approved_examples_raw``'s rows, ``batch_rows`` at a time, fetched as they are consumed; ``messages``
         and ``tags`` are the stored JSON text on every database.
 
@@ -779,7 +785,10 @@ class Store(RunsMixin):
         return [v for v in in_ollama[keep:] if v.id not in protected]
 
 
-async def _to_the_end(coro: Any) -> Any:
+_T = TypeVar("_T")
+
+
+async def _to_the_end(coro: Awaitable[_T]) -> _T:
     """Await ``coro``; if the caller is cancelled meanwhile, let it finish first, then pass the cancellation on.
 
     A transaction cut off mid-statement leaves its connection (and SQLite's write lock) held until the pool
@@ -886,7 +895,7 @@ def _import_insert(dialect: Dialect, approved: bool) -> str:
     """
     now = func.now()
     stamps = {"created_at": now, "updated_at": now, **({"approved_at": now} if approved else {})}
-    compiled = (insert(Example.__table__).inline()
+    compiled = (insert(Example).inline()
                 .values(**{c: bindparam(c) for c in _IMPORT_COLUMNS}, **stamps).compile(dialect=dialect))
     if tuple(compiled.positiontup or ()) != _IMPORT_COLUMNS:
         raise RuntimeError(f"the import's INSERT binds {compiled.positiontup}, not {_IMPORT_COLUMNS}")
@@ -928,8 +937,10 @@ async def _move_status(s: AsyncSession, example_id: int, status: str, *, frm: Se
     values.update(status=status, updated_at=now)
     if status == "approved":
         values["approved_at"] = now
-    moved = await s.execute(update(Example).where(Example.id == example_id, Example.status.in_(frm))
-                            .values(**values).execution_options(synchronize_session=False))
+    # An UPDATE's result is a CursorResult (it has rowcount); SQLAlchemy types execute() as a plain Result.
+    moved = typing.cast("CursorResult[Any]", await s.execute(
+        update(Example).where(Example.id == example_id, Example.status.in_(frm))
+        .values(**values).execution_options(synchronize_session=False)))
     return moved.rowcount == 1
 
 

@@ -43,7 +43,7 @@ async def save_vectors(store: Any, model: str, vectors: Mapping[int, Sequence[fl
     if not rows:
         return
     async with store.session() as s, s.begin():
-        for chunk in _chunks([r["example_id"] for r in rows]):
+        for chunk in _chunks(list(vectors)):
             await s.execute(delete(example_vectors).where(example_vectors.c.model == model,
                                                           example_vectors.c.example_id.in_(chunk)))
         for start in range(0, len(rows), _CHUNK):

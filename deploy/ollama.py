@@ -136,8 +136,9 @@ class OllamaClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._client.close()
-        await self._create_client.close()
+        # ollama's AsyncClient.close() carries no annotations.
+        await self._client.close()  # type: ignore[no-untyped-call]
+        await self._create_client.close()  # type: ignore[no-untyped-call]
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -275,9 +276,8 @@ class OllamaClient:
         if status != 200:
             raise OllamaError(f"Ollama error: {body.get('error', body)}", status)
         info = body.get("_debug_info")
-        if not isinstance(info, dict) or not isinstance(info.get("rendered_template"), str):
-            return None
-        return info["rendered_template"]
+        rendered = info.get("rendered_template") if isinstance(info, dict) else None
+        return rendered if isinstance(rendered, str) else None
 
     # -- blobs and create --------------------------------------------------------------------------
 

@@ -18,15 +18,21 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from trl import DPOConfig, DPOTrainer
+
+# trl's lazy __init__ imports these without re-exporting them (no __all__, no "as"); they are its public names.
+from trl import DPOConfig, DPOTrainer  # type: ignore[attr-defined]
 
 from trainer.config import TrainConfig
 from trainer.prepare import IGNORE, ChatFormat, UnrenderableConversation
+
+if TYPE_CHECKING:
+    from datasets import IterableDataset
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 log = logging.getLogger("loraloop.trainer.dpo")
 
@@ -99,12 +105,15 @@ class _PretokenizedDPOTrainer(DPOTrainer):
     ours is what the SFT stage and the served model use, so the preparation step is skipped.
     """
 
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: D401 (TRL's hook)
+    def _prepare_dataset(self, dataset: Dataset | IterableDataset,
+                         processing_class: PreTrainedTokenizerBase | ProcessorMixin, args: DPOConfig,
+                         dataset_name: str) -> Dataset | IterableDataset:  # noqa: D401 (TRL's hook)
         return dataset
 
 
 def dpo_config(cfg: TrainConfig, output_dir: Path, cuda: bool, n_eval: int) -> DPOConfig:
     d = cfg.dpo
+    checkpointing: dict[str, Any] = {_CHECKPOINTING_ARG: False}  # whichever name this transformers has
     return DPOConfig(
         output_dir=str(output_dir),
         num_train_epochs=d.epochs,
@@ -126,7 +135,7 @@ def dpo_config(cfg: TrainConfig, output_dir: Path, cuda: bool, n_eval: int) -> D
         bf16=cuda and torch.cuda.is_bf16_supported(),
         fp16=cuda and not torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
-        **{_CHECKPOINTING_ARG: False},
+        **checkpointing,
         precompute_ref_log_probs=False,
         eval_strategy="no",
         save_strategy="no",

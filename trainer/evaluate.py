@@ -74,7 +74,8 @@ def answer_questions(model: Any, fmt: ChatFormat, questions: Sequence[str], max_
     return generate(model, fmt, [question_prompt(fmt, q) for q in questions], max_new_tokens, batch_size)
 
 
-def answer_table(before: Sequence[Answer], after: Sequence[Answer]) -> tuple[dict, list[dict]]:
+def answer_table(before: Sequence[Answer], after: Sequence[Answer]
+                 ) -> tuple[dict[str, dict[str, float | int]], list[dict[str, Any]]]:
     """Scores before/after and the per-prompt table (prompt, reference, both answers, their ROUGE-L)."""
     refs = [a.reference or "" for a in after]
     scores = {

@@ -54,14 +54,15 @@ class ChatFormat:
     def __init__(self, tokenizer: Any, template: str | None = None, system_prompt: str | None = None,
                  end_of_turn: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
-        self.template = template or getattr(tokenizer, "chat_template", None)
-        if not self.template:
+        found: str | dict[str, str] | None = template or getattr(tokenizer, "chat_template", None)
+        if not found:
             raise TrainingRefused(
                 "the base model has no chat template; set chat_template in the training config (Jinja text or a "
                 "file) to the template the served model will use"
             )
-        if isinstance(self.template, dict):  # several named templates: the default one is what serving uses
-            self.template = self.template.get("default") or next(iter(self.template.values()))
+        if isinstance(found, dict):  # several named templates: the default one is what serving uses
+            found = found.get("default") or next(iter(found.values()))
+        self.template: str = found
         self.system_prompt = system_prompt
         markers = [t for t in (*end_of_turn, tokenizer.eos_token) if t]
         self.end_of_turn = tuple(dict.fromkeys(markers))
@@ -125,10 +126,11 @@ class ChatFormat:
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False,
                tools: str | None = None) -> str:
-        return self.tokenizer.apply_chat_template(
+        text: str = self.tokenizer.apply_chat_template(
             messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt,
             tools=json.loads(tools) if tools else None,
         )
+        return text
 
     def prompt(self, conversation: Conversation) -> str:
         """What the serving side sends to the model to get the conversation's last answer."""

@@ -30,6 +30,10 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ARCHS = ("llama", "qwen2")
 TEMPLATES = ("chatml", "qwen2.5", "llama3")
@@ -133,8 +137,7 @@ def build_tiny_model(out_dir: Path | str, arch: str = "llama", template: str = "
     if tokenizer != "spm":
         raise ValueError(f"unknown tokenizer {tokenizer!r} (expected one of {', '.join(TOKENIZERS)})")
     import sentencepiece as spm
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaTokenizer
 
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
@@ -153,32 +156,44 @@ def build_tiny_model(out_dir: Path | str, arch: str = "llama", template: str = "
     )
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tokenizer.model").write_bytes(proto.getvalue())
-        tokenizer = LlamaTokenizer.from_pretrained(tmp, legacy=False, add_prefix_space=False)
+        hf_tokenizer = LlamaTokenizer.from_pretrained(tmp, legacy=False, add_prefix_space=False)
     eos = _EOS[template]
-    tokenizer.eos_token = eos
-    tokenizer.pad_token = "<pad>"  # distinct from the end of turn, so collators never mask the learned EOS
-    tokenizer.add_special_tokens({"additional_special_tokens": markers})
-    tokenizer.chat_template = _template_text(template)
-    tokenizer.save_pretrained(out)
+    hf_tokenizer.eos_token = eos
+    hf_tokenizer.pad_token = "<pad>"  # distinct from the end of turn, so collators never mask the learned EOS
+    hf_tokenizer.add_special_tokens({"additional_special_tokens": markers})
+    hf_tokenizer.chat_template = _template_text(template)
+    hf_tokenizer.save_pretrained(out)
     (out / "tokenizer.model").write_bytes(proto.getvalue())  # transformers 5 does not write it; llama.cpp needs it
-    _write_added_tokens(out, tokenizer, markers)
+    _write_added_tokens(out, hf_tokenizer, markers)
 
-    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
-    config = config_cls(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    model = _random_model(
+        arch, seed,
+        vocab_size=len(hf_tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=128, initializer_range=0.1, tie_word_embeddings=False,
-        max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.convert_tokens_to_ids(eos), pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=hf_tokenizer.bos_token_id,
+        eos_token_id=hf_tokenizer.convert_tokens_to_ids(eos), pad_token_id=hf_tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = model_cls(config)
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config.eos_token_id = model.config.eos_token_id
+    model.generation_config.pad_token_id = model.config.pad_token_id
     model.save_pretrained(out)
     return out
 
 
-def _write_added_tokens(out: Path, tokenizer, markers: list[str]) -> None:
+def _random_model(arch: str, seed: int, **config: Any) -> PreTrainedModel:
+    """A randomly initialised ``qwen2`` (else Llama) causal LM of ``config``'s shape; ``seed`` fixes its weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if arch == "qwen2":
+        qwen2 = Qwen2Config(**config)
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(qwen2)
+    llama = LlamaConfig(**config)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(llama)
+
+
+def _write_added_tokens(out: Path, tokenizer: PreTrainedTokenizerBase, markers: list[str]) -> None:
     """Record the chat markers in ``added_tokens_decoder``: llama.cpp's converter reads them from there."""
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
@@ -294,14 +309,7 @@ def _convert_vocab(vocab: RealVocab, archive: Path, out: Path) -> None:
 def build_real_vocab_model(out_dir: Path | str, name: str, seed: int = 0, sdist: Path | str | None = None,
                            cache: Path | None = None) -> Path:
     """A tiny random model of the family's architecture with its real vocabulary, special tokens and template."""
-    import torch
-    from transformers import (
-        GenerationConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
+    from transformers import GenerationConfig
 
     if name not in REAL_VOCABS:
         raise ValueError(f"unknown tokenizer {name!r} (expected one of {', '.join(REAL_VOCABS)})")
@@ -317,19 +325,16 @@ def build_real_vocab_model(out_dir: Path | str, name: str, seed: int = 0, sdist:
     (out / "chat_template.jinja").write_text(_template_text(vocab.template), encoding="utf-8")
     ids = json.loads((source / _SPECIAL_IDS).read_text(encoding="utf-8"))
 
-    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if vocab.arch == "qwen2" else (LlamaConfig,
-                                                                                           LlamaForCausalLM)
-    model_config = config_cls(
+    model = _random_model(
+        vocab.arch, seed,
         vocab_size=vocab.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=128, initializer_range=0.1, tie_word_embeddings=True,
         max_position_embeddings=4096, rms_norm_eps=1e-6,
         bos_token_id=ids[vocab.config_bos], eos_token_id=ids[vocab.eos],
     )
-    torch.manual_seed(seed)
-    model = model_cls(model_config)
     model.save_pretrained(out)
-    GenerationConfig(
-        bos_token_id=model_config.bos_token_id, eos_token_id=[ids[t] for t in vocab.generation_eos],
+    GenerationConfig(  # type: ignore[no-untyped-call]  # transformers leaves GenerationConfig(**kwargs) unannotated
+        bos_token_id=model.config.bos_token_id, eos_token_id=[ids[t] for t in vocab.generation_eos],
         pad_token_id=ids.get(vocab.pad or ""),
     ).save_pretrained(out)
     return out

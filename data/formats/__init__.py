@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -45,7 +45,17 @@ __all__ = ["FORMATS", "ColumnError", "ColumnMap", "DatasetEntry", "FormatError",
            "write_file"]
 
 FORMATS = ("alpaca", "sharegpt", "openai", "lf-v1", "csv")
-_CODECS = {"alpaca": alpaca, "sharegpt": sharegpt, "openai": openai, "lf-v1": lf_v1}
+
+
+class _Codec(Protocol):
+    """What each JSON format's module provides."""
+
+    def parse(self, value: Any) -> Conversation: ...
+
+    def dump(self, conv: Conversation) -> dict[str, Any]: ...
+
+
+_CODECS: dict[str, _Codec] = {"alpaca": alpaca, "sharegpt": sharegpt, "openai": openai, "lf-v1": lf_v1}
 
 
 class FormatError(ValueError):

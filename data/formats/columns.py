@@ -73,7 +73,7 @@ class ColumnMap:
         if not isinstance(turns, list):
             return turns
         tags = {**_TAG_DEFAULTS, **self.tags}
-        roles = {tags[tag]: role for tag, role in _TAG_ROLE.items()}
+        roles: dict[Any, str] = {tags[tag]: role for tag, role in _TAG_ROLE.items()}
         out = []
         for turn in turns:
             if isinstance(turn, dict) and tags["role_tag"] in turn:

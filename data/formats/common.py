@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 # Deeper JSON inside a record (tool calls, tool schemas) is refused: json.dumps would recurse past Python's limit.
@@ -65,6 +66,7 @@ def _nesting(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack and deepest <= MAX_NESTING:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):

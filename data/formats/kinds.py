@@ -33,8 +33,9 @@ def kto_label(record: Any) -> bool | None:
     if not isinstance(record, dict):
         return None
     for key in KTO_KEYS:
-        if isinstance(record.get(key), bool):
-            return record[key]
+        label = record.get(key)
+        if isinstance(label, bool):
+            return label
     return None
 
 

@@ -7,6 +7,7 @@ An assistant message with ``tool_calls`` is a tool_call turn whose text is the c
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from data.conversation import Conversation, Message, assistant
@@ -40,7 +41,7 @@ def parse(value: Any) -> Conversation:
 
 
 def dump(conv: Conversation) -> dict[str, Any]:
-    out = []
+    out: list[dict[str, Any]] = []
     for m in conv.messages:
         if m.role == "tool_call":
             try:
@@ -59,7 +60,7 @@ def dump(conv: Conversation) -> dict[str, Any]:
     return record
 
 
-def dump_stored(messages: list[dict[str, Any]], tags: list[str]) -> dict[str, Any] | None:
+def dump_stored(messages: list[dict[str, Any]], tags: Sequence[str]) -> dict[str, Any] | None:
     """``dump(Conversation.from_dicts(messages, tags))`` straight from the store's message dicts, or None for a
     conversation that needs ``dump`` itself (a tool call, reasoning). Exports skip building a Conversation per row.
 

@@ -148,14 +148,17 @@ def parse_openai(value: Any) -> Preference:
         keys = ('"prompt"', '"chosen"', '"rejected"')
         if prompt is None and isinstance(chosen, list) and isinstance(rejected, list):
             prompt, chosen, rejected = _implicit_prompt(chosen, rejected)
+    parts: list[list[Any]] = []
     for name, part in zip(keys, (prompt, chosen, rejected), strict=True):
         if not isinstance(part, list) or not part:
             raise RecordIssue(f"{name} must be a non-empty list of messages")
+        parts.append(part)
+    prompt_turns, *answers = parts
     sides = []
-    for name, part in zip(keys[1:], (chosen, rejected), strict=True):
+    for name, part in zip(keys[1:], answers, strict=True):
         if len(part) != 1:
             raise RecordIssue(f"{name} must hold exactly one assistant message")
-        sides.append(openai_codec.parse({"messages": [*prompt, *part], "tags": record.get("tags") or []}))
+        sides.append(openai_codec.parse({"messages": [*prompt_turns, *part], "tags": record.get("tags") or []}))
     first, second = sides
     if first.messages[-1].role != "assistant" or second.messages[-1].role != "assistant":
         raise RecordIssue("the chosen and rejected messages must be assistant messages")

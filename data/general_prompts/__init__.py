@@ -50,10 +50,10 @@ def load_general_prompts(path: str | Path | None = None, inline: Sequence[str] |
 
     A file holds ``{"name", "version", "prompts": [text or {"text": ...}, ...]}`` or a bare list of prompts."""
     if inline is not None:
-        prompts = tuple(p for p in (str(x).strip() for x in inline) if p)
-        if not prompts:
+        given = tuple(p for p in (str(x).strip() for x in inline) if p)
+        if not given:
             raise PromptSetError("general_prompts is empty: give at least one prompt (or leave it unset)")
-        return GeneralPrompts("inline", 1, prompts)
+        return GeneralPrompts("inline", 1, given)
     file = Path(path).expanduser() if path else DEFAULT_FILE
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
@@ -65,7 +65,7 @@ def load_general_prompts(path: str | Path | None = None, inline: Sequence[str] |
     items = body.get("prompts")
     if not isinstance(items, list) or not items:
         raise PromptSetError(f'general prompts file {file} has no "prompts" list')
-    prompts = []
+    prompts: list[str] = []
     for i, item in enumerate(items):
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str) or not text.strip():

@@ -23,9 +23,6 @@ from sqlalchemy.types import DateTime, TypeDecorator
 
 SOURCES = ("teach", "correction", "chat-feedback", "import")
 EXAMPLE_STATUSES = ("pending", "approved", "rejected", "superseded")
-# registered: the tag exists in Ollama; evaluated: the gate ran; promoted: it has been (or is) the active model;
-# rejected: the gate refused it; rolled_back: it was active and an operator rolled it back; failed: see reason.
-VERSION_STATUSES = ("created", "registered", "evaluated", "promoted", "rejected", "rolled_back", "failed")
 
 
 def utcnow() -> datetime:
@@ -159,6 +156,8 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     evaluation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     artifacts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # created → registered (the tag exists in Ollama) → evaluated (the gate ran) → promoted (it is or was the active
+    # model) | rejected (the gate refused it) | failed (see failure_reason); rolled_back: an operator rolled it back.
     status: Mapped[str] = mapped_column(String(20), default="created")
     failure_reason: Mapped[str | None] = mapped_column(Text)
     # Whether the tag currently exists in Ollama (retention deletes it there and clears this).

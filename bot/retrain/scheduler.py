@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -17,13 +17,25 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import make_url
 
+from bot.settings import Settings
+
 log = logging.getLogger("loraloop.scheduler")
 CHECK_JOB = "loraloop-retrain-check"
 HOUSEKEEPING_JOB = "loraloop-retrain-housekeeping"
-_orchestrator: Any = None
 
 
-def bind(orchestrator: Any) -> None:
+class Checks(Protocol):
+    """What the scheduled jobs call (the Orchestrator)."""
+
+    async def maybe_propose(self) -> object: ...
+
+    async def expire_due(self) -> object: ...
+
+
+_orchestrator: Checks | None = None
+
+
+def bind(orchestrator: Checks | None) -> None:
     global _orchestrator
     _orchestrator = orchestrator
 
@@ -56,7 +68,7 @@ def sync_url(async_url: str) -> str:
     raise ValueError(f"no job store driver for {backend}")
 
 
-def start_scheduler(settings: Any, *, database_url: str | None = None, housekeeping_s: float = 60
+def start_scheduler(settings: Settings, *, database_url: str | None = None, housekeeping_s: float = 60
                     ) -> AsyncIOScheduler:
     """Start the scheduler (inside a running event loop) with the stored jobs.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -168,6 +168,22 @@ class Settings(BaseSettings):
         from deploy.pipeline import check_options
 
         check_options(value, "serve_options")
+        return value
+
+    @field_validator("retrain_train")
+    @classmethod
+    def _train_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Read by the trainer only when a run starts (days later, on another host): a typo fails here, at start-up.
+        from trainer.config import TrainConfig  # torch-free
+
+        try:
+            TrainConfig.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError("; ".join(
+                f"retrain_train.{'.'.join(map(str, e['loc']))}: " + (
+                    "not a trainer setting (trainer/config.py TrainConfig)" if e["type"] == "extra_forbidden"
+                    else f"{e['msg']} (got {e['input']!r})")
+                for e in exc.errors())) from None
         return value
 
     @field_validator("ollama_host")

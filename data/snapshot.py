@@ -14,22 +14,89 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from data.conversation import Conversation
 
-FORMAT = "loraloop-snapshot/1"
-EXAMPLES_FILE = "examples.jsonl"
-MANIFEST_FILE = "manifest.json"
+FORMAT: Final = "loraloop-snapshot/1"
+EXAMPLES_FILE: Final = "examples.jsonl"
+MANIFEST_FILE: Final = "manifest.json"
 # Preference records (chosen/rejected answers, for the DPO stage): their own file, the same hash-stable split.
 # Listed in the manifest with their own sha256; snapshots written before it have none and read as before.
-PREFERENCES_FILE = "preferences.jsonl"
+PREFERENCES_FILE: Final = "preferences.jsonl"
 
 
 class SnapshotError(Exception):
     """A snapshot that cannot be written or read; the message says why."""
+
+
+class SplitCounts(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    total: int
+    train: int
+    eval: int
+
+
+class PreferencesEntry(BaseModel):
+    """The manifest's entry for ``preferences.jsonl``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: Literal["preferences.jsonl"]
+    sha256: str
+    counts: SplitCounts
+
+
+class DataSource(BaseModel):
+    """The data file a snapshot was made from (``loraloop train --data FILE``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str
+    sha256: str
+    format: str
+    records: int
+    undesirable_skipped: int
+
+
+class SnapshotManifest(BaseModel):
+    """``manifest.json``: what the snapshot holds and the sha256 its payload must have."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["loraloop-snapshot/1"]
+    file: Literal["examples.jsonl"] = EXAMPLES_FILE
+    sha256: str
+    counts: SplitCounts
+    eval_fraction: float
+    sources: dict[str, int]
+    created_at: str  # ISO 8601, UTC
+    preferences: PreferencesEntry | None = None  # absent in snapshots written before preference records
+    source: DataSource | None = None
+
+    def to_json(self) -> str:
+        """The manifest file's text (keys sorted, absent entries left out)."""
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n"
+
+
+def parse_manifest(text: str | bytes, where: str = MANIFEST_FILE) -> SnapshotManifest:
+    """A manifest's text as a :class:`SnapshotManifest`, or SnapshotError saying what is wrong with it."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SnapshotError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else raw
+        raise SnapshotError(f"{where}: unknown snapshot format {found!r} (expected {FORMAT})")
+    try:
+        return SnapshotManifest.model_validate(raw, strict=True)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        raise SnapshotError(f"{where} is not a {FORMAT} manifest ({problems})") from None
 
 
 class _ExampleLike(Protocol):
@@ -78,12 +145,13 @@ class SnapshotWriter:
         self._last = ""
         self._splits: Counter[str] = Counter()
         self._sources: Counter[str] = Counter()
-        self._preferences: dict[str, Any] | None = None
+        self._preferences: PreferencesEntry | None = None
 
     def write_preferences(self, records: Iterable[Any]) -> None:
         """Write ``preferences.jsonl`` at once (records with content_hash, prompt, chosen, rejected, tags, tools,
         source — the store's PreferenceRecord rows), sorted by id, split by the same rule as the examples."""
-        lines, splits = [], Counter()
+        lines: list[bytes] = []
+        splits: Counter[str] = Counter()
         for rec in sorted(records, key=lambda r: r.content_hash):
             split = "eval" if is_eval(rec.content_hash, self.eval_fraction) else "train"
             line: dict[str, Any] = {"id": rec.content_hash, "split": split, "prompt": rec.prompt,
@@ -96,8 +164,9 @@ class SnapshotWriter:
         payload = b"".join(lines)
         with (self.out_dir / PREFERENCES_FILE).open("xb") as f:
             f.write(payload)
-        self._preferences = {"file": PREFERENCES_FILE, "sha256": hashlib.sha256(payload).hexdigest(),
-                             "counts": {"total": splits.total(), "train": splits["train"], "eval": splits["eval"]}}
+        self._preferences = PreferencesEntry(
+            file=PREFERENCES_FILE, sha256=hashlib.sha256(payload).hexdigest(),
+            counts=SplitCounts(total=splits.total(), train=splits["train"], eval=splits["eval"]))
 
     def write(self, examples: Iterable[_ExampleLike]) -> None:
         """Append examples; each id must sort after (or equal) the last one written."""
@@ -134,20 +203,13 @@ class SnapshotWriter:
     def close(self) -> dict[str, Any]:
         """Finish ``examples.jsonl``, write ``manifest.json``; returns the manifest plus ``path``."""
         self._file.close()
-        manifest = {
-            "format": FORMAT,
-            "file": EXAMPLES_FILE,
-            "sha256": self._sha256.hexdigest(),
-            "counts": {"total": self._splits.total(), "train": self._splits["train"], "eval": self._splits["eval"]},
-            "eval_fraction": self.eval_fraction,
-            "sources": dict(sorted(self._sources.items())),
-            "created_at": datetime.now(UTC).isoformat(),
-        }
-        if self._preferences is not None:
-            manifest["preferences"] = self._preferences
-        (self.out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
-                                                  encoding="utf-8")
-        return {**manifest, "path": str(self.out_dir.resolve())}
+        manifest = SnapshotManifest(
+            format=FORMAT, file=EXAMPLES_FILE, sha256=self._sha256.hexdigest(),
+            counts=SplitCounts(total=self._splits.total(), train=self._splits["train"], eval=self._splits["eval"]),
+            eval_fraction=self.eval_fraction, sources=dict(sorted(self._sources.items())),
+            created_at=datetime.now(UTC).isoformat(), preferences=self._preferences)
+        (self.out_dir / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        return {**manifest.model_dump(mode="json", exclude_none=True), "path": str(self.out_dir.resolve())}
 
     def abort(self) -> None:
         """Remove what this writer wrote: a half-written snapshot must not look like one."""
@@ -177,7 +239,7 @@ def _json_value(value: Any) -> Any:
 @dataclass(frozen=True)
 class Snapshot:
     path: Path
-    manifest: dict[str, Any]
+    manifest: SnapshotManifest
     train: list[Conversation]
     eval: list[Conversation]
     ids: dict[str, list[str]]  # split → example ids, in file order
@@ -186,7 +248,7 @@ class Snapshot:
 
     @property
     def sha256(self) -> str:
-        return self.manifest["sha256"]
+        return self.manifest.sha256
 
 
 def read_snapshot(path: Path | str) -> Snapshot:
@@ -195,20 +257,15 @@ def read_snapshot(path: Path | str) -> Snapshot:
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
         raise SnapshotError(f"{path} is not a snapshot: {MANIFEST_FILE} is missing")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SnapshotError(f"{manifest_path} is not valid JSON: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise SnapshotError(f"{manifest_path}: unknown snapshot format {manifest.get('format')!r} (expected {FORMAT})")
-    data_path = path / manifest.get("file", EXAMPLES_FILE)
+    manifest = parse_manifest(manifest_path.read_bytes(), str(manifest_path))
+    data_path = path / manifest.file
     if not data_path.is_file():
         raise SnapshotError(f"{data_path} is missing")
     payload = data_path.read_bytes()
     actual = hashlib.sha256(payload).hexdigest()
-    if actual != manifest.get("sha256"):
+    if actual != manifest.sha256:
         raise SnapshotError(f"{data_path} does not match its manifest (sha256 {actual[:12]}…, "
-                            f"expected {str(manifest.get('sha256'))[:12]}…): the snapshot was modified")
+                            f"expected {manifest.sha256[:12]}…): the snapshot was modified")
     train: list[Conversation] = []
     evals: list[Conversation] = []
     ids: dict[str, list[str]] = {"train": [], "eval": []}
@@ -224,27 +281,24 @@ def read_snapshot(path: Path | str) -> Snapshot:
             raise SnapshotError(f"{data_path} line {number}: unknown split {split!r}")
         (train if split == "train" else evals).append(conv)
         ids[split].append(record["id"])
-    counts = manifest.get("counts", {})
-    if counts.get("train") != len(train) or counts.get("eval") != len(evals):
+    if manifest.counts.train != len(train) or manifest.counts.eval != len(evals):
         raise SnapshotError(f"{path}: the manifest's counts do not match {EXAMPLES_FILE}")
-    preferences = _read_preferences(path, manifest.get("preferences"))
+    preferences = _read_preferences(path, manifest.preferences)
     return Snapshot(path=path, manifest=manifest, train=train, eval=evals, ids=ids, preferences=preferences)
 
 
-def _read_preferences(path: Path, listed: Any) -> dict[str, list[Any]]:
+def _read_preferences(path: Path, listed: PreferencesEntry | None) -> dict[str, list[Any]]:
     """The snapshot's preference records by split, verified against the manifest's entry (none: empty)."""
     from data.formats.preference import Preference
 
     out: dict[str, list[Any]] = {"train": [], "eval": []}
     if listed is None:
         return out
-    if not isinstance(listed, dict) or listed.get("file") != PREFERENCES_FILE:
-        raise SnapshotError(f"{path}: the manifest's preferences entry is not one for {PREFERENCES_FILE}")
-    data_path = path / PREFERENCES_FILE
+    data_path = path / listed.file
     if not data_path.is_file():
         raise SnapshotError(f"{data_path} is missing")
     payload = data_path.read_bytes()
-    if hashlib.sha256(payload).hexdigest() != listed.get("sha256"):
+    if hashlib.sha256(payload).hexdigest() != listed.sha256:
         raise SnapshotError(f"{data_path} does not match its manifest: the snapshot was modified")
     for number, line in enumerate(payload.decode("utf-8").split("\n")[:-1], start=1):
         try:
@@ -254,7 +308,6 @@ def _read_preferences(path: Path, listed: Any) -> dict[str, list[Any]]:
             out[record["split"]].append(pref)
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise SnapshotError(f"{data_path} line {number}: not a preference record ({exc})") from None
-    counts = listed.get("counts") or {}
-    if counts.get("train") != len(out["train"]) or counts.get("eval") != len(out["eval"]):
+    if listed.counts.train != len(out["train"]) or listed.counts.eval != len(out["eval"]):
         raise SnapshotError(f"{path}: the manifest's preference counts do not match {PREFERENCES_FILE}")
     return out

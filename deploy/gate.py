@@ -112,10 +112,10 @@ class GateResult:
             lines.append(f"decided by mean {METRIC_NAMES.get(self.decided_by, self.decided_by)} over the eval "
                          f"prompts, margin {self.margin:g}" + (" and the retention limit" if self.retention else ""))
         lines.append(("PASS" if self.passed else "FAIL") + f": {self.reason}")
-        lines += self._retrieval_lines()
+        lines += self.retrieval_lines()
         return "\n".join(lines)
 
-    def _retrieval_lines(self) -> list[str]:
+    def retrieval_lines(self) -> list[str]:
         """The second table: the candidate's weights alone (what was judged) and with retrieval (information)."""
         info = self.with_retrieval
         if not info:

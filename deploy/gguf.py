@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from trainer.record import read_run
+
 # HF architecture → (gguf arch name, whether Q/K rows are permuted by llama.cpp's base converter)
 SUPPORTED = {
     "LlamaForCausalLM": ("llama", True),
@@ -32,7 +34,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConversionError(f"{path} is missing")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
     except json.JSONDecodeError as exc:
         raise ConversionError(f"{path} is not valid JSON: {exc}") from None
 
@@ -104,14 +107,19 @@ def recorded_base(adapter_dir: Path | str) -> Path | None:
     """The base model directory the adapter was trained on: run.json's base_dir (a loraloop run), else the
     adapter_config.json's base_model_name_or_path when that is a local directory; None when neither is known."""
     adapter_dir = Path(adapter_dir)
-    for path, key in ((adapter_dir / "run.json", "base_dir"), (adapter_dir / "adapter_config.json",
-                                                               "base_model_name_or_path")):
-        try:
-            value = json.loads(path.read_text(encoding="utf-8")).get(key)
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(value, str) and value and Path(value).is_dir():
-            return Path(value)
+    try:
+        run = read_run(adapter_dir)
+    except (OSError, ValueError):
+        run = None
+    if run is not None and run.base_dir is not None and run.base_dir.is_dir():
+        return run.base_dir
+    try:
+        value = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(value, str) and value and Path(value).is_dir():
+        return Path(value)
     return None
 
 

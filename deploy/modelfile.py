@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.go_template import ollama_prompt
+from trainer.record import RunRecord, read_run
 
 
 class UnsupportedTemplate(ValueError):
@@ -201,10 +202,9 @@ class TrainedFormat:
 
 def trained_format(adapter_dir: Path, base_dir: Path | None = None) -> TrainedFormat:
     """Read the chat template and system prompt a training run used (its ``run.json``), else the base's."""
-    run = adapter_dir / "run.json"
-    info: dict[str, Any] = json.loads(run.read_text(encoding="utf-8")) if run.is_file() else {}
-    template = info.get("chat_template")
-    tok_dir = base_dir or (Path(info["base_dir"]) if info.get("base_dir") else None)
+    run = read_run(adapter_dir) or RunRecord()
+    template = run.chat_template
+    tok_dir = base_dir or run.base_dir
     tok_cfg: dict[str, Any] = {}
     if tok_dir is not None and (tok_dir / "tokenizer_config.json").is_file():
         tok_cfg = json.loads((tok_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -215,7 +215,7 @@ def trained_format(adapter_dir: Path, base_dir: Path | None = None) -> TrainedFo
     if not template:
         raise UnsupportedTemplate(f"no chat template found for {adapter_dir} (no run.json and no base chat template)")
     has_tokenizer = tok_dir is not None and (tok_dir / "tokenizer_config.json").is_file()
-    return TrainedFormat(template, info.get("system_prompt"), tok_dir if has_tokenizer else None,
+    return TrainedFormat(template, run.system_prompt, tok_dir if has_tokenizer else None,
                          _token_text(tok_cfg.get("bos_token")), _token_text(tok_cfg.get("eos_token")))
 
 
@@ -276,7 +276,8 @@ class TrainedPrompts:
         if self._format is not None:
             from data.conversation import Conversation
 
-            return self._format.prompt(Conversation.from_dicts([*chat, {"role": "assistant", "content": "x"}]))
+            prompt: str = self._format.prompt(Conversation.from_dicts([*chat, {"role": "assistant", "content": "x"}]))
+            return prompt
         return render_hf(self.trained.chat_template, _as_trained(chat, self.trained.system_prompt),
                          self.trained.bos_token, self.trained.eos_token)
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import ConfigDict
+
 from data.errors import StoreError
 from data.snapshot import SnapshotError, read_snapshot
 from deploy.gate import GateResult, eval_prompts, probe_prompts, run_gate
@@ -35,6 +37,7 @@ from deploy.registration import (
     quantize_type,
 )
 from trainer.config import DEFAULT_PROBES  # the trainer's probes: same questions in both tables
+from trainer.record import RunRecord, read_run
 
 if TYPE_CHECKING:  # the GPU worker imports this module and has no database stack
     from data.models import ModelVersion
@@ -53,7 +56,10 @@ class DeployFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DeployConfig:
-    """How a version is registered, judged and kept. One object, from settings."""
+    """How a version is registered, judged and kept. One object, from settings; it travels inside a retrain job
+    (worker/job.py JobSpec), where pydantic validates it from JSON and writes it back, unknown fields refused."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     model_name: str
     ollama_base: str  # the clean base tag in Ollama, e.g. qwen2.5:0.5b-instruct
@@ -176,10 +182,10 @@ async def deploy(
     """
     await fail_interrupted(store, client, config.model_name)
     run = _read_run(adapter_dir)
-    snapshot = snapshot_dir or run.get("snapshot")
+    snapshot = snapshot_dir or run.snapshot
     version = await store.create_model_version(
-        name=config.model_name, base_model=str(run.get("base") or base_dir or ""), ollama_base=config.ollama_base,
-        snapshot_sha256=run.get("snapshot_sha256"), snapshot_path=str(snapshot) if snapshot else None,
+        name=config.model_name, base_model=str(run.base or base_dir or ""), ollama_base=config.ollama_base,
+        snapshot_sha256=run.snapshot_sha256, snapshot_path=str(snapshot) if snapshot else None,
         hyperparams=_hyperparameters(adapter_dir), artifacts={"adapter_dir": str(adapter_dir), "mode": config.mode},
     )
     tag = version.tag
@@ -196,7 +202,7 @@ async def deploy(
 
     try:
         candidate = await register_candidate(adapter_dir, client=client, config=config, tag=tag,
-                                             base_dir=base_dir or _base_dir(run), emit=emit, memory=memory)
+                                             base_dir=base_dir or run.base_dir, emit=emit, memory=memory)
         result.bytes_uploaded = candidate.bytes_uploaded
         result.timings.update(candidate.timings)
         await store.update_model_version(tag, status="registered", in_ollama=True,
@@ -337,7 +343,7 @@ async def register_candidate(adapter_dir: Path, *, client: OllamaClient, config:
 
     memory = PROCESS_MEMORY if memory is None else memory
     t0 = time.monotonic()
-    base_dir = base_dir or _base_dir(_read_run(adapter_dir))
+    base_dir = base_dir or _read_run(adapter_dir).base_dir
     # ---- 1. what Ollama must render, checked against the chat template the run trained with -----------
     fmt = serving_format_for(adapter_dir, base_dir, config.serve_options)
     if config.chat_system_prompt is not None and config.chat_system_prompt != fmt.system:
@@ -643,11 +649,14 @@ async def _check_created(client: OllamaClient, tag: str, fmt: ServingFormat) -> 
         raise DeployFailed(f"Ollama registered {tag} with a different TEMPLATE/SYSTEM than requested")
 
 
-def _read_run(adapter_dir: Path) -> dict[str, Any]:
+def _read_run(adapter_dir: Path) -> RunRecord:
+    """The training run's record (trainer/record.py, checked); an empty one for an adapter trained elsewhere."""
     if not (adapter_dir / "adapter_config.json").is_file() and not (adapter_dir / "adapter.gguf").is_file():
         raise DeployFailed(f"{adapter_dir} is not an adapter directory (no adapter_config.json)")
-    run = adapter_dir / "run.json"
-    return json.loads(run.read_text(encoding="utf-8")) if run.is_file() else {}
+    try:
+        return read_run(adapter_dir) or RunRecord()
+    except ValueError as exc:  # a malformed run.json: named, not a traceback
+        raise DeployFailed(str(exc)) from None
 
 
 def _hyperparameters(adapter_dir: Path) -> dict[str, Any]:
@@ -656,10 +665,6 @@ def _hyperparameters(adapter_dir: Path) -> dict[str, Any]:
         return {}
     data = json.loads(cfg.read_text(encoding="utf-8"))
     return {k: data.get(k) for k in ("r", "lora_alpha", "target_modules", "base_model_name_or_path") if k in data}
-
-
-def _base_dir(run: dict[str, Any]) -> Path | None:
-    return Path(run["base_dir"]) if run.get("base_dir") else None
 
 
 def _artifacts(adapter_dir: Path, base_dir: Path | None, config: DeployConfig, path: str) -> dict[str, Path]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import json
 import logging
 import sys
 import tempfile
@@ -211,7 +210,7 @@ def snapshot_from_file(path: Path, out_dir: Path, format: str = "auto", columns:
     Raises TrainingRefused when the file is unusable or any record is invalid (nothing to review here: fix it).
     """
     from data import formats
-    from data.snapshot import write_snapshot
+    from data.snapshot import MANIFEST_FILE, DataSource, parse_manifest, write_snapshot
     from trainer.config import TrainingRefused
 
     try:
@@ -230,22 +229,24 @@ def snapshot_from_file(path: Path, out_dir: Path, format: str = "auto", columns:
     rows = [SimpleNamespace(content_hash=digest, messages=conv.to_dicts(), tags=list(conv.tags), source="import",
                             tools=conv.tools) for digest, conv in unique.items()]
     write_snapshot(rows, out_dir, eval_fraction)
-    manifest_path = out_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    manifest["source"] = {"file": str(path.resolve()), "sha256": hashlib.sha256(payload).hexdigest(),
-                          "format": parsed.format, "records": len(parsed.records),
-                          "undesirable_skipped": len(parsed.undesirable)}
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    manifest_path = out_dir / MANIFEST_FILE
+    source = DataSource(file=str(path.resolve()), sha256=hashlib.sha256(payload).hexdigest(), format=parsed.format,
+                        records=len(parsed.records), undesirable_skipped=len(parsed.undesirable))
+    manifest = parse_manifest(manifest_path.read_bytes()).model_copy(update={"source": source})
+    manifest_path.write_text(manifest.to_json(), encoding="utf-8")
     return out_dir
 
 
 def _record_data_file(out: Path, snapshot: Path) -> None:
     """run.json names the data file and its hash (the snapshot it came from was temporary)."""
-    run_path = out / "run.json"
-    run = json.loads(run_path.read_text(encoding="utf-8"))
-    source = json.loads((snapshot / "manifest.json").read_text(encoding="utf-8"))["source"]
-    run.update(data_file=source["file"], data_sha256=source["sha256"], snapshot=None)
-    run_path.write_text(json.dumps(run, indent=2, ensure_ascii=False), encoding="utf-8")
+    from data.snapshot import MANIFEST_FILE, parse_manifest
+    from trainer.record import RunRecord, read_run
+
+    source = parse_manifest((snapshot / MANIFEST_FILE).read_bytes()).source
+    if source is None:
+        raise ValueError(f"{snapshot} does not name the data file it was made from")
+    run = read_run(out) or RunRecord()
+    run.model_copy(update={"data_file": source.file, "data_sha256": source.sha256, "snapshot": None}).write(out)
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):

@@ -23,15 +23,18 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, GenerationConfig
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.utils import is_flash_attn_2_available, is_liger_kernel_available
-from trl import SFTConfig, SFTTrainer
+from transformers.utils import is_flash_attn_2_available, is_liger_kernel_available  # type: ignore[attr-defined]
+from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
-from data.snapshot import SnapshotError, read_snapshot
+from data.conversation import Conversation
+from data.general_prompts import GeneralPrompts
+from data.snapshot import Snapshot, SnapshotError, SnapshotManifest, read_snapshot
 from trainer.config import TrainConfig, TrainingRefused
 from trainer.dpo import run_dpo
 from trainer.evaluate import Answer, answer_eval, answer_questions, answer_table
-from trainer.prepare import ChatFormat, end_of_turn_tokens
-from trainer.progress import ProgressReporter
+from trainer.prepare import ChatFormat, PreparedSplit, end_of_turn_tokens
+from trainer.progress import DoneEvent, ProgressReporter
+from trainer.record import RunRecord, read_run
 from trainer.retention import general_prompt_set, measure_base, measure_trained
 
 log = logging.getLogger("loraloop.trainer")
@@ -70,10 +73,13 @@ def train(request: TrainRequest) -> dict[str, Any]:
     if not snapshot.train:
         raise TrainingRefused(f"snapshot {request.snapshot} has no training examples")
     if stored is not None:
-        started = (_load_json(out / "run.json") or {}).get("snapshot_sha256")
-        if started and started != snapshot.manifest.get("sha256"):
+        try:
+            started = (read_run(out) or RunRecord()).snapshot_sha256
+        except ValueError as exc:
+            raise TrainingRefused(f"--resume: {exc}") from None
+        if started and started != snapshot.sha256:
             raise TrainingRefused(f"--resume: the run in {out} trained on snapshot {started[:12]}, not on "
-                                  f"{request.snapshot} ({str(snapshot.manifest.get('sha256'))[:12]})")
+                                  f"{request.snapshot} ({snapshot.sha256[:12]})")
     base_dir = resolve_base(request.base)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     generation_config = _generation_config(base_dir)
@@ -91,13 +97,11 @@ def train(request: TrainRequest) -> dict[str, Any]:
     # ---- 2. the run directory ---------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-    (out / "run.json").write_text(json.dumps({
-        "base": request.base, "base_dir": str(base_dir.resolve()), "snapshot": str(request.snapshot),
-        "snapshot_sha256": snapshot.manifest.get("sha256"), "chat_template": fmt.template,
-        "system_prompt": cfg.system_prompt, "end_of_turn": list(fmt.end_of_turn),
-        # How the answers' reasoning parts were trained (trainer.prepare.reasoning_style): the base's convention.
-        "reasoning": fmt.reasoning_style if snapshot_has_reasoning(snapshot) else None,
-    }, indent=2, ensure_ascii=False), encoding="utf-8")
+    RunRecord(base=request.base, base_dir=base_dir.resolve(), snapshot=str(request.snapshot),
+              snapshot_sha256=snapshot.sha256, chat_template=fmt.template, system_prompt=cfg.system_prompt,
+              end_of_turn=fmt.end_of_turn,
+              # How the answers' reasoning parts were trained: the base's convention.
+              reasoning=fmt.reasoning_style if snapshot_has_reasoning(snapshot) else None).write(out)
     file_log = _log_to(out / "train.log")
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout is reserved for progress JSON
@@ -109,9 +113,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
         (out / "README.md").write_text(model_card(request, cfg, snapshot.manifest, metrics), encoding="utf-8")
         summary = (f"adapter written to {out} (eval loss {_fmt(metrics['eval_loss_before'])} → "
                    f"{_fmt(metrics['eval_loss_after'])}, {metrics['wall_time_s']:.1f}s)")
-        progress.emit("done", message=summary, out=str(out),
-                      eval_loss_before=metrics["eval_loss_before"], eval_loss_after=metrics["eval_loss_after"],
-                      wall_time_s=metrics["wall_time_s"])
+        progress.emit(DoneEvent(message=summary, out=str(out), eval_loss_before=metrics["eval_loss_before"],
+                                eval_loss_after=metrics["eval_loss_after"], wall_time_s=metrics["wall_time_s"]))
         return metrics
     finally:
         progress.close()
@@ -119,8 +122,9 @@ def train(request: TrainRequest) -> dict[str, Any]:
         file_log.close()
 
 
-def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, progress,
-         general=None) -> dict[str, Any]:
+def _run(request: TrainRequest, cfg: TrainConfig, cuda: bool, fmt: ChatFormat, snapshot: Snapshot,
+         train_split: PreparedSplit, eval_split: PreparedSplit, model: Any, progress: ProgressReporter,
+         general: GeneralPrompts | None = None) -> dict[str, Any]:
     out = request.out
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -142,7 +146,7 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
 
     has_eval = bool(eval_split.examples)
     args = sft_config(cfg, out / CHECKPOINTS, epochs, cuda, has_eval, model)
-    batching = _batching(cfg, cuda)
+    batching = _batching(cfg)
     callbacks: list[Any] = [progress]
     if has_eval and cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
@@ -210,7 +214,7 @@ def _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, prog
     runtime = result.metrics.get("train_runtime") or 0.0
     metrics = {
         "base": request.base,
-        "snapshot_sha256": snapshot.manifest.get("sha256"),
+        "snapshot_sha256": snapshot.sha256,
         "examples": {"train": n_train, "eval": len(eval_split.examples),
                      "truncated": train_split.truncated + eval_split.truncated,
                      "dropped": train_split.dropped + eval_split.dropped,
@@ -261,7 +265,8 @@ def lora_config(cfg: TrainConfig) -> LoraConfig:
 def sft_config(cfg: TrainConfig, output_dir: Path, epochs: int, cuda: bool, has_eval: bool, model: Any) -> SFTConfig:
     """TRL's SFTConfig for our prepared (tokenised, labelled, truncated) datasets."""
     eval_every = "steps" if cfg.eval_steps else "epoch"
-    batching = _batching(cfg, cuda)
+    batching = _batching(cfg)
+    checkpointing: dict[str, Any] = {_CHECKPOINTING_ARG: _gradient_checkpointing(cfg, cuda, model)}
     return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=epochs,
@@ -279,14 +284,14 @@ def sft_config(cfg: TrainConfig, output_dir: Path, epochs: int, cuda: bool, has_
         bf16=cuda and torch.cuda.is_bf16_supported(),
         fp16=cuda and not torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
-        **{_CHECKPOINTING_ARG: _gradient_checkpointing(cfg, cuda, model)},
+        **checkpointing,
         max_length=cfg.max_length if batching == "packing" else None,  # prepare() already truncated
         padding_free=batching == "padding_free",
         packing=batching == "packing",
         eval_strategy=eval_every if has_eval else "no",
         save_strategy=eval_every,
         eval_steps=cfg.eval_steps,
-        save_steps=cfg.eval_steps,
+        save_steps=cfg.eval_steps,  # type: ignore[arg-type]  # None when saving each epoch
         save_total_limit=cfg.save_total_limit,
         load_best_model_at_end=has_eval and cfg.load_best_at_end,
         metric_for_best_model="eval_loss",
@@ -360,7 +365,7 @@ def load_base_model(base_dir: Path, cfg: TrainConfig, cuda: bool) -> Any:
         if cfg.qlora:
             from transformers import BitsAndBytesConfig
 
-            kwargs["quantization_config"] = BitsAndBytesConfig(
+            kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=kwargs["dtype"],
             )
@@ -373,7 +378,8 @@ def load_base_model(base_dir: Path, cfg: TrainConfig, cuda: bool) -> Any:
     if cfg.qlora:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+            model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
     model.config.use_cache = False
     if cuda:
         apply_liger_kernels(model)
@@ -425,7 +431,7 @@ def _set_distinct_pad(tokenizer: Any, end_of_turn: tuple[str, ...]) -> None:
     tokenizer.pad_token = next(t for t in vocab if t not in stop)
 
 
-def _batching(cfg: TrainConfig, cuda: bool) -> str:
+def _batching(cfg: TrainConfig) -> str:
     return "padding_free" if cfg.batching == "auto" else cfg.batching
 
 
@@ -434,7 +440,7 @@ def _gradient_checkpointing(cfg: TrainConfig, cuda: bool, model: Any) -> bool:
         return False  # recomputation only pays off when memory is the limit, never on CPU
     if cfg.gradient_checkpointing is not None:
         return cfg.gradient_checkpointing
-    return sum(p.numel() for p in model.parameters()) > 1_000_000_000
+    return bool(sum(p.numel() for p in model.parameters()) > 1_000_000_000)
 
 
 # ---- run directory ---------------------------------------------------------------------------------
@@ -474,7 +480,7 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _last_user(conversation: Any) -> str:
+def _last_user(conversation: Conversation) -> str:
     return next(m.content for m in reversed(conversation.messages) if m.role == "user")
 
 
@@ -504,8 +510,8 @@ def _peak_memory(cuda: bool) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def _plot_loss(train_curve: list[dict], eval_curve: list[dict], path: Path, title: str | None = None,
-               dpo: dict | None = None) -> None:
+def _plot_loss(train_curve: list[dict[str, Any]], eval_curve: list[dict[str, Any]], path: Path,
+               title: str | None = None, dpo: dict[str, Any] | None = None) -> None:
     """The SFT loss curves; after a DPO stage that ran, a second panel: its loss and reward accuracy per step."""
     import matplotlib
 
@@ -533,7 +539,7 @@ def _plot_loss(train_curve: list[dict], eval_curve: list[dict], path: Path, titl
     plt.close(fig)
 
 
-def _plot_dpo(ax: Any, dpo: dict) -> None:
+def _plot_dpo(ax: Any, dpo: dict[str, Any]) -> None:
     curve = dpo.get("train_curve") or []
     ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], label="DPO train loss", lw=1)
     accuracy = [(p["step"], p["reward_accuracy"]) for p in curve if p.get("reward_accuracy") is not None]
@@ -550,13 +556,13 @@ def _plot_dpo(ax: Any, dpo: dict) -> None:
     ax.grid(alpha=0.3)
 
 
-def model_card(request: TrainRequest, cfg: TrainConfig, manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
+def model_card(request: TrainRequest, cfg: TrainConfig, manifest: SnapshotManifest,
+               metrics: dict[str, Any]) -> str:
     """The run folder's README.md: base, data (hash and counts), hyper-parameters and the before/after eval."""
     examples = metrics.get("examples", {})
-    source = manifest.get("source") or {}
-    data_lines = [f"- snapshot sha256: `{manifest.get('sha256')}`"]
-    if source.get("sha256"):
-        data_lines.append(f"- data file: `{source.get('file')}` (sha256 `{source['sha256']}`)")
+    data_lines = [f"- snapshot sha256: `{manifest.sha256}`"]
+    if manifest.source is not None:
+        data_lines.append(f"- data file: `{manifest.source.file}` (sha256 `{manifest.source.sha256}`)")
     data_lines.append(f"- examples: {examples.get('train', 0)} train, {examples.get('eval', 0)} eval "
                       f"({examples.get('truncated', 0)} truncated, {examples.get('dropped', 0)} dropped)")
     hyper = {"lora_r": cfg.lora_r, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": cfg.lora_dropout,

@@ -23,12 +23,12 @@ import json
 import logging
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from bot.settings import redact_text, redact_url
-from worker.job import JobRefused, JobSpec, WorkerPolicy, job_dir, run_job, validate_job
+from trainer.progress import CancelledEvent, FailedEvent, ProgressEvent
+from worker.job import JobRefused, JobSpec, WorkerPolicy, job_dir, run_job, stamped, validate_job
 
 TASK = "loraloop.retrain"
 QUEUE = "loraloop"
@@ -81,7 +81,7 @@ def accept_job(r: Any, spec_json: Any, task_id: str, policy: WorkerPolicy) -> No
         run_id = _run_id_of(spec_json)
         log.error("job %s refused: %s", run_id if run_id is not None else "(no valid run id)", reason)
         if run_id is not None:  # without a valid run id there is no event list to report to
-            _emit(r, run_id, {"event": "failed", "reason": reason})
+            _emit(r, run_id, FailedEvent(reason=reason))
         return
     run_job_here(r, spec, task_id, workdir, policy.ollama_host)
 
@@ -94,9 +94,9 @@ def _run_id_of(spec_json: Any) -> int | None:
     return run_id if type(run_id) is int and run_id > 0 else None
 
 
-def _emit(r: Any, run_id: int, event: dict[str, Any]) -> None:
+def _emit(r: Any, run_id: int, event: ProgressEvent) -> None:
     k = keys(run_id)
-    r.rpush(k["events"], json.dumps({**event, "t": round(time.time(), 3)}, ensure_ascii=False))
+    r.rpush(k["events"], stamped(event))
     r.expire(k["events"], KEEP_S)
 
 
@@ -104,7 +104,7 @@ def run_job_here(r: Any, spec: JobSpec, task_id: str, workdir: Path, ollama_host
     """Run a validated job in ``workdir`` (see :func:`accept_job`), with its heartbeat and claim in Redis."""
     k = keys(spec.run_id)
 
-    def emit(event: dict[str, Any]) -> None:
+    def emit(event: ProgressEvent) -> None:
         _emit(r, spec.run_id, event)
 
     ttl = max(1, round(spec.heartbeat_ttl_s))
@@ -112,11 +112,11 @@ def run_job_here(r: Any, spec: JobSpec, task_id: str, workdir: Path, ollama_host
     r.set(k["heartbeat"], socket.gethostname(), ex=ttl)
     if not r.set(k["started"], task_id, nx=True, ex=KEEP_S):
         r.delete(k["heartbeat"])
-        emit({"event": "failed", "reason": "the job was interrupted (its worker stopped) and is not re-run "
-                                           "automatically; propose a new retrain"})
+        emit(FailedEvent(reason="the job was interrupted (its worker stopped) and is not re-run automatically; "
+                                "propose a new retrain"))
         return
     if r.exists(k["cancel"]):
-        emit({"event": "cancelled", "reason": "cancelled before a worker picked it up"})
+        emit(CancelledEvent(reason="cancelled before a worker picked it up"))
         r.delete(k["heartbeat"])
         return
     stop = threading.Event()

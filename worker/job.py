@@ -2,13 +2,8 @@
 Ollama blobs + create → warm-up → gate against the active model.
 
 It needs no database and no shared filesystem: everything comes in the :class:`JobSpec`, everything goes
-back as events through ``emit`` (JSON-able dicts)::
-
-    {"event": "started"}                                 the job began (on a worker: it picked the job up)
-    {"event": "stage", "stage": "training"|"converting"|"registering"|"evaluating"}
-    {"event": "step", "step", "total", "loss", "eta_s", "epoch"}      training progress
-    {"event": "result", "gate": {...}, "metrics": {...}, "artifacts": {...}, "loss_png": base64|None, ...}
-    {"event": "failed", "reason": "..."}  |  {"event": "cancelled", "reason": "..."}
+back as events through ``emit`` (trainer/progress.py ProgressEvent): started, stage (training, converting,
+registering, evaluating), the trainer's step and eval, upload, and one of result, failed or cancelled.
 
 The bot's orchestrator turns them into state changes; the candidate tag stays in Ollama after a result
 (the orchestrator promotes it or deletes it) and is deleted here after a failure or cancellation.
@@ -16,9 +11,9 @@ The bot's orchestrator turns them into state changes; the candidate tag stays in
 Run as ``python -m worker.job DIR``: the local dispatcher's child process (spec in DIR/spec.json, what it
 agrees to do in DIR/policy.json, events appended to DIR/events.jsonl, cancelled by a DIR/cancel file or SIGTERM).
 
-A job is data from elsewhere (on a worker: whatever sits in Redis), so :func:`validate_job` checks every field
-against the training host's own :class:`WorkerPolicy` before anything is created or contacted; both the worker
-and the local child call it.
+A job is data from elsewhere (on a worker: whatever sits in Redis), so :func:`validate_job` reads it through the
+:class:`JobSpec` model (types, unknown and missing fields) and checks it against the training host's own
+:class:`WorkerPolicy` before anything is created or contacted; both the worker and the local child call it.
 """
 
 from __future__ import annotations
@@ -27,7 +22,6 @@ import asyncio
 import base64
 import contextlib
 import ctypes
-import dataclasses
 import hashlib
 import json
 import logging
@@ -37,12 +31,12 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from bot.settings import redact_text
 from data.snapshot import (
@@ -52,36 +46,54 @@ from data.snapshot import (
     PREFERENCES_FILE,
     Snapshot,
     SnapshotError,
+    parse_manifest,
     read_snapshot,
+)
+from deploy.pipeline import DeployConfig
+from trainer.config import TrainConfig
+from trainer.progress import (
+    CancelledEvent,
+    EvalEvent,
+    FailedEvent,
+    ProgressEvent,
+    ResultEvent,
+    StageEvent,
+    StartedEvent,
+    StepEvent,
+    UploadEvent,
+    parse_event,
 )
 
 log = logging.getLogger("loraloop.job")
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[ProgressEvent], None]
 
 
-@dataclass
-class JobSpec:
-    """Everything one job needs, as plain JSON."""
+class JobSpec(BaseModel):
+    """Everything one job needs: the bot writes it (:meth:`to_json`), the training host reads it
+    (:func:`validate_job`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     run_id: int
     tag: str  # the candidate's Ollama tag, allocated by the bot
     base_model: str  # HF id or a directory on the training host
     ollama_host: str
-    deploy: dict[str, Any]  # deploy.pipeline.DeployConfig fields
+    deploy: DeployConfig
     snapshot_sha256: str
-    snapshot_files: dict[str, str]  # file name → text (examples.jsonl, manifest.json)
-    train: dict[str, Any] = field(default_factory=dict)  # trainer.config.TrainConfig fields
+    snapshot_files: dict[str, str]  # file name → text (examples.jsonl, manifest.json, optionally preferences.jsonl)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     active_tag: str | None = None
     time_limit_s: float = 6 * 3600
     heartbeat_ttl_s: float = 60.0
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        return self.model_dump_json()
 
     @classmethod
-    def from_json(cls, text: str) -> JobSpec:
-        return cls(**json.loads(text))
+    def from_json(cls, text: str | bytes) -> JobSpec:
+        """The spec as written by :meth:`to_json`, types checked; :func:`validate_job` adds the host's policy."""
+        return cls.model_validate_json(text, strict=True)
 
 
 class JobStopped(Exception):
@@ -92,9 +104,10 @@ class JobRefused(ValueError):
     """A job that failed validation; the message names the field and why. Nothing was created or contacted."""
 
 
-@dataclass(frozen=True)
-class WorkerPolicy:
+class WorkerPolicy(BaseModel):
     """What a training host agrees to do, from its own settings: never from the job it is asked to run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     home: Path  # every job directory lies inside it
     model_name: str  # candidate tags are loraloop-<model_name>:v<N>
@@ -118,83 +131,66 @@ class WorkerPolicy:
                    ollama_host=settings.ollama_host, max_time_limit_s=float(settings.worker_time_limit_s))
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "home": str(self.home)})
+        return self.model_dump_json()
 
     @classmethod
-    def from_json(cls, text: str) -> WorkerPolicy:
-        raw = json.loads(text)
-        return cls(home=Path(raw["home"]), model_name=raw["model_name"], base_models=tuple(raw["base_models"]),
-                   ollama_host=raw["ollama_host"], max_time_limit_s=float(raw["max_time_limit_s"]))
+    def from_json(cls, text: str | bytes) -> WorkerPolicy:
+        return cls.model_validate_json(text)
 
 
-_SPEC_FIELDS = {f.name: f for f in dataclasses.fields(JobSpec)}
-_REQUIRED = {name for name, f in _SPEC_FIELDS.items()
-             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
 _ANY_TAG = re.compile(r"^loraloop-[A-Za-z0-9][A-Za-z0-9_.\-]*:v[1-9][0-9]*$")
 _OLLAMA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TASK_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _MAX_HEARTBEAT_S = 3600.0
+_SNAPSHOT_FILES = (f"snapshot_files must be exactly {EXAMPLES_FILE} and {MANIFEST_FILE} (and optionally "
+                   f"{PREFERENCES_FILE}) as text")
 
 
 def validate_job(raw: Any, policy: WorkerPolicy) -> JobSpec:
     """The job in ``raw`` (its JSON text) as a :class:`JobSpec` this host may run, or :class:`JobRefused`.
 
-    Checks types, the snapshot (file names, manifest, sha256 of the payload, before anything is written),
-    the candidate tag (``loraloop-<our model_name>:v<N>``, never the active tag), the base model (the policy's
-    allow-list) and the trainer settings (no file paths). The job's Ollama host is not used: the returned
-    spec carries the policy's, and its time limit is capped by the policy's.
+    :class:`JobSpec` checks the types (strictly: no "3" for 3) and refuses unknown and missing fields; then the
+    snapshot (file names, manifest, sha256 of the payload, before anything is written), the candidate tag
+    (``loraloop-<our model_name>:v<N>``, never the active tag), the base model (the policy's allow-list) and the
+    trainer settings (no file paths) are checked. The job's Ollama host is not used: the returned spec carries
+    the policy's, and its time limit is capped by the policy's.
     """
-    if isinstance(raw, bytes | str):
+    if not isinstance(raw, bytes | str):  # a decoded job (a Celery argument): read as the JSON it came as
         try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise JobRefused(f"the job is not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise JobRefused(f"the job must be a JSON object, not {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_SPEC_FIELDS))
-    missing = sorted(_REQUIRED - set(raw))
-    if unknown or missing:
-        raise JobRefused("the job " + "; ".join(
-            ([f"has unknown fields {', '.join(unknown)}"] if unknown else [])
-            + ([f"lacks {', '.join(missing)}"] if missing else [])))
-    run_id = _typed(raw, "run_id", int)
-    if run_id < 1:
-        raise JobRefused(f"run_id must be positive, not {run_id}")
-    for name in ("tag", "base_model", "ollama_host", "snapshot_sha256"):
-        _typed(raw, name, str)
-    for name in ("deploy", "snapshot_files"):
-        _typed(raw, name, dict)
-    train = _typed(raw, "train", dict) if "train" in raw else {}
-    active = raw.get("active_tag")
-    if active is not None and not (isinstance(active, str) and _ANY_TAG.match(active)):
+            raw = json.dumps(raw)
+        except (TypeError, ValueError):
+            raise JobRefused(f"the job must be a JSON object, not {type(raw).__name__}") from None
+    try:
+        spec = JobSpec.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        raise _refusal(exc.errors(), raw) from None
+    if spec.run_id < 1:
+        raise JobRefused(f"run_id must be positive, not {spec.run_id}")
+    active = spec.active_tag
+    if active is not None and not _ANY_TAG.match(active):
         raise JobRefused(f"active_tag {active!r} is not a loraloop model tag")
-    limits = {}
     for name in ("time_limit_s", "heartbeat_ttl_s"):
-        value = _typed(raw, name, (int, float)) if name in raw else _SPEC_FIELDS[name].default
+        value = getattr(spec, name)
         if not (math.isfinite(value) and value > 0):
             raise JobRefused(f"{name} must be a positive number of seconds, not {value!r}")
-        limits[name] = float(value)
-    if limits["heartbeat_ttl_s"] > _MAX_HEARTBEAT_S:
-        raise JobRefused(f"heartbeat_ttl_s {limits['heartbeat_ttl_s']:g} is over {_MAX_HEARTBEAT_S:g} s")
+    if spec.heartbeat_ttl_s > _MAX_HEARTBEAT_S:
+        raise JobRefused(f"heartbeat_ttl_s {spec.heartbeat_ttl_s:g} is over {_MAX_HEARTBEAT_S:g} s")
 
-    tag = raw["tag"]
+    tag = spec.tag
     if not re.fullmatch(rf"loraloop-{re.escape(policy.model_name)}:v[1-9][0-9]*", tag):
         raise JobRefused(f"tag {tag!r} is not a candidate tag of this worker's model "
                          f"(loraloop-{policy.model_name}:v<N>)")
     if tag == active:
         raise JobRefused(f"tag {tag!r} is the active model's tag: a job never overwrites the active model")
-    if raw["base_model"] not in policy.base_models:
-        raise JobRefused(f"base model {raw['base_model']!r} is not one this worker trains "
+    if spec.base_model not in policy.base_models:
+        raise JobRefused(f"base model {spec.base_model!r} is not one this worker trains "
                          f"({', '.join(policy.base_models)}; see worker_allowed_base_models)")
-    _check_snapshot(raw["snapshot_files"], raw["snapshot_sha256"])
-    deploy = _check_deploy(raw["deploy"], policy)
-    _check_train(train)
-    return JobSpec(run_id=run_id, tag=tag, base_model=raw["base_model"], ollama_host=policy.ollama_host,
-                   deploy=deploy, snapshot_sha256=raw["snapshot_sha256"], snapshot_files=dict(raw["snapshot_files"]),
-                   train=dict(train), active_tag=active,
-                   time_limit_s=min(limits["time_limit_s"], policy.max_time_limit_s),
-                   heartbeat_ttl_s=limits["heartbeat_ttl_s"])
+    _check_snapshot(spec.snapshot_files, spec.snapshot_sha256)
+    _check_deploy(spec.deploy, policy)
+    _check_train(spec.train)
+    return spec.model_copy(update={"ollama_host": policy.ollama_host,
+                                   "time_limit_s": min(spec.time_limit_s, policy.max_time_limit_s)})
 
 
 def job_dir(policy: WorkerPolicy, run_id: int, task_id: str) -> Path:
@@ -208,72 +204,79 @@ def job_dir(policy: WorkerPolicy, run_id: int, task_id: str) -> Path:
     return workdir
 
 
-def _typed(raw: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = raw[name]
-    # bool is an int to Python, never to a job.
-    if isinstance(value, bool) or not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise JobRefused(f"{name} must be {names}, not {type(value).__name__}")
-    return value
+# What a JobSpec field's type error says it must be (JSON types, as a forger sees them).
+_KINDS = {"int_type": "int", "string_type": "str", "float_type": "int or float", "dict_type": "dict",
+          "model_type": "dict", "dataclass_type": "dict", "bool_type": "bool"}
 
 
-def _check_snapshot(files: dict[Any, Any], sha256: str) -> None:
+def _refusal(errors: list[ErrorDetails], raw: str | bytes) -> JobRefused:
+    """One JobRefused for JobSpec's validation errors: the first field at fault, named as the job names it."""
+    top = [e for e in errors if len(e["loc"]) == 1]
+    unknown = sorted(str(e["loc"][0]) for e in top if e["type"] == "extra_forbidden")
+    missing = sorted(str(e["loc"][0]) for e in top if e["type"] == "missing")
+    if unknown or missing:
+        return JobRefused("the job " + "; ".join(
+            ([f"has unknown fields {', '.join(unknown)}"] if unknown else [])
+            + ([f"lacks {', '.join(missing)}"] if missing else [])))
+    first = errors[0]
+    if not first["loc"]:  # the job as a whole
+        if first["type"] == "json_invalid":
+            return JobRefused(f"the job is not valid JSON ({first['msg']})")
+        return JobRefused(f"the job must be a JSON object, not {type(json.loads(raw)).__name__}")
+    name = str(first["loc"][0])
+    if name == "snapshot_files":
+        return JobRefused(f"{_SNAPSHOT_FILES}, not {_shown_files(raw)}")
+    if len(first["loc"]) == 1 and first["type"] in _KINDS:
+        return JobRefused(f"{name} must be {_KINDS[first['type']]}, not {type(first['input']).__name__}")
+    inside = [e for e in errors if e["loc"][:1] == (name,)]
+    # A deploy config is a dataclass: pydantic reports its unknown fields as unexpected keyword arguments.
+    extra = sorted(str(e["loc"][1]) for e in inside if e["type"] == "unexpected_keyword_argument")
+    if extra:
+        return JobRefused(f"{name} has unknown fields {', '.join(extra)}")
+    return JobRefused(f"{name}: " + _errors(inside))
+
+
+def _shown_files(raw: str | bytes) -> list[str]:
+    try:
+        return sorted(map(str, json.loads(raw)["snapshot_files"]))
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
+def _check_snapshot(files: dict[str, str], sha256: str) -> None:
     if not _SHA256.match(sha256):
         raise JobRefused("snapshot_sha256 must be 64 lowercase hex digits")
     names = set(files) - {PREFERENCES_FILE}  # preference records travel in their own, optional file
-    if names != {EXAMPLES_FILE, MANIFEST_FILE} or not all(isinstance(v, str) for v in files.values()):
-        raise JobRefused(f"snapshot_files must be exactly {EXAMPLES_FILE} and {MANIFEST_FILE} (and optionally "
-                         f"{PREFERENCES_FILE}) as text, not {sorted(map(str, files))}")
+    if names != {EXAMPLES_FILE, MANIFEST_FILE}:
+        raise JobRefused(f"{_SNAPSHOT_FILES}, not {sorted(files)}")
     try:
-        manifest = json.loads(files[MANIFEST_FILE])
-    except ValueError:
-        raise JobRefused(f"the snapshot's {MANIFEST_FILE} is not valid JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
-            manifest.get("file", EXAMPLES_FILE) != EXAMPLES_FILE:
-        raise JobRefused(f"the snapshot's {MANIFEST_FILE} is not a {FORMAT} manifest for {EXAMPLES_FILE}")
+        manifest = parse_manifest(files[MANIFEST_FILE])
+    except SnapshotError:
+        try:
+            json.loads(files[MANIFEST_FILE])
+        except ValueError:
+            raise JobRefused(f"the snapshot's {MANIFEST_FILE} is not valid JSON") from None
+        raise JobRefused(f"the snapshot's {MANIFEST_FILE} is not a {FORMAT} manifest for {EXAMPLES_FILE}") from None
     actual = hashlib.sha256(files[EXAMPLES_FILE].encode("utf-8")).hexdigest()
-    if not actual == manifest.get("sha256") == sha256:
+    if not actual == manifest.sha256 == sha256:
         raise JobRefused(f"the snapshot does not match its hash: {EXAMPLES_FILE} is {actual[:12]}…, its manifest "
-                         f"says {str(manifest.get('sha256'))[:12]}…, the job says {sha256[:12]}…")
-    listed = manifest.get("preferences")
+                         f"says {manifest.sha256[:12]}…, the job says {sha256[:12]}…")
+    listed = manifest.preferences
     if (listed is None) != (PREFERENCES_FILE not in files):
         raise JobRefused(f"the snapshot's manifest and files disagree on {PREFERENCES_FILE}")
-    if listed is not None and (not isinstance(listed, dict) or listed.get("sha256") !=
-                               hashlib.sha256(files[PREFERENCES_FILE].encode("utf-8")).hexdigest()):
+    if listed is not None and listed.sha256 != hashlib.sha256(files[PREFERENCES_FILE].encode("utf-8")).hexdigest():
         raise JobRefused(f"the snapshot's {PREFERENCES_FILE} does not match the sha256 its manifest lists")
 
 
-def _check_deploy(deploy: dict[str, Any], policy: WorkerPolicy) -> dict[str, Any]:
-    from pydantic import TypeAdapter, ValidationError
-
-    from deploy.pipeline import DeployConfig
-
-    known = {f.name for f in dataclasses.fields(DeployConfig)}
-    if set(deploy) - known:
-        raise JobRefused(f"deploy has unknown fields {', '.join(sorted(set(deploy) - known))}")
-    try:  # the dataclass's own annotations are the schema; strict: no "3" for 3
-        config = TypeAdapter(DeployConfig).validate_json(json.dumps(deploy), strict=True)
-    except ValidationError as exc:
-        raise JobRefused("deploy: " + _errors(exc)) from None
-    except (ValueError, TypeError) as exc:  # DeployConfig's own checks (__post_init__)
-        raise JobRefused(f"deploy: {exc}") from None
+def _check_deploy(config: DeployConfig, policy: WorkerPolicy) -> None:
     if config.model_name != policy.model_name:
         raise JobRefused(f"deploy.model_name {config.model_name!r} is not this worker's model "
                          f"{policy.model_name!r}")
     if not _OLLAMA_NAME.match(config.ollama_base):
         raise JobRefused(f"deploy.ollama_base {config.ollama_base!r} is not an Ollama model name")
-    return dict(deploy)
 
 
-def _check_train(train: dict[str, Any]) -> None:
-    from pydantic import ValidationError
-
-    from trainer.config import TrainConfig
-
-    try:
-        config = TrainConfig.model_validate_json(json.dumps(train), strict=True)
-    except ValidationError as exc:
-        raise JobRefused("train: " + _errors(exc)) from None
+def _check_train(config: TrainConfig) -> None:
     if config.chat_template is not None and "{" not in config.chat_template:
         # TrainConfig reads a template *file* when given a path: a job may not name files on this host.
         raise JobRefused("train.chat_template must be template text, not a path on the worker")
@@ -281,47 +284,45 @@ def _check_train(train: dict[str, Any]) -> None:
         raise JobRefused("train.general_prompts_file names a file on the worker; send train.general_prompts instead")
 
 
-def _errors(exc: Any) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:3])
+def _errors(errors: list[ErrorDetails]) -> str:
+    def message(e: ErrorDetails) -> str:
+        # A model's own check (DeployConfig.__post_init__): its message, without pydantic's "Value error, ".
+        error = (e.get("ctx") or {}).get("error")
+        return str(error) if e["type"] == "value_error" and error is not None else e["msg"]
+
+    return "; ".join(": ".join(filter(None, (".".join(map(str, e["loc"][1:])), message(e)))) for e in errors[:3])
 
 
 async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[[], bool] = lambda: False,
-                  ollama_host: str | None = None) -> dict[str, Any] | None:
+                  ollama_host: str | None = None) -> ResultEvent | None:
     """Do the job; every outcome is reported through ``emit`` (it never raises for a job condition).
     Returns the result event, or None when the job failed or was cancelled."""
     from deploy.ollama import OllamaClient, OllamaError
-    from deploy.pipeline import (
-        DeployConfig,
-        DeployFailed,
-        forget,
-        judge_candidate,
-        register_candidate,
-        trained_retention,
-    )
+    from deploy.pipeline import DeployFailed, forget, judge_candidate, register_candidate, trained_retention
     from deploy.registration import PathMemory
 
     deadline = time.monotonic() + spec.time_limit_s
-    config = DeployConfig(**{k: tuple(v) if k == "probes" else v for k, v in spec.deploy.items()})
-    emit({"event": "started", "pid": os.getpid(), "host": os.uname().nodename})
+    config = spec.deploy
+    emit(StartedEvent(pid=os.getpid(), host=os.uname().nodename))
     client = OllamaClient(ollama_host or spec.ollama_host, timeout=300)
     registered = False
     try:
         snapshot = await asyncio.to_thread(_write_snapshot, spec, workdir / "snapshot")
-        emit({"event": "stage", "stage": "training"})
+        emit(StageEvent(stage="training"))
         run_dir = workdir / "run"
         await _train(spec, snapshot.path, run_dir, emit, cancelled, deadline)
         _check(cancelled, deadline, spec)
 
-        stage = {"uploading": "registering", "uploaded": "registering", "create": "registering"}
-        seen: set[str] = set()
-        emit({"event": "stage", "stage": "converting"})  # includes checking the base in Ollama
+        emit(StageEvent(stage="converting"))  # includes checking the base in Ollama
+        registering = False
 
         async def on_deploy(step: str, **info: Any) -> None:
-            if step in stage and stage[step] not in seen:
-                seen.add(stage[step])
-                emit({"event": "stage", "stage": stage[step]})
+            nonlocal registering
+            if step in ("uploading", "uploaded", "create") and not registering:
+                registering = True
+                emit(StageEvent(stage="registering"))
             if step == "uploading":  # a merged model is gigabytes: the status message shows the upload
-                emit({"event": "upload", "sent": info.get("total_sent"), "total": info.get("total")})
+                emit(UploadEvent(sent=info.get("total_sent"), total=info.get("total")))
             _check(cancelled, deadline, spec)
 
         # Beside the job folders: a fallback to merged that one job learned holds for the next job too.
@@ -329,29 +330,28 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
         candidate = await register_candidate(run_dir, client=client, config=config, tag=spec.tag,
                                              emit=on_deploy, memory=memory)
         registered = True
-        emit({"event": "stage", "stage": "evaluating"})
+        emit(StageEvent(stage="evaluating"))
         gate = await judge_candidate(client, config, spec.tag, spec.active_tag, list(snapshot.eval),
                                      retention=trained_retention(run_dir))
         _check(cancelled, deadline, spec)
         outputs = _run_outputs(run_dir)
-        result = {"event": "result", "gate": gate.to_dict(),
-                  "table": gate.table() + _dpo_lines(outputs["metrics"].get("dpo")),
-                  "artifacts": candidate.artifacts(), "bytes_uploaded": candidate.bytes_uploaded, **outputs}
+        result = ResultEvent(gate=gate.to_dict(), table=gate.table() + _dpo_lines(outputs["metrics"].get("dpo")),
+                             artifacts=candidate.artifacts(), bytes_uploaded=candidate.bytes_uploaded, **outputs)
         emit(result)
         return result
     except JobStopped as exc:
         if registered:
             await forget(client, spec.tag)
-        emit({"event": "cancelled" if cancelled() else "failed", "reason": str(exc)})
+        emit(CancelledEvent(reason=str(exc)) if cancelled() else FailedEvent(reason=str(exc)))
     except (DeployFailed, OllamaError, SnapshotError, OSError, ValueError) as exc:
         if registered:
             await forget(client, spec.tag)
-        emit({"event": "failed", "reason": redact_text(str(exc)) or exc.__class__.__name__})
+        emit(FailedEvent(reason=redact_text(str(exc)) or exc.__class__.__name__))
     except Exception as exc:  # a bug: still report it, never leave the run hanging
         log.exception("job %s crashed", spec.run_id)
         if registered:
             await forget(client, spec.tag)
-        emit({"event": "failed", "reason": redact_text(f"unexpected error in the job: {exc!r}")})
+        emit(FailedEvent(reason=redact_text(f"unexpected error in the job: {exc!r}")))
     finally:
         await client.close()
     return None
@@ -381,7 +381,7 @@ async def _train(spec: JobSpec, snapshot: Path, out: Path, emit: Emit, cancelled
     """``python -m trainer train`` in a child process (a crash or OOM there cannot take this process down); its JSON
     progress lines become step events. It dies with this process (PR_SET_PDEATHSIG)."""
     config = out.parent / "train.yaml"  # the snapshot step created out.parent
-    config.write_text(yaml.safe_dump(spec.train), encoding="utf-8")
+    config.write_text(spec.train.to_yaml(), encoding="utf-8")
     resume = (out / "checkpoints").is_dir()
     # The trainer's own entry point: the child loads neither the bot's CLI nor its settings, only the job's config.
     args = [sys.executable, "-m", "trainer", "train", "--snapshot", str(snapshot), "--base", spec.base_model,
@@ -411,13 +411,13 @@ async def _train(spec: JobSpec, snapshot: Path, out: Path, emit: Emit, cancelled
 
 
 def _forward(line: bytes, emit: Emit) -> None:
+    """The trainer's step and eval events go on to the bot; its other lines stay here."""
     try:
-        record = json.loads(line)
-    except ValueError:
+        event = parse_event(line)
+    except ValueError:  # pydantic's ValidationError too: not an event of this version's trainer
         return
-    if record.get("event") in ("step", "eval"):
-        emit({k: record.get(k) for k in ("event", "step", "total", "epoch", "loss", "eta_s", "eval_loss")
-              if record.get(k) is not None})
+    if isinstance(event, StepEvent | EvalEvent):
+        emit(event)
 
 
 async def _stop(child: asyncio.subprocess.Process) -> None:
@@ -480,11 +480,16 @@ def _run_outputs(run_dir: Path) -> dict[str, Any]:
 
 
 def file_emitter(path: Path) -> Emit:
-    """Append one JSON line per event (flushed, so a reader never sees half an event)."""
-    def emit(event: dict[str, Any]) -> None:
+    """Append one JSON line per event, stamped with the time (flushed, so a reader never sees half an event)."""
+    def emit(event: ProgressEvent) -> None:
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({**event, "t": round(time.time(), 3)}, ensure_ascii=False) + "\n")
+            f.write(stamped(event) + "\n")
     return emit
+
+
+def stamped(event: ProgressEvent) -> str:
+    """The event's JSON text with the time it was sent (``t``)."""
+    return event.model_copy(update={"t": round(time.time(), 3)}).to_json()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     except (JobRefused, OSError, ValueError, KeyError, TypeError) as exc:
         reason = redact_text(f"the job was refused: {exc}")
         log.error("%s", reason)
-        emit({"event": "failed", "reason": reason})
+        emit(FailedEvent(reason=reason))
         return 1
     stop = {"term": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(term=True))

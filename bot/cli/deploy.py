@@ -64,7 +64,7 @@ def run_deploy(
 
     from bot.cli.common import open_ollama, open_store, print_json, settings
     from bot.retrieval import gate_with_retrieval
-    from deploy.pipeline import DeployConfig, deploy
+    from deploy.pipeline import DeployConfig, DeployFailed, deploy
 
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter} is not an adapter directory (no adapter_config.json)", 2)
@@ -90,7 +90,10 @@ def run_deploy(
                                 snapshot_dir=snapshot, on_event=show,
                                 inform=gate_with_retrieval(cfg, store, client))
 
-    result = asyncio.run(run())
+    try:
+        result = asyncio.run(run())
+    except DeployFailed as exc:  # before a version existed (an unreadable run record): nothing to mark failed
+        fail(str(exc))
     if as_json:
         print_json({"event": "result", "tag": result.tag, "status": result.status, "reason": result.reason,
                     "promoted": result.promoted, "bytes_uploaded": result.bytes_uploaded, "timings": result.timings,

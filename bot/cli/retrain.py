@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from bot.cli.common import console, fail, open_ollama, open_store, print_json, settings
+from trainer.progress import RunProgress
 
 app = typer.Typer(help="Retrain proposals and runs (the bot announces them in Discord).", no_args_is_help=True)
 
@@ -60,7 +61,7 @@ def status(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Opt
     if not runs:
         console.print("no retrains yet")
     for run in runs:
-        stage = (run.progress or {}).get("stage")
+        stage = RunProgress.model_validate(run.progress or {}).stage
         extra = f" ({stage})" if stage and stage != run.state else ""
         console.print(f"#{run.id} {run.state}{extra}" + (f": {run.reason}" if run.reason else ""), highlight=False)
 

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
     Interaction = discord.Interaction[LoraloopBot]
 
-    Interaction = discord.Interaction[LoraloopBot]
-
 
 def eval_table(version: ModelVersion) -> str:
     """The gate's table as stored on the version (deploy.gate.GateResult.to_dict())."""

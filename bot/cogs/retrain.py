@@ -25,6 +25,7 @@ from bot.retrain.dispatch import make_dispatcher
 from bot.retrain.orchestrator import Orchestrator
 from data.models import RUN_TERMINAL, RetrainRun
 from data.store import RunInProgress, StoreError
+from trainer.progress import RunProgress, Stage
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -33,8 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("loraloop.bot.retrain")
 NONE = discord.AllowedMentions.none()
-STAGE_LABEL = {"queued": "waiting for a worker", "training": "training", "converting": "converting to GGUF",
-               "registering": "registering with Ollama", "evaluating": "evaluating against the active model"}
+STAGE_LABEL: dict[Stage, str] = {
+    "queued": "waiting for a worker", "training": "training", "converting": "converting to GGUF",
+    "registering": "registering with Ollama", "evaluating": "evaluating against the active model"}
 
 
 # ---- rendering -------------------------------------------------------------------------------------------
@@ -79,24 +81,23 @@ def proposal_text(run: RetrainRun, quorum: int, approvals: int = 0) -> str:
 
 
 def progress_text(run: RetrainRun) -> str:
-    p = run.progress or {}
-    stage = p.get("stage") or run.state
-    head = f"**Retrain #{run.id}** · {STAGE_LABEL.get(stage, stage)}"
-    if p.get("tag"):
-        head += f" · `{p['tag']}`"
+    p = RunProgress.model_validate(run.progress or {})
+    head = f"**Retrain #{run.id}** · " + (STAGE_LABEL[p.stage] if p.stage else run.state)
+    if p.tag:
+        head += f" · `{p.tag}`"
     lines = [head]
-    if stage == "training" and p.get("total"):
-        step, total = int(p.get("step") or 0), int(p["total"])
-        line = f"`{bar(step, total)}` {step}/{total}"
-        if p.get("loss") is not None:
-            line += f" · loss {p['loss']:.4f}"
-        if p.get("eval_loss") is not None:
-            line += f" · eval loss {p['eval_loss']:.4f}"
-        line += f" · ETA {_duration(p.get('eta_s'))}"
+    if p.stage == "training" and p.total:
+        step = p.step or 0
+        line = f"`{bar(step, p.total)}` {step}/{p.total}"
+        if p.loss is not None:
+            line += f" · loss {p.loss:.4f}"
+        if p.eval_loss is not None:
+            line += f" · eval loss {p.eval_loss:.4f}"
+        line += f" · ETA {_duration(p.eta_s)}"
         lines.append(line)
-    if stage == "registering" and p.get("upload_total"):
-        sent, total = int(p.get("uploaded") or 0), int(p["upload_total"])
-        lines.append(f"`{bar(sent, total)}` uploaded {sent / 1e6:,.1f} of {total / 1e6:,.1f} MB")
+    if p.stage == "registering" and p.upload_total:
+        sent = p.uploaded or 0
+        lines.append(f"`{bar(sent, p.upload_total)}` uploaded {sent / 1e6:,.1f} of {p.upload_total / 1e6:,.1f} MB")
     if run.state in RUN_TERMINAL or run.state == "evaluated":
         lines.append(f"**{run.state}**" + (f": {run.reason}" if run.reason else ""))
     return "\n".join(lines)[:2000]

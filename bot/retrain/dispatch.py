@@ -69,7 +69,7 @@ class LocalDispatcher:
     def _policy_for(self, spec: JobSpec) -> WorkerPolicy:
         if self.policy is not None:
             return self.policy
-        return WorkerPolicy(home=self.home.resolve(), model_name=str(spec.deploy.get("model_name")),
+        return WorkerPolicy(home=self.home.resolve(), model_name=spec.deploy.model_name,
                             base_models=(spec.base_model,), ollama_host=spec.ollama_host,
                             max_time_limit_s=spec.time_limit_s)
 

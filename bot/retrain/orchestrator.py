@@ -12,10 +12,11 @@ import base64
 import contextlib
 import logging
 import time
-from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
+
+from pydantic import ValidationError
 
 from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
 from bot.retrieval import gate_with_retrieval
@@ -23,13 +24,32 @@ from bot.settings import redact_text
 from data import quality
 from data.models import RUN_DISPATCHED, RetrainRun, utcnow
 from data.runs import VoteOutcome
+from data.snapshot import MANIFEST_FILE, parse_manifest
 from data.store import RunStateError, Store, StoreError
 from deploy.gate import GateResult
 from deploy.ollama import OllamaClient, OllamaError
 from deploy.pipeline import DeployConfig, DeployFailed, conclude_candidate, fail_interrupted, forget, switch_to
+from trainer.config import TrainConfig
+from trainer.progress import (
+    CancelledEvent,
+    EvalEvent,
+    FailedEvent,
+    JobStage,
+    ResultEvent,
+    RunProgress,
+    StageEvent,
+    StartedEvent,
+    StepEvent,
+    UploadEvent,
+    parse_event,
+)
 from worker.job import JobSpec
 
 log = logging.getLogger("loraloop.retrain")
+
+# The run state (data/models.py RUN_STATES) a job's reported stage moves its run to.
+RUN_STATE_OF_STAGE: dict[JobStage, str] = {"training": "training", "converting": "converting",
+                                           "registering": "registering", "evaluating": "evaluating"}
 
 
 class NothingToTrain(StoreError):
@@ -78,8 +98,6 @@ class Orchestrator:
 
     def plan(self) -> dict[str, Any]:
         """The trainer settings a run will use (the trainer picks epochs from the data size when unset)."""
-        from trainer.config import TrainConfig
-
         cfg = TrainConfig(**self.settings.retrain_train)
         keys = ("learning_rate", "epochs", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
                 "max_length", "qlora")
@@ -176,8 +194,10 @@ class Orchestrator:
         s = self.settings
         await fail_interrupted(self.store, self.client, s.model_name)
         out = Path(s.home) / "snapshots" / f"run-{run_id}-{int(time.time())}"
-        manifest = await self.store.create_snapshot(out, s.eval_fraction)
-        if not manifest["counts"].get("train"):
+        path = (await self.store.create_snapshot(out, s.eval_fraction))["path"]
+        files = await asyncio.to_thread(_read_files, Path(path))
+        manifest = parse_manifest(files[MANIFEST_FILE])  # as the job will read it
+        if not manifest.counts.train:
             raise DispatchError("the snapshot has no training examples (every approved example fell in eval)")
         active = await self.store.active_model_version()
         config = self.deploy_config()
@@ -193,17 +213,16 @@ class Orchestrator:
                 raise DispatchError(f"general_prompts_file: {exc}") from None
         version = await self.store.create_model_version(
             name=s.model_name, base_model=s.base_model, ollama_base=s.ollama_base,
-            snapshot_sha256=manifest["sha256"], snapshot_path=manifest["path"], hyperparams=self.plan())
-        await self.store.transition(run_id, "snapshotted", expect="approved", snapshot_sha256=manifest["sha256"],
-                                    snapshot_path=manifest["path"], model_version_id=version.id)
-        files = await asyncio.to_thread(_read_files, Path(manifest["path"]))
+            snapshot_sha256=manifest.sha256, snapshot_path=path, hyperparams=self.plan())
+        await self.store.transition(run_id, "snapshotted", expect="approved", snapshot_sha256=manifest.sha256,
+                                    snapshot_path=path, model_version_id=version.id)
         spec = JobSpec(run_id=run_id, tag=version.tag, base_model=s.base_model, ollama_host=s.ollama_host,
-                       deploy=asdict(config), snapshot_sha256=manifest["sha256"], snapshot_files=files,
-                       train=train, active_tag=active.tag if active else None,
+                       deploy=config, snapshot_sha256=manifest.sha256, snapshot_files=files,
+                       train=TrainConfig.model_validate(train), active_tag=active.tag if active else None,
                        time_limit_s=s.worker_time_limit_s, heartbeat_ttl_s=s.worker_heartbeat_timeout_s)
         ref = await self.dispatcher.submit(spec)
         run = await self.store.set_run(run_id, dispatcher=self.dispatcher.name, job_ref=ref,
-                                       progress={"stage": "queued", "tag": version.tag})
+                                       progress=RunProgress(stage="queued", tag=version.tag).stored())
         log.info("retrain #%d dispatched to %s as %s", run_id, self.dispatcher.name, ref)
         await self._notify("progress", run)
         return ref
@@ -214,7 +233,7 @@ class Orchestrator:
     async def _follow(self, run_id: int, ref: str, start: int = 0) -> None:
         """Poll the job's events until it ends; a job that dies without a word fails the run."""
         index, last_write, lost_since = start, 0.0, None
-        progress: dict[str, Any] = dict((await self.store.get_run(run_id)).progress or {})
+        progress = RunProgress.model_validate((await self.store.get_run(run_id)).progress or {})
         patience = max(30.0, self.settings.worker_heartbeat_timeout_s)
         while True:
             try:
@@ -230,25 +249,36 @@ class Orchestrator:
                             redact_text(str(exc)))
                 await asyncio.sleep(max(self.poll_s, 1.0))
                 continue
-            for event in events:
+            for raw in events:
                 index += 1
-                kind = event.get("event")
-                if kind in TERMINAL_EVENTS:
-                    await self._conclude(run_id, event)
+                try:
+                    event = parse_event(raw)
+                except ValidationError as exc:  # a worker of another version, or a forged event: stop the job
+                    with contextlib.suppress(Exception):
+                        await self.dispatcher.cancel(run_id, ref)
+                    await self._fail(run_id, f"the job sent an event this bot cannot read ({_first_error(exc)}); "
+                                             "are the worker and the bot the same loraloop version?")
                     return
-                if kind == "stage":
-                    progress = {"stage": event["stage"], "tag": progress.get("tag")}
+                if isinstance(event, ResultEvent | FailedEvent | CancelledEvent):
+                    await self._conclude(run_id, raw)
+                    return
+                if isinstance(event, StageEvent):
+                    progress = RunProgress(stage=event.stage, tag=progress.tag)
                     with contextlib.suppress(RunStateError):
-                        await self.store.transition(run_id, event["stage"])
+                        await self.store.transition(run_id, RUN_STATE_OF_STAGE[event.stage])
                     last_write = 0.0  # a stage change is always shown
-                elif kind in ("step", "eval"):
-                    progress.update({k: v for k, v in event.items() if k not in ("event", "t")})
-                elif kind == "upload":
-                    progress.update(uploaded=event.get("sent"), upload_total=event.get("total"))
-                elif kind == "started":
-                    progress["host"] = event.get("host")
+                elif isinstance(event, StepEvent):
+                    progress = _updated(progress, step=event.step, total=event.total, epoch=event.epoch,
+                                        loss=event.loss, eta_s=event.eta_s)
+                elif isinstance(event, EvalEvent):
+                    progress = _updated(progress, step=event.step, total=event.total, epoch=event.epoch,
+                                        eval_loss=event.eval_loss)
+                elif isinstance(event, UploadEvent):
+                    progress = progress.model_copy(update={"uploaded": event.sent, "upload_total": event.total})
+                elif isinstance(event, StartedEvent):
+                    progress = progress.model_copy(update={"host": event.host})
                 if time.monotonic() - last_write >= self.progress_every_s:
-                    run = await self.store.set_run(run_id, progress=progress)
+                    run = await self.store.set_run(run_id, progress=progress.stored())
                     last_write = time.monotonic()
                     await self._notify("progress", run)
             if not events:
@@ -262,34 +292,38 @@ class Orchestrator:
                 await asyncio.sleep(self.poll_s)
 
     async def _conclude(self, run_id: int, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "failed":
-            return await self._fail(run_id, event.get("reason") or "the job failed")
-        if kind == "cancelled":
-            return await self._end(run_id, "cancelled", event.get("reason") or "cancelled", version_status="failed")
+        """The job's last event (checked by :meth:`_follow`): a failure, a cancellation, or the judged candidate."""
+        ended = parse_event(event)
+        if isinstance(ended, FailedEvent):
+            return await self._fail(run_id, ended.reason or "the job failed")
+        if isinstance(ended, CancelledEvent):
+            return await self._end(run_id, "cancelled", ended.reason or "cancelled", version_status="failed")
+        assert isinstance(ended, ResultEvent)
         run = await self.store.get_run(run_id)
-        gate = GateResult.from_dict(event["gate"])
+        gate = GateResult.from_dict(ended.gate)
         gate.reason = redact_text(gate.reason)  # stored and shown in Discord: a job's texts may carry a password
-        png = base64.b64decode(event["loss_png"]) if event.get("loss_png") else None
+        png = base64.b64decode(ended.loss_png) if ended.loss_png else None
         if png:
             (Path(self.settings.home) / "runs").mkdir(parents=True, exist_ok=True)
             (Path(self.settings.home) / "runs" / f"run-{run_id}-loss.png").write_bytes(png)
-        result = {k: event.get(k) for k in ("table", "metrics", "probes", "loss_curve", "bytes_uploaded")}
+        result: dict[str, Any] = {"table": ended.table, "metrics": ended.metrics, "probes": ended.probes,
+                                  "loss_curve": ended.loss_curve, "bytes_uploaded": ended.bytes_uploaded}
         result.update(passed=gate.passed, reason=gate.reason, scores=gate.scores)
         version = await self.store.update_model_version(run.model_version_id, status="registered", in_ollama=True,
-                                                        artifacts=event.get("artifacts") or {})
+                                                        artifacts=ended.artifacts)
         await self.store.set_run(run_id, result=result)
         # The job registered and judged the candidate; the rest is deploy/pipeline.py's one promotion path.
         config = self.deploy_config()
         try:
             done = await conclude_candidate(self.store, self.client, version.tag, gate, model_name=config.model_name,
-                                            keep_versions=config.keep_versions, train_metrics=event.get("metrics"),
+                                            keep_versions=config.keep_versions, train_metrics=ended.metrics,
                                             manual=self.settings.retrain_promotion == "manual",
                                             inform=gate_with_retrieval(self.settings, self.store, self.client))
         except (DeployFailed, OllamaError, StoreError) as exc:
             return await self._fail(run_id, f"could not switch to {version.tag}: {exc}")
-        if gate.with_retrieval:  # the table the experts read gains the with-retrieval lines measured just now
-            await self.store.set_run(run_id, result={**result, "table": gate.table()})
+        if gate.with_retrieval:  # the job's table (its DPO lines too) gains the with-retrieval lines measured now
+            table = "\n".join([ended.table or "", *gate.retrieval_lines()]).strip("\n")
+            await self.store.set_run(run_id, result={**result, "table": table})
         if done.status == "rejected":
             run = await self.store.transition(run_id, "rejected", reason=f"the evaluation gate refused {version.tag}: "
                                                                          f"{gate.reason}")
@@ -416,3 +450,13 @@ class Orchestrator:
 
 def _read_files(directory: Path) -> dict[str, str]:
     return {p.name: p.read_text(encoding="utf-8") for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def _updated(progress: RunProgress, **numbers: float | None) -> RunProgress:
+    """``progress`` with the numbers an event reported (one it left out keeps its last value)."""
+    return progress.model_copy(update={k: v for k, v in numbers.items() if v is not None})
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(map(str, error['loc'])) or 'event'}: {error['msg']}"

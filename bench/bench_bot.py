@@ -24,9 +24,9 @@ import discord
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.ollama import OllamaClient  # noqa: E402
-from tests.bot.conftest import BASE_TAG, make_settings, start_bot  # noqa: E402
-from tests.fixtures.discord import BOT_ID, DiscordAPI, Gateway, message_payload, user_payload  # noqa: E402
-from tests.ollama_server import OllamaTestServer  # noqa: E402
+from tests.harness.bot import BASE_TAG, make_settings, start_bot  # noqa: E402
+from tests.harness.discord import BOT_ID, DiscordAPI, Gateway, message_payload, user_payload  # noqa: E402
+from tests.harness.ollama_server import OllamaTestServer  # noqa: E402
 
 BOT = user_payload(BOT_ID, "loraloop", bot=True)
 

@@ -56,8 +56,8 @@ async def deploy_twice(label: str, mode: str, quantize: str | None, base_dir: Pa
     from deploy.ollama import OllamaClient
     from deploy.pipeline import DeployConfig, deploy
     from deploy.registration import PathMemory
-    from tests.fixtures.models import convert_base_to_gguf
-    from tests.ollama_server import OllamaTestServer
+    from tests.harness.models import convert_base_to_gguf
+    from tests.harness.ollama_server import OllamaTestServer
 
     server = OllamaTestServer(work / f"server-{label}").start()
     server.converter = lambda hf_dir, out: convert_base_to_gguf(sources, hf_dir, out)
@@ -86,7 +86,7 @@ async def deploy_twice(label: str, mode: str, quantize: str | None, base_dir: Pa
 async def upload_throughput(work: Path, megabytes: int) -> float:
     """Bytes per second through ensure_blob (hash, HEAD, streamed POST, HEAD) to the test server."""
     from deploy.ollama import OllamaClient
-    from tests.ollama_server import OllamaTestServer
+    from tests.harness.ollama_server import OllamaTestServer
 
     server = OllamaTestServer(work / "server-throughput").start()
     blob = work / "probe.bin"
@@ -116,8 +116,8 @@ def _sources(sdist: Path, into: Path) -> Path:
 
 
 async def bench(sdist: Path, work: Path, probe_mb: int) -> None:
-    from tests.fixtures.models import convert_base_to_gguf
-    from tests.fixtures.ollama import make_adapter
+    from tests.harness.models import convert_base_to_gguf
+    from tests.harness.ollama import make_adapter
     from trainer.tiny import build_tiny_model
 
     sources = _sources(sdist, work / "src")
@@ -167,7 +167,7 @@ def _gb(n: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from tests.fixtures.models import find_sdist
+    from tests.harness.models import find_sdist
 
     parser.add_argument("--sdist", type=Path, default=find_sdist(),
                         help="llama-cpp-python sdist with llama.cpp's converters (env LORALOOP_LLAMA_CPP_SDIST)")

@@ -141,7 +141,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
-    from tests.trainer.snapshots import synthetic_conversations
+    from tests.harness.snapshots import synthetic_conversations
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

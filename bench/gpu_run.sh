@@ -44,7 +44,7 @@ for whl in Path(sys.argv[1]).glob("bitsandbytes-*.whl"):
 EOF
   # llama-cpp-python: the wheel `make install` built (ctypes, py3-none: it loads on 3.12 too) ...
   cp ~/.cache/loraloop/wheels/${LLAMA_CPP}-py3-none-linux_x86_64.whl "$WHEELS/"
-  # ... and, from its 76 MB sdist, only llama.cpp's converters (what tests/fixtures/models.py extracts).
+  # ... and, from its 76 MB sdist, only llama.cpp's converters (what tests/harness/models.py extracts).
   $PY - "$WHEELS" "$LLAMA_CPP" <<'EOF'
 import sys, tarfile
 from pathlib import Path

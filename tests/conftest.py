@@ -1,4 +1,4 @@
-"""Each area's fixtures live in tests/fixtures/<area>.py; they are loaded here.
+"""Each area's fixtures live in tests/harness/<area>.py (db, models, ollama, discord); they are loaded here.
 
 The suite is hermetic: whatever loraloop configuration the person running it has (``LORALOOP_*``,
 ``DISCORD_TOKEN``, ``OLLAMA_HOST`` in the environment, a ``.env`` in the working directory) must not reach a
@@ -38,8 +38,8 @@ def _make_hermetic() -> None:
 _make_hermetic()
 
 pytest_plugins = [
-    "tests.fixtures.db",
-    "tests.fixtures.models",
-    "tests.fixtures.ollama",
-    "tests.fixtures.discord",
+    "tests.harness.db",
+    "tests.harness.models",
+    "tests.harness.ollama",
+    "tests.harness.discord",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bot.chat import DISCORD_LIMIT
-from tests.bot.conftest import BASE_TAG
-from tests.fixtures.discord import CHANNEL_ID, EPHEMERAL
+from tests.harness.bot import BASE_TAG
+from tests.harness.discord import CHANNEL_ID, EPHEMERAL
 
 
 @pytest.fixture(params=[False, True], ids=["no-intent", "intent"])

@@ -11,8 +11,8 @@ import pytest
 from bot.settings import GuildRoles
 from data import quality
 from deploy.gate import GateResult
-from tests.bot.conftest import BASE_TAG, make_settings, start_bot
-from tests.fixtures.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
+from tests.harness.bot import BASE_TAG, make_settings, start_bot
+from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 
 EXPERT_1, EXPERT_2, MEMBER = 41, 42, 43
 

@@ -10,11 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.chat import DISCORD_LIMIT, split_message
-from tests.bot.conftest import BASE_TAG
-from tests.fixtures.discord import BOT_ID, CHANNEL_ID, message_payload, user_payload
-
-USER = user_payload(11, "alice")
-BOT = {"id": str(BOT_ID), "username": "loraloop", "discriminator": "0", "avatar": None, "bot": True}
+from tests.harness.bot import BASE_TAG, BOT, USER, mention
+from tests.harness.discord import BOT_ID, CHANNEL_ID, message_payload, user_payload
+from tests.harness.polling import wait_until
 
 
 @pytest.fixture(params=[False, True], ids=["no-intent", "intent"])
@@ -23,23 +21,11 @@ def message_content_intent(request) -> bool:
     return request.param
 
 
-async def wait_for(predicate, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the bot")
-        await asyncio.sleep(0.02)
-
-
-def mention(text: str, **kw) -> dict:
-    return message_payload(f"<@{BOT_ID}> {text}", author=USER, mentions=[BOT], **kw)
-
-
 async def test_mention_streams_one_message_with_throttled_edits(bot, gateway, discord_api, ollama_server):
     reply = " ".join(f"word{i}" for i in range(60))
     ollama_server.add_scripted_model(BASE_TAG, reply=reply, token_delay=0.05)  # ~3 s of streaming
     await gateway.message(mention("tell me something"))
-    await wait_for(lambda: any(c.json and c.json.get("components") for c in discord_api.find("PATCH")))
+    await wait_until(lambda: any(c.json and c.json.get("components") for c in discord_api.find("PATCH")))
     posts = discord_api.sent_messages()
     assert len(posts) == 1 and posts[0].path == f"/channels/{CHANNEL_ID}/messages"
     assert posts[0].json["allowed_mentions"] == {"parse": [], "replied_user": False}
@@ -61,8 +47,8 @@ async def test_long_answer_is_split_into_replies(bot, gateway, discord_api, olla
     reply = ("lorem ipsum dolor " * 200).strip()  # ~3,600 characters
     ollama_server.add_scripted_model(BASE_TAG, reply=reply)
     await gateway.message(mention("long please"))
-    await wait_for(lambda: any(c.json and c.json.get("components") for c in discord_api.find("PATCH"))
-                   or any(c.json.get("components") for c in discord_api.sent_messages()))
+    await wait_until(lambda: any(c.json and c.json.get("components") for c in discord_api.find("PATCH"))
+                     or any(c.json.get("components") for c in discord_api.sent_messages()))
     messages = [m for m in discord_api.messages.values() if m["author"]["id"] == str(BOT_ID)]
     assert len(messages) == 2
     assert all(len(m["content"]) <= DISCORD_LIMIT for m in messages)
@@ -79,7 +65,7 @@ async def test_reply_chain_becomes_conversation_history(bot, gateway, discord_ap
     first_a_ref.pop("referenced_message")
     await gateway.message(message_payload(f"<@{BOT_ID}> and of Italy?", author=USER, mentions=[BOT],
                                           reference=first_a_ref))
-    await wait_for(lambda: ollama_server.requests_to("POST", "/api/chat"))
+    await wait_until(lambda: ollama_server.requests_to("POST", "/api/chat"))
     body = ollama_server.requests_to("POST", "/api/chat")[-1]
     assert [(m["role"], m["content"]) for m in body["messages"]] == [
         ("system", "You are terse."), ("user", "capital of France?"), ("assistant", "Paris."),
@@ -95,7 +81,7 @@ async def test_thread_messages_become_conversation_history(bot, gateway, discord
     discord_api.add_message(mention("capital of France?", channel_id=thread))
     discord_api.add_message(message_payload("Paris.", author=BOT, channel_id=thread))
     await gateway.message(mention("and of Italy?", channel_id=thread))
-    await wait_for(lambda: ollama_server.requests_to("POST", "/api/chat"))
+    await wait_until(lambda: ollama_server.requests_to("POST", "/api/chat"))
     body = ollama_server.requests_to("POST", "/api/chat")[-1]
     assert [(m["role"], m["content"]) for m in body["messages"]][1:] == [
         ("user", "capital of France?"), ("assistant", "Paris."), ("user", "and of Italy?"),
@@ -104,14 +90,14 @@ async def test_thread_messages_become_conversation_history(bot, gateway, discord
 
 
 async def test_ollama_down_gives_a_short_clear_reply(discord_api, tmp_path, unreachable_ollama_url):
-    from tests.bot.conftest import make_settings, start_bot
-    from tests.fixtures.discord import Gateway
+    from tests.harness.bot import make_settings, start_bot
+    from tests.harness.discord import Gateway
 
     bot = await start_bot(make_settings(tmp_path, unreachable_ollama_url))
     try:
         started = time.monotonic()
         await Gateway(bot).message(mention("hello?"))
-        await wait_for(lambda: discord_api.sent_messages(), limit=5)
+        await wait_until(lambda: discord_api.sent_messages(), limit=5)
         assert time.monotonic() - started < 5
         text = discord_api.sent_messages()[0].json["content"]
         assert "not reachable" in text and len(text) < 200
@@ -122,7 +108,7 @@ async def test_ollama_down_gives_a_short_clear_reply(discord_api, tmp_path, unre
 
 async def test_missing_model_is_explained(bot, gateway, discord_api):
     await gateway.message(mention("hello?"))
-    await wait_for(lambda: discord_api.sent_messages())
+    await wait_until(lambda: discord_api.sent_messages())
     assert f"`{BASE_TAG}` is not installed" in discord_api.sent_messages()[0].json["content"]
 
 
@@ -132,7 +118,7 @@ async def test_answers_with_the_active_version(bot, gateway, discord_api, ollama
     await bot.store.promote(version.id)
     ollama_server.add_scripted_model(version.tag, reply="fine-tuned answer")
     await gateway.message(mention("who are you"))
-    await wait_for(lambda: any(c.json and c.json.get("components") for c in discord_api.find("PATCH")))
+    await wait_until(lambda: any(c.json and c.json.get("components") for c in discord_api.find("PATCH")))
     assert ollama_server.requests_to("POST", "/api/chat")[-1]["model"] == version.tag
     answer_id = int(discord_api.find("PATCH")[-1].json["components"][0]["components"][0]["custom_id"]
                     .rsplit(":", 1)[1])
@@ -168,10 +154,10 @@ async def test_per_user_cooldown(bot, gateway, discord_api, ollama_server):
     ollama_server.add_scripted_model(BASE_TAG, reply="ok")
     bot.settings.chat_cooldown_s = 60
     await gateway.message(mention("first"))
-    await wait_for(lambda: discord_api.sent_messages())
+    await wait_until(lambda: discord_api.sent_messages())
     await gateway.message(mention("second, too soon"))
-    await wait_for(lambda: len(discord_api.sent_messages()) == 2)
+    await wait_until(lambda: len(discord_api.sent_messages()) == 2)
     assert discord_api.sent_messages()[1].json["content"].startswith("Please wait")
     assert len(ollama_server.requests_to("POST", "/api/chat")) == 1
     await gateway.message(message_payload(f"<@{BOT_ID}> another user", author=user_payload(12), mentions=[BOT]))
-    await wait_for(lambda: len(ollama_server.requests_to("POST", "/api/chat")) == 2)
+    await wait_until(lambda: len(ollama_server.requests_to("POST", "/api/chat")) == 2)

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.chat import MAX_MESSAGES, AnswerLimits, cut_note, fit_messages, split_message
-from tests.bot.conftest import BASE_TAG
-from tests.bot.test_chat import mention, wait_for
-from tests.fixtures.discord import BOT_ID
+from tests.harness.bot import BASE_TAG, mention
+from tests.harness.discord import BOT_ID
+from tests.harness.polling import wait_until
 
 LENGTH_NOTE = cut_note("length")
 TIME_NOTE = cut_note("time")
@@ -36,7 +36,7 @@ async def test_token_cap_reaches_ollama_and_a_runaway_answer_is_cut(bot, gateway
     # The scripted model ignores num_predict, like a server that does not honour it: the bot's own cap stops it.
     ollama_server.add_scripted_model(BASE_TAG, reply=" ".join(f"word{i}" for i in range(5000)))
     await gateway.message(mention("talk forever"))
-    await wait_for(answered(discord_api))
+    await wait_until(answered(discord_api))
     assert ollama_server.requests_to("POST", "/api/chat")[-1]["options"]["num_predict"] == 16
     (message,) = bot_messages(discord_api)
     assert message["content"].endswith(LENGTH_NOTE)
@@ -49,7 +49,7 @@ async def test_a_long_answer_never_floods_the_channel(bot, gateway, discord_api,
     reply = ("lorem ipsum dolor sit amet " * 3000).strip()  # ~80,000 characters: 40+ messages uncapped
     ollama_server.add_scripted_model(BASE_TAG, reply=reply)
     await gateway.message(mention("write a book"))
-    await wait_for(answered(discord_api))
+    await wait_until(answered(discord_api))
     messages = bot_messages(discord_api)
     assert len(messages) == MAX_MESSAGES
     assert all(len(m["content"]) <= 2000 for m in messages)
@@ -63,7 +63,7 @@ async def test_a_slow_endless_stream_is_cut_by_the_time_limit_and_the_bot_keeps_
     ollama_server.add_scripted_model(BASE_TAG, reply=" ".join(f"w{i}" for i in range(10_000)), token_delay=0.05)
     started = time.monotonic()
     await gateway.message(mention("never stop"))
-    await wait_for(answered(discord_api), limit=10)
+    await wait_until(answered(discord_api), limit=10)
     assert time.monotonic() - started < 6
     (message,) = bot_messages(discord_api)
     assert message["content"].startswith("w0 w1 w2") and message["content"].endswith(TIME_NOTE)
@@ -72,7 +72,7 @@ async def test_a_slow_endless_stream_is_cut_by_the_time_limit_and_the_bot_keeps_
 
     ollama_server.add_scripted_model(BASE_TAG, reply="still here")
     await gateway.message(mention("are you there?"))
-    await wait_for(answered(discord_api, 2))
+    await wait_until(answered(discord_api, 2))
     assert any(m["content"] == "still here" for m in bot_messages(discord_api))
 
 
@@ -81,7 +81,7 @@ async def test_a_stalled_stream_is_cut_by_the_time_limit(bot, gateway, discord_a
     ollama_server.add_scripted_model(BASE_TAG, reply="first then-silence", token_delay=60)  # 60 s between pieces
     started = time.monotonic()
     await gateway.message(mention("hello?"))
-    await wait_for(answered(discord_api), limit=10)
+    await wait_until(answered(discord_api), limit=10)
     assert time.monotonic() - started < 5
     (message,) = bot_messages(discord_api)
     assert message["content"] == "first" + TIME_NOTE
@@ -113,7 +113,7 @@ async def test_the_base_gets_the_served_options_per_request_a_fine_tune_carries_
     bot.settings.serve_options = {"temperature": 0.3, "top_p": 0.8}
     ollama_server.add_scripted_model(BASE_TAG, reply="from the base")
     await gateway.message(mention("hello base"))
-    await wait_for(answered(discord_api))
+    await wait_until(answered(discord_api))
     options = ollama_server.requests_to("POST", "/api/chat")[-1]["options"]
     assert options["temperature"] == 0.3 and options["top_p"] == 0.8
     assert options["num_predict"] == bot.settings.chat_max_tokens
@@ -123,7 +123,7 @@ async def test_the_base_gets_the_served_options_per_request_a_fine_tune_carries_
     await bot.store.update_model_version(version.id, status="evaluated", in_ollama=True)
     await bot.store.promote(version.id)
     await gateway.message(mention("hello fine-tune"))
-    await wait_for(answered(discord_api, 2))
+    await wait_until(answered(discord_api, 2))
     request = ollama_server.requests_to("POST", "/api/chat")[-1]
     assert request["model"] == version.tag
     assert request["options"] == {"num_predict": bot.settings.chat_max_tokens}
@@ -133,7 +133,7 @@ async def test_a_reasoning_model_s_thinking_never_reaches_discord_as_raw_tags(bo
                                                                                ollama_server):
     ollama_server.add_scripted_model(BASE_TAG, reply="<think>The user greets; be brief.</think>\n\nHello!")
     await gateway.message(mention("hi"))
-    await wait_for(answered(discord_api))
+    await wait_until(answered(discord_api))
     (message,) = bot_messages(discord_api)
     assert "<think>" not in message["content"] and "</think>" not in message["content"]
     assert message["content"] == "💭 ||The user greets; be brief.||\n\nHello!"
@@ -141,5 +141,5 @@ async def test_a_reasoning_model_s_thinking_never_reaches_discord_as_raw_tags(bo
 
     bot.settings.chat_thinking = "hidden"
     await gateway.message(mention("hi again"))
-    await wait_for(answered(discord_api, 2))
+    await wait_until(answered(discord_api, 2))
     assert bot_messages(discord_api)[-1]["content"] == "Hello!"

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from data.models import RetrainRun
-from tests.bot.conftest import BASE_TAG
-from tests.bot.test_chat import mention, wait_for
-from tests.fixtures.discord import BOT_ID, CHANNEL_ID, message_payload, user_payload
+from tests.harness.bot import BASE_TAG, mention
+from tests.harness.discord import BOT_ID, CHANNEL_ID, message_payload, user_payload
+from tests.harness.polling import wait_until
 
 THREAD = 710_000_000_000_000_001
 DM_CHANNEL = 720_000_000_000_000_001
@@ -33,10 +33,12 @@ async def recorded_answers(bot) -> list:
 
 
 async def wait_for_answers(bot, count: int, limit: float = 10.0) -> list:
-    deadline = time.monotonic() + limit
     # Polling: the answer is recorded by a handler task this test holds no handle on.
-    while len(answers := await recorded_answers(bot)) < count and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+    async def enough() -> list | None:
+        answers = await recorded_answers(bot)
+        return answers if len(answers) >= count else None
+
+    answers = await wait_until(enough, limit, f"{count} recorded answer(s)", interval=0.05)
     await asyncio.sleep(0.2)  # and the handler's last Discord calls
     return answers
 
@@ -55,8 +57,8 @@ async def assert_keeps_serving(bot, gateway, discord_api, ollama_server) -> None
     discord_api.faults.clear()
     await gateway.message(message_payload(f"<@{BOT_ID}> are you there?", author=user_payload(13, "carol"),
                                           mentions=[user_payload(BOT_ID, "loraloop", bot=True)]))
-    await wait_for(lambda: any(m["content"] == "still here" and m["components"]
-                               for m in discord_api.bot_messages()))
+    await wait_until(lambda: any(m["content"] == "still here" and m["components"]
+                                 for m in discord_api.bot_messages()))
 
 
 async def test_a_question_deleted_before_the_answer_still_gets_it(bot, gateway, discord_api, ollama_server,
@@ -66,7 +68,7 @@ async def test_a_question_deleted_before_the_answer_still_gets_it(bot, gateway, 
     question = mention("quick, then gone")
     await gateway.message(question)
     discord_api.delete_message(int(question["id"]))
-    await wait_for(lambda: any(m["components"] for m in discord_api.bot_messages()))
+    await wait_until(lambda: any(m["components"] for m in discord_api.bot_messages()))
     [answer_message] = discord_api.bot_messages()
     assert answer_message["content"] == "an answer nobody asked for anymore"
     assert "message_reference" not in answer_message  # posted in the channel, not as a reply
@@ -79,7 +81,7 @@ async def test_an_answer_deleted_mid_stream_is_recorded_and_logged_once(bot, gat
     reply = " ".join(f"word{i}" for i in range(40))
     ollama_server.add_scripted_model(BASE_TAG, reply=reply, token_delay=0.05)
     await gateway.message(mention("tell me a story"))
-    await wait_for(lambda: discord_api.bot_messages())
+    await wait_until(lambda: discord_api.bot_messages())
     discord_api.delete_message(int(discord_api.bot_messages()[0]["id"]))
     [answer] = await wait_for_answers(bot, 1)
     assert answer.answer == reply
@@ -105,7 +107,7 @@ async def test_unreadable_thread_history_falls_back_to_the_message(bot, gateway,
     discord_api.add_message(mention("capital of France?", channel_id=THREAD))
     discord_api.forbid("GET", rf"^/channels/{THREAD}/messages", code=50001)
     await gateway.message(mention("and of Italy?", channel_id=THREAD))
-    await wait_for(lambda: any(m["components"] for m in discord_api.bot_messages(THREAD)))
+    await wait_until(lambda: any(m["components"] for m in discord_api.bot_messages(THREAD)))
     body = ollama_server.requests_to("POST", "/api/chat")[-1]
     assert [(m["role"], m["content"]) for m in body["messages"]][1:] == [("user", "and of Italy?")]
 
@@ -117,16 +119,16 @@ async def test_a_rate_limited_edit_stalls_neither_its_stream_nor_other_conversat
     discord_api.rate_limit("PATCH", rf"^/channels/{CHANNEL_ID}/messages/", retry_after=4.0)
     started = time.monotonic()
     await gateway.message(mention("first conversation"))
-    await wait_for(lambda: discord_api.find("PATCH", f"/channels/{CHANNEL_ID}/messages/"))
+    await wait_until(lambda: discord_api.find("PATCH", f"/channels/{CHANNEL_ID}/messages/"))
     # Another conversation, in a DM (another rate-limit bucket), is answered while the first edit waits: the
     # first one kept reading its stream (the model server answers one chat at a time) and recorded its answer.
     await gateway.message(message_payload(f"<@{BOT_ID}> second conversation", author=user_payload(12),
                                           channel_id=DM_CHANNEL, guild_id=None))
-    await wait_for(lambda: any(m["components"] for m in discord_api.bot_messages(DM_CHANNEL)))
+    await wait_until(lambda: any(m["components"] for m in discord_api.bot_messages(DM_CHANNEL)))
     assert time.monotonic() - started < 4.0
     assert [a.answer for a in await recorded_answers(bot)] == [reply, reply]
     assert not any(m["components"] for m in discord_api.bot_messages(CHANNEL_ID))  # its edit still waits
-    await wait_for(lambda: any(m["components"] for m in discord_api.bot_messages(CHANNEL_ID)))
+    await wait_until(lambda: any(m["components"] for m in discord_api.bot_messages(CHANNEL_ID)))
     [first] = discord_api.bot_messages(CHANNEL_ID)
     assert first["content"] == reply
     patches = discord_api.find("PATCH", f"/channels/{CHANNEL_ID}/messages/")
@@ -147,7 +149,7 @@ async def test_retrain_progress_edits_coalesce_under_a_rate_limit(bot, discord_a
     for step in range(1, 6):
         await cog.progress(run(step))
     assert time.monotonic() - started < 0.5  # the orchestrator is never held up by the limit
-    await wait_for(lambda: "5/10" in discord_api.messages[status.id]["content"], limit=5)
+    await wait_until(lambda: "5/10" in discord_api.messages[status.id]["content"], limit=5)
     assert "5/10" in discord_api.messages[status.id]["content"]  # the latest state wins
     statuses = [c.status for c in discord_api.find("PATCH", f"/messages/{status.id}")]
     assert statuses[0] == 429 and statuses[-1] == 200 and len(statuses) <= 3  # steps in between never sent

@@ -6,16 +6,9 @@ import pytest
 
 from data.conversation import Conversation
 from deploy.gate import GateResult
-from tests.bot.conftest import BASE_TAG, start_bot
-from tests.bot.test_chat import wait_for
-from tests.fixtures.discord import ADMIN_ROLE, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
-
-EXPERT, ADMIN, MEMBER, AUTHOR = 21, 22, 23, 24
-EPHEMERAL = 64
-
-
-def last_response(api) -> dict:
-    return api.interaction_responses()[-1].json
+from tests.harness.bot import ADMIN, AUTHOR, BASE_TAG, EXPERT, MEMBER, last_response, start_bot
+from tests.harness.discord import ADMIN_ROLE, EPHEMERAL, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
+from tests.harness.polling import wait_until
 
 
 def is_ephemeral(api) -> bool:
@@ -193,7 +186,7 @@ async def test_import_attachment_reports_each_outcome(bot, gateway, discord_api)
     await gateway.command("import", {"file": attachment["id"]}, user_id=EXPERT, roles=[EXPERT_ROLE],
                           attachments={attachment["id"]: attachment})
     assert last_response(discord_api)["type"] == 5  # deferred: the file is downloaded and parsed
-    await wait_for(lambda: discord_api.find("POST", "/webhooks/"))
+    await wait_until(lambda: discord_api.find("POST", "/webhooks/"))
     followups = discord_api.find("POST", "/webhooks/")
     assert followups, "no follow-up reached Discord"
     text = followups[-1].json["content"]
@@ -212,7 +205,7 @@ async def test_import_refuses_oversize_and_garbage(bot, gateway, discord_api):
     junk = discord_api.attachment("junk.json", b"\x00\x01\x02")
     await gateway.command("import", {"file": junk["id"]}, user_id=EXPERT, roles=[EXPERT_ROLE],
                           attachments={junk["id"]: junk})
-    await wait_for(lambda: discord_api.find("POST", "/webhooks/"))
+    await wait_until(lambda: discord_api.find("POST", "/webhooks/"))
     assert "was not imported: this is a binary file" in discord_api.find("POST", "/webhooks/")[-1].json["content"]
     assert await bot.store.list_examples() == []
 

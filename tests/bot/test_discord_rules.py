@@ -8,25 +8,12 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Awaitable, Callable
 
 import discord
 import pytest
-from discord import app_commands
 
-from tests.fixtures.discord import GUILD_ID, interaction_name, message_with_buttons
-
-Handler = Callable[[discord.Interaction], Awaitable[None]]
-
-
-def add_test_command(bot, name: str, handler: Handler) -> None:
-    """A guild command on the bot's own tree, dispatched like any other (no sync needed to receive it)."""
-
-    async def callback(interaction: discord.Interaction) -> None:
-        await handler(interaction)
-
-    bot.tree.add_command(app_commands.Command(name=name, description="test", callback=callback),
-                         guild=discord.Object(GUILD_ID))
+from tests.harness.bot import add_test_command
+from tests.harness.discord import interaction_name, message_with_buttons
 
 
 async def test_a_first_response_after_3_s_is_unknown_interaction(bot, gateway, discord_api):

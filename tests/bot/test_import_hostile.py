@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from data.conversation import Conversation
-from tests.bot.test_chat import wait_for
-from tests.fixtures.discord import EXPERT_ROLE
+from tests.harness.discord import EXPERT_ROLE
+from tests.harness.polling import wait_until
 
 EXPERT = 21
 EPHEMERAL = 64
@@ -18,7 +18,7 @@ async def import_file(gateway, discord_api, name: str, data: bytes) -> dict:
     attachment = discord_api.attachment(name, data)
     await gateway.command("import", {"file": attachment["id"]}, user_id=EXPERT, roles=[EXPERT_ROLE],
                           attachments={attachment["id"]: attachment})
-    await wait_for(lambda: len(discord_api.find("POST", "/webhooks/")) > before)
+    await wait_until(lambda: len(discord_api.find("POST", "/webhooks/")) > before)
     return discord_api.find("POST", "/webhooks/")[-1].json
 
 

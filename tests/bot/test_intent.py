@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bot.conftest import BASE_TAG
-from tests.bot.test_chat import BOT, USER, mention, wait_for
-from tests.fixtures.discord import BOT_ID, message_payload, reply_payload, user_payload
+from tests.harness.bot import BASE_TAG, BOT, USER, mention
+from tests.harness.discord import BOT_ID, message_payload, reply_payload, user_payload
+from tests.harness.polling import wait_until
 
 BOB = user_payload(12, "bob")
 
@@ -34,7 +34,7 @@ async def test_a_reply_to_an_ask_answer(bot, gateway, discord_api, ollama_server
     [answer] = discord_api.bot_messages()
     ollama_server.add_scripted_model(BASE_TAG, reply="Rome.")
     await gateway.message(reply_payload("and of Italy?", to=answer, author=USER))  # a ping-reply
-    await wait_for(lambda: len(discord_api.bot_messages()) == 2)
+    await wait_until(lambda: len(discord_api.bot_messages()) == 2)
     reply = discord_api.bot_messages()[-1]
     if message_content_intent:
         # The question is not on the /ask answer: it comes from the recorded answer behind its buttons.
@@ -48,18 +48,18 @@ async def test_a_reply_to_an_ask_answer(bot, gateway, discord_api, ollama_server
         assert len(reply["content"]) < 300 and reply["message_reference"]
         # Mentioning the bot in the reply works without the intent.
         await gateway.message(reply_payload(f"<@{BOT_ID}> and of Italy?", to=answer, author=USER, mentions=[BOT]))
-        await wait_for(lambda: len(ollama_server.requests_to("POST", "/api/chat")) == 2)
+        await wait_until(lambda: len(ollama_server.requests_to("POST", "/api/chat")) == 2)
         assert chat_turns(ollama_server)[-1] == ("user", "and of Italy?")
 
 
 async def test_a_ping_reply_to_a_mention_answer_needs_no_intent(bot, gateway, discord_api, ollama_server):
     ollama_server.add_scripted_model(BASE_TAG, reply="Paris.")
     await gateway.message(mention("capital of France?"))
-    await wait_for(lambda: any(m["components"] for m in discord_api.bot_messages()))
+    await wait_until(lambda: any(m["components"] for m in discord_api.bot_messages()))
     [answer] = discord_api.bot_messages()
     ollama_server.add_scripted_model(BASE_TAG, reply="Rome.")
     await gateway.message(reply_payload("and of Italy?", to=answer, author=USER))
-    await wait_for(lambda: len(ollama_server.requests_to("POST", "/api/chat")) == 2)
+    await wait_until(lambda: len(ollama_server.requests_to("POST", "/api/chat")) == 2)
     assert chat_turns(ollama_server) == [("user", "capital of France?"), ("assistant", "Paris."),
                                          ("user", "and of Italy?")]
 
@@ -71,7 +71,7 @@ async def test_a_reply_chain_through_another_users_message(bot, gateway, discord
     answer = discord_api.add_message(message_payload("Paris.", author=BOT, reference=question))
     remark = discord_api.add_message(reply_payload("I heard Lyon", to=answer, author=BOB, ping=False))
     await gateway.message(reply_payload(f"<@{BOT_ID}> is Bob right?", to=remark, author=USER, mentions=[BOT]))
-    await wait_for(lambda: any(m["components"] for m in discord_api.bot_messages()[1:]))
+    await wait_until(lambda: any(m["components"] for m in discord_api.bot_messages()[1:]))
     shown = discord_api.bot_messages()[-1]["content"]
     if message_content_intent:
         assert chat_turns(ollama_server) == [("user", "capital of France?"), ("assistant", "Paris."),

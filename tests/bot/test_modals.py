@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 from data.conversation import Conversation
-from tests.bot.conftest import BASE_TAG
-from tests.bot.test_commands import AUTHOR, EXPERT, last_response
-from tests.fixtures.discord import EXPERT_ROLE, message_with_buttons
+from tests.harness.bot import AUTHOR, BASE_TAG, EXPERT, last_response
+from tests.harness.discord import EXPERT_ROLE, message_with_buttons
 
 OTHER = EXPERT + 100
 

@@ -8,9 +8,8 @@ import socket
 import pytest
 
 from bot.settings import redact_text, redact_url
-from tests.bot.conftest import make_settings, start_bot
-from tests.fixtures.discord import CHANNEL_ID, EXPERT_ROLE, Gateway, message_with_buttons
-from tests.retrain.test_commands import EXPERT, GUILDS
+from tests.harness.bot import EXPERT, EXPERTS_CHANNEL_GUILDS, make_settings, start_bot
+from tests.harness.discord import CHANNEL_ID, EXPERT_ROLE, Gateway, message_with_buttons
 
 URLS = {
     # form: (url, redacted)
@@ -76,7 +75,7 @@ async def test_a_run_failure_carrying_a_dsn_shows_no_password(tmp_path, discord_
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = make_settings(tmp_path, f"http://admin:hunter2@127.0.0.1:{port}", guilds=GUILDS,
+    settings = make_settings(tmp_path, f"http://admin:hunter2@127.0.0.1:{port}", guilds=EXPERTS_CHANNEL_GUILDS,
                              retrain_promotion="manual")
     bot = await start_bot(settings)
     try:

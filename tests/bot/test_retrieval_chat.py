@@ -11,47 +11,28 @@ from typer.testing import CliRunner
 
 from bot.retrieval import BLOCK_HEAD
 from data.conversation import Conversation
-from tests.bot.conftest import BASE_TAG, make_settings, start_bot
-from tests.bot.test_chat import USER, mention, wait_for
-from tests.bot.test_commands import ADMIN, EPHEMERAL, EXPERT, MEMBER, last_response
-from tests.fixtures.discord import ADMIN_ROLE, BOT_ID, EXPERT_ROLE, Gateway, message_with_buttons, reply_payload
+from tests.harness.bot import (
+    ANSWER,
+    BASE_TAG,
+    EXPERT,
+    MEMBER,
+    QUESTION,
+    USER,
+    ask,
+    chats,
+    last_response,
+    make_settings,
+    start_bot,
+    teach_and_approve,
+)
+from tests.harness.discord import BOT_ID, EPHEMERAL, EXPERT_ROLE, Gateway, reply_payload
+from tests.harness.polling import wait_until
 
-QUESTION = "How do I reset my password on the staging cluster?"
-ANSWER = "Run `vault reset --env staging` and wait for the mail."
 EMBEDDER = "embedder:latest"
-
-
-async def ask(gateway, discord_api, text: str) -> dict:
-    """Mention the bot; the bot's finished reply (the message that carries the feedback buttons)."""
-    def finished() -> list[dict]:
-        return [m for m in discord_api.bot_messages() if m.get("components")]
-
-    before = len(finished())
-    await gateway.message(mention(text))
-    await wait_for(lambda: len(finished()) > before)
-    return finished()[-1]
-
-
-def chats(ollama_server) -> list[list[dict]]:
-    """The messages of every chat the model server received, oldest first."""
-    return [body["messages"] for body in ollama_server.requests_to("POST", "/api/chat")]
 
 
 def buttons(message: dict) -> list[str]:
     return [c["custom_id"] for row in message["components"] for c in row["components"]]
-
-
-async def teach_and_approve(bot, gateway, discord_api, question: str, answer: str) -> int:
-    await gateway.command("teach", user_id=EXPERT, roles=[EXPERT_ROLE])
-    modal = last_response(discord_api)
-    fields = [c["components"][0]["custom_id"] for c in modal["data"]["components"]]
-    await gateway.submit_modal(modal["data"]["custom_id"], dict(zip(fields, [question, answer, ""], strict=True)),
-                               user_id=EXPERT, roles=[EXPERT_ROLE])
-    [example] = [e for e in await bot.store.list_examples(status="pending") if e.messages[0]["content"] == question]
-    await gateway.click(f"ll:rv:approve:{example.id}", message=message_with_buttons([f"ll:rv:approve:{example.id}"]),
-                        user_id=ADMIN, roles=[ADMIN_ROLE])
-    await bot.retrieval.wait_idle()  # the approval asked for a sync; it runs beside the click's response
-    return example.id
 
 
 async def test_a_pair_taught_in_discord_is_in_the_next_prompt_and_named_under_the_answer(
@@ -100,7 +81,7 @@ async def test_a_reply_to_an_answer_carries_the_answer_without_its_footer(bot, g
     reply = await ask(gateway, discord_api, QUESTION)
     assert reply["content"].endswith(f"-# Using 1 expert answer: #{example_id}")
     await gateway.message(reply_payload(f"<@{BOT_ID}> and on production?", to=reply, author=USER))
-    await wait_for(lambda: chats(ollama_server)[-1][-1]["content"] == "and on production?")
+    await wait_until(lambda: chats(ollama_server)[-1][-1]["content"] == "and on production?")
     assert [m["content"] for m in chats(ollama_server)[-1] if m["role"] == "assistant"] == ["Use the vault."]
 
 

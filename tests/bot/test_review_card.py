@@ -10,8 +10,8 @@ import pytest
 from bot.views import CONTENT_MAX, render_example
 from data.conversation import Conversation
 from data.models import Example
-from tests.bot.test_commands import ADMIN, AUTHOR, EPHEMERAL, EXPERT, last_response
-from tests.fixtures.discord import ADMIN_ROLE, EXPERT_ROLE, message_with_buttons
+from tests.harness.bot import ADMIN, AUTHOR, EXPERT, last_response
+from tests.harness.discord import ADMIN_ROLE, EPHEMERAL, EXPERT_ROLE, message_with_buttons
 
 FENCE = "```"
 ZWSP = "\u200b"

@@ -10,8 +10,8 @@ import gzip
 
 from bot.settings import GuildRoles
 from data.conversation import Conversation
-from tests.bot.conftest import BASE_TAG, make_settings, start_bot
-from tests.fixtures.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
+from tests.harness.bot import BASE_TAG, make_settings, start_bot
+from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 
 EXPERT, ADMIN, MEMBER = 51, 52, 53
 SLOW_OLLAMA_S = 3.5

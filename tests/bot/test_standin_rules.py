@@ -11,9 +11,8 @@ import discord
 import pytest
 from discord.ext import commands
 
-from tests.bot.conftest import FAKE_TOKEN
-from tests.bot.test_discord_rules import add_test_command
-from tests.fixtures.discord import (
+from tests.harness.bot import FAKE_TOKEN, add_test_command
+from tests.harness.discord import (
     BOT_ID,
     CHANNEL_ID,
     EPHEMERAL,
@@ -233,7 +232,7 @@ async def test_length_limits_are_invalid_form_body(bot, gateway, discord_api):
 async def test_abandoned_modals_expire(bot, gateway, discord_api):
     """discord.py keeps every opened modal until it is submitted or times out: one without a timeout that
     nobody submits stays for the life of the process."""
-    from tests.fixtures.discord import EXPERT_ROLE
+    from tests.harness.discord import EXPERT_ROLE
 
     for _ in range(3):
         await gateway.command("teach", user_id=11, roles=[EXPERT_ROLE])

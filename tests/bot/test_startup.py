@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot.app import StartupError, run_bot, start
-from tests.bot.conftest import FAKE_TOKEN, make_settings
+from tests.harness.bot import FAKE_TOKEN, make_settings
 
 
 async def test_rejected_token_is_one_clear_line(discord_api, tmp_path, ollama_server):

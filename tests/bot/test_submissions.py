@@ -7,10 +7,9 @@ import json
 
 from bot.settings import GuildRoles
 from data.conversation import Conversation
-from tests.bot.conftest import BASE_TAG
-from tests.bot.test_chat import wait_for
-from tests.bot.test_commands import EPHEMERAL, EXPERT, MEMBER, last_response
-from tests.fixtures.discord import ADMIN_ROLE, EXPERT_ROLE, GUILD_ID, message_with_buttons
+from tests.harness.bot import BASE_TAG, EXPERT, MEMBER, last_response
+from tests.harness.discord import ADMIN_ROLE, EPHEMERAL, EXPERT_ROLE, GUILD_ID, message_with_buttons
+from tests.harness.polling import wait_until
 
 
 async def answer_with_buttons(bot, **kw) -> tuple[int, dict]:
@@ -124,7 +123,7 @@ async def run_import(gateway, discord_api, rows: list[dict], name: str) -> dict:
 
 
 async def import_followup(discord_api, before: int) -> str:
-    await wait_for(lambda: len(discord_api.find("POST", "/webhooks/")) > before)
+    await wait_until(lambda: len(discord_api.find("POST", "/webhooks/")) > before)
     return discord_api.find("POST", "/webhooks/")[-1].json["content"]
 
 

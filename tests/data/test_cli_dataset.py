@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.db import POSTGRES_URL
+from tests.harness.db import POSTGRES_URL
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 ALPACA_ZH = DATASETS / "alpaca_zh_demo.json"

@@ -11,7 +11,8 @@ from sqlalchemy import text
 from data.conversation import Conversation
 from data.models import utcnow
 from data.store import ImportFailed, NotFound, Store
-from tests.fixtures.db import make_store
+from tests.harness.db import make_store
+from tests.harness.polling import wait_until
 
 
 def qa(q: str, a: str = "an answer") -> Conversation:
@@ -24,14 +25,6 @@ async def _raw_count(store: Store, table: str = "examples") -> int:
         return (await conn.execute(text(f"select count(*) from {table}"))).scalar()
 
 
-async def _first_batch_written(store: Store) -> None:
-    for _ in range(2000):
-        if await _raw_count(store):
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("the import wrote nothing for 10 s")
-
-
 async def test_the_bot_writes_while_a_big_import_runs_and_sees_none_of_it_until_done(tmp_path):
     """SQLite, two stores on one file (the bot, and an import from the CLI): the bot's /teach commits while the
     import is half-way, instead of waiting for (or, past its busy timeout, failing on) one long transaction;
@@ -41,7 +34,7 @@ async def test_the_bot_writes_while_a_big_import_runs_and_sees_none_of_it_until_
     task = asyncio.create_task(importer.import_conversations([qa(f"imported {i}") for i in range(20_000)],
                                                              author_id=7))
     try:
-        await _first_batch_written(bot)
+        await wait_until(lambda: _raw_count(bot), 10, "the import's first batch", interval=0.005)
         async with bot.engine.connect() as conn:
             staged_id = (await conn.execute(text("select min(id) from examples"))).scalar()
         taught = await bot.add_example(qa("taught during the import"), source="teach", author_id=7)
@@ -104,7 +97,7 @@ async def test_a_cancelled_import_leaves_nothing(tmp_path):
     store, cleanup = await make_store("sqlite", tmp_path)
     try:
         task = asyncio.create_task(store.import_conversations([qa(f"row {i}") for i in range(20_000)]))
-        await _first_batch_written(store)
+        await wait_until(lambda: _raw_count(store), 10, "the import's first batch", interval=0.005)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

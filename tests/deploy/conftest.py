@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from deploy.modelfile import serving_format_for
-from tests.fixtures.db import make_store
-from tests.fixtures.models import convert_base_to_gguf
-from tests.ollama_server import OllamaTestServer
+from tests.harness.db import make_store
+from tests.harness.models import convert_base_to_gguf
+from tests.harness.ollama_server import OllamaTestServer
 
 TINY_BASE = "tiny-llama:base"
 

@@ -12,8 +12,8 @@ import pytest
 from data.conversation import Conversation
 from data.vectors import build_index, index_pairs, load_vectors
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
-from tests.fixtures.db import BACKENDS, make_store
-from tests.ollama_server import EMBED_DIM, OllamaTestServer, trigram_embedding
+from tests.harness.db import BACKENDS, make_store
+from tests.harness.ollama_server import EMBED_DIM, OllamaTestServer, trigram_embedding
 
 
 @pytest.fixture(params=BACKENDS)

@@ -7,7 +7,7 @@ import pytest
 from data.conversation import Conversation
 from deploy.gate import eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
-from tests.ollama_server import OllamaTestServer
+from tests.harness.ollama_server import OllamaTestServer
 
 REFERENCE = "the cat is red."
 EVAL = [Conversation.qa(f"what colour is cat {i}?", REFERENCE) for i in range(3)]

@@ -2,66 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.conversation import Conversation
 from deploy.gate import GateResult
-from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig, deploy
-from tests.ollama_server import OllamaTestServer
-from trainer.tiny import CHATML
-
-BASE = "scripted-base:1b"
-RIGHT = "it is red."
-
-
-def fake_adapter(root: Path, name: str = "adapter") -> Path:
-    """An adapter directory as `loraloop deploy convert` leaves it: a GGUF adapter (the test server only checks
-    its magic; scripted models answer without loading it) and the run.json with the trained chat template."""
-    out = root / name
-    out.mkdir(parents=True)
-    (out / "adapter.gguf").write_bytes(b"GGUF" + name.encode() * 16)
-    (out / "run.json").write_text(json.dumps({"chat_template": CHATML, "system_prompt": None}), encoding="utf-8")
-    return out
-
-
-def eval_snapshot(root: Path) -> Path:
-    """A snapshot whose eval questions all have the reference answer RIGHT."""
-    from data.snapshot import write_snapshot
-
-    @dataclass
-    class Ex:
-        content_hash: str
-        messages: list[dict[str, str]]
-        tags: list[str]
-        source: str = "test"
-        tools: str | None = None
-
-    convs = [Conversation.qa(f"what colour is the {t}?", RIGHT) for t in
-             ("cat", "dog", "tree", "river", "house", "bird", "stone", "cloud", "apple", "road", "lamp", "door")]
-    out = root / "snapshot"
-    write_snapshot([Ex(c.content_hash(), c.to_dicts(), []) for c in convs], out, eval_fraction=0.5)
-    return out
-
-
-def answered_chats(server: OllamaTestServer) -> list[dict[str, Any]]:
-    """The chats a model answered (not the prompt-rendering checks made with ``_debug_render_only``)."""
-    return [c for c in server.requests_to("POST", "/api/chat") if not c.get("_debug_render_only")]
-
-
-def scripted_base(server: OllamaTestServer, adapter: Path, reply: str) -> None:
-    fmt = serving_format_for(adapter)
-    server.add_scripted_model(BASE, reply=reply, template=fmt.template)
-
-
-def config(**overrides: Any) -> DeployConfig:
-    values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "eval_limit": 4,
-                              "gate_margin": 0.02}
-    return DeployConfig(**{**values, **overrides})
+from deploy.pipeline import deploy
+from tests.harness.gate import BASE, RIGHT, answered_chats, config, eval_snapshot, fake_adapter, scripted_base
+from tests.harness.ollama_server import OllamaTestServer
 
 
 async def test_a_first_candidate_worse_than_the_base_is_rejected(ollama_server: OllamaTestServer, store: Any,

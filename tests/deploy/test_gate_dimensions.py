@@ -11,8 +11,8 @@ from data.conversation import Conversation
 from deploy.gate import PARAPHRASE_INSTRUCTION, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
 from deploy.pipeline import GATE_OPTIONS, SERVE_OPTIONS, deploy
-from tests.deploy.test_gate_base import BASE, RIGHT, answered_chats, config, eval_snapshot, fake_adapter, scripted_base
-from tests.ollama_server import OllamaTestServer, paraphrase
+from tests.harness.gate import BASE, RIGHT, answered_chats, config, eval_snapshot, fake_adapter, scripted_base
+from tests.harness.ollama_server import OllamaTestServer, paraphrase
 
 CANDIDATE = "loraloop-tiny:v1"
 

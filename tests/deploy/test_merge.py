@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deploy.merge import MergeError, merge_adapter
-from tests.deploy.test_gguf import peft_adapter
+from tests.harness.parity import peft_adapter
 
 
 def test_merged_model_matches_peft(tmp_path, tiny_llama_dir):

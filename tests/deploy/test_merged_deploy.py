@@ -13,7 +13,7 @@ import pytest
 from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig, apply_retention, deploy, rollback
 from deploy.registration import PathMemory
-from tests.ollama_server import OllamaTestServer
+from tests.harness.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
 BASE = "tiny-llama:base"

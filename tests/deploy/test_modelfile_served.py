@@ -14,8 +14,8 @@ import pytest
 from data.conversation import Conversation
 from deploy.modelfile import serving_format
 from deploy.ollama import OllamaClient
-from tests.fixtures.models import convert_base_to_gguf
-from tests.ollama_server import OllamaTestServer
+from tests.harness.models import convert_base_to_gguf
+from tests.harness.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from deploy.ollama import (
     OllamaError,
     OllamaUnavailable,
 )
-from tests.ollama_server import OllamaTestServer
+from tests.harness.ollama_server import OllamaTestServer
 
 MESSAGES = [{"role": "user", "content": "Hi?"}]
 

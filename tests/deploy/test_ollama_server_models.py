@@ -12,7 +12,7 @@ import ollama
 import pytest
 
 from deploy.ollama import OllamaClient, OllamaError
-from tests.ollama_server import OllamaTestServer
+from tests.harness.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
 CHAT = [{"role": "user", "content": "what colour is the cat?"}]

@@ -22,8 +22,8 @@ from deploy.registration import (
     parse_version,
     quantize_type,
 )
-from tests.fixtures.models import convert_base_to_gguf
-from tests.ollama_server import ADAPTERS_REMOVED, LORAS_NOT_IMPLEMENTED, OllamaTestServer
+from tests.harness.models import convert_base_to_gguf
+from tests.harness.ollama_server import ADAPTERS_REMOVED, LORAS_NOT_IMPLEMENTED, OllamaTestServer
 
 BASE = "tiny-llama:base"
 

@@ -21,8 +21,8 @@ from data.conversation import Conversation
 from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig, apply_retention, deploy, rollback
-from tests.fixtures.models import convert_base_to_gguf
-from tests.ollama_server import OllamaTestServer
+from tests.harness.models import convert_base_to_gguf
+from tests.harness.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
 BASE = "tiny-llama:base"
@@ -153,7 +153,7 @@ async def test_failures_mark_the_version_failed_and_keep_the_active(
     registered_base: OllamaTestServer, store: Any, tiny_llama_adapters: list[Path], tiny_llama_dir: Path,
     tiny_qwen2_dir: Path, unreachable_ollama_url: str, tmp_path: Path,
 ) -> None:
-    from tests.fixtures.ollama import make_adapter
+    from tests.harness.ollama import make_adapter
 
     async with OllamaClient(registered_base.url) as client:
         await deploy(tiny_llama_adapters[0], store=store, client=client, config=config(), base_dir=tiny_llama_dir)

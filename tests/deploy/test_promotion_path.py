@@ -20,8 +20,8 @@ from data.store import Store
 from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig, deploy, judge_candidate
-from tests.ollama_server import OllamaTestServer
-from tests.retrain.conftest import loop_settings
+from tests.harness.ollama_server import OllamaTestServer
+from tests.harness.retrain import loop_settings
 
 pytestmark = pytest.mark.slow
 BASE = "tiny-llama:base"
@@ -86,9 +86,8 @@ class JudgingWorker:
         folder.mkdir()
         for name, text in spec.snapshot_files.items():
             (folder / name).write_text(text, encoding="utf-8")
-        config = DeployConfig(**{k: tuple(v) if k == "probes" else v for k, v in spec.deploy.items()})
         async with OllamaClient(spec.ollama_host) as client:
-            gate = await judge_candidate(client, config, spec.tag, spec.active_tag,
+            gate = await judge_candidate(client, spec.deploy, spec.tag, spec.active_tag,
                                          list(read_snapshot(folder).eval))
         stages = [{"event": "stage", "stage": s} for s in ("training", "converting", "registering", "evaluating")]
         self.jobs[spec.tag] = [*stages, {"event": "result", "gate": gate.to_dict(), "table": gate.table(),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from deploy.gguf import convert_adapter
-from tests.deploy.test_gguf import CHAT, llama_logits, peft_adapter
-from tests.fixtures.models import ConvertedBase, hf_tokenizer
+from tests.harness.models import ConvertedBase, hf_tokenizer
+from tests.harness.parity import CHAT, llama_logits, peft_adapter
 
 llama_cpp = pytest.importorskip("llama_cpp")
 

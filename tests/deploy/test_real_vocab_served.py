@@ -12,8 +12,8 @@ import pytest
 from data.conversation import Conversation
 from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient
-from tests.fixtures.models import ConvertedBase, hf_tokenizer
-from tests.ollama_server import OllamaTestServer
+from tests.harness.models import ConvertedBase, hf_tokenizer
+from tests.harness.ollama_server import OllamaTestServer
 from trainer.prepare import ChatFormat, end_of_turn_tokens
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from deploy.modelfile import CHATML_TEMPLATE, SERVED_CHECK_CHATS, serving_format
 from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig, deploy
 from deploy.registration import PathMemory
-from tests.fixtures.models import convert_base_to_gguf
-from tests.ollama_server import OllamaTestServer
+from tests.harness.models import convert_base_to_gguf
+from tests.harness.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
 BASE = "tiny-llama:base"

@@ -12,8 +12,8 @@ from bot.settings import Settings
 from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient, OllamaError
 from deploy.pipeline import SERVE_OPTIONS, DeployConfig, deploy
-from tests.deploy.test_gate_base import BASE, RIGHT, answered_chats, eval_snapshot, fake_adapter, scripted_base
-from tests.ollama_server import OllamaTestServer
+from tests.harness.gate import BASE, RIGHT, answered_chats, eval_snapshot, fake_adapter, scripted_base
+from tests.harness.ollama_server import OllamaTestServer
 
 SERVE = {"temperature": 0.6, "top_p": 0.85, "top_k": 30, "repeat_penalty": 1.15, "num_ctx": 3072, "num_predict": 400}
 GATE = {"temperature": 0.0, "seed": 0, "num_predict": 24}

@@ -1,5 +1,5 @@
 // Renders loraloop's Modelfile TEMPLATEs with Go's own text/template, the way Ollama's /api/chat prepares a
-// chat, into golden prompt files. tests/deploy/test_goldens.py checks that loraloop's Python interpreter
+// chat, into golden prompt files. tests/deploy/test_modelfile_served.py checks that loraloop's Python interpreter
 // (deploy/go_template.py), which the Ollama-API test server renders with, reproduces each file exactly.
 //
 //	go run tests/goldens/render.go tests/goldens/cases.json tests/goldens/prompts

@@ -1,7 +1,7 @@
 """GPU tests: the project's trainer path on CUDA (QLoRA, bf16 LoRA) with tiny random models.
 
 Every test here is marked ``gpu`` and skips, saying why, where torch sees no CUDA GPU, so CI stays green.
-The fixtures come from tests/fixtures/models.py by import, so that on a GPU host without the bot's services
+The fixtures come from tests/harness/models.py by import, so that on a GPU host without the bot's services
 ``pytest --confcutdir=tests/gpu tests/gpu`` (bench/gpu_run.sh) runs these without the root conftest.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.models import llama_cpp_sources, tiny_llama_dir, tiny_llama_gguf  # noqa: F401
+from tests.harness.models import llama_cpp_sources, tiny_llama_dir, tiny_llama_gguf  # noqa: F401
 
 try:
     import torch

@@ -42,7 +42,7 @@ def parity(adapter_dir: Path, base_dir: Path, base_gguf: Path, gguf_out: Path) -
     import torch
 
     from deploy.gguf import convert_adapter
-    from tests.deploy.test_gguf import CHAT, llama_cpp, llama_logits
+    from tests.harness.parity import CHAT, llama_cpp, llama_logits
     from trainer.recipe import load_adapter
 
     adapter_gguf = convert_adapter(adapter_dir, base_dir, gguf_out, outtype="f32")
@@ -62,7 +62,7 @@ def parity(adapter_dir: Path, base_dir: Path, base_gguf: Path, gguf_out: Path) -
 
 @pytest.fixture(scope="module")
 def snapshot_dir(tmp_path_factory) -> Path:
-    from tests.trainer.snapshots import synthetic_conversations, write_snapshot
+    from tests.harness.snapshots import synthetic_conversations, write_snapshot
 
     return write_snapshot(tmp_path_factory.mktemp("snapshot"), synthetic_conversations(100, seed=0))
 

@@ -9,7 +9,7 @@ import pytest
 
 from bot.cli.doctor import CHECKS
 from bot.settings import Settings
-from tests.kit.compose import (
+from tests.harness.compose import (
     COMPOSE,
     ENV_EXAMPLE,
     ROOT,

@@ -12,7 +12,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from bot.cli.doctor import CHECKS
-from tests.kit.compose import ROOT, Dockerfile, dockerignore_patterns, ignored, image_tag, parse_dockerfile
+from tests.harness.compose import ROOT, Dockerfile, dockerignore_patterns, ignored, image_tag, parse_dockerfile
 
 BOT = ROOT / "docker" / "Dockerfile.bot"
 WORKER = ROOT / "docker" / "Dockerfile.worker"

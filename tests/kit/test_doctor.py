@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.cli.doctor import GpuProbe, discord_token_check, gpu_check, head_revision, probe_gpu
-from tests.ollama_server import VERSION as OLLAMA_VERSION
+from tests.harness.ollama_server import VERSION as OLLAMA_VERSION
 
 REDIS_URL = os.environ.get("LORALOOP_TEST_REDIS_URL")
 POSTGRES_URL = os.environ.get("LORALOOP_TEST_POSTGRES_URL")

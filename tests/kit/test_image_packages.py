@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 import pytest
 from packaging.requirements import Requirement
 
-from tests.kit.compose import ROOT, parse_dockerfile
+from tests.harness.compose import ROOT, parse_dockerfile
 from tools import import_graph
 
 BOT_STACK = {"discord-py", "apscheduler", "sqlalchemy", "asyncpg", "aiosqlite", "psycopg", "alembic"}

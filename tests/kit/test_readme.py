@@ -8,7 +8,7 @@ import re
 import discord
 
 from bot.settings import Settings
-from tests.kit.compose import ROOT, documented_names, load_compose
+from tests.harness.compose import ROOT, documented_names, load_compose
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 

@@ -9,20 +9,17 @@ from datetime import timedelta
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from bot.settings import GuildRoles
 from data.models import utcnow
-from tests.bot.conftest import make_settings, start_bot
-from tests.bot.test_chat import wait_for
-from tests.fixtures.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
-from tests.retrain.conftest import approved_examples
+from tests.harness.bot import EXPERTS_CHANNEL_GUILDS, make_settings, start_bot
+from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, Gateway, message_with_buttons
+from tests.harness.polling import wait_until
+from tests.harness.retrain import approved_examples
 
 EXPERT, OTHER_EXPERT, ADMIN, MEMBER = 41, 42, 43, 44
-GUILDS = {GUILD_ID: GuildRoles(expert_role_ids=[EXPERT_ROLE], admin_role_ids=[ADMIN_ROLE],
-                               experts_channel_id=CHANNEL_ID)}
 
 
 async def test_propose_vote_reject_cancel_and_status(tmp_path, discord_api, ollama_server):
-    settings = make_settings(tmp_path, ollama_server.url, guilds=GUILDS)
+    settings = make_settings(tmp_path, ollama_server.url, guilds=EXPERTS_CHANNEL_GUILDS)
     bot = await start_bot(settings)
     gateway = Gateway(bot, discord_api)
     try:
@@ -48,13 +45,13 @@ async def test_propose_vote_reject_cancel_and_status(tmp_path, discord_api, olla
         assert "Only experts" in discord_api.reply_text()
         await gateway.click(buttons[0], message=message_with_buttons(buttons), user_id=EXPERT, roles=[EXPERT_ROLE])
         assert discord_api.reply_text() == "Approved (1/2)."
-        await wait_for(lambda: "Approvals: 1/2" in proposal["content"])  # the proposal message is edited
+        await wait_until(lambda: "Approvals: 1/2" in proposal["content"])  # the proposal message is edited
         await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
         assert "#1 **proposed** — 1/2 approvals, 12 new examples" in discord_api.reply_text()
         await gateway.click(buttons[1], message=message_with_buttons(buttons), user_id=OTHER_EXPERT,
                             roles=[EXPERT_ROLE])
         assert discord_api.reply_text() == "Retrain #1 rejected."
-        await wait_for(lambda: f"**rejected**: rejected by expert {OTHER_EXPERT}" in proposal["content"])
+        await wait_until(lambda: f"**rejected**: rejected by expert {OTHER_EXPERT}" in proposal["content"])
         assert proposal["components"] == []
         assert await bot.store.open_run() is None
 
@@ -62,7 +59,7 @@ async def test_propose_vote_reject_cancel_and_status(tmp_path, discord_api, olla
         await gateway.command("retrain", subcommand="cancel", user_id=EXPERT, roles=[EXPERT_ROLE])
         assert "Only admins" in discord_api.reply_text()
         await gateway.command("retrain", subcommand="cancel", user_id=ADMIN, roles=[ADMIN_ROLE])
-        await wait_for(lambda: "cancelled" in discord_api.reply_text())  # deferred: the answer is a followup
+        await wait_until(lambda: "cancelled" in discord_api.reply_text())  # deferred: the answer is a followup
         assert discord_api.reply_text() == f"Retrain #2 cancelled: cancelled by {ADMIN}"
         await gateway.command("retrain", subcommand="cancel", user_id=ADMIN, roles=[ADMIN_ROLE])
         assert discord_api.reply_text() == "Nothing to cancel: no retrain is open."
@@ -74,12 +71,14 @@ async def test_propose_vote_reject_cancel_and_status(tmp_path, discord_api, olla
 
 
 async def test_command_line_proposal_is_announced_and_reminded(tmp_path, discord_api, ollama_server, monkeypatch):
-    settings = make_settings(tmp_path, ollama_server.url, guilds=GUILDS, retrain_expiry_h=24, retrain_reminder_h=6)
+    settings = make_settings(tmp_path, ollama_server.url, guilds=EXPERTS_CHANNEL_GUILDS, retrain_expiry_h=24,
+                             retrain_reminder_h=6)
     bot = await start_bot(settings)
     try:
         await approved_examples(bot.store, 7)
         for key, value in {"LORALOOP_HOME": str(tmp_path), "LORALOOP_DATABASE_URL": settings.resolved_database_url,
-                           "LORALOOP_GUILDS": json.dumps({str(k): v.model_dump() for k, v in GUILDS.items()}),
+                           "LORALOOP_GUILDS": json.dumps({str(k): v.model_dump()
+                                                          for k, v in EXPERTS_CHANNEL_GUILDS.items()}),
                            "OLLAMA_HOST": ollama_server.url}.items():
             monkeypatch.setenv(key, value)
         from bot.cli import app
@@ -113,7 +112,7 @@ async def test_command_line_proposal_is_announced_and_reminded(tmp_path, discord
 
 async def test_manual_promotion_buttons(tmp_path, discord_api, ollama_server):
     """retrain_promotion: manual — an evaluated candidate waits for an expert's Promote (or Discard)."""
-    settings = make_settings(tmp_path, ollama_server.url, guilds=GUILDS, retrain_promotion="manual")
+    settings = make_settings(tmp_path, ollama_server.url, guilds=EXPERTS_CHANNEL_GUILDS, retrain_promotion="manual")
     bot = await start_bot(settings)
     gateway = Gateway(bot, discord_api)
     try:

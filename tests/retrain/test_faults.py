@@ -20,7 +20,8 @@ from data.models import utcnow
 from data.review import ReviewPolicy
 from data.store import RunInProgress, Store
 from deploy.ollama import OllamaClient
-from tests.retrain.conftest import TRAIN, approved_examples, loop_settings, wait_until
+from tests.harness.polling import wait_until
+from tests.harness.retrain import TRAIN, approved_examples, loop_settings
 
 pytestmark = pytest.mark.slow
 SLOW_TRAIN = {**TRAIN, "max_steps": 400}  # long enough to be interrupted half-way

@@ -8,45 +8,25 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
 
 import pytest
 
-from data.snapshot import write_snapshot
-from deploy.pipeline import DeployConfig
-from tests.retrain.conftest import BASE, TRAIN
-from tests.trainer.snapshots import synthetic_conversations
+from tests.harness.retrain import spec_for
 from worker.job import JobSpec, run_job
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Row:
-    content_hash: str
-    messages: list
-    tags: list
-    source: str = "teach"
-    tools: str | None = None
-
-
-def spec_for(tmp_path, base_dir, **overrides) -> JobSpec:
-    manifest = write_snapshot([Row(c.content_hash(), c.to_dicts(), []) for c in synthetic_conversations(30)],
-                              tmp_path / "snap")
-    files = {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / "snap").iterdir()}
-    deploy = {k: list(v) if isinstance(v, tuple) else v
-              for k, v in asdict(DeployConfig(model_name="tiny", ollama_base=BASE)).items()}
-    values = dict(run_id=1, tag="loraloop-tiny:v1", base_model=str(base_dir), ollama_host="http://127.0.0.1:9",
-                  deploy=deploy, snapshot_sha256=manifest["sha256"], snapshot_files=files,
-                  train={**TRAIN, "max_steps": 400, "system_prompt": "You are terse."})
-    return JobSpec(**{**values, **overrides})
+def _collect(events: list[dict]):
+    """An ``emit`` that keeps each event as its JSON object (the fields it set)."""
+    return lambda event: events.append(event.model_dump(exclude_none=True))
 
 
 async def test_a_job_past_its_time_limit_stops_its_training(tmp_path, tiny_llama_dir):
     events: list[dict] = []
     spec = spec_for(tmp_path, tiny_llama_dir, time_limit_s=4)
     assert JobSpec.from_json(spec.to_json()) == spec
-    result = await asyncio.wait_for(run_job(spec, tmp_path / "work", events.append), 60)
+    result = await asyncio.wait_for(run_job(spec, tmp_path / "work", _collect(events)), 60)
     assert result is None
     assert events[-1] == {"event": "failed", "reason": "the job ran past its time limit of 4 s"}
     assert [e["stage"] for e in events if e["event"] == "stage"] == ["training"]
@@ -56,7 +36,7 @@ async def test_a_snapshot_that_does_not_match_its_hash_is_refused(tmp_path, tiny
     events: list[dict] = []
     spec = spec_for(tmp_path, tiny_llama_dir)
     spec.snapshot_files["examples.jsonl"] += json.dumps({"id": "x"}) + "\n"
-    assert await run_job(spec, tmp_path / "work", events.append) is None
+    assert await run_job(spec, tmp_path / "work", _collect(events)) is None
     assert events[-1]["event"] == "failed" and "does not match its manifest" in events[-1]["reason"]
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from bot.retrain.dispatch import LocalDispatcher
-from tests.retrain.conftest import REDIS_URL
-from tests.retrain.test_job import spec_for
+from tests.harness.retrain import REDIS_URL, spec_for
 from worker.celery_app import QUEUE, TASK, accept_job, keys, make_celery
 from worker.job import JobRefused, JobSpec, WorkerPolicy, job_dir, validate_job
 

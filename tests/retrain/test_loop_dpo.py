@@ -9,11 +9,10 @@ import pytest
 from data.conversation import Conversation, InvalidConversation
 from data.preferences import list_preferences
 from data.snapshot import is_eval
-from tests.bot.conftest import start_bot
-from tests.bot.test_chat import mention
-from tests.fixtures.discord import EXPERT_ROLE, Gateway, message_with_buttons
-from tests.retrain.conftest import TRAIN, approved_examples, loop_settings, wait_until
-from tests.retrain.test_loop import EXPERTS, _last_answer
+from tests.harness.bot import mention, start_bot
+from tests.harness.discord import EXPERT_ROLE, Gateway, message_with_buttons
+from tests.harness.polling import wait_until
+from tests.harness.retrain import EXPERTS, TRAIN, approved_examples, last_answer, loop_settings
 
 pytestmark = pytest.mark.slow
 DPO_TRAIN = {**TRAIN, "dpo": {"enabled": True, "min_pairs": 1, "max_steps": 2, "learning_rate": 1e-3,
@@ -24,7 +23,7 @@ async def trainable_answer(bot, gateway, tries: int = 5):
     """The bot's answer to a question, asked again while the random tiny model's text is not storable text (its
     byte-fallback tokens can spell a NUL character, which no preference record may hold)."""
     for _ in range(tries):
-        before = await _last_answer(bot)
+        before = await last_answer(bot)
         await gateway.message(mention("what colour is lamp 7?"))
         answer = await wait_until(lambda previous=before: _newer_answer(bot, previous), 20, "the bot's answer")
         try:
@@ -36,7 +35,7 @@ async def trainable_answer(bot, gateway, tries: int = 5):
 
 
 async def _newer_answer(bot, before):
-    last = await _last_answer(bot)
+    last = await last_answer(bot)
     return last if last is not None and (before is None or last.id != before.id) else None
 
 

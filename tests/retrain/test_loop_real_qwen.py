@@ -1,6 +1,6 @@
-"""The whole retrain loop (test_loop.full_loop) on a base with Qwen2.5's real vocabulary and chat template: taught
-pairs → approved run → training → adapter GGUF for the qwen2 architecture → registration → gate → the bot answers
-with the new version through llama.cpp."""
+"""The whole retrain loop (full_loop, tests/harness/retrain.py) on a base with Qwen2.5's real vocabulary and chat
+template: taught pairs → approved run → training → adapter GGUF for the qwen2 architecture → registration → gate →
+the bot answers with the new version through llama.cpp."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from deploy.modelfile import serving_format
-from tests.fixtures.models import ConvertedBase, hf_tokenizer
-from tests.retrain.conftest import TRAIN, loop_settings
-from tests.retrain.test_loop import full_loop
+from tests.harness.models import ConvertedBase, hf_tokenizer
+from tests.harness.retrain import TRAIN, full_loop, loop_settings
 
 pytestmark = pytest.mark.slow
 BASE = "tiny-qwen2:base"

@@ -12,9 +12,8 @@ from bot.retrieval import BLOCK_HEAD
 from data.conversation import Conversation
 from deploy.gate import eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
-from tests.bot.conftest import BASE_TAG, make_settings, start_bot
-from tests.bot.test_retrieval_chat import ANSWER, QUESTION, ask, chats, teach_and_approve
-from tests.fixtures.discord import Gateway
+from tests.harness.bot import ANSWER, BASE_TAG, QUESTION, ask, chats, make_settings, start_bot, teach_and_approve
+from tests.harness.discord import Gateway
 
 OLD_QUESTION = "What colour is lamp 7?"
 

@@ -6,15 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.snapshots import synthetic_conversations, write_snapshot
-
-# Small but real: enough steps for the tiny model to learn the answer pattern, few generated tokens.
-FAST = {
-    # One torch thread: a tiny model gains little from two, and loses half its speed when the cores are shared.
-    "cpu_threads": 1,
-    "learning_rate": 5e-3, "epochs": 3, "batch_size": 8, "max_new_tokens": 12, "eval_generate": 6,
-    "probes": ["Hello! Who are you?", "what colour is the sky?"], "probe_eval_samples": 2,
-}
+from tests.harness.snapshots import FAST, synthetic_conversations, write_snapshot
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,7 @@ import pytest
 from data.conversation import Conversation
 from data.formats.preference import Preference
 from data.snapshot import SnapshotWriter, read_snapshot
-from tests.trainer.conftest import FAST
-from tests.trainer.snapshots import COLOURS, THINGS, synthetic_conversations
+from tests.harness.snapshots import COLOURS, FAST, THINGS, synthetic_conversations
 from trainer.config import TrainingRefused, load_config
 
 DPO = {**FAST, "epochs": 2, "eval_generate": 2, "max_new_tokens": 6, "probe_eval_samples": 0,
@@ -104,7 +103,7 @@ def test_dpo_adapter_converts_to_gguf_and_matches_llama_cpp(dpo_run, tiny_llama_
     import torch
 
     from deploy.gguf import convert_adapter
-    from tests.deploy.test_gguf import CHAT, llama_logits
+    from tests.harness.parity import CHAT, llama_logits
     from trainer.recipe import load_adapter
 
     out, _ = dpo_run

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from data.conversation import Conversation
-from tests.fixtures.models import hf_tokenizer
+from tests.harness.models import hf_tokenizer
 from trainer.prepare import IGNORE, ChatFormat, end_of_turn_tokens
 
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -146,7 +146,7 @@ RUN = {"cpu_threads": 1, "learning_rate": 2e-2, "max_steps": 6, "batch_size": 4,
 
 @pytest.fixture(scope="module")
 def short_snapshot(tmp_path_factory) -> Path:
-    from tests.trainer.snapshots import write_snapshot
+    from tests.harness.snapshots import write_snapshot
 
     things = ["cat", "dog", "tree", "river", "house", "bird", "stone", "cloud", "apple", "road", "lamp", "boat"]
     colours = ["red", "blue", "green", "white"]

@@ -82,7 +82,7 @@ def test_padding_free_batches_do_not_leak_between_examples(arch, tiny_llama_dir,
     from transformers import AutoTokenizer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from tests.trainer.snapshots import synthetic_conversations
+    from tests.harness.snapshots import synthetic_conversations
     from trainer.prepare import ChatFormat
     from trainer.recipe import load_base_model
 

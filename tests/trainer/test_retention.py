@@ -15,8 +15,8 @@ from data.general_prompts import DEFAULT_FILE, load_general_prompts
 from deploy.gate import eval_prompts, run_gate
 from deploy.ollama import OllamaClient
 from deploy.pipeline import GATE_OPTIONS, DeployConfig
-from tests.ollama_server import OllamaTestServer
-from tests.trainer.snapshots import write_snapshot
+from tests.harness.ollama_server import OllamaTestServer
+from tests.harness.snapshots import write_snapshot
 from trainer.config import TrainingRefused, load_config
 from trainer.prepare import ChatFormat
 from trainer.recipe import TrainRequest, train
@@ -75,7 +75,7 @@ def test_an_unreadable_prompt_set_refuses_the_run_before_anything_is_written(tmp
 
 async def test_an_over_trained_run_is_rejected_by_retention_and_a_normal_run_passes(
         trained_run, tmp_path: Path, tiny_llama_dir: Path, ollama_server: OllamaTestServer) -> None:
-    _, normal, _ = trained_run  # 100 pairs, 3 epochs (tests/trainer/conftest.py FAST)
+    _, normal, _ = trained_run  # 100 pairs, 3 epochs (FAST, tests/harness/snapshots.py)
     snapshot = write_snapshot(tmp_path / "few", FEW, eval_fraction=0.01)
     over = train(TrainRequest(snapshot, str(tiny_llama_dir), tmp_path / "over", load_config(None, OVER_TRAINED)))
     limit = DeployConfig(model_name="m", ollama_base="b").max_retention_drop

@@ -52,7 +52,7 @@ def test_cli_tiny_model(tmp_path):
 def test_cli_tiny_model_real_vocabulary(tmp_path):
     import json
 
-    from tests.fixtures.models import find_sdist
+    from tests.harness.models import find_sdist
 
     sdist = find_sdist()
     if sdist is None:

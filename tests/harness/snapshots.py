@@ -1,4 +1,4 @@
-"""Synthetic teaching data and snapshot directories (for tests and the bench).
+"""Synthetic teaching data, snapshot directories, and the training settings that learn it (for tests and bench).
 
 The data is learnable by a tiny random model in a few dozen steps — a fixed answer pattern per question
 kind, an end-of-turn to learn — and its lengths vary (a few words to a few dozen) like real Q&A pairs.
@@ -17,6 +17,15 @@ from data.conversation import Conversation
 THINGS = ["cat", "dog", "tree", "river", "house", "model", "train", "bird", "stone", "cloud", "apple", "road"]
 COLOURS = ["red", "blue", "green", "white", "black", "yellow"]
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+# Training settings that learn this data on CPU, small but real: enough steps for the tiny model to learn the
+# answer pattern, few generated tokens.
+FAST = {
+    # One torch thread: a tiny model gains little from two, and loses half its speed when the cores are shared.
+    "cpu_threads": 1,
+    "learning_rate": 5e-3, "epochs": 3, "batch_size": 8, "max_new_tokens": 12, "eval_generate": 6,
+    "probes": ["Hello! Who are you?", "what colour is the sky?"], "probe_eval_samples": 2,
+}
 
 
 def synthetic_conversations(n: int, seed: int = 0, multi_turn_every: int = 7) -> list[Conversation]:

@@ -1,0 +1,160 @@
+"""The retrain loop's test bed: the tiny model's training settings, a bot's settings with a retrain wired in,
+approved examples, a job spec, and the whole loop through Discord (taught pairs → proposal → votes → training →
+deploy → the bot's next answer) that test modules run on different bases and dispatchers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from bot.settings import GuildRoles, Settings
+from data.conversation import Conversation
+from data.models import Answer
+from data.snapshot import write_snapshot
+from deploy.pipeline import DeployConfig
+from tests.harness.bot import mention, start_bot
+from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
+from tests.harness.polling import wait_until
+from tests.harness.snapshots import synthetic_conversations
+from worker.job import JobSpec
+
+BASE = "tiny-llama:base"
+REDIS_URL = os.environ.get("LORALOOP_TEST_REDIS_URL")
+# Small but real: a few optimizer steps on CPU, short generations everywhere.
+TRAIN = {"cpu_threads": 1, "learning_rate": 5e-3, "max_steps": 6, "batch_size": 8, "max_length": 96,
+         "max_new_tokens": 8, "eval_generate": 2, "probes": ["what colour is the sky?"], "probe_eval_samples": 1}
+EXPERTS = (31, 32, 33)
+
+
+def loop_settings(tmp_path: Path, ollama_url: str, base_dir: Path, **overrides) -> Settings:
+    values = dict(
+        home=tmp_path / "home", database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", ollama_host=ollama_url,
+        model_name="tiny", base_model=str(base_dir), ollama_base=BASE, system_prompt="You are terse.",
+        chat_cooldown_s=0, rating_quorum=2, retrain_quorum=2, retrain_train=dict(TRAIN),
+        deploy_eval_limit=3, deploy_outtype="f32", worker_heartbeat_timeout_s=3,
+        worker_home=tmp_path / "worker", redis_url=REDIS_URL or "redis://127.0.0.1:6379/15",
+        guilds={GUILD_ID: GuildRoles(expert_role_ids=[EXPERT_ROLE], admin_role_ids=[ADMIN_ROLE],
+                                     allow_non_expert_teach=False, experts_channel_id=CHANNEL_ID)},
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def approved_examples(store, n: int = 40, seed: int = 0) -> None:
+    """What weeks of expert review leave behind: approved pairs (the tests teach and rate a few themselves)."""
+    convs = synthetic_conversations(n, seed=seed)
+    await store.import_conversations(convs, approve=True)
+
+
+def qa(i: int) -> Conversation:
+    return Conversation.qa(f"what colour is lamp {i}?", f"lamp {i} is green.")
+
+
+@dataclass
+class _Row:
+    content_hash: str
+    messages: list
+    tags: list
+    source: str = "teach"
+    tools: str | None = None
+
+
+def spec_for(tmp_path, base_dir, **overrides) -> JobSpec:
+    """A training job on 30 synthetic pairs (the snapshot written under ``tmp_path``) for the tiny base."""
+    manifest = write_snapshot([_Row(c.content_hash(), c.to_dicts(), []) for c in synthetic_conversations(30)],
+                              tmp_path / "snap")
+    files = {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / "snap").iterdir()}
+    values = dict(run_id=1, tag="loraloop-tiny:v1", base_model=str(base_dir), ollama_host="http://127.0.0.1:9",
+                  deploy=DeployConfig(model_name="tiny", ollama_base=BASE), snapshot_sha256=manifest["sha256"],
+                  snapshot_files=files,
+                  train={**TRAIN, "max_steps": 400, "system_prompt": "You are terse."})
+    return JobSpec(**{**values, **overrides})
+
+
+async def last_answer(bot) -> Answer | None:
+    """The answer the bot recorded last."""
+    async with bot.store.session() as s:
+        return await s.scalar(select(Answer).order_by(Answer.id.desc()).limit(1))
+
+
+async def teach_and_rate(gateway: Gateway, api, bot, n: int = 2) -> None:
+    """Experts teach pairs through the modal and two others rate them 5: they become approved."""
+    for i in range(n):
+        author, raters = EXPERTS[i % 3], [e for e in EXPERTS if e != EXPERTS[i % 3]]
+        await gateway.command("teach", user_id=author, roles=[EXPERT_ROLE])
+        modal = api.interaction_responses()[-1].json
+        fields = [c["components"][0]["custom_id"] for c in modal["data"]["components"]]
+        pair = qa(i)
+        await gateway.submit_modal(modal["data"]["custom_id"],
+                                   dict(zip(fields, [pair.messages[0].content, pair.messages[1].content, ""],
+                                            strict=True)), user_id=author, roles=[EXPERT_ROLE])
+        [example] = [e for e in await bot.store.list_examples(status="pending")]
+        for rater in raters:
+            await gateway.click(f"ll:rv:5:{example.id}", message=message_with_buttons([f"ll:rv:5:{example.id}"]),
+                                user_id=rater, roles=[EXPERT_ROLE])
+        assert (await bot.store.get_example(example.id)).status == "approved"
+
+
+async def full_loop(settings, discord_api, base_server) -> None:
+    """The whole loop, asserting at each step what experts and the model server see."""
+    bot = await start_bot(settings, run_scheduler=False)
+    gateway = Gateway(bot, discord_api)
+    gateway.add_guild()
+    try:
+        await approved_examples(bot.store, 40)
+        await teach_and_rate(gateway, discord_api, bot)
+
+        # ---- propose: the proposal is posted in the experts channel with its numbers and buttons ------------
+        await gateway.command("retrain", subcommand="propose", user_id=EXPERTS[0], roles=[EXPERT_ROLE])
+        assert "proposed" in discord_api.reply_text()
+        run = await bot.store.open_run()
+        proposal = discord_api.messages[run.message_id]
+        assert int(proposal["channel_id"]) == CHANNEL_ID and "**42**" in proposal["content"]
+        buttons = [c["custom_id"] for row in proposal["components"] for c in row["components"]]
+        assert buttons == [f"ll:rt:approve:{run.id}", f"ll:rt:reject:{run.id}"]
+
+        # ---- a non-expert cannot vote; two experts approve at the same moment: exactly one run -------------
+        await gateway.click(buttons[0], message=proposal, user_id=99, roles=[])
+        assert "Only experts" in discord_api.reply_text()
+        await asyncio.gather(*(gateway.click(buttons[0], message=proposal, user_id=u, roles=[EXPERT_ROLE])
+                               for u in EXPERTS[:2]))
+        assert (await bot.store.get_run(run.id)).state != "proposed"
+        orchestrator = bot.get_cog("RetrainCog").orchestrator
+        assert list(orchestrator._tasks) == [run.id]
+        await wait_until(lambda: proposal["components"] == [])  # the buttons go; a stale client still clicks:
+        await gateway.click(buttons[0], message=message_with_buttons(buttons), user_id=EXPERTS[2],
+                            roles=[EXPERT_ROLE])
+        assert "not waiting for this vote" in discord_api.reply_text()
+
+        # ---- the run: live progress, then promotion -----------------------------------------------------------
+        t0 = time.monotonic()
+        done = await orchestrator.wait(run.id, limit_s=170)
+        assert done.state == "promoted", (done.state, done.reason)
+        assert done.slot is None and done.result["passed"]
+        active = await bot.store.active_model_version()
+        assert active.tag == "loraloop-tiny:v1" and active.id == done.model_version_id
+        assert base_server.get(active.tag) is not None
+        status = discord_api.messages[done.status_message_id]
+        edits = discord_api.find("PATCH", f"/messages/{done.status_message_id}")
+        assert len(edits) >= 2 and "promoted" in status["content"]
+        assert any("training" in (c.json or {}).get("content", "") for c in edits)
+        [final] = [c for c in discord_api.find("POST", f"/channels/{CHANNEL_ID}/messages") if c.files]
+        assert final.files[0][0] == f"retrain-{run.id}-loss.png" and final.files[0][1][:8] == b"\x89PNG\r\n\x1a\n"
+        assert "ROUGE-L" in final.json["content"] and "now answers with `loraloop-tiny:v1`" in final.json["content"]
+        # The gate's second table, measured by the bot after the job's verdict: for information, under it.
+        assert "with retrieval (for information; the verdict above judged the weights alone)" in final.json["content"]
+        assert active.evaluation["with_retrieval"]["prompts"] == done.result["scores"]["candidate"]["count"]
+        print(f"\n[{settings.dispatcher}] approval → promoted in {time.monotonic() - t0:.1f} s")
+
+        # ---- the next answer comes from the new version ---------------------------------------------------
+        await gateway.message(mention("what colour is lamp 1?"))
+        answer = await wait_until(lambda: last_answer(bot), 20, "the bot's answer")
+        assert answer.model_tag == "loraloop-tiny:v1" and answer.model_version_id == active.id
+        assert base_server.requests_to("POST", "/api/chat")[-1]["model"] == "loraloop-tiny:v1"
+    finally:
+        await bot.close()

@@ -13,10 +13,10 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import ConfigDict
 
@@ -94,19 +94,56 @@ class DeployConfig:
         check_options(self.gate_options, "gate_options")
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> DeployConfig:
-        """The deploy configuration from loraloop's settings (deploy_* fields where the settings have them)."""
-        values: dict[str, Any] = {"model_name": settings.model_name, "ollama_base": settings.ollama_base,
-                                  "chat_system_prompt": settings.system_prompt or None}
-        for name in ("mode", "quantize", "gate_margin", "eval_limit", "keep_versions", "outtype"):
-            if hasattr(settings, f"deploy_{name}"):
-                values[name] = getattr(settings, f"deploy_{name}")
-        for name, setting in (("max_retention_drop", "gate_max_retention_drop"), ("paraphrases", "gate_paraphrases"),
-                              ("consistency_n", "gate_consistency_n")):
-            if hasattr(settings, setting):
-                values[name] = getattr(settings, setting)
-        values["serve_options"] = serve_options_from(settings)
+    def from_settings(cls, settings: DeploySettings, **overrides: Any) -> DeployConfig:
+        """The deploy configuration from loraloop's settings (bot/settings.py)."""
+        values: dict[str, Any] = {
+            "model_name": settings.model_name, "ollama_base": settings.ollama_base,
+            "chat_system_prompt": settings.system_prompt or None, "mode": settings.deploy_mode,
+            "quantize": settings.deploy_quantize, "gate_margin": settings.deploy_gate_margin,
+            "eval_limit": settings.deploy_eval_limit, "keep_versions": settings.deploy_keep_versions,
+            "outtype": settings.deploy_outtype, "max_retention_drop": settings.gate_max_retention_drop,
+            "paraphrases": settings.gate_paraphrases, "consistency_n": settings.gate_consistency_n,
+            "serve_options": serve_options_from(settings),
+        }
         return cls(**{**values, **overrides})
+
+
+class ServeSettings(Protocol):
+    """The settings the served options come from (bot/settings.py Settings has them)."""
+
+    @property
+    def serve_options(self) -> Mapping[str, Any]: ...
+    @property
+    def chat_max_tokens(self) -> int: ...
+
+
+class DeploySettings(ServeSettings, Protocol):
+    """The settings a deploy reads (bot/settings.py Settings; deploy/ does not import the bot)."""
+
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def ollama_base(self) -> str: ...
+    @property
+    def system_prompt(self) -> str: ...
+    @property
+    def deploy_mode(self) -> str: ...
+    @property
+    def deploy_quantize(self) -> str | None: ...
+    @property
+    def deploy_gate_margin(self) -> float: ...
+    @property
+    def deploy_eval_limit(self) -> int: ...
+    @property
+    def deploy_keep_versions(self) -> int: ...
+    @property
+    def deploy_outtype(self) -> str: ...
+    @property
+    def gate_max_retention_drop(self) -> float: ...
+    @property
+    def gate_paraphrases(self) -> int: ...
+    @property
+    def gate_consistency_n(self) -> int: ...
 
 
 # Ollama's own defaults would do for most of these; they are written out so that /model status can show exactly
@@ -135,11 +172,11 @@ def check_options(options: dict[str, Any], what: str) -> None:
             raise ValueError(f"{what}: {key} must be {'an integer' if kind is int else 'a number'}, not {value!r}")
 
 
-def serve_options_from(settings: Any) -> dict[str, Any]:
+def serve_options_from(settings: ServeSettings) -> dict[str, Any]:
     """The served options from settings: ``serve_options`` over the defaults; num_predict is chat_max_tokens
     unless serve_options sets it (one limit for the bot's answers and the model's own)."""
-    options = {**SERVE_OPTIONS, **(getattr(settings, "serve_options", None) or {})}
-    if "num_predict" not in (getattr(settings, "serve_options", None) or {}) and hasattr(settings, "chat_max_tokens"):
+    options = {**SERVE_OPTIONS, **settings.serve_options}
+    if "num_predict" not in settings.serve_options:
         options["num_predict"] = int(settings.chat_max_tokens)
     return options
 

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.settings import redact_text, redact_url
+from bot.settings import Settings, redact_text, redact_url
 from worker.job import JobSpec, WorkerPolicy
 
 TERMINAL_EVENTS = ("result", "failed", "cancelled")
@@ -216,7 +216,7 @@ class CeleryDispatcher:
         await self.redis.aclose()
 
 
-def make_dispatcher(settings: Any) -> Dispatcher:
+def make_dispatcher(settings: Settings) -> Dispatcher:
     if settings.dispatcher == "celery":
         return CeleryDispatcher(settings.redis_url)
     return LocalDispatcher(Path(settings.home) / "jobs", WorkerPolicy.for_local(settings))

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
 from bot.retrieval import gate_with_retrieval
-from bot.settings import redact_text
+from bot.settings import Settings, redact_text
 from data import quality
 from data.models import RUN_DISPATCHED, RetrainRun, utcnow
 from data.runs import VoteOutcome
@@ -71,7 +71,7 @@ class NullNotifier:
 
 
 class Orchestrator:
-    def __init__(self, store: Store, settings: Any, dispatcher: Dispatcher, client: OllamaClient,
+    def __init__(self, store: Store, settings: Settings, dispatcher: Dispatcher, client: OllamaClient,
                  notifier: Notifier | None = None, *, poll_s: float = 0.5, progress_every_s: float = 1.0) -> None:
         self.store, self.settings, self.dispatcher, self.client = store, settings, dispatcher, client
         self.notifier: Notifier = notifier or NullNotifier()

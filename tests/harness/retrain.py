@@ -17,7 +17,7 @@ from data.conversation import Conversation
 from data.models import Answer
 from data.snapshot import write_snapshot
 from deploy.pipeline import DeployConfig
-from tests.harness.bot import mention, start_bot
+from tests.harness.bot import make_settings, mention, start_bot
 from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 from tests.harness.polling import wait_until
 from tests.harness.snapshots import synthetic_conversations
@@ -32,17 +32,15 @@ EXPERTS = (31, 32, 33)
 
 
 def loop_settings(tmp_path: Path, ollama_url: str, base_dir: Path, **overrides) -> Settings:
+    """The bot's test settings (tests/harness/bot.py) for a whole retrain of the tiny model."""
     values = dict(
-        home=tmp_path / "home", database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", ollama_host=ollama_url,
-        model_name="tiny", base_model=str(base_dir), ollama_base=BASE, system_prompt="You are terse.",
-        chat_cooldown_s=0, rating_quorum=2, retrain_quorum=2, retrain_train=dict(TRAIN),
-        deploy_eval_limit=3, deploy_outtype="f32", worker_heartbeat_timeout_s=3,
-        worker_home=tmp_path / "worker", redis_url=REDIS_URL or "redis://127.0.0.1:6379/15",
+        home=tmp_path / "home", model_name="tiny", base_model=str(base_dir), ollama_base=BASE,
+        retrain_quorum=2, retrain_train=dict(TRAIN), deploy_eval_limit=3, deploy_outtype="f32",
+        worker_heartbeat_timeout_s=3, worker_home=tmp_path / "worker", redis_url=REDIS_URL or "redis://127.0.0.1:6379/15",
         guilds={GUILD_ID: GuildRoles(expert_role_ids=[EXPERT_ROLE], admin_role_ids=[ADMIN_ROLE],
                                      allow_non_expert_teach=False, experts_channel_id=CHANNEL_ID)},
     )
-    values.update(overrides)
-    return Settings(**values)
+    return make_settings(tmp_path, ollama_url, **{**values, **overrides})
 
 
 async def approved_examples(store, n: int = 40, seed: int = 0) -> None:

@@ -15,6 +15,7 @@ from data.snapshot import read_snapshot
 from deploy.gate import GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
 from deploy.pipeline import conclude_candidate
+from tests.harness.bot import make_settings
 
 BASE = "tiny-base:latest"
 CANDIDATE = "tiny:v1"
@@ -25,8 +26,7 @@ LAMPS = [(f"What colour is lamp {n}?", f"Lamp {n} is {colour}.")
 
 
 def settings_for(tmp_path, url: str, **overrides) -> Settings:
-    return Settings(home=tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}", ollama_host=url,
-                    ollama_base=BASE, system_prompt="You are terse.", **overrides)
+    return make_settings(tmp_path, url, ollama_base=BASE, **overrides)
 
 
 def chats(ollama_server) -> list[list[dict]]:

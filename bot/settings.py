@@ -1,20 +1,21 @@
-"""All configuration, read in one place: environment (``LORALOOP_*``), ``.env`` and an optional YAML file."""
+"""All configuration, read in one place: environment (``LORALOOP_*``), ``.env`` and an optional YAML file.
+
+The settings a GPU host reads too (home, model identity, Ollama, Redis, worker_*) and how the file is found are
+declared once in worker/settings.py :class:`~worker.settings.WorkerSettings`; :class:`Settings` adds the bot's.
+"""
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+
+from worker.settings import WorkerSettings
+from worker.settings import parse_ollama_host as parse_ollama_host  # re-exported: the bot's code reads them here
+from worker.settings import redact_text as redact_text
+from worker.settings import redact_url as redact_url
 
 
 class GuildRoles(BaseModel):
@@ -27,34 +28,18 @@ class GuildRoles(BaseModel):
     experts_channel_id: int | None = None
 
 
-class Settings(BaseSettings):
+class Settings(WorkerSettings):
     """loraloop's settings. Every field can be set as ``LORALOOP_<FIELD>`` or in the YAML file."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LORALOOP_",
-        env_file=".env",
-        env_file_encoding="utf-8",
-        env_nested_delimiter="__",
-        extra="ignore",
-        populate_by_name=True,
-    )
-
-    home: Path = Field(default=Path("./loraloop-data"), description="Where the SQLite file, snapshots, runs live.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy async URL; default sqlite+aiosqlite under LORALOOP_HOME."
     )
-    config_file: Path | None = Field(default=None, description="Optional YAML file with any of these settings.")
 
     discord_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "LORALOOP_DISCORD_TOKEN")
     )
-    ollama_host: str = Field(
-        default="http://127.0.0.1:11434", validation_alias=AliasChoices("OLLAMA_HOST", "LORALOOP_OLLAMA_HOST")
-    )
 
-    # Model identity.
-    model_name: str = Field(default="assistant", description="Fine-tuned tags are loraloop-<model_name>:v<N>.")
-    base_model: str = Field(default="Qwen/Qwen2.5-0.5B-Instruct", description="HF id or local dir to train on.")
+    # Model identity (model_name, base_model: WorkerSettings).
     ollama_base: str = Field(default="qwen2.5:0.5b-instruct", description="The clean Ollama base tag.")
     system_prompt: str = "You are a helpful assistant."
 
@@ -112,17 +97,8 @@ class Settings(BaseSettings):
         default_factory=dict, description="Trainer settings for scheduled runs (trainer/config.py TrainConfig).")
     dispatcher: Literal["local", "celery"] = Field(
         default="local", description="local: train in a subprocess here; celery: on a GPU worker over Redis.")
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Broker for the celery dispatcher.")
-    worker_time_limit_s: int = Field(default=6 * 3600, ge=60, description="A training job is stopped after this.")
     worker_heartbeat_timeout_s: float = Field(
         default=60.0, gt=0, description="A running job with no heartbeat for this long is failed (worker lost).")
-    worker_home: Path = Field(default=Path("./loraloop-worker"), description="Where the worker keeps its runs.")
-    worker_ollama_host: str | None = Field(
-        default=None, description="Ollama as the worker reaches it, if not at the bot's OLLAMA_HOST.")
-    worker_allowed_base_models: list[str] = Field(
-        default_factory=list,
-        description="Base models a worker agrees to train besides its own base_model (a job naming another is "
-                    "refused).")
 
     # Discord.
     guilds: dict[int, GuildRoles] = Field(default_factory=dict)
@@ -186,27 +162,6 @@ class Settings(BaseSettings):
                 for e in exc.errors())) from None
         return value
 
-    @field_validator("ollama_host")
-    @classmethod
-    def _with_scheme(cls, value: str) -> str:
-        # Read as Ollama's own clients read OLLAMA_HOST (see parse_ollama_host); a malformed value is one line.
-        return parse_ollama_host(value)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
-        yaml_path = _yaml_path(init_settings, env_settings, dotenv_settings)
-        if yaml_path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
-        return tuple(sources)
-
     @cached_property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -215,119 +170,6 @@ class Settings(BaseSettings):
 
     def roles_for(self, guild_id: int | None) -> GuildRoles:
         return self.guilds.get(guild_id or 0, GuildRoles())
-
-
-def parse_ollama_host(value: str) -> str:
-    """OLLAMA_HOST as Ollama's clients read it: scheme and port optional (http, port 11434; an explicit http://
-    means port 80 and https:// 443, as in ollama-python), a path kept; 0.0.0.0 (where a server listens) means this
-    machine. Raises ValueError with one line when the value is not an address.
-    """
-    text = value.strip()
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest, port = "http", text, 11434
-    elif scheme.lower() in ("http", "https"):
-        scheme = scheme.lower()
-        port = 80 if scheme == "http" else 443
-    else:
-        raise ValueError(f"OLLAMA_HOST {value!r}: the scheme must be http or https, not {scheme!r}")
-    hostport, _, path = rest.partition("/")
-    # Credentials for a proxy in front of Ollama (http://user:pass@host) are kept; httpx sends them as basic auth.
-    userinfo, at, hostport = hostport.rpartition("@")
-    if any(c.isspace() for c in hostport + userinfo) or "@" in hostport or (at and not sep):
-        raise ValueError(f"OLLAMA_HOST {value!r} is not an address (expected host[:port] or http(s)://host[:port])")
-    if hostport.startswith("["):  # [IPv6]:port
-        host, _, tail = hostport[1:].partition("]")
-        host, port_text = f"[{host}]", tail.removeprefix(":")
-    elif hostport.count(":") > 1:  # a bare IPv6 address
-        host, port_text = f"[{hostport}]", ""
-    else:
-        host, _, port_text = hostport.partition(":")
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"OLLAMA_HOST {value!r}: port {port_text!r} is not a number from 1 to 65535")
-        port = int(port_text)
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
-    path = path.rstrip("/")
-    return f"{scheme}://{userinfo + at}{host}:{port}" + (f"/{path}" if path else "")
-
-
-def _yaml_path(*sources: PydanticBaseSettingsSource) -> Path | None:
-    for source in sources:
-        values: dict[str, Any] = source()
-        if values.get("config_file"):
-            path = Path(values["config_file"])
-            if not path.is_file():
-                raise FileNotFoundError(f"LORALOOP_CONFIG_FILE points at {path}, which does not exist")
-            return path
-    return None
-
-
-# Query (and fragment) parameters whose values are secrets. ``key`` is included: API keys ride in it (Google's
-# ``?key=``), and hiding a harmless value is cheaper than showing a key. ``sslkey``/``sslcert`` are file paths,
-# not secrets, and stay visible: they help diagnose a connection.
-SECRET_PARAMS = frozenset({
-    "password", "pass", "passwd", "pwd", "sslpassword", "token", "access_token", "refresh_token", "auth_token",
-    "id_token", "api_key", "apikey", "api-key", "secret", "client_secret", "key", "signature", "sig",
-})
-# The same names as ``name=value`` in plain text (a libpq conninfo string inside an error), minus ``key`` and
-# ``sig``, which are ordinary words in messages ("duplicate key=…").
-_TEXT_SECRETS = sorted(SECRET_PARAMS - {"key", "sig", "pass"}, key=len, reverse=True)
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(.*)$", re.DOTALL)
-_PARAM = re.compile(r"(^|[?&;#])([^=&;#?]+)=([^&;#]*)")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
-_CONNINFO_SECRET = re.compile(
-    r"(?<![\w-])(" + "|".join(re.escape(n) for n in _TEXT_SECRETS) + r")(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&;,'\")]+)",
-    re.IGNORECASE)
-_PLAIN_USER = re.compile(r"^[A-Za-z0-9._\-]{1,15}$")
-REDACTED = "***"
-
-
-def redact_url(url: str) -> str:
-    """A URL as it may be shown: every secret it carries replaced by ``***``.
-
-    Secrets are a password (``user:pw@``, redis' ``:pw@``), a user name alone that looks like a token
-    (``https://ghp_…@host``: 16+ characters or any character outside ``[A-Za-z0-9._-]``), and the values of
-    :data:`SECRET_PARAMS` in the query or fragment. Anything that is not a URL is returned unchanged.
-    """
-    match = _SCHEME.match(url)
-    if match is None:
-        return url
-    scheme, rest = match.groups()
-    # The authority ends before the query; the *last* "@" before it ends the user info, so a password holding
-    # "@" or "/" (typed unencoded) is still hidden whole.
-    query_at = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    head, tail = rest[:query_at], rest[query_at:]
-    at = head.rfind("@")
-    if at >= 0:
-        userinfo, host = head[:at], head[at + 1:]
-        user, colon, password = userinfo.partition(":")
-        if colon and password:
-            userinfo = f"{user}:{REDACTED}"
-        elif not colon and user and not _PLAIN_USER.match(user):
-            userinfo = REDACTED
-        head = f"{userinfo}@{host}"
-    return scheme + head + _PARAM.sub(_redact_param, tail)
-
-
-def _redact_param(match: re.Match[str]) -> str:
-    sep, name, value = match.groups()
-    if unquote(name).strip().lower() in SECRET_PARAMS and value:
-        value = REDACTED
-    return f"{sep}{name}={value}"
-
-
-def redact_text(text: str) -> str:
-    """``text`` (an exception message, a failure reason) with the secrets of every URL in it redacted
-    (:func:`redact_url`), and ``password=…``-style values of a libpq connection string too."""
-    def url(match: re.Match[str]) -> str:
-        found = match.group(0)
-        # Punctuation that closes a sentence or a bracket around the URL is not part of it.
-        stripped = found.rstrip(".,;:!?)]}")
-        return redact_url(stripped) + found[len(stripped):]
-
-    text = _URL_IN_TEXT.sub(url, text)
-    return _CONNINFO_SECRET.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -3,9 +3,10 @@
     python -m tools.import_graph
 
 Prints each package's imports of the others (with the modules behind each edge), then fails (exit 1) on an import
-cycle between modules, or when a GPU-side module (worker, trainer, deploy) reaches discord, apscheduler or
-sqlalchemy through module-level imports — the GPU host does not install them. Imports inside functions and under
-``if TYPE_CHECKING:`` are not module-level: that is how a module uses such a package only where the bot calls it.
+cycle between modules or between packages, or when a GPU-side module (worker, trainer, deploy) reaches discord,
+apscheduler or sqlalchemy through module-level imports — the GPU host does not install them. Imports inside
+functions and under ``if TYPE_CHECKING:`` are not module-level: that is how a module uses such a package only where
+the bot calls it.
 """
 
 from __future__ import annotations
@@ -179,11 +180,16 @@ def main() -> int:
     for group in cycles(edges):
         bad = True
         print(f"CYCLE: {' ↔ '.join(group)}")
+    packages = {p: {b for a, b in by_package if a == p} for p in PACKAGES}
+    for group in cycles(packages):
+        bad = True
+        print(f"PACKAGE CYCLE: {' ↔ '.join(group)}")
     for problem in forbidden(edges):
         bad = True
         print(f"GPU SIDE: {problem}")
     if not bad:
-        print(f"no cycles; no {', '.join(GPU_SIDE)} module imports {', '.join(BOT_ONLY)} at module level")
+        print(f"no cycles between modules or packages; no {', '.join(GPU_SIDE)} module imports "
+              f"{', '.join(BOT_ONLY)} at module level")
     return 1 if bad else 0
 
 

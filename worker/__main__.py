@@ -11,8 +11,8 @@ import sys
 
 from pydantic import ValidationError
 
-from bot.settings import load_settings
 from worker.celery_app import RedisUnreachable, check_redis, run_worker
+from worker.settings import load_worker_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
                              "needs the bot's stack).")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_worker_settings()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         print(f"error: invalid settings: {problems}", file=sys.stderr)

@@ -26,9 +26,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from bot.settings import Settings, redact_text, redact_url
 from trainer.progress import CancelledEvent, FailedEvent, ProgressEvent
 from worker.job import JobRefused, JobSpec, WorkerPolicy, job_dir, run_job, stamped, validate_job
+from worker.settings import WorkerSettings, redact_text, redact_url
 
 TASK = "loraloop.retrain"
 QUEUE = "loraloop"
@@ -153,7 +153,7 @@ def check_redis(redis_url: str) -> None:
         raise RedisUnreachable(f"cannot reach Redis at {redact_url(redis_url)}: {redact_text(str(exc))}") from None
 
 
-def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
+def run_worker(settings: WorkerSettings, loglevel: str = "INFO") -> None:
     """Block serving jobs (``loraloop worker``, ``python -m worker``)."""
     app = make_celery(settings.redis_url, policy=WorkerPolicy.for_worker(settings))
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}", "-Q", QUEUE,

@@ -38,7 +38,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
-from bot.settings import Settings, redact_text
 from data.snapshot import (
     EXAMPLES_FILE,
     FORMAT,
@@ -63,6 +62,7 @@ from trainer.progress import (
     UploadEvent,
     parse_event,
 )
+from worker.settings import WorkerSettings, redact_text
 
 log = logging.getLogger("loraloop.job")
 
@@ -116,7 +116,7 @@ class WorkerPolicy(BaseModel):
     max_time_limit_s: float  # a job asking for longer gets this
 
     @classmethod
-    def for_worker(cls, settings: Settings) -> WorkerPolicy:
+    def for_worker(cls, settings: WorkerSettings) -> WorkerPolicy:
         """A ``loraloop worker``: its base model plus ``worker_allowed_base_models``, its own Ollama."""
         return cls(home=Path(settings.worker_home).resolve(), model_name=settings.model_name,
                    base_models=tuple(dict.fromkeys([settings.base_model, *settings.worker_allowed_base_models])),
@@ -124,7 +124,7 @@ class WorkerPolicy(BaseModel):
                    max_time_limit_s=float(settings.worker_time_limit_s))
 
     @classmethod
-    def for_local(cls, settings: Settings) -> WorkerPolicy:
+    def for_local(cls, settings: WorkerSettings) -> WorkerPolicy:
         """Training on the bot's host (the local dispatcher): the same allow-list, the bot's own Ollama."""
         return cls(home=(Path(settings.home) / "jobs").resolve(), model_name=settings.model_name,
                    base_models=tuple(dict.fromkeys([settings.base_model, *settings.worker_allowed_base_models])),

@@ -31,10 +31,13 @@ async def test_the_bot_declares_the_intent_it_was_configured_with(bot, message_c
 async def test_a_reply_to_an_ask_answer(bot, gateway, discord_api, ollama_server, message_content_intent):
     ollama_server.add_scripted_model(BASE_TAG, reply="Paris.")
     await gateway.command("ask", {"question": "capital of France?"})
+    await wait_until(lambda: any(m["components"] for m in discord_api.bot_messages()))  # the answer is finished
     [answer] = discord_api.bot_messages()
     ollama_server.add_scripted_model(BASE_TAG, reply="Rome.")
     await gateway.message(reply_payload("and of Italy?", to=answer, author=USER))  # a ping-reply
     await wait_until(lambda: len(discord_api.bot_messages()) == 2)
+    if message_content_intent:  # a streamed answer: finished once its buttons are on
+        await wait_until(lambda: discord_api.bot_messages()[-1]["components"])
     reply = discord_api.bot_messages()[-1]
     if message_content_intent:
         # The question is not on the /ask answer: it comes from the recorded answer behind its buttons.

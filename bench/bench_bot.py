@@ -23,10 +23,11 @@ import discord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy.ollama import OllamaClient  # noqa: E402
-from tests.harness.bot import BASE_TAG, make_settings, start_bot  # noqa: E402
-from tests.harness.discord import BOT_ID, DiscordAPI, Gateway, message_payload, user_payload  # noqa: E402
-from tests.harness.ollama_server import OllamaTestServer  # noqa: E402
+from deploy.ollama import OllamaClient
+from tests.harness.bot import BASE_TAG, make_settings, start_bot
+from tests.harness.discord import BOT_ID, DiscordAPI, Gateway, message_payload, user_payload
+from tests.harness.ollama_server import OllamaTestServer
+from tests.harness.polling import wait_until
 
 BOT = user_payload(BOT_ID, "loraloop", bot=True)
 
@@ -64,10 +65,8 @@ def finished_answers(api: DiscordAPI) -> int:
 async def until_finished(api: DiscordAPI, count: int) -> bool:
     """Wait (60 s at most) until ``count`` answers have finished; False if they did not."""
     try:
-        async with asyncio.timeout(60):
-            while finished_answers(api) < count:  # noqa: ASYNC110 - the answers arrive at another server
-                await asyncio.sleep(0.05)
-    except TimeoutError:
+        await wait_until(lambda: finished_answers(api) >= count, 60, "the answers to finish", interval=0.05)
+    except AssertionError:
         return False
     return True
 
@@ -81,8 +80,8 @@ async def first_token_bot(gateway: Gateway, api: DiscordAPI, rounds: int,
         start = time.perf_counter()
         await gateway.message(message_payload(f"<@{BOT_ID}> {question(i)}", author=user_payload(1000 + i),
                                               mentions=[BOT]))
-        while len(api.sent_messages()) == seen:  # noqa: ASYNC110 - the reply arrives at another server
-            await asyncio.sleep(0.0005)
+        await wait_until(lambda seen=seen: len(api.sent_messages()) > seen, 60, "the bot's first message",
+                         interval=0.0005)
         times.append(time.perf_counter() - start)
         await asyncio.sleep(ROUND_GAP_S)
     await until_finished(api, done_before + rounds)  # no answer still streaming into the next measurement

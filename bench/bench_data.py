@@ -42,9 +42,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import data.store as store_module  # noqa: E402
-from data.importer import import_file  # noqa: E402
-from data.store import Store  # noqa: E402
+import data.store as store_module
+from data.importer import import_file
+from data.store import Store
 
 WORDS = "the a model expert answer question data train adapter rank alpha loss token review rating".split()
 IMPORT_GOAL = SNAPSHOT_EXPORT_GOAL = 2.0

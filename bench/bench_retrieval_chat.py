@@ -23,11 +23,11 @@ import discord
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_bot import first_token_bot, first_token_direct  # noqa: E402  (the same measurement)
-from data.conversation import Conversation  # noqa: E402
-from tests.harness.bot import BASE_TAG, make_settings, start_bot  # noqa: E402
-from tests.harness.discord import BOT_ID, DiscordAPI, Gateway, user_payload  # noqa: E402
-from tests.harness.ollama_server import OllamaTestServer  # noqa: E402
+from bench.bench_bot import first_token_bot, first_token_direct
+from data.conversation import Conversation
+from tests.harness.bot import BASE_TAG, make_settings, start_bot
+from tests.harness.discord import BOT_ID, DiscordAPI, Gateway, user_payload
+from tests.harness.ollama_server import OllamaTestServer
 
 BOT = user_payload(BOT_ID, "loraloop", bot=True)
 EMBEDDER = "embedder:latest"

@@ -282,6 +282,12 @@ class OllamaTestServer:
                 return
             ready.set()
             loop.run_forever()
+            # Stopping drops chats still streaming (a stalled scripted model sleeps for a minute between pieces),
+            # as a daemon that shuts down does; the runner's cleanup would otherwise wait for them.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
             loop.close()
 

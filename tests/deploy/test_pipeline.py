@@ -10,7 +10,6 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig, apply_retention, deploy, rollback
 from tests.harness.models import convert_base_to_gguf
 from tests.harness.ollama_server import OllamaTestServer
+from tests.harness.snapshots import write_snapshot
 
 pytestmark = pytest.mark.slow
 BASE = "tiny-llama:base"
@@ -41,20 +41,10 @@ def registered_base(ollama_server: OllamaTestServer, tiny_llama_gguf: Path, tiny
 @pytest.fixture(scope="module")
 def snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A snapshot whose eval split gives the gate a few prompts with reference answers."""
-    from data.snapshot import write_snapshot
-
-    @dataclass
-    class Ex:
-        content_hash: str
-        messages: list[dict[str, str]]
-        tags: list[str]
-        source: str = "test"
-        tools: str | None = None
-
     convs = [Conversation.qa(f"what colour is the {t}?", f"the {t} is red.") for t in
              ("cat", "dog", "tree", "river", "house", "bird", "stone", "cloud", "apple", "road")]
     out = tmp_path_factory.mktemp("snap") / "s1"
-    write_snapshot([Ex(c.content_hash(), c.to_dicts(), []) for c in convs], out, eval_fraction=0.5)
+    write_snapshot(out, convs, eval_fraction=0.5, source="test")
     return out
 
 

@@ -4,7 +4,6 @@ accepts without loading them, an eval snapshot, and the deploy configuration tha
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from data.conversation import Conversation
 from deploy.modelfile import serving_format_for
 from deploy.pipeline import DeployConfig
 from tests.harness.ollama_server import OllamaTestServer
+from tests.harness.snapshots import write_snapshot
 from trainer.tiny import CHATML
 
 BASE = "scripted-base:1b"
@@ -30,20 +30,10 @@ def fake_adapter(root: Path, name: str = "adapter") -> Path:
 
 def eval_snapshot(root: Path) -> Path:
     """A snapshot whose eval questions all have the reference answer RIGHT."""
-    from data.snapshot import write_snapshot
-
-    @dataclass
-    class Ex:
-        content_hash: str
-        messages: list[dict[str, str]]
-        tags: list[str]
-        source: str = "test"
-        tools: str | None = None
-
     convs = [Conversation.qa(f"what colour is the {t}?", RIGHT) for t in
              ("cat", "dog", "tree", "river", "house", "bird", "stone", "cloud", "apple", "road", "lamp", "door")]
     out = root / "snapshot"
-    write_snapshot([Ex(c.content_hash(), c.to_dicts(), []) for c in convs], out, eval_fraction=0.5)
+    write_snapshot(out, convs, eval_fraction=0.5, source="test")
     return out
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -15,12 +14,12 @@ from sqlalchemy import select
 from bot.settings import GuildRoles, Settings
 from data.conversation import Conversation
 from data.models import Answer
-from data.snapshot import write_snapshot
+from data.snapshot import MANIFEST_FILE, parse_manifest
 from deploy.pipeline import DeployConfig
 from tests.harness.bot import make_settings, mention, start_bot
 from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 from tests.harness.polling import wait_until
-from tests.harness.snapshots import synthetic_conversations
+from tests.harness.snapshots import synthetic_conversations, write_snapshot
 from worker.job import JobSpec
 
 BASE = "tiny-llama:base"
@@ -53,23 +52,13 @@ def qa(i: int) -> Conversation:
     return Conversation.qa(f"what colour is lamp {i}?", f"lamp {i} is green.")
 
 
-@dataclass
-class _Row:
-    content_hash: str
-    messages: list
-    tags: list
-    source: str = "teach"
-    tools: str | None = None
-
-
 def spec_for(tmp_path, base_dir, **overrides) -> JobSpec:
     """A training job on 30 synthetic pairs (the snapshot written under ``tmp_path``) for the tiny base."""
-    manifest = write_snapshot([_Row(c.content_hash(), c.to_dicts(), []) for c in synthetic_conversations(30)],
-                              tmp_path / "snap")
-    files = {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / "snap").iterdir()}
+    snap = write_snapshot(tmp_path / "snap", synthetic_conversations(30), source="teach")
+    files = {p.name: p.read_text(encoding="utf-8") for p in snap.iterdir()}
     values = dict(run_id=1, tag="loraloop-tiny:v1", base_model=str(base_dir), ollama_host="http://127.0.0.1:9",
-                  deploy=DeployConfig(model_name="tiny", ollama_base=BASE), snapshot_sha256=manifest["sha256"],
-                  snapshot_files=files,
+                  deploy=DeployConfig(model_name="tiny", ollama_base=BASE),
+                  snapshot_sha256=parse_manifest(files[MANIFEST_FILE]).sha256, snapshot_files=files,
                   train={**TRAIN, "max_steps": 400, "system_prompt": "You are terse."})
     return JobSpec(**{**values, **overrides})
 

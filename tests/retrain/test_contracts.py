@@ -6,7 +6,6 @@ with a message that names it."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,12 @@ from pydantic import ValidationError
 
 from bot.retrain.orchestrator import Orchestrator
 from data.conversation import Conversation
-from data.snapshot import MANIFEST_FILE, SnapshotError, SnapshotManifest, parse_manifest, read_snapshot, write_snapshot
+from data.snapshot import MANIFEST_FILE, SnapshotError, SnapshotManifest, parse_manifest, read_snapshot
 from data.store import Store
 from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig
 from tests.harness.retrain import loop_settings
+from tests.harness.snapshots import write_snapshot
 from trainer.config import TrainConfig
 from trainer.progress import (
     CancelledEvent,
@@ -38,19 +38,10 @@ from trainer.record import RunRecord, read_run
 from worker.job import JobRefused, JobSpec, WorkerPolicy, validate_job
 
 
-@dataclass
-class _Row:
-    content_hash: str
-    messages: list
-    tags: list
-    source: str = "teach"
-    tools: str | None = None
-
-
 def _snapshot(tmp_path: Path) -> dict[str, str]:
     convs = [Conversation.qa(f"What is {i}?", f"It is {i}.") for i in range(12)]
-    write_snapshot([_Row(c.content_hash(), c.to_dicts(), []) for c in convs], tmp_path / "snap")
-    return {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / "snap").iterdir()}
+    snap = write_snapshot(tmp_path / "snap", convs, source="teach")
+    return {p.name: p.read_text(encoding="utf-8") for p in snap.iterdir()}
 
 
 @pytest.fixture

@@ -319,11 +319,13 @@ class Retriever:
 # ---- the gate's second table ------------------------------------------------------------------------------------
 
 
-def gate_with_retrieval(settings: Settings, store: Store, ollama: OllamaClient) -> Inform:
+def gate_with_retrieval(settings: Settings, store: Store, ollama: OllamaClient,
+                        retriever: Retriever | None = None) -> Inform:
     """What ``conclude_candidate(inform=…)`` runs: the candidate answers the gate's eval prompts again, now with the
     expert answers the bot would retrieve once the candidate answers (the scope taken relative to the candidate's
     own snapshot), at the gate's options and scored the same way. For information: the verdict judged the weights
-    alone. The eval split's own pairs are never retrieved (their answers are the references)."""
+    alone. The eval split's own pairs are never retrieved (their answers are the references). ``retriever``: the
+    bot's own, whose index is reused (brought up to date first); without it one is built from the database."""
 
     async def measure(tag: str, gate: GateResult) -> dict[str, Any]:
         if settings.retrieval_scope == "off":
@@ -336,24 +338,24 @@ def gate_with_retrieval(settings: Settings, store: Store, ollama: OllamaClient) 
             return {"skipped": f"{tag} records no snapshot"}
         snapshot = await asyncio.to_thread(read_snapshot, Path(version.snapshot_path))
         prompts = eval_prompts(snapshot.eval, int(weights["count"]))
-        retriever = Retriever(settings, store, ollama)
-        await retriever.sync()
+        live = retriever or Retriever(settings, store, ollama)
+        await live.sync()
         held_out = await ids_of_hashes(store, snapshot.ids["eval"])
         if settings.retrieval_scope == "delta":
             allowed = await delta_ids(store, tag) - held_out
         else:
-            allowed = set(retriever.index.ids if retriever.index else ()) - held_out
+            allowed = set(live.index.ids if live.index else ()) - held_out
         rows: list[dict[str, Any]] = []
         used: set[int] = set()
         for prompt in prompts:
-            hits = await retriever.search(prompt.question, allowed=frozenset(allowed))
+            hits = await live.search(prompt.question, allowed=frozenset(allowed))
             answer = await ollama.chat(tag, _with_block(prompt, hits, settings.system_prompt), gate.options)
             used.update(h.example_id for h in hits)
             rows.append({"question": prompt.question, "pair_ids": [h.example_id for h in hits], "answer": answer,
                          "rouge_l": rouge_l(answer, prompt.reference or "")})
         scores = score_answers([str(r["answer"]) for r in rows], [p.reference or "" for p in prompts])
         return {"scope": settings.retrieval_scope, "k": settings.retrieval_k, "max_chars": settings.retrieval_max_chars,
-                "search": "lexical + vectors" if retriever.embedding_working else "lexical",
+                "search": "lexical + vectors" if live.embedding_working else "lexical",
                 "prompts": len(prompts), "with_pairs": sum(1 for r in rows if r["pair_ids"]), "pairs": len(used),
                 "weights": dict(weights), "candidate": scores.to_dict(), "rows": rows}
 

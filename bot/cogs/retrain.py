@@ -198,7 +198,8 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
     def __init__(self, bot: LoraloopBot) -> None:
         self.bot = bot
         dispatcher = getattr(bot, "dispatcher", None) or make_dispatcher(bot.settings)
-        self.orchestrator = Orchestrator(bot.store, bot.settings, dispatcher, bot.ollama, notifier=self)
+        self.orchestrator = Orchestrator(bot.store, bot.settings, dispatcher, bot.ollama, notifier=self,
+                                         retriever=bot.retrieval)
         self.scheduler: Any = None
         self._progress_latest: dict[int, RetrainRun] = {}  # run id -> the newest state not yet shown
         self._progress_editors: dict[int, asyncio.Task[None]] = {}

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
-from bot.retrieval import gate_with_retrieval
+from bot.retrieval import Retriever, gate_with_retrieval
 from bot.settings import Settings, redact_text
 from data import quality
 from data.models import RUN_DISPATCHED, RetrainRun, utcnow
@@ -72,8 +72,10 @@ class NullNotifier:
 
 class Orchestrator:
     def __init__(self, store: Store, settings: Settings, dispatcher: Dispatcher, client: OllamaClient,
-                 notifier: Notifier | None = None, *, poll_s: float = 0.5, progress_every_s: float = 1.0) -> None:
+                 notifier: Notifier | None = None, *, poll_s: float = 0.5, progress_every_s: float = 1.0,
+                 retriever: Retriever | None = None) -> None:
         self.store, self.settings, self.dispatcher, self.client = store, settings, dispatcher, client
+        self.retriever = retriever  # the bot's index, reused for the gate's with-retrieval table
         self.notifier: Notifier = notifier or NullNotifier()
         self.poll_s, self.progress_every_s = poll_s, progress_every_s
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -318,7 +320,8 @@ class Orchestrator:
             done = await conclude_candidate(self.store, self.client, version.tag, gate, model_name=config.model_name,
                                             keep_versions=config.keep_versions, train_metrics=ended.metrics,
                                             manual=self.settings.retrain_promotion == "manual",
-                                            inform=gate_with_retrieval(self.settings, self.store, self.client))
+                                            inform=gate_with_retrieval(self.settings, self.store, self.client,
+                                                                       self.retriever))
         except (DeployFailed, OllamaError, StoreError) as exc:
             return await self._fail(run_id, f"could not switch to {version.tag}: {exc}")
         if gate.with_retrieval:  # the job's table (its DPO lines too) gains the with-retrieval lines measured now

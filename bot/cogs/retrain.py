@@ -217,8 +217,8 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
                 log.error("retrain scheduler not started: %s", exc)
 
     async def cog_unload(self) -> None:
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        if self.scheduler is not None:
+            await self.scheduler.stop()  # a check still writing finishes before the bot closes the store
         for run_id in list(self._progress_editors):
             await self._stop_progress(run_id)
         await self.orchestrator.close()

@@ -6,11 +6,19 @@ Stored jobs refer to module-level functions by name; they reach the live orchest
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC
 from pathlib import Path
 from typing import Protocol
 
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
+    JobEvent,
+)
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -51,6 +59,38 @@ async def housekeeping() -> None:
         await _orchestrator.expire_due()
 
 
+class RetrainScheduler(AsyncIOScheduler):
+    """The AsyncIOScheduler, plus ``stop``: let a running job finish, then shut down.
+
+    APScheduler's own ``shutdown`` cancels a running coroutine job whatever ``wait`` says, and the bot closes
+    the store right after, so a check cut mid-write lost its write or hung on the closing connection."""
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.add_listener(self._count, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+
+    def _count(self, event: JobEvent) -> None:
+        self._running += 1 if event.code == EVENT_JOB_SUBMITTED else -1
+        if self._running:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def stop(self, grace_s: float = 30) -> None:
+        """Start no new job, wait up to ``grace_s`` seconds for the running ones, then shut down."""
+        if not self.running:
+            return
+        self.pause()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        except TimeoutError:
+            log.warning("a scheduled job still ran after %g s; cancelling it", grace_s)
+        self.shutdown(wait=False)
+
+
 def sync_url(async_url: str) -> str:
     """Where the (synchronous) job store keeps the jobs: PostgreSQL's database through psycopg; for SQLite a
     file of its own beside the database, because the job store's blocking writes on the event loop would
@@ -69,11 +109,12 @@ def sync_url(async_url: str) -> str:
 
 
 def start_scheduler(settings: Settings, *, database_url: str | None = None, housekeeping_s: float = 60
-                    ) -> AsyncIOScheduler:
+                    ) -> RetrainScheduler:
     """Start the scheduler (inside a running event loop) with the stored jobs.
 
     A stored check keeps its next run time, so a check that fell while the bot was down runs as soon as it is
-    back (within the misfire grace time); only a changed ``retrain_cron`` reschedules it.
+    back (within the misfire grace time); only a changed ``retrain_cron`` reschedules it. Stop it with
+    ``await scheduler.stop()``, before closing the store the jobs write to.
     """
     try:
         trigger = CronTrigger.from_crontab(settings.retrain_cron, timezone=UTC)
@@ -81,7 +122,7 @@ def start_scheduler(settings: Settings, *, database_url: str | None = None, hous
         raise ValueError(f"retrain_cron {settings.retrain_cron!r} is not a crontab expression: {exc}") from None
     store = SQLAlchemyJobStore(url=sync_url(database_url or settings.resolved_database_url),
                                tablename="apscheduler_jobs")
-    scheduler = AsyncIOScheduler(jobstores={"default": store}, timezone=UTC,
+    scheduler = RetrainScheduler(jobstores={"default": store}, timezone=UTC,
                                  job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 6 * 3600})
     scheduler.start(paused=True)
     stored = scheduler.get_job(CHECK_JOB)

@@ -16,10 +16,12 @@ from sqlalchemy import text
 
 from bot.retrain.dispatch import CeleryDispatcher, LocalDispatcher, make_dispatcher
 from bot.retrain.orchestrator import NothingToTrain, Orchestrator
+from data.conversation import Conversation
 from data.models import utcnow
 from data.review import ReviewPolicy
 from data.store import RunInProgress, Store
 from deploy.ollama import OllamaClient
+from tests.harness.bot import start_bot
 from tests.harness.polling import wait_until
 from tests.harness.retrain import TRAIN, approved_examples, loop_settings
 
@@ -274,7 +276,7 @@ async def test_scheduler_job_is_persistent_and_proposes(tmp_path, tiny_llama_dir
         assert run.summary["origin"] == "scheduler"
         await wait_until(lambda: first.get_job(sched.CHECK_JOB).next_run_time > utcnow(), 5, "the reschedule")
         next_run = first.get_job(sched.CHECK_JOB).next_run_time
-        first.shutdown(wait=False)
+        await first.stop()  # the check may still be writing (Recorder.proposed) while the store is open
 
         # the jobs live in the database, beside it: a restarted bot keeps the stored next run time …
         jobs = sched.sync_url(settings.resolved_database_url).split("///", 1)[1]
@@ -284,15 +286,54 @@ async def test_scheduler_job_is_persistent_and_proposes(tmp_path, tiny_llama_dir
         assert ids == {sched.CHECK_JOB, sched.HOUSEKEEPING_JOB}
         second = sched.start_scheduler(settings)
         assert second.get_job(sched.CHECK_JOB).next_run_time == next_run
-        second.shutdown(wait=False)
+        await second.stop()
         # … and a changed cron reschedules it
         settings.retrain_cron = "0 4 * * *"
         third = sched.start_scheduler(settings)
         assert third.get_job(sched.CHECK_JOB).next_run_time.hour == 4
-        third.shutdown(wait=False)
+        await third.stop()
         sched.bind(None)
     with pytest.raises(ValueError, match="not a crontab expression"):
         sched.start_scheduler(loop_settings(tmp_path, "http://x", tiny_llama_dir, retrain_cron="every night"))
+
+
+class HeldCheck:
+    """A scheduled check that is mid-write when the bot shuts down: it records a row once ``release`` is set."""
+
+    def __init__(self, store) -> None:
+        self.store, self.started, self.release = store, asyncio.Event(), asyncio.Event()
+
+    async def maybe_propose(self):
+        self.started.set()
+        await self.release.wait()
+        await self.store.import_conversations([Conversation.qa("written by the check", "before close")])
+
+    async def expire_due(self):
+        return None
+
+
+async def test_bot_shutdown_waits_for_a_running_scheduled_check(tmp_path, discord_api, tiny_llama_dir):
+    """Closing the bot lets a check that is still writing finish before the store closes, instead of cancelling
+    it (or closing the store under it: the hang in teardown this replaced)."""
+    from bot.retrain import scheduler as sched
+
+    settings = loop_settings(tmp_path, "http://127.0.0.1:9", tiny_llama_dir)
+    bot = await start_bot(settings)  # the scheduler runs, as in production
+    check = HeldCheck(bot.store)
+    sched.bind(check)
+    bot.retrain.scheduler.modify_job(sched.CHECK_JOB, next_run_time=utcnow())
+    await asyncio.wait_for(check.started.wait(), 10)
+    closing = asyncio.create_task(bot.close())
+    await asyncio.sleep(0.3)
+    assert not closing.done()  # held by the check
+    check.release.set()
+    await asyncio.wait_for(closing, 30)
+
+    store = Store(settings.resolved_database_url)
+    try:
+        assert [e.messages[0]["content"] for e in await store.list_examples()] == ["written by the check"]
+    finally:
+        await store.close()
 
 
 def test_dispatcher_choice_follows_settings(tmp_path, tiny_llama_dir):
@@ -322,14 +363,14 @@ async def test_scheduler_job_store_on_postgresql(tmp_path, tiny_llama_dir):
         settings = loop_settings(tmp_path, "http://x", tiny_llama_dir, database_url=db_url, retrain_cron="15 1 * * *")
         first = sched.start_scheduler(settings)
         next_run = first.get_job(sched.CHECK_JOB).next_run_time
-        first.shutdown(wait=False)
+        await first.stop()
         dsn = sched.sync_url(db_url).replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(dsn) as conn:
             ids = {row[0] for row in conn.execute("select id from apscheduler_jobs")}
         assert ids == {sched.CHECK_JOB, sched.HOUSEKEEPING_JOB}
         second = sched.start_scheduler(settings)
         assert second.get_job(sched.CHECK_JOB).next_run_time == next_run and (next_run.hour, next_run.minute) == (1, 15)
-        second.shutdown(wait=False)
+        await second.stop()
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

@@ -1,7 +1,9 @@
 """The one client loraloop uses to talk to Ollama, over HTTP only (the daemon may live on another host).
 
 Chat, create, list, show, ps and delete go through the official ``ollama.AsyncClient``; blob existence
-checks (``HEAD /api/blobs/…``, which the official client lacks) and streamed blob uploads use aiohttp.
+checks (``HEAD /api/blobs/…``, which the official client lacks), streamed blob uploads and the streamed chat use
+aiohttp (the chat's lines are read with a cap on their length, :data:`MAX_STREAM_LINE`, which the official client
+lacks: a server that never ends a line would fill the memory).
 Every failure surfaces as an :class:`OllamaError` subclass whose message can be shown to a user as is.
 """
 
@@ -24,6 +26,8 @@ import ollama
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+# The longest line of a streamed reply: one line is one JSON object carrying a piece of text (bytes to kilobytes).
+MAX_STREAM_LINE = 16 << 20
 
 
 class OllamaError(Exception):
@@ -114,16 +118,18 @@ def _messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
 
 class OllamaClient:
     """One object per Ollama host. ``timeout`` bounds connecting and each read, in seconds (None: no limit);
-    ``create_timeout`` is the read limit of ``/api/create`` alone (model conversion is silent and long)."""
+    ``create_timeout`` is the read limit of ``/api/create`` alone (model conversion is silent and long);
+    ``max_line`` the longest line, in bytes, of a streamed chat."""
 
-    def __init__(self, host: str, timeout: float | None = 300.0, create_timeout: float | None = CREATE_TIMEOUT_S
-                 ) -> None:
+    def __init__(self, host: str, timeout: float | None = 300.0, create_timeout: float | None = CREATE_TIMEOUT_S,
+                 max_line: int = MAX_STREAM_LINE) -> None:
         host = host.strip().rstrip("/")
         if "://" not in host:
             host = "http://" + host
         self.host = host
         self.timeout = timeout
         self.create_timeout = create_timeout
+        self.max_line = max_line
         self._client = ollama.AsyncClient(host=host, timeout=timeout)
         self._create_client = ollama.AsyncClient(
             host=host, timeout=httpx.Timeout(timeout, read=create_timeout) if timeout else create_timeout)
@@ -225,17 +231,30 @@ class OllamaClient:
         options: Mapping[str, Any] | None = None,
         keep_alive: str | float | None = None,
     ) -> AsyncIterator[str]:
-        """Yield the reply's text pieces as Ollama streams them."""
+        """Yield the reply's text pieces as Ollama streams them.
+
+        Raises OllamaError when a line of the stream outgrows :data:`MAX_STREAM_LINE` bytes (the line is never
+        held whole past that)."""
+        payload: dict[str, Any] = {"model": model, "messages": _messages(messages), "stream": True}
+        if options:
+            payload["options"] = dict(options)
+        if keep_alive is not None:
+            payload["keep_alive"] = keep_alive
         try:
-            stream = await self._client.chat(
-                model=model, messages=_messages(messages), options=dict(options or {}) or None,
-                keep_alive=keep_alive, stream=True,
-            )
-            async for part in stream:
-                piece = part.message.content if part.message else None
-                if piece:
-                    yield piece
-        except (TimeoutError, ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+            async with self._http().post(self.host + "/api/chat", json=payload) as resp:
+                if resp.status != 200:
+                    message = _error_text(await resp.text())
+                    if resp.status == 404:
+                        raise ModelNotFound(model, f"model {model!r} is not available in Ollama: {message}")
+                    raise OllamaError(f"Ollama error: {message}", resp.status)
+                async for part in _json_lines(resp.content, self.max_line):
+                    if error := part.get("error"):
+                        raise OllamaError(f"Ollama error: {error}", None)
+                    message_part = part.get("message")
+                    piece = message_part.get("content") if isinstance(message_part, dict) else None
+                    if piece:
+                        yield str(piece)
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._translate(exc, model) from exc
 
     async def chat(
@@ -408,6 +427,41 @@ class OllamaClient:
                 return resp.status, body if isinstance(body, dict) else {"error": str(body)}
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._translate(exc) from exc
+
+
+async def _json_lines(body: aiohttp.StreamReader, limit: int) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of a streamed body, one a line; OllamaError once a line holds more than ``limit`` bytes
+    (at most one network read past it is ever held) or is not a JSON object."""
+    line = bytearray()
+    async for chunk in body.iter_any():
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            line += chunk[start:end]
+            start = end + 1
+            _check_line(line, limit)
+            if line.strip():
+                yield _json_object(bytes(line))
+            line.clear()
+        line += chunk[start:]
+        _check_line(line, limit)
+    if line.strip():
+        yield _json_object(bytes(line))
+
+
+def _check_line(line: bytearray, limit: int) -> None:
+    if len(line) > limit:
+        size = f"{limit / (1 << 20):g} MB" if limit >= 1 << 20 else f"{limit} bytes"
+        raise OllamaError(f"a line of Ollama's stream exceeded {size}: not an Ollama reply (or a broken one)", None)
+
+
+def _json_object(line: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise OllamaError(f"Ollama sent a line that is not a JSON object: {line[:200]!r}", None)
+    return value
 
 
 def _check_digest(digest: str) -> None:

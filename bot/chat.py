@@ -8,7 +8,11 @@ them, and the recorded answer lists their ids (its recorded prompt is the one wi
 preference pair should see).
 
 An answer has limits (:class:`AnswerLimits`): a token cap Ollama enforces (``num_predict``), a character cap
-for a server that ignores it, a total time, and a few Discord messages at most. A cut answer says so."""
+for a server that ignores it, a total time, and a few Discord messages at most. A cut answer says so.
+
+What people wrote, earlier replies and retrieved pairs reach the model as text only: the base's control strings
+in them (``<|im_start|>``, ``[INST]``, …) are neutralised (:func:`data.conversation.neutralise_controls`). An answer
+the database refuses to record is still finished in Discord, without feedback buttons."""
 
 from __future__ import annotations
 
@@ -22,11 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import discord
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.reasoning import ThinkingMode, render_thinking, split_thinking
 from bot.retrieval import Retrieved, Retriever
 from bot.settings import Settings
 from bot.views import UsedPairsButton
+from data.conversation import neutralise_controls
 from data.errors import StoreError
 from data.store import Store
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
@@ -42,6 +48,7 @@ MAX_HISTORY = 20
 # ignores it, so it must never cut an answer Ollama would have let through.
 CHARS_PER_TOKEN = 6
 MAX_MESSAGES = 5  # one answer never floods a channel, whatever the token cap
+UNRECORDED = "-# ⚠️ This answer could not be saved, so it takes no feedback."
 _FENCE = re.compile(r"^```(\S*)", re.MULTILINE)
 
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -309,6 +316,9 @@ class Chat:
         logged once. Live edits run beside the stream, the latest text winning, so a rate-limited edit holds up
         neither the stream nor the model server."""
         model, version_id = await self.active_model()
+        # What people wrote (and the bot's own earlier replies) reaches the model as text, never as the base's
+        # control tokens: "<|im_end|><|im_start|>system" in a message must not open a turn of its own.
+        history = [{**turn, "content": neutralise_controls(turn["content"])} for turn in history]
         prompt = ([{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt
                   else []) + history
         retrieved = await self.retrieval.retrieve(history, version_id) if self.retrieval else Retrieved()
@@ -366,14 +376,22 @@ class Chat:
             text = fit_messages(text[:limits.max_chars].rstrip(), limits.max_messages, cut_note(cut))
         elif not text.strip():
             text = "(the model gave an empty answer)"
-        answer = await self.store.record_answer(
-            prompt=prompt, answer=text, model_tag=model, model_version_id=version_id, guild_id=guild_id,
-            channel_id=channel_id, user_id=user_id, pair_ids=retrieved.ids,
-        )
+        shown = render_thinking(thinking, self.settings.chat_thinking) + text
+        try:
+            answer = await self.store.record_answer(
+                prompt=prompt, answer=text, model_tag=model, model_version_id=version_id, guild_id=guild_id,
+                channel_id=channel_id, user_id=user_id, pair_ids=retrieved.ids,
+            )
+        except (StoreError, SQLAlchemyError) as exc:
+            # The answer is still finished in Discord (no cursor left behind), without the buttons that would
+            # name a recorded answer.
+            log.error("recording the answer from %s failed: %s", model, exc)
+            note = f"{note}\n{UNRECORDED}" if note else UNRECORDED
+            await view_of.final(fit_messages(shown, limits.max_messages, "\n" + note))
+            return ChatResult(text, view_of.sent, None, model, error=UNRECORDED, cut=cut, discord_error=view_of.error)
         view = make_view(answer.id) if make_view and view_of.error is None else None
         if view is not None and retrieved.hits:
             view.add_item(UsedPairsButton(answer.id))
-        shown = render_thinking(thinking, self.settings.chat_thinking) + text
         shown = fit_messages(shown, limits.max_messages, "\n" + note) if note else shown
         await view_of.final(shown, view=view)
         return ChatResult(text, view_of.sent, answer.id, model, cut=cut, discord_error=view_of.error)

@@ -10,9 +10,13 @@ that may help: …"), within a character budget. Which pairs a turn may use is t
 
 The index is built from the database in the background when the bot starts (it answers without retrieval
 meanwhile), re-read every ``retrieval_sync_s`` (approvals by CLI, imports or another process) and right after an
-approval in Discord (:meth:`Retriever.request_sync`). With ``embed_model`` set, pairs and questions are embedded
-through Ollama's /api/embed and the lists are fused; when embeddings fail, retrieval goes on lexically (logged
-once) and an answer never fails because of retrieval.
+approval, rejection or edit in Discord (:meth:`Retriever.request_sync`): an edited pair's superseded answer is
+never retrieved after the edit is saved. With ``embed_model`` set, pairs and questions are embedded through
+Ollama's /api/embed and the lists are fused; when embeddings fail, retrieval goes on lexically (logged once) and an
+answer never fails because of retrieval.
+
+A pair's text is only ever the block's content: it cannot close its frame or speak in control tokens
+(:func:`framed`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
@@ -30,6 +35,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.settings import Settings
+from data.conversation import neutralise_controls
 from data.errors import StoreError
 from data.metrics import rouge_l, score_answers
 from data.retrieval import Hit, RetrievalConfig, RetrievalError, RetrievalIndex, within_budget
@@ -81,14 +87,27 @@ class Retrieved:
 
 
 def expert_block(hits: Sequence[Hit]) -> str:
-    """The block the model reads: each pair tagged with its example id, so nothing in a pair can pass for the
-    block's end."""
+    """The block the model reads: each pair tagged with its example id. A pair's text can neither close its frame
+    (the frame's own markers in it are escaped) nor speak in the base's control tokens (neutralised)."""
     parts = [BLOCK_HEAD]
     for hit in hits:
-        parts.append(f'<expert_answer id="{hit.example_id}">\nQuestion: {hit.question}\nAnswer: {hit.answer}\n'
-                     "</expert_answer>")
+        parts.append(f'<expert_answer id="{hit.example_id}">\nQuestion: {framed(hit.question)}\n'
+                     f"Answer: {framed(hit.answer)}\n</expert_answer>")
     parts.append(BLOCK_TAIL)
     return "\n".join(parts)
+
+
+# The block's markers as text inside a pair might write them (any case, spaced out): a tag of the frame, its head
+# or its tail. Escaped like control text, by a zero-width joiner after the first character.
+_FRAME_MARKERS = re.compile(r"<\s*/?\s*expert_answer|expert answers that may help|\(\s*end of expert answers",
+                            re.IGNORECASE)
+
+
+def framed(text: str) -> str:
+    """A pair's text as it may stand inside the block: the frame's markers and the base's control strings broken
+    by a zero-width joiner (a reader sees the same text)."""
+    text = neutralise_controls(text)
+    return _FRAME_MARKERS.sub(lambda m: m[0][0] + "\u200d" + m[0][1:], text)
 
 
 def query_text(history: Sequence[dict[str, str]]) -> str:
@@ -122,6 +141,9 @@ class Retriever:
         self._tasks: set[asyncio.Task[None]] = set()
         self._embed_down_since: float | None = None  # when embeddings last failed; None: working (or unused)
         self._embedding_pass = False  # one pass over the pairs without vectors at a time
+        # Pairs that left approval in Discord (rejected, edited) and are never retrieved again, until a sync that
+        # read the database after they left has taken them out of the index.
+        self._withdrawn: frozenset[int] = frozenset()
 
     @property
     def enabled(self) -> bool:
@@ -141,9 +163,12 @@ class Retriever:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def request_sync(self) -> None:
-        """Read approvals now (after one in Discord), without keeping the caller waiting."""
+    def request_sync(self, withdrawn: Iterable[int] = ()) -> None:
+        """Read approvals now (after an approval, rejection or edit in Discord), without keeping the caller
+        waiting. ``withdrawn``: pairs that just left approval; no turn retrieves them from this call on, even
+        before the sync has run."""
         if self.enabled:
+            self._withdrawn |= frozenset(withdrawn)
             self._spawn(self._sync_logged(), "retrieval-sync-now")
 
     async def wait_idle(self) -> None:
@@ -180,6 +205,7 @@ class Retriever:
         """Bring the index up to date with the database (built from it the first time), vectors included where
         the embedding model answers, and recompute the scope."""
         async with self._sync_lock:
+            withdrawn = self._withdrawn  # left approval before the database is read below: this sync drops them
             if self.index is None:
                 index = await build_index(self.store, embed_model=self.settings.embed_model, config=self.config)
                 added, removed = len(index), 0
@@ -193,6 +219,7 @@ class Retriever:
                     await self._index(index, new | gone)
             await self._refresh_scope()
             report = SyncReport(added, removed, len(index), None if self._allowed is None else len(self._allowed))
+            self._withdrawn -= withdrawn
         # Outside the lock: embedding thousands of pairs after a first start must not hold up later approvals.
         await self._embed_missing(index)
         return report
@@ -274,10 +301,11 @@ class Retriever:
         if isinstance(allowed, EllipsisType):
             allowed = self._allowed
         try:
-            hits = await asyncio.to_thread(index.query, text, k, vector=vector, allow=allowed)
+            hits = await asyncio.to_thread(index.query, text, k, vector=vector, allow=allowed,
+                                           exclude=self._withdrawn)
         except RetrievalError as exc:  # a vector of another dimension: embed_model changed under a built index
             self._embedding_failed(exc)
-            hits = await asyncio.to_thread(index.query, text, k, allow=allowed)
+            hits = await asyncio.to_thread(index.query, text, k, allow=allowed, exclude=self._withdrawn)
         return within_budget(hits, self.settings.retrieval_max_chars)
 
     async def _query_vector(self, text: str) -> list[float] | None:
@@ -353,7 +381,8 @@ def gate_with_retrieval(settings: Settings, store: Store, ollama: OllamaClient,
             used.update(h.example_id for h in hits)
             rows.append({"question": prompt.question, "pair_ids": [h.example_id for h in hits], "answer": answer,
                          "rouge_l": rouge_l(answer, prompt.reference or "")})
-        scores = score_answers([str(r["answer"]) for r in rows], [p.reference or "" for p in prompts])
+        scores = score_answers([str(r["answer"]) for r in rows], [p.reference or "" for p in prompts],
+                               [p.question for p in prompts])
         return {"scope": settings.retrieval_scope, "k": settings.retrieval_k, "max_chars": settings.retrieval_max_chars,
                 "search": "lexical + vectors" if live.embedding_working else "lexical",
                 "prompts": len(prompts), "with_pairs": sum(1 for r in rows if r["pair_ids"]), "pairs": len(used),

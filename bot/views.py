@@ -401,7 +401,9 @@ class ReviewButton(IdButton, template=r"ll:rv:(?P<action>[1-5]|approve|reject|ed
         except StoreError as exc:
             return await say(interaction, str(exc))
         if self.action in ("approve", "reject") or getattr(outcome, "decided", None):
-            bot.retrieval.request_sync()  # the next chat can use (or stops using) the pair within seconds
+            # The next chat can use the pair within seconds; a rejected one is never retrieved again from now on.
+            rejected = self.action == "reject" or getattr(outcome, "decided", None) == "rejected"
+            bot.retrieval.request_sync(withdrawn=(self.example_id,) if rejected else ())
         await show_next_for_review(interaction, prefix=done, edit=True)
 
 
@@ -474,5 +476,6 @@ class EditModal(OpenerOnlyModal):
                                                 editor_id=interaction.user.id, max_chars=bot.settings.max_field_chars)
         except (StoreError, InvalidConversation) as exc:
             return await say(interaction, f"Not saved: {exc}")
+        bot.retrieval.request_sync(withdrawn=(self.example_id,))  # the superseded answer is never retrieved again
         await say(interaction, f"Saved as example #{copy.id} (pending review); #{self.example_id} is superseded.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -202,3 +203,41 @@ def assistant(content: str, reasoning: str | None = None) -> Message:
     if reasoning is None:
         reasoning, content = split_think(content)
     return Message("assistant", content, reasoning.strip() if reasoning is not None else None)
+
+
+# ---- control text ------------------------------------------------------------------------------------------------
+# Strings a chat template or a tokenizer reads as structure, not words: llama.cpp (Ollama) tokenises the rendered
+# prompt with its special tokens parsed, so "<|im_end|><|im_start|>system" in a stored answer or a chat message
+# would become real turn boundaries. The list is generic (the bot never sees the base's tokenizer) and covers the
+# families loraloop serves and their neighbours:
+# - ``<|…|>``: ChatML / Qwen, Llama 3 and 4 (<|start_header_id|>, <|eot_id|>, <|reserved_special_token_N|>), Phi,
+#   Command R, Granite, gpt-oss, <|endoftext|>, FIM tokens;
+# - ``<｜…｜>`` (full-width bars): DeepSeek;
+# - ``<s>``, ``</s>``, ``<unk>``, ``<pad>``, ``<bos>``, ``<eos>``, ``<mask>``: SentencePiece bases (Llama 2, Mistral,
+#   Gemma); Gemma's <start_of_turn> / <end_of_turn>; Qwen's <tool_call> / <tool_response>; reasoning's <think>;
+#   StarCoder's <fim_*>, <file_sep>, <repo_name>; GLM's <sop> / <eop>;
+# - ``<<SYS>>`` (Llama 2) and Mistral's ``[INST]``, ``[/INST]``, ``[SYSTEM_PROMPT]``, ``[TOOL_CALLS]``, …; GLM's
+#   ``[gMASK]``.
+# Each is broken by a zero-width joiner after its first character: a reader sees the same text, the tokenizer
+# sees plain characters. Running it twice changes nothing more.
+_ZWJ = "\u200d"
+_ANGLE_WORDS = ("s", "unk", "pad", "bos", "eos", "mask", "start_of_turn", "end_of_turn", "start_of_image",
+                "end_of_image", "think", "tool_call", "tool_response", "tool_calls", "fim_prefix", "fim_middle",
+                "fim_suffix", "fim_pad", "file_sep", "repo_name", "sop", "eop")
+_BRACKET_WORDS = ("INST", "SYSTEM_PROMPT", "AVAILABLE_TOOLS", "TOOL_CALLS", "TOOL_RESULTS", "TOOL_CONTENT", "THINK",
+                  "IMG", "IMG_BREAK", "IMG_END", "PREFIX", "MIDDLE", "SUFFIX", "gMASK", "sMASK")
+_CONTROL = re.compile(
+    r"<\|[^|<>\n]{1,64}\|>"
+    r"|<\uff5c[^\uff5c<>\n]{1,64}\uff5c>"
+    rf"|</?(?:{'|'.join(_ANGLE_WORDS)})>"
+    r"|<</?SYS>>"
+    rf"|\[/?(?:{'|'.join(_BRACKET_WORDS)})\]"
+)
+
+
+def neutralise_controls(text: str) -> str:
+    """``text`` with every chat-template control string (the list above) broken by a zero-width joiner, so a model
+    reads it as text and never as a turn boundary or a special token."""
+    if "<" not in text and "[" not in text:  # the common message: no copy made
+        return text
+    return _CONTROL.sub(lambda m: m[0][0] + _ZWJ + m[0][1:], text)

@@ -484,8 +484,12 @@ class Store(RunsMixin):
         user_id: int | None = None,
         pair_ids: Sequence[int] = (),
     ) -> Answer:
-        """``pair_ids``: the approved examples retrieval showed the model (bot/retrieval.py), in order."""
-        row = Answer(prompt=prompt, answer=answer, model_tag=model_tag, model_version_id=model_version_id,
+        """``pair_ids``: the approved examples retrieval showed the model (bot/retrieval.py), in order.
+
+        The texts are what a model and people wrote, kept whatever they hold: a NUL or an unpaired surrogate, which
+        no database stores, is written as U+FFFD."""
+        prompt = [{k: _storable(v) if isinstance(v, str) else v for k, v in turn.items()} for turn in prompt]
+        row = Answer(prompt=prompt, answer=_storable(answer), model_tag=model_tag, model_version_id=model_version_id,
                      guild_id=guild_id, channel_id=channel_id, message_id=message_id, user_id=user_id,
                      pair_ids=[int(i) for i in pair_ids] or None)
         async with self.session() as s, s.begin():
@@ -913,6 +917,19 @@ def _check_text(text: Any, what: str) -> None:
         except UnicodeEncodeError:
             raise UnstorableText(f"{what} contains an unpaired surrogate (broken Unicode), which cannot be stored; "
                                  "fix the text's encoding") from None
+
+
+def _storable(text: str) -> str:
+    """``text`` with what no database stores (NUL: PostgreSQL's text refuses it; unpaired surrogates: no UTF-8)
+    replaced by U+FFFD, for text that must be kept rather than refused (a model's answer)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # one U+FFFD per lone surrogate; a pair written as two halves is joined
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _db_reason(exc: StatementError) -> str:

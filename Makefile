@@ -8,7 +8,7 @@ WHEELS ?= $(HOME)/.cache/loraloop/wheels
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: bot test install install-bot lint bench bench-gpu test-gpu go
+.PHONY: bot test test-fast install install-bot lint bench bench-gpu test-gpu go
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ test: install go
 	@out=$$($(PY) -m tools.import_graph) || { echo "$$out"; exit 1; }; echo "$$out" | tail -n 1
 	@source tests/services.sh && \
 	  LORALOOP_LLAMA_CPP_SDIST=$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Everyday runs: no slow tests, two workers (each with its own database and Redis db, tests/harness/services.py).
+test-fast: install
+	@source tests/services.sh && \
+	  LORALOOP_LLAMA_CPP_SDIST=$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz $(PY) -m pytest -q -p no:cacheprovider \
+	  -m "not slow" -n 2 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check bot data deploy trainer worker tools tests bench

@@ -36,6 +36,7 @@ async def test_a_first_response_after_3_s_is_unknown_interaction(bot, gateway, d
     assert "/slow" not in discord_api.first_response_times
 
 
+@pytest.mark.slow  # waits out Discord's 3 s deadline
 async def test_an_interaction_without_any_response_fails_the_test(bot, gateway, discord_api):
     async def silent(interaction: discord.Interaction) -> None:
         return None

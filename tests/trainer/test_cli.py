@@ -125,6 +125,7 @@ def _train_cmd(snapshot_dir: Path, base: Path, out: Path, *extra: str) -> list[s
             "--out", str(out), "--json-progress", *extra]
 
 
+@pytest.mark.slow  # two real training processes, one killed mid-run
 def test_killed_run_resumes_from_its_checkpoint_and_finishes(tmp_path, snapshot_dir, tiny_llama_dir):
     out = tmp_path / "run"
     config = tmp_path / "train.yaml"

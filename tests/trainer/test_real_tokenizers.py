@@ -168,6 +168,7 @@ def end_token_loss(model, fmt: ChatFormat, conversations: list[Conversation], en
     return sum(losses) / len(losses)
 
 
+@pytest.mark.slow  # trains each family's model for real
 def test_model_learns_to_stop(family, short_snapshot: Path, tmp_path: Path) -> None:
     from data.snapshot import read_snapshot
     from trainer.config import load_config

@@ -17,9 +17,9 @@ import discord
 from bot import permissions
 from bot.compare import alert_if_regressed
 from bot.permissions import IdButton, Only, say
-from data import quality
+from data import preferences, quality
 from data.conversation import Conversation, InvalidConversation
-from data.models import Example
+from data.models import Example, PreferenceRecord
 from data.review import disagreement
 from data.store import NotFound, StoreError
 
@@ -83,6 +83,7 @@ class FeedbackButton(IdButton, template=r"ll:fb:(?P<kind>up|down|fix):(?P<answer
         bot = interaction.client
         if self.kind == "fix":
             return await self.open_suggestion(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)
         try:
             await bot.store.add_feedback(self.answer_id, interaction.user.id, 1 if self.kind == "up" else -1)
         except StoreError as exc:
@@ -229,6 +230,7 @@ class SuggestModal(OpenerOnlyModal):
 
     async def on_submit(self, interaction: Interaction) -> None:
         bot = interaction.client
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)
         if not await check_quota(interaction):  # checked again: the form may have stayed open a while
             return
         conversation = Conversation.qa(self.question.value.strip(), self.better.value.strip())
@@ -255,6 +257,7 @@ class TeachModal(discord.ui.Modal, title="Teach the bot"):
 
     async def on_submit(self, interaction: Interaction) -> None:
         bot = interaction.client
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)
         if not await check_quota(interaction):  # checked again: the form may have stayed open a while
             return
         conversation = Conversation.qa(self.question.value.strip(), self.answer.value.strip(),
@@ -274,7 +277,7 @@ class TeachModal(discord.ui.Modal, title="Teach the bot"):
 # full pair as a file. User text sits in code blocks so it cannot pose as the card's own lines.
 
 _FENCE = "```"
-_TRUNCATED = "⚠️ **Truncated — the full pair is attached** (`{name}`); read it before rating."
+_TRUNCATED = "⚠️ **Truncated — the full {what} is attached** (`{name}`); read it before rating."
 
 
 @dataclass(frozen=True)
@@ -323,30 +326,43 @@ def _block(label: str, text: str, shown: str) -> list[str]:
     return lines + [_shortened(text)] if len(shown) < len(_neutralise(text)) else lines
 
 
-def render_example(example: Example, scores: list[int], limit: int = CONTENT_MAX) -> ReviewCard:
-    """The review card for ``example`` in at most ``limit`` characters; the header and ratings always show."""
-    head = f"**Example #{example.id}** · source: {example.source} · status: {example.status}"
-    if scores:
-        tail = (f"**Ratings:** {', '.join(map(str, scores))} · mean {sum(scores) / len(scores):.1f} · "
-                f"disagreement {disagreement(scores):.2f}")
-    else:
-        tail = "**No ratings yet.**"
-    blocks = [(m["role"], m["content"]) for m in example.messages]
-    if example.tools:
-        blocks.append(("tools", example.tools))
+def message_blocks(messages: list[dict[str, Any]], name: str | None = None) -> list[tuple[str, str]]:
+    """Each message as (label, text) blocks; an answer's reasoning trains too, so it has its own block before the
+    answer (``name`` labels a lone answer: chosen, rejected)."""
+    blocks = []
+    for m in messages:
+        label = name or m["role"]
+        if m.get("reasoning") is not None:
+            blocks.append((f"{label} reasoning", m["reasoning"]))
+        blocks.append((label, m["content"]))
+    return blocks
+
+
+def _ratings_line(scores: list[int]) -> str:
+    if not scores:
+        return "**No ratings yet.**"
+    return (f"**Ratings:** {', '.join(map(str, scores))} · mean {sum(scores) / len(scores):.1f} · "
+            f"disagreement {disagreement(scores):.2f}")
+
+
+def render_card(head: str, blocks: list[tuple[str, str]], scores: list[int], full: dict[str, Any], filename: str,
+                limit: int = CONTENT_MAX, what: str = "pair") -> ReviewCard:
+    """A review card in at most ``limit`` characters: ``head``, every block whole, the ratings; or, when that does
+    not fit, as much of each block as fits and ``full`` attached as ``filename``. The header and ratings always
+    show."""
+    tail = _ratings_line(scores)
     whole = "\n".join([head, *(line for label, text in blocks for line in _block(label, text, _neutralise(text))),
                        tail])
     if len(whole) <= limit:
         return ReviewCard(whole)
 
-    filename = f"example-{example.id}.json"
     # Room for text is what the card takes with every block empty (and noted as shortened). In a long
     # conversation that frame alone leaves too little room: then its earliest messages are left to the file
     # until half the card can hold text; the last question and answer are the last to go.
     lengths = [len(_neutralise(text)) for _, text in blocks]
     for skip in range(len(blocks)):
         kept = blocks[skip:]
-        top = [head, _TRUNCATED.format(name=filename)]
+        top = [head, _TRUNCATED.format(what=what, name=filename)]
         if skip:
             top.append(f"*({skip} earlier message{'s' if skip > 1 else ''} only in the file)*")
         frame = len("\n".join([*top, tail])) + sum(
@@ -356,10 +372,33 @@ def render_example(example: Example, scores: list[int], limit: int = CONTENT_MAX
     caps = _shares(lengths[skip:], limit - frame)
     body = [line for (label, text), cap in zip(kept, caps, strict=True)
             for line in _block(label, text, _shown_prefix(text, cap))]
-    full = {"id": example.id, "source": example.source, "status": example.status, "messages": example.messages,
-            "tools": example.tools, "tags": example.tags}
     return ReviewCard("\n".join([*top, *body, tail]), json.dumps(full, ensure_ascii=False, indent=2).encode(),
                       filename)
+
+
+def render_example(example: Example, scores: list[int], limit: int = CONTENT_MAX) -> ReviewCard:
+    """The review card for ``example`` in at most ``limit`` characters; the header and ratings always show."""
+    head = f"**Example #{example.id}** · source: {example.source} · status: {example.status}"
+    blocks = message_blocks(example.messages)
+    if example.tools:
+        blocks.append(("tools", example.tools))
+    full = {"id": example.id, "source": example.source, "status": example.status, "messages": example.messages,
+            "tools": example.tools, "tags": example.tags}
+    return render_card(head, blocks, scores, full, f"example-{example.id}.json", limit)
+
+
+def render_preference(record: PreferenceRecord, scores: list[int], limit: int = CONTENT_MAX) -> ReviewCard:
+    """The review card for a preference record: the conversation, the chosen answer and the rejected one."""
+    model = f" · rejected answer by `{record.rejected_model}`" if record.rejected_model else ""
+    head = (f"**Preference #{record.id}** · source: {record.source} · status: {record.status}{model}\n"
+            f"Rate the **chosen** answer 1–5: is it right, and better than the rejected one it is trained over?")
+    blocks = [*message_blocks(record.prompt), *message_blocks([record.chosen], "chosen"),
+              *message_blocks([record.rejected], "rejected")]
+    if record.tools:
+        blocks.append(("tools", record.tools))
+    full = {"id": record.id, "source": record.source, "status": record.status, "prompt": record.prompt,
+            "chosen": record.chosen, "rejected": record.rejected, "tools": record.tools, "tags": record.tags}
+    return render_card(head, blocks, scores, full, f"preference-{record.id}.json", limit, what="record")
 
 
 class ReviewButton(IdButton, template=r"ll:rv:(?P<action>[1-5]|approve|reject|edit):(?P<example>\d+)"):
@@ -380,12 +419,16 @@ class ReviewButton(IdButton, template=r"ll:rv:(?P<action>[1-5]|approve|reject|ed
         return _DECIDE if self.action in ("approve", "reject") else _RATE
 
     async def callback(self, interaction: Interaction) -> None:
-        # Only store reads and writes before the first response: Discord wants it within 3 s.
         bot = interaction.client
+        if self.action == "edit":  # a read, then the form (a deferred interaction cannot open one)
+            try:
+                example = await bot.store.get_example(self.example_id)
+            except StoreError as exc:
+                return await say(interaction, str(exc))
+            return await open_edit(interaction, example)
+        await interaction.response.defer()  # before the write: SQLite may hold its write lock past Discord's 3 s
         outcome = None
         try:
-            if self.action == "edit":
-                return await open_edit(interaction, await bot.store.get_example(self.example_id))
             if self.action.isdigit():
                 outcome = await bot.store.rate(self.example_id, interaction.user.id, int(self.action))
                 # A second click (or a double click) is a change of mind, not an error.
@@ -407,6 +450,45 @@ class ReviewButton(IdButton, template=r"ll:rv:(?P<action>[1-5]|approve|reject|ed
         await show_next_for_review(interaction, prefix=done, edit=True)
 
 
+class PreferenceButton(IdButton, template=r"ll:pf:(?P<action>[1-5]|approve|reject):(?P<record>\d+)"):
+    """Rates (experts) or decides (admins) a preference record on its review card, as ReviewButton does a pair."""
+
+    def __init__(self, action: str, record_id: int) -> None:
+        style = {"approve": discord.ButtonStyle.success, "reject": discord.ButtonStyle.danger}.get(
+            action, discord.ButtonStyle.secondary)
+        label = {"approve": "Approve", "reject": "Reject"}.get(action, action)
+        super().__init__(discord.ui.Button(style=style, label=label, custom_id=f"ll:pf:{action}:{record_id}",
+                                           row=0 if action.isdigit() else 1))
+        self.action, self.record_id = action, record_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> PreferenceButton:
+        return cls(match["action"], int(match["record"]))
+
+    def rule(self) -> Only:
+        return _DECIDE if self.action in ("approve", "reject") else _RATE
+
+    async def callback(self, interaction: Interaction) -> None:
+        bot = interaction.client
+        await interaction.response.defer()  # before the write: SQLite may hold its write lock past Discord's 3 s
+        try:
+            if self.action.isdigit():
+                outcome = await preferences.rate_preference(bot.store, self.record_id, interaction.user.id,
+                                                            int(self.action))
+                done = (f"Rated preference #{self.record_id} {self.action}/5 "
+                        f"(mean {outcome.mean:.1f} of {len(outcome.scores)})")
+                if outcome.decided:
+                    done += f" → {outcome.decided}"
+            else:
+                status = "approved" if self.action == "approve" else "rejected"
+                await preferences.set_preference_status(bot.store, self.record_id, status)
+                done = f"Preference #{self.record_id} {status}."
+        except StoreError as exc:
+            return await say(interaction, str(exc))
+        await show_next_preference(interaction, prefix=done, edit=True)
+
+
 _DECIDE = Only(permissions.is_admin, "Only admins can approve or reject directly; experts rate 1–5.")
 _RATE = Only(permissions.is_expert, "Only experts can review examples.")
 
@@ -418,19 +500,47 @@ def review_view(example_id: int) -> discord.ui.View:
     return view
 
 
+def preference_view(record_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in ("1", "2", "3", "4", "5", "approve", "reject"):
+        view.add_item(PreferenceButton(action, record_id))
+    return view
+
+
 async def show_next_for_review(interaction: Interaction, prefix: str = "", edit: bool = False) -> None:
+    """The next pending pair this user may rate, as a new card or (``edit``) in place of the one rated."""
     bot = interaction.client
     example = await bot.store.next_for_review(interaction.user.id, interaction.guild_id)
     head = f"{prefix[:CONTENT_MAX // 4]}\n\n" if prefix else ""
     if example is None:
-        card, view = ReviewCard(head + "Nothing left to review — thank you!"), None
-    else:
-        scores = [r.score for r in await bot.store.ratings_for(example.id)]
-        shown = render_example(example, scores, CONTENT_MAX - len(head))
-        card, view = ReviewCard(head + shown.content, shown.attachment, shown.filename), review_view(example.id)
+        return await show_card(interaction, ReviewCard(head + "Nothing left to review — thank you!"), None, edit)
+    scores = [r.score for r in await bot.store.ratings_for(example.id)]
+    shown = render_example(example, scores, CONTENT_MAX - len(head))
+    await show_card(interaction, ReviewCard(head + shown.content, shown.attachment, shown.filename),
+                    review_view(example.id), edit)
+
+
+async def show_next_preference(interaction: Interaction, prefix: str = "", edit: bool = False) -> None:
+    """The next pending preference record this user may rate, as a new card or (``edit``) in place of the last."""
+    bot = interaction.client
+    record = await preferences.next_preference_for_review(bot.store, interaction.user.id, interaction.guild_id)
+    head = f"{prefix[:CONTENT_MAX // 4]}\n\n" if prefix else ""
+    if record is None:
+        return await show_card(interaction, ReviewCard(head + "No preference record left to review — thank you!"),
+                               None, edit)
+    shown = render_preference(record, await preferences.preference_scores(bot.store, record.id),
+                              CONTENT_MAX - len(head))
+    await show_card(interaction, ReviewCard(head + shown.content, shown.attachment, shown.filename),
+                    preference_view(record.id), edit)
+
+
+async def show_card(interaction: Interaction, card: ReviewCard, view: discord.ui.View | None, edit: bool) -> None:
+    """A new ephemeral card, or (``edit``) the clicked card replaced: at once, or after a deferral."""
     kwargs: dict[str, Any] = {"content": card.content, "allowed_mentions": discord.AllowedMentions.none()}
-    if edit:
-        # attachments=[] drops the previous card's file when this one has none.
+    # attachments=[] drops the previous card's file when this one has none.
+    if edit and interaction.response.is_done():
+        await interaction.edit_original_response(view=view, attachments=card.files(), **kwargs)
+    elif edit:
         await interaction.response.edit_message(view=view, attachments=card.files(), **kwargs)
     else:
         await interaction.response.send_message(ephemeral=True, view=view or discord.utils.MISSING,
@@ -467,6 +577,7 @@ class EditModal(OpenerOnlyModal):
 
     async def on_submit(self, interaction: Interaction) -> None:
         bot = interaction.client
+        await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)
         messages = list(self.original.to_dicts())
         messages[-2] = {"role": messages[-2]["role"], "content": self.question.value.strip()}
         messages[-1] = {"role": "assistant", "content": self.answer.value.strip()}

@@ -166,6 +166,28 @@ async def list_preferences(store: Store, *, status: str | None = None,
         return list(await s.scalars(query))
 
 
+async def next_preference_for_review(store: Store, reviewer_id: int,
+                                     guild_id: int | None = None) -> PreferenceRecord | None:
+    """The oldest pending preference record the reviewer neither wrote nor rated yet (as ``next_for_review``)."""
+    rated = select(PreferenceRating.preference_id).where(PreferenceRating.rater_id == reviewer_id)
+    query = (select(PreferenceRecord)
+             .where(PreferenceRecord.status == "pending", PreferenceRecord.id.not_in(rated))
+             .where(PreferenceRecord.author_id.is_(None) | (PreferenceRecord.author_id != reviewer_id))
+             .order_by(PreferenceRecord.id).limit(1))
+    if guild_id is not None:
+        query = query.where((PreferenceRecord.guild_id == guild_id) | PreferenceRecord.guild_id.is_(None))
+    async with store.session() as s:
+        return await s.scalar(query)
+
+
+async def preference_scores(store: Store, preference_id: int) -> list[int]:
+    """The experts' ratings of one record's chosen answer, oldest first."""
+    async with store.session() as s:
+        return list(await s.scalars(select(PreferenceRating.score)
+                                    .where(PreferenceRating.preference_id == preference_id)
+                                    .order_by(PreferenceRating.id)))
+
+
 async def set_preference_status(store: Store, preference_id: int, status: str) -> PreferenceRecord:
     """A moderator's direct decision (pending/approved/rejected), overriding the rating rule."""
     from data.store import _check_choice

@@ -1,5 +1,7 @@
 """Review: /review shows the next pending example the caller did not write, with rating buttons; /review
-what:bad answers lists 👎 answers nobody has written a better answer for (the answer written goes to review)."""
+what:preferences the next pending preference record (conversation, chosen and rejected answer) to rate the same
+way; /review what:bad answers lists 👎 answers nobody has written a better answer for (the answer written goes to
+review)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.permissions import experts_only
-from bot.views import BetterAnswerButton, ReviewButton, show_bad_answers, show_next_for_review
+from bot.views import (
+    BetterAnswerButton,
+    PreferenceButton,
+    ReviewButton,
+    show_bad_answers,
+    show_next_for_review,
+    show_next_preference,
+)
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -23,16 +32,19 @@ class ReviewCog(commands.Cog):
         self.bot = bot
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(ReviewButton, BetterAnswerButton)
+        self.bot.add_dynamic_items(ReviewButton, PreferenceButton, BetterAnswerButton)
 
     @app_commands.command(name="review", description="Rate the next example waiting for review (experts).")
     @app_commands.guild_only()
-    @app_commands.describe(what="examples: rate pending pairs; bad answers: 👎 answers that need a better one")
+    @app_commands.describe(what="examples: pending pairs; preferences: chosen vs rejected answers; bad answers: "
+                                "👎 ones to fix")
     @experts_only("Only experts can review examples.")
     async def review(self, interaction: Interaction,
-                     what: Literal["examples", "bad answers"] = "examples") -> None:
+                     what: Literal["examples", "preferences", "bad answers"] = "examples") -> None:
         if what == "bad answers":
             return await show_bad_answers(interaction)
+        if what == "preferences":
+            return await show_next_preference(interaction)
         await show_next_for_review(interaction)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from data.conversation import Conversation
 from deploy.gate import GateResult
-from tests.harness.bot import ADMIN, AUTHOR, BASE_TAG, EXPERT, MEMBER, last_response, start_bot
+from tests.harness.bot import ADMIN, AUTHOR, BASE_TAG, EXPERT, MEMBER, last_edit, last_response, start_bot
 from tests.harness.discord import ADMIN_ROLE, EPHEMERAL, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 from tests.harness.polling import wait_until
 
@@ -59,7 +59,7 @@ async def test_teach_modal_creates_pending_example(bot, gateway, discord_api):
     await gateway.submit_modal(modal["data"]["custom_id"], dict(zip(fields, ["What is r?", "The LoRA rank.", ""],
                                                                     strict=True)),
                                user_id=EXPERT, roles=[EXPERT_ROLE])
-    assert "waiting for expert review" in last_response(discord_api)["data"]["content"]
+    assert "waiting for expert review" in discord_api.reply_text()
     [example] = await bot.store.list_examples()
     assert example.status == "pending" and example.source == "teach" and example.author_id == EXPERT
     assert example.messages == [{"role": "user", "content": "What is r?"},
@@ -74,12 +74,12 @@ async def test_teach_modal_refuses_oversize_and_duplicates(bot, gateway, discord
     bot.settings.max_field_chars = 50
     await gateway.submit_modal(modal["custom_id"], dict(zip(fields, ["q" * 60, "a", ""], strict=True)),
                                user_id=EXPERT, roles=[EXPERT_ROLE])
-    assert "over the limit of 50" in last_response(discord_api)["data"]["content"]
+    assert "over the limit of 50" in discord_api.reply_text()
     await gateway.command("teach", user_id=EXPERT, roles=[EXPERT_ROLE])
     modal = last_response(discord_api)["data"]
     await gateway.submit_modal(modal["custom_id"], dict(zip(fields, ["known", "yes", ""], strict=True)),
                                user_id=EXPERT, roles=[EXPERT_ROLE])
-    assert "already in the dataset" in last_response(discord_api)["data"]["content"]
+    assert "already in the dataset" in discord_api.reply_text()
     assert len(await bot.store.list_examples()) == 1
 
 
@@ -93,14 +93,14 @@ async def test_review_flow_rates_and_shows_next(bot, gateway, discord_api):
     assert f"ll:rv:4:{other.id}" in buttons and f"ll:rv:approve:{other.id}" in buttons
     await gateway.click(f"ll:rv:4:{other.id}", message=discord_api.messages[max(discord_api.messages)],
                         user_id=EXPERT, roles=[EXPERT_ROLE])
-    update = last_response(discord_api)
-    assert update["type"] == 7 and f"Rated #{other.id} 4/5" in update["data"]["content"]
-    assert "Nothing left to review" in update["data"]["content"]
+    assert last_response(discord_api)["type"] == 6  # deferred before the write; the card is then edited
+    update = last_edit(discord_api).json
+    assert f"Rated #{other.id} 4/5" in update["content"] and "Nothing left to review" in update["content"]
     await gateway.command("review", user_id=ADMIN, roles=[ADMIN_ROLE])
     assert f"Example #{own.id}" in last_response(discord_api)["data"]["content"]  # oldest the admin did not write
     await gateway.click(f"ll:rv:5:{other.id}", message=message_with_buttons([f"ll:rv:5:{other.id}"]),
                         user_id=ADMIN, roles=[ADMIN_ROLE])
-    assert "→ approved" in last_response(discord_api)["data"]["content"]
+    assert "→ approved" in last_edit(discord_api).json["content"]
     assert (await bot.store.get_example(other.id)).status == "approved"
     assert (await bot.store.get_example(own.id)).status == "pending"
 
@@ -116,7 +116,7 @@ async def test_feedback_buttons_survive_a_restart(discord_api, settings, ollama_
         gw = Gateway(second, discord_api)
         msg = message_with_buttons([f"ll:fb:{k}:{answer.id}" for k in ("up", "down", "fix")], "because")
         await gw.click(f"ll:fb:up:{answer.id}", message=msg, user_id=MEMBER)
-        assert "noted" in last_response(discord_api)["data"]["content"]
+        assert "noted" in discord_api.reply_text()
         assert await second.store.feedback_counts(answer.id) == (1, 0)
         # Suggesting follows /teach's rule (experts here; this server does not allow non-expert teaching).
         await gw.click(f"ll:fb:fix:{answer.id}", message=msg, user_id=EXPERT, roles=[EXPERT_ROLE])

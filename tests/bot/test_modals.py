@@ -28,10 +28,10 @@ async def test_two_users_suggest_for_one_answer_at_once_both_saved(bot, gateway,
 
     await gateway.submit_modal(first_id, dict(zip(first_fields, ["why?", "Because of A."], strict=True)),
                                user_id=EXPERT, roles=[EXPERT_ROLE])
-    assert "waiting for expert review" in last_response(discord_api)["data"]["content"]
+    assert "waiting for expert review" in discord_api.reply_text()
     await gateway.submit_modal(second_id, dict(zip(second_fields, ["why?", "Because of B."], strict=True)),
                                user_id=OTHER, roles=[EXPERT_ROLE])
-    assert "waiting for expert review" in last_response(discord_api)["data"]["content"]
+    assert "waiting for expert review" in discord_api.reply_text()
     saved = {e.author_id: e.messages[-1]["content"] for e in await bot.store.list_examples()}
     assert saved == {EXPERT: "Because of A.", OTHER: "Because of B."}
     assert first_id != second_id and len(first_id) <= 100 and len(second_id) <= 100
@@ -50,7 +50,7 @@ async def test_one_user_opening_twice_keeps_both_forms(bot, gateway, discord_api
     for custom_id, fields, text in ((second_id, second_fields, "Second."), (first_id, first_fields, "First.")):
         await gateway.submit_modal(custom_id, dict(zip(fields, ["why?", text], strict=True)),
                                    user_id=EXPERT, roles=[EXPERT_ROLE])
-        assert "waiting for expert review" in last_response(discord_api)["data"]["content"]
+        assert "waiting for expert review" in discord_api.reply_text()
     assert sorted(e.messages[-1]["content"] for e in await bot.store.list_examples()) == ["First.", "Second."]
 
 
@@ -62,7 +62,7 @@ async def test_a_form_only_takes_its_openers_submission(bot, gateway, discord_ap
     custom_id, fields = form(discord_api)
     await gateway.submit_modal(custom_id, dict(zip(fields, ["why?", "Not mine."], strict=True)),
                                user_id=OTHER, roles=[EXPERT_ROLE])
-    assert "opened by someone else" in last_response(discord_api)["data"]["content"]
+    assert "opened by someone else" in discord_api.reply_text()
     assert await bot.store.list_examples() == []
     await gateway.submit_modal(custom_id, dict(zip(fields, ["why?", "Mine."], strict=True)),
                                user_id=EXPERT, roles=[EXPERT_ROLE])
@@ -80,13 +80,13 @@ async def test_two_experts_editing_one_example_both_get_an_answer(bot, gateway, 
     assert first_id != second_id and first_id.startswith(f"ll:edit:{example.id}:")
     await gateway.submit_modal(first_id, dict(zip(fields, ["q", "a, edited by one"], strict=True)),
                                user_id=EXPERT, roles=[EXPERT_ROLE])
-    assert "Saved as example" in last_response(discord_api)["data"]["content"]
+    assert "Saved as example" in discord_api.reply_text()
     responses = len(discord_api.interaction_responses())
     await gateway.submit_modal(second_id, dict(zip(second_fields, ["q", "a, edited by another"], strict=True)),
                                user_id=OTHER, roles=[EXPERT_ROLE])
     # The second edit is answered (saved, or refused because the original was superseded), never dropped.
     assert len(discord_api.interaction_responses()) == responses + 1
-    assert f"#{example.id}" in last_response(discord_api)["data"]["content"]
+    assert f"#{example.id}" in discord_api.reply_text()
 
 
 async def test_teach_forms_get_a_fresh_id_each_opening(bot, gateway, discord_api):

@@ -10,7 +10,7 @@ import pytest
 from bot.views import CONTENT_MAX, render_example
 from data.conversation import Conversation
 from data.models import Example
-from tests.harness.bot import ADMIN, AUTHOR, EXPERT, last_response
+from tests.harness.bot import ADMIN, AUTHOR, EXPERT, last_edit, last_response
 from tests.harness.discord import ADMIN_ROLE, EPHEMERAL, EXPERT_ROLE, message_with_buttons
 
 FENCE = "```"
@@ -111,25 +111,26 @@ async def test_long_hostile_pair_is_marked_truncated_and_attached_whole(bot, gat
     assert f"ll:rv:5:{first.id}" in buttons(shown) and f"ll:rv:edit:{first.id}" in buttons(shown)
 
     # Rating it edits the same message into the next card, with that card's file.
-    await gateway.click(f"ll:rv:5:{first.id}", message=discord_api.messages[max(discord_api.messages)],
-                        user_id=EXPERT, roles=[EXPERT_ROLE])
-    call = discord_api.interaction_responses()[-1]
+    card = discord_api.messages[max(discord_api.messages)]
+    await gateway.click(f"ll:rv:5:{first.id}", message=card, user_id=EXPERT, roles=[EXPERT_ROLE])
+    assert discord_api.interaction_responses()[-1].json["type"] == 6  # deferred before the write
+    call = last_edit(discord_api)
     update = call.json
-    assert update["type"] == 7
-    content = update["data"]["content"]
+    assert card["content"] == update["content"]  # the card itself, edited in place
+    content = update["content"]
     assert len(content) <= CONTENT_MAX and f"Rated #{first.id} 5/5" in content
     assert "Truncated — the full pair is attached" in content
     assert_structure(content, second.id, ["user", "assistant"], "**No ratings yet.**")
     [(name, data)] = call.files
     assert name == f"example-{second.id}.json" and json.loads(data)["messages"] == second.messages
-    assert f"ll:rv:5:{second.id}" in buttons(update["data"])
+    assert f"ll:rv:5:{second.id}" in buttons(update)
 
     # The last rating leaves no stale file behind on the message.
     await gateway.click(f"ll:rv:3:{second.id}", message=discord_api.messages[max(discord_api.messages)],
                         user_id=EXPERT, roles=[EXPERT_ROLE])
-    call = discord_api.interaction_responses()[-1]
-    assert "Nothing left to review" in call.json["data"]["content"]
-    assert call.files == [] and call.json["data"]["attachments"] == []
+    call = last_edit(discord_api)
+    assert "Nothing left to review" in call.json["content"]
+    assert call.files == [] and call.json["attachments"] == []
 
 
 async def test_short_hostile_pair_is_shown_whole_without_a_file(bot, gateway, discord_api):
@@ -211,7 +212,7 @@ async def test_edit_keeps_tags_and_tools(bot, gateway, discord_api):
     fields = [c["components"][0]["custom_id"] for c in modal["components"]]
     await gateway.submit_modal(modal["custom_id"], dict(zip(fields, ["r", "a better answer"], strict=True)),
                                user_id=EXPERT, roles=[EXPERT_ROLE])
-    assert "Saved as example" in last_response(discord_api)["data"]["content"]
+    assert "Saved as example" in discord_api.reply_text()
     [copy] = await bot.store.list_examples(status="pending")
     assert copy.tags == ["tagged"] and copy.tools == tools
     assert copy.messages[-1] == {"role": "assistant", "content": "a better answer"}
@@ -221,10 +222,9 @@ async def test_second_click_on_a_rating_says_changed(bot, gateway, discord_api):
     example = await bot.store.add_example(Conversation.qa("q", "a"), source="teach", author_id=AUTHOR)
     msg = message_with_buttons([f"ll:rv:{a}:{example.id}" for a in ("3", "4")])
     await gateway.click(f"ll:rv:3:{example.id}", message=msg, user_id=EXPERT, roles=[EXPERT_ROLE])
-    assert f"Rated #{example.id} 3/5" in last_response(discord_api)["data"]["content"]
+    assert f"Rated #{example.id} 3/5" in last_edit(discord_api).json["content"]
     await gateway.click(f"ll:rv:4:{example.id}", message=msg, user_id=EXPERT, roles=[EXPERT_ROLE])
-    update = last_response(discord_api)
-    assert update["type"] == 7 and f"Changed your rating of #{example.id} to 4/5" in update["data"]["content"]
+    assert f"Changed your rating of #{example.id} to 4/5" in last_edit(discord_api).json["content"]
     assert [r.score for r in await bot.store.ratings_for(example.id)] == [4]
 
 
@@ -233,8 +233,8 @@ async def test_admin_card_after_direct_approve_fits(bot, gateway, discord_api):
     nxt = await bot.store.add_example(Conversation.qa("q2", hostile_answer(3000)), source="teach", author_id=AUTHOR)
     await gateway.click(f"ll:rv:approve:{first.id}", message=message_with_buttons([f"ll:rv:approve:{first.id}"]),
                         user_id=ADMIN, roles=[ADMIN_ROLE])
-    call = discord_api.interaction_responses()[-1]
-    content = call.json["data"]["content"]
+    call = last_edit(discord_api)
+    content = call.json["content"]
     assert content.startswith(f"Example #{first.id} approved.") and len(content) <= CONTENT_MAX
     assert_structure(content, nxt.id, ["user", "assistant"], "**No ratings yet.**")
     assert json.loads(call.files[0][1])["messages"] == nxt.messages

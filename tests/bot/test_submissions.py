@@ -26,7 +26,7 @@ async def open_and_submit_suggestion(gateway, discord_api, answer_id, msg, user_
     fields = [c["components"][0]["custom_id"] for c in modal["data"]["components"]]
     await gateway.submit_modal(modal["data"]["custom_id"], dict(zip(fields, ["why?", text], strict=True)),
                                user_id=user_id, roles=roles)
-    return last_response(discord_api)["data"]["content"]
+    return discord_api.reply_text()
 
 
 def allow_members(bot) -> None:
@@ -61,7 +61,7 @@ async def test_suggest_from_a_dm_is_refused(bot, gateway, discord_api):
     assert "Suggestions are taken in the server" in response["data"]["content"]
     # 👍/👎 still work in DMs.
     await gateway.click(f"ll:fb:up:{answer_id}", message=msg, user_id=MEMBER, guild_id=None)
-    assert "noted" in last_response(discord_api)["data"]["content"]
+    assert "noted" in discord_api.reply_text()
     assert await bot.store.list_examples() == []
 
 
@@ -84,7 +84,7 @@ async def test_teach_refused_over_the_hourly_limit(bot, gateway, discord_api):
     fields = [c["components"][0]["custom_id"] for c in modal["data"]["components"]]
     await gateway.submit_modal(modal["data"]["custom_id"], dict(zip(fields, ["q", "a", ""], strict=True)),
                                user_id=EXPERT, roles=[EXPERT_ROLE])
-    refusal = last_response(discord_api)["data"]
+    refusal = discord_api.last_reply()
     assert refusal["flags"] & EPHEMERAL
     assert "the limit is 2 per hour" in refusal["content"] and "You can submit again <t:" in refusal["content"]
     assert len(await bot.store.list_examples()) == 2

@@ -51,7 +51,7 @@ async def answers(bot, version, up: int, down: int, first_user: int = 1000) -> l
 
 
 def content(api) -> str:
-    return api.interaction_responses()[-1].json["data"]["content"]
+    return api.reply_text()
 
 
 async def test_status_history_and_cli_show_each_versions_feedback(bot, discord_api, ollama_server, monkeypatch):

@@ -19,6 +19,7 @@ from tests.harness.discord import (
     CHANNEL_ID,
     EXPERT_ROLE,
     GUILD_ID,
+    Call,
     DiscordAPI,
     Gateway,
     message_payload,
@@ -82,6 +83,11 @@ def mention(text: str, **kw) -> dict:
 
 def last_response(api: DiscordAPI) -> dict:
     return api.interaction_responses()[-1].json
+
+
+def last_edit(api: DiscordAPI) -> Call:
+    """The newest accepted edit through an interaction's webhook: a deferred click's update of its message."""
+    return [c for c in api.find("PATCH", "/webhooks/") if c.status < 400][-1]
 
 
 async def ask(gateway: Gateway, discord_api: DiscordAPI, text: str) -> dict:

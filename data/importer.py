@@ -44,6 +44,8 @@ class ImportReport:
     placeholders: list[str] = field(default_factory=list)
     with_placeholders: int = 0
     approved: bool = False
+    # Locations of records another import still being written holds: not imported, not duplicates (yet).
+    in_flight: list[str] = field(default_factory=list)
 
     @property
     def waiting(self) -> int:
@@ -139,9 +141,11 @@ async def _import(store: Store, data: bytes, filename: str, *, format: str, appr
     )
     located = parsed.records + parsed.undesirable
     duplicates = [located[i].location for i in outcome.duplicates]
-    rejected = len(undesirable) - sum(1 for i in outcome.duplicates if i >= len(wanted))
+    in_flight = [located[i].location for i in outcome.in_flight]
+    rejected = len(undesirable) - sum(1 for i in (*outcome.duplicates, *outcome.in_flight) if i >= len(wanted))
     return ImportReport(parsed.format, total, outcome.imported, duplicates, list(parsed.errors), kind=parsed.kind,
-                        rejected=rejected, placeholders=names, with_placeholders=holding, approved=approve)
+                        rejected=rejected, placeholders=names, with_placeholders=holding, approved=approve,
+                        in_flight=in_flight)
 
 
 async def import_file(store: Store, path: Path, **kwargs: Any) -> ImportReport:

@@ -77,8 +77,8 @@ class Example(Base):
 
 class PendingImport(Base):
     """A bulk import still being written, in batches (each a short transaction, so SQLite's write lock is never
-    held for long). Its examples stay invisible to every query until this row is deleted: one small statement
-    publishes any number of rows at once, and a failed import's rows are deleted with it."""
+    held for long). Its examples (or preference records) stay invisible to every query until this row is deleted:
+    one small statement publishes any number of rows at once, and a failed import's rows are deleted with it."""
 
     __tablename__ = "pending_imports"
 
@@ -330,6 +330,8 @@ class PreferenceRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     approved_at: Mapped[datetime | None] = mapped_column()
+    # The preference import that wrote this row (NULL: made one by one). Hidden while that import is a PendingImport.
+    import_batch: Mapped[str | None] = mapped_column(String(32))
 
 
 class PreferenceRating(Base):

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, not_, or_, select, update
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from data.conversation import InvalidConversation, Message
 from data.formats.preference import Preference
@@ -29,6 +29,7 @@ from data.models import (
     Answer,
     Example,
     Feedback,
+    PendingImport,
     PreferenceRating,
     PreferenceRecord,
     utcnow,
@@ -41,10 +42,17 @@ if TYPE_CHECKING:
     from data.store import Store
 
 
+# The records every query sees: not those of an import still being written (data.store's _VISIBLE, for examples).
+_VISIBLE = or_(PreferenceRecord.import_batch.is_(None),
+               PreferenceRecord.import_batch.not_in(select(PendingImport.id)))
+
+
 @dataclass(frozen=True)
 class PreferenceImport:
     imported: int
     duplicates: list[int] = field(default_factory=list)  # indices into the given sequence
+    # Indices of records another import, still being written, holds (hidden): neither imported nor duplicates.
+    in_flight: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -115,31 +123,87 @@ async def record_correction(s: AsyncSession, example_id: int) -> PreferenceRecor
 
 
 async def import_preferences(store: Store, prefs: Sequence[Preference], *, approve: bool = False,
-                             author_id: int | None = None, guild_id: int | None = None) -> PreferenceImport:
-    """Insert validated preferences in one transaction (all or nothing); duplicates are skipped and listed.
+                             author_id: int | None = None, guild_id: int | None = None,
+                             batch_rows: int | None = None) -> PreferenceImport:
+    """Insert validated preferences, all or nothing; duplicates are skipped and listed.
 
     Pending review unless ``approve`` (an admin's bulk import). Raises UnstorableText before writing anything.
+    Written as a pair import is (Store.import_batch, Store.import_slices): in short transactions of
+    ``batch_rows`` rows, so the bot's own writes go on meanwhile, hidden until the last one is in, deleted on any
+    failure or cancellation.
     """
-    from data.store import _check_storable
+    from data.errors import ImportFailed
+    from data.store import IMPORT_BATCH_ROWS, _db_reason, _import_insert, _to_the_end
 
+    batch_rows = batch_rows or IMPORT_BATCH_ROWS
+    # Off the event loop: checking, serialising and hashing a 100k-record file takes seconds.
+    stored = await asyncio.to_thread(_storable_rows, prefs)
+    status = "approved" if approve else "pending"
+    sql = _import_insert(store.engine.dialect, approve, PreferenceRecord, _IMPORT_COLUMNS)
+    seen: set[str] = set()  # stored already, or written by an earlier batch of this import
+    duplicates: list[int] = []
+    elsewhere: list[int] = []
+
+    async def write(batch_id: str, start: int, stop: int) -> int:
+        for attempt in (1, 2):
+            try:
+                async with store.session() as s, s.begin():
+                    wanted = {row[0] for row in stored[start:stop]} - seen
+                    found = (await s.execute(select(PreferenceRecord.content_hash, not_(_VISIBLE))
+                                             .where(PreferenceRecord.content_hash.in_(wanted)))).all()
+                    known = {d for d, hidden in found if not hidden}
+                    held = {d for d, hidden in found if hidden}  # a live concurrent import's: no duplicates (yet)
+                    rows, dups, others, fresh = [], [], [], set()
+                    for index in range(start, stop):
+                        digest = stored[index][0]
+                        if digest in held:
+                            others.append(index)
+                        elif digest in seen or digest in known or digest in fresh:
+                            dups.append(index)
+                        else:
+                            fresh.add(digest)
+                            rows.append((*stored[index], "import", status, author_id, guild_id, batch_id))
+                    if rows:  # the driver's executemany, as for pairs (Store._write_batch)
+                        await (await s.connection()).exec_driver_sql(sql, rows)
+                break
+            except IntegrityError:  # a concurrent writer stored one of them meanwhile: looked up once more
+                if attempt == 2:
+                    raise
+        seen.update(known, fresh)
+        duplicates.extend(dups)
+        elsewhere.extend(others)
+        return len(rows)
+
+    imported = 0
+    try:
+        async with store.import_batch() as batch_id:
+            async for start, stop in store.import_slices(len(prefs), batch_rows):
+                imported += await _to_the_end(write(batch_id, start, stop))
+    except StatementError as exc:
+        raise ImportFailed(f"the database refused a record of this import ({_db_reason(exc)}); nothing was "
+                           "imported") from exc
+    return PreferenceImport(imported=imported, duplicates=duplicates, in_flight=elsewhere)
+
+
+# The columns a preference import binds, in the table's order: a stored row's (_storable_rows), then source,
+# status, author_id, guild_id, import_batch.
+_IMPORT_COLUMNS = ("content_hash", "prompt", "chosen", "rejected", "tags", "tools", "source", "status", "author_id",
+                   "guild_id", "import_batch")
+
+
+def _storable_rows(prefs: Sequence[Preference]) -> list[tuple[str, str, str, str, str, str | None]]:
+    """Each preference as (content hash, prompt, chosen, rejected and tags as stored JSON text, tools);
+    UnstorableText for the first one the database cannot store."""
+    from data.store import _check_storable, _json_text
+
+    rows = []
     for i, pref in enumerate(prefs):
         _check_storable(pref.chosen_conversation(), f"preference {i}: ")
         _check_storable(pref.rejected_conversation(), f"preference {i} (rejected): ")
-    digests = await asyncio.to_thread(lambda: [p.content_hash() for p in prefs])
-    now = utcnow()
-    async with store.session() as s, s.begin():
-        known = set(await s.scalars(select(PreferenceRecord.content_hash)
-                                    .where(PreferenceRecord.content_hash.in_(set(digests))))) if digests else set()
-        duplicates, fresh = [], set()
-        for i, (pref, digest) in enumerate(zip(prefs, digests, strict=True)):
-            if digest in known or digest in fresh:
-                duplicates.append(i)
-                continue
-            fresh.add(digest)
-            s.add(PreferenceRecord(**pref.to_row(), content_hash=digest, source="import",
-                                   status="approved" if approve else "pending", author_id=author_id,
-                                   guild_id=guild_id, approved_at=now if approve else None))
-    return PreferenceImport(imported=len(fresh), duplicates=duplicates)
+        row = pref.to_row()
+        rows.append((pref.content_hash(), _json_text(row["prompt"]), _json_text(row["chosen"]),
+                     _json_text(row["rejected"]), _json_text(row["tags"]), pref.tools))
+    return rows
 
 
 # ---- review -------------------------------------------------------------------------------------------------
@@ -149,7 +213,7 @@ async def get_preference(store: Store, preference_id: int) -> PreferenceRecord:
     from data.errors import NotFound
 
     async with store.session() as s:
-        row = await s.get(PreferenceRecord, preference_id)
+        row = await s.scalar(select(PreferenceRecord).where(PreferenceRecord.id == preference_id, _VISIBLE))
     if row is None:
         raise NotFound(f"there is no preference record #{preference_id}")
     return row
@@ -157,7 +221,7 @@ async def get_preference(store: Store, preference_id: int) -> PreferenceRecord:
 
 async def list_preferences(store: Store, *, status: str | None = None,
                            limit: int | None = None) -> list[PreferenceRecord]:
-    query = select(PreferenceRecord).order_by(PreferenceRecord.id)
+    query = select(PreferenceRecord).where(_VISIBLE).order_by(PreferenceRecord.id)
     if status is not None:
         query = query.where(PreferenceRecord.status == status)
     if limit is not None:
@@ -171,7 +235,7 @@ async def next_preference_for_review(store: Store, reviewer_id: int,
     """The oldest pending preference record the reviewer neither wrote nor rated yet (as ``next_for_review``)."""
     rated = select(PreferenceRating.preference_id).where(PreferenceRating.rater_id == reviewer_id)
     query = (select(PreferenceRecord)
-             .where(PreferenceRecord.status == "pending", PreferenceRecord.id.not_in(rated))
+             .where(PreferenceRecord.status == "pending", PreferenceRecord.id.not_in(rated), _VISIBLE)
              .where(PreferenceRecord.author_id.is_(None) | (PreferenceRecord.author_id != reviewer_id))
              .order_by(PreferenceRecord.id).limit(1))
     if guild_id is not None:
@@ -212,7 +276,7 @@ async def rate_preference(store: Store, preference_id: int, rater_id: int, score
         try:
             async with store.session() as s, s.begin():
                 # Locked (PostgreSQL) so concurrent raters each count the other's committed rating.
-                record = await s.scalar(select(PreferenceRecord).where(PreferenceRecord.id == preference_id)
+                record = await s.scalar(select(PreferenceRecord).where(PreferenceRecord.id == preference_id, _VISIBLE)
                                         .with_for_update())
                 if record is None:
                     raise NotFound(f"there is no preference record #{preference_id}")
@@ -252,7 +316,7 @@ async def rate_preference(store: Store, preference_id: int, rater_id: int, score
 async def preference_stats(store: Store) -> dict[str, Any]:
     """Counts by status and source, approved ones by source."""
     async with store.session() as s:
-        rows = (await s.execute(select(PreferenceRecord.status, PreferenceRecord.source, func.count())
+        rows = (await s.execute(select(PreferenceRecord.status, PreferenceRecord.source, func.count()).where(_VISIBLE)
                                 .group_by(PreferenceRecord.status, PreferenceRecord.source))).all()
     by_status: Counter[str] = Counter()
     by_source: Counter[str] = Counter()
@@ -270,7 +334,7 @@ async def preference_stats(store: Store) -> dict[str, Any]:
 async def approved_preferences(store: Store) -> list[PreferenceRecord]:
     """The approved records sorted by content hash (a snapshot's order)."""
     async with store.session() as s:
-        return list(await s.scalars(select(PreferenceRecord).where(PreferenceRecord.status == "approved")
+        return list(await s.scalars(select(PreferenceRecord).where(PreferenceRecord.status == "approved", _VISIBLE)
                                     .order_by(PreferenceRecord.content_hash)))
 
 

@@ -12,15 +12,15 @@ import time
 import typing
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Collection, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Collection, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Text, bindparam, cast, delete, event, func, insert, or_, select, type_coerce, update
+from sqlalchemy import Text, bindparam, cast, delete, event, func, insert, not_, or_, select, type_coerce, update
 from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -40,6 +40,7 @@ from data.errors import (  # re-exported: callers import the store's errors from
     Superseded,
     UnstorableText,
 )
+from data.import_lease import ImportLease
 from data.models import (
     EXAMPLE_STATUSES,
     SOURCES,
@@ -49,6 +50,7 @@ from data.models import (
     Feedback,
     ModelVersion,
     PendingImport,
+    PreferenceRecord,
     Promotion,
     Rating,
     SnapshotRecord,
@@ -75,8 +77,6 @@ IMPORT_BATCH_ROWS = 2000
 # never its 10 s busy timeout, however big the import.
 _IMPORT_WRITE_WINDOW_S = 1.0
 _IMPORT_PAUSE_S = 0.12
-# A pending import this old belongs to a process that died mid-import; the next import deletes its rows.
-_STALE_IMPORT = timedelta(hours=1)
 # The examples every query sees: not those of an import still being written.
 _VISIBLE = or_(Example.import_batch.is_(None), Example.import_batch.not_in(select(PendingImport.id)))
 # The training set as snapshots and exports read it: messages and tags as the JSON text stored, sorted by hash.
@@ -105,6 +105,9 @@ class ImportOutcome:
     imported: int
     # Indices (into the given sequence) of conversations already in the store or earlier in the same batch.
     duplicates: list[int] = field(default_factory=list)
+    # Indices of conversations another import, still being written, holds (hidden): not imported, not duplicates
+    # either until that import is published.
+    in_flight: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -153,11 +156,12 @@ class Store(RunsMixin):
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision; then delete what imports killed mid-way left hidden."""
         from data.migrations import upgrade
 
         async with self.engine.begin() as conn:
             await conn.run_sync(upgrade)
+        await self.discard_abandoned_imports()
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -222,8 +226,7 @@ class Store(RunsMixin):
         undesirable answers: kept for preference use, never trained on).
 
         Written in short transactions of ``batch_rows`` rows, so the bot's own writes get SQLite's write lock
-        between them; the rows stay hidden (a PendingImport) until the end publishes them all with one small
-        statement; any failure, cancellation included, deletes them.
+        between them; the rows stay hidden until the end publishes them all (see ``import_batch``).
         Raises UnstorableText before writing anything, ImportFailed when the database refuses a row.
         """
         _check_choice("source", source, SOURCES)
@@ -231,39 +234,30 @@ class Store(RunsMixin):
         stored = await asyncio.to_thread(_storable_rows, conversations)
         inserts = (_import_insert(self.engine.dialect, approve), _import_insert(self.engine.dialect, False))
         lookup = _known_digests(self.engine.dialect, min(batch_rows, len(conversations)) or 1)
-        await self._discard_stale_imports()
-        batch_id = uuid.uuid4().hex
-        async with self.session() as s, s.begin():
-            s.add(PendingImport(id=batch_id))
         seen: set[str] = set()  # digests already stored, or written by an earlier batch of this import
         duplicates: list[int] = []
+        elsewhere: list[int] = []
         imported = 0
-        window_start = time.monotonic()
         try:
-            for start in range(0, len(conversations), batch_rows):
-                stop = min(start + batch_rows, len(conversations))
-                written, dups = await _to_the_end(self._write_batch(stored, start, stop, seen, inserts, lookup,
-                                                                    batch_id, source, author_id, guild_id, approve,
-                                                                    reject))
-                imported += written
-                duplicates += dups
-                if time.monotonic() - window_start >= _IMPORT_WRITE_WINDOW_S:
-                    await asyncio.sleep(_IMPORT_PAUSE_S)
-                    window_start = time.monotonic()
-            await _to_the_end(self._publish_import(batch_id))
-        except BaseException as exc:  # cancellation included: the hidden rows must not outlive the import
-            await asyncio.shield(self._discard_import(batch_id))
-            if isinstance(exc, StatementError):
-                raise ImportFailed(f"the database refused a conversation of this import ({_db_reason(exc)}); "
-                                   "nothing was imported") from exc
-            raise
-        return ImportOutcome(imported=imported, duplicates=duplicates)
+            async with self.import_batch() as batch_id:
+                async for start, stop in self.import_slices(len(conversations), batch_rows):
+                    written, dups, others = await _to_the_end(self._write_batch(
+                        stored, start, stop, seen, inserts, lookup, batch_id, source, author_id, guild_id, approve,
+                        reject))
+                    imported += written
+                    duplicates += dups
+                    elsewhere += others
+        except StatementError as exc:
+            raise ImportFailed(f"the database refused a conversation of this import ({_db_reason(exc)}); "
+                               "nothing was imported") from exc
+        return ImportOutcome(imported=imported, duplicates=duplicates, in_flight=elsewhere)
 
     async def _write_batch(self, stored: Sequence[_StoredRow], start: int, stop: int, seen: set[str],
                            inserts: tuple[str, str], lookup: tuple[str, int], batch_id: str, source: str,
                            author_id: int | None, guild_id: int | None, approve: bool,
-                           reject: Collection[int] = frozenset()) -> tuple[int, list[int]]:
-        """Write stored[start:stop] in one transaction; returns (rows written, duplicate indices).
+                           reject: Collection[int] = frozenset()) -> tuple[int, list[int], list[int]]:
+        """Write stored[start:stop] in one transaction; returns (rows written, duplicate indices, indices another
+        import still being written holds).
 
         Duplicates are looked up per batch, just before writing it; when a concurrent writer stored one of the
         same conversations in between (the unique hash refuses the batch), the batch is looked up and written
@@ -277,17 +271,23 @@ class Store(RunsMixin):
                     wanted = [d for d in dict.fromkeys(row[0] for row in stored[start:stop]) if d not in seen]
                     conn = await s.connection()
                     known: set[str] = set()
+                    held: set[str] = set()  # hidden rows of a live concurrent import: no duplicates (yet)
                     if wanted:  # padded with repeats to the one size the statement takes
                         sql, size = lookup
                         found = await conn.exec_driver_sql(sql, (*wanted, *[wanted[0]] * (size - len(wanted))))
-                        known = set(found.scalars())
+                        for digest, hidden in typing.cast("list[tuple[str, Any]]", found.all()):
+                            (held if hidden else known).add(digest)
                     # One _IMPORT_COLUMNS row each: the stored row's fields plus its source, status and ids.
                     rows: list[tuple[Any, ...]] = []
                     rejected: list[tuple[Any, ...]] = []
                     dups: list[int] = []
+                    others: list[int] = []
                     fresh: set[str] = set()
                     for index in range(start, stop):
                         digest, messages, tags, tools = stored[index]
+                        if digest in held:
+                            others.append(index)
+                            continue
                         if digest in seen or digest in known or digest in fresh:
                             dups.append(index)
                             continue
@@ -309,7 +309,51 @@ class Store(RunsMixin):
                 if attempt == 2:
                     raise
         seen.update(known, fresh)
-        return len(rows), dups
+        return len(rows), dups, others
+
+    # ---- imports: batches written hidden, published at once -------------------------------------------
+
+    @asynccontextmanager
+    async def import_batch(self) -> AsyncIterator[str]:
+        """A new import batch's id: rows written with it (their ``import_batch``) stay hidden from every query
+        until the block ends, then are published all at once by one small statement; if the block raises or is
+        cancelled, they are deleted.
+
+        The importing process holds the batch's lease (data.import_lease) from before the batch exists until it
+        is published or deleted, so an import whose process died is told from a live one at once: its rows are
+        deleted by the next import or start (``discard_abandoned_imports``), a live one's never.
+        """
+        await self.discard_abandoned_imports()
+        batch_id = uuid.uuid4().hex
+        lease = await ImportLease.take(self.engine, batch_id)
+        if lease is None:  # a fresh random id: never held
+            raise RuntimeError(f"the lease of the new import batch {batch_id} is held")
+        try:
+            async with self.session() as s, s.begin():
+                s.add(PendingImport(id=batch_id))
+            try:
+                yield batch_id
+                await _to_the_end(self._publish_import(batch_id))
+            except BaseException:  # cancellation included: the hidden rows must not outlive the import
+                await asyncio.shield(self._discard_import(batch_id))
+                raise
+        finally:
+            await asyncio.shield(lease.release())
+
+    async def import_slices(self, total: int, batch_rows: int) -> AsyncIterator[tuple[int, int]]:
+        """(start, stop) of each batch of an import of ``total`` rows, each to be written in its own transaction.
+
+        On SQLite, after writing for _IMPORT_WRITE_WINDOW_S it pauses for longer than SQLite's longest busy-wait
+        sleep, so a writer waiting for the lock (the bot) surely gets it. PostgreSQL's writers never wait for an
+        import's rows: no pause.
+        """
+        pace = self.engine.dialect.name == "sqlite"
+        window_start = time.monotonic()
+        for start in range(0, total, batch_rows):
+            yield start, min(start + batch_rows, total)
+            if pace and time.monotonic() - window_start >= _IMPORT_WRITE_WINDOW_S:
+                await asyncio.sleep(_IMPORT_PAUSE_S)
+                window_start = time.monotonic()
 
     async def _publish_import(self, batch_id: str) -> None:
         """Make an import's rows visible, all at once."""
@@ -317,17 +361,31 @@ class Store(RunsMixin):
             await s.execute(delete(PendingImport).where(PendingImport.id == batch_id))
 
     async def _discard_import(self, batch_id: str) -> None:
+        """Delete a batch's rows, if it is still pending: a batch published meanwhile keeps them."""
         async with self.session() as s, s.begin():
-            await s.execute(delete(Example).where(Example.import_batch == batch_id)
-                            .execution_options(synchronize_session=False))
-            await s.execute(delete(PendingImport).where(PendingImport.id == batch_id))
+            gone = typing.cast("CursorResult[Any]", await s.execute(
+                delete(PendingImport).where(PendingImport.id == batch_id)))
+            if gone.rowcount:
+                for table in (Example, PreferenceRecord):
+                    await s.execute(delete(table).where(table.import_batch == batch_id)
+                                    .execution_options(synchronize_session=False))
 
-    async def _discard_stale_imports(self) -> None:
+    async def discard_abandoned_imports(self) -> int:
+        """Delete the hidden rows of imports whose process died mid-import (nobody holds their lease); returns
+        how many imports. Imports still being written, in any process, are left alone."""
         async with self.session() as s:
-            stale = list(await s.scalars(select(PendingImport.id)
-                                         .where(PendingImport.started_at < utcnow() - _STALE_IMPORT)))
-        for batch_id in stale:
-            await self._discard_import(batch_id)
+            pending = list(await s.scalars(select(PendingImport.id)))
+        discarded = 0
+        for batch_id in pending:
+            lease = await ImportLease.take(self.engine, batch_id)
+            if lease is None:
+                continue  # alive
+            try:
+                await self._discard_import(batch_id)
+                discarded += 1
+            finally:
+                await asyncio.shield(lease.release())
+        return discarded
 
     async def get_example(self, example_id: int) -> Example:
         async with self.session() as s:
@@ -882,27 +940,30 @@ _IMPORT_COLUMNS = ("content_hash", "messages", "tools", "tags", "source", "statu
 
 
 def _known_digests(dialect: Dialect, size: int) -> tuple[str, int]:
-    """(SELECT of which of ``size`` content hashes are stored, as the driver takes it; ``size``).
+    """(SELECT of which of ``size`` content hashes are stored, and whether each is hidden, as the driver takes
+    it; ``size``).
 
     Made once per import, not per batch: SQLAlchemy would build each batch's IN list of thousands of parameters
     anew, one by one.
     """
-    query = select(Example.content_hash).where(Example.content_hash.in_([""] * size))
+    query = select(Example.content_hash, not_(_VISIBLE)).where(Example.content_hash.in_([""] * size))
     return query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}).string, size
 
 
-def _import_insert(dialect: Dialect, approved: bool) -> str:
-    """An import's INSERT as the driver takes it, parameters in _IMPORT_COLUMNS' order.
+def _import_insert(dialect: Dialect, approved: bool, table: Any = Example,
+                   columns: tuple[str, ...] = _IMPORT_COLUMNS) -> str:
+    """An import's INSERT into ``table`` as the driver takes it, parameters in ``columns``' order (the table's
+    order, as the compiled INSERT lists them).
 
     The timestamps are the database's clock, read once per statement: binding three datetimes per row costs
     more than anything else in a big import. ``approved``: approved_at is stamped too.
     """
     now = func.now()
     stamps = {"created_at": now, "updated_at": now, **({"approved_at": now} if approved else {})}
-    compiled = (insert(Example).inline()
-                .values(**{c: bindparam(c) for c in _IMPORT_COLUMNS}, **stamps).compile(dialect=dialect))
-    if tuple(compiled.positiontup or ()) != _IMPORT_COLUMNS:
-        raise RuntimeError(f"the import's INSERT binds {compiled.positiontup}, not {_IMPORT_COLUMNS}")
+    compiled = (insert(table).inline()
+                .values(**{c: bindparam(c) for c in columns}, **stamps).compile(dialect=dialect))
+    if tuple(compiled.positiontup or ()) != columns:
+        raise RuntimeError(f"the import's INSERT binds {compiled.positiontup}, not {columns}")
     return compiled.string
 
 

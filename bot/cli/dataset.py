@@ -122,6 +122,9 @@ def _print_report(name: str, report) -> None:
                   soft_wrap=True)
     console.print(f"  imported: {report.imported}  duplicates: {len(report.duplicates)}  "
                   f"rejected: {len(report.errors)}")
+    if report.in_flight:
+        console.print(f"  [yellow]not imported:[/] {len(report.in_flight)} records another import, still running, "
+                      "is writing now: import the file again once it is done", highlight=False, soft_wrap=True)
     for error in report.errors[:50]:
         console.print(f"  [red]{escape(error.location)}[/]: {escape(error.message)}", highlight=False, soft_wrap=True)
     if len(report.errors) > 50:

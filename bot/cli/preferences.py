@@ -63,6 +63,7 @@ def import_(
         fail(f"{path}: nothing imported: {exc}")
     report = {"file": str(path), "format": parsed.format, "records": len(parsed.records) + len(parsed.errors),
               "imported": outcome.imported, "duplicates": len(outcome.duplicates),
+              "in_flight": len(outcome.in_flight),
               "invalid": [{"location": e.location, "message": e.message} for e in parsed.errors],
               "status": "approved" if approve else "pending"}
     if json_out:
@@ -70,6 +71,9 @@ def import_(
         return
     console.print(f"{escape(str(path))} ({parsed.format} preferences): imported {outcome.imported}, duplicates "
                   f"{len(outcome.duplicates)}, invalid {len(parsed.errors)}; {report['status']}", highlight=False)
+    if outcome.in_flight:
+        console.print(f"  not imported: {len(outcome.in_flight)} records another import, still running, is writing "
+                      "now: import the file again once it is done", highlight=False)
     if not approve and outcome.imported:
         console.print("  they wait for review: `loraloop preferences list --status pending`, then "
                       "`loraloop preferences approve ID… | --all-pending`", highlight=False)

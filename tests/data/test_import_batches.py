@@ -104,24 +104,3 @@ async def test_a_cancelled_import_leaves_nothing(tmp_path):
         assert await _raw_count(store) == await _raw_count(store, "pending_imports") == 0
     finally:
         await cleanup()
-
-
-async def test_an_import_clears_rows_left_by_a_dead_one(store):
-    """A process that died mid-import left hidden rows; an hour on, the next import deletes them (a recent
-    pending import may be running in another process, so its rows stay)."""
-    async with store.engine.begin() as conn:
-        for batch, age in (("dead", timedelta(hours=2)), ("running", timedelta(minutes=1))):
-            started = (utcnow() - age).replace(tzinfo=None)
-            await conn.execute(text("insert into pending_imports (id, started_at) values (:b, :t)"),
-                               {"b": batch, "t": started})
-            await conn.execute(text(
-                "insert into examples (content_hash, messages, tags, source, status, import_batch, created_at, "
-                "updated_at) values (:h, '[]', '[]', 'import', 'pending', :b, :t, :t)"),
-                {"h": batch.ljust(64, "0"), "b": batch, "t": started})
-    assert await store.list_examples() == []
-    await store.import_conversations([qa("new")])
-    async with store.engine.connect() as conn:
-        left = (await conn.execute(text("select import_batch from examples where import_batch in "
-                                        "(select id from pending_imports)"))).scalars().all()
-    assert left == ["running"]
-    assert [e.messages[0]["content"] for e in await store.list_examples()] == ["new"]

@@ -231,8 +231,8 @@ def test_cli_import_review_stats_and_exact_export(cli, tmp_path):
     result = cli("preferences", "import", str(source), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) | {"file": None} == {
-        "file": None, "format": "sharegpt", "records": 2, "imported": 2, "duplicates": 0, "invalid": [],
-        "status": "pending"}
+        "file": None, "format": "sharegpt", "records": 2, "imported": 2, "duplicates": 0, "in_flight": 0,
+        "invalid": [], "status": "pending"}
     assert cli("preferences", "import", str(source)).exit_code == 0  # all duplicates
     listed = [json.loads(line) for line in cli("preferences", "list", "--status", "pending", "--json")
               .stdout.splitlines()]

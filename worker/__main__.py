@@ -11,7 +11,7 @@ import sys
 
 from pydantic import ValidationError
 
-from worker.celery_app import RedisUnreachable, check_redis, run_worker
+from worker.celery_app import WorkerCannotStart, check_redis, require_job_secret, run_worker
 from worker.settings import load_worker_settings
 
 
@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--loglevel", default="INFO", help="Celery log level.")
     parser.add_argument("--check", action="store_true",
-                        help="Check Redis and the GPU, then exit (the image's health check; `loraloop doctor` "
-                             "needs the bot's stack).")
+                        help="Check the job secret, Redis and the GPU, then exit (the image's health check; "
+                             "`loraloop doctor` needs the bot's stack).")
     args = parser.parse_args(argv)
     try:
         settings = load_worker_settings()
@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
+        require_job_secret(settings)
         check_redis(settings.redis_url)
-    except RedisUnreachable as exc:
+    except WorkerCannotStart as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.check:

@@ -11,9 +11,11 @@ Reliability choices, each for a failure we test:
 * cancellation: a key the job polls between training steps and deploy steps; the training child is stopped.
 * the solo pool: the job runs in the worker process itself, so killing the worker kills the job (its trainer
   child dies with it), and one worker runs exactly one job at a time.
-* trust nothing in Redis: a job is checked against the worker's own settings (:class:`WorkerPolicy`: base
-  model allow-list, tag form, paths, its own Ollama) before anything is created; a refused one gets one log
-  line and a ``failed`` event with the reason.
+* trust nothing in Redis (it has no authentication in the documented deployment): a job must carry the bot's
+  HMAC (worker/job.py :class:`SignedJob`, the shared ``worker_job_secret``), then pass the worker's own settings
+  (:class:`WorkerPolicy`: base model allow-list, tag form, limits on every number, paths, its own Ollama), then
+  name a candidate tag Ollama does not have. A refused job gets one log line and nothing else: no event on the
+  run it names (whoever wrote it may not speak for that run), no claim, no directory, nothing in Ollama.
 """
 
 from __future__ import annotations
@@ -27,7 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from trainer.progress import CancelledEvent, FailedEvent, ProgressEvent
-from worker.job import JobRefused, JobSpec, WorkerPolicy, job_dir, run_job, stamped, validate_job
+from worker.job import (
+    JobRefused,
+    JobSpec,
+    WorkerPolicy,
+    job_dir,
+    open_signed_job,
+    refuse_in_ollama,
+    run_job,
+    stamped,
+    validate_job,
+)
 from worker.settings import WorkerSettings, redact_text, redact_url
 
 TASK = "loraloop.retrain"
@@ -60,10 +72,11 @@ def make_celery(redis_url: str, *, policy: WorkerPolicy | None = None) -> Any:
 
         if policy is None:
             raise RuntimeError("this Celery app only sends jobs: make_celery(..., policy=...) runs them")
+        if args or kwargs:
+            log.error("job refused: the task takes exactly one argument, the signed job's JSON")
+            return
         r = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
         try:
-            if args or kwargs:
-                raise JobRefused("the task takes exactly one argument, the job's JSON")
             accept_job(r, spec_json, str(task.request.id), policy)
         finally:
             r.close()
@@ -71,24 +84,38 @@ def make_celery(redis_url: str, *, policy: WorkerPolicy | None = None) -> Any:
     return app
 
 
-def accept_job(r: Any, spec_json: Any, task_id: str, policy: WorkerPolicy) -> None:
-    """Validate a job taken from Redis, then run it; a refused job touches nothing but its event list."""
+def accept_job(r: Any, signed_json: Any, task_id: str, policy: WorkerPolicy) -> None:
+    """Verify and validate a job taken from Redis, then run it. A refused job touches nothing: one log line."""
+    try:
+        spec_json = open_signed_job(signed_json, policy.job_secret)
+    except JobRefused as exc:
+        log.error("job refused: %s", redact_text(str(exc)))  # unsigned: even its run id means nothing
+        return
     try:
         spec = validate_job(spec_json, policy)
         workdir = job_dir(policy, spec.run_id, task_id)
+        asyncio.run(_refuse_in_ollama(spec, policy.ollama_host))
     except JobRefused as exc:
-        reason = redact_text(f"the worker refused the job: {exc}")
         run_id = _run_id_of(spec_json)
-        log.error("job %s refused: %s", run_id if run_id is not None else "(no valid run id)", reason)
-        if run_id is not None:  # without a valid run id there is no event list to report to
-            _emit(r, run_id, FailedEvent(reason=reason))
+        log.error("job %s refused: %s", run_id if run_id is not None else "(no valid run id)", redact_text(str(exc)))
         return
     run_job_here(r, spec, task_id, workdir, policy.ollama_host)
 
 
-def _run_id_of(spec_json: Any) -> int | None:
+async def _refuse_in_ollama(spec: JobSpec, ollama_host: str) -> None:
+    from deploy.ollama import OllamaClient, OllamaError
+
+    async with OllamaClient(ollama_host, timeout=30) as client:
+        try:
+            await refuse_in_ollama(client, spec)
+        except OllamaError as exc:  # not a refusal: the job runs, and its own first check fails it with the reason
+            log.warning("job %s: cannot ask Ollama about its tags before starting: %s", spec.run_id,
+                        redact_text(str(exc)))
+
+
+def _run_id_of(spec_json: str) -> int | None:
     try:
-        run_id = json.loads(spec_json)["run_id"] if isinstance(spec_json, str | bytes) else None
+        run_id = json.loads(spec_json)["run_id"]
     except (ValueError, TypeError, KeyError):
         return None
     return run_id if type(run_id) is int and run_id > 0 else None
@@ -139,8 +166,19 @@ def run_job_here(r: Any, spec: JobSpec, task_id: str, workdir: Path, ollama_host
         r.delete(k["heartbeat"])
 
 
-class RedisUnreachable(Exception):
+class WorkerCannotStart(Exception):
+    """The worker cannot serve jobs; the message is one line that says why."""
+
+
+class RedisUnreachable(WorkerCannotStart):
     """The worker cannot reach its broker; the message (credentials redacted) says where and why."""
+
+
+def require_job_secret(settings: WorkerSettings) -> None:
+    """A worker without ``worker_job_secret`` could verify no job: it does not start."""
+    if settings.worker_job_secret is None:
+        raise WorkerCannotStart("LORALOOP_WORKER_JOB_SECRET is not set: a worker runs only jobs signed with the "
+                                "secret its bot shares (the same value on both hosts, e.g. `openssl rand -hex 32`)")
 
 
 def check_redis(redis_url: str) -> None:
@@ -154,7 +192,9 @@ def check_redis(redis_url: str) -> None:
 
 
 def run_worker(settings: WorkerSettings, loglevel: str = "INFO") -> None:
-    """Block serving jobs (``loraloop worker``, ``python -m worker``)."""
+    """Block serving jobs (``loraloop worker``, ``python -m worker``); :class:`WorkerCannotStart` without a job
+    secret."""
+    require_job_secret(settings)
     app = make_celery(settings.redis_url, policy=WorkerPolicy.for_worker(settings))
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}", "-Q", QUEUE,
                      "--without-gossip", "--without-mingle", "--without-heartbeat",

@@ -13,7 +13,10 @@ agrees to do in DIR/policy.json, events appended to DIR/events.jsonl, cancelled 
 
 A job is data from elsewhere (on a worker: whatever sits in Redis), so :func:`validate_job` reads it through the
 :class:`JobSpec` model (types, unknown and missing fields) and checks it against the training host's own
-:class:`WorkerPolicy` before anything is created or contacted; both the worker and the local child call it.
+:class:`WorkerPolicy` (including its :class:`JobLimits` for every number) before anything is created or
+contacted; both the worker and the local child call it. On Redis a job travels as a :class:`SignedJob`, which a
+worker opens (:func:`open_signed_job`) before reading anything in it; and whatever a job says, a worker never
+creates a model over one that exists (:func:`refuse_in_ollama`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import base64
 import contextlib
 import ctypes
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -35,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
 
 from data.snapshot import (
@@ -48,6 +52,7 @@ from data.snapshot import (
     parse_manifest,
     read_snapshot,
 )
+from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig
 from trainer.config import TrainConfig
 from trainer.progress import (
@@ -62,7 +67,7 @@ from trainer.progress import (
     UploadEvent,
     parse_event,
 )
-from worker.settings import WorkerSettings, redact_text
+from worker.settings import JobLimits, WorkerSettings, redact_text
 
 log = logging.getLogger("loraloop.job")
 
@@ -83,7 +88,7 @@ class JobSpec(BaseModel):
     snapshot_sha256: str
     snapshot_files: dict[str, str]  # file name → text (examples.jsonl, manifest.json, optionally preferences.jsonl)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    active_tag: str | None = None
+    active_tag: str | None = None  # a worker checks that it exists in Ollama (refuse_in_ollama)
     time_limit_s: float = 6 * 3600
     heartbeat_ttl_s: float = 60.0
 
@@ -114,6 +119,10 @@ class WorkerPolicy(BaseModel):
     base_models: tuple[str, ...]  # HF ids or local directories it agrees to train on
     ollama_host: str  # the only Ollama it talks to
     max_time_limit_s: float  # a job asking for longer gets this
+    limits: JobLimits = Field(default_factory=JobLimits)  # a job with a number outside them is refused
+    # Jobs from Redis must be signed with it (open_signed_job). Never written out (policy.json): the local child
+    # reads its job from a file the bot wrote, not from Redis.
+    job_secret: SecretStr | None = Field(default=None, exclude=True)
 
     @classmethod
     def for_worker(cls, settings: WorkerSettings) -> WorkerPolicy:
@@ -121,14 +130,16 @@ class WorkerPolicy(BaseModel):
         return cls(home=Path(settings.worker_home).resolve(), model_name=settings.model_name,
                    base_models=tuple(dict.fromkeys([settings.base_model, *settings.worker_allowed_base_models])),
                    ollama_host=settings.worker_ollama_host or settings.ollama_host,
-                   max_time_limit_s=float(settings.worker_time_limit_s))
+                   max_time_limit_s=float(settings.worker_time_limit_s), limits=settings.worker_limits,
+                   job_secret=settings.worker_job_secret)
 
     @classmethod
     def for_local(cls, settings: WorkerSettings) -> WorkerPolicy:
         """Training on the bot's host (the local dispatcher): the same allow-list, the bot's own Ollama."""
         return cls(home=(Path(settings.home) / "jobs").resolve(), model_name=settings.model_name,
                    base_models=tuple(dict.fromkeys([settings.base_model, *settings.worker_allowed_base_models])),
-                   ollama_host=settings.ollama_host, max_time_limit_s=float(settings.worker_time_limit_s))
+                   ollama_host=settings.ollama_host, max_time_limit_s=float(settings.worker_time_limit_s),
+                   limits=settings.worker_limits)
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -138,11 +149,87 @@ class WorkerPolicy(BaseModel):
         return cls.model_validate_json(text)
 
 
+# ---- signed jobs ---------------------------------------------------------------------------------------------
+#
+# Redis has no authentication in the documented deployment, so a job must prove it comes from the bot. HMAC-SHA256
+# with a secret both hosts share (worker_job_secret), not Celery's message signing (task_serializer "auth"): that
+# needs an X.509 key, certificate and certificate store on each host and the cryptography package, signs only the
+# message body under a Celery-wide serializer switch, and would still leave the job's own checks to do here. The
+# MAC covers the exact JobSpec text the bot wrote (JobSpec.to_json, pydantic's deterministic dump), so the worker
+# verifies bytes before it parses them: no canonical form to get wrong, and nothing in an unsigned job (its run
+# id included) is believed. The signing time is covered too: a copy replayed after the run's claim in Redis has
+# expired (a week, worker/celery_app.py KEEP_S) is refused as too old.
+
+JOB_SIGNATURE = "loraloop-job/1"  # what the MAC is for: a MAC made for anything else with this secret never fits
+MAX_JOB_AGE_S = 7 * 86400
+MAX_CLOCK_SKEW_S = 3600
+
+
+class SignedJob(BaseModel):
+    """A job as it crosses Redis: the JobSpec's JSON text, when it was signed, and its HMAC-SHA256 (hex)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job: str
+    signed_at: int  # Unix seconds
+    hmac: str
+
+    @classmethod
+    def sign(cls, job: JobSpec | str, secret: SecretStr, now: float | None = None) -> SignedJob:
+        """The bot's side: the job (a spec, or JSON text as is) signed with the shared ``worker_job_secret``."""
+        text, signed_at = job.to_json() if isinstance(job, JobSpec) else job, int(time.time() if now is None else now)
+        return cls(job=text, signed_at=signed_at, hmac=_job_mac(secret, text, signed_at))
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def _job_mac(secret: SecretStr, job: str, signed_at: int) -> str:
+    message = f"{JOB_SIGNATURE}\n{signed_at}\n{job}".encode()
+    return hmac.new(secret.get_secret_value().encode(), message, hashlib.sha256).hexdigest()
+
+
+def open_signed_job(raw: Any, secret: SecretStr | None, now: float | None = None) -> str:
+    """The JobSpec text inside ``raw`` (a :class:`SignedJob`'s JSON) if its HMAC matches ``secret`` and it was
+    signed within a week, else :class:`JobRefused`. Nothing inside the job is read before that."""
+    if secret is None:
+        raise JobRefused("this worker has no worker_job_secret, so it can verify no job")
+    try:
+        if not isinstance(raw, str | bytes):
+            raise ValueError(type(raw).__name__)
+        signed = SignedJob.model_validate_json(raw, strict=True)
+    except ValueError:  # pydantic's ValidationError too
+        raise JobRefused("the job is not signed (not a {job, signed_at, hmac} object): only a bot that shares "
+                         "this worker's LORALOOP_WORKER_JOB_SECRET can send jobs") from None
+    if not hmac.compare_digest(signed.hmac.encode(), _job_mac(secret, signed.job, signed.signed_at).encode()):
+        raise JobRefused("the job's signature does not match this worker's LORALOOP_WORKER_JOB_SECRET (forged, "
+                         "altered after signing, or signed with another secret)")
+    age = (time.time() if now is None else now) - signed.signed_at
+    if age > MAX_JOB_AGE_S:
+        raise JobRefused(f"the job was signed {age / 86400:.1f} days ago, over {MAX_JOB_AGE_S // 86400}: an old "
+                         "job is not run again")
+    if age < -MAX_CLOCK_SKEW_S:
+        raise JobRefused(f"the job was signed {-age:.0f} s in the future: check the clocks of the bot and worker")
+    return signed.job
+
+
+async def refuse_in_ollama(client: OllamaClient, spec: JobSpec) -> None:
+    """:class:`JobRefused` unless the candidate's tag is new to Ollama and the active tag (when the job names one)
+    is there. The first keeps a worker from ever creating a model over an existing one, the active model
+    included, whatever a job says; the second means the gate compares against a model that answers, not a name.
+    Raises OllamaError when Ollama cannot be asked."""
+    names = {m.name.lower() for m in await client.list_models()}  # Ollama's names are case-insensitive
+    if spec.tag.lower() in names:
+        raise JobRefused(f"tag {spec.tag!r} already exists in Ollama: a worker never creates a model over an "
+                         "existing one")
+    if spec.active_tag is not None and spec.active_tag.lower() not in names:
+        raise JobRefused(f"active_tag {spec.active_tag!r} is not in Ollama: the gate has nothing to compare with")
+
+
 _ANY_TAG = re.compile(r"^loraloop-[A-Za-z0-9][A-Za-z0-9_.\-]*:v[1-9][0-9]*$")
 _OLLAMA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TASK_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
-_MAX_HEARTBEAT_S = 3600.0
 _SNAPSHOT_FILES = (f"snapshot_files must be exactly {EXAMPLES_FILE} and {MANIFEST_FILE} (and optionally "
                    f"{PREFERENCES_FILE}) as text")
 
@@ -152,9 +239,9 @@ def validate_job(raw: Any, policy: WorkerPolicy) -> JobSpec:
 
     :class:`JobSpec` checks the types (strictly: no "3" for 3) and refuses unknown and missing fields; then the
     snapshot (file names, manifest, sha256 of the payload, before anything is written), the candidate tag
-    (``loraloop-<our model_name>:v<N>``, never the active tag), the base model (the policy's allow-list) and the
-    trainer settings (no file paths) are checked. The job's Ollama host is not used: the returned spec carries
-    the policy's, and its time limit is capped by the policy's.
+    (``loraloop-<our model_name>:v<N>``, never the active tag), every number against the policy's limits, the
+    base model (the policy's allow-list) and the trainer settings (no file paths) are checked. The job's Ollama
+    host is not used: the returned spec carries the policy's, and its time limit is capped by the policy's.
     """
     if not isinstance(raw, bytes | str):  # a decoded job (a Celery argument): read as the JSON it came as
         try:
@@ -174,8 +261,7 @@ def validate_job(raw: Any, policy: WorkerPolicy) -> JobSpec:
         value = getattr(spec, name)
         if not (math.isfinite(value) and value > 0):
             raise JobRefused(f"{name} must be a positive number of seconds, not {value!r}")
-    if spec.heartbeat_ttl_s > _MAX_HEARTBEAT_S:
-        raise JobRefused(f"heartbeat_ttl_s {spec.heartbeat_ttl_s:g} is over {_MAX_HEARTBEAT_S:g} s")
+    _check_bounds(spec, policy.limits)
 
     tag = spec.tag
     if not re.fullmatch(rf"loraloop-{re.escape(policy.model_name)}:v[1-9][0-9]*", tag):
@@ -276,6 +362,63 @@ def _check_deploy(config: DeployConfig, policy: WorkerPolicy) -> None:
         raise JobRefused(f"deploy.ollama_base {config.ollama_base!r} is not an Ollama model name")
 
 
+def _check_bounds(spec: JobSpec, limits: JobLimits) -> None:
+    """Every number in the job within this worker's limits (and every float finite): a job may not make a run
+    take weeks, nor switch the gate off with a huge margin."""
+    t, d, dpo = spec.train, spec.deploy, spec.train.dpo
+    options = {"deploy.serve_options": d.serve_options, "deploy.gate_options": d.gate_options}
+    # (the job's field, its value, the smallest value allowed, the JobLimits field that is the largest)
+    bounds: list[tuple[str, float | None, float, str]] = [
+        ("run_id", spec.run_id, 1, "max_run_id"),
+        ("heartbeat_ttl_s", spec.heartbeat_ttl_s, limits.min_heartbeat_ttl_s, "max_heartbeat_ttl_s"),
+        ("train.max_steps", t.max_steps, 1, "max_steps"),
+        ("train.epochs", t.epochs, 1, "max_epochs"),
+        ("train.lora_r", t.lora_r, 1, "max_lora_r"),
+        ("train.max_length", t.max_length, 8, "max_length"),
+        ("train.batch_size", t.batch_size, 1, "max_batch_size"),
+        ("train.grad_accum", t.grad_accum, 1, "max_grad_accum"),
+        ("train.max_new_tokens", t.max_new_tokens, 1, "max_new_tokens"),
+        ("train.retention_max_new_tokens", t.retention_max_new_tokens, 1, "max_new_tokens"),
+        ("train.eval_generate", t.eval_generate, 0, "max_eval_generate"),
+        ("train.probes", len(t.probes), 0, "max_probes"),
+        ("train.probe_eval_samples", t.probe_eval_samples, 0, "max_probes"),
+        ("train.retention_prompts", t.retention_prompts, 0, "max_retention_prompts"),
+        ("train.dpo.epochs", dpo.epochs, 1, "max_epochs"),
+        ("train.dpo.max_steps", dpo.max_steps, 1, "max_steps"),
+        ("train.dpo.batch_size", dpo.batch_size, 1, "max_batch_size"),
+        ("train.dpo.grad_accum", dpo.grad_accum, 1, "max_grad_accum"),
+        ("deploy.eval_limit", d.eval_limit, 0, "max_eval_limit"),
+        ("deploy.gate_margin", d.gate_margin, 0, "max_gate_margin"),
+        ("deploy.max_retention_drop", d.max_retention_drop, 0, "max_retention_drop"),
+        ("deploy.paraphrases", d.paraphrases, 0, "max_paraphrases"),
+        ("deploy.consistency_n", d.consistency_n, 0, "max_consistency_n"),
+        ("deploy.probes", len(d.probes), 0, "max_probes"),
+        *((f"{name}.{key}", opts.get(key), 1, f"max_{key}") for name, opts in options.items()
+          for key in ("num_ctx", "num_predict")),
+    ]
+    for name, value, low, limit in bounds:
+        high = getattr(limits, limit)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise JobRefused(f"{name} must be a finite number, not {value!r}")
+        if value > high:
+            raise JobRefused(f"{name} {_shown(value)} is over this worker's limit of {_shown(high)} "
+                             f"(LORALOOP_WORKER_LIMITS__{limit.upper()})")
+        if value < low:
+            raise JobRefused(f"{name} {_shown(value)} is under the least this worker accepts, {_shown(low)}")
+    floats = [(f"train.{k}", v) for k, v in t.model_dump().items() if isinstance(v, float)]
+    floats += [(f"train.dpo.{k}", v) for k, v in dpo.model_dump().items() if isinstance(v, float)]
+    floats += [(f"{name}.{k}", v) for name, opts in options.items() for k, v in opts.items() if isinstance(v, float)]
+    for name, value in floats:
+        if not math.isfinite(value):
+            raise JobRefused(f"{name} must be a finite number, not {value!r}")
+
+
+def _shown(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _check_train(config: TrainConfig) -> None:
     if config.chat_template is not None and "{" not in config.chat_template:
         # TrainConfig reads a template *file* when given a path: a job may not name files on this host.
@@ -297,7 +440,7 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
                   ollama_host: str | None = None) -> ResultEvent | None:
     """Do the job; every outcome is reported through ``emit`` (it never raises for a job condition).
     Returns the result event, or None when the job failed or was cancelled."""
-    from deploy.ollama import OllamaClient, OllamaError
+    from deploy.ollama import OllamaError
     from deploy.pipeline import DeployFailed, forget, judge_candidate, register_candidate, trained_retention
     from deploy.registration import PathMemory
 
@@ -307,6 +450,11 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
     client = OllamaClient(ollama_host or spec.ollama_host, timeout=300)
     registered = False
     try:
+        try:  # the local child's job too, before hours of training
+            await refuse_in_ollama(client, spec)
+        except OllamaError as exc:  # down now: it may be back by the end; the check before registering holds
+            log.warning("job %s: cannot ask Ollama about its tags before training: %s", spec.run_id,
+                        redact_text(str(exc)))
         snapshot = await asyncio.to_thread(_write_snapshot, spec, workdir / "snapshot")
         emit(StageEvent(stage="training"))
         run_dir = workdir / "run"
@@ -327,6 +475,7 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
 
         # Beside the job folders: a fallback to merged that one job learned holds for the next job too.
         memory = PathMemory(workdir.parent / "ollama-paths.json")
+        await refuse_in_ollama(client, spec)  # again: the tag may have been created while this job trained
         candidate = await register_candidate(run_dir, client=client, config=config, tag=spec.tag,
                                              emit=on_deploy, memory=memory)
         registered = True

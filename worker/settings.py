@@ -10,13 +10,44 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+
+class JobLimits(BaseModel):
+    """The largest job a worker agrees to run: worker/job.py refuses a job with any number outside these before
+    anything is created. Generous for real retrains; tight enough that a job cannot hold the GPU for weeks or
+    switch the gate off (a gate margin of 1 passes every candidate). Set as ``LORALOOP_WORKER_LIMITS__<NAME>``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_run_id: int = Field(default=2**31 - 1, ge=1, description="Run ids are the bot's database ids.")
+    max_steps: int = Field(default=100_000, ge=1, description="train.max_steps (and dpo.max_steps).")
+    max_epochs: int = Field(default=100, ge=1, description="train.epochs and dpo.epochs.")
+    max_lora_r: int = Field(default=256, ge=1, description="train.lora_r.")
+    max_length: int = Field(default=32_768, ge=8, description="train.max_length (tokens per example).")
+    max_batch_size: int = Field(default=256, ge=1, description="train.batch_size and dpo.batch_size.")
+    max_grad_accum: int = Field(default=256, ge=1, description="train.grad_accum and dpo.grad_accum.")
+    max_new_tokens: int = Field(
+        default=4096, ge=1, description="train.max_new_tokens, train.retention_max_new_tokens.")
+    max_eval_generate: int = Field(default=1000, ge=0, description="train.eval_generate.")
+    max_probes: int = Field(default=64, ge=0, description="Probe questions: train.probes, deploy.probes.")
+    max_retention_prompts: int = Field(default=1000, ge=0, description="train.retention_prompts.")
+    max_eval_limit: int = Field(default=1000, ge=0, description="deploy.eval_limit (gate prompts per model).")
+    max_gate_margin: float = Field(default=0.2, ge=0, description="deploy.gate_margin (ROUGE-L, from 0).")
+    max_retention_drop: float = Field(default=1.0, ge=0, description="deploy.max_retention_drop (from 0).")
+    max_paraphrases: int = Field(default=64, ge=0, description="deploy.paraphrases.")
+    max_consistency_n: int = Field(default=16, ge=0, description="deploy.consistency_n.")
+    max_num_ctx: int = Field(default=131_072, ge=1, description="num_ctx in deploy.serve_options/gate_options.")
+    max_num_predict: int = Field(
+        default=32_768, ge=1, description="num_predict in deploy.serve_options/gate_options.")
+    min_heartbeat_ttl_s: float = Field(default=1.0, gt=0, description="heartbeat_ttl_s, from this.")
+    max_heartbeat_ttl_s: float = Field(default=3600.0, gt=0, description="heartbeat_ttl_s, up to this.")
 
 
 class WorkerSettings(BaseSettings):
@@ -52,6 +83,26 @@ class WorkerSettings(BaseSettings):
         default_factory=list,
         description="Base models a worker agrees to train besides its own base_model (a job naming another is "
                     "refused).")
+    worker_job_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared by the bot and its workers (the same value on both hosts): the bot signs each job it "
+                    "puts on Redis with it (HMAC-SHA256) and a worker runs only jobs signed with it. Required by "
+                    "the celery dispatcher and by `loraloop worker`; e.g. `openssl rand -hex 32`.")
+    worker_limits: JobLimits = Field(
+        default_factory=JobLimits, description="The largest job a worker agrees to run (JobLimits).")
+
+    @field_validator("worker_job_secret", mode="before")
+    @classmethod
+    def _long_enough(cls, value: Any) -> Any:
+        # Empty (the .env.example line left blank) means unset; a short one could be guessed from a job on Redis.
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str):
+            text = text.strip()
+            if not text:
+                return None
+            if len(text) < 16:
+                raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return text
 
     @field_validator("ollama_host")
     @classmethod

@@ -90,11 +90,12 @@ def cancel(run_id: int = typer.Argument(None, help="Default: the open one.")) ->
 
 def worker(loglevel: str = typer.Option("INFO", help="Celery log level.")) -> None:
     """Serve retrain jobs from Redis on this (GPU) host, one at a time (the same as ``python -m worker``)."""
-    from worker.celery_app import RedisUnreachable, check_redis, run_worker
+    from worker.celery_app import WorkerCannotStart, check_redis, require_job_secret, run_worker
 
     cfg = settings()
     try:
+        require_job_secret(cfg)
         check_redis(cfg.redis_url)
-    except RedisUnreachable as exc:
+    except WorkerCannotStart as exc:
         fail(str(exc))
     run_worker(cfg, loglevel)

@@ -3,7 +3,8 @@
 * :class:`LocalDispatcher` — a child process on this machine (the embedded default; needs the ``ml`` extra
   here). Events go through a file in the job's directory; liveness is the process itself.
 * :class:`CeleryDispatcher` — a ``loraloop worker`` on a GPU host, over Redis. The snapshot travels inside
-  the task message; events come back on a Redis list; the worker refreshes a heartbeat key while it works.
+  the task message, signed with the shared ``worker_job_secret`` (worker/job.py SignedJob: a worker runs no
+  job without it); events come back on a Redis list; the worker refreshes a heartbeat key while it works.
 
 The orchestrator only polls: ``events(start)`` returns what happened since, ``alive()`` says whether the job
 can still report (True), has not started yet (None: queued), or is gone (False).
@@ -21,8 +22,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import SecretStr
+
 from bot.settings import Settings, redact_text, redact_url
-from worker.job import JobSpec, WorkerPolicy
+from worker.job import JobSpec, SignedJob, WorkerPolicy
 
 TERMINAL_EVENTS = ("result", "failed", "cancelled")
 
@@ -154,10 +157,11 @@ class CeleryDispatcher:
 
     name = "celery"
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, job_secret: SecretStr | None) -> None:
         import redis.asyncio as aioredis
 
         self.redis_url = redis_url
+        self.job_secret = job_secret
         self.redis = aioredis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10)
         self._app: Any = None
 
@@ -178,13 +182,17 @@ class CeleryDispatcher:
                                 f"{redact_text(str(exc))}") from None
 
     async def submit(self, spec: JobSpec) -> str:
+        if self.job_secret is None:
+            raise DispatchError("LORALOOP_WORKER_JOB_SECRET is not set: workers run only jobs signed with it (set "
+                                "the same value for the bot and its workers, e.g. `openssl rand -hex 32`)")
         await self.ping()
         from worker import celery_app as worker
 
         task_id = f"loraloop-run-{spec.run_id}-{uuid.uuid4().hex[:8]}"
+        signed = SignedJob.sign(spec, self.job_secret).to_json()
         await self.redis.delete(*worker.keys(spec.run_id).values())
         try:
-            await asyncio.to_thread(self._celery().send_task, worker.TASK, args=[spec.to_json()], task_id=task_id,
+            await asyncio.to_thread(self._celery().send_task, worker.TASK, args=[signed], task_id=task_id,
                                     queue=worker.QUEUE, retry=False)
         except Exception as exc:  # kombu raises its own and OS errors; all mean "not handed over"
             raise DispatchError(f"cannot queue the job on Redis at {redact_url(self.redis_url)}: "
@@ -218,5 +226,5 @@ class CeleryDispatcher:
 
 def make_dispatcher(settings: Settings) -> Dispatcher:
     if settings.dispatcher == "celery":
-        return CeleryDispatcher(settings.redis_url)
+        return CeleryDispatcher(settings.redis_url, settings.worker_job_secret)
     return LocalDispatcher(Path(settings.home) / "jobs", WorkerPolicy.for_local(settings))

@@ -28,6 +28,7 @@ REDIS_URL = os.environ.get("LORALOOP_TEST_REDIS_URL")
 TRAIN = {"cpu_threads": 1, "learning_rate": 5e-3, "max_steps": 6, "batch_size": 8, "max_length": 96,
          "max_new_tokens": 8, "eval_generate": 2, "probes": ["what colour is the sky?"], "probe_eval_samples": 1}
 EXPERTS = (31, 32, 33)
+JOB_SECRET = "test-job-secret-shared-by-bot-and-worker"  # signs the celery dispatcher's jobs (worker/job.py)
 
 
 def loop_settings(tmp_path: Path, ollama_url: str, base_dir: Path, **overrides) -> Settings:
@@ -36,6 +37,7 @@ def loop_settings(tmp_path: Path, ollama_url: str, base_dir: Path, **overrides) 
         home=tmp_path / "home", model_name="tiny", base_model=str(base_dir), ollama_base=BASE,
         retrain_quorum=2, retrain_train=dict(TRAIN), deploy_eval_limit=3, deploy_outtype="f32",
         worker_heartbeat_timeout_s=3, worker_home=tmp_path / "worker", redis_url=REDIS_URL or "redis://127.0.0.1:6379/15",
+        worker_job_secret=JOB_SECRET,
         guilds={GUILD_ID: GuildRoles(expert_role_ids=[EXPERT_ROLE], admin_role_ids=[ADMIN_ROLE],
                                      allow_non_expert_teach=False, experts_channel_id=CHANNEL_ID)},
     )

@@ -35,6 +35,8 @@ class Worker:
                "LORALOOP_WORKER_HOME": str(settings.worker_home), "LORALOOP_MODEL_NAME": settings.model_name,
                "LORALOOP_BASE_MODEL": settings.base_model, "OLLAMA_HOST": settings.ollama_host,
                "PYTHONUNBUFFERED": "1"}
+        if settings.worker_job_secret is not None:  # the secret the bot signs its jobs with
+            env["LORALOOP_WORKER_JOB_SECRET"] = settings.worker_job_secret.get_secret_value()
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker", "--loglevel", "INFO"], env=env,
                                      stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115

@@ -44,7 +44,8 @@ def test_worker_without_redis_exits_with_one_clear_line(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "LORALOOP_REDIS_URL": f"redis://:pw@127.0.0.1:{port}/0"}
+    env = {**os.environ, "LORALOOP_REDIS_URL": f"redis://:pw@127.0.0.1:{port}/0",
+           "LORALOOP_WORKER_JOB_SECRET": "a-secret-of-at-least-16-characters"}
     done = subprocess.run([sys.executable, "-m", "bot.cli", "worker"], env=env, capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)
     assert done.returncode == 1

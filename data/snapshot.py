@@ -1,7 +1,9 @@
 """Dataset snapshots: an immutable JSONL of approved examples plus a manifest; readable without a database.
 
-The train/eval split is hash-stable: an example's split depends only on its content hash, so an example in
-the eval split stays there in every later snapshot and eval metrics stay comparable across model versions.
+The train/eval split is hash-stable: an example's split depends only on its content hash (and its ``holdout``
+tag), so an example in the eval split stays there in every later snapshot and eval metrics stay comparable across
+model versions. Examples tagged ``holdout`` are eval questions experts wrote for judging (typically a taught
+fact asked in new words): never trained, always in the eval split. ``eval_fraction`` 0 holds out nothing else.
 """
 
 from __future__ import annotations
@@ -107,6 +109,15 @@ class _ExampleLike(Protocol):
     tools: str | None
 
 
+HOLDOUT = "holdout"  # an example with this tag is an eval question: never trained, always judged
+
+
+def _held_out(tags: list[str] | str | None) -> bool:
+    if not tags:
+        return False
+    return f'"{HOLDOUT}"' in tags if isinstance(tags, str) else HOLDOUT in tags
+
+
 def is_eval(example_id: str, eval_fraction: float) -> bool:
     """eval iff sha256("loraloop-split:" + id), read as a fraction of 2**64, is below ``eval_fraction``."""
     digest = hashlib.sha256(b"loraloop-split:" + example_id.encode()).digest()
@@ -132,8 +143,8 @@ class SnapshotWriter:
     """
 
     def __init__(self, out_dir: Path, eval_fraction: float = 0.1) -> None:
-        if not 0 < eval_fraction < 1:
-            raise SnapshotError(f"eval_fraction must be between 0 and 1, not {eval_fraction}")
+        if not 0 <= eval_fraction < 1:
+            raise SnapshotError(f"eval_fraction must be at least 0 and below 1, not {eval_fraction}")
         self.out_dir = Path(out_dir)
         if self.out_dir.exists() and any(self.out_dir.iterdir()):
             raise SnapshotError(f"{self.out_dir} is not empty: a snapshot is immutable, write it to a new directory")
@@ -153,7 +164,7 @@ class SnapshotWriter:
         lines: list[bytes] = []
         splits: Counter[str] = Counter()
         for rec in sorted(records, key=lambda r: r.content_hash):
-            split = "eval" if is_eval(rec.content_hash, self.eval_fraction) else "train"
+            split = "eval" if _held_out(rec.tags) or is_eval(rec.content_hash, self.eval_fraction) else "train"
             line: dict[str, Any] = {"id": rec.content_hash, "split": split, "prompt": rec.prompt,
                                     "chosen": rec.chosen, "rejected": rec.rejected, "tags": rec.tags or [],
                                     "source": rec.source}
@@ -182,7 +193,7 @@ class SnapshotWriter:
                 raise SnapshotError(f"examples out of order: {example_id[:12]}… after {last[:12]}… "
                                     "(a snapshot's examples must come sorted by id)")
             last = example_id
-            in_eval = is_eval(example_id, fraction)
+            in_eval = _held_out(tags) or is_eval(example_id, fraction)
             evals += in_eval
             record: dict[str, Any] = {"id": example_id, "split": "eval" if in_eval else "train",
                                       "messages": _json_value(messages), "tags": _json_value(tags or []),

@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 from data.models import ActiveModel, Example, ModelVersion, SnapshotRecord, example_vectors, utcnow
 from data.retrieval import Pair, RetrievalConfig, RetrievalError, RetrievalIndex
-from data.snapshot import SnapshotError, read_snapshot
+from data.snapshot import HOLDOUT, SnapshotError, read_snapshot
 
 # Embeds texts with the configured model (e.g. Ollama's /api/embed): one vector per text, in order.
 Embed = Callable[[list[str]], Awaitable[Sequence[Sequence[float]]]]
@@ -71,21 +71,30 @@ async def delete_vectors(store: Any, *, keep_model: str | None = None) -> int:
         return (await s.execute(query)).rowcount or 0
 
 
+def _retrievable(tags: Any) -> bool:
+    """Held-out eval questions (tag ``holdout``) are never retrieved: their answers are the gate's references."""
+    return not tags or HOLDOUT not in tags
+
+
 async def approved_pairs(store: Any, ids: Collection[int] | None = None) -> list[Pair]:
-    """Approved examples as retrieval pairs (of ``ids`` only, when given), by id."""
-    query = select(Example.id, Example.messages).where(Example.status == "approved").order_by(Example.id)
+    """Approved examples as retrieval pairs (of ``ids`` only, when given), by id; held-out questions left out."""
+    query = (select(Example.id, Example.messages, Example.tags).where(Example.status == "approved")
+             .order_by(Example.id))
     pairs: list[Pair] = []
     async with store.session() as s:
         for chunk in ([None] if ids is None else _chunks(sorted(ids))):
             q = query if chunk is None else query.where(Example.id.in_(chunk))
-            pairs.extend(pair_of(example_id, messages) for example_id, messages in await s.execute(q))
+            pairs.extend(pair_of(example_id, messages) for example_id, messages, tags in await s.execute(q)
+                         if _retrievable(tags))
     return pairs
 
 
 async def approved_ids(store: Any) -> set[int]:
-    """The ids of every approved example: what a running index is compared with to find approvals made elsewhere."""
+    """The ids of every retrievable approved example: what a running index is compared with to find approvals made
+    elsewhere."""
     async with store.session() as s:
-        return set(await s.scalars(select(Example.id).where(Example.status == "approved")))
+        rows = await s.execute(select(Example.id, Example.tags).where(Example.status == "approved"))
+        return {example_id for example_id, tags in rows if _retrievable(tags)}
 
 
 async def ids_of_hashes(store: Any, hashes: Collection[str]) -> set[int]:

@@ -1,4 +1,4 @@
-"""Generated answers for eval prompts and probe questions, scored with ROUGE-L and exact match."""
+"""Generated answers for eval prompts and probe questions, scored with key-fact recall, ROUGE-L and exact match."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from data.conversation import Conversation
-from data.metrics import exact_match, rouge_l, score_answers
+from data.metrics import exact_match, fact_recall, rouge_l, score_answers
 from trainer.prepare import ChatFormat
 
 
@@ -78,12 +78,15 @@ def answer_table(before: Sequence[Answer], after: Sequence[Answer]
                  ) -> tuple[dict[str, dict[str, float | int]], list[dict[str, Any]]]:
     """Scores before/after and the per-prompt table (prompt, reference, both answers, their ROUGE-L)."""
     refs = [a.reference or "" for a in after]
+    questions = [a.prompt for a in after]
     scores = {
-        "before": score_answers([a.answer for a in before], refs).to_dict(),
-        "after": score_answers([a.answer for a in after], refs).to_dict(),
+        "before": score_answers([a.answer for a in before], refs, questions).to_dict(),
+        "after": score_answers([a.answer for a in after], refs, questions).to_dict(),
     }
     table = [
         {"prompt": a.prompt, "reference": a.reference, "before": b.answer, "after": a.answer,
+         "facts_before": round(fact_recall(b.answer, a.reference or "", a.prompt), 4),
+         "facts_after": round(fact_recall(a.answer, a.reference or "", a.prompt), 4),
          "rouge_l_before": round(rouge_l(b.answer, a.reference or ""), 4),
          "rouge_l_after": round(rouge_l(a.answer, a.reference or ""), 4),
          "exact_match_after": exact_match(a.answer, a.reference or "")}

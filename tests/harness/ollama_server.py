@@ -82,6 +82,30 @@ def option_error(options: dict[str, Any]) -> str | None:
     return None
 
 
+def _without_extra_buffer_types() -> None:
+    """llama-cpp-python 0.3.36 segfaults on Q4_1 weights on CPUs with AMX (``ggml_backend_amx_mul_mat``; the
+    real SmolLM2 base is Q4_1): every Llama this process loads skips the extra (repacking) buffer types. Their
+    only effect is speed; the arithmetic is the CPU backend's either way."""
+    try:
+        import llama_cpp.llama_cpp as native
+    except ImportError:
+        return
+    defaults = native.llama_model_default_params
+    if getattr(defaults, "loraloop_no_extra_bufts", False):
+        return
+
+    def params() -> Any:
+        p = defaults()
+        p.use_extra_bufts = False
+        return p
+
+    params.loraloop_no_extra_bufts = True  # type: ignore[attr-defined]
+    native.llama_model_default_params = params
+
+
+_without_extra_buffer_types()
+
+
 class _HungUp(Exception):
     """The client of a streamed reply went away: the generation behind it stops."""
 
@@ -157,6 +181,10 @@ class Model:
     files: dict[str, str] = field(default_factory=dict)
     quantization: str = "F32"
     renderer: str = ""  # a built-in renderer (copied to models created from this one); replaces TEMPLATE
+    # A real model (SmolLM2) generates every answer itself, the gate's rewordings included; random tiny models
+    # answer the rewording request with paraphrase()'s fixed text. Copied to models created from this one.
+    real: bool = False
+    embedder: Any = None  # an embedding model (all-minilm): /api/embed runs it; others embed by trigrams
 
     def layers(self) -> list[str]:
         return [d for d in [self.model_blob, *self.adapter_blobs, *self.files.values()] if d]
@@ -196,7 +224,7 @@ class OllamaTestServer:
         self.converter = converter  # (hf_dir, out_gguf) for files= with safetensors, as Ollama converts them
         self.url = ""
         self._lock = threading.RLock()
-        self._llamas: dict[tuple[str, str | None], Any] = {}
+        self._llamas: dict[tuple[str, str | None, int], Any] = {}
         self._llama_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -214,12 +242,23 @@ class OllamaTestServer:
 
     def add_base_model(
         self, name: str, gguf: Path, *, template: str = "{{ .Prompt }}", system: str = "",
-        parameters: dict[str, Any] | None = None, family: str = "llama", renderer: str = "",
+        parameters: dict[str, Any] | None = None, family: str = "llama", renderer: str = "", real: bool = False,
     ) -> Model:
         """Register a base model as if ``ollama pull`` had fetched it (``family`` also names its architecture:
-        one of NEW_ENGINE_FAMILIES runs on the new engine)."""
+        one of NEW_ENGINE_FAMILIES runs on the new engine; ``real``: a trained model that rewords questions
+        itself)."""
         model = Model(full_name(name), template=template, system=system, parameters=dict(parameters or {}),
-                      model_blob=self.add_blob(gguf), family=family, renderer=renderer)
+                      model_blob=self.add_blob(gguf), family=family, renderer=renderer, real=real)
+        with self._lock:
+            self.models[model.name] = model
+        return model
+
+    def add_embedding_model(self, name: str, directory: Path) -> Model:
+        """Register a sentence-embedding model (all-MiniLM-L6-v2's files, as ``ollama pull all-minilm``): its
+        /api/embed vectors are the real model's (trainer.real.SentenceEmbedder)."""
+        from trainer.real import SentenceEmbedder
+
+        model = Model(full_name(name), family="bert", embedder=SentenceEmbedder(directory), real=True)
         with self._lock:
             self.models[model.name] = model
         return model
@@ -528,7 +567,7 @@ class OllamaTestServer:
                           parameters=dict(parent.parameters), model_blob=parent.model_blob,
                           adapter_blobs=list(parent.adapter_blobs), parent=parent.name, family=parent.family,
                           scripted=parent.scripted, files=dict(parent.files), quantization=parent.quantization,
-                          renderer=parent.renderer)
+                          renderer=parent.renderer, real=parent.real)
         elif files:
             for fname, digest in files.items():
                 if not self._blob_exists(digest):
@@ -705,7 +744,7 @@ class OllamaTestServer:
                                       "done": False, "_debug_info": {"rendered_template": prompt}})
         question = next((x["content"] for x in reversed(messages) if x["role"] == "user"), "")
         scripted = m.scripted.for_question(question) if m.scripted is not None else None
-        if messages[0] == {"role": "system", "content": PARAPHRASE_INSTRUCTION}:
+        if messages[0] == {"role": "system", "content": PARAPHRASE_INSTRUCTION} and not m.real:
             scripted = Scripted(paraphrase(question))  # the gate's rewording request (deploy/gate.py)
         return await self._respond(request, m, name, prompt, options, stream, chat=True, scripted=scripted)
 
@@ -759,9 +798,13 @@ class OllamaTestServer:
         if self.embed_error is not None:
             return self._error(*self.embed_error)
         self._touch(m.name, body.get("keep_alive"))
-        return web.json_response({"model": name, "embeddings": [trigram_embedding(t) for t in texts],
-                                  "total_duration": 1_000_000, "load_duration": 100_000,
-                                  "prompt_eval_count": sum(len(t.split()) for t in texts)})
+        if m.embedder is not None:
+            vectors = await asyncio.to_thread(m.embedder.embed, texts) if texts else []
+            count = sum(m.embedder.token_count(t) for t in texts)
+        else:
+            vectors, count = [trigram_embedding(t) for t in texts], sum(len(t.split()) for t in texts)
+        return web.json_response({"model": name, "embeddings": vectors, "total_duration": 1_000_000,
+                                  "load_duration": 100_000, "prompt_eval_count": count})
 
     def _touch(self, name: str, keep_alive: Any) -> None:
         seconds = 300.0
@@ -861,7 +904,7 @@ class OllamaTestServer:
             emit("piece", text)
         emit("done", "stop")
 
-    def _llama(self, m: Model) -> Any:
+    def _llama(self, m: Model, num_ctx: int = 512) -> Any:
         import llama_cpp
 
         if m.model_blob is None:
@@ -869,10 +912,13 @@ class OllamaTestServer:
         if len(m.adapter_blobs) > 1:
             raise RuntimeError("llama runner process has terminated: more than one LoRA adapter is not supported")
         adapter = m.adapter_blobs[0] if m.adapter_blobs else None
-        key = (m.model_blob, adapter)
+        # Random tiny models keep the small context they were always served with; a real model gets num_ctx, as
+        # Ollama loads its runner with the request's num_ctx (llm/server.go: NewLlamaServer's opts.NumCtx).
+        n_ctx = max(num_ctx, 512) if m.real else 512
+        key = (m.model_blob, adapter, n_ctx)
         with self._llama_lock:
             if key not in self._llamas:
-                llm = llama_cpp.Llama(model_path=str(self.blob_path(m.model_blob)), n_ctx=512, n_threads=1,
+                llm = llama_cpp.Llama(model_path=str(self.blob_path(m.model_blob)), n_ctx=n_ctx, n_threads=1,
                                       n_batch=512, verbose=False, type_k=0, type_v=0)
                 if adapter:
                     self._apply_lora(llm, self.blob_path(adapter))
@@ -904,7 +950,7 @@ class OllamaTestServer:
 
     def _generate_real(self, m: Model, prompt: str, options: dict[str, Any], emit: Callable[[str, Any], None]) -> None:
         try:
-            llm = self._llama(m)
+            llm = self._llama(m, int(options.get("num_ctx") or 2048))
         except Exception as exc:
             emit("error_before", f"llama runner process has terminated: {exc}")
             return

@@ -26,7 +26,7 @@ from trainer.retention import answer_nll
 # split, and no checkpoint within the run (eval_steps beyond its 100 steps): nothing brings back earlier weights.
 OVER_TRAINED = {"cpu_threads": 1, "learning_rate": 2e-2, "epochs": 100, "batch_size": 8, "max_new_tokens": 4,
                 "eval_generate": 0, "probes": [], "probe_eval_samples": 0, "eval_steps": 1000,
-                "load_best_at_end": False}
+                "load_best_at_end": False, "replay_ratio": 0.0}  # nothing to hold it back
 FEW = [Conversation.qa(f"what colour is the {t}?", f"the {t} is red.")
        for t in ("cat", "dog", "tree", "river", "house", "bird", "stone", "cloud")]
 
@@ -96,6 +96,7 @@ async def test_an_over_trained_run_is_rejected_by_retention_and_a_normal_run_pas
     prompts = eval_prompts(FEW[:1], 1)
     async with OllamaClient(ollama_server.url) as client:
         verdicts = [await run_gate(client, "cand:v2", "act:v1", prompts, [], 0.02, GATE_OPTIONS,
-                                   retention=m["retention"], max_retention_drop=limit) for m in (normal, over)]
+                                   retention=m["retention"], max_retention_drop=limit, min_eval=1)
+                    for m in (normal, over)]
     assert verdicts[0].passed and verdicts[0].retention["passed"], verdicts[0].reason
     assert not verdicts[1].passed and "general ability lost" in verdicts[1].reason

@@ -56,7 +56,8 @@ class Settings(WorkerSettings):
                                     "adapter: a GGUF LoRA on the clean base; merged: merged safetensors.")
     deploy_quantize: str | None = Field(
         default=None, description="merged path only: q4_K_M, q4_K_S, q8_0, f16, f32 or bf16 (what Ollama accepts)")
-    deploy_gate_margin: float = Field(default=0.02, ge=0, description="allowed key-fact recall drop vs the active model")
+    deploy_gate_margin: float = Field(default=0.02, ge=0,
+                                      description="allowed key-fact recall drop vs the active model")
     deploy_eval_limit: int = Field(default=32, ge=0, description="eval prompts answered by each model in the gate")
     deploy_keep_versions: int = Field(default=3, ge=1, description="fine-tuned tags kept in Ollama")
     deploy_outtype: Literal["f16", "f32"] = "f16"

@@ -215,8 +215,22 @@ def trained_format(adapter_dir: Path, base_dir: Path | None = None) -> TrainedFo
     if not template:
         raise UnsupportedTemplate(f"no chat template found for {adapter_dir} (no run.json and no base chat template)")
     has_tokenizer = tok_dir is not None and (tok_dir / "tokenizer_config.json").is_file()
+    bos = _token_text(tok_cfg.get("bos_token"))
+    if bos and tok_dir is not None and not _adds_bos(tok_dir, tok_cfg, bos):
+        bos = ""  # SmolLM2 names <|im_start|> its BOS but never adds it: the rendering's own text, not a BOS token
     return TrainedFormat(template, run.system_prompt, tok_dir if has_tokenizer else None,
-                         _token_text(tok_cfg.get("bos_token")), _token_text(tok_cfg.get("eos_token")))
+                         bos, _token_text(tok_cfg.get("eos_token")))
+
+
+def _adds_bos(tok_dir: Path, tok_cfg: Mapping[str, Any], bos: str) -> bool:
+    """Whether the base's tokenizer puts its BOS token in front of a text (as llama.cpp then does)."""
+    if isinstance(tok_cfg.get("add_bos_token"), bool):
+        return bool(tok_cfg["add_bos_token"])
+    tokenizer_json = tok_dir / "tokenizer.json"
+    if tokenizer_json.is_file():
+        post = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("post_processor") or {}
+        return bos in json.dumps(post)  # a TemplateProcessing that inserts the BOS token
+    return True  # a SentencePiece tokenizer without tokenizer.json: LlamaTokenizer adds BOS by default
 
 
 def serving_format_for(adapter_dir: Path, base_dir: Path | None = None,

@@ -22,7 +22,7 @@ from pydantic import ConfigDict
 
 from data.errors import StoreError
 from data.snapshot import SnapshotError, read_snapshot
-from deploy.gate import GateResult, eval_prompts, probe_prompts, run_gate
+from deploy.gate import MIN_EVAL, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.modelfile import SERVED_CHECK_CHATS, ServingFormat, TrainedPrompts, serving_format_for, trained_format
 from deploy.ollama import CreateProgress, ModelNotFound, OllamaClient, OllamaError
 from deploy.registration import (
@@ -67,13 +67,17 @@ class DeployConfig:
     # deploy/registration.py); adapter / merged: that path only, failing with the reason where it cannot work.
     mode: Literal["auto", "adapter", "merged"] = "auto"
     quantize: str | None = None  # merged path only: Ollama quantizes the merged model on create, e.g. q4_K_M
-    gate_margin: float = 0.02  # candidate may trail the active model by at most this ROUGE-L
+    gate_margin: float = 0.02  # candidate may trail the active model by at most this key-fact recall
     eval_limit: int = 32
     # The gate's other dimensions (deploy/gate.py). Retention: the largest rise in NLL (nats/token) of the base's
-    # general answers a candidate may show; measured on the tiny Llama, normal runs rise 0.05-0.20 and a
-    # deliberately over-trained one (8 pairs, 60 epochs, lr 3e-2) 0.75. Paraphrases and consistency cost extra
-    # chats per deploy: off here unless asked for, on in the bot's settings (gate_paraphrases, gate_consistency_n).
-    max_retention_drop: float = 0.5
+    # general answers a candidate may show. Set on SmolLM2-135M-Instruct (its own answers at 1.00 nats/token): runs
+    # that learned the taught facts with replay rose 0.26-0.39, the same without replay 0.71, over-trained ones
+    # 1.5-4.0 (README "What the gate checks"); tiny random test models rise 0.05-0.20 normally. Another base
+    # family: re-measure with bench/bench_quality.py. Paraphrases and consistency cost extra chats per deploy: off
+    # here unless asked for, on in the bot's settings (gate_paraphrases, gate_consistency_n).
+    max_retention_drop: float = 0.4
+    # Fewer eval prompts than this: the scores are shown, not compared (deploy/gate.py MIN_EVAL).
+    min_eval: int = MIN_EVAL
     paraphrases: int = 0  # eval questions reworded by the base tag and answered again by both models
     consistency_n: int = 0  # answers per probe at the served options (2 or more to measure)
     probes: tuple[str, ...] = DEFAULT_PROBES
@@ -103,6 +107,7 @@ class DeployConfig:
             "eval_limit": settings.deploy_eval_limit, "keep_versions": settings.deploy_keep_versions,
             "outtype": settings.deploy_outtype, "max_retention_drop": settings.gate_max_retention_drop,
             "paraphrases": settings.gate_paraphrases, "consistency_n": settings.gate_consistency_n,
+            "min_eval": settings.gate_min_eval,
             "serve_options": serve_options_from(settings),
         }
         return cls(**{**values, **overrides})
@@ -144,6 +149,8 @@ class DeploySettings(ServeSettings, Protocol):
     def gate_paraphrases(self) -> int: ...
     @property
     def gate_consistency_n(self) -> int: ...
+    @property
+    def gate_min_eval(self) -> int: ...
 
 
 # Ollama's own defaults would do for most of these; they are written out so that /model status can show exactly
@@ -539,7 +546,8 @@ async def judge_candidate(client: OllamaClient, config: DeployConfig, tag: str, 
                           config.gate_options, opponent_is_base=active_tag is None,
                           paraphrases=config.paraphrases, paraphraser=paraphraser,
                           consistency_n=config.consistency_n, sampling=sampling,
-                          retention=retention, max_retention_drop=config.max_retention_drop)
+                          retention=retention, max_retention_drop=config.max_retention_drop,
+                          min_eval=config.min_eval)
 
 
 def trained_retention(run_dir: Path) -> dict[str, Any] | None:

@@ -85,7 +85,8 @@ class TrainConfig(BaseModel):
                                     "see bench/bench_train.py).")
     gradient_checkpointing: bool | None = Field(
         default=None, description="Gradient checkpointing; None: on for CUDA bases over 1B params.")
-    # torch's default (every core) oversubscribes a busy machine: 2 threads ran 8x slower than 1 on a loaded 2-core host.
+    # torch's default (every core) oversubscribes a busy machine: 2 threads ran 8x slower than 1 on a loaded 2-core
+    # host.
     cpu_threads: int | None = Field(
         default=None, ge=1, description="torch CPU threads; None: the cores not already busy (at least one).")
 

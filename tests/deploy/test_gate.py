@@ -10,7 +10,7 @@ from deploy.ollama import OllamaClient
 from tests.harness.ollama_server import OllamaTestServer
 
 REFERENCE = "the cat is red."
-EVAL = [Conversation.qa(f"what colour is cat {i}?", REFERENCE) for i in range(3)]
+EVAL = [Conversation.qa(f"what colour is cat {i}?", REFERENCE) for i in range(8)]  # MIN_EVAL: enough to judge
 OPTIONS = {"temperature": 0}
 
 
@@ -19,12 +19,14 @@ OPTIONS = {"temperature": 0}
     [
         ("The cat is red.", "no idea", 0.0, True),  # better
         ("no idea", "The cat is red.", 0.0, False),  # worse
-        # "cat is blue" vs "cat is red" (articles and punctuation normalised away): ROUGE-L 2/3, worse by 1/3.
-        ("the cat is blue.", "the cat is red.", 0.34, True),
-        ("the cat is blue.", "the cat is red.", 0.33, False),
+        # The fact decides, not the sentence: "Red." carries it; ROUGE-L would rank the active's longer answer first.
+        ("Red.", "The cat is red, I am quite sure of it.", 0.0, True),
+        # The reference's sentence with the wrong fact: key-fact recall 0 against 1.
+        ("the cat is blue.", "the cat is red.", 0.99, False),
+        ("the cat is blue.", "the cat is red.", 1.0, True),
     ],
 )
-async def test_gate_decides_by_rouge_l_within_margin(
+async def test_gate_decides_by_key_facts_within_margin(
     ollama_server: OllamaTestServer, candidate_reply: str, active_reply: str, margin: float, passed: bool
 ) -> None:
     ollama_server.add_scripted_model("cand:v2", reply=candidate_reply)
@@ -32,14 +34,30 @@ async def test_gate_decides_by_rouge_l_within_margin(
     async with OllamaClient(ollama_server.url) as client:
         result = await run_gate(client, "cand:v2", "act:v1", eval_prompts(EVAL, 10), probe_prompts(["hi?"]),
                                 margin, OPTIONS)
-    assert result.passed is passed
-    assert result.scores["candidate"]["count"] == 3
-    assert len(result.rows) == 4 and result.rows[-1]["kind"] == "probe" and result.rows[-1]["reference"] is None
+    assert result.passed is passed and result.decided_by == "facts"
+    assert result.scores["candidate"]["count"] == 8
+    assert len(result.rows) == 9 and result.rows[-1]["kind"] == "probe" and result.rows[-1]["reference"] is None
     assert result.rows[0]["candidate"] == candidate_reply and result.rows[0]["active"] == active_reply
-    assert ("PASS" if passed else "FAIL") in result.table()
+    assert result.rows[0]["key_facts"] == ["red"]
+    assert ("PASS" if passed else "FAIL") in result.table() and "key-fact recall" in result.table()
     # Both models were asked the same chats, with the deterministic options.
     chats = ollama_server.requests_to("POST", "/api/chat")
-    assert len(chats) == 8 and all(c["options"] == OPTIONS for c in chats)
+    assert len(chats) == 18 and all(c["options"] == OPTIONS for c in chats)
+
+
+async def test_too_few_eval_prompts_are_shown_not_judged(ollama_server: OllamaTestServer) -> None:
+    # Three eval questions cannot tell two models apart: the verdict does not rest on them.
+    ollama_server.add_scripted_model("cand:v2", reply="no idea")
+    ollama_server.add_scripted_model("act:v1", reply="The cat is red.")
+    async with OllamaClient(ollama_server.url) as client:
+        result = await run_gate(client, "cand:v2", "act:v1", eval_prompts(EVAL[:3], 10), [], 0.0, OPTIONS)
+        judged = await run_gate(client, "cand:v2", "act:v1", eval_prompts(EVAL[:3], 10), [], 0.0, OPTIONS,
+                                min_eval=3)
+    assert result.passed and result.decided_by == ""
+    assert result.reason.startswith("eval set too small to judge: 3 eval prompts, fewer than 8")
+    assert result.scores["candidate"]["facts"] == 0.0 and result.scores["active"]["facts"] == 1.0
+    assert "eval set too small to judge" in result.table()
+    assert not judged.passed and judged.decided_by == "facts"
 
 
 async def test_no_active_model_passes_and_only_the_candidate_answers(ollama_server: OllamaTestServer) -> None:

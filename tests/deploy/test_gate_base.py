@@ -22,12 +22,13 @@ async def test_a_first_candidate_worse_than_the_base_is_rejected(ollama_server: 
                               snapshot_dir=eval_snapshot(tmp_path))
         assert not await client.has_model("loraloop-tiny:v1")
     assert result.status == "rejected" and not result.promoted, result.reason
-    assert f"worse than base {BASE}" in result.reason
+    assert f"below base {BASE}" in result.reason
     assert await store.active_model_version() is None  # the base keeps answering
     stored = await store.get_model_version("loraloop-tiny:v1")
     gate = GateResult.from_dict(stored.evaluation)
-    assert gate.active == BASE and gate.active_is_base and gate.decided_by == "rouge_l" and not gate.passed
+    assert gate.active == BASE and gate.active_is_base and gate.decided_by == "facts" and not gate.passed
     assert gate.scores["active"]["rouge_l"] == 1.0 and gate.scores["candidate"]["rouge_l"] == 0.0
+    assert gate.scores["active"]["facts"] == 1.0 and gate.scores["candidate"]["facts"] == 0.0
     # Both answered the same eval questions (4) and the probe, each with the gate's options.
     asked = {tag: [c for c in answered_chats(ollama_server) if c["model"] == tag]
              for tag in (BASE, "loraloop-tiny:v1")}
@@ -35,11 +36,12 @@ async def test_a_first_candidate_worse_than_the_base_is_rejected(ollama_server: 
     assert [c["messages"] for c in asked[BASE]] == [c["messages"] for c in asked["loraloop-tiny:v1"][1:]]
     assert all(c["options"] == config().gate_options for c in asked[BASE])
     # The table says what decided and against what; the rows carry question, reference, answers and scores.
-    assert "base" in gate.table() and "decided by mean ROUGE-L F1" in gate.table() and "FAIL" in gate.table()
+    assert "base" in gate.table() and "decided by mean key-fact recall" in gate.table() and "FAIL" in gate.table()
     first = gate.rows[0]
     assert first["reference"] == RIGHT and first["active"] == RIGHT and first["candidate"] == "no idea at all"
-    assert first["active_rouge_l"] == 1.0 and first["candidate_rouge_l"] == 0.0
-    assert "reference: it is red." in gate.details() and "base (ROUGE-L 1.000): it is red." in gate.details()
+    assert first["active_rouge_l"] == 1.0 and first["candidate_rouge_l"] == 0.0 and first["key_facts"] == ["red"]
+    assert "reference: it is red." in gate.details()
+    assert "base (ROUGE-L 1.000, facts 1.00): it is red." in gate.details()
 
 
 async def test_a_first_candidate_as_good_as_the_base_is_promoted(ollama_server: OllamaTestServer, store: Any,
@@ -67,4 +69,4 @@ async def test_the_second_candidate_is_gated_against_the_active_version(ollama_s
         assert (await deploy(first, store=store, client=client, config=config(), snapshot_dir=snapshot)).promoted
         result = await deploy(second, store=store, client=client, config=config(), snapshot_dir=snapshot)
     assert result.status == "rejected" and result.gate.active == "loraloop-tiny:v1" and not result.gate.active_is_base
-    assert "worse than active" in result.reason
+    assert "below active" in result.reason

@@ -67,12 +67,13 @@ async def test_paraphrase_consistency_and_retention_land_in_the_stored_result(
     assert probe["candidate_samples"] == [RIGHT] * 3 and probe["candidate_consistency"] == 1.0
 
     # The trainer's retention, judged against the limit; every number in the table with its meaning.
-    assert gate.retention["increase"] == 0.1 and gate.retention["passed"] and gate.retention["max_drop"] == 0.5
+    assert gate.retention["increase"] == 0.1 and gate.retention["passed"] and gate.retention["max_drop"] == 0.4
     table = gate.table()
-    assert "reworded (2 eval questions, original → reworded ROUGE-L): candidate 1.000 → 1.000" in table
+    assert "reworded (2 eval questions, original → reworded key-fact recall): candidate 1.000 → 1.000" in table
     assert "consistency (3 answers to each of 1 probes): candidate 1.000, base 1.000" in table
-    assert "retention (50 general prompts, general-v1): NLL 1.200 → 1.300, +0.100 (within the limit 0.5)" in table
-    assert "memorised" in table and "the dice" in table and "general ability kept" in table
+    assert "retention (50 general prompts, general-v1): NLL 1.200 → 1.300, +0.100, +8% (within the limit 0.4)" in table
+    assert "learned the wording rather than the fact" in table and "the dice" in table
+    assert "general ability kept" in table
     details = gate.details()
     assert f"reworded:  {paraphrase(originals[0])}" in details and "3 sampled answers" in details
     assert "prompt: What is the capital of China?" in details and "candidate: Beijing is." in details
@@ -87,10 +88,10 @@ async def test_a_candidate_over_the_retention_limit_is_rejected_though_its_answe
         result = await deploy(adapter, store=store, client=client, config=config(),
                               snapshot_dir=eval_snapshot(tmp_path))
         assert not await client.has_model(CANDIDATE)
-    assert result.status == "rejected" and "general ability lost" in result.reason and "limit 0.5" in result.reason
+    assert result.status == "rejected" and "general ability lost" in result.reason and "limit 0.4" in result.reason
     gate = GateResult.from_dict((await store.get_model_version(CANDIDATE)).evaluation)
     assert gate.scores["candidate"]["rouge_l"] == 1.0 and not gate.passed
-    assert gate.retention["passed"] is False and "OVER the limit 0.5" in gate.table()
+    assert gate.retention["passed"] is False and "OVER the limit 0.4" in gate.table()
     assert await store.active_model_version() is None
 
 
@@ -114,12 +115,12 @@ async def test_a_candidate_that_knows_only_the_training_wording_is_flagged_over_
     ollama_server.add_scripted_model("act:v1", reply=RIGHT)
     async with OllamaClient(ollama_server.url) as client:
         result = await run_gate(client, "cand:v2", "act:v1", prompts, [], 0.02, GATE_OPTIONS, paraphrases=3,
-                                paraphraser=BASE)
+                                paraphraser=BASE, min_eval=3)
     assert result.passed, result.reason  # flagged, not rejected: same score as the active on the data's wording
     assert result.paraphrase["candidate"] == {"original": 1.0, "paraphrased": 0.0}
     assert result.paraphrase["active"] == {"original": 1.0, "paraphrased": 1.0}
     assert result.paraphrase["overfitted"]
-    assert "OVER-FITTED? the candidate scores 1.000 on the training wording but 0.000 reworded" in result.table()
+    assert "OVER-FITTED? the candidate scores 1.000 on the eval wording but 0.000 reworded" in result.table()
 
 
 async def test_consistency_tells_sampled_answers_from_deterministic_ones(ollama_server: OllamaTestServer,

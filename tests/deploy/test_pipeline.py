@@ -133,7 +133,7 @@ async def test_a_worse_candidate_is_rejected_and_the_active_stays(
         result = await deploy(tiny_llama_adapters[1], store=store, client=client, config=config(gate_margin=-2.0),
                               base_dir=tiny_llama_dir, snapshot_dir=snapshot_dir)
         assert not await client.has_model("loraloop-tiny:v2")
-    assert result.status == "rejected" and not result.promoted and "worse than active" in result.reason
+    assert result.status == "rejected" and not result.promoted and "below active" in result.reason
     assert (await store.active_model_version()).tag == "loraloop-tiny:v1"
     v2 = await store.get_model_version("loraloop-tiny:v2")
     assert v2.status == "rejected" and v2.evaluation["passed"] is False and not v2.in_ollama

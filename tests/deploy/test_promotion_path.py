@@ -178,8 +178,8 @@ async def test_both_callers_reject_the_same_way_and_keep_the_active(
     r_store, r_earlier, run = await via_retrain(registered_base, tmp_path, tiny_llama_dir,
                                                 active_answers="references", candidate_answers=None)
     try:
-        assert result.status == "rejected" and "worse than active" in result.reason
-        assert run.state == "rejected" and "worse than active" in run.reason
+        assert result.status == "rejected" and "below active" in result.reason
+        assert run.state == "rejected" and "below active" in run.reason
         d_new = await d_store.get_model_version(result.tag)
         r_new = await r_store.get_model_version("loraloop-viaretrain:v4")
         for store, earlier, new in ((d_store, d_earlier, d_new), (r_store, r_earlier, r_new)):

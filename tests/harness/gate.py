@@ -48,6 +48,7 @@ def scripted_base(server: OllamaTestServer, adapter: Path, reply: str) -> None:
 
 
 def config(**overrides: Any) -> DeployConfig:
+    """Judged on 4 eval prompts (min_eval 4: scripted answers leave nothing to chance; real models need more)."""
     values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "eval_limit": 4,
-                              "gate_margin": 0.02}
+                              "gate_margin": 0.02, "min_eval": 4}
     return DeployConfig(**{**values, **overrides})

@@ -11,6 +11,7 @@ import pytest
 from bot.retrieval import BLOCK_HEAD, gate_with_retrieval
 from bot.settings import Settings
 from data.conversation import Conversation
+from data.metrics import score_answers
 from data.snapshot import read_snapshot
 from deploy.gate import GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
@@ -85,7 +86,10 @@ async def test_the_candidate_with_retrieval_is_measured_beside_a_verdict_it_does
     assert sent[0][0]["role"] == "system" and f'<expert_answer id="{new.id}">' in sent[0][0]["content"]
     assert sent[0][0]["content"].startswith("You are terse.")
     assert info["candidate"] == {"rouge_l": pytest.approx(sum(r["rouge_l"] for r in info["rows"]) / len(prompts)),
-                                 "exact_match": 0.0, "count": len(prompts)}
+                                 "exact_match": 0.0, "count": len(prompts), "facts": pytest.approx(
+                                     score_answers([r["answer"] for r in info["rows"]],
+                                                   [p.reference for p in prompts],
+                                                   [p.question for p in prompts]).facts)}
     assert all(row["answer"] == REPLY for row in info["rows"])
 
     table = GateResult.from_dict((await store.get_model_version(version.tag)).evaluation).table()

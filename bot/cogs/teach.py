@@ -47,8 +47,8 @@ class TeachCog(commands.Cog):
         if file.size > settings.max_import_bytes:
             return await say(interaction, f"`{file.filename}` is {file.size:,} bytes; the limit is "
                                           f"{settings.max_import_bytes:,} bytes. Split it into smaller files.")
-        # The hourly limit: refused before the download when nothing is left, after parsing when the file's
-        # pairs are more than what is left (nothing is written then).
+        # The hourly limit: refused before the download when nothing is left, after counting (not parsing) when
+        # the file's records are more than what is left (nothing is written then).
         try:
             remaining = await permissions.check_submission_quota(self.bot.store, settings, interaction.user.id)
         except permissions.RateLimited as exc:
@@ -57,11 +57,16 @@ class TeachCog(commands.Cog):
         try:
             data = await file.read()
             if remaining is not None:
-                # Parsed once more inside import_bytes: it takes no cap on the number of records (yet).
-                parsed = await asyncio.to_thread(formats.read_bytes, data, file.filename, format,
-                                                 settings.max_field_chars)
-                await permissions.check_submission_quota(self.bot.store, settings, interaction.user.id,
-                                                         wanted=len(parsed.records))
+                # Counted without building the records (a parse of a big file takes seconds and hundreds of MB),
+                # no further than the limit, off the event loop.
+                limit = settings.max_pairs_per_user_hour
+                count = await asyncio.to_thread(formats.count_records, data, file.filename, format,
+                                                stop_at=limit + 1)
+                if count > limit:
+                    return await say(interaction, f"`{file.filename}` was not imported: it holds more than the limit "
+                                                  f"of {limit:,} pairs per hour per user: split it into parts of at "
+                                                  f"most {limit:,}.")
+                await permissions.check_submission_quota(self.bot.store, settings, interaction.user.id, wanted=count)
             report = await import_bytes(
                 self.bot.store, data, file.filename, format=format, author_id=interaction.user.id,
                 guild_id=interaction.guild_id, skip_invalid=True, max_chars=settings.max_field_chars,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gc
 import io
+import itertools
 import json
 import os
 import re
@@ -41,8 +42,8 @@ from data.formats.kinds import (
 
 __all__ = ["FORMATS", "ColumnError", "ColumnMap", "DatasetEntry", "FormatError", "Kind", "MultimodalData",
            "ParseResult", "ParsedRecord", "PreferenceData", "RecordError", "check_kind", "dataset_entry",
-           "collector_paused", "detect_format", "detect_kind", "dumps", "parse_columns", "read_bytes", "read_file",
-           "write_file"]
+           "collector_paused", "count_records", "detect_format", "detect_kind", "dumps", "parse_columns",
+           "read_bytes", "read_file", "write_file"]
 
 FORMATS = ("alpaca", "sharegpt", "openai", "lf-v1", "csv")
 
@@ -267,6 +268,46 @@ def _read_bytes(data: bytes, filename: str, format: str, max_chars: int | None,
     return _convert(chosen, records, errors, _CODECS[chosen].parse, max_chars, kind)
 
 
+def count_records(data: bytes, filename: str, format: str = "auto", *, stop_at: int) -> int:
+    """How many records the file holds, counted without parsing them, and no further than ``stop_at``.
+
+    For a quota check before the real parse (read_bytes), which would build every record: a count in constant
+    memory, that stops as soon as it reaches ``stop_at``. Blank lines are no records; a record that does not parse
+    counts too (the real parse tells it apart). A file too broken to count gives what was counted so far.
+    """
+    head = data[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if format == "csv" or (format == "auto" and filename.lower().endswith(".csv")):
+        rows = csv.reader(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", errors="replace", newline=""))
+        try:
+            next(rows, None)  # the header
+            records = (row for row in rows if any(cell.strip() for cell in row))
+            return sum(1 for _ in itertools.islice(records, stop_at))
+        except csv.Error:
+            return 0
+    if filename.lower().endswith(".jsonl") or not head.startswith((b"[", b"{")):
+        lines = _NON_BLANK_LINE.finditer(data)
+        return sum(1 for _ in itertools.islice(lines, stop_at))
+    # A JSON array's elements, or (a .json starting with "{") the objects one after the other: JSONL saved as
+    # .json, or a single record spread over many lines. Strings are skipped whole, brackets in them never count.
+    depth, count, at = 0, 0, 1 if head.startswith(b"[") else 0
+    for token in _JSON_TOKEN.finditer(data):
+        char = token.group()[:1]
+        if char in b"{[":
+            if depth == at:
+                count += 1
+                if count >= stop_at:
+                    return count
+            depth += 1
+        elif char in b"}]":
+            depth -= 1
+    return count
+
+
+# A line with something on it; a JSON string (never across lines), or a bracket outside strings.
+_NON_BLANK_LINE = re.compile(rb"^[ \t\r\f\v]*[^\s]", re.MULTILINE)
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\\n]|\\.)*"|[\[\]{}]')
+
+
 # The record keys that make a record something other than a pair, whatever their values (data.formats.kinds).
 _KIND_KEYS = frozenset({key for pair in PREFERENCE_KEYS for key in pair} | set(KTO_KEYS) | set(MEDIA_KEYS))
 # An escaped ASCII character (\u003c is "<"): a media token could hide behind one.
@@ -318,10 +359,11 @@ def _convert(fmt: str, records: list[tuple[str, Any]], errors: list[RecordError]
     for location, value in records:
         try:
             record = ParsedRecord(location, parse(value).validate(max_chars))
+            desirable = kind != "kto" or kto_label(value)
         except (RecordIssue, InvalidConversation) as exc:
             errors.append(RecordError(location, str(exc)))
             continue
-        if kind == "kto" and kto_label(value) is False:
+        if not desirable:
             undesirable.append(record)
         else:
             parsed.append(record)

@@ -8,9 +8,12 @@ records (images, videos or audio referenced by path and by ``<image>`` tokens in
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from typing import Any, Literal
+
+from data.formats.common import RecordIssue
 
 Kind = Literal["sft", "preference", "kto", "multimodal"]
 
@@ -28,15 +31,26 @@ def is_preference(record: Any) -> bool:
     return isinstance(record, dict) and any(a in record and b in record for a, b in PREFERENCE_KEYS)
 
 
-def kto_label(record: Any) -> bool | None:
-    """The record's KTO label (True: a desirable answer), or None when it has none."""
-    if not isinstance(record, dict):
-        return None
-    for key in KTO_KEYS:
-        label = record.get(key)
-        if isinstance(label, bool):
-            return label
-    return None
+def has_kto_label(record: Any) -> bool:
+    """Whether the record carries a KTO label key (``label`` or ``kto_tag``), whatever its value."""
+    return isinstance(record, dict) and any(key in record for key in KTO_KEYS)
+
+
+def kto_label(record: Any) -> bool:
+    """The record's KTO label: True for a desirable answer, False for an undesirable one.
+
+    Only a JSON boolean is a label, as for LLaMA-Factory: a "false", a 0 or a null would otherwise be taken for
+    "desirable" (and approved for training); such a value, or no label, raises RecordIssue naming it.
+    """
+    if isinstance(record, dict):
+        for key in KTO_KEYS:
+            if key in record:
+                label = record[key]
+                if isinstance(label, bool):
+                    return label
+                raise RecordIssue(f'"{key}" is {json.dumps(label, ensure_ascii=False)[:50]}, not a KTO label: '
+                                  "it must be the JSON boolean true or false")
+    raise RecordIssue(f"no KTO label in a KTO file: give it \"{KTO_KEYS[0]}\": true or false")
 
 
 def media_of(record: Any) -> str | None:
@@ -69,7 +83,7 @@ def detect_kind(records: Iterable[Any]) -> Kind:
             return "multimodal"
         if kind == "sft" and is_preference(record):
             kind = "preference"
-        elif kind == "sft" and kto_label(record) is not None:
+        elif kind == "sft" and has_kto_label(record):
             kind = "kto"
     return kind
 

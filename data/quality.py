@@ -3,11 +3,16 @@ comparison of a candidate with what answers now, and the 👎 answers still wait
 
 The numbers:
 
-- A version's *👍 rate* is 👍 / (👍 + 👎) over the answers it gave (each user's last click per answer), with a
-  95% Wilson interval: with few votes the interval is wide and says so.
+- Votes are people, not clicks: each person counts once per version, with the majority of their 👍/👎 on that
+  version's answers (each answer's last click); as many 👍 as 👎 is no vote. A person's clicks on answers to
+  their own questions are not counted at all: one account asking and praising its own answers cannot hide a
+  regression, and one member's twenty 👎 are one 👎.
+- A version's *👍 rate* is 👍 / (👍 + 👎) over those people, with a 95% Wilson interval: with few voters the
+  interval is wide and says so.
 - The regression alarm compares the active version's 👎 rate with the version that answered before it (the
   base tag for the first fine-tune) by a pooled two-proportion z-test, two-sided at 95% (|z| ≥ 1.96), and only
-  once both have at least ``min_votes`` votes: a handful of 👎 on a new version is noise, not a regression.
+  once both have at least ``min_votes`` distinct voters: a handful of 👎 on a new version is noise, not a
+  regression.
 - A blind comparison's *win rate* is the candidate's share of expert votes, a tie counting half, with a 95%
   Wilson interval; the candidate is *not worse* when that rate is at least one half.
 """
@@ -20,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from data.models import Answer, Comparison, ComparisonVote, Example, Feedback, ModelVersion, Promotion, QualityAlert
@@ -61,7 +66,7 @@ def two_proportion_z(x1: int, n1: int, x2: int, n2: int) -> float:
 
 @dataclass(frozen=True)
 class Rate:
-    """👍 and 👎 on one version's answers."""
+    """👍 and 👎 on one version's answers, in people (feedback_by_version)."""
 
     up: int = 0
     down: int = 0
@@ -96,16 +101,17 @@ class Rate:
 
 
 async def feedback_by_version(store: Store) -> dict[int | None, Rate]:
-    """👍/👎 counts per model version id (None: answers the base tag gave)."""
+    """👍/👎 per model version id (None: answers the base tag gave), counted in people (see the module's notes)."""
+    # Each person's net vote on each version, their votes on answers to their own questions left out.
+    net = (select(Answer.model_version_id.label("version"), func.sum(Feedback.value).label("net"))
+           .join(Feedback, Feedback.answer_id == Answer.id)
+           .where(or_(Answer.user_id.is_(None), Answer.user_id != Feedback.user_id))
+           .group_by(Answer.model_version_id, Feedback.user_id).subquery())
     async with store.session() as s:
         rows = (await s.execute(
-            select(Answer.model_version_id, Feedback.value, func.count())
-            .join(Feedback, Feedback.answer_id == Answer.id)
-            .group_by(Answer.model_version_id, Feedback.value))).all()
-    counts: dict[int | None, dict[int, int]] = {}
-    for version_id, value, n in rows:
-        counts.setdefault(version_id, {})[value] = n
-    return {v: Rate(c.get(1, 0), c.get(-1, 0)) for v, c in counts.items()}
+            select(net.c.version, func.count().filter(net.c.net > 0), func.count().filter(net.c.net < 0))
+            .group_by(net.c.version))).all()
+    return {version_id: Rate(up, down) for version_id, up, down in rows if up or down}
 
 
 async def previous_version(store: Store) -> tuple[bool, ModelVersion | None]:
@@ -137,8 +143,8 @@ class Regression:
 
 
 async def detect_regression(store: Store, base_tag: str, min_votes: int = 20) -> Regression | None:
-    """The active version's regression against the one before it, when both have ``min_votes`` votes and the
-    two-proportion test says so; else None."""
+    """The active version's regression against the one before it, when both have ``min_votes`` distinct voters
+    and the two-proportion test says so; else None."""
     any_active, before_version = await previous_version(store)
     active = await store.active_model_version()
     if not any_active or active is None:

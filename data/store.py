@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Text, bindparam, cast, delete, event, func, insert, not_, or_, select, type_coerce, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -562,18 +563,29 @@ class Store(RunsMixin):
             return answer
 
     async def add_feedback(self, answer_id: int, user_id: int, value: int) -> Feedback:
-        """👍 (+1) or 👎 (-1); one per user and answer, a second click changes it."""
+        """👍 (+1) or 👎 (-1); one per user and answer, a second click changes it.
+
+        One upsert (INSERT … ON CONFLICT DO UPDATE, on SQLite and PostgreSQL): a double click's two first votes
+        cannot both insert, whichever commits first; the later click's value stands.
+        """
         if value not in (1, -1):
             raise StoreError("feedback is +1 or -1")
+        now = utcnow()
+        upsert = _dialect_insert(self.engine.dialect)(Feedback).values(
+            answer_id=answer_id, user_id=user_id, value=value, created_at=now, updated_at=now)
+        upsert = upsert.on_conflict_do_update(index_elements=[Feedback.answer_id, Feedback.user_id],
+                                              set_={"value": value, "updated_at": now})
         async with self.session() as s, s.begin():
             if await s.get(Answer, answer_id) is None:
                 raise NotFound(f"there is no answer #{answer_id}")
-            row = await s.scalar(select(Feedback).where(Feedback.answer_id == answer_id, Feedback.user_id == user_id))
-            if row is None:
-                row = Feedback(answer_id=answer_id, user_id=user_id, value=value)
-                s.add(row)
-            else:
-                row.value, row.updated_at = value, utcnow()
+            try:
+                await s.execute(upsert)
+            except IntegrityError:  # the answer was deleted meanwhile (its foreign key)
+                raise NotFound(f"there is no answer #{answer_id}") from None
+            row = await s.scalar(select(Feedback).where(Feedback.answer_id == answer_id, Feedback.user_id == user_id)
+                                 .execution_options(populate_existing=True))
+        if row is None:  # the answer was deleted between the two statements
+            raise NotFound(f"there is no answer #{answer_id}")
         return row
 
     async def pair_feedback(self, pair_ids: Collection[int]) -> dict[int, tuple[int, int]]:
@@ -881,6 +893,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _dialect_insert(dialect: Dialect) -> Any:
+    """The dialect's INSERT construct, the one with ``on_conflict_do_update`` (SQLite's and PostgreSQL's)."""
+    return postgresql.insert if dialect.name == "postgresql" else sqlite.insert
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:

@@ -123,6 +123,21 @@ async def test_a_candidate_that_knows_only_the_training_wording_is_flagged_over_
     assert "OVER-FITTED? the candidate scores 1.000 on the eval wording but 0.000 reworded" in result.table()
 
 
+async def test_a_rise_on_the_rewording_is_never_flagged(ollama_server: OllamaTestServer) -> None:
+    # The real model's run: 0.656 on the eval wording, 0.673 reworded, and the table said "memorised".
+    convs = [Conversation.qa(f"what colour is the {t}?", RIGHT) for t in ("cat", "dog", "tree")]
+    prompts = eval_prompts(convs, 10)
+    ollama_server.add_scripted_model(BASE, reply="something else")
+    ollama_server.add_scripted_model("cand:v2", reply=RIGHT, by_question={prompts[0].question: "no idea"})
+    ollama_server.add_scripted_model("act:v1", reply="no idea")
+    async with OllamaClient(ollama_server.url) as client:
+        result = await run_gate(client, "cand:v2", "act:v1", prompts, [], 0.02, GATE_OPTIONS, paraphrases=3,
+                                paraphraser=BASE, min_eval=3)
+    cand = result.paraphrase["candidate"]
+    assert cand["paraphrased"] > cand["original"] and not result.paraphrase["overfitted"]
+    assert "OVER-FITTED" not in result.table() and "memorised" not in result.table()
+
+
 async def test_consistency_tells_sampled_answers_from_deterministic_ones(ollama_server: OllamaTestServer,
                                                                         tiny_llama_gguf: Path) -> None:
     """The tiny random model (llama.cpp) varies under the served sampling options and never under the gate's."""

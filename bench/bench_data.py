@@ -12,7 +12,9 @@ writes get SQLite's lock) and with the pauses off.
 Memory: peak RSS (the child's ru_maxrss) of a snapshot create run alone in a child process, streamed and as it
 was before (all rows loaded first), over databases of --rss sizes.
 PostgreSQL runs beside SQLite when LORALOOP_TEST_POSTGRES_URL is set, in a schema of its own dropped after.
-Usage: python bench/bench_data.py [--n 100000] [--rss 100000,1000000] [--no-postgres]
+Preferences (--preferences N): `loraloop preferences import` of N records in a process of its own while this one
+writes an example every 20 ms, as the bot would: the import's time and the longest of those writes.
+Usage: python bench/bench_data.py [--n 100000] [--rss 100000,1000000] [--no-postgres] [--preferences N]
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from typing import Any
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 import data.store as store_module
 from data.importer import import_file
@@ -414,6 +417,61 @@ async def main(n: int, postgres: bool) -> dict[str, Any]:
     return result
 
 
+async def preference_import(n: int, postgres: bool) -> dict[str, Any]:
+    """`loraloop preferences import` of n generated records in a process of its own, while this process (the
+    bot) adds an example every 20 ms: the import's time and the bot's longest write."""
+    from data.conversation import Conversation
+    from data.preferences import preference_stats
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "prefs.jsonl"
+        source.write_bytes(b"".join(orjson.dumps({"instruction": r["instruction"], "input": "", "chosen": r["output"],
+                                                  "rejected": f"not {r['output']}"}) + b"\n" for r in generate(n)))
+        urls = {"sqlite": f"sqlite+aiosqlite:///{Path(tmp) / 'prefs.db'}"}
+        pg = os.environ.get("LORALOOP_TEST_POSTGRES_URL")
+        admin = name = None
+        if postgres and pg:
+            import asyncpg
+
+            name = f"bench_{uuid.uuid4().hex[:12]}"
+            admin = await asyncpg.connect(pg.replace("postgresql+asyncpg://", "postgresql://"))
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            urls["postgresql"] = pg.rsplit("/", 1)[0] + f"/{name}"
+        try:
+            for backend, url in urls.items():
+                bot = Store(url)
+                await bot.migrate()
+                env = {**os.environ, "LORALOOP_DATABASE_URL": url, "LORALOOP_HOME": str(Path(tmp) / "home")}
+                started = time.perf_counter()
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "bot.cli", "preferences", "import", str(source), "--json",
+                    cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE)
+                done = asyncio.ensure_future(child.communicate())
+                waits: list[float] = []
+                while not done.done():
+                    t0 = time.perf_counter()
+                    await bot.add_example(Conversation.qa(f"taught {backend} {len(waits)}", "yes"), source="teach")
+                    waits.append(time.perf_counter() - t0)
+                    await asyncio.sleep(0.02)
+                out, err = await done
+                took = time.perf_counter() - started
+                assert child.returncode == 0, err.decode()[-2000:]
+                imported = json.loads(out)["imported"]
+                assert imported == n == (await preference_stats(bot))["total"], (imported, n)
+                await bot.close()
+                results[backend] = {"records": n, "seconds": round(took, 2), "bot_writes": len(waits),
+                                    "longest_write_ms": round(max(waits) * 1000)}
+                print(f"{backend}: {n:,} preference records imported in {took:.1f} s (CLI process, parse included); "
+                      f"{len(waits)} bot writes meanwhile, longest {max(waits) * 1000:.0f} ms")
+        finally:
+            if admin is not None:
+                await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+                await admin.close()
+    return results
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--snapshot-child"]:
         asyncio.run(_snapshot_child(sys.argv[2], Path(sys.argv[3]), sys.argv[4]))
@@ -422,7 +480,12 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--rss", default="100000,1000000", help="snapshot sizes for peak RSS ('' to skip)")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--preferences", type=int, metavar="N",
+                        help="only: N preference records imported by the CLI while the bot writes (longest wait)")
     args = parser.parse_args()
+    if args.preferences:
+        print(json.dumps(asyncio.run(preference_import(args.preferences, not args.no_postgres))))
+        sys.exit(0)
     sizes = [int(s) for s in args.rss.split(",") if s]
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (ratios come from one run)")
     outcome = asyncio.run(main(args.n, not args.no_postgres))

@@ -74,9 +74,9 @@ SNAPSHOT_BATCH_ROWS = 1000
 # Rows per import transaction: each batch holds SQLite's write lock for some tens of milliseconds only.
 IMPORT_BATCH_ROWS = 2000
 # After this long writing batches back to back, an import pauses for longer than SQLite's longest busy-wait
-# sleep (100 ms), so a writer waiting for the lock (the bot) surely gets it: it waits about a second at most,
-# never its 10 s busy timeout, however big the import.
-_IMPORT_WRITE_WINDOW_S = 1.0
+# sleep (100 ms), so a writer waiting for the lock (the bot) surely gets it: it waits well under half a second
+# (a window plus one batch), never its 10 s busy timeout, however big the import.
+_IMPORT_WRITE_WINDOW_S = 0.3
 _IMPORT_PAUSE_S = 0.12
 # The examples every query sees: not those of an import still being written.
 _VISIBLE = or_(Example.import_batch.is_(None), Example.import_batch.not_in(select(PendingImport.id)))

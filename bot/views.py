@@ -238,6 +238,7 @@ class SuggestModal(OpenerOnlyModal):
             example = await bot.store.add_example(
                 conversation, source="correction", author_id=interaction.user.id, guild_id=interaction.guild_id,
                 answer_id=self.answer_id, max_chars=bot.settings.max_field_chars,
+                hourly_limit=bot.settings.max_pairs_per_user_hour,  # the check above may race another submission
             )
         except (StoreError, InvalidConversation) as exc:
             return await say(interaction, f"Not saved: {exc}")
@@ -266,6 +267,7 @@ class TeachModal(discord.ui.Modal, title="Teach the bot"):
             example = await bot.store.add_example(
                 conversation, source="teach", author_id=interaction.user.id, guild_id=interaction.guild_id,
                 max_chars=bot.settings.max_field_chars,
+                hourly_limit=bot.settings.max_pairs_per_user_hour,  # the check above may race another submission
             )
         except (StoreError, InvalidConversation) as exc:
             return await say(interaction, f"Not saved: {exc}")

@@ -47,6 +47,22 @@ class UnstorableText(StoreError):
     """Text the database cannot hold: a NUL character (PostgreSQL refuses it) or an unpaired surrogate."""
 
 
+class HourlyLimitReached(StoreError):
+    """``wanted`` more pairs would take a person over their hourly limit; nothing of them was stored."""
+
+    def __init__(self, used: int, limit: int, wanted: int) -> None:
+        if wanted > limit:
+            why = (f"that is {wanted:,} pairs, more than the limit of {limit:,} pairs per hour per user: split it "
+                   f"into parts of at most {limit:,}")
+        elif used >= limit:
+            why = f"you have submitted {used:,} pairs in the last hour; the limit is {limit:,} per hour"
+        else:
+            why = (f"that is {wanted:,} pairs, but you can submit only {limit - used:,} more this hour (limit "
+                   f"{limit:,} per hour, {used:,} used)")
+        super().__init__(why)
+        self.used, self.limit, self.wanted = used, limit, wanted
+
+
 class ImportFailed(StoreError):
     """The database refused a row of a bulk import; nothing of the import was kept."""
 

@@ -90,12 +90,14 @@ async def import_bytes(
     columns: formats.ColumnMap | None = None,
     set_values: Mapping[str, str] | None = None,
     allow_placeholders: bool = False,
+    hourly_limit: int | None = None,
 ) -> ImportReport:
     """Parse and import; raises ``formats.FormatError`` when the file is not usable at all.
 
     Any invalid record stops the whole import (nothing written) unless ``skip_invalid``; with ``skip_invalid``,
     an import that leaves nothing valid is not committed either. ``approve`` with unfilled placeholders raises
-    PlaceholdersLeft unless ``allow_placeholders``.
+    PlaceholdersLeft unless ``allow_placeholders``. ``hourly_limit``: the author's (Store.import_conversations);
+    raises HourlyLimitReached, nothing written, when the records it would store go over it.
     """
     # The records stay alive until the import is done: the collector would walk them all again and again (see
     # formats.collector_paused); the bot's own garbage waits for the end of the import. The records are freed
@@ -103,13 +105,14 @@ async def import_bytes(
     with formats.collector_paused():
         return await _import(store, data, filename, format=format, approve=approve, source=source,
                              author_id=author_id, guild_id=guild_id, skip_invalid=skip_invalid, max_chars=max_chars,
-                             columns=columns, set_values=set_values, allow_placeholders=allow_placeholders)
+                             columns=columns, set_values=set_values, allow_placeholders=allow_placeholders,
+                             hourly_limit=hourly_limit)
 
 
 async def _import(store: Store, data: bytes, filename: str, *, format: str, approve: bool, source: str,
                   author_id: int | None, guild_id: int | None, skip_invalid: bool, max_chars: int | None,
                   columns: formats.ColumnMap | None, set_values: Mapping[str, str] | None,
-                  allow_placeholders: bool) -> ImportReport:
+                  allow_placeholders: bool, hourly_limit: int | None) -> ImportReport:
     parsed = await asyncio.to_thread(formats.read_bytes, data, filename, format, max_chars, columns)
     total = len(parsed.records) + len(parsed.undesirable) + len(parsed.errors)
     wanted = [r.conversation for r in parsed.records]
@@ -137,7 +140,7 @@ async def _import(store: Store, data: bytes, filename: str, *, format: str, appr
                             approved=approve)
     outcome = await store.import_conversations(
         wanted + undesirable, source=source, approve=approve, author_id=author_id, guild_id=guild_id,
-        reject=range(len(wanted), len(wanted) + len(undesirable)),
+        reject=range(len(wanted), len(wanted) + len(undesirable)), hourly_limit=hourly_limit,
     )
     located = parsed.records + parsed.undesirable
     duplicates = [located[i].location for i in outcome.duplicates]

@@ -12,10 +12,10 @@ import time
 import typing
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Collection, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from data.conversation import Conversation
 from data.errors import (  # re-exported: callers import the store's errors from data.store
     DuplicateExample,
+    HourlyLimitReached,
     ImportFailed,
     InvalidRating,
     NoRollbackTarget,
@@ -78,6 +79,11 @@ IMPORT_BATCH_ROWS = 2000
 # (a window plus one batch), never its 10 s busy timeout, however big the import.
 _IMPORT_WRITE_WINDOW_S = 0.3
 _IMPORT_PAUSE_S = 0.12
+# The window of the per-user submission limit (add_example's and import_conversations' hourly_limit).
+SUBMISSION_WINDOW = timedelta(hours=1)
+# PostgreSQL: the first key of the per-author advisory lock that serialises their submissions under a limit (two
+# 32-bit keys: a key space apart from import leases' single 64-bit keys).
+_SUBMISSIONS_LOCK = 0x4C4C5355
 # The examples every query sees: not those of an import still being written.
 _VISIBLE = or_(Example.import_batch.is_(None), Example.import_batch.not_in(select(PendingImport.id)))
 # The training set as snapshots and exports read it: messages and tags as the JSON text stored, sorted by hash.
@@ -188,8 +194,13 @@ class Store(RunsMixin):
         status: str = "pending",
         answer_id: int | None = None,
         max_chars: int | None = None,
+        hourly_limit: int | None = None,
     ) -> Example:
-        """Add one validated example; raises DuplicateExample if its normalised content is already stored."""
+        """Add one validated example; raises DuplicateExample if its normalised content is already stored.
+
+        ``hourly_limit``: the most examples ``author_id`` may submit in an hour (None or 0: no limit); raises
+        HourlyLimitReached when this one would go over, decided in the transaction that stores it.
+        """
         _check_choice("source", source, SOURCES)
         _check_choice("status", status, EXAMPLE_STATUSES)
         conversation.validate(max_chars)
@@ -199,6 +210,8 @@ class Store(RunsMixin):
             existing = await s.scalar(select(Example.id).where(Example.content_hash == digest))
             if existing is not None:
                 raise DuplicateExample(existing)
+            if hourly_limit and author_id is not None:
+                await _decide_submissions(s, author_id, hourly_limit, 1)
             example = Example(**_example_row(conversation, digest, source, author_id, guild_id, status),
                               answer_id=answer_id, approved_at=utcnow() if status == "approved" else None)
             s.add(example)
@@ -220,11 +233,13 @@ class Store(RunsMixin):
         approve: bool = False,
         batch_rows: int = IMPORT_BATCH_ROWS,
         reject: Collection[int] = frozenset(),
+        hourly_limit: int | None = None,
     ) -> ImportOutcome:
         """Insert many (already validated) conversations, all or nothing; duplicates are skipped and listed.
 
         ``reject``: indices of conversations stored as rejected whatever ``approve`` says (a KTO file's
-        undesirable answers: kept for preference use, never trained on).
+        undesirable answers: kept for preference use, never trained on). ``hourly_limit``: as add_example's, for
+        every row this import stores (rejected ones too, duplicates not), decided when it publishes them.
 
         Written in short transactions of ``batch_rows`` rows, so the bot's own writes get SQLite's write lock
         between them; the rows stay hidden until the end publishes them all (see ``import_batch``).
@@ -239,8 +254,13 @@ class Store(RunsMixin):
         duplicates: list[int] = []
         elsewhere: list[int] = []
         imported = 0
+
+        async def within_limit(s: AsyncSession) -> None:  # in the publishing transaction, once all is written
+            if hourly_limit and author_id is not None and imported:
+                await _decide_submissions(s, author_id, hourly_limit, imported)
+
         try:
-            async with self.import_batch() as batch_id:
+            async with self.import_batch(before_publish=within_limit) as batch_id:
                 async for start, stop in self.import_slices(len(conversations), batch_rows):
                     written, dups, others = await _to_the_end(self._write_batch(
                         stored, start, stop, seen, inserts, lookup, batch_id, source, author_id, guild_id, approve,
@@ -315,7 +335,8 @@ class Store(RunsMixin):
     # ---- imports: batches written hidden, published at once -------------------------------------------
 
     @asynccontextmanager
-    async def import_batch(self) -> AsyncIterator[str]:
+    async def import_batch(self, *, before_publish: Callable[[AsyncSession], Awaitable[None]] | None = None
+                           ) -> AsyncIterator[str]:
         """A new import batch's id: rows written with it (their ``import_batch``) stay hidden from every query
         until the block ends, then are published all at once by one small statement; if the block raises or is
         cancelled, they are deleted.
@@ -323,6 +344,7 @@ class Store(RunsMixin):
         The importing process holds the batch's lease (data.import_lease) from before the batch exists until it
         is published or deleted, so an import whose process died is told from a live one at once: its rows are
         deleted by the next import or start (``discard_abandoned_imports``), a live one's never.
+        ``before_publish`` runs first in the publishing transaction (the hourly limit); raising, it discards them.
         """
         await self.discard_abandoned_imports()
         batch_id = uuid.uuid4().hex
@@ -334,7 +356,7 @@ class Store(RunsMixin):
                 s.add(PendingImport(id=batch_id))
             try:
                 yield batch_id
-                await _to_the_end(self._publish_import(batch_id))
+                await _to_the_end(self._publish_import(batch_id, before_publish))
             except BaseException:  # cancellation included: the hidden rows must not outlive the import
                 await asyncio.shield(self._discard_import(batch_id))
                 raise
@@ -356,9 +378,12 @@ class Store(RunsMixin):
                 await asyncio.sleep(_IMPORT_PAUSE_S)
                 window_start = time.monotonic()
 
-    async def _publish_import(self, batch_id: str) -> None:
+    async def _publish_import(self, batch_id: str,
+                              before: Callable[[AsyncSession], Awaitable[None]] | None = None) -> None:
         """Make an import's rows visible, all at once."""
         async with self.session() as s, s.begin():
+            if before is not None:
+                await before(s)
             await s.execute(delete(PendingImport).where(PendingImport.id == batch_id))
 
     async def _discard_import(self, batch_id: str) -> None:
@@ -404,8 +429,7 @@ class Store(RunsMixin):
     async def count_submissions(self, author_id: int, since: datetime) -> int:
         """How many examples ``author_id`` submitted since ``since`` (the per-user rate limit counts these)."""
         async with self.session() as s:
-            return await s.scalar(select(func.count(Example.id)).where(
-                Example.author_id == author_id, Example.created_at >= since, _VISIBLE)) or 0
+            return await _submissions_since(s, author_id, since)
 
     async def next_for_review(self, reviewer_id: int, guild_id: int | None = None) -> Example | None:
         """The oldest pending example the reviewer neither wrote nor rated yet."""
@@ -893,6 +917,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+async def _submissions_since(s: AsyncSession, author_id: int, since: datetime) -> int:
+    """Every stored example of ``author_id`` since ``since``, whatever its status (a KTO file's rejected ones too)."""
+    return await s.scalar(select(func.count(Example.id)).where(
+        Example.author_id == author_id, Example.created_at >= since, _VISIBLE)) or 0
+
+
+async def _decide_submissions(s: AsyncSession, author_id: int, limit: int, wanted: int) -> None:
+    """Whether ``author_id`` may store ``wanted`` more examples under an hourly ``limit``, decided in ``s``'s
+    transaction before it writes: raises HourlyLimitReached when not; else the caller's rows commit with it.
+
+    The author's other submissions wait for this transaction to end, then count its rows: PostgreSQL, a
+    transaction-scoped advisory lock per author; SQLite, the database's write lock taken now (BEGIN IMMEDIATE)
+    rather than at the first write, after a count that another writer could have made stale.
+    """
+    conn = await s.connection()
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(func.pg_advisory_xact_lock(_SUBMISSIONS_LOCK, author_id % 2**31)))
+    else:
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    used = await _submissions_since(s, author_id, utcnow() - SUBMISSION_WINDOW)
+    if used + wanted > limit:
+        raise HourlyLimitReached(used, limit, wanted)
 
 
 def _dialect_insert(dialect: Dialect) -> Any:

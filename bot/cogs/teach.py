@@ -70,6 +70,7 @@ class TeachCog(commands.Cog):
             report = await import_bytes(
                 self.bot.store, data, file.filename, format=format, author_id=interaction.user.id,
                 guild_id=interaction.guild_id, skip_invalid=True, max_chars=settings.max_field_chars,
+                hourly_limit=settings.max_pairs_per_user_hour,  # decided again as it stores: imports may race
             )
         except (formats.FormatError, permissions.RateLimited, StoreError) as exc:
             return await say(interaction, f"`{file.filename}` was not imported: {exc}")

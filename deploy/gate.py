@@ -328,11 +328,14 @@ def retention_passes(retention: Mapping[str, Any] | None, max_drop: float) -> bo
 
 
 async def paraphrase(client: OllamaClient, model: str, question: str, options: Mapping[str, Any]) -> str:
-    """``question`` reworded by ``model`` (the fixed instruction, deterministic options); "" when it gave nothing."""
+    """``question`` reworded by ``model`` (the fixed instruction, deterministic options); "" when it gave no
+    question back."""
     reply = await client.chat(model, [{"role": "system", "content": PARAPHRASE_INSTRUCTION},
                                       {"role": "user", "content": question}], options)
     lines = [ln.strip().strip("\"'“”「」").strip() for ln in reply.strip().splitlines()]
-    return next((ln for ln in lines if ln), "")  # small models add an explanation after a blank line
+    # Only a question is a rewording: small bases often answer instead (SmolLM2-135M: "By default, Brightwater's
+    # Relay uses port 8080."), which would test the candidate on a wrong statement. Explanations follow a blank line.
+    return next((ln for ln in lines if ln.endswith(("?", "？"))), "")
 
 
 async def _paraphrase_check(client: OllamaClient, tags: Mapping[str, str], prompts: Sequence[EvalPrompt],

@@ -138,6 +138,22 @@ async def test_a_rise_on_the_rewording_is_never_flagged(ollama_server: OllamaTes
     assert "OVER-FITTED" not in result.table() and "memorised" not in result.table()
 
 
+async def test_a_paraphraser_that_answers_instead_of_rewording_is_not_used(ollama_server: OllamaTestServer) -> None:
+    # SmolLM2-135M, asked to reword "By default, what port number does Brightwater's Relay use?", answered
+    # "By default, Brightwater's Relay uses port 8080.": a statement with a wrong fact is no rewording.
+    convs = [Conversation.qa(f"what colour is the {t}?", RIGHT) for t in ("cat", "dog", "tree")]
+    prompts = eval_prompts(convs, 10)
+    base = ollama_server.add_scripted_model(BASE, reply="The cat is blue, I think.")
+    base.real = True  # it answers the rewording request itself, as a real model does
+    ollama_server.add_scripted_model("cand:v2", reply=RIGHT)
+    ollama_server.add_scripted_model("act:v1", reply=RIGHT)
+    async with OllamaClient(ollama_server.url) as client:
+        result = await run_gate(client, "cand:v2", "act:v1", prompts, [], 0.02, GATE_OPTIONS, paraphrases=3,
+                                paraphraser=BASE, min_eval=3)
+    assert result.paraphrase == {"count": 0, "paraphrased_by": BASE} and result.passed
+    assert not [r for r in result.rows if r["kind"] == "paraphrase"]
+
+
 async def test_consistency_tells_sampled_answers_from_deterministic_ones(ollama_server: OllamaTestServer,
                                                                         tiny_llama_gguf: Path) -> None:
     """The tiny random model (llama.cpp) varies under the served sampling options and never under the gate's."""

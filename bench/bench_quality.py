@@ -78,17 +78,15 @@ class Retrieval:
 
 
 def _answer(model: Any, tokenizer: Any, chats: list[list[dict[str, str]]], max_new: int = 48) -> list[str]:
-    import torch
+    """Greedy answers, in left-padded batches of 8, rendered with the base's chat template (trainer/evaluate.py)."""
+    from data.conversation import Conversation
+    from trainer.evaluate import generate
+    from trainer.prepare import ChatFormat
 
-    out = []
-    for chat in chats:
-        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        with torch.inference_mode():
-            gen = model.generate(**ids, max_new_tokens=max_new, do_sample=False,
-                                 eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                                 pad_token_id=tokenizer.pad_token_id)
-        out.append(tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
-    return out
+    fmt = ChatFormat(tokenizer, None, None, ["<|im_end|>", tokenizer.eos_token])
+    prompts = [fmt.encode_prompt(Conversation.from_dicts([*chat, {"role": "assistant", "content": ""}]))
+               for chat in chats]
+    return generate(model, fmt, prompts, max_new)
 
 
 def _chats(questions: list[str], system: list[str] | None = None) -> list[list[dict[str, str]]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -91,13 +91,15 @@ async def import_bytes(
     set_values: Mapping[str, str] | None = None,
     allow_placeholders: bool = False,
     hourly_limit: int | None = None,
+    tags: Sequence[str] = (),
 ) -> ImportReport:
     """Parse and import; raises ``formats.FormatError`` when the file is not usable at all.
 
     Any invalid record stops the whole import (nothing written) unless ``skip_invalid``; with ``skip_invalid``,
     an import that leaves nothing valid is not committed either. ``approve`` with unfilled placeholders raises
     PlaceholdersLeft unless ``allow_placeholders``. ``hourly_limit``: the author's (Store.import_conversations);
-    raises HourlyLimitReached, nothing written, when the records it would store go over it.
+    raises HourlyLimitReached, nothing written, when the records it would store go over it. ``tags`` are added to
+    every record (``holdout``: the file's questions judge the gate and never train).
     """
     # The records stay alive until the import is done: the collector would walk them all again and again (see
     # formats.collector_paused); the bot's own garbage waits for the end of the import. The records are freed
@@ -106,17 +108,19 @@ async def import_bytes(
         return await _import(store, data, filename, format=format, approve=approve, source=source,
                              author_id=author_id, guild_id=guild_id, skip_invalid=skip_invalid, max_chars=max_chars,
                              columns=columns, set_values=set_values, allow_placeholders=allow_placeholders,
-                             hourly_limit=hourly_limit)
+                             hourly_limit=hourly_limit, tags=tuple(tags))
 
 
 async def _import(store: Store, data: bytes, filename: str, *, format: str, approve: bool, source: str,
                   author_id: int | None, guild_id: int | None, skip_invalid: bool, max_chars: int | None,
                   columns: formats.ColumnMap | None, set_values: Mapping[str, str] | None,
-                  allow_placeholders: bool, hourly_limit: int | None) -> ImportReport:
+                  allow_placeholders: bool, hourly_limit: int | None, tags: tuple[str, ...] = ()) -> ImportReport:
     parsed = await asyncio.to_thread(formats.read_bytes, data, filename, format, max_chars, columns)
     total = len(parsed.records) + len(parsed.undesirable) + len(parsed.errors)
     wanted = [r.conversation for r in parsed.records]
     undesirable = [r.conversation for r in parsed.undesirable]
+    if tags:
+        wanted = [replace(c, tags=tuple(dict.fromkeys((*c.tags, *tags)))) for c in wanted]
     if set_values:
         wanted = [fill_placeholders(c, set_values) for c in wanted]
         undesirable = [fill_placeholders(c, set_values) for c in undesirable]

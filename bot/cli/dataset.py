@@ -34,6 +34,9 @@ def import_(
         "--set", help="Fill a template placeholder: --set name=Ada fills {{name}} (repeatable).")] = None,
     allow_placeholders: Annotated[bool, typer.Option(
         help="Approve records that still hold {{placeholders}} as written.")] = False,
+    holdout: Annotated[bool, typer.Option(
+        help="Held-out eval questions (e.g. rewordings of taught questions): tagged holdout, the gate judges "
+             "every retrain on them, they never train and are never retrieved.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Import examples (pending review unless --approve); all or nothing.
@@ -78,7 +81,7 @@ def import_(
         async with open_store(config) as store:
             return await import_file(store, path, format=format, approve=approve, skip_invalid=skip_invalid,
                                      max_chars=config.max_field_chars, columns=column_map, set_values=values,
-                                     allow_placeholders=allow_placeholders)
+                                     allow_placeholders=allow_placeholders, tags=("holdout",) if holdout else ())
 
     shown = str(path)
     try:

@@ -171,3 +171,34 @@ def test_record_errors_are_printed_as_text_not_markup(cli, tmp_path):
     result = cli("dataset", "import", str(path))
     assert result.exit_code == 1
     assert "line 1: messages[0]: unknown role '[/]'" in result.output
+
+
+def test_holdout_import_judges_and_never_trains_or_is_retrieved(cli, tmp_path):
+    from data.snapshot import read_snapshot
+
+    taught = tmp_path / "taught.json"
+    taught.write_text(json.dumps([{"instruction": "What port does the Relay use?", "input": "",
+                                   "output": "The Relay listens on port 7431."}] + [
+        {"instruction": f"What colour is the {t}?", "input": "", "output": f"The {t} is green."}
+        for t in ("lamp", "door", "kettle")]))
+    reworded = tmp_path / "reworded.json"
+    reworded.write_text(json.dumps([{"instruction": "Which port number is the Relay on?", "input": "",
+                                     "output": "The Relay listens on port 7431."}]))
+    assert cli("dataset", "import", str(taught), "--approve").exit_code == 0
+    result = cli("dataset", "import", str(reworded), "--approve", "--holdout", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["imported"] == 1, result.output
+    out = tmp_path / "snap"
+    snap = cli("snapshot", "create", "--out", str(out), "--json")
+    assert snap.exit_code == 0, snap.output
+    snapshot = read_snapshot(out)
+    # The held-out rewording is an eval question whatever the hash split says; the taught pair trains.
+    assert [c.messages[0].content for c in snapshot.eval] == ["Which port number is the Relay on?"]
+    assert "What port does the Relay use?" in [c.messages[0].content for c in snapshot.train]
+    assert len(snapshot.train) + len(snapshot.eval) == 5
+    assert snapshot.eval[0].tags == ("holdout",)
+    for query in ("Which port number is the Relay on?", "What port does the Relay use?"):
+        found = cli("retrieval", "query", query, "--json")
+        assert found.exit_code == 0, found.output
+        report = json.loads(found.stdout)
+        assert report["indexed"] == 4 and "Which port number" not in [h["question"] for h in report["hits"]]
+    assert [h["question"] for h in report["hits"]] == ["What port does the Relay use?"]

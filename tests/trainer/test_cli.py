@@ -131,9 +131,9 @@ def test_killed_run_resumes_from_its_checkpoint_and_finishes(tmp_path, snapshot_
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({
         "epochs": 2, "batch_size": 4, "eval_steps": 5, "learning_rate": 5e-3, "max_new_tokens": 4, "cpu_threads": 1,
-        "eval_generate": 2, "probes": [], "probe_eval_samples": 0,
+        "eval_generate": 2, "probes": [], "probe_eval_samples": 0, "replay_ratio": 0.0,
     }))
-    total = 2 * 23  # 89 training examples in batches of 4
+    total = 2 * 23  # 89 training examples in batches of 4 (no replayed answers beside them)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     # A real crash: the first run is a separate process, killed with SIGKILL once a checkpoint exists.
     first = subprocess.Popen(_train_cmd(snapshot_dir, tiny_llama_dir, out, "--config", str(config)), cwd=ROOT,

@@ -138,7 +138,7 @@ class Regression:
 
     def text(self) -> str:
         return (f"⚠️ `{self.version.tag}` gets more 👎 than `{self.previous_tag}` did: "
-                f"{self.now.down_rate:.0%} of {self.now.votes} votes against {self.before.down_rate:.0%} of "
+                f"{self.now.down_rate:.0%} of {self.now.votes} people against {self.before.down_rate:.0%} of "
                 f"{self.before.votes} (two-proportion z = {self.z:.2f}, beyond 1.96: not chance at 95%).")
 
 

@@ -68,6 +68,7 @@ async def test_sixty_thumbs_up_on_ones_own_answers_do_not_hide_a_regression(stor
     assert rates[v2.id] == Rate(8, 14)  # the asker's votes on their own answers are not counted at all
     regression = await quality.detect_regression(store, BASE, min_votes=20)
     assert regression is not None and regression.version.id == v2.id
+    assert "64% of 22 people against 17% of 30" in regression.text()
     # Someone else's 👍 on the asker's answers counts (once).
     asked = await _answer(store, v2, asker=ASKER)
     await store.add_feedback(asked, 3000, 1)

@@ -119,7 +119,7 @@ async def test_scope_off_and_the_budget(tmp_path, discord_api, ollama_server):
 
 @pytest.fixture
 def embed_settings(tmp_path, ollama_server):
-    ollama_server.add_scripted_model(EMBEDDER, reply="(an embedding model does not chat)")
+    ollama_server.add_embedding_model(EMBEDDER)
     return make_settings(tmp_path, ollama_server.url, embed_model=EMBEDDER)
 
 
@@ -190,7 +190,7 @@ def test_cli_query_shows_what_would_be_retrieved_and_why(tmp_path, monkeypatch, 
     from bot.cli import app
     from data.store import Store
 
-    ollama_server.add_scripted_model(EMBEDDER, reply="-")
+    ollama_server.add_embedding_model(EMBEDDER)
     monkeypatch.setenv("LORALOOP_HOME", str(tmp_path))
     monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
     monkeypatch.setenv("LORALOOP_EMBED_MODEL", EMBEDDER)

@@ -13,7 +13,7 @@ from data.conversation import Conversation
 from data.vectors import build_index, index_pairs, load_vectors
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
 from tests.harness.db import BACKENDS, make_store
-from tests.harness.ollama_server import EMBED_DIM, OllamaTestServer, trigram_embedding
+from tests.harness.ollama_server import EMBED_DIM, NO_EMBEDDINGS, OllamaTestServer, trigram_embedding
 
 
 @pytest.fixture(params=BACKENDS)
@@ -29,7 +29,7 @@ EMBEDDER = "nomic-embed-text:latest"
 
 
 async def test_embed_returns_one_unit_vector_per_text_in_order(ollama_server: OllamaTestServer) -> None:
-    ollama_server.add_scripted_model(EMBEDDER)
+    ollama_server.add_embedding_model(EMBEDDER)
     texts = ["how do I reset my password", "你是谁？", "how do I reset my password"]
     async with OllamaClient(ollama_server.url) as client:
         vectors = await client.embed("nomic-embed-text", texts)  # "latest" implied, as Ollama does
@@ -41,7 +41,7 @@ async def test_embed_returns_one_unit_vector_per_text_in_order(ollama_server: Ol
 
 
 async def test_the_server_answers_in_ollamas_shape(ollama_server: OllamaTestServer) -> None:
-    ollama_server.add_scripted_model(EMBEDDER)
+    ollama_server.add_embedding_model(EMBEDDER)
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{ollama_server.url}/api/embed", json={"model": EMBEDDER, "input": "hi"}) as resp:
             body = await resp.json()
@@ -53,7 +53,7 @@ async def test_the_server_answers_in_ollamas_shape(ollama_server: OllamaTestServ
 
 
 async def test_embed_failures_are_typed(ollama_server: OllamaTestServer, unreachable_ollama_url: str) -> None:
-    ollama_server.add_scripted_model(EMBEDDER)
+    ollama_server.add_embedding_model(EMBEDDER)
     async with OllamaClient(ollama_server.url) as client:
         with pytest.raises(ModelNotFound, match="not-pulled"):
             await client.embed("not-pulled", ["x"])
@@ -68,7 +68,7 @@ async def test_embed_failures_are_typed(ollama_server: OllamaTestServer, unreach
 
 async def test_pairs_embedded_through_the_server_are_stored_and_searchable(store,
                                                                           ollama_server: OllamaTestServer) -> None:
-    ollama_server.add_scripted_model(EMBEDDER)
+    ollama_server.add_embedding_model(EMBEDDER)
     rows = [await store.add_example(Conversation.qa(q, "a"), source="teach", status="approved")
             for q in ("how do I reset my password", "what is a LoRA adapter")]
     index = await build_index(store, embed_model=EMBEDDER)
@@ -86,3 +86,27 @@ async def test_pairs_embedded_through_the_server_are_stored_and_searchable(store
     calls = len(ollama_server.requests_to("POST", "/api/embed"))
     rebuilt = await build_index(store, embed_model=EMBEDDER)
     assert rebuilt.without_vectors() == [] and len(ollama_server.requests_to("POST", "/api/embed")) == calls
+
+
+async def test_only_embedding_models_embed_and_truncate_and_dimensions_are_honoured(
+        ollama_server: OllamaTestServer) -> None:
+    ollama_server.add_embedding_model(EMBEDDER)
+    ollama_server.add_scripted_model("chatty:1", reply="I chat")
+    long = " ".join(f"w{i}" for i in range(600))  # words stand in for tokens; the context is 512
+
+    async def embed(body: dict) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as http, http.post(f"{ollama_server.url}/api/embed", json=body) as resp:
+            return resp.status, await resp.json()
+
+    assert await embed({"model": "chatty:1", "input": "hi"}) == (500, {"error": NO_EMBEDDINGS})
+    text = "how do I reset my password"
+    status, body = await embed({"model": EMBEDDER, "input": [text, "x"], "dimensions": 384})
+    assert status == 200 and [len(v) for v in body["embeddings"]] == [384, 384]
+    head = trigram_embedding(text)[:384]
+    norm = math.sqrt(sum(x * x for x in head))
+    assert body["embeddings"][0] == pytest.approx([x / norm for x in head])
+    assert await embed({"model": EMBEDDER, "input": long, "truncate": False}) == (
+        400, {"error": "input exceeds maximum context length"})
+    status, body = await embed({"model": EMBEDDER, "input": long})
+    assert status == 200 and body["prompt_eval_count"] == 510
+    assert body["embeddings"][0] == trigram_embedding(" ".join(long.split()[:510]))

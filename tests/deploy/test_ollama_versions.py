@@ -23,6 +23,7 @@ from deploy.registration import (
     quantize_type,
 )
 from tests.harness.models import convert_base_to_gguf
+from tests.harness.ollama import gguf_header
 from tests.harness.ollama_server import ADAPTERS_REMOVED, LORAS_NOT_IMPLEMENTED, OllamaTestServer
 
 BASE = "tiny-llama:base"
@@ -123,7 +124,7 @@ async def test_the_server_reports_its_version_and_ollamas_unknown_model_text(tmp
 async def test_from_0_34_1_create_refuses_adapters_in_ollamas_shape(ollama_server: OllamaTestServer,
                                                                     tmp_path: Path) -> None:
     ollama_server.add_base_model(BASE, fake_gguf(tmp_path / "base.gguf"))
-    adapter = ollama_server.add_blob(fake_gguf(tmp_path / "adapter.gguf", b"lora"))
+    adapter = ollama_server.add_blob(gguf_header(tmp_path / "adapter.gguf", kind="adapter"))
     body = {"model": "x:1", "from": BASE, "adapters": {"adapter.gguf": adapter}, "stream": False}
     ollama_server.version = "0.34.0"
     assert (await post(ollama_server, "/api/create", body))[0] == 200
@@ -139,7 +140,7 @@ async def test_from_0_34_1_create_refuses_adapters_in_ollamas_shape(ollama_serve
 async def test_a_new_engine_base_refuses_adapters_at_the_first_chat(ollama_server: OllamaTestServer,
                                                                     tmp_path: Path) -> None:
     ollama_server.add_base_model("qwen3:base", fake_gguf(tmp_path / "base.gguf"), family="qwen3")
-    adapter = ollama_server.add_blob(fake_gguf(tmp_path / "adapter.gguf", b"lora"))
+    adapter = ollama_server.add_blob(gguf_header(tmp_path / "adapter.gguf", kind="adapter"))
     async with OllamaClient(ollama_server.url) as client:
         await client.create("tuned:1", from_="qwen3:base", adapters={"adapter.gguf": adapter})  # create accepts it
         shown = await client.show("qwen3:base")
@@ -165,20 +166,37 @@ async def test_debug_render_only_returns_the_prompt_from_0_13_0_and_is_ignored_b
     assert [r["prompt"] for r in ollama_server.rendered] == ["[system] sys\n[user] héllo 🚢\n"]
 
 
-async def test_quantize_accepts_only_ollamas_types_and_reports_its_progress(ollama_server: OllamaTestServer,
-                                                                            tmp_path: Path) -> None:
-    ollama_server.add_base_model(BASE, fake_gguf(tmp_path / "base.gguf"))
-    lines: list[str] = []
+async def test_quantize_accepts_only_ollamas_types_and_f16_or_f32_sources(ollama_server: OllamaTestServer,
+                                                                         tmp_path: Path) -> None:
+    ollama_server.add_base_model(BASE, gguf_header(tmp_path / "base.gguf", file_type=1))  # F16
+    ollama_server.add_base_model("q4:base", gguf_header(tmp_path / "q4.gguf", file_type=15))  # Q4_K_M
     async with OllamaClient(ollama_server.url) as client:
-        await client.create("q:1", from_=BASE, quantize="q4_k_m", on_progress=lambda p: lines.append(p.status))
-        assert ollama_server.get("q:1").quantization == "Q4_K_M"
-        assert "quantizing F32 model to Q4_K_M" in lines and lines[-2:] == ["writing manifest", "success"]
-        assert lines.index("verifying conversion") > lines.index("quantizing F32 model to Q4_K_M")
         with pytest.raises(OllamaError, match="unsupported quantization type Q5_K_M - supported types are F32, "
                                               "F16, Q4_K_S, Q4_K_M, Q8_0"):
             await client.create("q:2", from_=BASE, quantize="q5_K_M")
         with pytest.raises(OllamaError, match="quantization is only supported for F16 and F32 models"):
-            await client.create("q:3", from_="q:1", quantize="q8_0")
+            await client.create("q:3", from_="q4:base", quantize="q8_0")
+    assert ollama_server.get("q:2") is None and ollama_server.get("q:3") is None
+
+
+@pytest.mark.slow
+async def test_quantize_is_performed_and_reported_as_ollama_reports_it(
+    ollama_server: OllamaTestServer, llama_cpp_sources: Path, tiny_llama_dir: Path, tmp_path: Path,
+) -> None:
+    import gguf
+
+    f16 = convert_base_to_gguf(llama_cpp_sources, tiny_llama_dir, tmp_path / "f16.gguf", "f16")
+    base = ollama_server.add_base_model(BASE, f16)
+    lines: list[str] = []
+    async with OllamaClient(ollama_server.url) as client:
+        await client.create("q:1", from_=BASE, quantize="q4_k_m", on_progress=lambda p: lines.append(p.status))
+        assert await client.chat("q:1", [{"role": "user", "content": "hi"}], {"num_predict": 2, "seed": 0})
+    q = ollama_server.get("q:1")
+    assert q.quantization == "Q4_K_M" and q.model_blob != base.model_blob
+    recorded = gguf.GGUFReader(str(ollama_server.blob_path(q.model_blob))).fields["general.file_type"].contents()
+    assert recorded == 15  # llama.cpp's MOSTLY_Q4_K_M: the weights were quantized, not relabelled
+    assert "quantizing F16 model to Q4_K_M" in lines and lines[-2:] == ["writing manifest", "success"]
+    assert lines.index("verifying conversion") > lines.index("quantizing F16 model to Q4_K_M")
 
 
 async def test_option_types_are_checked_at_every_chat_as_ollama_does(ollama_server: OllamaTestServer) -> None:

@@ -38,25 +38,45 @@ from typing import Any
 from aiohttp import web
 
 from deploy.gate import PARAPHRASE_INSTRUCTION
-from deploy.go_template import Template, TemplateError, ollama_prompt, render_chat
+from deploy.go_template import Template, TemplateError, render_chat
 
 VERSION = "0.13.0"  # what a server answers unless a test gives it another version
-# Versions at which Ollama's behaviour changes (see tests/deploy/test_ollama_versions.py).
+# The releases it emulates (tests/deploy/test_ollama_versions.py, tests/deploy/test_ollama_server_source.py):
+# - v0.13.0 (the version docker-compose.yml pins), and the 0.2x releases like it;
+# - a llama-server release (v0.30.0 up to v0.33.0-rc2, the newest tag stored): every GGUF model runs under
+#   llama-server and adapters are passed as --lora (llm/llama_server.go at v0.30.0 and v0.32.15);
+# - "current", from 0.34.1: modelled on ollama PR #14969 as stored (refs/pull/14969/head, commit ca0b86d36 of
+#   20 Aug 2026): server/create.go there drops the safetensors→GGUF converter and GGUF create-time quantization.
+#   Its create handler still takes GGUF adapters, while downstream reports (mellea #1651, citing ollama PR #14969)
+#   say 0.34.x refuses adapter creation; no 0.34 tag is readable, so both are variants: ``adapters="accepted"``
+#   and ``adapters="refused"`` (the default; ADAPTERS_REMOVED is the reported wording, not a source text).
 DEBUG_RENDER_SINCE = (0, 13, 0)  # "_debug_render_only" on /api/chat and /api/generate
-ADAPTERS_REMOVED_IN = (0, 34, 1)  # /api/create refuses `adapters` (ollama PR #14969)
-ADAPTERS_REMOVED = "creating a model with adapters is no longer supported"
-# Architectures Ollama runs on its new engine (fs/ggml OllamaEngineRequired), which refuses LoRA adapters at load.
+LLAMA_SERVER_SINCE = (0, 30, 0)  # llm/llama_server.go (v0.30.0): all GGUF models under llama-server, --lora
+ADAPTERS_REMOVED_IN = (0, 34, 1)  # "current": see above
+ADAPTERS_REMOVED = "creating a model with adapters is no longer supported"  # modelled (mellea #1651), no source
+# refs/pull/14969/head server/create.go validateCreateOptions / createModel: GGUF create-time quantize refused.
+GGUF_QUANTIZE_REMOVED = ("create-time quantization is only supported for safetensors imports; quantize GGUF models "
+                         "with llama.cpp tools before importing")
+# refs/pull/14969/head server/create.go createSafetensorsModel: safetensors imports go through MLX, which this
+# server does not emulate; the refusal wording is the test server's own (no source text for a host without MLX).
+SAFETENSORS_IMPORT_REFUSED = "safetensors imports go through the MLX engine, which this test server does not run"
+# Architectures Ollama runs on its new engine (fs/ggml OllamaEngineRequired), which refuses LoRA adapters at load
+# (runner/ollamarunner/runner.go at v0.13.0: "loras are not yet implemented") — up to the 0.2x releases only.
 NEW_ENGINE_FAMILIES = frozenset({"qwen3", "qwen3moe", "gemma3", "gemma3n", "mistral3", "llama4", "gptoss", "gpt-oss",
                                  "olmo3", "deepseek2"})
 LORAS_NOT_IMPLEMENTED = "loras are not yet implemented"
+# runner/ollamarunner/runner.go (v0.13.0) embeddings: a model without pooling answers 501 with this text, which
+# server/routes.go EmbedHandler returns as a 500. From v0.30.0 llama-server is started with --embedding only for
+# models with a pooling_type (llm/llama_server.go, v0.32.15), so others fail there too (llama.cpp's own wording).
+NO_EMBEDDINGS = "this model does not support embeddings"
 # server/quantization.go: the types create's `quantize` accepts, and its refusal text (BF16 works but is not listed).
 QUANTIZE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_K_S", "Q4_K_M")
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _GGUF_MAGIC = b"GGUF"
 # Ollama's defaults for options a model and a request both leave unset.
 _DEFAULT_OPTIONS: dict[str, Any] = {
-    "temperature": 0.8, "top_k": 40, "top_p": 0.9, "num_predict": -1, "num_ctx": 2048, "seed": -1, "stop": [],
-}
+    "temperature": 0.8, "top_k": 40, "top_p": 0.9, "num_predict": -1, "num_ctx": 4096, "seed": -1, "stop": [],
+}  # num_ctx: envconfig/config.go (v0.13.0) OLLAMA_CONTEXT_LENGTH defaults to 4096
 # api.Options' field types, as Options.FromMap checks them on every chat (JSON numbers fit both kinds).
 _OPTION_KINDS: dict[str, str] = {
     **dict.fromkeys(("temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
@@ -106,6 +126,22 @@ def _without_extra_buffer_types() -> None:
 _without_extra_buffer_types()
 
 
+# include/llama.h llama_ftype numbers for the types create's quantize accepts.
+_LLAMA_FTYPES = {"F32": 0, "F16": 1, "Q8_0": 7, "Q4_K_S": 14, "Q4_K_M": 15, "BF16": 32}
+
+
+def _llama_quantize(source: Path, out: Path, file_type: str) -> bool:
+    """llama.cpp's quantizer (llama-cpp-python's llama_model_quantize) on one GGUF file."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = _LLAMA_FTYPES[file_type]
+    params.nthread = 1
+    return llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params)) == 0
+
+
 class _HungUp(Exception):
     """The client of a streamed reply went away: the generation behind it stops."""
 
@@ -136,9 +172,157 @@ def trigram_embedding(text: str, dim: int = EMBED_DIM) -> list[float]:
     return [v / norm for v in vector]
 
 
+def _normalised(vector: list[float]) -> list[float]:
+    norm = sum(v * v for v in vector) ** 0.5 or 1.0
+    return [v / norm for v in vector]
+
+
 def full_name(name: str) -> str:
     """Ollama's short form → full tag: ``x`` means ``x:latest``."""
     return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+def _valid_part(kind: str, part: str) -> bool:
+    """types/model/name.go (v0.13.0) isValidPart: 1-80 characters (a host 350), starting alphanumeric or "_",
+    then also "-" and "_", "." except in a namespace, ":" only in a host."""
+    if not 1 <= len(part) <= (350 if kind == "host" else 80) or not (part[0].isascii() and
+                                                                      (part[0].isalnum() or part[0] == "_")):
+        return False
+    allowed = "_-" + ("" if kind == "namespace" else ".") + (":" if kind == "host" else "")
+    return all((c.isascii() and c.isalnum()) or c in allowed for c in part[1:])
+
+
+def name_key(name: str) -> str | None:
+    """The case-folded, fully qualified form of a model name (types/model/name.go ParseName: host/namespace/model
+    :tag, defaults registry.ollama.ai/library/…:latest), or None when it is not a valid name. Ollama matches names
+    ignoring case (server/routes.go getExistingName uses strings.EqualFold part by part)."""
+    rest, tag = (name.rsplit(":", 1) if ":" in name.rsplit("/", 1)[-1] else (name, "latest"))
+    parts = rest.split("/")
+    if len(parts) > 3:
+        return None
+    host, namespace, model = ["registry.ollama.ai", "library"][: 3 - len(parts)] + parts
+    if not all(_valid_part(k, v) for k, v in (("host", host), ("namespace", namespace), ("model", model),
+                                              ("tag", tag))):
+        return None
+    return f"{host}/{namespace}/{model}:{tag}".casefold()
+
+
+def gguf_facts(path: Path) -> dict[str, Any]:
+    """The key/values of a GGUF file that decide how Ollama treats it (read with the ``gguf`` package):
+    ``general.type`` ("adapter" for a LoRA), ``general.architecture``, ``general.file_type`` and whether the
+    architecture has a ``pooling_type`` (an embedding model). Raises ValueError when the file does not decode."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # a truncated or fake GGUF
+        raise ValueError(f"invalid file magic or corrupt GGUF: {exc}") from None
+
+    def value(key: str) -> Any:
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else None
+
+    arch = value("general.architecture") or ""
+    return {"type": value("general.type") or "", "architecture": arch, "file_type": value("general.file_type"),
+            "pooling": value(f"{arch}.pooling_type") is not None}
+
+
+# fs/ggml/type.go (v0.13.0) FileType names for the llama_ftype numbers a GGUF records.
+_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+               12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+               32: "BF16"}
+
+
+def file_type_name(number: Any) -> str:
+    """fs/ggml/ggml.go KV.FileType (v0.13.0 to v0.32.15): ``general.file_type`` when it is above 0, otherwise
+    "unknown" — so an F32 GGUF (type 0) counts as unknown, and create's quantize refuses it."""
+    return _FILE_TYPES.get(int(number), "unknown") if isinstance(number, int) and number > 0 else "unknown"
+
+
+def _fields(expr: Any) -> list[str]:
+    """The first names of the fields a parsed pipeline reads (``.Thinking.X`` → "Thinking")."""
+    found: list[str] = []
+    for command in expr or []:
+        for kind, value in command:
+            if kind == "field" and value != ".":
+                found.append(value[1:].split(".")[0])
+            elif kind == "paren":
+                found.extend(_fields(value))
+    return found
+
+
+def think_tags(source: str) -> tuple[str, str]:
+    """thinking/template.go InferTags (v0.13.0), re-drawn: for each ``.Thinking`` read inside a ``range`` over
+    ``.Messages``, the list holding that action gives the opening tag (its first node, if text) and the closing tag
+    (its last node, if text), later finds overriding earlier ones. Both set: the template can think."""
+    tags = ["", ""]
+
+    def visit(nodes: list[Any], in_messages: bool) -> None:
+        for node in nodes:
+            if in_messages and "Thinking" in _fields(node.expr):
+                if nodes[0].kind == "text":
+                    tags[0] = nodes[0].text.strip()
+                if nodes[-1].kind == "text":
+                    tags[1] = nodes[-1].text.strip()
+            inner = "Messages" in _fields(node.expr) if node.kind == "range" else in_messages
+            visit(node.body, inner)
+            visit(node.orelse, inner)
+
+    try:
+        visit(Template(source).nodes, False)
+    except TemplateError:
+        return "", ""
+    return tags[0], tags[1]
+
+
+class ThinkingParser:
+    """thinking/parser.go (v0.13.0) re-drawn: splits generated text into (thinking, content) as it streams. Text
+    before the opening tag other than whitespace means no thinking; whitespace after either tag is dropped; a
+    partial tag is held back until it is decided."""
+
+    def __init__(self, opening: str, closing: str) -> None:
+        self.opening, self.closing = opening, closing
+        self.state = "looking"  # looking → started → thinking → closed → content
+        self.acc = ""
+
+    def add(self, text: str) -> tuple[str, str]:
+        self.acc += text
+        thinking: list[str] = []
+        content: list[str] = []
+        while True:
+            acc = self.acc
+            if self.state == "looking":
+                trimmed = acc.lstrip()
+                if trimmed.startswith(self.opening):
+                    self.acc = trimmed[len(self.opening):].lstrip()
+                    self.state = "thinking" if self.acc else "started"
+                    continue
+                if trimmed and not self.opening.startswith(trimmed):
+                    self.state, self.acc = "content", ""
+                    content.append(acc)  # untrimmed: no thinking, the whole text is content
+                break  # otherwise undecided: keep accumulating
+            if self.state in ("started", "closed"):
+                self.acc = acc.lstrip()
+                if not self.acc:
+                    break
+                self.state = "thinking" if self.state == "started" else "content"
+                continue
+            if self.state == "thinking":
+                if self.closing in acc:
+                    before, _, after = acc.partition(self.closing)
+                    thinking.append(before)
+                    self.acc = after.lstrip()
+                    self.state = "content" if self.acc else "closed"
+                    continue
+                held = next((n for n in range(min(len(acc), len(self.closing)), 0, -1)
+                             if acc.endswith(self.closing[:n])), 0)
+                thinking.append(acc[:len(acc) - held])
+                self.acc = acc[len(acc) - held:]
+                break
+            content.append(acc)  # "content"
+            self.acc = ""
+            break
+        return "".join(thinking), "".join(content)
 
 
 @dataclass
@@ -184,7 +368,10 @@ class Model:
     # A real model (SmolLM2) generates every answer itself, the gate's rewordings included; random tiny models
     # answer the rewording request with paraphrase()'s fixed text. Copied to models created from this one.
     real: bool = False
-    embedder: Any = None  # an embedding model (all-minilm): /api/embed runs it; others embed by trigrams
+    embedder: Any = None  # an embedding model with real weights (all-minilm): /api/embed runs it
+    # An embedding model (its GGUF has a pooling_type: server/images.go Capabilities, v0.13.0): only these embed.
+    # One registered without weights embeds by trigram_embedding.
+    embedding: bool = False
 
     def layers(self) -> list[str]:
         return [d for d in [self.model_blob, *self.adapter_blobs, *self.files.values()] if d]
@@ -202,9 +389,13 @@ class OllamaTestServer:
     """The server plus its registry. Start with :meth:`start`, stop with :meth:`stop`."""
 
     def __init__(self, root: Path, converter: Callable[[Path, Path], None] | None = None,
-                 version: str = VERSION) -> None:
+                 version: str = VERSION, adapters: str = "refused") -> None:
         self.root = Path(root)
         self.version = version  # the Ollama release this server behaves as (settable while it runs)
+        if adapters not in ("accepted", "refused"):
+            raise ValueError("adapters is 'accepted' or 'refused'")
+        # From 0.34.1 ("current"): whether /api/create still takes GGUF adapters (see ADAPTERS_REMOVED_IN).
+        self.adapters = adapters
         # Built-in renderers by name, as the Go template each one renders like (Ollama's are Go code).
         self.renderers: dict[str, str] = {}
         # Families this release runs on the new engine (a later release may move one there: tests add it).
@@ -249,16 +440,22 @@ class OllamaTestServer:
         itself)."""
         model = Model(full_name(name), template=template, system=system, parameters=dict(parameters or {}),
                       model_blob=self.add_blob(gguf), family=family, renderer=renderer, real=real)
+        with contextlib.suppress(ValueError):
+            model.embedding = gguf_facts(gguf)["pooling"]
         with self._lock:
             self.models[model.name] = model
         return model
 
-    def add_embedding_model(self, name: str, directory: Path) -> Model:
-        """Register a sentence-embedding model (all-MiniLM-L6-v2's files, as ``ollama pull all-minilm``): its
-        /api/embed vectors are the real model's (trainer.real.SentenceEmbedder)."""
-        from trainer.real import SentenceEmbedder
+    def add_embedding_model(self, name: str, directory: Path | None = None) -> Model:
+        """Register a sentence-embedding model, as ``ollama pull all-minilm`` would: with all-MiniLM-L6-v2's files
+        in ``directory`` its /api/embed vectors are the real model's (trainer.real.SentenceEmbedder); without, they
+        are :func:`trigram_embedding`'s."""
+        embedder = None
+        if directory is not None:
+            from trainer.real import SentenceEmbedder
 
-        model = Model(full_name(name), family="bert", embedder=SentenceEmbedder(directory), real=True)
+            embedder = SentenceEmbedder(directory)
+        model = Model(full_name(name), family="bert", embedder=embedder, real=directory is not None, embedding=True)
         with self._lock:
             self.models[model.name] = model
         return model
@@ -286,8 +483,12 @@ class OllamaTestServer:
                 self.models[full_name(name)].scripted = self._scripted_tags[full_name(name)]
 
     def get(self, name: str) -> Model | None:
+        """The model ``name`` names, its spelling ignored (server/routes.go getExistingName, v0.13.0)."""
         with self._lock:
-            return self.models.get(full_name(name))
+            if full_name(name) in self.models:
+                return self.models[full_name(name)]
+            key = name_key(name)
+            return next((m for n, m in self.models.items() if key is not None and name_key(n) == key), None)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -449,7 +650,7 @@ class OllamaTestServer:
         return web.json_response({
             "modelfile": modelfile, "parameters": params, "template": m.template, "system": m.system,
             "details": self._details(m), "model_info": {"general.architecture": m.family},
-            "capabilities": ["completion"], "modified_at": m.modified_at,
+            "capabilities": self.capabilities(m), "modified_at": m.modified_at,
             **({"renderer": m.renderer} if m.renderer else {}),
         })
 
@@ -513,11 +714,12 @@ class OllamaTestServer:
             if not digest:
                 return self._error(400, "invalid digest format")
         name = body.get("model") or body.get("name") or ""
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?$", name):
+        if name_key(name) is None:  # types/model/name.go IsValid (v0.13.0): parts of at most 80 characters
             return self._error(400, "invalid model name")
+        existing = self.get(name)  # create reuses an existing spelling (getExistingName)
 
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        task = asyncio.create_task(self._create_model(full_name(name), body, events))
+        task = asyncio.create_task(self._create_model(existing.name if existing else full_name(name), body, events))
         if not stream:
             latest: dict[str, Any] = {}
             while True:
@@ -553,8 +755,17 @@ class OllamaTestServer:
         source = body.get("from") or ""
         files = body.get("files") or {}
         adapters = body.get("adapters") or {}
-        if adapters and self._release() >= ADAPTERS_REMOVED_IN:
-            await fail(ADAPTERS_REMOVED, 400)
+        quantize = str(body.get("quantize") or body.get("quantization") or "")
+        current = self._release() >= ADAPTERS_REMOVED_IN
+        safetensors = any(f.endswith(".safetensors") for f in files)
+        if current and adapters and self.adapters == "refused":
+            await fail(ADAPTERS_REMOVED, 400)  # modelled on downstream reports (module constants)
+            return
+        if current and safetensors:
+            await fail(SAFETENSORS_IMPORT_REFUSED, 400)  # refs/pull/14969/head: safetensors go to MLX, not here
+            return
+        if current and quantize:
+            await fail(GGUF_QUANTIZE_REMOVED, 400)  # refs/pull/14969/head server/create.go validateCreateOptions
             return
         if source:
             parent = self.get(source)
@@ -567,7 +778,8 @@ class OllamaTestServer:
                           parameters=dict(parent.parameters), model_blob=parent.model_blob,
                           adapter_blobs=list(parent.adapter_blobs), parent=parent.name, family=parent.family,
                           scripted=parent.scripted, files=dict(parent.files), quantization=parent.quantization,
-                          renderer=parent.renderer, real=parent.real)
+                          renderer=parent.renderer, real=parent.real, embedder=parent.embedder,
+                          embedding=parent.embedding)
         elif files:
             for fname, digest in files.items():
                 if not self._blob_exists(digest):
@@ -605,7 +817,18 @@ class OllamaTestServer:
                     await fail("supplied file was not in GGUF format", 400)
                     return
             await events.put({"status": "parsing GGUF"})
-            model.adapter_blobs.append(digest)
+            try:
+                facts = gguf_facts(self.blob_path(digest))
+            except ValueError as exc:
+                await fail(str(exc))  # ggml.Decode's error: not one of create's 400s
+                return
+            # server/create.go ggufLayers (v0.13.0, same at v0.32.15): a GGUF is an adapter layer only when its
+            # general.type is "adapter"; otherwise it is a model layer, and the last model layer is the weights
+            # the model runs (server/images.go GetModel sets ModelPath per model layer).
+            if facts["type"] == "adapter":
+                model.adapter_blobs.append(digest)
+            else:
+                model.model_blob = digest
 
         if body.get("template"):
             try:
@@ -618,22 +841,11 @@ class OllamaTestServer:
             model.system = body["system"]
         if body.get("parameters"):
             model.parameters.update(body["parameters"])
-        if body.get("quantize"):
-            wanted = str(body["quantize"]).upper()
-            if wanted not in QUANTIZE_TYPES:
-                await fail(f"unsupported quantization type {wanted} - supported types are F32, F16, Q4_K_S, Q4_K_M, "
-                           "Q8_0", 400)
+        if quantize:
+            error = await self._quantize(model, quantize.upper(), events)
+            if error:
+                await fail(error, 400 if error.startswith("unsupported quantization type") else 500)
                 return
-            if model.quantization not in ("F16", "F32"):
-                await fail("quantization is only supported for F16 and F32 models", 400)
-                return
-            # Reported as Ollama reports it, not performed: the tiny test models' rows are too short for k-quants.
-            total = self._size(model)
-            for done in (0, total // 2, total):
-                await events.put({"status": f"quantizing {model.quantization} model to {wanted}",
-                                  "digest": "0000000000000000000", "total": total, "completed": done})
-            await events.put({"status": "verifying conversion"})
-            model.quantization = wanted
 
         for digest in model.layers():
             await events.put({"status": f"using existing layer {digest}"})
@@ -649,6 +861,45 @@ class OllamaTestServer:
                 model.scripted = self._scripted_tags[name]
             self.models[name] = model
         await events.put({"status": "success"})
+
+    async def _quantize(self, model: Model, wanted: str, events: asyncio.Queue) -> str | None:
+        """Quantize ``model``'s weights as server/create.go createModel does (v0.13.0; v0.30.0 and v0.32.15 also
+        take BF16 sources): by the file type the GGUF records, and for real — with llama.cpp's quantizer, which
+        Ollama's own (server/quantization.go, "ported from llama_tensor_get_type") follows, fallbacks for short
+        rows included. Returns Ollama's error text, or None."""
+        if wanted not in (*QUANTIZE_TYPES, "Q4_K"):  # fs/ggml/type.go ParseFileType (v0.13.0)
+            return f"unsupported quantization type {wanted} - supported types are F32, F16, Q4_K_S, Q4_K_M, Q8_0"
+        if wanted == "Q4_K":
+            wanted = "Q4_K_M"
+        if model.model_blob is None:
+            return None
+        path = self.blob_path(model.model_blob)
+        try:
+            source = file_type_name(gguf_facts(path)["file_type"])
+        except ValueError as exc:
+            return str(exc)
+        if model.files:
+            source = model.quantization  # Ollama's own converter wrote it (F16); the test converter's file differs
+        sources = ("F16", "F32") if self._release() < LLAMA_SERVER_SINCE else ("F16", "BF16", "F32")
+        if source not in sources:
+            return f"quantization is only supported for {', '.join(sources[:-1])} and {sources[-1]} models"
+        if source == wanted:
+            return None
+        total = path.stat().st_size
+        status = f"quantizing {source} model to {wanted}"
+        await events.put({"status": status, "digest": "0000000000000000000", "total": total, "completed": 0})
+        out = self.root / f"quantize-{random.getrandbits(32):08x}.gguf"
+        try:
+            ok = await asyncio.to_thread(_llama_quantize, path, out, wanted)
+            if not ok:
+                return f"llama.cpp could not quantize the model to {wanted}"
+            await events.put({"status": status, "digest": "0000000000000000000", "total": total, "completed": total})
+            await events.put({"status": "verifying conversion"})
+            model.model_blob = self.add_blob(out)
+        finally:
+            out.unlink(missing_ok=True)
+        model.quantization = wanted
+        return None
 
     def _blob_exists(self, digest: str) -> bool:
         try:
@@ -678,11 +929,19 @@ class OllamaTestServer:
         if isinstance(body, web.Response):
             return body
         name = body.get("model") or body.get("name") or ""
+        if name_key(name) is None:
+            return self._error(400, f'name "{name}" is invalid')
         with self._lock:
-            if full_name(name) not in self.models:
+            m = self.get(name)
+            if m is None:
                 return self._error(404, f"model '{name}' not found")
-            del self.models[full_name(name)]
-            self._loaded.pop(full_name(name), None)
+            del self.models[m.name]
+            self._loaded.pop(m.name, None)
+            # server/manifest.go RemoveLayers → server/layer.go Layer.Remove (v0.13.0): each of the model's
+            # blobs that no other model's manifest uses is deleted.
+            used = {d for other in self.models.values() for d in other.layers()}
+            for digest in set(m.layers()) - used:
+                self.blob_path(digest).unlink(missing_ok=True)
         return web.Response(status=200)
 
     # -- chat / generate ---------------------------------------------------------------------------
@@ -701,17 +960,101 @@ class OllamaTestServer:
         return body, name, m
 
     def _load_error(self, m: Model) -> str | None:
-        """Why loading ``m`` fails before anything is rendered or generated (Ollama's scheduleRunner), or None."""
-        if m.adapter_blobs and m.family in self.new_engine_families and m.scripted is None:
+        """Why loading ``m`` fails before anything is rendered or generated (Ollama's scheduleRunner), or None.
+        Only up to the 0.2x releases: from v0.30.0 every GGUF model runs under llama-server, adapters as --lora
+        (llm/llama_server.go), and the new engine's refusal (runner/ollamarunner/runner.go) is gone."""
+        if (m.adapter_blobs and m.family in self.new_engine_families and m.scripted is None
+                and self._release() < LLAMA_SERVER_SINCE):
             return LORAS_NOT_IMPLEMENTED
         return None
 
     def _prompt_template(self, m: Model) -> str:
-        """The template Ollama renders ``m`` with: its renderer's when it has one (TEMPLATE is then ignored)."""
-        return self.renderers.get(m.renderer, m.template) if m.renderer else m.template
+        """The template Ollama renders ``m`` with: its renderer's when it has one (TEMPLATE is then ignored). A
+        template that reads neither ``.Messages`` nor ``.Response`` gets ``{{ .Response }}`` appended, as
+        template/template.go Parse does (v0.13.0)."""
+        source = self.renderers.get(m.renderer, m.template) if m.renderer else m.template
+        try:
+            names = Template(source).variables()
+        except TemplateError:
+            return source
+        return source if {"messages", "response"} & names else source + "{{ .Response }}"
+
+    def capabilities(self, m: Model) -> list[str]:
+        """server/images.go Model.Capabilities (v0.13.0): embedding for a model with a pooling type, completion
+        otherwise; tools and insert when the template reads ``.Tools``/``.Suffix``; thinking when
+        thinking/template.go InferTags finds its tags (or the family is gpt-oss)."""
+        caps = ["embedding"] if m.embedding else ["completion"]
+        template = self._prompt_template(m)
+        with contextlib.suppress(TemplateError):
+            names = Template(template).variables()
+            caps += [c for c, v in (("tools", "tools"), ("insert", "suffix")) if v in names]
+        if all(think_tags(template)) or m.family in ("gptoss", "gpt-oss"):
+            caps.append("thinking")
+        return caps
 
     def _debug_render(self, body: dict[str, Any]) -> bool:
         return body.get("_debug_render_only") is True and self._release() >= DEBUG_RENDER_SINCE
+
+    def _think(self, body: dict[str, Any], name: str, m: Model) -> bool | web.Response:
+        """server/routes.go ChatHandler/GenerateHandler (v0.13.0 to v0.32.15): a thinking-capable model thinks
+        unless the request says ``think: false``; ``think: true`` on any other model is a 400."""
+        think = body.get("think")
+        if "thinking" in self.capabilities(m):
+            return think is not False  # api.ThinkValue.Bool: "high"/"medium"/"low" are on too
+        if think not in (None, False):
+            return self._error(400, f'"{name}" does not support thinking')
+        return False
+
+    async def _load(self, m: Model, num_ctx: int) -> Any:
+        """Load ``m``'s weights (and adapter) as scheduleRunner does before any rendering; None for a model
+        without weights. Raises RuntimeError with the runner's failure."""
+        if m.scripted is not None or m.model_blob is None:
+            return None
+        try:
+            return await asyncio.to_thread(self._llama, m, num_ctx)
+        except Exception as exc:
+            raise RuntimeError(f"llama runner process has terminated: {exc}") from None
+
+    def _render(self, template: str, msgs: list[dict[str, str]], think: bool, think_set: bool) -> str:
+        """template/template.go Execute (v0.13.0) for /api/chat: ``.Messages`` templates get the collated
+        messages with ``.Think``/``.IsThinkSet``; legacy ones render per turn (deploy.go_template)."""
+        t = Template(template)
+        if "messages" not in t.variables():
+            return render_chat(template, msgs)
+        system = "\n\n".join(x["content"] for x in msgs if x["role"] == "system")
+        collated: list[dict[str, str]] = []
+        for x in msgs:
+            if collated and collated[-1]["role"] == x["role"] and x["role"] != "tool":
+                collated[-1] = {**collated[-1], "content": collated[-1]["content"] + "\n\n" + x["content"]}
+            else:
+                collated.append(dict(x))
+        return t.render({
+            "System": system, "Response": "", "Tools": [], "Think": think, "ThinkLevel": "", "IsThinkSet": think_set,
+            "Messages": [{"Role": x["role"], "Content": x["content"], "Thinking": "", "ToolCalls": [],
+                          "ToolName": "", "Images": []} for x in collated],
+        })
+
+    @staticmethod
+    def _count_tokens(llm: Any, text: str) -> int:
+        """Tokens of ``text`` as the runner counts them; for a model without weights (scripted), its words."""
+        if llm is None:
+            return len(text.split())
+        return len(llm.tokenize(text.encode(), add_bos=False, special=True))
+
+    def _chat_prompt(self, template: str, msgs: list[dict[str, str]], num_ctx: int, truncate: bool, llm: Any,
+                     think: bool, think_set: bool) -> str:
+        """server/prompt.go chatPrompt (v0.13.0), re-drawn: going back from the last message (always kept), the
+        longest tail whose rendering, with the system messages before it, fits ``num_ctx`` tokens; older
+        non-system messages are dropped silently. (As there, a system message just before the cut is dropped.)"""
+        n = len(msgs) - 1
+        system: list[dict[str, str]] = []
+        for i in range(n - 1, -1, -1):
+            system = [x for x in msgs[:i] if x["role"] == "system"]
+            prompt = self._render(template, system + msgs[i:], think, think_set)
+            if truncate and self._count_tokens(llm, prompt) > num_ctx:
+                break
+            n = i
+        return self._render(template, system + msgs[n:], think, think_set)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         found = await self._model_request(request)
@@ -723,20 +1066,40 @@ class OllamaTestServer:
             for x in body.get("messages") or []
         ]
         stream = body.get("stream", True) is not False
+        # server/routes.go ChatHandler (v0.13.0): no messages and keep_alive 0 unloads, before anything loads.
+        if not messages and body.get("keep_alive") in (0, "0", "0s"):
+            self._touch(m.name, 0)
+            return web.json_response({"model": name, "created_at": _now(),
+                                      "message": {"role": "assistant", "content": ""},
+                                      "done_reason": "unload", "done": True})
+        think = self._think(body, name, m)
+        if isinstance(think, web.Response):
+            return think
+        if m.embedding:
+            return self._error(400, f'"{name}" does not support chat')
         if error := self._load_error(m):
             return self._error(500, error)
+        options = {**_DEFAULT_OPTIONS, **m.parameters, **(body.get("options") or {})}
+        if error := option_error(options):
+            return self._error(500, error)
+        try:
+            llm = await self._load(m, int(options["num_ctx"]))
+        except RuntimeError as exc:
+            return self._error(500, str(exc))
         self._touch(m.name, body.get("keep_alive"))
         if not messages:
             return web.json_response({"model": name, "created_at": _now(),
                                       "message": {"role": "assistant", "content": ""},
                                       "done_reason": "load", "done": True})
+        if m.system and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": m.system})
+        template = self._prompt_template(m)
         try:
-            prompt = ollama_prompt(self._prompt_template(m), m.system, messages)
+            prompt = await asyncio.to_thread(self._chat_prompt, template, messages, int(options["num_ctx"]),
+                                             body.get("truncate", True) is not False, llm, think,
+                                             body.get("think") is not None)
         except TemplateError as exc:
             return self._error(500, f"template: {exc}")
-        options = {**_DEFAULT_OPTIONS, **m.parameters, **(body.get("options") or {})}
-        if error := option_error(options):
-            return self._error(500, error)
         if self._debug_render(body):
             with self._lock:
                 self.rendered.append({"model": m.name, "prompt": prompt})
@@ -746,38 +1109,66 @@ class OllamaTestServer:
         scripted = m.scripted.for_question(question) if m.scripted is not None else None
         if messages[0] == {"role": "system", "content": PARAPHRASE_INSTRUCTION} and not m.real:
             scripted = Scripted(paraphrase(question))  # the gate's rewording request (deploy/gate.py)
-        return await self._respond(request, m, name, prompt, options, stream, chat=True, scripted=scripted)
+        tags = think_tags(template) if think else ("", "")
+        parser = None
+        if all(tags):  # server/routes.go ChatHandler: thinking.Parser, primed when the prompt ends in the tag
+            parser = ThinkingParser(*tags)
+            if prompt.strip().endswith(tags[0]):
+                parser.add(tags[0])
+        return await self._respond(request, m, name, prompt, options, stream, chat=True, scripted=scripted,
+                                   thinking=parser)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         found = await self._model_request(request)
         if isinstance(found, web.Response):
             return found
         body, name, m = found
+        prompt_text = str(body.get("prompt") or "")
+        # server/routes.go GenerateHandler (v0.13.0): an empty prompt with keep_alive 0 unloads.
+        if not prompt_text and body.get("keep_alive") in (0, "0", "0s"):
+            self._touch(m.name, 0)
+            return web.json_response({"model": name, "created_at": _now(), "response": "",
+                                      "done_reason": "unload", "done": True})
+        think = self._think(body, name, m)
+        if isinstance(think, web.Response):
+            return think
+        if m.embedding:
+            return self._error(400, f'"{name}" does not support generate')
         if error := self._load_error(m):
             return self._error(500, error)
+        options = {**_DEFAULT_OPTIONS, **m.parameters, **(body.get("options") or {})}
+        if error := option_error(options):
+            return self._error(500, error)
+        try:
+            await self._load(m, int(options["num_ctx"]))
+        except RuntimeError as exc:
+            return self._error(500, str(exc))
         self._touch(m.name, body.get("keep_alive"))
-        prompt_text = str(body.get("prompt") or "")
         if not prompt_text:
             return web.json_response({"model": name, "created_at": _now(), "response": "",
                                       "done_reason": "load", "done": True})
+        template = self._prompt_template(m)
         if body.get("raw"):
             prompt = prompt_text
         else:
             msgs = ([{"role": "system", "content": body.get("system") or m.system}] if (body.get("system") or m.system)
                     else []) + [{"role": "user", "content": prompt_text}]
-            prompt = render_chat(self._prompt_template(m), msgs)
-        options = {**_DEFAULT_OPTIONS, **m.parameters, **(body.get("options") or {})}
-        if error := option_error(options):
-            return self._error(500, error)
+            prompt = self._render(template, msgs, think, body.get("think") is not None)
         if self._debug_render(body):
             return web.json_response({"model": name, "created_at": _now(), "response": "", "done": False,
                                       "_debug_info": {"rendered_template": prompt}})
+        tags = think_tags(template) if think and not body.get("raw") else ("", "")
+        parser = ThinkingParser(*tags) if all(tags) else None
+        if parser is not None and prompt.strip().endswith(tags[0]):
+            parser.add(tags[0])
         return await self._respond(request, m, name, prompt, options, body.get("stream", True) is not False,
-                                   chat=False)
+                                   chat=False, thinking=parser)
 
     async def _embed(self, request: web.Request) -> web.Response:
-        """``/api/embed`` (server/routes.go EmbedHandler): any registered model embeds, with
-        :func:`trigram_embedding` (768 dimensions) instead of a network; the response has Ollama's shape."""
+        """``/api/embed`` (server/routes.go EmbedHandler, v0.13.0): only an embedding model embeds (others:
+        NO_EMBEDDINGS, a 500); each input longer than the context is cut (``truncate``, the default) or refused;
+        ``dimensions`` keeps that many leading values, normalised again. Vectors come from the real model
+        (add_embedding_model with files) or :func:`trigram_embedding` (768 dimensions), whose tokens are words."""
         found = await self._model_request(request)
         if isinstance(found, web.Response):
             return found
@@ -788,7 +1179,7 @@ class OllamaTestServer:
         elif isinstance(raw, str):
             texts = [raw]
         elif isinstance(raw, list) and all(isinstance(t, str) for t in raw):
-            texts = raw
+            texts = list(raw)
         else:
             return self._error(400, "invalid input type")
         if any(t == "" for t in texts):
@@ -798,11 +1189,32 @@ class OllamaTestServer:
         if self.embed_error is not None:
             return self._error(*self.embed_error)
         self._touch(m.name, body.get("keep_alive"))
+        if not texts:
+            return web.json_response({"model": name, "embeddings": []})
+        if not m.embedding:
+            return self._error(500, NO_EMBEDDINGS)
+        options = {**_DEFAULT_OPTIONS, **m.parameters, **(body.get("options") or {})}
+        # min(num_ctx, the model's context length): all-MiniLM-L6-v2's bert.context_length is 512.
+        ctx_len = min(int(options["num_ctx"]), 512)
+        count = 0
+        for i, text in enumerate(texts):
+            n = m.embedder.token_count(text) if m.embedder is not None else len(text.split())
+            if n > ctx_len:
+                if body.get("truncate") is False:
+                    return self._error(400, "input exceeds maximum context length")
+                if m.embedder is None:  # words stand in for tokens; without BOS and EOS among them, 2 fewer fit
+                    n = ctx_len - 2
+                    texts[i] = " ".join(text.split()[:n])
+                else:
+                    n = ctx_len  # the real embedder cuts its own input (trainer.real.SentenceEmbedder)
+            count += n
         if m.embedder is not None:
-            vectors = await asyncio.to_thread(m.embedder.embed, texts) if texts else []
-            count = sum(m.embedder.token_count(t) for t in texts)
+            vectors = await asyncio.to_thread(m.embedder.embed, texts)
         else:
-            vectors, count = [trigram_embedding(t) for t in texts], sum(len(t.split()) for t in texts)
+            vectors = [trigram_embedding(t) for t in texts]
+        dims = body.get("dimensions")
+        if isinstance(dims, int) and 0 < dims:
+            vectors = [_normalised(v[:dims]) if dims < len(v) else v for v in vectors]
         return web.json_response({"model": name, "embeddings": vectors, "total_duration": 1_000_000,
                                   "load_duration": 100_000, "prompt_eval_count": count})
 
@@ -818,7 +1230,7 @@ class OllamaTestServer:
 
     async def _respond(
         self, request: web.Request, m: Model, name: str, prompt: str, options: dict[str, Any], stream: bool,
-        chat: bool, scripted: Scripted | None = None,
+        chat: bool, scripted: Scripted | None = None, thinking: ThinkingParser | None = None,
     ) -> web.StreamResponse:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -836,13 +1248,15 @@ class OllamaTestServer:
         else:
             task = asyncio.create_task(asyncio.to_thread(self._generate_real, m, prompt, options, emit))
 
-        def piece(text: str) -> dict[str, Any]:
+        def piece(text: str, thought: str = "") -> dict[str, Any]:
             base = {"model": name, "created_at": _now()}
-            return {**base, "message": {"role": "assistant", "content": text}, "done": False} if chat else {
-                **base, "response": text, "done": False}
+            extra = {"thinking": thought} if thought else {}
+            return {**base, "message": {"role": "assistant", "content": text, **extra}, "done": False} if chat else {
+                **base, "response": text, **extra, "done": False}
 
         resp: web.StreamResponse | None = None
         collected: list[str] = []
+        thoughts: list[str] = []
         counts = {"prompt_eval_count": 0, "eval_count": 0}
         try:
             while True:
@@ -854,7 +1268,7 @@ class OllamaTestServer:
                     counts.update(value)
                     continue
                 if kind == "error":
-                    if resp is None and not stream:
+                    if resp is None:  # nothing written yet: server/routes.go streamResponse sends a status (v0.13.0)
                         await task
                         return self._error(500, value)
                     if resp is None:
@@ -863,16 +1277,20 @@ class OllamaTestServer:
                     await resp.write((json.dumps({"error": value}) + "\n").encode())
                     break
                 if kind == "piece":
+                    thought, value = thinking.add(value) if thinking is not None else ("", value)
+                    if not thought and not value:
+                        continue  # held back by the thinking parser (routes.go sends nothing then)
                     collected.append(value)
+                    thoughts.append(thought)
                     if stream:
                         if resp is None:
                             resp = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
                             await resp.prepare(request)
-                        await resp.write((json.dumps(piece(value)) + "\n").encode())
+                        await resp.write((json.dumps(piece(value, thought)) + "\n").encode())
                     continue
                 if kind == "done":
                     total = time.perf_counter_ns() - started
-                    final = piece("".join(collected) if not stream else "")
+                    final = piece("".join(collected), "".join(thoughts)) if not stream else piece("")
                     final.update(done=True, done_reason=value, total_duration=total, load_duration=0,
                                  prompt_eval_duration=0, eval_duration=total, **counts)
                     if not stream:
@@ -950,7 +1368,7 @@ class OllamaTestServer:
 
     def _generate_real(self, m: Model, prompt: str, options: dict[str, Any], emit: Callable[[str, Any], None]) -> None:
         try:
-            llm = self._llama(m, int(options.get("num_ctx") or 2048))
+            llm = self._llama(m, int(options.get("num_ctx") or _DEFAULT_OPTIONS["num_ctx"]))
         except Exception as exc:
             emit("error_before", f"llama runner process has terminated: {exc}")
             return
@@ -959,12 +1377,19 @@ class OllamaTestServer:
             with self._lock:
                 self.prompts.append({"model": m.name, "prompt": prompt, "tokens": list(tokens)})
             n_ctx = llm.n_ctx()
+            if len(tokens) > n_ctx:
+                # runner/llamarunner/runner.go NewSequence (v0.13.0): an input longer than the context keeps its
+                # first num_keep tokens (api.DefaultOptions: 4) and drops the ones after them. The context shift
+                # that then makes room to generate is not emulated: the reply ends at once ("length").
+                keep = min(int(options.get("num_keep", 4)), n_ctx - 1)
+                tokens = tokens[:keep] + tokens[keep + len(tokens) - n_ctx:]
             limit = n_ctx - len(tokens)
-            if limit <= 0:
-                emit("error", f"prompt of {len(tokens)} tokens does not fit the context of {n_ctx}")
-                return
             num_predict = int(options.get("num_predict", -1))
             max_tokens = limit if num_predict < 0 else min(num_predict, limit)
+            if max_tokens <= 0:
+                emit("counts", {"prompt_eval_count": len(tokens), "eval_count": 0})
+                emit("done", "length")
+                return
             seed = int(options.get("seed", -1))
             stop = options.get("stop") or []
             stop = [stop] if isinstance(stop, str) else list(stop)

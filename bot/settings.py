@@ -51,11 +51,14 @@ class Settings(WorkerSettings):
     eval_fraction: float = Field(default=0.1, ge=0, lt=1)
 
     # Deploy (adapter → Ollama): see deploy/pipeline.py DeployConfig.
-    deploy_mode: Literal["auto", "adapter", "merged"] = Field(
-        default="auto", description="auto: adapter where the Ollama daemon can serve one for the base, else merged; "
-                                    "adapter: a GGUF LoRA on the clean base; merged: merged safetensors.")
+    deploy_mode: Literal["auto", "adapter", "gguf", "merged"] = Field(
+        default="auto", description="auto: adapter where the Ollama daemon may serve one for the base, gguf where it "
+                                    "cannot or refuses (remembered); adapter: a GGUF LoRA on the clean base; gguf: "
+                                    "the merged model as one GGUF file made with llama.cpp; merged: merged "
+                                    "safetensors that Ollama converts (removed in Ollama 0.34.1).")
     deploy_quantize: str | None = Field(
-        default=None, description="merged path only: q4_K_M, q4_K_S, q8_0, f16, f32 or bf16 (what Ollama accepts)")
+        default=None, description="gguf and merged paths: q4_K_M, q4_K_S, q8_0, f16, f32 or bf16 (gguf: quantized "
+                                  "by llama.cpp on the worker; merged: by Ollama); unset: deploy_outtype")
     deploy_gate_margin: float = Field(default=0.02, ge=0,
                                       description="allowed key-fact recall drop vs the active model")
     deploy_eval_limit: int = Field(default=32, ge=0, description="eval prompts answered by each model in the gate")
@@ -94,7 +97,7 @@ class Settings(WorkerSettings):
     compare_automatic: bool = Field(
         default=False, description="automatic mode: experts also compare a promoted version with the previous one.")
     quality_min_votes: int = Field(
-        default=20, ge=1, description="Votes each version needs before a 👎-rate regression can be called.")
+        default=20, ge=1, description="Distinct voters each version needs before a 👎-rate regression can be called.")
     retrain_promotion: Literal["automatic", "manual"] = Field(
         default="automatic", description="manual: a candidate that passed the gate waits for an expert's promote.")
     retrain_train: dict[str, Any] = Field(
@@ -113,7 +116,10 @@ class Settings(WorkerSettings):
         default=200, ge=0,
         description="Pairs one user may submit per hour (/teach, suggestions, /import); 0: no limit.")
     chat_max_tokens: int = Field(default=1024, ge=16, description="Longest chat answer, in tokens (num_predict).")
-    chat_time_limit_s: float = Field(default=120.0, gt=0, description="A chat answer stops streaming after this.")
+    # An /ask answer is streamed through its interaction's token, which Discord voids 15 min after the command
+    # (401 50027): the cap keeps the answer, and what precedes it (retrieval, the queue), well inside that.
+    chat_time_limit_s: float = Field(default=120.0, gt=0, le=600,
+                                     description="A chat answer stops streaming after this (at most 600 s).")
     chat_thinking: Literal["spoiler", "hidden"] = Field(
         default="spoiler", description="A reasoning model's <think> block: collapsed behind a spoiler, or hidden.")
     # Retrieval (bot/retrieval.py): approved pairs shown to the model in the system message until it learns them.

@@ -1,4 +1,5 @@
-"""PEFT LoRA adapter → GGUF LoRA adapter (what llama.cpp, and so Ollama, applies on a GGUF base).
+"""PEFT LoRA adapter → GGUF LoRA adapter (what llama.cpp, and so Ollama, applies on a GGUF base); and llama.cpp's
+own converter and quantizer, found on this host, for the gguf deploy path (a merged model → one GGUF file).
 
 Built on the ``gguf`` package: tensor names come from its name maps, so ``model.layers.3.self_attn.q_proj``
 becomes ``blk.3.attn_q.weight`` and the adapter's tensors ``blk.3.attn_q.weight.lora_a`` / ``.lora_b``.
@@ -8,8 +9,16 @@ must be permuted the same way, which means permuting the rows of ``lora_B``. Qwe
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +219,131 @@ def convert_adapter(adapter_dir: Path | str, base_dir: Path | str, out: Path | s
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+# ---- llama.cpp's converter and quantizer (the gguf deploy path) ---------------------------------------------
+
+CONVERTER = "convert_hf_to_gguf.py"
+# What the converter needs beside itself: newer llama.cpp split it into conversion/, and it must import the gguf-py
+# of its own version (PyPI's gguf fails with it).
+_CONVERTER_PARTS = (CONVERTER, "conversion/", "gguf-py/")
+# Where `make install` keeps llama-cpp-python's source archive (it vendors llama.cpp), and where it is unpacked.
+SDIST_DIR = Path.home() / ".cache" / "loraloop" / "wheels"
+SOURCES_CACHE = Path.home() / ".cache" / "loraloop" / "llama.cpp"
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+# File types the converter writes itself; the others are quantized from its f16/bf16 output by llama.cpp.
+CONVERTER_TYPES = ("f32", "f16", "bf16")
+# llama.cpp's llama_ftype numbers (include/llama.h) for the types deploy_quantize accepts beyond those.
+QUANTIZED_TYPES = {"q8_0": 7, "q4_K_S": 14, "q4_K_M": 15}
+
+
+class LlamaCppMissing(ConversionError):
+    """llama.cpp's converter (or llama-cpp-python, for quantizing) is not on this host; the message says what to
+    install."""
+
+
+def _sdist_version(path: Path) -> tuple[int, ...]:
+    found = re.search(r"-(\d+(?:\.\d+)*)\.tar\.gz$", path.name)
+    return tuple(int(x) for x in found.group(1).split(".")) if found else ()
+
+
+def llama_cpp_sources(configured: Path | str | None = None, *, sdist_dir: Path = SDIST_DIR,
+                      cache: Path = SOURCES_CACHE) -> Path:
+    """The llama.cpp source directory holding ``convert_hf_to_gguf.py`` and its ``gguf-py/``.
+
+    ``configured`` (the ``llama_cpp_dir`` setting) wins; else the newest llama-cpp-python source archive in
+    ``sdist_dir``, unpacked once into ``cache`` (kept there: an archive deleted later is not missed).
+    LlamaCppMissing (one line, naming what to install) otherwise."""
+    if configured is not None:
+        sources = Path(configured)
+        if (sources / CONVERTER).is_file() and (sources / "gguf-py").is_dir():
+            return sources
+        raise LlamaCppMissing(f"llama_cpp_dir {sources} holds no {CONVERTER} with its gguf-py/: point it at a "
+                              "llama.cpp source checkout")
+    archives = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz"), key=_sdist_version)
+    if not archives:
+        unpacked = sorted((d for d in cache.glob("llama_cpp_python-*") if (d / CONVERTER).is_file()),
+                          key=lambda d: _sdist_version(d.with_name(d.name + ".tar.gz")))
+        if unpacked:
+            return unpacked[-1]
+        raise LlamaCppMissing(
+            f"the gguf deploy path needs llama.cpp's {CONVERTER}: set llama_cpp_dir (LORALOOP_LLAMA_CPP_DIR) to a "
+            f"llama.cpp checkout, or put llama-cpp-python's source archive in {sdist_dir} (`pip download "
+            f"--no-binary :all: --no-deps {LLAMA_CPP_PYTHON} -d {sdist_dir}`; make install does)")
+    archive = archives[-1]
+    target = cache / archive.name.removesuffix(".tar.gz")
+    if (target / CONVERTER).is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))
+    try:
+        prefix = archive.name.removesuffix(".tar.gz") + "/vendor/llama.cpp/"
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers()
+                       if m.name.startswith(prefix) and m.name[len(prefix):].startswith(_CONVERTER_PARTS)]
+            for m in members:
+                m.name = m.name[len(prefix):]
+            tar.extractall(work, members=members, filter="data")
+        if not (work / CONVERTER).is_file():
+            raise LlamaCppMissing(f"{archive} holds no vendor/llama.cpp/{CONVERTER}: set llama_cpp_dir to a "
+                                  "llama.cpp checkout")
+        work.chmod(0o755)
+        try:
+            os.rename(work, target)  # atomic: a concurrent deploy either wins or finds the finished directory
+        except OSError:
+            if not (target / CONVERTER).is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def convert_model(model_dir: Path | str, out: Path | str, sources: Path, outtype: str = "f16") -> Path:
+    """Write ``out``: the HF model in ``model_dir`` as one GGUF file, by llama.cpp's own converter (a subprocess;
+    ``outtype`` f32, f16 or bf16)."""
+    model_dir, out = Path(model_dir), Path(out)
+    if outtype not in CONVERTER_TYPES:
+        raise ConversionError(f"the converter writes {', '.join(CONVERTER_TYPES)}, not {outtype!r}")
+    paths = [str(sources / "gguf-py"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "HF_HUB_OFFLINE": "1"}
+    log_path = out.with_name(out.name + ".log")
+    cmd = [sys.executable, str(sources / CONVERTER), str(model_dir), "--outfile", str(out), "--outtype", outtype]
+    with log_path.open("wb") as log:  # a file, not a pipe: the converter never blocks on a full one
+        done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    log_path.unlink()
+    if done.returncode != 0 or not out.is_file():
+        lines = [line for line in text.splitlines() if line.strip()]
+        raise ConversionError(f"llama.cpp's {CONVERTER} failed ({done.returncode}): {' | '.join(lines[-3:])}")
+    return out
+
+
+def quantize_model(source: Path | str, out: Path | str, file_type: str, threads: int | None = None) -> Path:
+    """Write ``out``: the f16/bf16/f32 GGUF ``source`` quantized to ``file_type`` (q8_0, q4_K_S, q4_K_M) by
+    llama.cpp (llama-cpp-python's ``llama_model_quantize``). Rows too short for a k-quant get llama.cpp's
+    fallback type; the file's type is still the one asked for."""
+    if file_type not in QUANTIZED_TYPES:
+        raise ConversionError(f"llama.cpp quantizes to {', '.join(QUANTIZED_TYPES)} here, not {file_type!r}")
+    try:
+        import llama_cpp
+    except ImportError:
+        raise LlamaCppMissing(f"quantizing to {file_type} needs llama-cpp-python: pip install {LLAMA_CPP_PYTHON} "
+                              "(or set deploy_quantize to f16/bf16/f32)") from None
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANTIZED_TYPES[file_type]
+    params.nthread = threads or os.cpu_count() or 1
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
+    if status != 0 or not Path(out).is_file():
+        raise ConversionError(f"llama.cpp could not quantize {source} to {file_type} (status {status})")
+    return Path(out)
+
+
+def gguf_file_type(path: Path | str) -> str:
+    """The file type a GGUF's header declares (``general.file_type``), as llama.cpp names it: MOSTLY_Q4_K_M…"""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    field = reader.get_field(gguf.Keys.General.FILE_TYPE)
+    if field is None:
+        return "unknown"
+    return gguf.LlamaFileType(int(field.contents())).name

@@ -9,6 +9,7 @@ from a fine-tuned tag: Ollama inherits adapters, they would stack).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -42,6 +43,7 @@ from trainer.record import RunRecord, read_run
 if TYPE_CHECKING:  # the GPU worker imports this module and has no database stack
     from data.models import ModelVersion
     from data.store import Store
+    from deploy.merge import GgufBuild
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,13 @@ class DeployConfig:
 
     model_name: str
     ollama_base: str  # the clean base tag in Ollama, e.g. qwen2.5:0.5b-instruct
-    # auto: the adapter path where the daemon creates and loads adapter models for the base, else merged (see
-    # deploy/registration.py); adapter / merged: that path only, failing with the reason where it cannot work.
-    mode: Literal["auto", "adapter", "merged"] = "auto"
-    quantize: str | None = None  # merged path only: Ollama quantizes the merged model on create, e.g. q4_K_M
+    # auto: the adapter path where the daemon may create and load adapter models for the base, else (or when it
+    # refuses one) gguf (see deploy/registration.py); adapter / gguf / merged: that path only, failing with the
+    # reason where it cannot work.
+    mode: Literal["auto", "adapter", "gguf", "merged"] = "auto"
+    # The merged model's type, e.g. q4_K_M: quantized here by llama.cpp on the gguf path (f16/bf16/f32: the
+    # converter's own output), by Ollama on create on the merged path; the adapter path ignores it. None: outtype.
+    quantize: str | None = None
     gate_margin: float = 0.02  # candidate may trail the active model by at most this key-fact recall
     eval_limit: int = 32
     # The gate's other dimensions (deploy/gate.py). Retention: the largest rise in NLL (nats/token) of the base's
@@ -218,6 +223,7 @@ async def deploy(
     on_event: Event | None = None,
     memory: PathMemory | None = None,
     inform: Inform | None = None,
+    llama_cpp_dir: Path | None = None,
 ) -> DeployResult:
     """Register ``adapter_dir`` as the next version, judge it, and make it active if it passes.
 
@@ -246,7 +252,8 @@ async def deploy(
 
     try:
         candidate = await register_candidate(adapter_dir, client=client, config=config, tag=tag,
-                                             base_dir=base_dir or run.base_dir, emit=emit, memory=memory)
+                                             base_dir=base_dir or run.base_dir, emit=emit, memory=memory,
+                                             llama_cpp_dir=llama_cpp_dir)
         result.bytes_uploaded = candidate.bytes_uploaded
         result.timings.update(candidate.timings)
         await store.update_model_version(tag, status="registered", in_ollama=True,
@@ -357,7 +364,7 @@ class Candidate:
 
     tag: str
     fmt: ServingFormat
-    mode: str  # the path it took: adapter or merged
+    mode: str  # the path it took: adapter, gguf or merged
     blobs: dict[str, str]
     bytes_uploaded: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -370,17 +377,18 @@ class Candidate:
 
 
 class _AdapterRefused(Exception):
-    """The daemon refused the adapter model itself (at create or at load); auto mode falls back to merged."""
+    """The daemon refused the adapter model itself (at create or at load); auto mode falls back to gguf."""
 
 
 async def register_candidate(adapter_dir: Path, *, client: OllamaClient, config: DeployConfig, tag: str,
                              base_dir: Path | None = None, emit: Callable[..., Awaitable[None]] | None = None,
-                             memory: PathMemory | None = None) -> Candidate:
+                             memory: PathMemory | None = None, llama_cpp_dir: Path | None = None) -> Candidate:
     """Adapter dir → path chosen from the daemon's facts → files for Ollama → only the missing blobs uploaded →
     ``tag`` created → warm-up chat → Ollama's own rendering of a few chats compared with training's. Needs no
     database (the GPU worker runs it). ``base_dir`` defaults to the one the training run recorded; ``memory``
-    keeps the daemons' adapter refusals (default: this process's). On any failure the tag is deleted again and
-    DeployFailed / OllamaError / OSError / ValueError propagates."""
+    keeps the daemons' adapter refusals (default: this process's); ``llama_cpp_dir`` is where the gguf path
+    finds llama.cpp's converter (the llama_cpp_dir setting; default: the cached llama-cpp-python sdist). On any
+    failure the tag is deleted again and DeployFailed / OllamaError / OSError / ValueError propagates."""
     async def note(step: str, **info: Any) -> None:
         if emit is not None:
             await emit(step, **info)
@@ -409,38 +417,44 @@ async def register_candidate(adapter_dir: Path, *, client: OllamaClient, config:
     if choice.path == "adapter" and not fmt.system and shown.get("system"):  # a merged model inherits nothing
         raise DeployFailed(
             f"the base {config.ollama_base} has SYSTEM {shown['system']!r}, which the training data did not have "
-            "and an empty SYSTEM cannot remove; set system_prompt for training and serving (or deploy merged)"
+            "and an empty SYSTEM cannot remove; set system_prompt for training and serving (or deploy gguf)"
         )
     record: dict[str, Any] = {"path": choice.path, "mode": choice.mode, "reason": choice.reason,
                               "ollama_version": facts.version, "base": facts.summary()}
+    register = functools.partial(_register, adapter_dir=adapter_dir, base_dir=base_dir, client=client,
+                                 config=config, tag=tag, fmt=fmt, facts=facts, quantize=quantize, note=note,
+                                 llama_cpp_dir=llama_cpp_dir)
     try:
-        candidate = await _register(choice, adapter_dir, base_dir, client, config, tag, fmt, facts, quantize, note)
+        candidate = await register(choice)
     except _AdapterRefused as exc:
         if choice.mode != "auto":
             raise DeployFailed(f"Ollama {facts.version} refused the adapter model: {exc} (deploy_mode is adapter, "
-                               "which never falls back: set deploy_mode to auto or merged)") from exc
-        # Once per daemon version and base: the next deploy goes to merged directly.
+                               "which never falls back: set deploy_mode to auto or gguf)") from exc
+        # Once per daemon version and base: the next deploy goes to gguf directly.
         memory.remember(facts, str(exc))
-        await note("fallback", path="merged", reason=str(exc))
-        merged = PathChoice("merged", "auto", f"the adapter was refused: {exc}")
-        candidate = await _register(merged, adapter_dir, base_dir, client, config, tag, fmt, facts, quantize, note)
-        record.update(path="merged", fallback=f"predicted adapter ({choice.reason}), but Ollama refused it: {exc}")
+        await note("fallback", path="gguf", reason=str(exc))
+        candidate = await register(PathChoice("gguf", "auto", f"the adapter was refused: {exc}"))
+        record.update(path="gguf", fallback=f"predicted adapter ({choice.reason}), but Ollama refused it: {exc}")
     candidate.registration = {**record, **candidate.registration}
     candidate.timings["registered_s"] = round(time.monotonic() - t0, 3)
     return candidate
 
 
-async def _register(choice: PathChoice, adapter_dir: Path, base_dir: Path | None, client: OllamaClient,
+async def _register(choice: PathChoice, *, adapter_dir: Path, base_dir: Path | None, client: OllamaClient,
                     config: DeployConfig, tag: str, fmt: ServingFormat, facts: DaemonFacts, quantize: str | None,
-                    note: Callable[..., Awaitable[None]]) -> Candidate:
+                    note: Callable[..., Awaitable[None]], llama_cpp_dir: Path | None) -> Candidate:
     """One path's files → upload → create → warm-up → served-prompt check; the tag is deleted on any failure."""
     t0 = time.monotonic()
     created = False
     try:
-        # ---- files for Ollama: one adapter GGUF, or the merged model's safetensors ----------------------
+        # ---- files for Ollama: one adapter GGUF, one merged GGUF, or the merged model's safetensors ------
         await note("converting", mode=choice.path, reason=choice.reason)
-        files = await asyncio.to_thread(_artifacts, adapter_dir, base_dir, config, choice.path)
+        files, built = await asyncio.to_thread(_artifacts, adapter_dir, base_dir, config, choice.path, llama_cpp_dir)
         candidate = Candidate(tag, fmt, choice.path, {})
+        if built is not None:
+            candidate.timings.update(built.seconds)
+            candidate.registration["gguf"] = {"file_type": built.file_type, "bytes": built.path.stat().st_size,
+                                              "peak_disk": built.peak_disk}
         candidate.timings["prepare_s"] = round(time.monotonic() - t0, 3)  # format checks + conversion
 
         # ---- upload only what Ollama lacks (content-addressed: HEAD first, unchanged files are not sent) ---
@@ -457,7 +471,7 @@ async def _register(choice: PathChoice, adapter_dir: Path, base_dir: Path | None
             await note("uploaded", file=name, digest=upload.digest, bytes=upload.bytes_sent, size=upload.size)
         candidate.timings["upload_s"] = round(time.monotonic() - t0 - candidate.timings["prepare_s"], 3)
 
-        # ---- create: from the clean base with the adapter, or from the merged files ------------------------
+        # ---- create: from the clean base with the adapter, or from the merged file(s) ----------------------
         async def progress(p: CreateProgress) -> None:
             await note("create", status=p.status, completed=p.completed, total=p.total)
 
@@ -471,6 +485,8 @@ async def _register(choice: PathChoice, adapter_dir: Path, base_dir: Path | None
                 if is_adapter_refusal(exc.message):
                     raise _AdapterRefused(exc.message) from exc
                 raise
+        elif choice.path == "gguf":  # quantized already: Ollama only imports the GGUF file
+            await client.create(tag, files=candidate.blobs, **create_args)
         else:
             await client.create(tag, files=candidate.blobs, quantize=quantize, **create_args)
         await _check_created(client, tag, fmt)
@@ -712,13 +728,15 @@ def _hyperparameters(adapter_dir: Path) -> dict[str, Any]:
     return {k: data.get(k) for k in ("r", "lora_alpha", "target_modules", "base_model_name_or_path") if k in data}
 
 
-def _artifacts(adapter_dir: Path, base_dir: Path | None, config: DeployConfig, path: str) -> dict[str, Path]:
-    """The files Ollama gets on this path, by the name it sees them under."""
+def _artifacts(adapter_dir: Path, base_dir: Path | None, config: DeployConfig, path: str,
+               llama_cpp_dir: Path | None = None) -> tuple[dict[str, Path], GgufBuild | None]:
+    """The files Ollama gets on this path, by the name it sees them under (and, on the gguf path, what building
+    the file cost; None when it was built before)."""
     if path == "adapter":
         existing = adapter_dir / "adapter.gguf"
         weights = adapter_dir / "adapter_model.safetensors"
         if existing.is_file() and (not weights.is_file() or existing.stat().st_mtime >= weights.stat().st_mtime):
-            return {"adapter.gguf": existing}  # converted before (e.g. by `loraloop deploy convert`)
+            return {"adapter.gguf": existing}, None  # converted before (e.g. by `loraloop deploy convert`)
         if base_dir is None:
             raise DeployFailed("converting the adapter needs the base model directory (base_dir)")
         from deploy import gguf
@@ -728,18 +746,37 @@ def _artifacts(adapter_dir: Path, base_dir: Path | None, config: DeployConfig, p
             gguf.convert_adapter(adapter_dir, base_dir, out, outtype=config.outtype)
         except gguf.ConversionError as exc:
             raise DeployFailed(f"converting the adapter to GGUF failed: {exc}") from exc
-        return {"adapter.gguf": out}
+        return {"adapter.gguf": out}, None
     if base_dir is None:
         raise DeployFailed("merging needs the base model directory (base_dir)")
     from deploy import merge
 
+    if path == "gguf":
+        return _merged_gguf(adapter_dir, base_dir, config, llama_cpp_dir)
     merged = adapter_dir / "merged"
     if not (merged / "config.json").is_file():
         try:
             merge.merge_adapter(adapter_dir, base_dir, merged)
         except merge.MergeError as exc:
             raise DeployFailed(f"merging the adapter into the base failed: {exc}") from exc
-    return {p.relative_to(merged).as_posix(): p for p in sorted(merged.rglob("*")) if p.is_file()}
+    return {p.relative_to(merged).as_posix(): p for p in sorted(merged.rglob("*")) if p.is_file()}, None
+
+
+def _merged_gguf(adapter_dir: Path, base_dir: Path, config: DeployConfig,
+                 llama_cpp_dir: Path | None) -> tuple[dict[str, Path], GgufBuild | None]:
+    """The adapter merged into the base as one GGUF file of the configured type (made once per adapter)."""
+    from deploy import gguf, merge
+
+    file_type = quantize_type(config.quantize) if config.quantize else config.outtype
+    out = adapter_dir / f"merged-{file_type}.gguf"
+    weights = adapter_dir / "adapter_model.safetensors"
+    if out.is_file() and (not weights.is_file() or out.stat().st_mtime >= weights.stat().st_mtime):
+        return {"model.gguf": out}, None
+    try:
+        built = merge.merge_to_gguf(adapter_dir, base_dir, out, file_type, gguf.llama_cpp_sources(llama_cpp_dir))
+    except (gguf.ConversionError, merge.MergeError) as exc:
+        raise DeployFailed(f"building the merged GGUF failed: {exc}") from exc
+    return {"model.gguf": out}, built
 
 
 def _eval_conversations(snapshot: Any) -> list[Any]:

@@ -1,11 +1,14 @@
-"""Which way a fine-tune reaches Ollama: as a LoRA adapter on the clean base, or as a merged model.
+"""Which way a fine-tune reaches Ollama: a LoRA adapter on the clean base, one merged GGUF file, or merged safetensors.
 
 The choice is made from what the daemon says about itself (``/api/version``) and about the base
 (``/api/show``: engine architecture, capabilities, renderer), before anything is converted. ``auto`` takes the
-adapter path wherever that daemon can create and load an adapter model for that base and the merged path
-otherwise; when the daemon refuses an adapter anyway, the deploy falls back to merged once and
-:class:`PathMemory` remembers that for the daemon and base until the daemon's version changes. The explicit
-modes never fall back: they fail with the reason.
+adapter path (the smallest upload) wherever the daemon may create and load an adapter model for that base, and the
+gguf path otherwise: the adapter merged into the base here, converted and quantized with llama.cpp's own tools, and
+handed to Ollama as one GGUF file — the one import every Ollama release accepts. When the daemon refuses an adapter
+anyway (0.34.1 removed adapters from its CLI; whether its server still creates them depends on the build), the
+deploy falls back to gguf once and :class:`PathMemory` remembers that for the daemon and base until the daemon's
+version changes. The explicit modes never fall back: they fail with the reason. ``merged`` (safetensors, converted
+and quantized by Ollama) relies on Ollama's own converter, which 0.34.1 removed; ``auto`` never takes it.
 """
 
 from __future__ import annotations
@@ -17,15 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Path_ = Literal["adapter", "merged"]
-Mode = Literal["auto", "adapter", "merged"]
+Path_ = Literal["adapter", "gguf", "merged"]
+Mode = Literal["auto", "adapter", "gguf", "merged"]
+MODES = ("auto", "adapter", "gguf", "merged")
 
-# Ollama 0.34.1 (ollama PR #14969) removed creating models with LoRA adapters; older-built ones still serve.
+# Ollama 0.34.1 (ollama PR #14969) removed ADAPTER from Modelfiles in its CLI; older-built adapter models still serve.
+# The PR's server create handler still took GGUF adapters: which variant a 0.34.1+ daemon is, only trying tells.
 ADAPTER_CREATE_REMOVED_IN = (0, 34, 1)
+# From v0.30.0 every GGUF model runs under llama-server with adapters passed as --lora (llm/llama_server.go): the
+# new engine's refusal of LoRA below is gone.
+LORA_ON_LLAMA_SERVER_SINCE = (0, 30, 0)
 # `"_debug_render_only": true` on /api/chat returns the rendered prompt without generating.
 DEBUG_RENDER_SINCE = (0, 13, 0)
-# Architectures that run on Ollama's new engine, which refuses adapters at load ("loras are not yet
-# implemented"); from fs/ggml's OllamaEngineRequired. Older-engine bases (llama, qwen2, mistral…) apply them.
+# Architectures that ran on Ollama's new engine up to the 0.2x releases, which refused adapters at load ("loras are
+# not yet implemented"); from fs/ggml's OllamaEngineRequired. Older-engine bases (llama, qwen2, mistral…) apply them.
 NEW_ENGINE_ARCHITECTURES = frozenset({
     "bert", "deepseek2", "deepseekocr", "gemma3", "gemma3n", "gemma4", "gptoss", "gpt-oss", "laguna", "llama4",
     "mistral3", "mllama", "nemotron_h", "nemotron_h_moe", "nemotron_h_omni", "nomic-bert", "olmo3", "qwen25vl",
@@ -96,13 +104,18 @@ class DaemonFacts:
         return self.release is None or self.release >= DEBUG_RENDER_SINCE
 
     def adapter_refusal(self) -> str | None:
-        """Why this daemon refuses an adapter model for this base, or None when it creates and loads one."""
+        """Why this daemon is known to refuse an adapter model for this base (a new-engine base before 0.30.0),
+        or None."""
+        if self.new_engine and self.release is not None and self.release < LORA_ON_LLAMA_SERVER_SINCE:
+            return (f"{self.base} ({self.architecture or self.family}) runs on Ollama {self.version}'s new engine, "
+                    f"which refuses LoRA adapters when it loads the model ({LORA_NOT_IMPLEMENTED!r}; fixed in 0.30.0)")
+        return None
+
+    def adapter_doubt(self) -> str | None:
+        """Why this daemon may refuse to create an adapter model (0.34.1 and later, or a dev build), or None."""
         if self.release is None or self.release >= ADAPTER_CREATE_REMOVED_IN:
-            return (f"Ollama {self.version or '(unknown version)'} cannot create models with LoRA adapters "
-                    "(removed in 0.34.1)")
-        if self.new_engine:
-            return (f"{self.base} ({self.architecture or self.family}) runs on Ollama's new engine, which refuses "
-                    f"LoRA adapters when it loads the model ({LORA_NOT_IMPLEMENTED!r})")
+            return (f"Ollama {self.version or '(unknown version)'} may not create models with LoRA adapters "
+                    "(removed from its CLI in 0.34.1)")
         return None
 
     def template_ignored(self) -> str | None:
@@ -113,7 +126,8 @@ class DaemonFacts:
         return None
 
     def summary(self) -> str:
-        engine = "new engine" if self.new_engine else "llama.cpp engine"
+        new = self.new_engine and self.release is not None and self.release < LORA_ON_LLAMA_SERVER_SINCE
+        engine = "new engine" if new else "llama.cpp engine"
         renderer = f"renderer {self.renderer}" if self.renderer else "no renderer (TEMPLATE decides)"
         caps = ", ".join(self.capabilities) or "none listed"
         arch = self.architecture or self.family or "?"
@@ -131,7 +145,7 @@ class PathChoice:
 
 
 class PathMemory:
-    """Fallbacks to merged the daemons forced, by daemon and base; forgotten when the daemon's version changes.
+    """Fallbacks to gguf the daemons forced, by daemon and base; forgotten when the daemon's version changes.
 
     With a ``file`` it survives restarts (JSON); without one it lasts as long as the process.
     """
@@ -180,21 +194,26 @@ def choose_path(mode: str, facts: DaemonFacts, memory: PathMemory | None = None)
         raise PathUnavailable(f"{facts.base} cannot chat (capabilities: {', '.join(facts.capabilities)}); "
                               "use an instruct or chat base")
     if mode == "merged":
-        return PathChoice("merged", "merged", "deploy_mode is merged")
-    refusal = facts.adapter_refusal()
+        return PathChoice("merged", "merged", "deploy_mode is merged (Ollama converts and quantizes the safetensors)")
+    if mode == "gguf":
+        return PathChoice("gguf", "gguf", "deploy_mode is gguf")
+    refusal = facts.adapter_refusal() or (facts.adapter_doubt() if mode == "adapter" else None)
     if mode == "adapter":
         if refusal:
-            raise PathUnavailable(f"deploy_mode is adapter but {refusal}; set deploy_mode to merged or auto")
+            raise PathUnavailable(f"deploy_mode is adapter but {refusal}; set deploy_mode to gguf, merged or auto "
+                                  "(auto tries the adapter and falls back to gguf)")
         return PathChoice("adapter", "adapter", "deploy_mode is adapter")
     if mode != "auto":
-        raise ValueError(f"deploy mode must be auto, adapter or merged, not {mode!r}")
+        raise ValueError(f"deploy mode must be {', '.join(MODES)}, not {mode!r}")
     if refusal:
-        return PathChoice("merged", "auto", refusal)
+        return PathChoice("gguf", "auto", refusal)
     if remembered := memory.recall(facts) if memory is not None else None:
-        return PathChoice("merged", "auto", f"this daemon refused an adapter for {facts.base} before: {remembered}",
+        return PathChoice("gguf", "auto", f"this daemon refused an adapter for {facts.base} before: {remembered}",
                           remembered=True)
     if ignored := facts.template_ignored():
-        return PathChoice("merged", "auto", ignored)
+        return PathChoice("gguf", "auto", ignored)
+    if doubt := facts.adapter_doubt():
+        return PathChoice("adapter", "auto", f"{doubt}: the adapter is tried first, the gguf path if it is refused")
     return PathChoice("adapter", "auto", f"Ollama {facts.version} creates and loads adapter models for {facts.base}")
 
 

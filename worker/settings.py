@@ -77,6 +77,10 @@ class WorkerSettings(BaseSettings):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Broker for the celery dispatcher.")
     worker_time_limit_s: int = Field(default=6 * 3600, ge=60, description="A training job is stopped after this.")
     worker_home: Path = Field(default=Path("./loraloop-worker"), description="Where the worker keeps its runs.")
+    llama_cpp_dir: Path | None = Field(
+        default=None, description="A llama.cpp source checkout (convert_hf_to_gguf.py, gguf-py/) for the gguf deploy "
+                                  "path; unset: llama-cpp-python's source archive in ~/.cache/loraloop/wheels, "
+                                  "unpacked once.")
     worker_ollama_host: str | None = Field(
         default=None, description="Ollama as the worker reaches it, if not at the bot's OLLAMA_HOST.")
     worker_allowed_base_models: list[str] = Field(

@@ -5,6 +5,12 @@ checks (``HEAD /api/blobs/…``, which the official client lacks), streamed blob
 aiohttp (the chat's lines are read with a cap on their length, :data:`MAX_STREAM_LINE`, which the official client
 lacks: a server that never ends a line would fill the memory).
 Every failure surfaces as an :class:`OllamaError` subclass whose message can be shown to a user as is.
+
+Reasoning models: Ollama turns ``think`` on by default for a model whose capabilities (``/api/show``) include
+``thinking`` and hands the reasoning apart, in ``message.thinking`` (api/types.go ``Message.Thinking``); asking a
+model without that capability to think is a 400 ("… does not support thinking"). So ``think`` is only ever sent to a
+model that can think (:meth:`OllamaClient.capabilities`, read once per tag), and :meth:`OllamaClient.chat` returns
+the answer alone: never the thinking, nor a leading ``<think>`` block of a template that leaves it in the content.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import inspect
 import json
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,8 @@ from typing import Any
 import aiohttp
 import httpx
 import ollama
+
+from data.conversation import split_think
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -66,6 +74,19 @@ class ModelInfo:
     digest: str
     size: int
     modified_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPart:
+    """One line of a streamed ``/api/chat``: a piece of the answer, of the reasoning, or both (either may be "");
+    ``done_reason`` on the last line ("stop", "length", …)."""
+
+    content: str = ""
+    thinking: str = ""
+    done_reason: str | None = None
+
+
+THINKING = "thinking"  # the /api/show capability of a model Ollama lets think
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +155,7 @@ class OllamaClient:
         self._create_client = ollama.AsyncClient(
             host=host, timeout=httpx.Timeout(timeout, read=create_timeout) if timeout else create_timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._capabilities: dict[str, frozenset[str]] = {}  # tag -> /api/show capabilities, until recreated
 
     async def __aenter__(self) -> OllamaClient:
         return self
@@ -213,6 +235,28 @@ class OllamaClient:
             raise OllamaError(f"Ollama error: {body.get('error', body)}", status)
         return body
 
+    async def capabilities(self, model: str) -> frozenset[str]:
+        """The model's capabilities (``/api/show``: completion, thinking, tools, …), read once per tag; empty from
+        a daemon that does not report them (it cannot think on request either)."""
+        cached = self._capabilities.get(model)
+        if cached is None:
+            reported = (await self.show(model)).get("capabilities")
+            cached = frozenset(map(str, reported)) if isinstance(reported, list) else frozenset()
+            self._capabilities[model] = cached
+        return cached
+
+    async def _think_field(self, model: str, think: bool | None) -> dict[str, bool]:
+        """``{"think": think}`` for a model that can think; nothing otherwise (``think: true`` is a 400 there)."""
+        if think is None:
+            return {}
+        try:
+            can_think = THINKING in await self.capabilities(model)
+        except OllamaError as exc:
+            if isinstance(exc, ModelNotFound | OllamaUnavailable):
+                raise
+            return {}  # /api/show failed but the chat may not: without think it can still be answered
+        return {"think": think} if can_think else {}
+
     async def running(self) -> list[str]:
         """Names of the models loaded in memory right now (``/api/ps``)."""
         resp = await self._call(self._client.ps())
@@ -220,6 +264,7 @@ class OllamaClient:
 
     async def delete(self, model: str) -> None:
         """Delete a model tag; raises :class:`ModelNotFound` when it is not there."""
+        self._capabilities.pop(model, None)
         await self._call(self._client.delete(model), model)
 
     # -- chat --------------------------------------------------------------------------------------
@@ -231,11 +276,30 @@ class OllamaClient:
         options: Mapping[str, Any] | None = None,
         keep_alive: str | float | None = None,
     ) -> AsyncIterator[str]:
-        """Yield the reply's text pieces as Ollama streams them.
+        """Yield the answer's text pieces as Ollama streams them (a reasoning model's thinking left out)."""
+        parts = self.chat_parts(model, messages, options, keep_alive)
+        try:
+            async for part in parts:
+                if part.content:
+                    yield part.content
+        finally:
+            await parts.aclose()
 
+    async def chat_parts(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+        think: bool | None = None,
+    ) -> AsyncGenerator[ChatPart, None]:
+        """Yield the streamed reply line by line: answer and reasoning pieces, then the line that ends it.
+
+        ``think`` is sent only to a model that can think (None: never; Ollama then thinks by default where it can).
         Raises OllamaError when a line of the stream outgrows :data:`MAX_STREAM_LINE` bytes (the line is never
         held whole past that)."""
-        payload: dict[str, Any] = {"model": model, "messages": _messages(messages), "stream": True}
+        payload: dict[str, Any] = {"model": model, "messages": _messages(messages), "stream": True,
+                                   **await self._think_field(model, think)}
         if options:
             payload["options"] = dict(options)
         if keep_alive is not None:
@@ -247,13 +311,15 @@ class OllamaClient:
                     if resp.status == 404:
                         raise ModelNotFound(model, f"model {model!r} is not available in Ollama: {message}")
                     raise OllamaError(f"Ollama error: {message}", resp.status)
-                async for part in _json_lines(resp.content, self.max_line):
-                    if error := part.get("error"):
+                async for line in _json_lines(resp.content, self.max_line):
+                    if error := line.get("error"):
                         raise OllamaError(f"Ollama error: {error}", None)
-                    message_part = part.get("message")
-                    piece = message_part.get("content") if isinstance(message_part, dict) else None
-                    if piece:
-                        yield str(piece)
+                    message_part = line.get("message")
+                    message_part = message_part if isinstance(message_part, dict) else {}
+                    part = ChatPart(str(message_part.get("content") or ""), str(message_part.get("thinking") or ""),
+                                    str(line["done_reason"]) if line.get("done") and line.get("done_reason") else None)
+                    if part.content or part.thinking or part.done_reason:
+                        yield part
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._translate(exc, model) from exc
 
@@ -263,16 +329,20 @@ class OllamaClient:
         messages: Sequence[Mapping[str, Any]],
         options: Mapping[str, Any] | None = None,
         keep_alive: str | float | None = None,
+        think: bool | None = None,
     ) -> str:
-        """The whole reply text (non-streaming request)."""
+        """The answer alone (non-streaming request): a reasoning model's thinking, whether Ollama hands it apart
+        or the template leaves a leading ``<think>`` block in the content, is not part of it (the gate scores
+        answers). ``think`` as for :meth:`chat_parts`."""
+        sent_think = (await self._think_field(model, think)).get("think")
         resp = await self._call(
             self._client.chat(
                 model=model, messages=_messages(messages), options=dict(options or {}) or None,
-                keep_alive=keep_alive, stream=False,
+                keep_alive=keep_alive, stream=False, think=sent_think,
             ),
             model,
         )
-        return resp.message.content or ""
+        return split_think(resp.message.content or "")[1]
 
     async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
         """One embedding per text, in order (``/api/embed``)."""
@@ -377,6 +447,7 @@ class OllamaClient:
 
         Reads wait up to ``create_timeout``: after "converting model" Ollama is silent until it is done, and a
         client that gives up then usually stops the create (the tag never appears)."""
+        self._capabilities.pop(model, None)  # a tag created anew may get another template
         try:
             stream = await self._create_client.create(
                 model=model, from_=from_, files=dict(files) if files else None,

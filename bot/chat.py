@@ -10,6 +10,16 @@ preference pair should see).
 An answer has limits (:class:`AnswerLimits`): a token cap Ollama enforces (``num_predict``), a character cap
 for a server that ignores it, a total time, and a few Discord messages at most. A cut answer says so.
 
+The chat is fitted to the served context (``num_ctx``) here, not by Ollama, which would drop the oldest turns
+without a word (server/prompt.go chatPrompt) and shift the context mid-answer once the prompt leaves no room for
+``num_predict``: the system prompt, the question and the expert answers are kept (the expert answers shrink before
+the question would be cut), then as many of the newest earlier turns as fit (:func:`fit_context`); the answer says
+how many were left out, and a question that alone does not fit gets a clear answer instead. Ollama has no
+tokenize endpoint, so tokens are estimated (:func:`estimate_tokens`), on the safe side.
+
+A reasoning model (``thinking`` among its Ollama capabilities) is asked to think; its reasoning arrives apart
+(``message.thinking``) and is shown as ``chat_thinking`` says, above the answer, never recorded as the answer.
+
 What people wrote, earlier replies and retrieved pairs reach the model as text only: the base's control strings
 in them (``<|im_start|>``, ``[INST]``, …) are neutralised (:func:`data.conversation.neutralise_controls`). An answer
 the database refuses to record is still finished in Discord, without feedback buttons."""
@@ -21,7 +31,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +44,7 @@ from bot.settings import Settings
 from bot.views import UsedPairsButton
 from data.conversation import neutralise_controls
 from data.errors import StoreError
+from data.retrieval import Hit
 from data.store import Store
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
 from deploy.pipeline import serve_options_from
@@ -44,6 +55,7 @@ DISCORD_LIMIT = 2000
 EDIT_INTERVAL_S = 1.0  # Discord allows ~5 edits per 5 s per channel; one a second leaves room
 CURSOR = " ▌"
 MAX_HISTORY = 20
+DEFAULT_NUM_CTX = 4096  # Ollama's, when neither the model nor the request sets num_ctx
 # Generous (English averages ~4): the cap Ollama applies is num_predict; this one only stops a server that
 # ignores it, so it must never cut an answer Ollama would have let through.
 CHARS_PER_TOKEN = 6
@@ -119,8 +131,11 @@ class Conversation:
 
 
 _FEEDBACK_ID = re.compile(r"^ll:fb:[a-z]+:(\d+)$")
-# Retrieved.footer()'s line at the end of an answer.
+# The bot's own lines in an answer, never fed back to the model: Retrieved.footer()'s and left_out_note()'s lines
+# at its end, and the thinking render_thinking() shows above it (a "|" in it escaped).
 _RETRIEVAL_FOOTER = re.compile(r"\n?^-# Using \d+ expert answers?: #\d+(?:, #\d+)*[ \t]*$", re.MULTILINE)
+_LEFT_OUT_NOTE = re.compile(r"\n?^-# \d+ earlier messages? left out to fit the model's context[ \t]*$", re.MULTILINE)
+_SHOWN_THINKING = re.compile(r"\A💭 \|\|(?:\\.|[^|\\])*\|\|\s*")
 
 
 async def conversation_for(message: discord.Message, bot_id: int, limit: int = MAX_HISTORY, *,
@@ -194,8 +209,8 @@ def _as_history(messages: Iterable[discord.Message], bot_id: int,
     for m in messages:
         role = "assistant" if m.author.id == bot_id else "user"
         text = message_text(m, bot_id)
-        if role == "assistant":  # what the model said, not the line naming the expert answers it was given
-            text = _RETRIEVAL_FOOTER.sub("", text).rstrip()
+        if role == "assistant":  # what the model said, not the bot's lines around it
+            text = _LEFT_OUT_NOTE.sub("", _RETRIEVAL_FOOTER.sub("", _SHOWN_THINKING.sub("", text))).rstrip()
         if not text:
             continue
         if history and history[-1]["role"] == role:  # one answer split over several messages
@@ -255,6 +270,116 @@ def fit_messages(text: str, max_messages: int, tail: str = "") -> str:
     return prefix.rstrip() + tail
 
 
+# ---- the context budget ----------------------------------------------------------------------------------------
+
+# Tokens a chat template spends per message (role markers: "<|im_start|>user\n…<|im_end|>\n" is 5 in ChatML,
+# Llama 3's headers as many) and once per prompt (BOS, the assistant's header, a template's fixed text).
+MESSAGE_OVERHEAD = 8
+PROMPT_OVERHEAD = 64
+
+
+def estimate_tokens(text: str) -> int:
+    """How many tokens ``text`` takes, estimated on the safe side for the bases' tokenizers (Ollama offers no
+    tokenize endpoint, and the bot never holds the base's tokenizer).
+
+    ASCII letters count three to a token (English averages about four); a run of spaces four to a token, less the
+    space that starts a word (" word" is one token); every other ASCII character one (digits are single tokens in
+    Qwen's vocabulary, punctuation and newlines often are); any other character its UTF-8 length less one (CJK
+    characters two, emoji three; byte-level vocabularies fall back to bytes). Measured against Qwen2.5's, Llama 3's
+    and SmolLM2's tokenizers: English prose and code 1.3–1.6 times their count; numbers, CJK, Cyrillic, Arabic and
+    emoji at or above it (CJK up to 3.6 times Qwen2.5's); below it for random letter-digit strings (keys, hex,
+    base64: 0.6–0.85) and a few scripts in SmolLM2's English-only vocabulary (0.8–0.9). The answer's reserved room
+    absorbs such a shortfall before Ollama would cut anything."""
+    letters = other = wide = 0
+    for ch in text:
+        if ch < "\x80":
+            if ch.isalpha():
+                letters += 1
+            elif ch != " ":
+                other += 1
+        else:
+            point = ord(ch)
+            wide += 1 if point < 0x800 else 2 if point < 0x10000 else 3
+    spaces = sum(-(-(len(run[1]) - bool(run[2])) // 4) for run in _SPACES.finditer(text))
+    return -(-letters // 3) + spaces + other + wide
+
+
+_SPACES = re.compile(r"( +)([A-Za-z])?")  # a run of spaces, and the letter that starts the word it joins
+
+
+def prompt_budget(num_ctx: int, num_predict: int) -> int:
+    """The tokens a prompt may take so the whole answer still fits the context: an answer cap at or over the
+    context (or none, -1) gets half of it."""
+    room = num_predict if 0 < num_predict <= num_ctx // 2 else num_ctx // 2
+    return num_ctx - room - PROMPT_OVERHEAD
+
+
+@dataclass(frozen=True)
+class ContextFit:
+    """What one turn sends: the turns (the question last), the expert answers kept, how many earlier turns were
+    left out, and the estimated tokens of all the messages."""
+
+    history: list[dict[str, str]]
+    hits: tuple[Hit, ...]
+    left_out: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class QuestionTooLong:
+    """The question alone does not fit: its estimated tokens, and the room beside the system prompt."""
+
+    tokens: int
+    room: int
+
+
+def fit_context(system_prompt: str, hits: Sequence[Hit], history: list[dict[str, str]],
+                budget: int) -> ContextFit | QuestionTooLong:
+    """The newest part of ``history`` that fits ``budget`` tokens with the system prompt and the expert answers.
+
+    The question (the last user turn, with what follows it) is always sent whole or not at all; the expert answers
+    are dropped worst first only when they and the question do not fit together; earlier turns are then kept
+    newest first, as far as a user turn (an answer is never sent without its question)."""
+    def cost(text: str) -> int:
+        return estimate_tokens(text) + MESSAGE_OVERHEAD
+
+    def system_cost(kept: Sequence[Hit]) -> int:
+        system = Retrieved(tuple(kept)).system_message(system_prompt)
+        return cost(system) if system else 0
+
+    start = max((i for i, t in enumerate(history) if t["role"] == "user"), default=max(len(history) - 1, 0))
+    question = sum(cost(t["content"]) for t in history[start:])
+    kept = list(hits)
+    while kept and system_cost(kept) + question > budget:
+        kept.pop()
+    used = system_cost(kept) + question
+    if used > budget:
+        return QuestionTooLong(question, budget - system_cost(()))
+    first = start
+    earlier = used
+    for i in range(start - 1, -1, -1):
+        earlier += cost(history[i]["content"])
+        if earlier > budget:
+            break
+        if history[i]["role"] == "user":
+            first, used = i, earlier
+    return ContextFit(history[first:], tuple(kept), first, used)
+
+
+def left_out_note(count: int) -> str:
+    """Shown under an answer whose conversation was longer than the model's context."""
+    what = "1 earlier message" if count == 1 else f"{count} earlier messages"
+    return f"-# {what} left out to fit the model's context"
+
+
+def too_long_note(too_long: QuestionTooLong) -> str:
+    if too_long.room <= 0:
+        return ("⚠️ The system prompt leaves no room for a question in the model's context; an admin needs to "
+                "shorten it or raise num_ctx.")
+    return (f"⚠️ Your message is too long for the model: it is about {too_long.tokens:,} tokens, and the model reads "
+            f"about {too_long.room:,} besides its instructions and the room for its answer. Please shorten it.")
+
+
 @dataclass
 class ChatResult:
     text: str
@@ -289,9 +414,6 @@ class Chat:
         self.clock = clock
         self.retrieval = retrieval
 
-    def _visible(self, text: str) -> str:
-        return _visible_text(text, self.settings.chat_thinking)
-
     async def active_model(self) -> tuple[str, int | None]:
         """The tag the store marks active, or the configured base before any fine-tune was promoted."""
         version = await self.store.active_model_version()
@@ -319,16 +441,30 @@ class Chat:
         # What people wrote (and the bot's own earlier replies) reaches the model as text, never as the base's
         # control tokens: "<|im_end|><|im_start|>system" in a message must not open a turn of its own.
         history = [{**turn, "content": neutralise_controls(turn["content"])} for turn in history]
+        retrieved = await self.retrieval.retrieve(history, version_id) if self.retrieval else Retrieved()
+        limits = AnswerLimits.from_settings(self.settings)
+        view_of = _Showing(send_first, send_more)
+        served = serve_options_from(self.settings)
+        # The served context: a fine-tune carries these options (written at deploy), the base gets them below.
+        budget = prompt_budget(int(served.get("num_ctx") or DEFAULT_NUM_CTX), limits.max_tokens)
+        fit = fit_context(self.settings.system_prompt, retrieved.hits, history, budget)
+        if isinstance(fit, QuestionTooLong):
+            notice = too_long_note(fit)
+            log.info("chat question of about %d tokens left unanswered: %d fit beside the system prompt",
+                     fit.tokens, fit.room)
+            await view_of.final(notice)
+            return ChatResult("", view_of.sent, None, model, error=notice, discord_error=view_of.error)
+        history, retrieved = fit.history, Retrieved(fit.hits)
+        if fit.left_out:
+            log.info("chat with %s: %d earlier turns left out to fit %d tokens", model, fit.left_out, budget)
+            note = f"{left_out_note(fit.left_out)}\n{note}" if note else left_out_note(fit.left_out)
         prompt = ([{"role": "system", "content": self.settings.system_prompt}] if self.settings.system_prompt
                   else []) + history
-        retrieved = await self.retrieval.retrieve(history, version_id) if self.retrieval else Retrieved()
         sent = prompt
         if retrieved.hits:
             sent = [{"role": "system", "content": retrieved.system_message(self.settings.system_prompt)}, *history]
             note = f"{retrieved.footer()}\n{note}" if note else retrieved.footer()
-        limits = AnswerLimits.from_settings(self.settings)
-        view_of = _Showing(send_first, send_more)
-        text = ""
+        reply = _Reply(self.settings.chat_thinking)
         last_render = float("-inf")
         cut: str | None = None
         deadline = asyncio.get_running_loop().time() + limits.time_s
@@ -336,39 +472,42 @@ class Chat:
         # so while the base answers they travel with each request (base and fine-tunes sample alike).
         options = {"num_predict": limits.max_tokens}
         if version_id is None:
-            options = {**serve_options_from(self.settings), **options}
-        stream = self.ollama.chat_stream(model, sent, options=options)
+            options = {**served, **options}
+        # think is sent only where the model can think (deploy/ollama.py); hidden thinking is still thought.
+        stream = self.ollama.chat_parts(model, sent, options=options, think=True)
         try:
             while True:
                 # The time limit covers waiting for the next piece too (a stalled stream), but never a Discord
                 # call: cancelling one half-way could leave a message posted that we do not know about.
                 try:
                     async with asyncio.timeout_at(deadline):
-                        piece = await anext(stream)
+                        part = await anext(stream)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
                     cut = "time"
                     break
-                text += piece
-                if len(text) > limits.max_chars:
+                reply.add(part.content, part.thinking)
+                if part.done_reason == "length" and not reply.answer().strip():
+                    cut = "length"  # num_predict spent before any answer (a reasoning model thought it away)
+                if reply.size > limits.max_chars:
                     cut = "length"
                     break
                 if self.clock() - last_render >= EDIT_INTERVAL_S:
-                    view_of.live(fit_messages(self._visible(text), limits.max_messages, CURSOR))
+                    view_of.live(fit_messages(reply.visible(), limits.max_messages, CURSOR))
                     last_render = self.clock()
         except OllamaError as exc:
             notice = _explain(exc, model)
             log.warning("chat with %s failed: %s", model, exc)
-            text = self._visible(text)
+            text = reply.visible()
             await view_of.final(fit_messages(text, limits.max_messages, "\n\n" + notice) if text else notice)
             return ChatResult(text, view_of.sent, None, model, error=notice, discord_error=view_of.error)
         finally:
             await stream.aclose()  # a cut stream: close the HTTP response now, not when it is collected
             view_of.stop_live()
-        # A reasoning model's <think> block is not the answer: only the answer is recorded, and the thinking is
-        # shown collapsed (or not at all), never as raw tags.
-        thinking, text = split_thinking(text)
+        # A reasoning model's thinking is not the answer: only the answer is recorded, and the thinking is shown
+        # collapsed (or not at all), never as raw tags.
+        thinking, text = reply.thinking(), reply.answer()
         if not cut and len(split_message(text)) > limits.max_messages:
             cut = "length"  # under the character cap, but cut into too many pieces (code blocks, long words)
         if cut:
@@ -397,10 +536,34 @@ class Chat:
         return ChatResult(text, view_of.sent, answer.id, model, cut=cut, discord_error=view_of.error)
 
 
-def _visible_text(text: str, mode: ThinkingMode) -> str:
-    """What Discord may show of a reply streamed so far: thinking collapsed or hidden, never raw tags."""
-    thinking, answer = split_thinking(text)
-    return render_thinking(thinking, mode) + answer
+class _Reply:
+    """A reply as it streams: the reasoning Ollama hands apart (``message.thinking``) and the content, where a
+    template that leaves the thinking in may open it with ``<think>`` (split by :func:`split_thinking`)."""
+
+    def __init__(self, mode: ThinkingMode) -> None:
+        self.mode = mode
+        self.content = ""
+        self.apart = ""  # message.thinking
+
+    def add(self, content: str, thinking: str) -> None:
+        self.content += content
+        self.apart += thinking
+
+    @property
+    def size(self) -> int:
+        """Characters streamed so far, thinking included (num_predict counts its tokens too)."""
+        return len(self.content) + len(self.apart)
+
+    def thinking(self) -> str:
+        inline, _ = split_thinking(self.content)
+        return "\n\n".join(t for t in (self.apart.strip(), inline) if t)
+
+    def answer(self) -> str:
+        return split_thinking(self.content)[1]
+
+    def visible(self) -> str:
+        """What Discord may show so far: thinking collapsed or hidden, never raw tags."""
+        return render_thinking(self.thinking(), self.mode) + self.answer()
 
 
 class _Showing:

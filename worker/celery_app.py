@@ -99,7 +99,7 @@ def accept_job(r: Any, signed_json: Any, task_id: str, policy: WorkerPolicy) -> 
         run_id = _run_id_of(spec_json)
         log.error("job %s refused: %s", run_id if run_id is not None else "(no valid run id)", redact_text(str(exc)))
         return
-    run_job_here(r, spec, task_id, workdir, policy.ollama_host)
+    run_job_here(r, spec, task_id, workdir, policy.ollama_host, policy.llama_cpp_dir)
 
 
 async def _refuse_in_ollama(spec: JobSpec, ollama_host: str) -> None:
@@ -127,7 +127,8 @@ def _emit(r: Any, run_id: int, event: ProgressEvent) -> None:
     r.expire(k["events"], KEEP_S)
 
 
-def run_job_here(r: Any, spec: JobSpec, task_id: str, workdir: Path, ollama_host: str) -> None:
+def run_job_here(r: Any, spec: JobSpec, task_id: str, workdir: Path, ollama_host: str,
+                 llama_cpp_dir: Path | None = None) -> None:
     """Run a validated job in ``workdir`` (see :func:`accept_job`), with its heartbeat and claim in Redis."""
     k = keys(spec.run_id)
 
@@ -159,7 +160,8 @@ def run_job_here(r: Any, spec: JobSpec, task_id: str, workdir: Path, ollama_host
     heart = threading.Thread(target=beat, name=f"heartbeat-{spec.run_id}", daemon=True)
     heart.start()
     try:
-        asyncio.run(run_job(spec, workdir, emit, lambda: bool(r.exists(k["cancel"])), ollama_host=ollama_host))
+        asyncio.run(run_job(spec, workdir, emit, lambda: bool(r.exists(k["cancel"])), ollama_host=ollama_host,
+                            llama_cpp_dir=llama_cpp_dir))
     finally:
         stop.set()
         heart.join(timeout=5)

@@ -120,6 +120,7 @@ class WorkerPolicy(BaseModel):
     ollama_host: str  # the only Ollama it talks to
     max_time_limit_s: float  # a job asking for longer gets this
     limits: JobLimits = Field(default_factory=JobLimits)  # a job with a number outside them is refused
+    llama_cpp_dir: Path | None = None  # llama.cpp's converter for the gguf deploy path (settings.llama_cpp_dir)
     # Jobs from Redis must be signed with it (open_signed_job). Never written out (policy.json): the local child
     # reads its job from a file the bot wrote, not from Redis.
     job_secret: SecretStr | None = Field(default=None, exclude=True)
@@ -131,7 +132,7 @@ class WorkerPolicy(BaseModel):
                    base_models=tuple(dict.fromkeys([settings.base_model, *settings.worker_allowed_base_models])),
                    ollama_host=settings.worker_ollama_host or settings.ollama_host,
                    max_time_limit_s=float(settings.worker_time_limit_s), limits=settings.worker_limits,
-                   job_secret=settings.worker_job_secret)
+                   job_secret=settings.worker_job_secret, llama_cpp_dir=settings.llama_cpp_dir)
 
     @classmethod
     def for_local(cls, settings: WorkerSettings) -> WorkerPolicy:
@@ -139,7 +140,7 @@ class WorkerPolicy(BaseModel):
         return cls(home=(Path(settings.home) / "jobs").resolve(), model_name=settings.model_name,
                    base_models=tuple(dict.fromkeys([settings.base_model, *settings.worker_allowed_base_models])),
                    ollama_host=settings.ollama_host, max_time_limit_s=float(settings.worker_time_limit_s),
-                   limits=settings.worker_limits)
+                   limits=settings.worker_limits, llama_cpp_dir=settings.llama_cpp_dir)
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -437,7 +438,7 @@ def _errors(errors: list[ErrorDetails]) -> str:
 
 
 async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[[], bool] = lambda: False,
-                  ollama_host: str | None = None) -> ResultEvent | None:
+                  ollama_host: str | None = None, llama_cpp_dir: Path | None = None) -> ResultEvent | None:
     """Do the job; every outcome is reported through ``emit`` (it never raises for a job condition).
     Returns the result event, or None when the job failed or was cancelled."""
     from deploy.ollama import OllamaError
@@ -477,7 +478,7 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
         memory = PathMemory(workdir.parent / "ollama-paths.json")
         await refuse_in_ollama(client, spec)  # again: the tag may have been created while this job trained
         candidate = await register_candidate(run_dir, client=client, config=config, tag=spec.tag,
-                                             emit=on_deploy, memory=memory)
+                                             emit=on_deploy, memory=memory, llama_cpp_dir=llama_cpp_dir)
         registered = True
         emit(StageEvent(stage="evaluating"))
         gate = await judge_candidate(client, config, spec.tag, spec.active_tag, list(snapshot.eval),
@@ -660,7 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = {"term": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(term=True))
     cancel_file = workdir / "cancel"
-    result = asyncio.run(run_job(spec, workdir, emit, lambda: stop["term"] or cancel_file.exists()))
+    result = asyncio.run(run_job(spec, workdir, emit, lambda: stop["term"] or cancel_file.exists(),
+                                 llama_cpp_dir=policy.llama_cpp_dir))
     return 0 if result is not None else 1
 
 

@@ -51,7 +51,7 @@ def run_deploy(
     base: Path | None = typer.Option(None, "--base", help="HF base model directory (default: the run's base_dir)."),
     snapshot: Path | None = typer.Option(None, "--snapshot", help="Snapshot whose eval split the gate uses "
                                          "(default: the run's snapshot)."),
-    mode: str | None = typer.Option(None, "--mode", help="auto (default), adapter or merged."),
+    mode: str | None = typer.Option(None, "--mode", help="auto (default), adapter, gguf or merged."),
     margin: float | None = typer.Option(None, "--margin", help="How much worse (ROUGE-L) the candidate may be."),
     keep: int | None = typer.Option(None, "--keep", help="Fine-tuned tags kept in Ollama."),
     as_json: bool = typer.Option(False, "--json", help="Progress and result as JSON lines."),
@@ -68,8 +68,8 @@ def run_deploy(
 
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter} is not an adapter directory (no adapter_config.json)", 2)
-    if mode is not None and mode not in ("auto", "adapter", "merged"):
-        fail(f"--mode must be auto, adapter or merged, not {mode!r}", 2)
+    if mode is not None and mode not in ("auto", "adapter", "gguf", "merged"):
+        fail(f"--mode must be auto, adapter, gguf or merged, not {mode!r}", 2)
     cfg = settings()
     overrides = {k: v for k, v in {"mode": mode, "gate_margin": margin, "keep_versions": keep}.items()
                  if v is not None}
@@ -87,7 +87,7 @@ def run_deploy(
     async def run():
         async with open_store(cfg) as store, open_ollama(cfg, timeout_s=300) as client:
             return await deploy(adapter, store=store, client=client, config=config, base_dir=base,
-                                snapshot_dir=snapshot, on_event=show,
+                                snapshot_dir=snapshot, on_event=show, llama_cpp_dir=cfg.llama_cpp_dir,
                                 inform=gate_with_retrieval(cfg, store, client))
 
     try:

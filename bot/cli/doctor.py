@@ -286,7 +286,7 @@ async def ollama_checks(host: str, base_tag: str, setting: str = "OLLAMA_HOST", 
     detail = f"deploy_mode {mode}: {choice.path} path ({choice.reason}); {prompt_check}"
     if choice.path == "adapter" and quantize:
         return [*checks, Check("deploy path", "warn", f"{detail}; deploy_quantize {quantize} is ignored: it applies "
-                                                      "to the merged path only")]
+                                                      "to the gguf and merged paths only")]
     if mode == "merged" and facts.adapter_refusal() is None and not facts.template_ignored():
         detail += " (auto would take the adapter path here: far fewer bytes per retrain)"
     return [*checks, Check("deploy path", "ok", detail)]

@@ -1,5 +1,5 @@
 """The Ollama-API test server behaves as the Ollama release it is told to be, and the deploy picks its path from
-what the daemon says: adapter where it can serve one, merged otherwise, one remembered fallback when it refuses."""
+what the daemon says: adapter where it may serve one, gguf otherwise, one remembered fallback when it refuses."""
 
 from __future__ import annotations
 
@@ -49,17 +49,18 @@ def facts(version: str = "0.13.0", arch: str = "llama", renderer: str = "") -> D
 def test_versions_parse_and_dev_builds_count_as_newest() -> None:
     assert parse_version("0.13.0") == (0, 13, 0) and parse_version("v0.34.1-rc2") == (0, 34, 1)
     assert parse_version("0.0.0") is None and parse_version("dev") is None
-    assert facts("0.0.0").adapter_refusal() is not None  # a dev build may already lack adapters
+    assert facts("0.0.0").adapter_doubt() is not None  # a dev build may already lack adapters
 
 
 @pytest.mark.parametrize(("version", "arch", "renderer", "path", "why"), [
     ("0.13.0", "llama", "", "adapter", "creates and loads adapter models"),
     ("0.34.0", "qwen2", "", "adapter", "creates and loads adapter models"),
-    ("0.34.1", "llama", "", "merged", "removed in 0.34.1"),
-    ("0.40.2", "qwen2", "", "merged", "removed in 0.34.1"),
-    ("0.13.0", "qwen3", "", "merged", LORAS_NOT_IMPLEMENTED),
-    ("0.13.0", "gemma3", "", "merged", "new engine"),
-    ("0.13.0", "qwen2", "qwen3-coder", "merged", "replaces our TEMPLATE"),
+    ("0.30.0", "qwen3", "", "adapter", "creates and loads adapter models"),  # llama-server applies --lora
+    ("0.34.1", "llama", "", "adapter", "the gguf path if it is refused"),  # tried: the variant decides
+    ("0.40.2", "qwen2", "", "adapter", "removed from its CLI in 0.34.1"),
+    ("0.13.0", "qwen3", "", "gguf", LORAS_NOT_IMPLEMENTED),
+    ("0.29.0", "gemma3", "", "gguf", "new engine"),
+    ("0.13.0", "qwen2", "qwen3-coder", "gguf", "replaces our TEMPLATE"),
 ])
 def test_auto_picks_the_path_the_daemon_can_serve(version, arch, renderer, path, why) -> None:
     choice = choose_path("auto", facts(version, arch, renderer))
@@ -67,11 +68,12 @@ def test_auto_picks_the_path_the_daemon_can_serve(version, arch, renderer, path,
 
 
 def test_explicit_modes_never_fall_back() -> None:
-    with pytest.raises(PathUnavailable, match=r"deploy_mode is adapter but Ollama 0\.34\.1 cannot create"):
+    with pytest.raises(PathUnavailable, match=r"deploy_mode is adapter but Ollama 0\.34\.1 may not create"):
         choose_path("adapter", facts("0.34.1"))
     with pytest.raises(PathUnavailable, match="new engine"):
         choose_path("adapter", facts("0.13.0", "qwen3"))
     assert choose_path("merged", facts("0.13.0")).path == "merged"
+    assert choose_path("gguf", facts("0.13.0")).path == "gguf"
     with pytest.raises(PathUnavailable, match="cannot chat"):
         choose_path("auto", DaemonFacts("h", "0.13.0", "embed:1", "bert", "bert", ("embedding",)))
 
@@ -80,7 +82,7 @@ def test_a_refusal_is_remembered_per_daemon_and_base_until_the_version_changes(t
     memory = PathMemory(tmp_path / "paths.json")
     memory.remember(facts("0.13.0"), LORAS_NOT_IMPLEMENTED)
     again = choose_path("auto", facts("0.13.0"), PathMemory(tmp_path / "paths.json"))  # read back from the file
-    assert again.path == "merged" and again.remembered and LORAS_NOT_IMPLEMENTED in again.reason
+    assert again.path == "gguf" and again.remembered and LORAS_NOT_IMPLEMENTED in again.reason
     assert choose_path("auto", facts("0.13.1"), memory).path == "adapter"  # upgraded daemon: tried again
     other = DaemonFacts("http://other:11434", "0.13.0", "base:1", "llama", "llama", ("completion",))
     assert choose_path("auto", other, memory).path == "adapter"
@@ -220,49 +222,50 @@ def config(**overrides: Any) -> DeployConfig:
 
 
 def creates(server: OllamaTestServer) -> list[str]:
-    return ["adapter" if c.get("adapters") else "merged" for c in server.requests_to("POST", "/api/create")]
+    return ["adapter" if c.get("adapters") else "gguf" if set(c.get("files") or {}) == {"model.gguf"} else "merged"
+            for c in server.requests_to("POST", "/api/create")]
 
 
 @pytest.mark.slow
-async def test_auto_takes_the_adapter_path_on_an_old_daemon_and_merged_on_a_new_one(
+async def test_auto_takes_the_adapter_path_on_an_old_daemon_and_gguf_on_a_new_one(
     converting_server: OllamaTestServer, store: Any, tiny_llama_adapters: list[Path], tiny_llama_dir: Path,
+    llama_cpp_sources: Path,
 ) -> None:
     memory = PathMemory()
     async with OllamaClient(converting_server.url) as client:
         old = await deploy(tiny_llama_adapters[0], store=store, client=client, config=config(), base_dir=tiny_llama_dir,
-                           memory=memory)
+                           memory=memory, llama_cpp_dir=llama_cpp_sources)
         converting_server.version = "0.34.1"
         new = await deploy(tiny_llama_adapters[1], store=store, client=client, config=config(),
-                           base_dir=tiny_llama_dir, memory=memory)
+                           base_dir=tiny_llama_dir, memory=memory, llama_cpp_dir=llama_cpp_sources)
     assert old.promoted and new.promoted, (old.reason, new.reason)
-    assert creates(converting_server) == ["adapter", "merged"]  # 0.34.1 was never offered an adapter
+    assert creates(converting_server) == ["adapter", "adapter", "gguf"]  # 0.34.1 refused the adapter it was offered
     v1, v2 = await store.get_model_version(old.tag), await store.get_model_version(new.tag)
     assert v1.artifacts["mode"] == "adapter" and v1.artifacts["registration"]["ollama_version"] == "0.13.0"
-    assert v2.artifacts["mode"] == "merged" and "removed in 0.34.1" in v2.artifacts["registration"]["reason"]
+    assert v2.artifacts["mode"] == "gguf" and ADAPTERS_REMOVED in v2.artifacts["registration"]["fallback"]
 
 
 @pytest.mark.slow
-async def test_auto_takes_the_merged_path_on_a_new_engine_base(
+async def test_auto_takes_the_gguf_path_on_a_new_engine_base(
     ollama_server: OllamaTestServer, store: Any, tiny_llama_gguf: Path, tiny_llama_adapters: list[Path],
     tiny_llama_dir: Path, llama_cpp_sources: Path,
 ) -> None:
-    ollama_server.converter = lambda hf_dir, out: convert_base_to_gguf(llama_cpp_sources, hf_dir, out)
     fmt = serving_format_for(tiny_llama_adapters[0])
     ollama_server.add_base_model(BASE, tiny_llama_gguf, template=fmt.template, parameters=fmt.parameters(),
                                  family="qwen3")  # the new engine: adapters are refused at load
     async with OllamaClient(ollama_server.url) as client:
         result = await deploy(tiny_llama_adapters[0], store=store, client=client, config=config(),
-                              base_dir=tiny_llama_dir, memory=PathMemory())
+                              base_dir=tiny_llama_dir, memory=PathMemory(), llama_cpp_dir=llama_cpp_sources)
     assert result.promoted, result.reason
-    assert creates(ollama_server) == ["merged"]
+    assert creates(ollama_server) == ["gguf"]
     record = (await store.get_model_version(result.tag)).artifacts["registration"]
-    assert record["path"] == "merged" and "new engine" in record["reason"] and "fallback" not in record
+    assert record["path"] == "gguf" and "new engine" in record["reason"] and "fallback" not in record
 
 
 @pytest.mark.slow
-async def test_a_refusal_the_facts_did_not_predict_falls_back_to_merged_once_and_is_remembered(
+async def test_a_refusal_the_facts_did_not_predict_falls_back_to_gguf_once_and_is_remembered(
     converting_server: OllamaTestServer, store: Any, tiny_llama_adapters: list[Path], tiny_llama_dir: Path,
-    tmp_path: Path,
+    tmp_path: Path, llama_cpp_sources: Path,
 ) -> None:
     # A release that moved the base's architecture to the new engine: loraloop's list does not know it yet.
     converting_server.new_engine_families.add("llama")
@@ -270,20 +273,22 @@ async def test_a_refusal_the_facts_did_not_predict_falls_back_to_merged_once_and
     events: list[tuple[str, dict[str, Any]]] = []
     async with OllamaClient(converting_server.url) as client:
         first = await deploy(tiny_llama_adapters[0], store=store, client=client, config=config(),
-                             base_dir=tiny_llama_dir, memory=memory, on_event=lambda s, i: events.append((s, i)))
+                             base_dir=tiny_llama_dir, memory=memory, on_event=lambda s, i: events.append((s, i)),
+                             llama_cpp_dir=llama_cpp_sources)
         assert first.promoted, first.reason
-        assert creates(converting_server) == ["adapter", "merged"]  # tried, refused at warm-up, merged once
+        assert creates(converting_server) == ["adapter", "gguf"]  # tried, refused at warm-up, gguf once
         second = await deploy(tiny_llama_adapters[1], store=store, client=client, config=config(),
-                              base_dir=tiny_llama_dir, memory=PathMemory(tmp_path / "paths.json"))
-        assert second.promoted and creates(converting_server) == ["adapter", "merged", "merged"]  # remembered
+                              base_dir=tiny_llama_dir, memory=PathMemory(tmp_path / "paths.json"),
+                              llama_cpp_dir=llama_cpp_sources)
+        assert second.promoted and creates(converting_server) == ["adapter", "gguf", "gguf"]  # remembered
         converting_server.version = "0.13.1"  # an upgraded daemon gets another chance
         third = await deploy(tiny_llama_adapters[2], store=store, client=client, config=config(),
-                             base_dir=tiny_llama_dir, memory=memory)
-    assert third.promoted and creates(converting_server)[3:] == ["adapter", "merged"]
+                             base_dir=tiny_llama_dir, memory=memory, llama_cpp_dir=llama_cpp_sources)
+    assert third.promoted and creates(converting_server)[3:] == ["adapter", "gguf"]
     fallback = [info for step, info in events if step == "fallback"]
     assert len(fallback) == 1 and LORAS_NOT_IMPLEMENTED in fallback[0]["reason"]
     v1 = await store.get_model_version(first.tag)
-    assert v1.artifacts["mode"] == "merged" and LORAS_NOT_IMPLEMENTED in v1.artifacts["registration"]["fallback"]
+    assert v1.artifacts["mode"] == "gguf" and LORAS_NOT_IMPLEMENTED in v1.artifacts["registration"]["fallback"]
     v2 = await store.get_model_version(second.tag)
     assert "refused an adapter" in v2.artifacts["registration"]["reason"]
     assert not converting_server.get(first.tag).adapter_blobs  # the refused adapter tag did not survive
@@ -297,8 +302,8 @@ async def test_explicit_adapter_mode_fails_with_the_reason_and_never_falls_back(
         converting_server.version = "0.34.1"
         new = await deploy(tiny_llama_adapters[0], store=store, client=client, config=config(mode="adapter"),
                            base_dir=tiny_llama_dir, memory=PathMemory())
-        assert new.status == "failed" and "cannot create models with LoRA adapters" in new.reason, new.reason
-        assert "deploy_mode to merged or auto" in new.reason and creates(converting_server) == []
+        assert new.status == "failed" and "may not create models with LoRA adapters" in new.reason, new.reason
+        assert "deploy_mode to gguf, merged or auto" in new.reason and creates(converting_server) == []
         converting_server.version = "0.13.0"
         converting_server.new_engine_families.add("llama")
         refused = await deploy(tiny_llama_adapters[0], store=store, client=client, config=config(mode="adapter"),

@@ -12,7 +12,6 @@ from deploy.modelfile import CHATML_TEMPLATE, SERVED_CHECK_CHATS, serving_format
 from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig, deploy
 from deploy.registration import PathMemory
-from tests.harness.models import convert_base_to_gguf
 from tests.harness.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
@@ -74,18 +73,17 @@ async def test_a_prompt_ollama_renders_differently_fails_the_version_with_a_diff
     assert await store.active_model_version() is None
 
 
-async def test_auto_serves_a_base_with_a_renderer_merged_and_ollama_confirms_the_prompt(
+async def test_auto_serves_a_base_with_a_renderer_as_gguf_and_ollama_confirms_the_prompt(
     ollama_server: OllamaTestServer, store: Any, tiny_llama_gguf: Path, tiny_llama_adapters: list[Path],
     tiny_llama_dir: Path, llama_cpp_sources: Path,
 ) -> None:
-    ollama_server.converter = lambda hf_dir, out: convert_base_to_gguf(llama_cpp_sources, hf_dir, out)
     register_base(ollama_server, tiny_llama_gguf, tiny_llama_adapters[0], renderer="thinking")
     async with OllamaClient(ollama_server.url) as client:
         result = await deploy(tiny_llama_adapters[0], store=store, client=client, config=config(),
-                              base_dir=tiny_llama_dir, memory=PathMemory())
+                              base_dir=tiny_llama_dir, memory=PathMemory(), llama_cpp_dir=llama_cpp_sources)
     assert result.promoted, result.reason
     record = (await store.get_model_version(result.tag)).artifacts["registration"]
-    assert record["path"] == "merged" and "renderer 'thinking'" in record["reason"]
+    assert record["path"] == "gguf" and "renderer 'thinking'" in record["reason"]
     assert "token for token" in record["served_prompt"]
 
 

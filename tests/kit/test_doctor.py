@@ -444,7 +444,7 @@ def test_an_old_ollama_takes_the_adapter_path_and_ollama_judges_the_prompt(env, 
         print(f"\n--- loraloop doctor, Ollama {ollama_server.version} ---\n{report.output}")
 
 
-def test_a_new_ollama_takes_the_merged_path_and_warns_about_a_forced_adapter_mode(env, ollama_server, capsys):
+def test_a_new_ollama_tries_the_adapter_path_and_warns_about_a_forced_adapter_mode(env, ollama_server, capsys):
     ollama_server.version = "0.34.1"
     ollama_server.add_scripted_model(BASE)
     env.setenv("OLLAMA_HOST", ollama_server.url)
@@ -454,8 +454,9 @@ def test_a_new_ollama_takes_the_merged_path_and_warns_about_a_forced_adapter_mod
     forced = doctor("--check", "deploy-path")
 
     assert auto.status("deploy path") == "ok" and auto.detail("deploy path").startswith(
-        "deploy_mode auto: merged path (Ollama 0.34.1 cannot create models with LoRA adapters (removed in 0.34.1))")
-    assert forced.status("deploy path") == "warn" and "deploy_mode is adapter but Ollama 0.34.1 cannot create" in \
+        "deploy_mode auto: adapter path (Ollama 0.34.1 may not create models with LoRA adapters (removed from its "
+        "CLI in 0.34.1): the adapter is tried first, the gguf path if it is refused)")
+    assert forced.status("deploy path") == "warn" and "deploy_mode is adapter but Ollama 0.34.1 may not create" in \
         forced.detail("deploy path")
     assert auto.exit_code == forced.exit_code == 0  # a warning, not a failure: deploys would fail with the reason
     with capsys.disabled():

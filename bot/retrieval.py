@@ -377,7 +377,8 @@ def gate_with_retrieval(settings: Settings, store: Store, ollama: OllamaClient,
         used: set[int] = set()
         for prompt in prompts:
             hits = await live.search(prompt.question, allowed=frozenset(allowed))
-            answer = await ollama.chat(tag, _with_block(prompt, hits, settings.system_prompt), gate.options)
+            answer = await ollama.chat(tag, _with_block(prompt, hits, settings.system_prompt), gate.options,
+                                       think=False)  # as the gate's own answers (deploy/gate.py)
             used.update(h.example_id for h in hits)
             rows.append({"question": prompt.question, "pair_ids": [h.example_id for h in hits], "answer": answer,
                          "rouge_l": rouge_l(answer, prompt.reference or "")})

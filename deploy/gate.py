@@ -11,7 +11,8 @@ comparison is not made (a handful of questions cannot tell two models apart): th
 rests on the other checks.
 
 Both models answer with the gate's own deterministic options, sent per request: what is compared is the
-weights, never the sampling.
+weights, never the sampling. A reasoning model is asked not to think (``think: false``, sent only to models that
+can): its answer, not its reasoning, is judged, and reasoning would spend the gate's short ``num_predict``.
 
 Three more dimensions practitioners check on a fine-tune, each reported beside the score above:
 
@@ -239,7 +240,7 @@ def probe_prompts(questions: Sequence[str]) -> list[EvalPrompt]:
 async def answer_all(client: OllamaClient, tag: str, prompts: Sequence[EvalPrompt],
                      options: Mapping[str, Any]) -> list[str]:
     """Answers in prompt order (one request at a time: Ollama serialises per model anyway)."""
-    return [await client.chat(tag, list(p.messages), options) for p in prompts]
+    return [await client.chat(tag, list(p.messages), options, think=False) for p in prompts]
 
 
 async def run_gate(
@@ -331,7 +332,7 @@ async def paraphrase(client: OllamaClient, model: str, question: str, options: M
     """``question`` reworded by ``model`` (the fixed instruction, deterministic options); "" when it gave no
     question back."""
     reply = await client.chat(model, [{"role": "system", "content": PARAPHRASE_INSTRUCTION},
-                                      {"role": "user", "content": question}], options)
+                                      {"role": "user", "content": question}], options, think=False)
     lines = [ln.strip().strip("\"'“”「」").strip() for ln in reply.strip().splitlines()]
     # Only a question is a rewording: small bases often answer instead (SmolLM2-135M: "By default, Brightwater's
     # Relay uses port 8080."), which would test the candidate on a wrong statement. Explanations follow a blank line.
@@ -381,7 +382,7 @@ async def _consistency_check(client: OllamaClient, tags: Mapping[str, str], prob
     for role, tag in tags.items():
         per_probe = []
         for p, row in zip(probes, probe_rows, strict=True):
-            samples = [await client.chat(tag, list(p.messages), sampling) for _ in range(n)]
+            samples = [await client.chat(tag, list(p.messages), sampling, think=False) for _ in range(n)]
             similarity = sum(rouge_l(a, b) for a, b in combinations(samples, 2)) / (n * (n - 1) / 2)
             row[f"{role}_samples"], row[f"{role}_consistency"] = samples, round(similarity, 4)
             per_probe.append(similarity)

@@ -207,8 +207,9 @@ async def test_a_continued_conversation_does_not_feed_the_shown_thinking_back(bo
 
 
 async def test_the_gate_scores_answers_without_their_thinking(thinking_ollama):
-    """deploy/gate.py answer_all (and the with-retrieval table, which uses the same client.chat): content only,
-    and no think sent to a model that cannot think; a template that leaves <think> in the content is split too."""
+    """deploy/gate.py answer_all (and the with-retrieval table, which uses the same client.chat): content only;
+    a thinking model is asked not to think (its answer is judged, within the gate's short num_predict), no think
+    sent to a model that cannot think; a template that leaves <think> in the content is split too."""
     thinking_ollama.add("thinker:latest", ANSWER, thinking=THINKING)
     thinking_ollama.add("plain:latest", ANSWER)
     thinking_ollama.add("tagged:latest", f"<think>{THINKING}</think>\n\n{ANSWER}")
@@ -219,7 +220,7 @@ async def test_the_gate_scores_answers_without_their_thinking(thinking_ollama):
         assert await client.chat("plain:latest", prompts[0].messages, think=True) == ANSWER  # not sent: no 400
         assert await client.chat("thinker:latest", prompts[0].messages, think=False) == ANSWER
     sent = thinking_ollama.bodies("/api/chat")
-    assert [b.get("think") for b in sent] == [None, None, None, None, False]
+    assert [b.get("think") for b in sent] == [False, None, None, None, False]
 
 
 # A template that reads .Thinking inside its range over .Messages: Ollama infers <think>…</think> from it

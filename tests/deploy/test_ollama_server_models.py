@@ -12,6 +12,7 @@ import ollama
 import pytest
 
 from deploy.ollama import OllamaClient, OllamaError
+from tests.harness.ollama import gguf_header
 from tests.harness.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.slow
@@ -52,3 +53,24 @@ async def test_bad_adapters_are_refused_at_create(ollama_server: OllamaTestServe
         with pytest.raises(OllamaError, match="invalid model name"):
             await client.create("bad name!", from_="base:1")
         assert not await client.has_model("x:1")
+
+
+async def test_debug_render_only_loads_the_model_so_a_broken_adapter_fails_there(
+        ollama_server: OllamaTestServer, tiny_llama_gguf: Path, tmp_path: Path) -> None:
+    ollama_server.add_base_model("base:1", tiny_llama_gguf, template="{{ range .Messages }}{{ .Content }}{{ end }}")
+    async with OllamaClient(ollama_server.url) as client:
+        assert await client.render_prompt("base:1", CHAT) == CHAT[0]["content"]
+        wrong = (await client.ensure_blob(gguf_header(tmp_path / "lora.gguf", kind="adapter", arch="qwen2"))).digest
+        await client.create("tuned:1", from_="base:1", adapters={"lora.gguf": wrong})  # create does not load it
+        with pytest.raises(OllamaError, match="failed to load LoRA adapter") as err:
+            await client.render_prompt("tuned:1", CHAT)
+    assert err.value.status == 500 and [r["model"] for r in ollama_server.rendered] == ["base:1"]
+
+
+async def test_a_prompt_longer_than_the_runners_context_is_cut_not_refused(ollama_server: OllamaTestServer,
+                                                                           tiny_llama_gguf: Path) -> None:
+    ollama_server.add_base_model("base:1", tiny_llama_gguf)  # tiny models run with a 512-token context
+    client = ollama.AsyncClient(host=ollama_server.url)
+    reply = await client.generate(model="base:1", prompt="the cat is " * 400, options=GREEDY)
+    await client.close()
+    assert reply.done and reply.prompt_eval_count == 512  # runner/llamarunner: keeps 4, drops the oldest after them

@@ -10,6 +10,7 @@ from typing import Any
 from data.conversation import Conversation
 from deploy.modelfile import serving_format_for
 from deploy.pipeline import DeployConfig
+from tests.harness.ollama import gguf_header
 from tests.harness.ollama_server import OllamaTestServer
 from tests.harness.snapshots import write_snapshot
 from trainer.tiny import CHATML
@@ -19,11 +20,12 @@ RIGHT = "it is red."
 
 
 def fake_adapter(root: Path, name: str = "adapter") -> Path:
-    """An adapter directory as `loraloop deploy convert` leaves it: a GGUF adapter (the test server only checks
-    its magic; scripted models answer without loading it) and the run.json with the trained chat template."""
+    """An adapter directory as `loraloop deploy convert` leaves it: a GGUF adapter (key/values only: the test
+    server decodes it as Ollama does; scripted models answer without loading it) and the run.json with the
+    trained chat template."""
     out = root / name
     out.mkdir(parents=True)
-    (out / "adapter.gguf").write_bytes(b"GGUF" + name.encode() * 16)
+    gguf_header(out / "adapter.gguf", kind="adapter", name=name)  # a LoRA's header: the test server decodes it
     (out / "run.json").write_text(json.dumps({"chat_template": CHATML, "system_prompt": None}), encoding="utf-8")
     return out
 

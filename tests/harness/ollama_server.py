@@ -1034,12 +1034,12 @@ class OllamaTestServer:
                           "ToolName": "", "Images": []} for x in collated],
         })
 
-    @staticmethod
-    def _count_tokens(llm: Any, text: str) -> int:
+    def _count_tokens(self, llm: Any, text: str) -> int:
         """Tokens of ``text`` as the runner counts them; for a model without weights (scripted), its words."""
         if llm is None:
             return len(text.split())
-        return len(llm.tokenize(text.encode(), add_bos=False, special=True))
+        with self._llama_lock:  # one request at a time per runner, as Ollama's runner semaphore
+            return len(llm.tokenize(text.encode(), add_bos=False, special=True))
 
     def _chat_prompt(self, template: str, msgs: list[dict[str, str]], num_ctx: int, truncate: bool, llm: Any,
                      think: bool, think_set: bool) -> str:

@@ -128,7 +128,7 @@ async def test_names_match_ignoring_case_and_parts_are_at_most_80_characters(oll
     assert ollama_server.get("tiny:v1") is None
 
 
-async def test_deleting_a_model_deletes_the_blobs_no_other_model_uses(ollama_server: OllamaTestServer,
+async def test_deleting_or_overwriting_a_model_deletes_the_blobs_no_model_uses(ollama_server: OllamaTestServer,
                                                                       tmp_path: Path) -> None:
     base = ollama_server.add_base_model("base:1", gguf_header(tmp_path / "base.gguf"))
     lora = ollama_server.add_blob(gguf_header(tmp_path / "lora.gguf", kind="adapter"))
@@ -140,6 +140,10 @@ async def test_deleting_a_model_deletes_the_blobs_no_other_model_uses(ollama_ser
         await client.delete("a:2")
         assert not ollama_server.blob_path(lora).exists()
         assert ollama_server.blob_path(base.model_blob).exists()  # base:1 still uses it
+        other = ollama_server.add_blob(gguf_header(tmp_path / "other.gguf", kind="adapter", arch="qwen2"))
+        await client.create("b:1", from_="base:1", adapters={"lora.gguf": other})
+        await client.create("b:1", from_="base:1", system="no adapter now")  # the tag overwritten
+        assert not ollama_server.blob_path(other).exists()
 
 
 # ---- chat: thinking, context, rendering, errors, unload ---------------------------------------------------------

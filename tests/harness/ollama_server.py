@@ -859,7 +859,10 @@ class OllamaTestServer:
         with self._lock:
             if name in self._scripted_tags:
                 model.scripted = self._scripted_tags[name]
+            replaced = self.models.get(name)
             self.models[name] = model
+            if replaced is not None:  # server/create.go (v0.13.0): the old manifest's RemoveLayers
+                self._remove_unused(replaced)
         await events.put({"status": "success"})
 
     async def _quantize(self, model: Model, wanted: str, events: asyncio.Queue) -> str | None:
@@ -937,12 +940,16 @@ class OllamaTestServer:
                 return self._error(404, f"model '{name}' not found")
             del self.models[m.name]
             self._loaded.pop(m.name, None)
-            # server/manifest.go RemoveLayers → server/layer.go Layer.Remove (v0.13.0): each of the model's
-            # blobs that no other model's manifest uses is deleted.
+            self._remove_unused(m)
+        return web.Response(status=200)
+
+    def _remove_unused(self, m: Model) -> None:
+        """server/manifest.go RemoveLayers → server/layer.go Layer.Remove (v0.13.0): each of ``m``'s blobs that
+        no model's manifest uses any more is deleted."""
+        with self._lock:
             used = {d for other in self.models.values() for d in other.layers()}
             for digest in set(m.layers()) - used:
                 self.blob_path(digest).unlink(missing_ok=True)
-        return web.Response(status=200)
 
     # -- chat / generate ---------------------------------------------------------------------------
 

@@ -111,7 +111,7 @@ async def via_deploy(server: OllamaTestServer, tmp_path: Path, adapter: Path, ba
     store = await open_store(tmp_path / "deploy.db")
     earlier = await earlier_versions(store, server, "viadeploy", answers=active_answers)
     config = DeployConfig(model_name="viadeploy", ollama_base=BASE, probes=("Hello?",), keep_versions=1,
-                          eval_limit=3, gate_options={"temperature": 0.0, "seed": 0, "num_predict": 12},
+                          eval_limit=3, min_eval=3, gate_options={"temperature": 0.0, "seed": 0, "num_predict": 12},
                           outtype="f32")
     async with OllamaClient(server.url) as client:
         result = await deploy(adapter, store=store, client=client, config=config, base_dir=base_dir,
@@ -122,7 +122,7 @@ async def via_deploy(server: OllamaTestServer, tmp_path: Path, adapter: Path, ba
 async def via_retrain(server: OllamaTestServer, tmp_path: Path, base_dir: Path, *, active_answers: str,
                       candidate_answers: dict[str, str] | None) -> tuple[Store, list[str], Any]:
     settings = loop_settings(tmp_path, server.url, base_dir, model_name="viaretrain", deploy_keep_versions=1,
-                             eval_fraction=0.5, deploy_eval_limit=3)
+                             eval_fraction=0.5, deploy_eval_limit=3, gate_min_eval=3)
     store = await open_store(tmp_path / "bot.db")  # the settings' database
     earlier = await earlier_versions(store, server, "viaretrain", answers=active_answers)
     await store.import_conversations([Conversation.qa(q, a) for q, a in QUESTIONS.items()], approve=True)

@@ -52,12 +52,17 @@ go:
 	  (apt-get update -qq && apt-get install -y -qq golang-go) >/dev/null 2>&1; } || \
 	  echo "golang-go not installed: the Go golden-prompt test will skip"
 
+# Two workers (pytest-xdist), each with its own database and Redis db: the real-model quality test (~5 min of
+# CPU training) runs on one while the rest of the suite runs on the other.
+TEST_WORKERS ?= 2
+
 test: install go
 	$(VENV)/bin/ruff check bot data deploy trainer worker tools tests bench
 	$(VENV)/bin/mypy
 	@out=$$($(PY) -m tools.import_graph) || { echo "$$out"; exit 1; }; echo "$$out" | tail -n 1
 	@source tests/services.sh && \
-	  LORALOOP_LLAMA_CPP_SDIST=$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	  LORALOOP_LLAMA_CPP_SDIST=$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz $(PY) -m pytest -q -p no:cacheprovider \
+	  -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 # Everyday runs: no slow tests, two workers (each with its own database and Redis db, tests/harness/services.py).
 test-fast: install

@@ -80,3 +80,11 @@ def empty_working_directory(tmp_path_factory: pytest.TempPathFactory):
     os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     os.chdir(before)
+
+
+# Minutes of CPU training first: under `-n 2` one worker trains the real model while the other runs the rest.
+LONGEST_FIRST = ("tests/quality/test_real_model.py::",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FIRST))  # stable: the rest keep their order

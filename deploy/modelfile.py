@@ -334,3 +334,20 @@ def _token_text(token: Any) -> str:
     if isinstance(token, dict):
         return str(token.get("content", ""))
     return str(token or "")
+
+
+def modelfile_text(fmt: ServingFormat, base_tag: str, adapter_file: str) -> str:
+    """A Modelfile for ``ollama create -f``: the base tag, the GGUF adapter beside it, and this serving format.
+
+    ``adapter_file`` is the GGUF's path relative to the Modelfile (Ollama resolves ADAPTER from there).
+    """
+    for name, text in (("template", fmt.template), ("system prompt", fmt.system)):
+        if '"""' in text:  # a Modelfile's triple-quoted string has no escape for its own delimiter
+            raise UnsupportedTemplate(f'the {name} contains """, which a Modelfile cannot quote')
+    lines = [f"FROM {base_tag}", f"ADAPTER ./{adapter_file}", f'TEMPLATE """{fmt.template}"""']
+    if fmt.system:
+        lines.append(f'SYSTEM """{fmt.system}"""')
+    for key, value in fmt.parameters().items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"PARAMETER {key} {json.dumps(item, ensure_ascii=False)}")
+    return "\n".join(lines) + "\n"

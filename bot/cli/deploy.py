@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -19,12 +20,20 @@ def convert(
     base: Annotated[Path | None, typer.Option(
         help="The base model directory the adapter was trained on (default: the one the run recorded).")] = None,
     outtype: Annotated[str, typer.Option(help="f16 or f32")] = "f16",
+    tag: Annotated[str | None, typer.Option(
+        help="The Ollama tag the printed `ollama create` command makes (default: the GGUF's file name).")] = None,
+    base_tag: Annotated[str | None, typer.Option(
+        help="The Ollama base tag the Modelfile starts FROM (default: settings' ollama_base).")] = None,
 ) -> None:
-    """Convert a LoRA adapter to a GGUF adapter for llama.cpp / Ollama.
+    """Convert a LoRA adapter to a GGUF adapter for llama.cpp / Ollama, and write a Modelfile beside it.
 
-    A base other than the recorded one is refused when its architecture or shape differs.
+    A base other than the recorded one is refused when its architecture or shape differs. The Modelfile serves
+    the adapter on the Ollama base with the run's chat template, system prompt, stop tokens and served options.
     """
+    from bot.cli.common import settings
     from deploy.gguf import ConversionError, convert_adapter, recorded_base
+    from deploy.modelfile import UnsupportedTemplate, modelfile_text, serving_format_for
+    from deploy.pipeline import serve_options_from
 
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter} is not an adapter directory (no adapter_config.json)")
@@ -35,6 +44,7 @@ def convert(
         if base is None:
             fail(f"{adapter} does not record its base model directory (no run.json, or the directory is gone): "
                  "pass --base DIR")
+    cfg = settings()  # before the conversion: a settings error should not cost one
     existed = out.exists()
     try:
         path = convert_adapter(adapter, base, out, outtype=outtype)
@@ -43,6 +53,14 @@ def convert(
             out.unlink(missing_ok=True)
         fail(str(exc))
     console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
+    modelfile = path.parent / "Modelfile"
+    try:
+        fmt = serving_format_for(adapter, base, serve_options_from(cfg))
+        modelfile.write_text(modelfile_text(fmt, base_tag or cfg.ollama_base, path.name), encoding="utf-8")
+    except UnsupportedTemplate as exc:
+        fail(f"wrote {path}, but no Modelfile: {exc}")
+    command = f"ollama create {tag or path.stem} -f {shlex.quote(str(modelfile))}"
+    console.print(f"wrote {modelfile}; register it with:\n  {command}", highlight=False, soft_wrap=True)
 
 
 @app.command("run")

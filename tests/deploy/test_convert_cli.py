@@ -1,9 +1,11 @@
 """``loraloop deploy convert``: the base defaults to the recorded one; a mismatched base or a folder as --out is a
-clear refusal (a llama adapter used to convert silently against a qwen2 base)."""
+clear refusal (a llama adapter used to convert silently against a qwen2 base). Beside the GGUF adapter it writes a
+Modelfile ``ollama create -f`` takes, which prompts the model as training did."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -11,6 +13,11 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from deploy.gguf import ConversionError, convert_adapter, recorded_base
+from deploy.go_template import ollama_prompt
+from deploy.modelfile import SAMPLE_CHATS, render_hf
+from trainer.tiny import CHATML
+
+SYSTEM_PROMPT = "You answer in one short line."
 
 
 def peft_adapter(base_dir, out):
@@ -34,8 +41,40 @@ def convert(*args: str):
 def llama_adapter(tmp_path_factory, tiny_llama_dir):
     out = peft_adapter(tiny_llama_dir, tmp_path_factory.mktemp("adapter") / "run")
     # What `loraloop train` records next to the adapter.
-    (out / "run.json").write_text(json.dumps({"base": str(tiny_llama_dir), "base_dir": str(tiny_llama_dir)}))
+    (out / "run.json").write_text(json.dumps({"base": str(tiny_llama_dir), "base_dir": str(tiny_llama_dir),
+                                              "chat_template": CHATML, "system_prompt": SYSTEM_PROMPT}))
     return out
+
+
+def test_writes_a_gguf_adapter_and_a_modelfile_that_prompts_as_training_did(llama_adapter, tmp_path):
+    from gguf import GGUFReader
+
+    out = tmp_path / "deploy" / "run.gguf"
+    out.parent.mkdir()
+    result = convert("--adapter", str(llama_adapter), "--out", str(out), "--tag", "mine:v1",
+                     "--base-tag", "llama3.2:1b")
+    assert result.exit_code == 0, result.output
+
+    reader = GGUFReader(out)
+    field = reader.fields["general.type"]
+    assert bytes(field.parts[field.data[0]]).decode() == "adapter"
+    names = [t.name for t in reader.tensors]
+    assert names and all(re.search(r"\.lora_[ab]$", n) for n in names), names[:4]
+    assert any(n.startswith("blk.0.attn_q.") for n in names)
+
+    modelfile = out.parent / "Modelfile"
+    text = modelfile.read_text()
+    assert f"ollama create mine:v1 -f {modelfile}" in result.output
+    assert text.startswith("FROM llama3.2:1b\nADAPTER ./run.gguf\n")
+    template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M).group(1)
+    system = re.search(r'^SYSTEM """(.*?)"""$', text, re.S | re.M).group(1)
+    assert system == SYSTEM_PROMPT
+    stops = re.findall(r'^PARAMETER stop "(.*)"$', text, re.M)
+    assert stops == ["<|im_start|>", "<|im_end|>"]
+    assert re.search(r"^PARAMETER num_predict \d+$", text, re.M)
+    for chat in SAMPLE_CHATS:
+        trained = chat if chat[0]["role"] == "system" else [{"role": "system", "content": SYSTEM_PROMPT}, *chat]
+        assert ollama_prompt(template, system, chat) == render_hf(CHATML, trained)
 
 
 def test_base_defaults_to_the_recorded_one(llama_adapter, tiny_llama_dir, tmp_path):

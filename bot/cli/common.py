@@ -31,6 +31,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise SystemExit(code)
 
 
+def plural(count: int, noun: str) -> str:
+    """"1 record", "2 records" (nouns that take an s)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def settings() -> Settings:
     try:
         return load_settings()

@@ -87,6 +87,11 @@ def import_(
     try:
         report = asyncio.run(run())
     except formats.FormatError as exc:
+        entries = _dataset_info_entries(path)
+        if entries:
+            listed = ", ".join(entries[:20]) + (f", … ({len(entries)} in all)" if len(entries) > 20 else "")
+            fail(f"{shown} is LLaMA-Factory's dataset_info.json, not a dataset: import one of its entries with "
+                 f"--dataset-info {shown} --name NAME (entries: {listed})")
         fail(f"{shown}: {exc}")
     except OSError as exc:  # unreadable (permissions), or gone since the check above
         fail(f"{shown}: cannot read the file: {exc.strerror or str(exc)}")
@@ -106,6 +111,27 @@ def import_(
         fail(f"{shown}: imported 0 of {report.records} records: none is valid")
     if not report.committed:
         raise SystemExit(1)
+
+
+_DATASET_INFO_KEYS = {"file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name"}
+
+
+def _dataset_info_entries(path: Path) -> list[str]:
+    """The entry names when ``path`` is a LLaMA-Factory dataset_info.json (an object of dataset entries), else [].
+
+    Read only after the file failed to import as a dataset, so a good import never pays for it.
+    """
+    import json
+
+    try:
+        if path.stat().st_size > 16 << 20:  # a dataset_info.json is a few KB
+            return []
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return []
+    if not isinstance(info, dict) or not info or not all(isinstance(v, dict) for v in info.values()):
+        return []
+    return list(info) if any(_DATASET_INFO_KEYS & set(v) for v in info.values()) else []
 
 
 def _set_values(pairs: list[str]) -> dict[str, str]:

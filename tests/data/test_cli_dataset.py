@@ -202,3 +202,17 @@ def test_holdout_import_judges_and_never_trains_or_is_retrieved(cli, tmp_path):
         report = json.loads(found.stdout)
         assert report["indexed"] == 4 and "Which port number" not in [h["question"] for h in report["hits"]]
     assert [h["question"] for h in report["hits"]] == ["What port does the Relay use?"]
+
+
+def test_importing_dataset_info_json_points_to_dataset_info(cli, tmp_path):
+    info = tmp_path / "dataset_info.json"
+    info.write_text(json.dumps({"alpaca_en_demo": {"file_name": "alpaca_en_demo.json"},
+                                "glaive": {"file_name": "glaive.json", "formatting": "sharegpt"},
+                                "hub_only": {"hf_hub_url": "someone/data"}}))
+    result = cli("dataset", "import", str(info))
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    flat = " ".join(result.output.split())
+    assert f"--dataset-info {info} --name NAME" in flat
+    assert "alpaca_en_demo, glaive, hub_only" in flat
+    assert stats(cli)["total"] == 0

@@ -2,18 +2,22 @@
 
 Nothing is changed: the database is inspected, never migrated; Ollama and Redis are only asked questions; the
 Discord token's shape is checked offline and the token is never printed. The exit status is 1 when any check
-fails (warnings and skipped checks do not count), so the command doubles as a container healthcheck.
+fails (warnings and skipped checks do not count), so the command doubles as a container healthcheck; ``--json``
+prints the same report as one object for scripts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import typer
 from pydantic import ValidationError
@@ -52,19 +56,31 @@ _CHECK_NAMES = ", ".join(c.replace(" ", "-") for c in CHECKS)
 def doctor(
     worker: bool = typer.Option(
         False, "--worker", help="Check the GPU worker's side: Redis, Ollama, the base model and a visible GPU."),
+    cli: bool = typer.Option(
+        False, "--cli", help="Check what the command line needs (train, deploy, chat on one machine): no Discord "
+                             "token or roles."),
     only: list[str] = typer.Option(
         None, "--check", metavar="NAME",
         help=f"Run only these checks (repeatable; settings always runs): {_CHECK_NAMES}."),
+    as_json: bool = typer.Option(
+        False, "--json", help="The report as one JSON object: ok, and each check's name, status and message."),
 ) -> None:
     """Check settings, Discord token, database, Ollama, base model, Redis and GPU; exit 1 if any check fails."""
     wanted = {name.replace("-", " ").replace("_", " ").lower() for name in only or []}
     if unknown := sorted(wanted - set(CHECKS)):
         typer.echo(f"error: unknown check(s) {', '.join(unknown)}; choose from {_CHECK_NAMES}", err=True)
         raise typer.Exit(2)
-    checks = run_checks(worker=worker, only=wanted or None)
+    if worker and cli:
+        typer.echo("error: --worker and --cli are two different hosts' checks: choose one", err=True)
+        raise typer.Exit(2)
+    checks = run_checks(worker=worker, cli=cli, only=wanted or None)
+    failed = [c.name for c in checks if c.status == "FAIL"]
+    if as_json:
+        typer.echo(json.dumps({"ok": not failed, "checks": [
+            {"name": c.name, "status": c.status.lower(), "message": c.detail} for c in checks]}, ensure_ascii=False))
+        raise typer.Exit(1 if failed else 0)
     for check in checks:
         typer.secho(check.line(), fg={"ok": "green", "FAIL": "red", "warn": "yellow"}.get(check.status))
-    failed = [c.name for c in checks if c.status == "FAIL"]
     if failed:
         typer.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}")
         raise typer.Exit(1)
@@ -72,9 +88,11 @@ def doctor(
 
 
 def run_checks(
-    *, worker: bool = False, only: set[str] | None = None, probe: Callable[[], GpuProbe] | None = None,
+    *, worker: bool = False, cli: bool = False, only: set[str] | None = None,
+    probe: Callable[[], GpuProbe] | None = None,
 ) -> list[Check]:
-    """The checks for the bot host (or, with ``worker``, the GPU worker), in the order they are printed.
+    """The checks for the bot host (or, with ``worker``, the GPU worker; with ``cli``, a machine that runs only the
+    command line), in the order they are printed.
 
     ``only`` limits them to those names (the settings are always read: every other check needs them).
     """
@@ -90,6 +108,11 @@ def run_checks(
         checks.append(Check("discord token", "skip", "not needed on the worker"))
         checks.append(Check("roles", "skip", "not needed on the worker"))
         checks.append(Check("database", "skip", "the worker keeps no database (the bot records the runs)"))
+    elif cli:
+        checks.append(Check("discord token", "skip", "not needed by the command line (only the bot logs in)"))
+        checks.append(Check("roles", "skip", "not needed by the command line"))
+        if want("database"):
+            checks.append(database_check(config.resolved_database_url))
     else:
         if want("discord token"):
             token = config.discord_token.get_secret_value() if config.discord_token else None
@@ -253,16 +276,21 @@ async def ollama_checks(host: str, base_tag: str, setting: str = "OLLAMA_HOST", 
     from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
     from deploy.registration import DaemonFacts, PathUnavailable, choose_path, parse_version
 
+    unreachable = [Check("base model", "skip", f"{base_tag}: Ollama not reachable"),
+                   Check("deploy path", "skip", "Ollama not reachable")]
+    if problem := _address_problem(host, setting):
+        return [Check("ollama", "FAIL", problem), *unreachable]
     async with OllamaClient(host, timeout=TIMEOUT_S) as client:
         try:
             version = await client.version()
         except OllamaError as exc:
-            if isinstance(exc, OllamaUnavailable) or exc.status is None:
+            if unresolved := _unresolvable(client.host):
+                why = f"{unresolved}: fix {setting} (in docker compose Ollama's host is the service name, `ollama`)"
+            elif isinstance(exc, OllamaUnavailable) or exc.status is None:
                 why = f"{exc}: start it (`docker compose up -d ollama`, or `ollama serve`) or fix {setting}"
             else:  # something answers there, but not as Ollama does
                 why = f"{client.host} answered HTTP {exc.status} to GET /api/version: is {setting} Ollama's address?"
-            return [Check("ollama", "FAIL", why), Check("base model", "skip", f"{base_tag}: Ollama not reachable"),
-                    Check("deploy path", "skip", "Ollama not reachable")]
+            return [Check("ollama", "FAIL", why), *unreachable]
         release = "a development build" if parse_version(version) is None else "a release"
         checks = [Check("ollama", "ok", f"{client.host} reachable, Ollama {version or '(no version)'} ({release})")]
         try:
@@ -290,6 +318,36 @@ async def ollama_checks(host: str, base_tag: str, setting: str = "OLLAMA_HOST", 
     if mode == "merged" and facts.adapter_refusal() is None and not facts.template_ignored():
         detail += " (auto would take the adapter path here: far fewer bytes per retrain)"
     return [*checks, Check("deploy path", "ok", detail)]
+
+
+def _address_problem(host: str, setting: str) -> str | None:
+    """Why OLLAMA_HOST cannot be Ollama's native API before anything is asked: a /v1 path is the OpenAI one."""
+    from bot.settings import parse_ollama_host
+
+    try:
+        url = parse_ollama_host(host)
+    except ValueError as exc:
+        return f"{exc}: fix {setting}"
+    path = urlsplit(url).path.rstrip("/")
+    if path == "/v1" or path.endswith("/v1"):
+        fixed = url.rstrip("/").removesuffix("/v1")
+        return (f"{setting} {host!r} ends in /v1, Ollama's OpenAI-compatible API; loraloop uses the native one "
+                f"(/api/…): set {setting} to {fixed}")
+    return None
+
+
+def _unresolvable(url: str) -> str | None:
+    """``cannot resolve host …`` when the URL's host name has no address (a typo, or a name from another network)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None
+    try:
+        socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot resolve host {parts.hostname!r} (from {url}): {exc.strerror or exc}"
+    except OSError:
+        return None
+    return None
 
 
 # ---- Redis --------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import socket
@@ -145,6 +146,29 @@ def test_an_unreachable_ollama_fails_and_the_base_model_is_not_checked(env, tmp_
     assert "not reachable" in report.detail("ollama") and "OLLAMA_HOST" in report.detail("ollama")
     assert report.status("base model") == "skip" and report.status("deploy path") == "skip"
     assert report.exit_code == 1
+
+
+def test_an_unresolvable_ollama_host_is_named_not_called_refused(env):
+    env.setenv("OLLAMA_HOST", "http://ollama.invalid:11434")  # .invalid never resolves (RFC 6761)
+
+    report = doctor("--check", "ollama")
+
+    assert report.status("ollama") == "FAIL"
+    assert "cannot resolve host 'ollama.invalid'" in report.detail("ollama")
+    assert "refused" not in report.detail("ollama") and "OLLAMA_HOST" in report.detail("ollama")
+    assert report.exit_code == 1
+
+
+def test_a_v1_path_in_ollama_host_is_flagged_as_the_openai_api(env, ollama_server):
+    ollama_server.add_scripted_model(BASE)
+    env.setenv("OLLAMA_HOST", ollama_server.url + "/v1/")
+
+    report = doctor("--check", "base-model")
+
+    assert report.status("ollama") == "FAIL"
+    assert "OpenAI-compatible" in report.detail("ollama")
+    assert report.detail("ollama").endswith(f"set OLLAMA_HOST to {ollama_server.url}")
+    assert report.status("base model") == "skip" and report.exit_code == 1
 
 
 # ---- database --------------------------------------------------------------------------------------------
@@ -492,3 +516,44 @@ def test_empty_settings_from_an_env_file_copied_from_the_example_mean_defaults(e
 
     assert report.detail("settings").startswith("read from environment;")
     assert report.status("database") == "ok" and str(tmp_path / "home" / "loraloop.db") in report.detail("database")
+
+
+# ---- one machine, no Discord: the command line's own profile; a report for scripts ----------------------------
+
+
+def test_the_cli_profile_does_not_need_a_discord_token(env, tmp_path, ollama_server):
+    ollama_server.add_scripted_model(BASE)
+    env.setenv("OLLAMA_HOST", ollama_server.url)
+    env.delenv("DISCORD_TOKEN")
+    env.delenv("LORALOOP_GUILDS")
+    migrate_sqlite(tmp_path)
+    assert doctor().status("discord token") == "FAIL"  # the bot host's profile needs one
+
+    report = doctor("--cli")
+
+    assert list(report.lines) == list(NAMES)
+    assert report.status("discord token") == report.status("roles") == "skip"
+    assert report.status("database") == report.status("ollama") == report.status("base model") == "ok"
+    assert report.exit_code == 0
+
+
+def test_cli_and_worker_profiles_are_exclusive(env):
+    report = doctor("--cli", "--worker")
+
+    assert report.exit_code == 2 and "--worker and --cli" in report.output
+
+
+def test_json_report_is_one_object_with_each_checks_name_status_and_message(env, unreachable_ollama_url):
+    env.setenv("OLLAMA_HOST", unreachable_ollama_url)
+    text = doctor("--json").output
+
+    report = json.loads(text)
+
+    assert text.count("\n") == 1  # one object on one line, nothing else
+    assert [c["name"] for c in report["checks"]] == list(NAMES)
+    assert all(set(c) == {"name", "status", "message"} and c["status"] in ("ok", "fail", "warn", "skip")
+               for c in report["checks"])
+    ollama = next(c for c in report["checks"] if c["name"] == "ollama")
+    assert ollama["status"] == "fail" and "OLLAMA_HOST" in ollama["message"]
+    assert report["ok"] is False
+    assert cli("doctor", "--json").exit_code == 1

@@ -156,6 +156,8 @@ def _load_json_records(text: str, filename: str) -> tuple[list[tuple[str, Any]],
             raise FormatError(f"not valid JSON: {exc.where()}") from None
         if not isinstance(value, list):
             raise FormatError("a .json dataset must be an array of records")
+        if not value:  # as an empty JSONL file is refused: importing nothing is no success
+            raise FormatError("the file holds no records (an empty array)")
         return [(f"record {i}", v) for i, v in enumerate(value)], []
     if filename.lower().endswith(".json") and stripped[0] == "{":
         try:

@@ -145,6 +145,8 @@ def refusals(tmp_path) -> list[tuple[list[str], str]]:
     markup = tmp_path / "markup.csv"
     markup.write_text("[/],[bold]\nq,a\n")  # the header is quoted in the refusal: it is not rich markup
     (tmp_path / "folder.json").mkdir()
+    empty_array = tmp_path / "empty-array.json"
+    empty_array.write_text("[]\n")
     return [
         ([str(tmp_path / "missing.json")], "missing.json: no such file"),
         ([str(tmp_path / "folder.json")], "folder.json: not a file"),
@@ -153,6 +155,7 @@ def refusals(tmp_path) -> list[tuple[list[str], str]]:
         ([str(deep_object)], "deep-object.json: no line of the file is valid JSON (line 1: not valid JSON: nested "
                              "too deeply"),
         ([str(markup)], "must name question and answer columns (found: [/], [bold])"),
+        ([str(empty_array)], "empty-array.json: the file holds no records"),
     ]
 
 

@@ -95,6 +95,8 @@ def test_jsonl_errors_are_per_line_and_roles_checked():
     (b'{"a": 1}', "x.json", "must be an array"),
     (b"{nope\n{nope", "x.jsonl", "no line of the file is valid JSON"),
     (b"", "x.jsonl", "empty"),
+    (b"[]", "x.json", "no records"),
+    (b" [ \n ] ", "x.json", "no records"),
     (b"q,a\n1,2\n", "x.csv", "must name question and answer"),
     (b'[{"foo": 1}]', "x.json", "cannot tell the format"),
 ])

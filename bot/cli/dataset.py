@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import console, fail, open_store, print_json, settings
+from bot.cli.common import console, fail, open_store, plural, print_json, settings
 
 app = typer.Typer(help="Import, export and inspect the teaching dataset.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="Freeze the approved examples into an immutable training snapshot.",
@@ -106,9 +106,9 @@ def import_(
     else:
         _print_report(escape(shown), report)
     if nothing and report.committed:
-        fail(f"{shown}: imported 0 of {report.records} records (the valid ones are all duplicates)")
+        fail(f"{shown}: imported 0 of {plural(report.records, 'record')} (the valid ones are all duplicates)")
     if nothing:
-        fail(f"{shown}: imported 0 of {report.records} records: none is valid")
+        fail(f"{shown}: imported 0 of {plural(report.records, 'record')}: none is valid")
     if not report.committed:
         raise SystemExit(1)
 
@@ -147,13 +147,14 @@ def _set_values(pairs: list[str]) -> dict[str, str]:
 def _print_report(name: str, report) -> None:
     status = "imported" if report.committed else "[bold red]nothing imported[/]"
     kind = f", {report.kind}" if report.kind != "sft" else ""
-    console.print(f"{name} ({report.format}{kind}, {report.records} records): {status}", highlight=False,
+    console.print(f"{name} ({report.format}{kind}, {plural(report.records, 'record')}): {status}", highlight=False,
                   soft_wrap=True)
     console.print(f"  imported: {report.imported}  duplicates: {len(report.duplicates)}  "
                   f"rejected: {len(report.errors)}")
     if report.in_flight:
-        console.print(f"  [yellow]not imported:[/] {len(report.in_flight)} records another import, still running, "
-                      "is writing now: import the file again once it is done", highlight=False, soft_wrap=True)
+        console.print(f"  [yellow]not imported:[/] {plural(len(report.in_flight), 'record')} another import, "
+                      "still running, is writing now: import the file again once it is done",
+                      highlight=False, soft_wrap=True)
     for error in report.errors[:50]:
         console.print(f"  [red]{escape(error.location)}[/]: {escape(error.message)}", highlight=False, soft_wrap=True)
     if len(report.errors) > 50:
@@ -163,15 +164,17 @@ def _print_report(name: str, report) -> None:
     if not report.committed:
         return
     if report.kind == "kto":
-        console.print(f"  KTO labels: {report.rejected} undesirable answers (label false) stored as rejected, "
-                      "for preference use; never trained on", highlight=False, soft_wrap=True)
+        console.print(f"  KTO labels: {plural(report.rejected, 'undesirable answer')} (label false) stored as "
+                      "rejected, for preference use; never trained on", highlight=False, soft_wrap=True)
     if report.placeholders:
         names = ", ".join("{{" + n + "}}" for n in report.placeholders)
         fill = " ".join(f"--set {n}=VALUE" for n in report.placeholders)
-        console.print(f"  [yellow]warning:[/] {report.with_placeholders} records hold template placeholders "
+        console.print(f"  [yellow]warning:[/] {plural(report.with_placeholders, 'record')} "
+                      f"{'holds' if report.with_placeholders == 1 else 'hold'} template placeholders "
                       f"({escape(names)}); import again with {fill} to fill them", highlight=False, soft_wrap=True)
     if report.waiting:
-        console.print(f"  {report.waiting} pairs now wait for review: approve them with "
+        waits, them = ("waits", "it") if report.waiting == 1 else ("wait", "them")
+        console.print(f"  {plural(report.waiting, 'pair')} now {waits} for review: approve {them} with "
                       "`loraloop review approve --all-pending` (or review them in Discord)",
                       highlight=False, soft_wrap=True)
 
@@ -201,7 +204,7 @@ def export(
         fail(str(exc))  # fail() prints text, not markup
     except OSError as exc:
         fail(f"{out}: cannot write the file: {exc.strerror or exc}")
-    console.print(f"wrote {count} examples to {escape(str(out))} ({format}, split {split})", highlight=False)
+    console.print(f"wrote {plural(count, 'example')} to {escape(str(out))} ({format}, split {split})", highlight=False)
 
 
 @app.command()
@@ -226,7 +229,7 @@ def stats(json_out: Annotated[bool, typer.Option("--json", help="Print one JSON 
         table.add_row(f"source: {source}", str(n))
     console.print(table)
     agreement = "n/a" if result.agreement is None else f"{result.agreement:.0%}"
-    console.print(f"ratings: {result.ratings} on {result.rated_examples} examples; agreement {agreement}; "
+    console.print(f"ratings: {result.ratings} on {plural(result.rated_examples, 'example')}; agreement {agreement}; "
                   f"new approved since the active model: {result.new_approved_since_active}")
     from data.preferences import preference_summary
 
@@ -261,5 +264,5 @@ def snapshot_create(
         print_json(manifest)
     else:
         c = manifest["counts"]
-        console.print(f"snapshot {manifest['sha256'][:12]} in {out}: {c['total']} examples "
+        console.print(f"snapshot {manifest['sha256'][:12]} in {out}: {plural(c['total'], 'example')} "
                       f"({c['train']} train, {c['eval']} eval)")

@@ -121,7 +121,7 @@ def _decide(ids: list[int], all_pending: bool, status: str, json_out: bool) -> N
         print_json({"status": status, "decided_by": "admin", "done": done,
                     "refused": [{"id": i, "reason": r} for i, r in refused]})
     else:
-        console.print(f"{len(done)} examples {status} (admin decision)", highlight=False)
+        console.print(f"{plural(len(done), 'example')} {status} (admin decision)", highlight=False)
         for example_id, reason in refused:
             err_console.print(f"  #{example_id}: {escape(reason)}", highlight=False)
     if refused:

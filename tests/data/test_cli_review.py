@@ -38,7 +38,7 @@ def test_approve_and_reject_by_id(cli, pending):
     assert json.loads(approved.stdout) == {"status": "approved", "decided_by": "admin", "done": pending[:2],
                                            "refused": []}
     rejected = cli("review", "reject", str(pending[2]))
-    assert rejected.exit_code == 0 and "1 examples rejected (admin decision)" in rejected.output
+    assert rejected.exit_code == 0 and "1 example rejected (admin decision)" in rejected.output
     assert (statuses(cli)["approved"], statuses(cli)["rejected"], statuses(cli)["pending"]) == (2, 1, 2)
     assert [e["id"] for e in json.loads(cli("review", "list", "--json").stdout)["examples"]] == pending[3:]
 
@@ -157,3 +157,19 @@ def test_rate_output_and_a_bad_rater_name(cli, pending):
     assert f"#{pending[0]} rated 3 by alice: 1 rating, mean 3.0; pending until 2 ratings" in first.output
     bad = cli("review", "rate", str(pending[0]), "3", "--rater", "al ice")
     assert bad.exit_code == 1 and "--rater" in bad.output and "Traceback" not in bad.output
+
+
+def test_one_is_singular(cli, tmp_path):
+    (tmp_path / "one.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
+    imported = cli("dataset", "import", str(tmp_path / "one.json"))
+    flat = " ".join(imported.output.split())
+    assert "(alpaca, 1 record): imported" in flat
+    assert "1 pair now waits for review: approve it with" in flat
+    example_id = json.loads(cli("review", "list", "--json").stdout)["examples"][0]["id"]
+    assert cli("review", "rate", str(example_id), "5", "--rater", "alice").exit_code == 0
+    assert "ratings: 1 on 1 example;" in " ".join(cli("dataset", "stats").output.split())
+    assert "1 example approved (admin decision)" in cli("review", "approve", str(example_id)).output
+    snap = cli("snapshot", "create", "--out", str(tmp_path / "s"))
+    assert "1 example (" in " ".join(snap.output.split())
+    again = cli("dataset", "import", str(tmp_path / "one.json"), "--skip-invalid")
+    assert "(alpaca, 1 record)" in " ".join(again.output.split())

@@ -106,8 +106,8 @@ def test_kto_tag_key_and_pending_import(cli, tmp_path):
     (tmp_path / "k.json").write_text(json.dumps(rows))
     result = cli("dataset", "import", str(tmp_path / "k.json"))
     assert result.exit_code == 0, result.output
-    assert "1 undesirable answers (label false) stored as rejected" in result.output
-    assert "1 pairs now wait for review" in result.output
+    assert "1 undesirable answer (label false) stored as rejected" in result.output
+    assert "1 pair now waits for review" in result.output
     assert by_status(cli)["pending"] == 1 and by_status(cli)["rejected"] == 1
 
 

@@ -326,6 +326,26 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     return read_config(path, overrides).config
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """': line L, column C: what is wrong', from PyYAML's error (whose own text names "<unicode string>")."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{at}: {' '.join(str(problem).split())}"
+
+
+def _overridden(overrides: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Whether the setting at ``loc`` (a pydantic error's) came from a flag, not the file."""
+    value: Any = overrides
+    for part in loc:
+        if not isinstance(value, dict):  # inside a list or value the flag gave whole
+            break
+        if value.get(part) is None:
+            return False
+        value = value[part]
+    return bool(loc)
+
+
 def read_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> LoadedConfig:
     """Like ``load_config``, with the notices to show: LLaMA-Factory key names are read as ours."""
     values: dict[str, Any] = {}
@@ -336,8 +356,11 @@ def read_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise TrainingRefused(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise TrainingRefused(f"config file {path} cannot be read: {why}") from None
         except yaml.YAMLError as exc:
-            raise TrainingRefused(f"config file {path} is not valid YAML: {exc}".replace("\n", " ")) from None
+            raise TrainingRefused(f"config file {path} is not valid YAML{_yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -355,8 +378,9 @@ def read_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         lines = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "config"
+            origin = " from the command line" if _overridden(overrides or {}, err["loc"]) else where
             if err["type"] == "extra_forbidden":
-                lines.append(f"unknown setting {name!r}{where}{_closest(name)}")
+                lines.append(f"unknown setting {name!r}{origin}{_closest(name)}")
             else:
-                lines.append(f"setting {name}{where}: {err['msg']} (got {err.get('input')!r})")
+                lines.append(f"setting {name}{origin}: {err['msg']} (got {err.get('input')!r})")
         raise TrainingRefused("\n".join(lines)) from None

@@ -79,3 +79,34 @@ def test_chat_template_from_text_or_file(tmp_path):
     assert TrainConfig(chat_template=str(path)).template_text() == path.read_text()
     with pytest.raises(TrainingRefused, match="neither Jinja text nor a readable file"):
         TrainConfig(chat_template=str(tmp_path / "missing.jinja")).template_text()
+
+
+def test_yaml_errors_name_the_file_and_the_line(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("epochs: 2\nlora_rank: [1\n")
+    with pytest.raises(TrainingRefused) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert f"config file {path} is not valid YAML" in message and "line 3" in message
+    assert "<unicode string>" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: p.write_bytes(b"\xff\xfe\x00 not text"),
+    lambda p: p.mkdir(),
+])
+def test_unreadable_config_files_name_the_file(tmp_path, make):
+    path = tmp_path / "train.yaml"
+    make(path)
+    with pytest.raises(TrainingRefused, match=f"config file {path}"):
+        load_config(path)
+
+
+def test_a_bad_value_says_whether_it_came_from_the_file_or_a_flag(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("batch_size: zero\nepochs: 3\n")
+    with pytest.raises(TrainingRefused) as caught:
+        load_config(path, {"learning_rate": -1.0})
+    file_line, flag_line = sorted(str(caught.value).splitlines())
+    assert file_line.startswith(f"setting batch_size in {path}:")
+    assert flag_line.startswith("setting learning_rate from the command line:") and str(path) not in flag_line

@@ -41,7 +41,8 @@ def small_general_prompts(path: Path) -> Path:
 async def test_full_loop_on_real_qwen2_vocabulary(tmp_path, discord_api, qwen_base_server, real_qwen2_dir):
     # Short chat answers: an untrained-enough model may never say <|im_end|>, and each token costs 152k logits.
     # The gate's retention check compares the random base's "general answers" (noise) before and after a few
-    # large steps: its limit is loosened here (to the worker's own bound, 1.0); the check itself is tested with the gate.
+    # large steps: its limit is loosened here (to the worker's own bound, 1.0); the check itself is tested with the
+    # gate.
     settings = loop_settings(
         tmp_path, qwen_base_server.url, real_qwen2_dir, dispatcher="local", ollama_base=BASE,
         retrain_train=dict(REAL_VOCAB_TRAIN), chat_max_tokens=16, deploy_eval_limit=1, gate_paraphrases=0,

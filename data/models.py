@@ -21,6 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime, TypeDecorator
 
+# The longest community name (data/communities.py checks names; Ollama tags are built from them).
+COMMUNITY_MAX = 40
 SOURCES = ("teach", "correction", "chat-feedback", "import")
 EXAMPLE_STATUSES = ("pending", "approved", "rejected", "superseded")
 
@@ -52,9 +54,11 @@ class Base(DeclarativeBase):
 
 class Example(Base):
     __tablename__ = "examples"
+    # A conversation is stored once per community: another community may hold the same text (and never hears of it).
+    __table_args__ = (UniqueConstraint("community", "content_hash", name="uq_examples_community_hash"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
     messages: Mapped[list[Any]] = mapped_column(JSON)
     tools: Mapped[str | None] = mapped_column(Text)
     tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -73,6 +77,9 @@ class Example(Base):
     superseded_by: Mapped[int | None] = mapped_column(Integer)
     # The bulk import that wrote this row (NULL: added one by one). Hidden while that import is a PendingImport.
     import_batch: Mapped[str | None] = mapped_column(String(32))
+    # The community that owns it (data/communities.py); NULL only for rows an upgrade has not assigned yet, which
+    # no community sees.
+    community: Mapped[str | None] = mapped_column(String(COMMUNITY_MAX), index=True)
 
 
 class PendingImport(Base):
@@ -116,6 +123,9 @@ class Answer(Base):
     # The approved examples retrieval put in front of the model for this answer (bot/retrieval.py), in order.
     pair_ids: Mapped[list[int] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # NULL: an answer given outside every community (an unconfigured server, a DM without dm_community), which
+    # no community's experts see.
+    community: Mapped[str | None] = mapped_column(String(COMMUNITY_MAX), index=True)
 
 
 class Feedback(Base):
@@ -138,6 +148,7 @@ class SnapshotRecord(Base):
     path: Mapped[str] = mapped_column(Text)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    community: Mapped[str | None] = mapped_column(String(COMMUNITY_MAX))
 
 
 class ModelVersion(Base):
@@ -165,16 +176,19 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column()
+    community: Mapped[str | None] = mapped_column(String(COMMUNITY_MAX), index=True)
 
 
 class ActiveModel(Base):
-    """The single pointer to the model the bot answers with (one row, id 1)."""
+    """The pointer to the model a community's chats are answered with (one row per community; none: the base)."""
 
     __tablename__ = "active_model"
+    __table_args__ = (UniqueConstraint("community", name="uq_active_model_community"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     switched_at: Mapped[datetime] = mapped_column(default=utcnow)
+    community: Mapped[str | None] = mapped_column(String(COMMUNITY_MAX))
 
 
 class Promotion(Base):
@@ -184,8 +198,9 @@ class Promotion(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    action: Mapped[str] = mapped_column(String(16))  # promote | rollback
+    action: Mapped[str] = mapped_column(String(16))  # promote | rollback | base (rolled back to the base model)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    community: Mapped[str | None] = mapped_column(String(COMMUNITY_MAX), index=True)
 
 
 # A retrain's life. Non-terminal states hold the single run slot (see RetrainRun.slot).
@@ -199,15 +214,17 @@ RUN_DISPATCHED = ("snapshotted", "training", "converting", "registering", "evalu
 class RetrainRun(Base):
     """One retrain, from proposal to promotion (or the reason it stopped).
 
-    ``slot`` is 1 while the run is not finished and NULL after: its unique constraint is the database-level
-    guarantee that at most one proposal or run is open at a time, whatever races happen above it.
+    ``slot`` is 1 while the run is not finished and NULL after: its unique constraint (per community) is the
+    database-level guarantee that at most one proposal or run per community is open at a time, whatever races
+    happen above it.
     """
 
     __tablename__ = "retrain_runs"
+    __table_args__ = (UniqueConstraint("community", "slot", name="uq_retrain_runs_community_slot"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
-    slot: Mapped[int | None] = mapped_column(Integer, unique=True)
+    slot: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text)  # why it was rejected, failed, cancelled or expired
     proposed_by: Mapped[int | None] = mapped_column(BigInteger)  # None: the scheduler
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the numbers shown to the experts
@@ -228,6 +245,7 @@ class RetrainRun(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    community: Mapped[str | None] = mapped_column(String(COMMUNITY_MAX), index=True)
 
 
 class RetrainVote(Base):
@@ -264,6 +282,7 @@ class Comparison(Base):
     channel_id: Mapped[int | None] = mapped_column(BigInteger)
     message_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    community: Mapped[str | None] = mapped_column(String(COMMUNITY_MAX))
 
 
 class ComparisonVote(Base):
@@ -309,9 +328,10 @@ class PreferenceRecord(Base):
     answer (PreferenceRating), or it is approved with the correction it came from."""
 
     __tablename__ = "preference_records"
+    __table_args__ = (UniqueConstraint("community", "content_hash", name="uq_preference_records_community_hash"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
     prompt: Mapped[list[Any]] = mapped_column(JSON)
     chosen: Mapped[dict[str, Any]] = mapped_column(JSON)
     rejected: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -332,6 +352,7 @@ class PreferenceRecord(Base):
     approved_at: Mapped[datetime | None] = mapped_column()
     # The preference import that wrote this row (NULL: made one by one). Hidden while that import is a PendingImport.
     import_batch: Mapped[str | None] = mapped_column(String(32))
+    community: Mapped[str | None] = mapped_column(String(COMMUNITY_MAX), index=True)
 
 
 class PreferenceRating(Base):

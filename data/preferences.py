@@ -103,7 +103,8 @@ async def record_correction(s: AsyncSession, example_id: int) -> PreferenceRecor
         except InvalidConversation:
             return None
     digest = pref.content_hash()
-    if await s.scalar(select(PreferenceRecord.id).where(PreferenceRecord.content_hash == digest)) is not None:
+    if await s.scalar(select(PreferenceRecord.id).where(PreferenceRecord.content_hash == digest,
+                                                        PreferenceRecord.community == example.community)) is not None:
         return None
     thumbs_down = await s.scalar(select(Feedback.id).where(Feedback.answer_id == answer.id,
                                                             Feedback.user_id == example.author_id,
@@ -113,7 +114,8 @@ async def record_correction(s: AsyncSession, example_id: int) -> PreferenceRecor
                               source="thumbs-down" if thumbs_down is not None else "suggestion",
                               status="approved", rejected_model=answer.model_tag,
                               rejected_version_id=answer.model_version_id, answer_id=answer.id, example_id=example_id,
-                              author_id=example.author_id, guild_id=example.guild_id, approved_at=now)
+                              author_id=example.author_id, guild_id=example.guild_id, approved_at=now,
+                              community=example.community)
     s.add(record)
     await s.flush()
     return record
@@ -136,6 +138,7 @@ async def import_preferences(store: Store, prefs: Sequence[Preference], *, appro
     from data.store import IMPORT_BATCH_ROWS, _db_reason, _import_insert, _to_the_end
 
     batch_rows = batch_rows or IMPORT_BATCH_ROWS
+    community = store._owner()
     # Off the event loop: checking, serialising and hashing a 100k-record file takes seconds.
     stored = await asyncio.to_thread(_storable_rows, prefs)
     status = "approved" if approve else "pending"
@@ -150,7 +153,8 @@ async def import_preferences(store: Store, prefs: Sequence[Preference], *, appro
                 async with store.session() as s, s.begin():
                     wanted = {row[0] for row in stored[start:stop]} - seen
                     found = (await s.execute(select(PreferenceRecord.content_hash, not_(_VISIBLE))
-                                             .where(PreferenceRecord.content_hash.in_(wanted)))).all()
+                                             .where(PreferenceRecord.content_hash.in_(wanted),
+                                                    PreferenceRecord.community == community))).all()
                     known = {d for d, hidden in found if not hidden}
                     held = {d for d, hidden in found if hidden}  # a live concurrent import's: no duplicates (yet)
                     rows, dups, others, fresh = [], [], [], set()
@@ -162,7 +166,8 @@ async def import_preferences(store: Store, prefs: Sequence[Preference], *, appro
                             dups.append(index)
                         else:
                             fresh.add(digest)
-                            rows.append((*stored[index], "import", status, author_id, guild_id, batch_id))
+                            rows.append((*stored[index], "import", status, author_id, guild_id, batch_id,
+                                         community))
                     if rows:  # the driver's executemany, as for pairs (Store._write_batch)
                         await (await s.connection()).exec_driver_sql(sql, rows)
                 break
@@ -186,9 +191,9 @@ async def import_preferences(store: Store, prefs: Sequence[Preference], *, appro
 
 
 # The columns a preference import binds, in the table's order: a stored row's (_storable_rows), then source,
-# status, author_id, guild_id, import_batch.
+# status, author_id, guild_id, import_batch, community.
 _IMPORT_COLUMNS = ("content_hash", "prompt", "chosen", "rejected", "tags", "tools", "source", "status", "author_id",
-                   "guild_id", "import_batch")
+                   "guild_id", "import_batch", "community")
 
 
 def _storable_rows(prefs: Sequence[Preference]) -> list[tuple[str, str, str, str, str, str | None]]:
@@ -213,7 +218,8 @@ async def get_preference(store: Store, preference_id: int) -> PreferenceRecord:
     from data.errors import NotFound
 
     async with store.session() as s:
-        row = await s.scalar(select(PreferenceRecord).where(PreferenceRecord.id == preference_id, _VISIBLE))
+        row = await s.scalar(select(PreferenceRecord).where(PreferenceRecord.id == preference_id, _VISIBLE,
+                                                            PreferenceRecord.community == store.community))
     if row is None:
         raise NotFound(f"there is no preference record #{preference_id}")
     return row
@@ -221,7 +227,8 @@ async def get_preference(store: Store, preference_id: int) -> PreferenceRecord:
 
 async def list_preferences(store: Store, *, status: str | None = None,
                            limit: int | None = None) -> list[PreferenceRecord]:
-    query = select(PreferenceRecord).where(_VISIBLE).order_by(PreferenceRecord.id)
+    query = (select(PreferenceRecord).where(_VISIBLE, PreferenceRecord.community == store.community)
+             .order_by(PreferenceRecord.id))
     if status is not None:
         query = query.where(PreferenceRecord.status == status)
     if limit is not None:
@@ -230,22 +237,22 @@ async def list_preferences(store: Store, *, status: str | None = None,
         return list(await s.scalars(query))
 
 
-async def next_preference_for_review(store: Store, reviewer_id: int,
-                                     guild_id: int | None = None) -> PreferenceRecord | None:
-    """The oldest pending preference record the reviewer neither wrote nor rated yet (as ``next_for_review``)."""
+async def next_preference_for_review(store: Store, reviewer_id: int) -> PreferenceRecord | None:
+    """The community's oldest pending preference record the reviewer neither wrote nor rated yet (as
+    ``next_for_review``)."""
     rated = select(PreferenceRating.preference_id).where(PreferenceRating.rater_id == reviewer_id)
     query = (select(PreferenceRecord)
-             .where(PreferenceRecord.status == "pending", PreferenceRecord.id.not_in(rated), _VISIBLE)
+             .where(PreferenceRecord.status == "pending", PreferenceRecord.community == store.community,
+                    PreferenceRecord.id.not_in(rated), _VISIBLE)
              .where(PreferenceRecord.author_id.is_(None) | (PreferenceRecord.author_id != reviewer_id))
              .order_by(PreferenceRecord.id).limit(1))
-    if guild_id is not None:
-        query = query.where((PreferenceRecord.guild_id == guild_id) | PreferenceRecord.guild_id.is_(None))
     async with store.session() as s:
         return await s.scalar(query)
 
 
 async def preference_scores(store: Store, preference_id: int) -> list[int]:
     """The experts' ratings of one record's chosen answer, oldest first."""
+    await get_preference(store, preference_id)
     async with store.session() as s:
         return list(await s.scalars(select(PreferenceRating.score)
                                     .where(PreferenceRating.preference_id == preference_id)
@@ -276,7 +283,8 @@ async def rate_preference(store: Store, preference_id: int, rater_id: int, score
         try:
             async with store.session() as s, s.begin():
                 # Locked (PostgreSQL) so concurrent raters each count the other's committed rating.
-                record = await s.scalar(select(PreferenceRecord).where(PreferenceRecord.id == preference_id, _VISIBLE)
+                record = await s.scalar(select(PreferenceRecord).where(PreferenceRecord.id == preference_id, _VISIBLE,
+                                                                       PreferenceRecord.community == store.community)
                                         .with_for_update())
                 if record is None:
                     raise NotFound(f"there is no preference record #{preference_id}")
@@ -316,7 +324,8 @@ async def rate_preference(store: Store, preference_id: int, rater_id: int, score
 async def preference_stats(store: Store) -> dict[str, Any]:
     """Counts by status and source, approved ones by source."""
     async with store.session() as s:
-        rows = (await s.execute(select(PreferenceRecord.status, PreferenceRecord.source, func.count()).where(_VISIBLE)
+        rows = (await s.execute(select(PreferenceRecord.status, PreferenceRecord.source, func.count())
+                                .where(_VISIBLE, PreferenceRecord.community == store.community)
                                 .group_by(PreferenceRecord.status, PreferenceRecord.source))).all()
     by_status: Counter[str] = Counter()
     by_source: Counter[str] = Counter()
@@ -334,7 +343,8 @@ async def preference_stats(store: Store) -> dict[str, Any]:
 async def approved_preferences(store: Store) -> list[PreferenceRecord]:
     """The approved records sorted by content hash (a snapshot's order)."""
     async with store.session() as s:
-        return list(await s.scalars(select(PreferenceRecord).where(PreferenceRecord.status == "approved", _VISIBLE)
+        return list(await s.scalars(select(PreferenceRecord).where(PreferenceRecord.status == "approved", _VISIBLE,
+                                                                   PreferenceRecord.community == store.community)
                                     .order_by(PreferenceRecord.content_hash)))
 
 

@@ -105,7 +105,8 @@ async def feedback_by_version(store: Store) -> dict[int | None, Rate]:
     # Each person's net vote on each version, their votes on answers to their own questions left out.
     net = (select(Answer.model_version_id.label("version"), func.sum(Feedback.value).label("net"))
            .join(Feedback, Feedback.answer_id == Answer.id)
-           .where(or_(Answer.user_id.is_(None), Answer.user_id != Feedback.user_id))
+           .where(or_(Answer.user_id.is_(None), Answer.user_id != Feedback.user_id),
+                  Answer.community == store.community)
            .group_by(Answer.model_version_id, Feedback.user_id).subquery())
     async with store.session() as s:
         rows = (await s.execute(
@@ -118,7 +119,8 @@ async def previous_version(store: Store) -> tuple[bool, ModelVersion | None]:
     """The version that answered before the active one: (True, version), (True, None) for the base tag, or
     (False, None) when nothing is active (the base answers and has no predecessor)."""
     async with store.session() as s:
-        history = list(await s.scalars(select(Promotion.model_version_id).order_by(Promotion.id.desc())))
+        history = list(await s.scalars(select(Promotion.model_version_id)
+                                       .where(Promotion.community == store.community).order_by(Promotion.id.desc())))
         if not history:
             return False, None
         active = history[0]
@@ -181,7 +183,8 @@ async def answers_needing_better(store: Store, limit: int = 5) -> list[Answer]:
     thumbs_down = exists().where(Feedback.answer_id == Answer.id, Feedback.value == -1)
     corrected = exists().where(Example.answer_id == Answer.id)
     async with store.session() as s:
-        return list(await s.scalars(select(Answer).where(thumbs_down, ~corrected).order_by(Answer.id).limit(limit)))
+        return list(await s.scalars(select(Answer).where(thumbs_down, ~corrected, Answer.community == store.community)
+                                    .order_by(Answer.id).limit(limit)))
 
 
 def question_of(answer: Answer) -> str:
@@ -216,7 +219,7 @@ async def create_comparison(store: Store, *, run_id: int | None, candidate: Mode
     if not items:
         return None
     row = Comparison(run_id=run_id, candidate_version_id=candidate.id, candidate_tag=candidate.tag,
-                     opponent_tag=opponent_tag, items=items)
+                     opponent_tag=opponent_tag, items=items, community=store._owner())
     async with store.session() as s, s.begin():
         s.add(row)
     return row
@@ -225,21 +228,23 @@ async def create_comparison(store: Store, *, run_id: int | None, candidate: Mode
 async def get_comparison(store: Store, comparison_id: int) -> Comparison:
     async with store.session() as s:
         row = await s.get(Comparison, comparison_id)
-    if row is None:
+    if row is None or row.community != store.community:
         raise QualityError(f"there is no comparison #{comparison_id}")
     return row
 
 
 async def comparison_for_run(store: Store, run_id: int) -> Comparison | None:
     async with store.session() as s:
-        return await s.scalar(select(Comparison).where(Comparison.run_id == run_id).order_by(Comparison.id.desc())
+        return await s.scalar(select(Comparison).where(Comparison.run_id == run_id,
+                                                       Comparison.community == store.community)
+                              .order_by(Comparison.id.desc())
                               .limit(1))
 
 
 async def set_comparison_message(store: Store, comparison_id: int, channel_id: int | None, message_id: int) -> None:
     async with store.session() as s, s.begin():
         row = await s.get(Comparison, comparison_id)
-        if row is not None:
+        if row is not None and row.community == store.community:
             row.channel_id, row.message_id = channel_id, message_id
 
 

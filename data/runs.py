@@ -1,6 +1,6 @@
 """Retrain runs in the store: proposals, expert votes, and the run's state machine.
 
-At most one run is open (proposed … evaluated) at a time. Two things guarantee it in the database itself,
+At most one run per community is open (proposed … evaluated) at a time. Two things guarantee it in the database itself,
 whatever happens in the processes above: the unique ``slot`` column (1 while open, NULL once finished) and
 conditional state changes (``UPDATE … WHERE state IN (…)``): of two racing approvals exactly one moves a
 proposal to ``approved``; the other sees that it lost.
@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from data.errors import NotFound, RunInProgress, RunStateError, StoreError
 from data.models import RUN_STATES, RUN_TERMINAL, RetrainRun, RetrainVote, utcnow
 
 if TYPE_CHECKING:
+    from sqlalchemy import Select
     from sqlalchemy.engine import CursorResult
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -56,7 +57,12 @@ class RunsMixin:
     """Mixed into data.store.Store (uses its ``session()``); its errors come from data.errors, so this module
     never imports the store."""
 
+    community: str | None  # provided by Store: every run belongs to one community
+
     def session(self) -> AsyncSession:  # pragma: no cover - provided by Store
+        raise NotImplementedError
+
+    def _owner(self) -> str:  # pragma: no cover - provided by Store
         raise NotImplementedError
 
     async def propose_run(self, *, summary: dict[str, Any], proposed_by: int | None = None,
@@ -64,35 +70,52 @@ class RunsMixin:
                           expires_at: datetime | None = None) -> RetrainRun:
         """Open a proposal; raises RunInProgress when a proposal or run is already open."""
         row = RetrainRun(state="proposed", slot=1, summary=summary, proposed_by=proposed_by, guild_id=guild_id,
-                         channel_id=channel_id, expires_at=expires_at, progress={}, result={})
+                         channel_id=channel_id, expires_at=expires_at, progress={}, result={},
+                         community=self._owner())
         async with self.session() as s:
             s.add(row)
             try:
                 await s.commit()
             except IntegrityError:
                 await s.rollback()
-                existing = await s.scalar(select(RetrainRun).where(RetrainRun.slot == 1))
+                existing = await s.scalar(self._open())
                 raise RunInProgress(existing) from None
         return row
 
+    def _open(self) -> Select[RetrainRun]:
+        return select(RetrainRun).where(RetrainRun.slot == 1, RetrainRun.community == self.community)
+
     async def open_run(self) -> RetrainRun | None:
-        """The proposal or run holding the slot, if any."""
+        """This community's proposal or run holding its slot, if any."""
         async with self.session() as s:
-            return await s.scalar(select(RetrainRun).where(RetrainRun.slot == 1))
+            return await s.scalar(self._open())
 
     async def get_run(self, run_id: int) -> RetrainRun:
         async with self.session() as s:
-            return await _run_or_404(s, run_id)
+            return await _run_or_404(s, run_id, self.community)
 
     async def list_runs(self, limit: int = 10) -> list[RetrainRun]:
         """Newest first."""
         async with self.session() as s:
-            return list(await s.scalars(select(RetrainRun).order_by(RetrainRun.id.desc()).limit(limit)))
+            return list(await s.scalars(select(RetrainRun).where(RetrainRun.community == self.community)
+                                        .order_by(RetrainRun.id.desc()).limit(limit)))
 
     async def runs_in(self, states: tuple[str, ...]) -> list[RetrainRun]:
         async with self.session() as s:
-            return list(await s.scalars(select(RetrainRun).where(RetrainRun.state.in_(states))
+            return list(await s.scalars(select(RetrainRun).where(RetrainRun.state.in_(states),
+                                                                 RetrainRun.community == self.community)
                                         .order_by(RetrainRun.id)))
+
+    async def queue_position(self, run_id: int) -> int | None:
+        """Where this community's dispatched run waits among every community's runs sent to the GPU workers and
+        not started yet (1: next); None when it is not waiting. Counts only: nothing else of other communities."""
+        async with self.session() as s:
+            run = await _run_or_404(s, run_id, self.community)
+            if run.state != "snapshotted":
+                return None
+            ahead = await s.scalar(select(func.count()).select_from(RetrainRun).where(
+                RetrainRun.state == "snapshotted", RetrainRun.id < run.id))
+        return (ahead or 0) + 1
 
     async def transition(self, run_id: int, state: str, *, expect: str | tuple[str, ...] | None = None,
                          reason: str | None = None, **fields: Any) -> RetrainRun:
@@ -116,8 +139,9 @@ class RunsMixin:
         async with self.session() as s, s.begin():
             # An UPDATE's result is a CursorResult (it has rowcount); SQLAlchemy types execute() as a plain Result.
             changed = cast("CursorResult[Any]", await s.execute(
-                update(RetrainRun).where(RetrainRun.id == run_id, RetrainRun.state.in_(sources)).values(**values)))
-            row = await _run_or_404(s, run_id)
+                update(RetrainRun).where(RetrainRun.id == run_id, RetrainRun.community == self.community,
+                                         RetrainRun.state.in_(sources)).values(**values)))
+            row = await _run_or_404(s, run_id, self.community)
             if changed.rowcount != 1:
                 raise RunStateError(f"run #{run_id} is {row.state}: it cannot become {state}")
         return row
@@ -126,16 +150,16 @@ class RunsMixin:
         """Set bookkeeping fields (progress, message ids, job reference, result…) without a state change."""
         _check_fields(fields)
         async with self.session() as s, s.begin():
-            await s.execute(update(RetrainRun).where(RetrainRun.id == run_id)
+            await s.execute(update(RetrainRun).where(RetrainRun.id == run_id, RetrainRun.community == self.community)
                             .values(**fields, updated_at=utcnow()))
-            return await _run_or_404(s, run_id)
+            return await _run_or_404(s, run_id, self.community)
 
     async def vote_run(self, run_id: int, user_id: int, *, approve: bool, stage: str = "proposal") -> VoteOutcome:
         """Record (or change) one expert's vote. Only counts votes; the caller decides what a quorum does."""
         if stage not in VOTE_STAGES:
             raise ValueError(f"unknown vote stage {stage!r}")
         async with self.session() as s, s.begin():
-            run = await _run_or_404(s, run_id)
+            run = await _run_or_404(s, run_id, self.community)
             if run.state != VOTE_STAGES[stage]:
                 raise RunStateError(f"run #{run_id} is {run.state}: it is not waiting for this vote any more")
             await s.execute(delete(RetrainVote).where(RetrainVote.run_id == run_id, RetrainVote.user_id == user_id,
@@ -145,7 +169,7 @@ class RunsMixin:
 
     async def votes(self, run_id: int, stage: str = "proposal") -> VoteOutcome:
         async with self.session() as s:
-            run = await _run_or_404(s, run_id)
+            run = await _run_or_404(s, run_id, self.community)
             rows = list(await s.execute(select(RetrainVote.user_id, RetrainVote.approve)
                                         .where(RetrainVote.run_id == run_id, RetrainVote.stage == stage)
                                         .order_by(RetrainVote.id)))
@@ -156,6 +180,7 @@ class RunsMixin:
         """Open proposals that have expired, and those due a reminder (not reminded yet)."""
         async with self.session() as s:
             open_ = list(await s.scalars(select(RetrainRun).where(RetrainRun.state == "proposed",
+                                                                  RetrainRun.community == self.community,
                                                                   RetrainRun.expires_at.is_not(None))))
         expired = [r for r in open_ if r.expires_at is not None and r.expires_at <= now]
         remind = [r for r in open_ if r not in expired and r.reminded_at is None
@@ -163,10 +188,11 @@ class RunsMixin:
         return expired, remind
 
 
-async def _run_or_404(s: AsyncSession, run_id: int) -> RetrainRun:
-    """The run as the database has it now (after this session's own UPDATEs), or NotFound."""
+async def _run_or_404(s: AsyncSession, run_id: int, community: str | None) -> RetrainRun:
+    """The community's run as the database has it now (after this session's own UPDATEs), or NotFound (another
+    community's run too)."""
     row = await s.get(RetrainRun, run_id, populate_existing=True)
-    if row is None:
+    if row is None or row.community != community:
         raise NotFound(f"there is no retrain run #{run_id}")
     return row
 

@@ -7,6 +7,7 @@ Objects returned are detached ORM rows: read them, don't mutate them — change 
 from __future__ import annotations
 
 import asyncio
+import copy
 import statistics
 import time
 import typing
@@ -26,6 +27,7 @@ from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from data.communities import DEFAULT_COMMUNITY, Assignment, assign_communities, check_name
 from data.conversation import Conversation
 from data.errors import (  # re-exported: callers import the store's errors from data.store
     DuplicateExample,
@@ -86,15 +88,23 @@ SUBMISSION_WINDOW = timedelta(hours=1)
 _SUBMISSIONS_LOCK = 0x4C4C5355
 # The examples every query sees: not those of an import still being written.
 _VISIBLE = or_(Example.import_batch.is_(None), Example.import_batch.not_in(select(PendingImport.id)))
-# The training set as snapshots and exports read it: messages and tags as the JSON text stored, sorted by hash.
-# Columns in SnapshotWriter.write_rows's order.
-_APPROVED_RAW = (select(Example.content_hash, type_coerce(Example.messages, Text).label("messages"),
-                        type_coerce(Example.tags, Text).label("tags"), Example.source, Example.tools)
-                 .where(Example.status == "approved", _VISIBLE).order_by(Example.content_hash))
-# The same, the JSON as text on PostgreSQL too: a cast in SQL, or asyncpg decodes it on the event loop.
-_APPROVED_TEXT = (select(Example.content_hash, cast(Example.messages, Text).label("messages"),
-                         cast(Example.tags, Text).label("tags"), Example.source, Example.tools)
-                  .where(Example.status == "approved", _VISIBLE).order_by(Example.content_hash))
+
+
+def _approved_raw(community: str) -> Any:
+    """A community's training set as snapshots and exports read it: messages and tags as the JSON text stored,
+    sorted by hash. Columns in SnapshotWriter.write_rows's order."""
+    return (select(Example.content_hash, type_coerce(Example.messages, Text).label("messages"),
+                   type_coerce(Example.tags, Text).label("tags"), Example.source, Example.tools)
+            .where(Example.status == "approved", Example.community == community, _VISIBLE)
+            .order_by(Example.content_hash))
+
+
+def _approved_text(community: str) -> Any:
+    """The same, the JSON as text on PostgreSQL too: a cast in SQL, or asyncpg decodes it on the event loop."""
+    return (select(Example.content_hash, cast(Example.messages, Text).label("messages"),
+                   cast(Example.tags, Text).label("tags"), Example.source, Example.tools)
+            .where(Example.status == "approved", Example.community == community, _VISIBLE)
+            .order_by(Example.content_hash))
 
 
 @dataclass(frozen=True)
@@ -137,7 +147,12 @@ class DatasetStats:
 
 
 class Store(RunsMixin):
-    """All persistent state. Create with an async SQLAlchemy URL, then ``await migrate()``."""
+    """All persistent state. Create with an async SQLAlchemy URL, then ``await migrate()``.
+
+    A store is scoped to one community (data.communities): every method reads and writes that community's rows
+    only, and ids of another community's rows are "not found". ``scoped`` gives the same database seen as
+    another community; the first store owns the connections (close that one).
+    """
 
     def __init__(
         self,
@@ -146,8 +161,10 @@ class Store(RunsMixin):
         policy: ReviewPolicy | None = None,
         connect_args: dict[str, Any] | None = None,
         echo: bool = False,
+        community: str = DEFAULT_COMMUNITY,
     ) -> None:
         self.url = url
+        self.community: str | None = check_name(community)
         self.connect_args = connect_args or {}
         self.policy = policy or ReviewPolicy()
         if url.startswith("sqlite"):
@@ -169,6 +186,23 @@ class Store(RunsMixin):
         async with self.engine.begin() as conn:
             await conn.run_sync(upgrade)
         await self.discard_abandoned_imports()
+
+    def scoped(self, community: str | None) -> Store:
+        """This database seen as ``community`` (the same connections). None: outside every community (an
+        unconfigured server, a DM): only answers and their votes are kept there, which no community sees."""
+        clone = copy.copy(self)
+        clone.community = None if community is None else check_name(community)
+        return clone
+
+    def _owner(self) -> str:
+        """The community new knowledge is written to; StoreError outside every community."""
+        if self.community is None:
+            raise StoreError("this server is not part of any community: nothing can be taught or trained here")
+        return self.community
+
+    async def assign_communities(self, by_guild: typing.Mapping[int, str], fallback: str) -> Assignment:
+        """Give rows written before communities existed their community (data.communities.assign_communities)."""
+        return await assign_communities(self.engine, by_guild, check_name(fallback))
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -207,21 +241,26 @@ class Store(RunsMixin):
         _check_storable(conversation)
         digest = conversation.content_hash()
         async with self.session() as s:
-            existing = await s.scalar(select(Example.id).where(Example.content_hash == digest))
+            existing = await s.scalar(self._same_content(digest))
             if existing is not None:
                 raise DuplicateExample(existing)
             if hourly_limit and author_id is not None:
                 await _decide_submissions(s, author_id, hourly_limit, 1)
             example = Example(**_example_row(conversation, digest, source, author_id, guild_id, status),
-                              answer_id=answer_id, approved_at=utcnow() if status == "approved" else None)
+                              community=self._owner(), answer_id=answer_id,
+                              approved_at=utcnow() if status == "approved" else None)
             s.add(example)
             try:
                 await s.commit()
             except IntegrityError:  # a concurrent insert of the same content won the race
                 await s.rollback()
-                existing = await s.scalar(select(Example.id).where(Example.content_hash == digest))
+                existing = await s.scalar(self._same_content(digest))
                 raise DuplicateExample(existing or 0) from None
             return example
+
+    def _same_content(self, digest: str) -> Any:
+        """The id of this community's example with content hash ``digest`` (hidden imports' rows included)."""
+        return select(Example.id).where(Example.content_hash == digest, Example.community == self.community)
 
     async def import_conversations(
         self,
@@ -246,10 +285,11 @@ class Store(RunsMixin):
         Raises UnstorableText before writing anything, ImportFailed when the database refuses a row.
         """
         _check_choice("source", source, SOURCES)
+        self._owner()
         # Off the event loop: a 100k-row import's text takes a while to check, serialise and hash.
         stored = await asyncio.to_thread(_storable_rows, conversations)
         inserts = (_import_insert(self.engine.dialect, approve), _import_insert(self.engine.dialect, False))
-        lookup = _known_digests(self.engine.dialect, min(batch_rows, len(conversations)) or 1)
+        lookup = _known_digests(self.engine.dialect, min(batch_rows, len(conversations)) or 1, self.community)
         seen: set[str] = set()  # digests already stored, or written by an earlier batch of this import
         duplicates: list[int] = []
         elsewhere: list[int] = []
@@ -274,7 +314,7 @@ class Store(RunsMixin):
         return ImportOutcome(imported=imported, duplicates=duplicates, in_flight=elsewhere)
 
     async def _write_batch(self, stored: Sequence[_StoredRow], start: int, stop: int, seen: set[str],
-                           inserts: tuple[str, str], lookup: tuple[str, int], batch_id: str, source: str,
+                           inserts: tuple[str, str], lookup: tuple[str, int, bool], batch_id: str, source: str,
                            author_id: int | None, guild_id: int | None, approve: bool,
                            reject: Collection[int] = frozenset()) -> tuple[int, list[int], list[int]]:
         """Write stored[start:stop] in one transaction; returns (rows written, duplicate indices, indices another
@@ -294,8 +334,10 @@ class Store(RunsMixin):
                     known: set[str] = set()
                     held: set[str] = set()  # hidden rows of a live concurrent import: no duplicates (yet)
                     if wanted:  # padded with repeats to the one size the statement takes
-                        sql, size = lookup
-                        found = await conn.exec_driver_sql(sql, (*wanted, *[wanted[0]] * (size - len(wanted))))
+                        sql, size, community_first = lookup
+                        hashes = (*wanted, *[wanted[0]] * (size - len(wanted)))
+                        found = await conn.exec_driver_sql(
+                            sql, (self.community, *hashes) if community_first else (*hashes, self.community))
                         for digest, hidden in typing.cast("list[tuple[str, Any]]", found.all()):
                             (held if hidden else known).add(digest)
                     # One _IMPORT_COLUMNS row each: the stored row's fields plus its source, status and ids.
@@ -317,7 +359,7 @@ class Store(RunsMixin):
                         # In _IMPORT_COLUMNS' order.
                         (rejected if refused else rows).append((digest, messages, tools, tags, source,
                                                                 "rejected" if refused else status, author_id,
-                                                                guild_id, batch_id))
+                                                                guild_id, batch_id, self.community))
                     # The driver's executemany with the rows as tuples: SQLAlchemy's per-row parameter handling
                     # would cost more than the database's own work.
                     if rows:
@@ -415,10 +457,10 @@ class Store(RunsMixin):
 
     async def get_example(self, example_id: int) -> Example:
         async with self.session() as s:
-            return await _get_or_404(s, example_id)
+            return await _get_or_404(s, example_id, self.community)
 
     async def list_examples(self, *, status: str | None = None, limit: int | None = None) -> list[Example]:
-        query = select(Example).where(_VISIBLE).order_by(Example.id)
+        query = select(Example).where(_VISIBLE, Example.community == self.community).order_by(Example.id)
         if status is not None:
             query = query.where(Example.status == status)
         if limit is not None:
@@ -431,18 +473,17 @@ class Store(RunsMixin):
         async with self.session() as s:
             return await _submissions_since(s, author_id, since)
 
-    async def next_for_review(self, reviewer_id: int, guild_id: int | None = None) -> Example | None:
-        """The oldest pending example the reviewer neither wrote nor rated yet."""
+    async def next_for_review(self, reviewer_id: int) -> Example | None:
+        """The oldest pending example of this community the reviewer neither wrote nor rated yet."""
         rated = select(Rating.example_id).where(Rating.rater_id == reviewer_id)
         query = (
             select(Example)
-            .where(Example.status == "pending", _VISIBLE, Example.id.not_in(rated))
+            .where(Example.status == "pending", Example.community == self.community, _VISIBLE,
+                   Example.id.not_in(rated))
             .where((Example.author_id.is_(None)) | (Example.author_id != reviewer_id))
             .order_by(Example.id)
             .limit(1)
         )
-        if guild_id is not None:
-            query = query.where((Example.guild_id == guild_id) | Example.guild_id.is_(None))
         async with self.session() as s:
             return await s.scalar(query)
 
@@ -453,11 +494,11 @@ class Store(RunsMixin):
         """
         _check_choice("status", status, _MODERATOR_STATUSES)
         async with self.session() as s, s.begin():
-            await _get_or_404(s, example_id, lock=True)
+            await _get_or_404(s, example_id, self.community, lock=True)
             # Conditional on the status at the moment of writing: on SQLite the read above may predate an edit
             # committed since (its write lock is only taken here).
             moved = await _move_status(s, example_id, status, frm=_EDITABLE)
-            example = await _get_or_404(s, example_id)
+            example = await _get_or_404(s, example_id, self.community)
             if not moved:
                 raise Superseded(example_id, example.superseded_by)
             if status == "approved":  # an approved correction is a preference judgement too
@@ -476,25 +517,25 @@ class Store(RunsMixin):
         digest = conversation.content_hash()
         try:
             async with self.session() as s, s.begin():
-                original = await _get_or_404(s, example_id, lock=True)
+                original = await _get_or_404(s, example_id, self.community, lock=True)
                 if original.status not in _EDITABLE:
                     raise Superseded(example_id, original.superseded_by)
-                existing = await s.scalar(select(Example.id).where(Example.content_hash == digest))
+                existing = await s.scalar(self._same_content(digest))
                 if existing is not None:
                     raise DuplicateExample(existing)
-                copy = Example(**_example_row(conversation, digest, original.source, editor_id, original.guild_id,
-                                              "pending"), answer_id=original.answer_id)
-                s.add(copy)
+                edited = Example(**_example_row(conversation, digest, original.source, editor_id, original.guild_id,
+                                                "pending"), community=self.community, answer_id=original.answer_id)
+                s.add(edited)
                 await s.flush()
-                if not await _move_status(s, example_id, "superseded", frm=_EDITABLE, superseded_by=copy.id):
+                if not await _move_status(s, example_id, "superseded", frm=_EDITABLE, superseded_by=edited.id):
                     # Another edit superseded it after our read (SQLite: before we held the write lock).
-                    original = await _get_or_404(s, example_id)
+                    original = await _get_or_404(s, example_id, self.community)
                     raise Superseded(example_id, original.superseded_by)
         except IntegrityError:  # a concurrent insert of the same content won the race
             async with self.session() as s:
-                existing = await s.scalar(select(Example.id).where(Example.content_hash == digest))
+                existing = await s.scalar(self._same_content(digest))
             raise DuplicateExample(existing or 0) from None
-        return copy
+        return edited
 
     # ---- ratings -------------------------------------------------------------------------------------
 
@@ -520,7 +561,7 @@ class Store(RunsMixin):
             # PostgreSQL: lock the example row, so a concurrent rating of it waits for this one to commit and
             # then counts it (READ COMMITTED would otherwise let each see only its own: nobody decides).
             # SQLite ignores FOR UPDATE; its single writer gives the same guarantee from the flush below on.
-            example = await _get_or_404(s, example_id, lock=True)
+            example = await _get_or_404(s, example_id, self.community, lock=True)
             if example.author_id is not None and example.author_id == rater_id:
                 raise SelfRating()
             if example.status == "superseded":
@@ -535,7 +576,7 @@ class Store(RunsMixin):
                 rating.score, rating.comment, rating.updated_at = score, comment, utcnow()
             await s.flush()
             # Read the status again now that this transaction writes (SQLite: holds the write lock).
-            example = await _get_or_404(s, example_id)
+            example = await _get_or_404(s, example_id, self.community)
             if example.status == "superseded":
                 raise Superseded(example_id, example.superseded_by)
             scores = list(await s.scalars(select(Rating.score).where(Rating.example_id == example_id)))
@@ -545,12 +586,14 @@ class Store(RunsMixin):
                 decided = None
             if decided == "approved":  # an approved correction is a preference judgement too
                 await record_correction(s, example_id)
-            example = await _get_or_404(s, example_id)
+            example = await _get_or_404(s, example_id, self.community)
         return RatingOutcome(example, scores, statistics.fmean(scores), disagreement(scores), decided, changed)
 
     async def ratings_for(self, example_id: int) -> list[Rating]:
         async with self.session() as s:
-            return list(await s.scalars(select(Rating).where(Rating.example_id == example_id).order_by(Rating.id)))
+            return list(await s.scalars(select(Rating).join(Example, Example.id == Rating.example_id)
+                                        .where(Rating.example_id == example_id, Example.community == self.community)
+                                        .order_by(Rating.id)))
 
     # ---- chat answers and feedback ---------------------------------------------------------------------
 
@@ -574,17 +617,20 @@ class Store(RunsMixin):
         prompt = [{k: _storable(v) if isinstance(v, str) else v for k, v in turn.items()} for turn in prompt]
         row = Answer(prompt=prompt, answer=_storable(answer), model_tag=model_tag, model_version_id=model_version_id,
                      guild_id=guild_id, channel_id=channel_id, message_id=message_id, user_id=user_id,
-                     pair_ids=[int(i) for i in pair_ids] or None)
+                     pair_ids=[int(i) for i in pair_ids] or None, community=self.community)
         async with self.session() as s, s.begin():
             s.add(row)
         return row
 
     async def get_answer(self, answer_id: int) -> Answer:
         async with self.session() as s:
-            answer = await s.get(Answer, answer_id)
-            if answer is None:
-                raise NotFound(f"there is no answer #{answer_id}")
-            return answer
+            return await self._answer_or_404(s, answer_id)
+
+    async def _answer_or_404(self, s: AsyncSession, answer_id: int) -> Answer:
+        answer = await s.scalar(select(Answer).where(Answer.id == answer_id, Answer.community == self.community))
+        if answer is None:
+            raise NotFound(f"there is no answer #{answer_id}")
+        return answer
 
     async def add_feedback(self, answer_id: int, user_id: int, value: int) -> Feedback:
         """👍 (+1) or 👎 (-1); one per user and answer, a second click changes it.
@@ -600,8 +646,7 @@ class Store(RunsMixin):
         upsert = upsert.on_conflict_do_update(index_elements=[Feedback.answer_id, Feedback.user_id],
                                               set_={"value": value, "updated_at": now})
         async with self.session() as s, s.begin():
-            if await s.get(Answer, answer_id) is None:
-                raise NotFound(f"there is no answer #{answer_id}")
+            await self._answer_or_404(s, answer_id)
             try:
                 await s.execute(upsert)
             except IntegrityError:  # the answer was deleted meanwhile (its foreign key)
@@ -618,7 +663,7 @@ class Store(RunsMixin):
         wanted = set(pair_ids)
         counts = dict.fromkeys(wanted, (0, 0))
         query = (select(Answer.pair_ids, Feedback.value).join(Feedback, Feedback.answer_id == Answer.id)
-                 .where(Answer.pair_ids.is_not(None)))
+                 .where(Answer.pair_ids.is_not(None), Answer.community == self.community))
         async with self.session() as s:
             for used, value in await s.execute(query):
                 for example_id in set(used or ()) & wanted:  # never None (the WHERE): the column's type allows it
@@ -628,30 +673,35 @@ class Store(RunsMixin):
 
     async def feedback_counts(self, answer_id: int) -> tuple[int, int]:
         async with self.session() as s:
-            values = list(await s.scalars(select(Feedback.value).where(Feedback.answer_id == answer_id)))
+            values = list(await s.scalars(select(Feedback.value).join(Answer, Answer.id == Feedback.answer_id)
+                                          .where(Feedback.answer_id == answer_id, Answer.community == self.community)))
         return values.count(1), values.count(-1)
 
     # ---- statistics ------------------------------------------------------------------------------------
 
     async def dataset_stats(self) -> DatasetStats:
+        mine = (_VISIBLE, Example.community == self.community)
         async with self.session() as s:
-            by_status = dict((await s.execute(select(Example.status, func.count()).where(_VISIBLE)
+            by_status = dict((await s.execute(select(Example.status, func.count()).where(*mine)
                                               .group_by(Example.status))).all())
-            by_source = dict((await s.execute(select(Example.source, func.count()).where(_VISIBLE)
+            by_source = dict((await s.execute(select(Example.source, func.count()).where(*mine)
                                               .group_by(Example.source))).all())
             approved_by_source = dict((await s.execute(
-                select(Example.source, func.count()).where(Example.status == "approved", _VISIBLE)
+                select(Example.source, func.count()).where(Example.status == "approved", *mine)
                 .group_by(Example.source)
             )).all())
             per_example: dict[int, list[int]] = {}
-            for example_id, score in (await s.execute(select(Rating.example_id, Rating.score))).all():
+            for example_id, score in (await s.execute(
+                    select(Rating.example_id, Rating.score).join(Example, Example.id == Rating.example_id)
+                    .where(Example.community == self.community))).all():
                 per_example.setdefault(example_id, []).append(score)
             since = await self._active_since(s)
-            new_query = select(func.count()).select_from(Example).where(Example.status == "approved", _VISIBLE)
+            new_query = select(func.count()).select_from(Example).where(Example.status == "approved", *mine)
             if since is not None:
                 new_query = new_query.where(Example.approved_at > since)
             new_approved = await s.scalar(new_query) or 0
-            feedback = Counter(await s.scalars(select(Feedback.value)))
+            feedback = Counter(await s.scalars(select(Feedback.value).join(Answer, Answer.id == Feedback.answer_id)
+                                               .where(Answer.community == self.community)))
         return DatasetStats(
             total=sum(by_status.values()),
             by_status={k: by_status.get(k, 0) for k in EXAMPLE_STATUSES},
@@ -672,13 +722,15 @@ class Store(RunsMixin):
         if active is None or active.snapshot_sha256 is None:
             return None
         return await s.scalar(
-            select(func.min(SnapshotRecord.created_at)).where(SnapshotRecord.sha256 == active.snapshot_sha256)
+            select(func.min(SnapshotRecord.created_at)).where(SnapshotRecord.sha256 == active.snapshot_sha256,
+                                                              SnapshotRecord.community == self.community)
         ) or active.created_at
 
     async def approved_examples(self) -> list[Any]:
         """The training set as light rows (content_hash, messages, tags, source, tools), sorted by hash."""
         query = (select(Example.content_hash, Example.messages, Example.tags, Example.source, Example.tools)
-                 .where(Example.status == "approved", _VISIBLE).order_by(Example.content_hash))
+                 .where(Example.status == "approved", Example.community == self.community, _VISIBLE)
+                 .order_by(Example.content_hash))
         async with self.session() as s:
             return list(await s.execute(query))
 
@@ -686,7 +738,7 @@ class Store(RunsMixin):
         """Like ``approved_examples`` but ``messages`` and ``tags`` stay the JSON text the store holds
         (snapshots embed it as is: decoding and re-encoding 100k rows dominated snapshot time)."""
         async with self.session() as s:
-            return list(await s.execute(_APPROVED_RAW))
+            return list(await s.execute(_approved_raw(self._owner())))
 
     async def approved_examples_batches(self, batch_rows: int = SNAPSHOT_BATCH_ROWS
                                         ) -> AsyncGenerator[Sequence[Any], None]:
@@ -697,12 +749,12 @@ class Store(RunsMixin):
         plain connection (no ORM session: a third of the fetch time). Close it early with contextlib.aclosing.
         """
         async with self.engine.connect() as conn:
-            result = await conn.stream(_APPROVED_TEXT.execution_options(yield_per=batch_rows))
+            result = await conn.stream(_approved_text(self._owner()).execution_options(yield_per=batch_rows))
             async for batch in result.partitions():
                 yield batch
 
     async def record_snapshot(self, sha256: str, path: str, counts: dict[str, Any]) -> SnapshotRecord:
-        row = SnapshotRecord(sha256=sha256, path=path, counts=counts)
+        row = SnapshotRecord(sha256=sha256, path=path, counts=counts, community=self._owner())
         async with self.session() as s, s.begin():
             s.add(row)
         return row
@@ -780,7 +832,9 @@ class Store(RunsMixin):
         hyperparams: dict[str, Any] | None = None,
         artifacts: dict[str, Any] | None = None,
     ) -> ModelVersion:
-        """A new version with the next number N for ``name``; its Ollama tag is ``loraloop-<name>:v<N>``."""
+        """A new version of this community with the next number N for ``name``; its Ollama tag is
+        ``loraloop-<name>:v<N>`` (name it with data.communities.lineage_name: tags are global in Ollama)."""
+        community = self._owner()
         for _attempt in range(5):
             async with self.session() as s:
                 n = (await s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
@@ -788,7 +842,7 @@ class Store(RunsMixin):
                     name=name, version=n, tag=f"loraloop-{name}:v{n}", base_model=base_model,
                     ollama_base=ollama_base, snapshot_sha256=snapshot_sha256, snapshot_path=snapshot_path,
                     hyperparams=hyperparams or {}, artifacts=artifacts or {}, metrics={}, evaluation={},
-                    status="created",
+                    status="created", community=community,
                 )
                 s.add(row)
                 try:
@@ -806,7 +860,7 @@ class Store(RunsMixin):
         if unknown:
             raise StoreError(f"cannot set {', '.join(sorted(unknown))} on a model version")
         async with self.session() as s, s.begin():
-            row = await _version_or_404(s, version)
+            row = await _version_or_404(s, version, self.community)
             for key, value in fields.items():
                 setattr(row, key, value)
         return row
@@ -816,19 +870,20 @@ class Store(RunsMixin):
 
     async def get_model_version(self, version: int | str) -> ModelVersion:
         async with self.session() as s:
-            return await _version_or_404(s, version)
+            return await _version_or_404(s, version, self.community)
 
     async def list_model_versions(self) -> list[ModelVersion]:
         """Newest first."""
         async with self.session() as s:
-            return list(await s.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())))
+            return list(await s.scalars(select(ModelVersion).where(ModelVersion.community == self.community)
+                                        .order_by(ModelVersion.id.desc())))
 
     async def active_model_version(self) -> ModelVersion | None:
         async with self.session() as s:
             return await self._active(s)
 
     async def _active(self, s: AsyncSession) -> ModelVersion | None:
-        pointer = await s.get(ActiveModel, 1)
+        pointer = await s.scalar(select(ActiveModel).where(ActiveModel.community == self.community))
         if pointer is None or pointer.model_version_id is None:
             return None
         return await s.get(ModelVersion, pointer.model_version_id)
@@ -836,11 +891,11 @@ class Store(RunsMixin):
     async def promote(self, version: int | str) -> ModelVersion:
         """Make ``version`` the one the bot answers with: one transaction moves the single pointer."""
         async with self.session() as s, s.begin():
-            row = await _version_or_404(s, version)
+            row = await _version_or_404(s, version, self.community)
             if row.status in ("failed", "rejected") or not row.in_ollama:
                 why = row.failure_reason or row.status if row.in_ollama else "it is not registered in Ollama"
                 raise StoreError(f"{row.tag} cannot be promoted: {why}")
-            await _point_at(s, row, "promote")
+            await _point_at(s, row, "promote", self._owner())
         return row
 
     async def rollback_target(self) -> ModelVersion | None:
@@ -849,7 +904,8 @@ class Store(RunsMixin):
 
     async def _rollback_target(self, s: AsyncSession) -> ModelVersion | None:
         active = await self._active(s)
-        history = await s.scalars(select(Promotion.model_version_id).order_by(Promotion.id.desc()))
+        history = await s.scalars(select(Promotion.model_version_id).where(Promotion.community == self.community)
+                                  .order_by(Promotion.id.desc()))
         for version_id in history:
             if active is not None and version_id == active.id:
                 continue
@@ -867,8 +923,25 @@ class Store(RunsMixin):
             current = await self._active(s)
             if current is not None:
                 current.status = "rolled_back"
-            await _point_at(s, target, "rollback")
+            await _point_at(s, target, "rollback", self._owner())
         return target
+
+    async def rollback_to_base(self) -> ModelVersion:
+        """Answer with the clean base model again; returns the version that was active (now rolled_back).
+
+        What an operator does when the only fine-tune, or every earlier one, went bad. Raises NoRollbackTarget
+        when the base already answers."""
+        community = self._owner()
+        async with self.session() as s, s.begin():
+            current = await self._active(s)
+            if current is None:
+                raise NoRollbackTarget("the base model already answers; there is nothing to roll back")
+            current.status = "rolled_back"
+            now = utcnow()
+            await s.execute(update(ActiveModel).where(ActiveModel.community == community)
+                            .values(model_version_id=None, switched_at=now))
+            s.add(Promotion(model_version_id=current.id, action="base", created_at=now, community=community))
+        return current
 
     async def retention_candidates(self, keep: int) -> list[ModelVersion]:
         """Versions whose Ollama tags may be deleted: beyond the newest ``keep`` still in Ollama,
@@ -878,7 +951,8 @@ class Store(RunsMixin):
             target = await self._rollback_target(s)
             protected = {v.id for v in (active, target) if v is not None}
             in_ollama = list(await s.scalars(
-                select(ModelVersion).where(ModelVersion.in_ollama.is_(True)).order_by(ModelVersion.version.desc())
+                select(ModelVersion).where(ModelVersion.in_ollama.is_(True), ModelVersion.community == self.community)
+                .order_by(ModelVersion.version.desc())
             ))
         return [v for v in in_ollama[keep:] if v.id not in protected]
 
@@ -1001,18 +1075,24 @@ def _storable_rows(conversations: Sequence[Conversation]) -> list[_StoredRow]:
 
 # The columns an import binds, in the table's order (as the compiled INSERT lists them).
 _IMPORT_COLUMNS = ("content_hash", "messages", "tools", "tags", "source", "status", "author_id", "guild_id",
-                   "import_batch")
+                   "import_batch", "community")
 
 
-def _known_digests(dialect: Dialect, size: int) -> tuple[str, int]:
-    """(SELECT of which of ``size`` content hashes are stored, and whether each is hidden, as the driver takes
-    it; ``size``).
+def _known_digests(dialect: Dialect, size: int, community: str | None) -> tuple[str, int, bool]:
+    """(SELECT of which of ``size`` content hashes ``community`` stores, and whether each is hidden, as the driver
+    takes it; ``size``; whether the community is its first parameter, else its last: dialects order them
+    differently).
 
     Made once per import, not per batch: SQLAlchemy would build each batch's IN list of thousands of parameters
     anew, one by one.
     """
-    query = select(Example.content_hash, not_(_VISIBLE)).where(Example.content_hash.in_([""] * size))
-    return query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}).string, size
+    query = select(Example.content_hash, not_(_VISIBLE)).where(Example.content_hash.in_([""] * size),
+                                                                 Example.community == bindparam("community", ""))
+    compiled = query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    order = list(compiled.positiontup or ())
+    if "community" not in (order[:1] + order[-1:]):
+        raise RuntimeError(f"the import's lookup binds {order}: the community neither first nor last")
+    return compiled.string, size, order[0] == "community"
 
 
 def _import_insert(dialect: Dialect, approved: bool, table: Any = Example,
@@ -1063,9 +1143,10 @@ def _db_reason(exc: StatementError) -> str:
     return str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:300]
 
 
-async def _get_or_404(s: AsyncSession, example_id: int, *, lock: bool = False) -> Example:
-    """A visible example as the database has it now; ``lock``: and row-locked until commit (PostgreSQL)."""
-    query = select(Example).where(Example.id == example_id, _VISIBLE)
+async def _get_or_404(s: AsyncSession, example_id: int, community: str | None, *, lock: bool = False) -> Example:
+    """A visible example of ``community`` as the database has it now; ``lock``: and row-locked until commit
+    (PostgreSQL). Another community's example is "not found", as one that does not exist."""
+    query = select(Example).where(Example.id == example_id, Example.community == community, _VISIBLE)
     if lock:
         query = query.with_for_update()
     example = await s.scalar(query.execution_options(populate_existing=True))
@@ -1087,22 +1168,22 @@ async def _move_status(s: AsyncSession, example_id: int, status: str, *, frm: Se
     return moved.rowcount == 1
 
 
-async def _version_or_404(s: AsyncSession, version: int | str) -> ModelVersion:
+async def _version_or_404(s: AsyncSession, version: int | str, community: str | None) -> ModelVersion:
     column = ModelVersion.tag if isinstance(version, str) else ModelVersion.id
-    row = await s.scalar(select(ModelVersion).where(column == version))
+    row = await s.scalar(select(ModelVersion).where(column == version, ModelVersion.community == community))
     if row is None:
         raise NotFound(f"there is no model version {version!r}")
     return row
 
 
-async def _point_at(s: AsyncSession, row: ModelVersion, action: str) -> None:
+async def _point_at(s: AsyncSession, row: ModelVersion, action: str, community: str) -> None:
     now = utcnow()
-    pointer = await s.get(ActiveModel, 1)
+    pointer = await s.scalar(select(ActiveModel).where(ActiveModel.community == community))
     if pointer is None:
-        s.add(ActiveModel(id=1, model_version_id=row.id, switched_at=now))
+        s.add(ActiveModel(model_version_id=row.id, switched_at=now, community=community))
     else:
-        await s.execute(update(ActiveModel).where(ActiveModel.id == 1)
+        await s.execute(update(ActiveModel).where(ActiveModel.community == community)
                         .values(model_version_id=row.id, switched_at=now))
     row.status = "promoted"
     row.promoted_at = now
-    s.add(Promotion(model_version_id=row.id, action=action, created_at=now))
+    s.add(Promotion(model_version_id=row.id, action=action, created_at=now, community=community))

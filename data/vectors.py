@@ -51,8 +51,11 @@ async def save_vectors(store: Any, model: str, vectors: Mapping[int, Sequence[fl
 
 
 async def load_vectors(store: Any, model: str, ids: Collection[int] | None = None) -> dict[int, np.ndarray]:
-    """The stored float32 vectors for ``model`` (of ``ids`` only, when given), by example id."""
-    query = select(example_vectors.c.example_id, example_vectors.c.vector).where(example_vectors.c.model == model)
+    """The stored float32 vectors for ``model`` of the store's community's examples (of ``ids`` only, when
+    given), by example id."""
+    query = (select(example_vectors.c.example_id, example_vectors.c.vector)
+             .join(Example, Example.id == example_vectors.c.example_id)
+             .where(example_vectors.c.model == model, Example.community == store.community))
     out: dict[int, np.ndarray] = {}
     async with store.session() as s:
         for chunk in ([None] if ids is None else _chunks(sorted(ids))):
@@ -78,8 +81,8 @@ def _retrievable(tags: Any) -> bool:
 
 async def approved_pairs(store: Any, ids: Collection[int] | None = None) -> list[Pair]:
     """Approved examples as retrieval pairs (of ``ids`` only, when given), by id; held-out questions left out."""
-    query = (select(Example.id, Example.messages, Example.tags).where(Example.status == "approved")
-             .order_by(Example.id))
+    query = (select(Example.id, Example.messages, Example.tags)
+             .where(Example.status == "approved", Example.community == store.community).order_by(Example.id))
     pairs: list[Pair] = []
     async with store.session() as s:
         for chunk in ([None] if ids is None else _chunks(sorted(ids))):
@@ -93,7 +96,8 @@ async def approved_ids(store: Any) -> set[int]:
     """The ids of every retrievable approved example: what a running index is compared with to find approvals made
     elsewhere."""
     async with store.session() as s:
-        rows = await s.execute(select(Example.id, Example.tags).where(Example.status == "approved"))
+        rows = await s.execute(select(Example.id, Example.tags).where(Example.status == "approved",
+                                                                      Example.community == store.community))
         return {example_id for example_id, tags in rows if _retrievable(tags)}
 
 
@@ -104,7 +108,8 @@ async def ids_of_hashes(store: Any, hashes: Collection[str]) -> set[int]:
         wanted = sorted(hashes)
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start:start + _CHUNK]
-            out.update(await s.scalars(select(Example.id).where(Example.content_hash.in_(chunk))))
+            out.update(await s.scalars(select(Example.id).where(Example.content_hash.in_(chunk),
+                                                                Example.community == store.community)))
     return out
 
 
@@ -124,22 +129,24 @@ async def delta_ids(store: Any, tag: str | None = None) -> set[int]:
     snapshot was recorded."""
     async with store.session() as s:
         if tag is not None:
-            version = await s.scalar(select(ModelVersion).where(ModelVersion.tag == tag))
+            version = await s.scalar(select(ModelVersion).where(ModelVersion.tag == tag,
+                                                                ModelVersion.community == store.community))
             if version is None:
                 raise LookupError(f"no model version is tagged {tag}")
         else:
-            pointer = await s.get(ActiveModel, 1)
+            pointer = await s.scalar(select(ActiveModel).where(ActiveModel.community == store.community))
             version = (await s.get(ModelVersion, pointer.model_version_id)
                        if pointer and pointer.model_version_id else None)
-        approved = select(Example.id, Example.content_hash).where(Example.status == "approved")
+        mine = (Example.status == "approved", Example.community == store.community)
+        approved = select(Example.id, Example.content_hash).where(*mine)
         if version is None or version.snapshot_sha256 is None:
             return {i for i, _ in await s.execute(approved)}
         sha, path = version.snapshot_sha256, version.snapshot_path
         frozen_at = await s.scalar(select(func.min(SnapshotRecord.created_at))
-                                   .where(SnapshotRecord.sha256 == sha)) or version.created_at
+                                   .where(SnapshotRecord.sha256 == sha, SnapshotRecord.community == store.community)
+                                   ) or version.created_at
         rows = list(await s.execute(approved))
-        late = {i for (i,) in await s.execute(select(Example.id).where(Example.status == "approved",
-                                                                       Example.approved_at > frozen_at))}
+        late = {i for (i,) in await s.execute(select(Example.id).where(*mine, Example.approved_at > frozen_at))}
     try:
         trained = await asyncio.to_thread(snapshot_hashes, path, sha) if path else None
     except SnapshotError:

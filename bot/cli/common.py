@@ -53,21 +53,35 @@ def print_json(obj: Any) -> None:
 
 
 @asynccontextmanager
-async def open_store(config: Settings) -> AsyncIterator[Store]:
-    """The store named by the settings, migrated to the newest schema."""
+async def open_store(config: Settings, community: str | None = None) -> AsyncIterator[Store]:
+    """The store named by the settings, migrated to the newest schema, scoped to ``community`` (--community; by
+    default the only community, or an error listing them when there are several)."""
+    try:
+        name = config.resolve_community(community)
+    except ValueError as exc:
+        fail(str(exc), 2)
     store = Store(
         config.resolved_database_url,
         policy=ReviewPolicy(config.rating_quorum, config.approve_mean, config.reject_mean),
     )
     try:
         await store.migrate()
+        await assign_communities(store, config)
     except (OSError, SQLAlchemyError) as exc:
         await store.close()
         fail(f"cannot open the database {redact_url(config.resolved_database_url)}: {exc}")
     try:
-        yield store
+        yield store.scoped(name)
     finally:
         await store.close()
+
+
+async def assign_communities(store: Store, config: Settings) -> None:
+    """Give rows from before communities existed their community (data.communities); say so on stderr."""
+    done = await store.assign_communities(config.guild_communities(), config.community_names()[0])
+    if done.changed:
+        err_console.print("rows from before communities were assigned: " + "; ".join(done.lines()),
+                          highlight=False, soft_wrap=True)
 
 
 @asynccontextmanager

@@ -47,7 +47,7 @@ from data.errors import StoreError
 from data.retrieval import Hit
 from data.store import Store
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError, OllamaUnavailable
-from deploy.pipeline import serve_options_from
+from deploy.options import serve_options_from
 
 log = logging.getLogger(__name__)
 

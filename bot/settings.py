@@ -175,7 +175,7 @@ class Settings(WorkerSettings):
     @classmethod
     def _typed_options(cls, value: dict[str, Any]) -> dict[str, Any]:
         # Ollama would create the model and then refuse every chat with it: refuse at start-up instead.
-        from deploy.pipeline import check_options
+        from deploy.options import check_options
 
         check_options(value, "serve_options")
         return value

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -26,6 +26,7 @@ from data.snapshot import SnapshotError, read_snapshot
 from deploy.gate import MIN_EVAL, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.modelfile import SERVED_CHECK_CHATS, ServingFormat, TrainedPrompts, serving_format_for, trained_format
 from deploy.ollama import CreateProgress, ModelNotFound, OllamaClient, OllamaError
+from deploy.options import SERVE_OPTIONS, ServeSettings, check_options, option_type_error, serve_options_from
 from deploy.registration import (
     PROCESS_MEMORY,
     DaemonFacts,
@@ -34,7 +35,6 @@ from deploy.registration import (
     PathUnavailable,
     choose_path,
     is_adapter_refusal,
-    option_type_error,
     quantize_type,
 )
 from trainer.config import DEFAULT_PROBES  # the trainer's probes: same questions in both tables
@@ -118,15 +118,6 @@ class DeployConfig:
         return cls(**{**values, **overrides})
 
 
-class ServeSettings(Protocol):
-    """The settings the served options come from (bot/settings.py Settings has them)."""
-
-    @property
-    def serve_options(self) -> Mapping[str, Any]: ...
-    @property
-    def chat_max_tokens(self) -> int: ...
-
-
 class DeploySettings(ServeSettings, Protocol):
     """The settings a deploy reads (bot/settings.py Settings; deploy/ does not import the bot)."""
 
@@ -158,39 +149,8 @@ class DeploySettings(ServeSettings, Protocol):
     def gate_min_eval(self) -> int: ...
 
 
-# Ollama's own defaults would do for most of these; they are written out so that /model status can show exactly
-# what users get, and so that a base tag with other parameters cannot change it.
-SERVE_OPTIONS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "repeat_penalty": 1.1,
-                                 "num_ctx": 4096, "num_predict": 1024}
+# The gate's decoding (DeployConfig.gate_options): deterministic and short.
 GATE_OPTIONS: dict[str, Any] = {"temperature": 0.0, "seed": 0, "num_predict": 128}
-# Ollama checks option types on every chat (a badly typed PARAMETER creates fine and then breaks every chat),
-# so they are checked here, before anything is created. Unknown keys Ollama would silently ignore: refused.
-OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
-    "temperature": (int, float), "top_p": (int, float), "top_k": int, "min_p": (int, float),
-    "typical_p": (int, float), "repeat_penalty": (int, float), "repeat_last_n": int,
-    "presence_penalty": (int, float), "frequency_penalty": (int, float), "num_ctx": int, "num_predict": int,
-    "seed": int, "num_keep": int,
-}
-
-
-def check_options(options: dict[str, Any], what: str) -> None:
-    """Raise ValueError naming the first option Ollama would ignore or refuse."""
-    for key, value in options.items():
-        kind = OPTION_TYPES.get(key)
-        if kind is None:
-            raise ValueError(f"{what}: {key!r} is not a sampling option loraloop passes to Ollama "
-                             f"(known: {', '.join(OPTION_TYPES)}; stop tokens come from the chat template)")
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise ValueError(f"{what}: {key} must be {'an integer' if kind is int else 'a number'}, not {value!r}")
-
-
-def serve_options_from(settings: ServeSettings) -> dict[str, Any]:
-    """The served options from settings: ``serve_options`` over the defaults; num_predict is chat_max_tokens
-    unless serve_options sets it (one limit for the bot's answers and the model's own)."""
-    options = {**SERVE_OPTIONS, **settings.serve_options}
-    if "num_predict" not in settings.serve_options:
-        options["num_predict"] = int(settings.chat_max_tokens)
-    return options
 
 
 @dataclass(slots=True)
@@ -404,8 +364,8 @@ async def register_candidate(adapter_dir: Path, *, client: OllamaClient, config:
             f"{fmt.system or 'no system prompt'!r} for conversations without one; train with the same "
             "system_prompt the bot uses"
         )
-    if error := option_type_error(fmt.parameters()):  # Ollama would create it, then fail every chat
-        raise DeployFailed(f"the served parameters would break every chat: {error}")
+    if error := option_type_error(fmt.parameters()):  # Ollama would create it, then fail (or cut) every chat
+        raise DeployFailed(f"the served parameters are not what Ollama takes: {error}")
     quantize = quantize_type(config.quantize) if config.quantize else None
 
     # ---- 2. the path: what this daemon can do with this base (and what it refused before) -------------

@@ -225,26 +225,3 @@ def is_adapter_refusal(message: str) -> bool:
     refused = any(p in text for p in ("not yet implemented", "not supported", "no longer supported", "unsupported"))
     return refused and ("lora" in text or "adapter" in text)
 
-
-# api.Options' field types, as Ollama's Options.FromMap checks them on every chat: /api/create stores any value, so a
-# wrong type creates fine and then fails every chat with `option "temperature" must be of type float32`.
-_FLOAT_OPTIONS = frozenset({"temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
-                            "frequency_penalty"})
-_INT_OPTIONS = frozenset({"top_k", "num_ctx", "num_predict", "seed", "repeat_last_n", "num_keep", "num_batch",
-                          "num_gpu", "num_thread"})
-_BOOL_OPTIONS = frozenset({"penalize_newline", "numa", "use_mmap", "low_vram"})
-
-
-def option_type_error(options: dict[str, Any]) -> str | None:
-    """Ollama's message for the first option of a type it refuses at chat time, or None (unknown keys pass)."""
-    for key, value in options.items():
-        if key in _FLOAT_OPTIONS and (isinstance(value, bool) or not isinstance(value, int | float)):
-            return f'option "{key}" must be of type float32'
-        if key in _INT_OPTIONS and (isinstance(value, bool) or not isinstance(value, int | float)
-                                    or (isinstance(value, float) and not value.is_integer())):
-            return f'option "{key}" must be of type integer'
-        if key in _BOOL_OPTIONS and not isinstance(value, bool):
-            return f'option "{key}" must be of type boolean'
-        if key == "stop" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            return f'option "{key}" must be an array of strings'
-    return None

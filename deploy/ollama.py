@@ -1,9 +1,10 @@
 """The one client loraloop uses to talk to Ollama, over HTTP only (the daemon may live on another host).
 
-Chat, create, list, show, ps and delete go through the official ``ollama.AsyncClient``; blob existence
-checks (``HEAD /api/blobs/…``, which the official client lacks), streamed blob uploads and the streamed chat use
-aiohttp (the chat's lines are read with a cap on their length, :data:`MAX_STREAM_LINE`, which the official client
-lacks: a server that never ends a line would fill the memory).
+Every request goes through one ``httpx.AsyncClient`` (the transport the official ``ollama`` client uses too), with
+its timeouts per request: ``/api/create`` may stay silent far longer than anything else. Answers are read into the
+official client's response types; what the official client lacks is done here: blob existence checks
+(``HEAD /api/blobs/…``), streamed blob uploads with progress, and streamed lines read with a cap on their length
+(:data:`MAX_STREAM_LINE`: a server that never ends a line would fill the memory).
 Every failure surfaces as an :class:`OllamaError` subclass whose message can be shown to a user as is.
 
 Reasoning models: Ollama turns ``think`` on by default for a model whose capabilities (``/api/show``) include
@@ -16,6 +17,7 @@ the answer alone: never the thinking, nor a leading ``<think>`` block of a templ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import json
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import ollama
 
@@ -138,7 +139,8 @@ def _messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
 
 
 class OllamaClient:
-    """One object per Ollama host. ``timeout`` bounds connecting and each read, in seconds (None: no limit);
+    """One object per Ollama host. ``timeout`` bounds connecting, each read and write, and the wait for a pooled
+    connection, in seconds (None: no limit);
     ``create_timeout`` is the read limit of ``/api/create`` alone (model conversion is silent and long);
     ``max_line`` the longest line, in bytes, of a streamed chat."""
 
@@ -151,10 +153,9 @@ class OllamaClient:
         self.timeout = timeout
         self.create_timeout = create_timeout
         self.max_line = max_line
-        self._client = ollama.AsyncClient(host=host, timeout=timeout)
-        self._create_client = ollama.AsyncClient(
-            host=host, timeout=httpx.Timeout(timeout, read=create_timeout) if timeout else create_timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout = httpx.Timeout(timeout)  # connecting, and each read, write and wait for a connection
+        self._create_timeout = httpx.Timeout(timeout, read=create_timeout)
+        self._client: httpx.AsyncClient | None = None
         self._capabilities: dict[str, frozenset[str]] = {}  # tag -> /api/show capabilities, until recreated
 
     async def __aenter__(self) -> OllamaClient:
@@ -164,53 +165,39 @@ class OllamaClient:
         await self.close()
 
     async def close(self) -> None:
-        # ollama's AsyncClient.close() carries no annotations.
-        await self._client.close()  # type: ignore[no-untyped-call]
-        await self._create_client.close()  # type: ignore[no-untyped-call]
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     # -- error translation -------------------------------------------------------------------------
 
     def _unavailable(self, why: str) -> OllamaUnavailable:
         return OllamaUnavailable(f"Ollama is not reachable at {self.host} ({why})")
 
-    def _translate(self, exc: BaseException, model: str | None = None) -> OllamaError:
-        if isinstance(exc, OllamaError):
-            return exc
-        if isinstance(exc, ollama.ResponseError):
-            status = exc.status_code if exc.status_code and exc.status_code > 0 else None
-            message = str(exc.error)
-            if status == 404 and model is not None:
-                return ModelNotFound(model, f"model {model!r} is not available in Ollama: {message}")
-            return OllamaError(f"Ollama error: {message}", status)
-        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    def _translate(self, exc: httpx.TransportError) -> OllamaUnavailable:
+        if isinstance(exc, httpx.TimeoutException):
             return self._unavailable(f"no answer within {self.timeout:g} s" if self.timeout else "timed out")
-        if isinstance(exc, ConnectionError | httpx.ConnectError | aiohttp.ClientConnectionError):
+        if isinstance(exc, httpx.ConnectError):
             return self._unavailable("connection refused")
-        if isinstance(exc, httpx.TransportError | aiohttp.ClientError):
-            return self._unavailable(f"connection lost: {exc.__class__.__name__}")
-        raise exc
+        return self._unavailable(f"connection lost: {exc.__class__.__name__}")
 
-    async def _call(self, coro: Awaitable[Any], model: str | None = None) -> Any:
-        try:
-            return await coro
-        except (TimeoutError, ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
-            raise self._translate(exc, model) from exc
+    @staticmethod
+    def _refused(status: int, text: str, model: str | None = None) -> OllamaError:
+        """The error for an answer other than 200: ModelNotFound when it says ``model`` is not there."""
+        message = _error_text(text)
+        if model is not None and (status == 404 or (status == 400 and "not found" in message)):
+            return ModelNotFound(model, f"model {model!r} is not available in Ollama: {message}")
+        return OllamaError(f"Ollama error: {message}", status)
 
     # -- model queries -----------------------------------------------------------------------------
 
     async def version(self) -> str:
         """The server's version string (``GET /api/version``); the cheapest liveness check."""
-        status, body = await self._json_request("GET", "/api/version")
-        if status != 200:
-            raise OllamaError(f"Ollama error: {body.get('error', body)}", status)
-        return str(body.get("version", ""))
+        return str((await self._json("GET", "/api/version")).get("version", ""))
 
     async def list_models(self) -> list[ModelInfo]:
         """All models on the host (``/api/tags``)."""
-        resp = await self._call(self._client.list())
+        resp = ollama.ListResponse.model_validate(await self._json("GET", "/api/tags"))
         return [
             ModelInfo(
                 name=m.model or "",
@@ -228,12 +215,7 @@ class OllamaClient:
 
     async def show(self, model: str) -> dict[str, Any]:
         """``/api/show`` as a plain dict (template, system, parameters, details, …)."""
-        status, body = await self._json_request("POST", "/api/show", {"model": model})
-        if status in (400, 404) and "not found" in str(body.get("error", "")):
-            raise ModelNotFound(model, f"model {model!r} is not available in Ollama: {body['error']}")
-        if status != 200:
-            raise OllamaError(f"Ollama error: {body.get('error', body)}", status)
-        return body
+        return await self._json("POST", "/api/show", {"model": model}, model=model)
 
     async def capabilities(self, model: str) -> frozenset[str]:
         """The model's capabilities (``/api/show``: completion, thinking, tools, …), read once per tag; empty from
@@ -259,13 +241,15 @@ class OllamaClient:
 
     async def running(self) -> list[str]:
         """Names of the models loaded in memory right now (``/api/ps``)."""
-        resp = await self._call(self._client.ps())
+        resp = ollama.ProcessResponse.model_validate(await self._json("GET", "/api/ps"))
         return [m.model or m.name or "" for m in resp.models]
 
     async def delete(self, model: str) -> None:
         """Delete a model tag; raises :class:`ModelNotFound` when it is not there."""
         self._capabilities.pop(model, None)
-        await self._call(self._client.delete(model), model)
+        resp = await self._request("DELETE", "/api/delete", json={"model": model})  # a 200 has no body
+        if resp.status_code != 200:
+            raise self._refused(resp.status_code, resp.text, model)
 
     # -- chat --------------------------------------------------------------------------------------
 
@@ -304,24 +288,14 @@ class OllamaClient:
             payload["options"] = dict(options)
         if keep_alive is not None:
             payload["keep_alive"] = keep_alive
-        try:
-            async with self._http().post(self.host + "/api/chat", json=payload) as resp:
-                if resp.status != 200:
-                    message = _error_text(await resp.text())
-                    if resp.status == 404:
-                        raise ModelNotFound(model, f"model {model!r} is not available in Ollama: {message}")
-                    raise OllamaError(f"Ollama error: {message}", resp.status)
-                async for line in _json_lines(resp.content, self.max_line):
-                    if error := line.get("error"):
-                        raise OllamaError(f"Ollama error: {error}", None)
-                    message_part = line.get("message")
-                    message_part = message_part if isinstance(message_part, dict) else {}
-                    part = ChatPart(str(message_part.get("content") or ""), str(message_part.get("thinking") or ""),
-                                    str(line["done_reason"]) if line.get("done") and line.get("done_reason") else None)
-                    if part.content or part.thinking or part.done_reason:
-                        yield part
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._translate(exc, model) from exc
+        async with contextlib.aclosing(self._stream_lines("/api/chat", payload, self._timeout, model)) as lines:
+            async for line in lines:
+                message_part = line.get("message")
+                message_part = message_part if isinstance(message_part, dict) else {}
+                part = ChatPart(str(message_part.get("content") or ""), str(message_part.get("thinking") or ""),
+                                str(line["done_reason"]) if line.get("done") and line.get("done_reason") else None)
+                if part.content or part.thinking or part.done_reason:
+                    yield part
 
     async def chat(
         self,
@@ -334,21 +308,21 @@ class OllamaClient:
         """The answer alone (non-streaming request): a reasoning model's thinking, whether Ollama hands it apart
         or the template leaves a leading ``<think>`` block in the content, is not part of it (the gate scores
         answers). ``think`` as for :meth:`chat_parts`."""
-        sent_think = (await self._think_field(model, think)).get("think")
-        resp = await self._call(
-            self._client.chat(
-                model=model, messages=_messages(messages), options=dict(options or {}) or None,
-                keep_alive=keep_alive, stream=False, think=sent_think,
-            ),
-            model,
-        )
+        payload: dict[str, Any] = {"model": model, "messages": _messages(messages), "stream": False,
+                                   **await self._think_field(model, think)}
+        if options:
+            payload["options"] = dict(options)
+        if keep_alive is not None:
+            payload["keep_alive"] = keep_alive
+        resp = ollama.ChatResponse.model_validate(await self._json("POST", "/api/chat", payload, model=model))
         return split_think(resp.message.content or "")[1]
 
     async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
         """One embedding per text, in order (``/api/embed``)."""
         if not texts:
             return []
-        resp = await self._call(self._client.embed(model=model, input=list(texts)), model)
+        body = await self._json("POST", "/api/embed", {"model": model, "input": list(texts)}, model=model)
+        resp = ollama.EmbedResponse.model_validate(body)
         vectors = [list(map(float, v)) for v in resp.embeddings or []]
         if len(vectors) != len(texts):
             raise OllamaError(f"Ollama returned {len(vectors)} embeddings for {len(texts)} texts from {model!r}")
@@ -359,11 +333,7 @@ class OllamaClient:
         nothing is generated). None when the daemon ignored the flag (an older one answers the chat instead)."""
         payload = {"model": model, "messages": _messages(messages), "stream": False, "_debug_render_only": True,
                    "options": {"num_predict": 1}}  # bounds the reply of a daemon that does not know the flag
-        status, body = await self._json_request("POST", "/api/chat", payload)
-        if status == 404:
-            raise ModelNotFound(model, f"model {model!r} is not available in Ollama: {body.get('error', body)}")
-        if status != 200:
-            raise OllamaError(f"Ollama error: {body.get('error', body)}", status)
+        body = await self._json("POST", "/api/chat", payload, model=model)
         info = body.get("_debug_info")
         rendered = info.get("rendered_template") if isinstance(info, dict) else None
         return rendered if isinstance(rendered, str) else None
@@ -373,12 +343,12 @@ class OllamaClient:
     async def has_blob(self, digest: str) -> bool:
         """``HEAD /api/blobs/<digest>``: True on 200, False on 404."""
         _check_digest(digest)
-        status, body = await self._raw_request("HEAD", f"/api/blobs/{digest}")
-        if status == 200:
+        resp = await self._request("HEAD", f"/api/blobs/{digest}")
+        if resp.status_code == 200:
             return True
-        if status == 404:
+        if resp.status_code == 404:
             return False
-        raise OllamaError(f"Ollama error checking blob {digest}: {body or status}", status)
+        raise OllamaError(f"Ollama error checking blob {digest}: {resp.text or resp.status_code}", resp.status_code)
 
     async def push_blob(self, path: Path, digest: str | None = None, on_progress: UploadCallback | None = None
                         ) -> str:
@@ -406,7 +376,8 @@ class OllamaClient:
             finally:
                 f.close()
 
-        status, text = await self._raw_request("POST", f"/api/blobs/{digest}", data=body())
+        resp = await self._request("POST", f"/api/blobs/{digest}", content=body())
+        status, text = resp.status_code, resp.text
         if status == 400 and "digest mismatch" in text:
             raise DigestMismatch(f"Ollama rejected {path.name}: {_error_text(text)}", status)
         if status not in (200, 201):
@@ -448,63 +419,82 @@ class OllamaClient:
         Reads wait up to ``create_timeout``: after "converting model" Ollama is silent until it is done, and a
         client that gives up then usually stops the create (the tag never appears)."""
         self._capabilities.pop(model, None)  # a tag created anew may get another template
+        request = {"model": model, "from": from_, "files": dict(files) if files else None,
+                   "adapters": dict(adapters) if adapters else None, "template": template, "system": system,
+                   "parameters": dict(parameters) if parameters else None, "quantize": quantize, "stream": True}
+        payload = {k: v for k, v in request.items() if v is not None}
+        succeeded = False
         try:
-            stream = await self._create_client.create(
-                model=model, from_=from_, files=dict(files) if files else None,
-                adapters=dict(adapters) if adapters else None, template=template, system=system,
-                parameters=dict(parameters) if parameters else None, quantize=quantize, stream=True,
-            )
-            succeeded = False
-            async for part in stream:
-                progress = CreateProgress(part.status or "", part.digest, part.total, part.completed)
-                succeeded = progress.status == "success"
-                if on_progress is not None:
-                    result = on_progress(progress)
-                    if inspect.isawaitable(result):
-                        await result
-        except (TimeoutError, ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
-            error = self._translate(exc)
-            if isinstance(error, OllamaUnavailable):
-                if isinstance(exc, httpx.TimeoutException | TimeoutError) and self.create_timeout:
-                    raise OllamaUnavailable(f"creating {model}: Ollama sent nothing for {self.create_timeout:g} s "
-                                            "(converting a large model? raise the create timeout)") from exc
-                raise error from exc
-            raise OllamaError(f"creating {model} failed: {error.message}", error.status) from exc
+            async with contextlib.aclosing(self._stream_lines("/api/create", payload, self._create_timeout)) as lines:
+                async for line in lines:
+                    part = ollama.ProgressResponse.model_validate(line)
+                    progress = CreateProgress(part.status or "", part.digest, part.total, part.completed)
+                    succeeded = progress.status == "success"
+                    if on_progress is not None:
+                        result = on_progress(progress)
+                        if inspect.isawaitable(result):
+                            await result
+        except OllamaUnavailable as exc:
+            if isinstance(exc.__cause__, httpx.ReadTimeout) and self.create_timeout:  # silent past create_timeout
+                raise OllamaUnavailable(f"creating {model}: Ollama sent nothing for {self.create_timeout:g} s "
+                                        "(converting a large model? raise the create timeout)") from exc.__cause__
+            raise
+        except OllamaError as exc:
+            raise OllamaError(f"creating {model} failed: {exc.message}", exc.status) from exc
         if not succeeded:
             raise OllamaError(f"creating {model} failed: Ollama ended the stream without success", None)
 
-    # -- raw HTTP (aiohttp) ------------------------------------------------------------------------
+    # -- HTTP ------------------------------------------------------------------------------------------
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout)
-            self._session = aiohttp.ClientSession(timeout=timeout)
-        return self._session
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None or self._client.is_closed:
+            # Redirects followed as the official client does; timeouts are given with each request.
+            self._client = httpx.AsyncClient(base_url=self.host, timeout=self._timeout, follow_redirects=True)
+        return self._client
 
-    async def _raw_request(self, method: str, path: str, data: Any = None) -> tuple[int, str]:
+    async def _request(self, method: str, path: str, *, json: Any = None, content: Any = None) -> httpx.Response:
+        """One request, its whole answer read; OllamaUnavailable when the host cannot be reached or stops."""
         try:
-            async with self._http().request(method, self.host + path, data=data) as resp:
-                return resp.status, await resp.text()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            return await self._http().request(method, path, json=json, content=content, timeout=self._timeout)
+        except httpx.TransportError as exc:
             raise self._translate(exc) from exc
 
-    async def _json_request(self, method: str, path: str, payload: Any = None) -> tuple[int, dict[str, Any]]:
+    async def _json(self, method: str, path: str, payload: Any = None, *, model: str | None = None
+                    ) -> dict[str, Any]:
+        """The JSON object of a 200 answer; the answer's error otherwise (ModelNotFound when it is about
+        ``model``)."""
+        resp = await self._request(method, path, json=payload)
+        if resp.status_code != 200:
+            raise self._refused(resp.status_code, resp.text, model)
         try:
-            async with self._http().request(method, self.host + path, json=payload) as resp:
-                try:
-                    body = await resp.json(content_type=None)
-                except ValueError:
-                    body = {"error": (await resp.text()).strip()}
-                return resp.status, body if isinstance(body, dict) else {"error": str(body)}
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise OllamaError(f"Ollama sent an answer that is not a JSON object: {resp.text[:200]!r}", None)
+        return body
+
+    async def _stream_lines(self, path: str, payload: Any, limits: httpx.Timeout, model: str | None = None
+                            ) -> AsyncGenerator[dict[str, Any], None]:
+        """The JSON lines of a streamed answer as they come. An error before the first line is the answer's
+        status; one after is an ``{"error": …}`` line, raised with status None (as the official client does)."""
+        try:
+            async with self._http().stream("POST", path, json=payload, timeout=limits) as resp:
+                if resp.status_code != 200:
+                    raise self._refused(resp.status_code, (await resp.aread()).decode(errors="replace"), model)
+                async for line in _json_lines(resp.aiter_bytes(), self.max_line):
+                    if error := line.get("error"):
+                        raise OllamaError(f"Ollama error: {error}", None)
+                    yield line
+        except httpx.TransportError as exc:
             raise self._translate(exc) from exc
 
 
-async def _json_lines(body: aiohttp.StreamReader, limit: int) -> AsyncIterator[dict[str, Any]]:
+async def _json_lines(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[dict[str, Any]]:
     """The JSON objects of a streamed body, one a line; OllamaError once a line holds more than ``limit`` bytes
     (at most one network read past it is ever held) or is not a JSON object."""
     line = bytearray()
-    async for chunk in body.iter_any():
+    async for chunk in body:
         start = 0
         while (end := chunk.find(b"\n", start)) >= 0:
             line += chunk[start:end]

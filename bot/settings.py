@@ -44,6 +44,22 @@ class CommunitySettings(BaseModel):
     retrain_cron: str | None = None
     retrain_min_new_examples: int | None = Field(default=None, ge=1)
 
+    @field_validator("retrain_cron")
+    @classmethod
+    def _crontab(cls, value: str | None) -> str | None:
+        return None if value is None else check_crontab(value)
+
+
+def check_crontab(value: str) -> str:
+    """A crontab line APScheduler accepts (UTC); the scheduler would otherwise fail only when it starts."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value, timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a crontab line (minute hour day month weekday): {exc}") from None
+    return value
+
 
 class Settings(WorkerSettings):
     """loraloop's settings. Every field can be set as ``LORALOOP_<FIELD>`` or in the YAML file."""
@@ -163,6 +179,11 @@ class Settings(WorkerSettings):
                                    "developer portal first): the bot then reads replies to /ask answers and every "
                                    "turn of a reply chain or thread, not only messages that mention it.")
 
+    @field_validator("retrain_cron")
+    @classmethod
+    def _retrain_crontab(cls, value: str) -> str:
+        return check_crontab(value)
+
     @field_validator("deploy_quantize")
     @classmethod
     def _ollama_quantize_type(cls, value: str | None) -> str | None:
@@ -206,6 +227,14 @@ class Settings(WorkerSettings):
         return self.guilds.get(guild_id or 0, GuildRoles())
 
     # ---- communities (data/communities.py) ------------------------------------------------------------
+
+    @model_validator(mode="after")
+    def _review_policy(self) -> Settings:
+        # Checked at load, not when the bot builds its review policy (after connecting to Discord).
+        if self.approve_mean <= self.reject_mean:
+            raise ValueError(f"approve_mean ({self.approve_mean}) must be above reject_mean ({self.reject_mean}): "
+                             "a pair between the two waits for more ratings")
+        return self
 
     @model_validator(mode="after")
     def _known_communities(self) -> Settings:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
@@ -151,6 +152,13 @@ class SnapshotRecord(Base):
     community: Mapped[str | None] = mapped_column(String(COMMUNITY_MAX))
 
 
+# A model version's life: created → registered (the tag exists in Ollama) → evaluated (the gate ran) → promoted (it
+# is or was the active model) | rejected (the gate refused it) | failed (see failure_reason); rolled_back: an
+# operator rolled it back.
+VersionStatus = Literal["created", "registered", "evaluated", "promoted", "rejected", "failed", "rolled_back"]
+VERSION_STATUSES: tuple[VersionStatus, ...] = typing.get_args(VersionStatus)
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     __table_args__ = (UniqueConstraint("name", "version", name="uq_model_version_name_n"),)
@@ -167,8 +175,7 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     evaluation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     artifacts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    # created → registered (the tag exists in Ollama) → evaluated (the gate ran) → promoted (it is or was the active
-    # model) | rejected (the gate refused it) | failed (see failure_reason); rolled_back: an operator rolled it back.
+    # One of VERSION_STATUSES (the store refuses any other).
     status: Mapped[str] = mapped_column(String(20), default="created")
     failure_reason: Mapped[str | None] = mapped_column(Text)
     # Whether the tag currently exists in Ollama (retention deletes it there and clears this).

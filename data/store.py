@@ -48,6 +48,7 @@ from data.import_lease import ImportLease
 from data.models import (
     EXAMPLE_STATUSES,
     SOURCES,
+    VERSION_STATUSES,
     ActiveModel,
     Answer,
     Example,
@@ -58,6 +59,7 @@ from data.models import (
     Promotion,
     Rating,
     SnapshotRecord,
+    VersionStatus,
     utcnow,
 )
 from data.preferences import approved_preferences, preference_stats, record_correction
@@ -852,17 +854,31 @@ class Store(RunsMixin):
                     await s.rollback()
         raise StoreError(f"could not allocate a version number for {name!r}")
 
-    async def update_model_version(self, version: int | str, **fields: Any) -> ModelVersion:
-        """Set fields (status, metrics, evaluation, artifacts, in_ollama, failure_reason, …) on one version."""
-        allowed = {"status", "metrics", "evaluation", "artifacts", "in_ollama", "failure_reason", "hyperparams",
-                   "snapshot_sha256", "snapshot_path"}
-        unknown = set(fields) - allowed
-        if unknown:
-            raise StoreError(f"cannot set {', '.join(sorted(unknown))} on a model version")
+    async def update_model_version(
+        self,
+        version: int | str,
+        *,
+        status: VersionStatus | None = None,
+        metrics: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
+        artifacts: dict[str, Any] | None = None,
+        hyperparams: dict[str, Any] | None = None,
+        in_ollama: bool | None = None,
+        failure_reason: str | None = None,
+        snapshot_sha256: str | None = None,
+        snapshot_path: str | None = None,
+    ) -> ModelVersion:
+        """Set the given fields on one version (those left None keep their value)."""
+        if status is not None:
+            _check_choice("model version status", status, VERSION_STATUSES)
+        fields = {"status": status, "metrics": metrics, "evaluation": evaluation, "artifacts": artifacts,
+                  "hyperparams": hyperparams, "in_ollama": in_ollama, "failure_reason": failure_reason,
+                  "snapshot_sha256": snapshot_sha256, "snapshot_path": snapshot_path}
         async with self.session() as s, s.begin():
             row = await _version_or_404(s, version, self.community)
             for key, value in fields.items():
-                setattr(row, key, value)
+                if value is not None:
+                    setattr(row, key, value)
         return row
 
     async def mark_failed(self, version: int | str, reason: str) -> ModelVersion:

@@ -233,7 +233,7 @@ async def deploy(
         reason = str(exc)
         removed = await forget(client, tag)
         await store.update_model_version(tag, status="failed", failure_reason=reason,
-                                         **({"in_ollama": False} if removed else {}))
+                                         in_ollama=False if removed else None)
         result.status, result.reason = "failed", reason
         await emit("failed", reason=reason)
         return result
@@ -277,13 +277,13 @@ async def conclude_candidate(store: Store, client: OllamaClient, tag: str, gate:
     while the candidate is still in Ollama; its failure is recorded there and changes nothing else."""
     if inform is not None:
         gate.with_retrieval = await _informed(inform, tag, gate)
-    judged = {"evaluation": gate.to_dict(), "metrics": version_metrics(gate, train_metrics)}
+    evaluation, metrics = gate.to_dict(), version_metrics(gate, train_metrics)
     if not gate.passed:
         await forget(client, tag)
         await store.update_model_version(tag, status="rejected", failure_reason=gate.reason, in_ollama=False,
-                                         **judged)
+                                         evaluation=evaluation, metrics=metrics)
         return Conclusion(tag, "rejected", gate.reason)
-    await store.update_model_version(tag, status="evaluated", **judged)
+    await store.update_model_version(tag, status="evaluated", evaluation=evaluation, metrics=metrics)
     if manual:
         return Conclusion(tag, "evaluated", gate.reason)
     deleted = await switch_to(store, client, tag, model_name=model_name, keep_versions=keep_versions)

@@ -257,3 +257,13 @@ async def test_concurrent_version_numbers_are_distinct(store):
         store.create_model_version(name="m", base_model="b", ollama_base="o") for _ in range(5)
     ])
     assert sorted(v.version for v in versions) == [1, 2, 3, 4, 5]
+
+
+async def test_model_version_statuses_are_checked(store):
+    version = await store.create_model_version(name="m", base_model="b", ollama_base="base:1")
+    with pytest.raises(StoreError, match="unknown model version status 'promotd'"):
+        await store.update_model_version(version.id, status="promotd")  # type: ignore[arg-type]
+    updated = await store.update_model_version(version.id, status="registered", in_ollama=True)
+    # Fields left out keep their value.
+    assert (updated.status, updated.in_ollama, updated.metrics) == ("registered", True, {})
+    assert (await store.update_model_version(version.id, metrics={"loss": 1.0})).status == "registered"

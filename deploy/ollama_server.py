@@ -1,4 +1,5 @@
-"""A local HTTP server that speaks Ollama's API, for tests (Ollama itself cannot be reached from CI).
+"""A local HTTP server that speaks Ollama's API: the test suite's Ollama (Ollama itself cannot be reached from CI)
+and ``loraloop dev ollama``'s, for trying the whole loop on a machine without Ollama.
 
 It follows Ollama's server (``server/routes.go``, ``server/create.go``) for paths, request and response
 shapes, status codes and error texts. Models come in three kinds:
@@ -15,7 +16,8 @@ Chats with GGUF-backed models are real: the prompt is rendered with the model's 
 GGUF as ``lora_path``. Every request, rendered prompt and create body is recorded for assertions.
 
 The server runs on its own event loop in a background thread, so synchronous code, asyncio code and
-subprocesses can all talk to it.
+subprocesses can all talk to it. It keeps its registry in memory: models created while it runs are gone when it
+stops. llama-cpp-python (the ``dev`` extra) is needed only to answer with a GGUF model.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,7 +141,7 @@ def _llama_quantize(source: Path, out: Path, file_type: str) -> bool:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _LLAMA_FTYPES[file_type]
     params.nthread = 1
-    return llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params)) == 0
+    return bool(llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params)) == 0)
 
 
 class _HungUp(Exception):
@@ -389,8 +391,12 @@ class OllamaTestServer:
     """The server plus its registry. Start with :meth:`start`, stop with :meth:`stop`."""
 
     def __init__(self, root: Path, converter: Callable[[Path, Path], None] | None = None,
-                 version: str = VERSION, adapters: str = "refused") -> None:
+                 version: str = VERSION, adapters: str = "refused", own_context: bool = False) -> None:
         self.root = Path(root)
+        # True: a GGUF model runs with the request's num_ctx capped at the context it was trained for, as Ollama
+        # does (llm/server.go, v0.13.0: "requested context size too large for model"). False (the tests' server):
+        # random tiny models keep the 512 tokens they were always served with, real ones get num_ctx.
+        self.own_context = own_context
         self.version = version  # the Ollama release this server behaves as (settable while it runs)
         if adapters not in ("accepted", "refused"):
             raise ValueError("adapters is 'accepted' or 'refused'")
@@ -506,7 +512,8 @@ class OllamaTestServer:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> OllamaTestServer:
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> OllamaTestServer:
+        """Serve on ``host``:``port`` (0: a free port); ``.url`` says where. Raises OSError when the port is taken."""
         ready = threading.Event()
         errors: list[BaseException] = []
 
@@ -515,7 +522,7 @@ class OllamaTestServer:
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:
-                loop.run_until_complete(self._start_app())
+                loop.run_until_complete(self._start_app(host, port))
             except BaseException as exc:  # report to the starting thread
                 errors.append(exc)
                 ready.set()
@@ -548,7 +555,7 @@ class OllamaTestServer:
                     llm.close()
             self._llamas.clear()
 
-    async def _start_app(self) -> None:
+    async def _start_app(self, host: str, port: int) -> None:
         app = web.Application(client_max_size=1 << 34, middlewares=[self._record])
         app.router.add_get("/", self._root)
         app.router.add_get("/api/version", self._version)
@@ -564,13 +571,18 @@ class OllamaTestServer:
         app.router.add_delete("/api/delete", self._delete)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
 
     @web.middleware
-    async def _record(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+    async def _record(self, request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         body: Any = None
         if request.path != "/api/blobs/" + request.match_info.get("digest", "") and request.can_read_body:
             raw = await request.read()
@@ -748,7 +760,7 @@ class OllamaTestServer:
         await resp.write_eof()
         return resp
 
-    async def _create_model(self, name: str, body: dict[str, Any], events: asyncio.Queue) -> None:
+    async def _create_model(self, name: str, body: dict[str, Any], events: asyncio.Queue[dict[str, Any]]) -> None:
         async def fail(message: str, code: int = 500) -> None:
             await events.put({"error": message, "code": code})
 
@@ -865,7 +877,7 @@ class OllamaTestServer:
                 self._remove_unused(replaced)
         await events.put({"status": "success"})
 
-    async def _quantize(self, model: Model, wanted: str, events: asyncio.Queue) -> str | None:
+    async def _quantize(self, model: Model, wanted: str, events: asyncio.Queue[dict[str, Any]]) -> str | None:
         """Quantize ``model``'s weights as server/create.go createModel does (v0.13.0; v0.30.0 and v0.32.15 also
         take BF16 sources): by the file type the GGUF records, and for real — with llama.cpp's quantizer, which
         Ollama's own (server/quantization.go, "ported from llama_tensor_get_type") follows, fallbacks for short
@@ -1314,7 +1326,7 @@ class OllamaTestServer:
             hung_up.set()
             with contextlib.suppress(_HungUp):
                 await task
-        return resp
+        return resp  # type: ignore[return-value]  # None only for a client that hung up before the first line
 
     async def _scripted(self, s: Scripted, emit: Callable[[str, Any], None]) -> None:
         if s.load_error:
@@ -1340,6 +1352,8 @@ class OllamaTestServer:
         # Random tiny models keep the small context they were always served with; a real model gets num_ctx, as
         # Ollama loads its runner with the request's num_ctx (llm/server.go: NewLlamaServer's opts.NumCtx).
         n_ctx = max(num_ctx, 512) if m.real else 512
+        if self.own_context:
+            n_ctx = min(num_ctx, self._trained_context(m.model_blob))
         key = (m.model_blob, adapter, n_ctx)
         with self._llama_lock:
             if key not in self._llamas:
@@ -1349,6 +1363,15 @@ class OllamaTestServer:
                     self._apply_lora(llm, self.blob_path(adapter))
                 self._llamas[key] = llm
             return self._llamas[key]
+
+    def _trained_context(self, digest: str) -> int:
+        """The context a GGUF model was trained for (``<arch>.context_length``; 2048 where it does not say)."""
+        import gguf
+
+        reader = gguf.GGUFReader(str(self.blob_path(digest)))
+        arch = reader.fields.get("general.architecture")
+        found = reader.fields.get(f"{arch.contents()}.context_length") if arch is not None else None
+        return int(found.contents()) if found is not None else 2048
 
     @staticmethod
     def _apply_lora(llm: Any, path: Path) -> None:
@@ -1416,3 +1439,17 @@ class OllamaTestServer:
                     reason = choice["finish_reason"]
             emit("counts", {"prompt_eval_count": len(tokens), "eval_count": n})
             emit("done", "length" if reason == "length" else "stop")
+
+
+def add_hf_base(server: OllamaTestServer, name: str, model_dir: Path, gguf: Path, *, real: bool) -> Model:
+    """Register ``gguf`` (the GGUF of the Hugging Face model in ``model_dir``) as the pulled base ``name``, with the
+    Ollama template, system prompt and stop tokens that render the model's own chat template (checked by
+    :func:`deploy.modelfile.serving_format`); ``real``: a trained model, not a random one."""
+    from transformers import AutoTokenizer
+
+    from deploy.modelfile import serving_format
+
+    fmt = serving_format(AutoTokenizer.from_pretrained(model_dir).chat_template)
+    family = gguf_facts(gguf)["architecture"] or "llama"
+    return server.add_base_model(name, gguf, template=fmt.template, system=fmt.system, parameters=fmt.parameters(),
+                                 family=family, real=real)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -25,12 +28,34 @@ class Message:
     # An assistant message's reasoning (reasoning_content, <think>…</think>, a Complex_CoT column), kept apart from
     # the answer so each base family can be trained in its own convention and Discord never shows raw tags.
     reasoning: str | None = None
+    # A user message's alpaca ``input``: the content is "instruction\ninput" (or the input alone), and an alpaca
+    # export gives the two back apart. Never trained on apart: the content is what the model reads.
+    input: str | None = None
+    # LLaMA-Factory v1's per-message ``loss_weight``, kept as the file gave it (None: not given). An assistant
+    # message weighted 0 is context only: it is not trained on.
+    loss_weight: float | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        out = {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.reasoning is not None:
             out["reasoning"] = self.reasoning
+        if self.input is not None:
+            out["input"] = self.input
+        if self.loss_weight is not None:
+            out["loss_weight"] = self.loss_weight
         return out
+
+    @property
+    def plain(self) -> bool:
+        """No field beyond role and content (the common message, stored as OpenAI's own layout)."""
+        return self.reasoning is None and self.input is None and self.loss_weight is None
+
+    @property
+    def instruction(self) -> str:
+        """A user message's alpaca ``instruction``: its content without the ``input`` part."""
+        if self.input is None:
+            return self.content
+        return "" if self.content == self.input else self.content[: len(self.content) - len(self.input) - 1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +69,21 @@ class Conversation:
 
     @classmethod
     def from_dicts(
-        cls, messages: Iterable[dict[str, str]], tags: Sequence[str] = (), tools: str | None = None
+        cls, messages: Iterable[dict[str, Any]], tags: Sequence[str] = (), tools: str | None = None
     ) -> Conversation:
         # A list made into a tuple: twice as fast as tuple() over a generator.
-        return cls(tuple([Message(m["role"], m["content"], m.get("reasoning")) for m in messages]), tuple(tags), tools)
+        return cls(tuple([Message(m["role"], m["content"]) if len(m) == 2 else
+                          Message(m["role"], m["content"], m.get("reasoning"), m.get("input"), m.get("loss_weight"))
+                          for m in messages]), tuple(tags), tools)
 
     @classmethod
     def qa(cls, question: str, answer: str, system: str | None = None) -> Conversation:
         msgs = [Message("system", system)] if system else []
         return cls(tuple(msgs + [Message("user", question), Message("assistant", answer)]))
 
-    def to_dicts(self) -> list[dict[str, str]]:
-        # Message.to_dict inlined for the common message without reasoning: bulk imports call this per row.
-        return [{"role": m.role, "content": m.content} if m.reasoning is None else m.to_dict() for m in self.messages]
+    def to_dicts(self) -> list[dict[str, Any]]:
+        # Message.to_dict inlined for the common plain message: bulk imports call this per row.
+        return [{"role": m.role, "content": m.content} if m.plain else m.to_dict() for m in self.messages]
 
     @property
     def system(self) -> str | None:
@@ -101,6 +128,15 @@ class Conversation:
                 if not isinstance(m.reasoning, str):
                     raise InvalidConversation(f"message {i} (assistant): the reasoning must be text")
                 _check_text(m.reasoning, f"message {i} (assistant) reasoning")
+            if m.input is not None:
+                if m.role != "user" or not isinstance(m.input, str):
+                    raise InvalidConversation(f"message {i} ({m.role}): only a user message can carry an alpaca input")
+                if m.content != m.input and not m.content.endswith("\n" + m.input):
+                    raise InvalidConversation(f"message {i} (user): the alpaca input is not the end of the question")
+            if m.loss_weight is not None and (isinstance(m.loss_weight, bool) or not isinstance(
+                    m.loss_weight, int | float) or not math.isfinite(m.loss_weight) or m.loss_weight < 0):
+                raise InvalidConversation(f"message {i} ({m.role}): loss_weight must be a number of 0 or more, "
+                                          f"not {m.loss_weight!r}")
         for tag in self.tags:
             if not isinstance(tag, str):
                 raise InvalidConversation(f"tag {tag!r} must be text")
@@ -137,6 +173,53 @@ class Conversation:
                 else [m.role, _normalise(m.content), _normalise(m.reasoning)] for m in self.messages]
         tools = _normalise(self.tools) if self.tools else ""
         return hashlib.sha256(orjson.dumps({"m": norm, "t": tools})).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call of a tool: its name and arguments (a JSON object; the text as given when it is not JSON)."""
+
+    name: str
+    arguments: Any
+    id: str | None = None
+
+    def as_openai(self) -> dict[str, Any]:
+        """OpenAI's layout: the arguments as JSON text."""
+        arguments = self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments,
+                                                                                     ensure_ascii=False)
+        call: dict[str, Any] = {"id": self.id} if self.id is not None else {}
+        return call | {"type": "function", "function": {"name": self.name, "arguments": arguments}}
+
+    def as_plain(self) -> dict[str, Any]:
+        """LLaMA-Factory's (and most chat templates') layout: ``{"name", "arguments"}``, the arguments an object."""
+        return {"name": self.name, "arguments": self.arguments}
+
+
+def tool_calls(content: str, what: str = "the tool call") -> list[ToolCall]:
+    """The calls a tool_call message holds, in any layout the formats store: ``{"name", "arguments"}`` (sharegpt's
+    function_call, LLaMA-Factory's), a list of those (LLaMA-Factory v1), or OpenAI's ``tool_calls`` list (each
+    ``{"id", "type": "function", "function": {"name", "arguments": JSON text}}``). Arguments given as JSON text
+    come back parsed. Raises InvalidConversation when the text is none of these."""
+    try:
+        value = json.loads(content)
+    except (json.JSONDecodeError, RecursionError):
+        raise InvalidConversation(f"{what} is not JSON (a tool call is {{\"name\": …, \"arguments\": …}})") from None
+    calls = []
+    for item in value if isinstance(value, list) else [value]:
+        call = item.get("function") if isinstance(item, dict) and isinstance(item.get("function"), dict) else item
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+            raise InvalidConversation(f"{what} has no tool name (a tool call is {{\"name\": …, \"arguments\": …}})")
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except (json.JSONDecodeError, RecursionError):
+                pass  # kept as the text it is
+        call_id = item.get("id") if isinstance(item, dict) else None
+        calls.append(ToolCall(call["name"], arguments, call_id if isinstance(call_id, str) else None))
+    if not calls:
+        raise InvalidConversation(f"{what} is an empty list of calls")
+    return calls
 
 
 _NEXT = {

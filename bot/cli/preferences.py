@@ -1,8 +1,8 @@
 """``loraloop preferences …``: preference records (chosen vs rejected answers) for the DPO stage.
 
-Import and export LLaMA-Factory ranking files (alpaca or sharegpt) and TRL's prompt/chosen/rejected shape; list,
-approve and reject records (an admin's decision on the command line — experts' ratings decide them otherwise);
-count them. Every refusal is one line on stderr and exit status 1.
+Import and export LLaMA-Factory ranking files (alpaca, sharegpt, or v1's chosen_messages/rejected_messages) and
+TRL's prompt/chosen/rejected shape; list, approve and reject records (an admin's decision on the command line —
+experts' ratings decide them otherwise); count them. Every refusal is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bot.cli.common import console, fail, open_store, print_json, settings
 app = typer.Typer(help="Preference records (a chosen and a rejected answer) for the DPO stage.",
                   no_args_is_help=True)
 
-FORMAT_HELP = "auto, alpaca, sharegpt or openai (TRL's prompt/chosen/rejected)"
+FORMAT_HELP = "auto, alpaca, sharegpt, openai (TRL's prompt/chosen/rejected) or lf-v1 (LLaMA-Factory v1)"
 
 
 @app.command("import")
@@ -81,7 +81,7 @@ def import_(
 
 @app.command()
 def export(
-    format: Annotated[str, typer.Option("--format", help="alpaca, sharegpt or openai")],
+    format: Annotated[str, typer.Option("--format", help="alpaca, sharegpt, openai or lf-v1")],
     out: Annotated[Path, typer.Option("--out", help="Output file (.json or .jsonl).")],
     split: Annotated[str, typer.Option(help="train, eval or all (the snapshot's hash-stable split)")] = "all",
 ) -> None:

@@ -437,6 +437,7 @@ class DatasetWriter:
         if suffix not in (".json", ".jsonl", ".csv"):
             raise ValueError(f"{self.path.name}: the file name must end in .json, .jsonl or .csv")
         self._encoder = _Encoder(format, jsonl=suffix == ".jsonl")
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # --out into a folder not made yet
         # open("xb"), not mkstemp: the file gets the usual permissions (umask), as a plain write would give it.
         self._part = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.part")
         self._file = self._part.open("xb")
@@ -498,7 +499,7 @@ class _Encoder:
         # The store keeps messages as OpenAI's: most rows are written without building a Conversation at all.
         pieces = []
         for messages, tags, tools in rows:
-            record = openai.dump_stored(messages, tags)
+            record = openai.dump_stored(messages, tags) if tools is None else None
             if record is None:
                 record = self._dump(Conversation.from_dicts(messages, tags, tools))
             else:

@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from data.conversation import Conversation
+
 # Deeper JSON inside a record (tool calls, tool schemas) is refused: json.dumps would recurse past Python's limit.
 MAX_NESTING = 100
 
@@ -76,3 +78,15 @@ def _nesting(value: Any) -> int:
         deepest = max(deepest, depth)
         stack.extend((child, depth + 1) for child in children)
     return deepest
+
+
+def check_loss_weights(conv: Conversation, format: str) -> None:
+    """Refuse a conversation whose loss weights say more than ``format`` can (it has no loss_weight).
+
+    The default weights (1 on an assistant turn or tool call, 0 elsewhere: what LLaMA-Factory v1's converters
+    write) are what training does anyway, so leaving them out loses nothing; any other weight would be lost.
+    """
+    for i, m in enumerate(conv.messages):
+        if m.loss_weight is not None and m.loss_weight != (1 if m.role in ("assistant", "tool_call") else 0):
+            raise RecordIssue(f"message {i} ({m.role}) has loss_weight {m.loss_weight}, which {format} cannot hold "
+                              "(use lf-v1)")

@@ -28,7 +28,7 @@ from data.formats.columns import (
     ColumnMap,
     find_column,
 )
-from data.formats.common import RecordIssue
+from data.formats.common import RecordIssue, check_loss_weights
 
 
 def load(text: str, columns: ColumnMap | None = None) -> tuple[list[tuple[str, Any]], list[Any]]:
@@ -126,6 +126,13 @@ def write(conversations: list[Conversation], writer: Any) -> None:
         turns = conv.turns
         if len(turns) != 2 or conv.has_tools:
             raise ValueError(f"record {index} cannot be written as csv: only single question/answer pairs fit")
+        if conv.tools:
+            raise ValueError(f"record {index} cannot be written as csv: it has tool schemas, which csv cannot hold "
+                             "(use sharegpt, openai, lf-v1 or alpaca)")
+        try:
+            check_loss_weights(conv, "csv")
+        except RecordIssue as exc:
+            raise ValueError(f"record {index} cannot be written as csv: {exc}") from None
         row = [turns[0].content, turns[1].content] + ([conv.system or ""] if with_system else [])
         row += [turns[1].reasoning or ""] if with_reasoning else []
         writer.writerow([escape_cell(cell) for cell in row])

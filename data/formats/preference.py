@@ -6,6 +6,8 @@ Three shapes, read and written exactly (read → write gives the file back; writ
   optional ``system`` and ``history`` (dataset_info ``"ranking": true``, ``"formatting": "alpaca"``);
 * ``sharegpt``: LLaMA-Factory's sharegpt ranking records, ``conversations`` (the prefix) plus ``chosen`` and
   ``rejected`` turns (``{"from": "gpt", "value": …}``), optional ``system``/``tools`` (dpo_en_demo.json's shape);
+* ``lf-v1``: LLaMA-Factory v1's DPO samples, ``chosen_messages``/``rejected_messages`` (each the whole conversation,
+  content parts as in data.formats.lf_v1) sharing all but their last message, optional ``tools``;
 * ``openai``: TRL's conversational preference shape, ``prompt``/``chosen``/``rejected`` message lists. Read also:
   TRL's implicit-prompt shape (``chosen``/``rejected`` as whole conversations sharing a prefix) and OpenAI's
   preference fine-tuning shape (``input.messages``, ``preferred_output``, ``non_preferred_output``).
@@ -27,11 +29,12 @@ import orjson
 from data.conversation import Conversation, InvalidConversation, Message, assistant, join_think
 from data.formats import FormatError, RecordError, _decode, _load_json_records
 from data.formats import alpaca as alpaca_codec
+from data.formats import lf_v1 as lf_v1_codec
 from data.formats import openai as openai_codec
 from data.formats import sharegpt as sharegpt_codec
 from data.formats.common import RecordIssue, require_dict, tags_of
 
-FORMATS = ("alpaca", "sharegpt", "openai")
+FORMATS = ("alpaca", "sharegpt", "openai", "lf-v1")
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class Preference:
     def from_row(cls, prompt: list[dict[str, Any]], chosen: dict[str, Any], rejected: dict[str, Any],
                  tags: Iterable[str] = (), tools: str | None = None) -> Preference:
         def message(m: dict[str, Any]) -> Message:
-            return Message(m["role"], m["content"], m.get("reasoning"))
+            return Message(m["role"], m["content"], m.get("reasoning"), m.get("input"), m.get("loss_weight"))
 
         return cls(tuple(message(m) for m in prompt), message(chosen), message(rejected), tuple(tags), tools)
 
@@ -99,7 +102,7 @@ def parse_alpaca(value: Any) -> Preference:
     record = require_dict(value)
     chosen = alpaca_codec.parse({**record, "output": _answer(record.get("chosen"), "chosen")})
     rejected = assistant(_answer(record.get("rejected"), "rejected"))
-    return Preference(chosen.messages[:-1], chosen.messages[-1], rejected, tags_of(record))
+    return Preference(chosen.messages[:-1], chosen.messages[-1], rejected, tags_of(record), chosen.tools)
 
 
 def dump_alpaca(pref: Preference) -> dict[str, Any]:
@@ -158,11 +161,12 @@ def parse_openai(value: Any) -> Preference:
     for name, part in zip(keys[1:], answers, strict=True):
         if len(part) != 1:
             raise RecordIssue(f"{name} must hold exactly one assistant message")
-        sides.append(openai_codec.parse({"messages": [*prompt_turns, *part], "tags": record.get("tags") or []}))
+        sides.append(openai_codec.parse({"messages": [*prompt_turns, *part], "tags": record.get("tags") or [],
+                                         "tools": record.get("tools")}))
     first, second = sides
     if first.messages[-1].role != "assistant" or second.messages[-1].role != "assistant":
         raise RecordIssue("the chosen and rejected messages must be assistant messages")
-    return Preference(first.messages[:-1], first.messages[-1], second.messages[-1], first.tags)
+    return Preference(first.messages[:-1], first.messages[-1], second.messages[-1], first.tags, first.tools)
 
 
 def _implicit_prompt(chosen: list[Any], rejected: list[Any]) -> tuple[list[Any], list[Any], list[Any]]:
@@ -178,13 +182,35 @@ def dump_openai(pref: Preference) -> dict[str, Any]:
     rejected = openai_codec.dump(pref.rejected_conversation())
     record: dict[str, Any] = {"prompt": chosen["messages"][:-1], "chosen": chosen["messages"][-1:],
                               "rejected": rejected["messages"][-1:]}
+    if "tools" in chosen:
+        record["tools"] = chosen["tools"]
     if pref.tags:
         record["tags"] = list(pref.tags)
     return record
 
 
-_PARSE = {"alpaca": parse_alpaca, "sharegpt": parse_sharegpt, "openai": parse_openai}
-_DUMP = {"alpaca": dump_alpaca, "sharegpt": dump_sharegpt, "openai": dump_openai}
+def parse_lf_v1(value: Any) -> Preference:
+    record = require_dict(value)
+    chosen = lf_v1_codec.parse_messages(record, "chosen_messages")
+    rejected = lf_v1_codec.parse_messages(record, "rejected_messages")
+    if chosen[:-1] != rejected[:-1]:
+        raise RecordIssue('"chosen_messages" and "rejected_messages" must differ only in their last message (the '
+                          "answers)")
+    return Preference(chosen[:-1], chosen[-1], rejected[-1], tags_of(record), lf_v1_codec.parse_tools(record))
+
+
+def dump_lf_v1(pref: Preference) -> dict[str, Any]:
+    record: dict[str, Any] = {"chosen_messages": lf_v1_codec.dump_messages(pref.prompt + (pref.chosen,)),
+                              "rejected_messages": lf_v1_codec.dump_messages(pref.prompt + (pref.rejected,))}
+    if pref.tools:
+        record["tools"] = pref.tools
+    if pref.tags:
+        record["tags"] = list(pref.tags)
+    return record
+
+
+_PARSE = {"alpaca": parse_alpaca, "sharegpt": parse_sharegpt, "openai": parse_openai, "lf-v1": parse_lf_v1}
+_DUMP = {"alpaca": dump_alpaca, "sharegpt": dump_sharegpt, "openai": dump_openai, "lf-v1": dump_lf_v1}
 
 
 # ---- files -----------------------------------------------------------------------------------------------
@@ -204,12 +230,14 @@ def detect(records: list[tuple[str, Any]]) -> str:
             continue
         if "conversations" in value:
             return "sharegpt"
+        if "chosen_messages" in value:
+            return "lf-v1"
         if "instruction" in value or isinstance(value.get("chosen"), str):
             return "alpaca"
         if "prompt" in value or "preferred_output" in value or isinstance(value.get("chosen"), list):
             return "openai"
-    raise FormatError("cannot tell the preference format: no record has conversations, instruction, or "
-                      "prompt/chosen/rejected message lists")
+    raise FormatError("cannot tell the preference format: no record has conversations, instruction, "
+                      "chosen_messages/rejected_messages, or prompt/chosen/rejected message lists")
 
 
 def read_bytes(data: bytes, filename: str, format: str = "auto", max_chars: int | None = None) -> PreferenceParse:
@@ -260,6 +288,7 @@ def write_file(prefs: Iterable[Preference], path: Path | str, format: str) -> in
         raise ValueError(f"{path.name}: a preference file's name must end in .json or .jsonl")
     prefs = list(prefs)
     data = dumps(prefs, format, jsonl=suffix == ".jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".{path.name}.part")
     part.write_bytes(data)
     part.replace(path)

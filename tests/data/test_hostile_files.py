@@ -66,7 +66,8 @@ def test_nesting_100k_deep_in_one_jsonl_line_is_that_line_s_error():
 
 @pytest.mark.parametrize(("record", "message"), [
     # 1000 levels: within orjson's limit, past the one of json.dumps, which turns the value back into text.
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": "X"},
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "X"}}]},
                    {"role": "tool", "content": "r"}, {"role": "assistant", "content": "a"}]},
      'messages[1]: "tool_calls" is nested more than 100 levels deep'),
     ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "tools": "X"},

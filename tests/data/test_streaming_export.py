@@ -209,4 +209,6 @@ def test_cli_export_refusal_is_one_line_and_leaves_no_file(tmp_path, monkeypatch
     out = tmp_path / "out" / "all [1].jsonl"  # brackets: printed as text, not read as markup
     done = runner.invoke(app, ["dataset", "export", "--format", "sharegpt", "--out", str(out)])
     assert done.exit_code == 0 and f"wrote {len(convs)} examples to {out}" in " ".join(done.output.split())
-    assert out.read_bytes() == one_shot(sorted(convs, key=Conversation.content_hash), "sharegpt", jsonl=True)
+    # As imported: sharegpt writes each OpenAI tool call in its own layout, which hashes apart from OpenAI's.
+    imported = [r.conversation for r in formats.read_file(source).records]
+    assert out.read_bytes() == one_shot(sorted(imported, key=Conversation.content_hash), "sharegpt", jsonl=True)

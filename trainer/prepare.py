@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.conversation import Conversation
+from data.conversation import Conversation, InvalidConversation, tool_calls
 from trainer.config import TrainingRefused
 
 IGNORE = -100  # label of a token that does not count in the loss
@@ -103,13 +103,14 @@ class ChatFormat:
             out.append({"role": "system", "content": self.system_prompt})
         for m in conversation.messages:
             if m.role == "tool_call":
+                # One layout whatever the file's (sharegpt's call, OpenAI's list): arguments as an object, which
+                # the templates write as JSON themselves (Qwen2.5's ``arguments | tojson``).
                 try:
-                    call = json.loads(m.content)
-                except json.JSONDecodeError:
-                    call = {"name": "tool", "arguments": m.content}
-                calls = call if isinstance(call, list) else [call]
+                    calls = tool_calls(m.content)
+                except InvalidConversation as exc:
+                    raise UnrenderableConversation(f"a tool call cannot be rendered: {exc}") from None
                 out.append({"role": "assistant", "content": "",
-                            "tool_calls": [{"type": "function", "function": c} for c in calls]})
+                            "tool_calls": [{"type": "function", "function": c.as_plain()} for c in calls]})
             elif m.role == "assistant" and m.reasoning is not None and self.reasoning_style != "dropped":
                 if self.reasoning_style == "reasoning_content":  # the template places it (Qwen3)
                     out.append({"role": m.role, "content": m.content, "reasoning_content": m.reasoning})
@@ -141,9 +142,16 @@ class ChatFormat:
         """The full rendering and the span of every assistant turn (its text and the end-of-turn token)."""
         msgs = self.messages(conversation)
         full = self.render(msgs, tools=conversation.tools)
+        for name in _tool_names(conversation.tools):
+            if name not in full:
+                raise UnrenderableConversation(
+                    f"the chat template drops the tool schemas (tool {name!r}): a conversation with tools cannot be "
+                    "trained with it")
+        # A message weighted 0 (LLaMA-Factory v1's loss_weight) is context: rendered, never learned.
+        weights = [None] * (len(msgs) - len(conversation.messages)) + [m.loss_weight for m in conversation.messages]
         spans = []
         for i, msg in enumerate(msgs):
-            if msg["role"] != "assistant":
+            if msg["role"] != "assistant" or weights[i] == 0:
                 continue
             prompt = self.render(msgs[:i], add_generation_prompt=True, tools=conversation.tools)
             if not full.startswith(prompt):
@@ -227,6 +235,19 @@ class ChatFormat:
             split.tokens += len(ids)
             split.trained_tokens += sum(label != IGNORE for label in labels)
         return split
+
+
+def _tool_names(tools: str | None) -> list[str]:
+    """The names of the tools a conversation's schemas declare (OpenAI's ``{"type", "function"}`` or plain)."""
+    if not tools:
+        return []
+    schemas = json.loads(tools)
+    names = []
+    for schema in schemas if isinstance(schemas, list) else [schemas]:
+        function = schema.get("function", schema) if isinstance(schema, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            names.append(function["name"])
+    return names
 
 
 def end_of_turn_tokens(tokenizer: Any, generation_config: Any = None) -> list[str]:

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -37,6 +38,33 @@ def convert(*args: str):
     return CliRunner().invoke(app, ["deploy", "convert", *args])
 
 
+def read_adapter(path):
+    """What llama.cpp reads from a GGUF LoRA: its header and its tensors (name → (type, values))."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    header = {key: reader.fields[key].contents() for key in
+              ("general.type", "general.architecture", "adapter.type", "adapter.lora.alpha")}
+    return header, {t.name: (t.tensor_type.name, np.array(t.data)) for t in reader.tensors}
+
+
+def check_adapter(path, adapter_dir, tensor_type="F16"):
+    """``path`` is the GGUF LoRA of ``adapter_dir``: a llama adapter with its alpha, and a lora_a/lora_b pair of
+    ``tensor_type`` for each module the PEFT adapter trained, holding its weights."""
+    from safetensors.numpy import load_file
+
+    header, tensors = read_adapter(path)
+    alpha = json.loads((adapter_dir / "adapter_config.json").read_text())["lora_alpha"]
+    assert header == {"general.type": "adapter", "general.architecture": "llama", "adapter.type": "lora",
+                      "adapter.lora.alpha": alpha}
+    peft = load_file(adapter_dir / "adapter_model.safetensors")
+    assert len(tensors) == len(peft) and {kind for kind, _ in tensors.values()} == {tensor_type}
+    # v_proj's rows are not permuted (only Q and K are): its lora_A is the trained one, as written.
+    lora_a = next(v for k, v in peft.items() if "layers.0.self_attn.v_proj.lora_A" in k)
+    assert np.allclose(tensors["blk.0.attn_v.weight.lora_a"][1], lora_a, atol=1e-3)
+    return tensors
+
+
 @pytest.fixture(scope="module")
 def llama_adapter(tmp_path_factory, tiny_llama_dir):
     out = peft_adapter(tiny_llama_dir, tmp_path_factory.mktemp("adapter") / "run")
@@ -47,19 +75,16 @@ def llama_adapter(tmp_path_factory, tiny_llama_dir):
 
 
 def test_writes_a_gguf_adapter_and_a_modelfile_that_prompts_as_training_did(llama_adapter, tmp_path):
-    from gguf import GGUFReader
-
     out = tmp_path / "deploy" / "run.gguf"
     out.parent.mkdir()
     result = convert("--adapter", str(llama_adapter), "--out", str(out), "--tag", "mine:v1",
                      "--base-tag", "llama3.2:1b")
     assert result.exit_code == 0, result.output
 
-    reader = GGUFReader(out)
-    field = reader.fields["general.type"]
-    assert bytes(field.parts[field.data[0]]).decode() == "adapter"
-    names = [t.name for t in reader.tensors]
+    names = list(check_adapter(out, llama_adapter))
     assert names and all(re.search(r"\.lora_[ab]$", n) for n in names), names[:4]
+    assert {n.removesuffix("_a") for n in names if n.endswith("_a")} == \
+        {n.removesuffix("_b") for n in names if n.endswith("_b")}  # each A with its B
     assert any(n.startswith("blk.0.attn_q.") for n in names)
 
     modelfile = out.parent / "Modelfile"
@@ -79,9 +104,9 @@ def test_writes_a_gguf_adapter_and_a_modelfile_that_prompts_as_training_did(llam
 
 def test_base_defaults_to_the_recorded_one(llama_adapter, tiny_llama_dir, tmp_path):
     assert recorded_base(llama_adapter) == tiny_llama_dir
-    result = convert("--adapter", str(llama_adapter), "--out", str(tmp_path / "a.gguf"))
+    result = convert("--adapter", str(llama_adapter), "--out", str(tmp_path / "a.gguf"), "--outtype", "f32")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "a.gguf").stat().st_size > 0
+    check_adapter(tmp_path / "a.gguf", llama_adapter, tensor_type="F32")
 
 
 def test_a_base_of_another_architecture_is_refused(llama_adapter, tiny_qwen2_dir, tmp_path):
@@ -97,6 +122,11 @@ def test_a_copy_of_the_same_base_is_accepted(llama_adapter, tiny_llama_dir, tmp_
     shutil.copytree(tiny_llama_dir, copy)
     result = convert("--adapter", str(llama_adapter), "--base", str(copy), "--out", str(tmp_path / "c.gguf"))
     assert result.exit_code == 0, result.output
+    from_copy = check_adapter(tmp_path / "c.gguf", llama_adapter)
+    assert convert("--adapter", str(llama_adapter), "--out", str(tmp_path / "r.gguf")).exit_code == 0
+    from_recorded = read_adapter(tmp_path / "r.gguf")[1]
+    assert from_copy.keys() == from_recorded.keys()
+    assert all(np.array_equal(from_copy[k][1], from_recorded[k][1]) for k in from_copy)  # the same adapter
 
 
 def test_shape_mismatch_is_refused_without_any_record(llama_adapter, tiny_llama_dir, tmp_path):

@@ -18,7 +18,7 @@ from bot import permissions
 from bot.compare import alert_if_regressed
 from bot.permissions import IdButton, Only, say
 from data import preferences, quality
-from data.conversation import Conversation, InvalidConversation
+from data.conversation import Conversation, InvalidConversation, tool_calls
 from data.models import Example, PreferenceRecord
 from data.review import disagreement
 from data.store import NotFound, StoreError
@@ -333,11 +333,52 @@ def message_blocks(messages: list[dict[str, Any]], name: str | None = None) -> l
     answer (``name`` labels a lone answer: chosen, rejected)."""
     blocks = []
     for m in messages:
-        label = name or m["role"]
+        label = name or _ROLE_LABELS.get(m["role"], m["role"])
         if m.get("reasoning") is not None:
             blocks.append((f"{label} reasoning", m["reasoning"]))
-        blocks.append((label, m["content"]))
+        blocks.append((label, calls_text(m["content"]) if m["role"] == "tool_call" else m["content"]))
     return blocks
+
+
+_ROLE_LABELS = {"tool_call": "tool call", "tool": "tool result"}
+
+
+def calls_text(content: str) -> str:
+    """A tool_call message as a reviewer reads it: each call's name, then one ``argument: value`` line each
+    (the stored JSON as it is when it is not a call)."""
+    try:
+        calls = tool_calls(content)
+    except InvalidConversation:
+        return content
+    lines = []
+    for call in calls:
+        lines.append(call.name)
+        if isinstance(call.arguments, dict):
+            lines += [f"  {key}: {json.dumps(value, ensure_ascii=False)}" for key, value in call.arguments.items()]
+        elif call.arguments not in ("", None):
+            lines.append(f"  {call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)}")
+    return "\n".join(lines)
+
+
+def tools_text(tools: str) -> str:
+    """Tool schemas as a reviewer reads them: ``name(parameters) — description`` a line, required parameters
+    plain and optional ones with ``?`` (the stored text as it is when it is not a list of schemas)."""
+    try:
+        schemas = json.loads(tools)
+    except (ValueError, RecursionError):
+        return tools
+    lines = []
+    for schema in schemas if isinstance(schemas, list) else [schemas]:
+        function = schema.get("function", schema) if isinstance(schema, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return tools
+        parameters = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
+        properties = parameters.get("properties") if isinstance(parameters.get("properties"), dict) else {}
+        required = parameters.get("required") if isinstance(parameters.get("required"), list) else []
+        names = ", ".join(p if p in required else f"{p}?" for p in properties)
+        description = function.get("description")
+        lines.append(f"{function['name']}({names})" + (f" — {description}" if isinstance(description, str) else ""))
+    return "\n".join(lines)
 
 
 def _ratings_line(scores: list[int]) -> str:
@@ -383,7 +424,7 @@ def render_example(example: Example, scores: list[int], limit: int = CONTENT_MAX
     head = f"**Example #{example.id}** · source: {example.source} · status: {example.status}"
     blocks = message_blocks(example.messages)
     if example.tools:
-        blocks.append(("tools", example.tools))
+        blocks.append(("tools", tools_text(example.tools)))
     full = {"id": example.id, "source": example.source, "status": example.status, "messages": example.messages,
             "tools": example.tools, "tags": example.tags}
     return render_card(head, blocks, scores, full, f"example-{example.id}.json", limit)
@@ -397,7 +438,7 @@ def render_preference(record: PreferenceRecord, scores: list[int], limit: int = 
     blocks = [*message_blocks(record.prompt), *message_blocks([record.chosen], "chosen"),
               *message_blocks([record.rejected], "rejected")]
     if record.tools:
-        blocks.append(("tools", record.tools))
+        blocks.append(("tools", tools_text(record.tools)))
     full = {"id": record.id, "source": record.source, "status": record.status, "prompt": record.prompt,
             "chosen": record.chosen, "rejected": record.rejected, "tools": record.tools, "tags": record.tags}
     return render_card(head, blocks, scores, full, f"preference-{record.id}.json", limit, what="record")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from data.communities import DEFAULT_COMMUNITY, check_name, guild_community
+from data.validation import describe
 from worker.settings import WorkerSettings
 from worker.settings import parse_ollama_host as parse_ollama_host  # re-exported: the bot's code reads them here
 from worker.settings import redact_text as redact_text
@@ -210,11 +211,8 @@ class Settings(WorkerSettings):
         try:
             TrainConfig.model_validate(value)
         except ValidationError as exc:
-            raise ValueError("; ".join(
-                f"retrain_train.{'.'.join(map(str, e['loc']))}: " + (
-                    "not a trainer setting (trainer/config.py TrainConfig)" if e["type"] == "extra_forbidden"
-                    else f"{e['msg']} (got {e['input']!r})")
-                for e in exc.errors())) from None
+            raise ValueError(describe(exc, prefix="retrain_train.", show_input=True,
+                                      unknown="not a trainer setting (trainer/config.py TrainConfig)")) from None
         return value
 
     @cached_property

@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from data.conversation import Conversation
+from data.validation import describe
 
 FORMAT: Final = "loraloop-snapshot/1"
 EXAMPLES_FILE: Final = "examples.jsonl"
@@ -97,8 +98,8 @@ def parse_manifest(text: str | bytes, where: str = MANIFEST_FILE) -> SnapshotMan
     try:
         return SnapshotManifest.model_validate(raw, strict=True)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-        raise SnapshotError(f"{where} is not a {FORMAT} manifest ({problems})") from None
+        raise SnapshotError(f"{where} is not a {FORMAT} manifest ({describe(exc, root='manifest', limit=3)})"
+                            ) from None
 
 
 class _ExampleLike(Protocol):

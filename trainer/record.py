@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from data.validation import describe
+
 RUN_FILE = "run.json"
 
 
@@ -53,5 +55,4 @@ def read_run(run_dir: Path) -> RunRecord | None:
     try:
         return RunRecord.model_validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()[:3])
-        raise ValueError(f"{path} is not a loraloop run record ({problems})") from None
+        raise ValueError(f"{path} is not a loraloop run record ({describe(exc, root='record', limit=3)})") from None

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.settings import Settings, load_settings, redact_url
 from data.review import ReviewPolicy
 from data.store import Store
+from data.validation import describe
 
 if TYPE_CHECKING:
     from deploy.ollama import OllamaClient
@@ -40,10 +41,7 @@ def settings() -> Settings:
     try:
         return load_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        fail(f"invalid settings: {problems}", 2)
+        fail(f"invalid settings: {describe(exc, root='settings')}", 2)
     except FileNotFoundError as exc:
         fail(str(exc), 2)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from bot.cli import botcmd, dataset, db, deploy, dev, doctor, models, preferences, retrain, retrieval, review, train
+from bot.cli.chat import chat
 
 app = typer.Typer(
     name="loraloop",
@@ -55,6 +56,7 @@ app.add_typer(retrain.app, name="retrain")
 app.add_typer(db.app, name="db")
 app.command("train")(train.train)
 app.command("bot")(botcmd.bot)
+app.command("chat")(chat)
 app.command("worker")(retrain.worker)
 app.command("doctor")(doctor.doctor)
 

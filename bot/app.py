@@ -8,16 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
+from bot.chat import Chat
+from bot.cogs import EXTENSIONS
+from bot.retrieval import Retriever
+from bot.settings import Settings
+from data.errors import LoraloopError
+from data.review import ReviewPolicy
+from data.store import Store
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat import Chat
-from bot.cogs import EXTENSIONS
 from bot.permissions import Refused, say
-from bot.retrieval import Retriever
-from bot.settings import Settings
-from data.review import ReviewPolicy
-from data.store import Store
 from deploy.ollama import OllamaClient
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("loraloop.bot")
 
 
-class StartupError(Exception):
+class StartupError(LoraloopError):
     """The bot could not start; the message is for the operator and never contains the token."""
 
 

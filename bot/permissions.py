@@ -12,11 +12,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import discord
-from discord import app_commands
-
 from bot.settings import Settings
+from data.errors import LoraloopError
 from data.models import utcnow
 from data.store import Store
+from discord import app_commands
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 SUBMISSION_WINDOW = timedelta(hours=1)
 
 
-class RateLimited(Exception):
+class RateLimited(LoraloopError):
     """A submission over the per-user hourly limit; ``str(exc)`` is the message for the user."""
 
     def __init__(self, message: str, retry_at: datetime | None) -> None:
@@ -101,7 +101,7 @@ async def say(interaction: Interaction, text: str) -> None:
                                                 allowed_mentions=discord.AllowedMentions.none())
 
 
-class Refused(app_commands.CheckFailure):
+class Refused(LoraloopError, app_commands.CheckFailure):
     """A command this user may not use here; ``str(exc)`` is the answer they get (LoraloopTree.on_error)."""
 
 

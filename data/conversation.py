@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from data.errors import LoraloopError
 
 # tool_call: the assistant calling a tool (content = the call as JSON text); tool: the tool's result.
 ROLES = ("system", "user", "assistant", "tool_call", "tool")
 
 
-class InvalidConversation(ValueError):
+class InvalidConversation(LoraloopError, ValueError):
     """A conversation that cannot be trained on; the message says exactly why."""
 
 

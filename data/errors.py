@@ -1,12 +1,21 @@
-"""The store's refusals: one module that both the store and its run repository import (neither imports the other
-for them). ``str(exc)`` is always a message fit to show the user."""
+"""loraloop's error tree: :class:`LoraloopError` under every error the project raises on purpose, and the store's
+refusals (one module that both the store and its run repository import; neither imports the other for them).
+
+``str(exc)`` of a LoraloopError is always one message fit to show a user: boundaries (a slash command, a CLI
+command, the worker) catch ``LoraloopError`` (plus ``OSError``) and show it; anything else is a bug and is logged
+with its traceback. Light on purpose: the GPU host imports it without the database stack.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-class StoreError(Exception):
+class LoraloopError(Exception):
+    """An error loraloop raises on purpose; ``str(exc)`` is a message fit to show the user."""
+
+
+class StoreError(LoraloopError):
     """A request the store refuses; ``str(exc)`` is a message fit to show the user."""
 
 

@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from data.errors import LoraloopError
+from data.models import Answer, Comparison, ComparisonVote, Example, Feedback, ModelVersion, Promotion, QualityAlert
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
-
-from data.models import Answer, Comparison, ComparisonVote, Example, Feedback, ModelVersion, Promotion, QualityAlert
 
 if TYPE_CHECKING:
     from data.store import Store
@@ -37,7 +37,7 @@ Z95 = 1.959964  # two-sided 95%
 CHOICES = ("a", "b", "tie")
 
 
-class QualityError(Exception):
+class QualityError(LoraloopError):
     """A vote or comparison request that cannot be taken; the message can be shown as is."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
+from data.errors import LoraloopError
 
 # Han, kana, Hangul: scripts written without spaces, so a word splitter sees a whole sentence as one token.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
@@ -35,7 +36,7 @@ _STOPWORDS = frozenset(STOPWORDS_EN)
 _EXACT_DENSE_LIMIT = 4096
 
 
-class RetrievalError(ValueError):
+class RetrievalError(LoraloopError, ValueError):
     """A request the index cannot serve (e.g. a vector of the wrong dimension); the message says why."""
 
 

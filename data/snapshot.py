@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
 import orjson
+from data.errors import LoraloopError
+from data.validation import describe
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from data.conversation import Conversation
-from data.validation import describe
 
 FORMAT: Final = "loraloop-snapshot/1"
 EXAMPLES_FILE: Final = "examples.jsonl"
@@ -32,7 +33,7 @@ MANIFEST_FILE: Final = "manifest.json"
 PREFERENCES_FILE: Final = "preferences.jsonl"
 
 
-class SnapshotError(Exception):
+class SnapshotError(LoraloopError):
     """A snapshot that cannot be written or read; the message says why."""
 
 

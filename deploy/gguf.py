@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
+from data.errors import LoraloopError
 from trainer.record import read_run
 
 # HF architecture → (gguf arch name, whether Q/K rows are permuted by llama.cpp's base converter)
@@ -35,7 +35,7 @@ SUPPORTED = {
 _REFUSED_TARGETS = ("embed_tokens", "lm_head", "wte", "embed_out")
 
 
-class ConversionError(Exception):
+class ConversionError(LoraloopError):
     """The adapter cannot be converted (or served by llama.cpp); the message says why."""
 
 

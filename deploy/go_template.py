@@ -18,8 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.errors import LoraloopError
 
-class TemplateError(Exception):
+
+class TemplateError(LoraloopError):
     """The template uses a construct this interpreter does not know, or fails at run time."""
 
 

@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.errors import LoraloopError
+
 from deploy import gguf
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json", "vocab.json", "merges.txt")
 
 
-class MergeError(Exception):
+class MergeError(LoraloopError):
     """The adapter could not be merged; the message says why."""
 
 

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.go_template import ollama_prompt
+from data.errors import LoraloopError
 from trainer.record import RunRecord, read_run
 
+from deploy.go_template import ollama_prompt
 
-class UnsupportedTemplate(ValueError):
+
+class UnsupportedTemplate(LoraloopError, ValueError):
     """The base's chat template cannot be served by any Go template we know to match it."""
 
 
@@ -273,9 +275,8 @@ class TrainedPrompts:
         self._format: Any = None
         if trained.tokenizer_dir is not None:
             try:
-                from transformers import AutoTokenizer
-
                 from trainer.prepare import ChatFormat
+                from transformers import AutoTokenizer
             except ImportError:
                 return
             self.tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer_dir)

@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 import ollama
+from data.errors import LoraloopError
 
 from data.conversation import split_think
 
@@ -39,7 +40,7 @@ _CHUNK = 1 << 20
 MAX_STREAM_LINE = 16 << 20
 
 
-class OllamaError(Exception):
+class OllamaError(LoraloopError):
     """Ollama answered with an error (``status`` is the HTTP status, or ``None`` for an error mid-stream)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

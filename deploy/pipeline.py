@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pydantic import ConfigDict
-
-from data.errors import StoreError
-from data.snapshot import SnapshotError, read_snapshot
+from data.errors import LoraloopError, StoreError
 from deploy.gate import MIN_EVAL, GateResult, eval_prompts, probe_prompts, run_gate
+from deploy.options import SERVE_OPTIONS, ServeSettings, check_options, option_type_error, serve_options_from
+from pydantic import ConfigDict
+from trainer.config import DEFAULT_PROBES  # the trainer's probes: same questions in both tables
+from trainer.record import RunRecord, read_run
+
+from data.snapshot import SnapshotError, read_snapshot
 from deploy.modelfile import SERVED_CHECK_CHATS, ServingFormat, TrainedPrompts, serving_format_for, trained_format
 from deploy.ollama import CreateProgress, ModelNotFound, OllamaClient, OllamaError
-from deploy.options import SERVE_OPTIONS, ServeSettings, check_options, option_type_error, serve_options_from
 from deploy.registration import (
     PROCESS_MEMORY,
     DaemonFacts,
@@ -37,12 +39,11 @@ from deploy.registration import (
     is_adapter_refusal,
     quantize_type,
 )
-from trainer.config import DEFAULT_PROBES  # the trainer's probes: same questions in both tables
-from trainer.record import RunRecord, read_run
 
 if TYPE_CHECKING:  # the GPU worker imports this module and has no database stack
     from data.models import ModelVersion
     from data.store import Store
+
     from deploy.merge import GgufBuild
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ WARM_UP = [{"role": "user", "content": "Hello"}]
 UNFINISHED = ("created", "registered", "evaluated")
 
 
-class DeployFailed(Exception):
+class DeployFailed(LoraloopError):
     """A deploy step failed; the version is marked failed with this message and the active model is unchanged."""
 
 
@@ -601,7 +602,7 @@ async def promote(store: Store, client: OllamaClient, tag: str) -> ModelVersion:
     return await store.promote(tag)
 
 
-class AlreadyActive(Exception):
+class AlreadyActive(LoraloopError):
     """A rollback to the version that already answers: nothing was changed (a retried request, typically)."""
 
     def __init__(self, version: ModelVersion) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from data.errors import LoraloopError
+
 Path_ = Literal["adapter", "gguf", "merged"]
 Mode = Literal["auto", "adapter", "gguf", "merged"]
 MODES = ("auto", "adapter", "gguf", "merged")
@@ -47,7 +49,7 @@ LORA_NOT_IMPLEMENTED = "loras are not yet implemented"
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 
 
-class PathUnavailable(Exception):
+class PathUnavailable(LoraloopError):
     """The configured registration path cannot work on this daemon and base; the message says why."""
 
 

@@ -22,15 +22,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import SecretStr
-
 from bot.settings import Settings, redact_text, redact_url
+from data.errors import LoraloopError
+from pydantic import SecretStr
 from worker.job import JobSpec, SignedJob, WorkerPolicy
 
 TERMINAL_EVENTS = ("result", "failed", "cancelled")
 
 
-class DispatchError(Exception):
+class DispatchError(LoraloopError):
     """The job could not be handed over; the message says why (nothing was started)."""
 
 

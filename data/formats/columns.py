@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.errors import LoraloopError
+
 # Accepted names, first match wins. "input" is only the question's second half, next to an "instruction".
 QUESTION_NAMES = ("question", "instruction", "prompt", "query")
 ANSWER_NAMES = ("answer", "output", "completion", "response")
@@ -38,7 +40,7 @@ _TAG_DEFAULTS = {"role_tag": "from", "content_tag": "value", "user_tag": "human"
                  "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
 
 
-class ColumnError(ValueError):
+class ColumnError(LoraloopError, ValueError):
     """A --columns value or a dataset_info.json entry that cannot be used; the message says why."""
 
 

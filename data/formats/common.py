@@ -6,13 +6,15 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from data.errors import LoraloopError
+
 from data.conversation import Conversation
 
 # Deeper JSON inside a record (tool calls, tool schemas) is refused: json.dumps would recurse past Python's limit.
 MAX_NESTING = 100
 
 
-class RecordIssue(ValueError):
+class RecordIssue(LoraloopError, ValueError):
     """One record is not valid in its format; the message is specific."""
 
 

@@ -14,12 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.errors import LoraloopError
+
 DEFAULT_FILE = Path(__file__).resolve().parent / "general-v1.json"
 # The replay set (trainer/replay.py): disjoint from the retention set, so what is measured is never what is replayed.
 REPLAY_FILE = Path(__file__).resolve().parent / "replay-v1.json"
 
 
-class PromptSetError(ValueError):
+class PromptSetError(LoraloopError, ValueError):
     """The prompt set cannot be read; the message names the file and what is wrong."""
 
 

@@ -89,17 +89,55 @@ async def test_first_deploy_registers_from_the_clean_base_and_becomes_active(
     assert active.artifacts["blobs"] == {"adapter.gguf": digest}
 
 
-async def test_adapter_changes_what_the_served_model_says(
-    registered_base: OllamaTestServer, tiny_llama_adapters: list[Path], tiny_llama_dir: Path, store: Any
+def greedy_answer(model_dir: Path, base_gguf: Path, adapter: Path | None, served: dict[str, Any], stop: tuple[str, ...],
+                  num_predict: int) -> str:
+    """What the PEFT adapter (None: the bare base) says in transformers, greedily, to the tokens the server fed
+    llama.cpp: an engine apart from Ollama's. Decoded (bytes that are no character dropped) and cut at the stop strings
+    as the server does."""
+    import llama_cpp
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    ids = list(served["tokens"])
+    with torch.no_grad():
+        out = model.eval().generate(torch.tensor([ids]), max_new_tokens=num_predict, do_sample=False)
+    vocab = llama_cpp.Llama(model_path=str(base_gguf), vocab_only=True, verbose=False)
+    new = [t for t in out[0][len(ids):].tolist() if t != vocab.token_eos()]
+    text = vocab.detokenize(new, prev_tokens=ids).decode(errors="ignore")  # as the server streams it
+    for s in stop:
+        text = text.split(s)[0]
+    return " ".join(text.split())
+
+
+async def test_the_promoted_model_says_what_the_adapter_taught(
+    registered_base: OllamaTestServer, tiny_llama_adapters: list[Path], tiny_llama_dir: Path, tiny_llama_gguf: Path,
+    store: Any,
 ) -> None:
+    adapter = tiny_llama_adapters[0]
+    chat = [{"role": "user", "content": "what colour is the cat?"}]
+    options = {"temperature": 0, "num_predict": 16}
     async with OllamaClient(registered_base.url) as client:
-        result = await deploy(tiny_llama_adapters[0], store=store, client=client, config=config(),
-                              base_dir=tiny_llama_dir)
-        chat = [{"role": "user", "content": "what colour is the cat?"}]
-        options = {"temperature": 0, "num_predict": 16}
+        result = await deploy(adapter, store=store, client=client, config=config(), base_dir=tiny_llama_dir)
         base_answer = await client.chat(BASE, chat, options)
+        fed_base = registered_base.prompts[-1]
         tuned_answer = await client.chat(result.tag, chat, options)
-    assert base_answer != tuned_answer
+        fed_tuned = registered_base.prompts[-1]
+    # Promoted: the candidate is the active model the bot now answers with.
+    assert result.promoted and result.status == "promoted", result.reason
+    active = await store.active_model_version()
+    assert active.tag == result.tag == "loraloop-tiny:v1" and active.status == "promoted"
+    # It says what the adapter says on its base (its random weights are all it taught), not what the base says.
+    assert fed_base["model"] == BASE and fed_tuned["model"] == result.tag
+    assert fed_tuned["tokens"] == fed_base["tokens"]  # the same prompt: only the weights differ
+    stop = serving_format_for(adapter).stop
+    assert " ".join(tuned_answer.split()) == greedy_answer(tiny_llama_dir, tiny_llama_gguf, adapter, fed_tuned,
+                                                           stop, 16)
+    assert " ".join(base_answer.split()) == greedy_answer(tiny_llama_dir, tiny_llama_gguf, None, fed_base, stop, 16)
+    assert tuned_answer and base_answer != tuned_answer
 
 
 async def test_second_deploy_is_gated_against_the_active_and_rollback_restores(

@@ -168,7 +168,8 @@ class Conversation:
 
         Normalisation: Unicode NFKC, whitespace runs folded to one space, ends stripped.
         Tags do not count (the same pair with other tags is the same example); tools and reasoning do (a message
-        without reasoning hashes as it always did).
+        without reasoning hashes as it always did). An alpaca input's split and loss weights do not: the text is
+        the same.
         """
         norm = [[m.role, _normalise(m.content)] if m.reasoning is None
                 else [m.role, _normalise(m.content), _normalise(m.reasoning)] for m in self.messages]

@@ -23,7 +23,6 @@ from data.errors import LoraloopError, StoreError
 from deploy.gate import MIN_EVAL, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.options import SERVE_OPTIONS, ServeSettings, check_options, option_type_error, serve_options_from
 from pydantic import ConfigDict
-from trainer.config import DEFAULT_PROBES  # the trainer's probes: same questions in both tables
 from trainer.record import RunRecord, read_run
 
 from data.snapshot import SnapshotError, read_snapshot
@@ -39,6 +38,7 @@ from deploy.registration import (
     is_adapter_refusal,
     quantize_type,
 )
+from trainer.config import DEFAULT_PROBES  # the trainer's probes: same questions in both tables
 
 if TYPE_CHECKING:  # the GPU worker imports this module and has no database stack
     from data.models import ModelVersion

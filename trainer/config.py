@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from data.errors import LoraloopError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Modules the GGUF LoRA format (and therefore Ollama) cannot carry an adapter for.
@@ -25,7 +26,7 @@ DEFAULT_PROBES = (
 )
 
 
-class TrainingRefused(ValueError):
+class TrainingRefused(LoraloopError, ValueError):
     """A setting or input the trainer will not run with; the message is one clear line for the user."""
 
 

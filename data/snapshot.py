@@ -99,8 +99,8 @@ def parse_manifest(text: str | bytes, where: str = MANIFEST_FILE) -> SnapshotMan
     try:
         return SnapshotManifest.model_validate(raw, strict=True)
     except ValidationError as exc:
-        raise SnapshotError(f"{where} is not a {FORMAT} manifest ({describe(exc, root='manifest', limit=3)})"
-                            ) from None
+        problems = describe(exc, root="manifest", limit=3, unknown="unexpected field")
+        raise SnapshotError(f"{where} is not a {FORMAT} manifest ({problems})") from None
 
 
 class _ExampleLike(Protocol):

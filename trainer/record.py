@@ -55,4 +55,5 @@ def read_run(run_dir: Path) -> RunRecord | None:
     try:
         return RunRecord.model_validate_json(text)
     except ValidationError as exc:
-        raise ValueError(f"{path} is not a loraloop run record ({describe(exc, root='record', limit=3)})") from None
+        problems = describe(exc, root="record", limit=3, unknown="unexpected field")
+        raise ValueError(f"{path} is not a loraloop run record ({problems})") from None

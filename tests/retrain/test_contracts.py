@@ -203,7 +203,7 @@ def test_a_run_record_survives_its_file_round_trip(tmp_path):
 
 def test_a_run_record_refuses_a_forged_field_and_a_wrong_type(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"base": "org/tiny", "served_by": "me"}))
-    with pytest.raises(ValueError, match=r"run\.json is not a loraloop run record \(served_by: Extra inputs"):
+    with pytest.raises(ValueError, match=r"run\.json is not a loraloop run record \(served_by: unexpected field"):
         read_run(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"system_prompt": ["Be", "terse"]}))
     with pytest.raises(ValueError, match="system_prompt: Input should be a valid string"):
@@ -224,7 +224,7 @@ def test_a_snapshot_manifest_survives_its_json_round_trip(tmp_path):
 
 def test_a_snapshot_manifest_refuses_a_forged_field_and_a_wrong_type(tmp_path):
     raw = json.loads(_snapshot(tmp_path)[MANIFEST_FILE])
-    with pytest.raises(SnapshotError, match=r"is not a loraloop-snapshot/1 manifest \(signed_by: Extra inputs"):
+    with pytest.raises(SnapshotError, match=r"is not a loraloop-snapshot/1 manifest \(signed_by: unexpected field"):
         parse_manifest(json.dumps({**raw, "signed_by": "me"}))
     with pytest.raises(SnapshotError, match=r"counts\.train: Input should be a valid integer"):
         parse_manifest(json.dumps({**raw, "counts": {**raw["counts"], "train": "11"}}))

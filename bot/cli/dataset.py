@@ -135,13 +135,12 @@ def _dataset_info_entries(path: Path) -> list[str]:
 
 
 def _set_values(pairs: list[str]) -> dict[str, str]:
-    values = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            fail(f"--set {pair!r} must be NAME=VALUE (e.g. --set name=Ada)")
-        values[key.strip()] = value
-    return values
+    from data.placeholders import parse_set_values
+
+    try:
+        return parse_set_values(pairs)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _print_report(name: str, report) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from data.errors import LoraloopError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from data.errors import LoraloopError
 
 # Modules the GGUF LoRA format (and therefore Ollama) cannot carry an adapter for.
 EMBEDDING_OR_HEAD = ("embed_tokens", "lm_head", "wte", "wpe", "embed_out", "word_embeddings", "output")
@@ -28,6 +29,14 @@ DEFAULT_PROBES = (
 
 class TrainingRefused(LoraloopError, ValueError):
     """A setting or input the trainer will not run with; the message is one clear line for the user."""
+
+
+class TrainingInterrupted(LoraloopError):
+    """The run was interrupted (Ctrl-C); ``checkpoint``: the one ``--resume`` continues from, None when none."""
+
+    def __init__(self, message: str, checkpoint: Path | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 class DPOSettings(BaseModel):
@@ -244,17 +253,13 @@ LF_ALIASES: dict[str, tuple[str, Any]] = {
 }
 # LLaMA-Factory settings that mean nothing here, and what to do instead.
 LF_IGNORED = {
-    "model_name_or_path": "use --base",
     "stage": "loraloop runs supervised fine-tuning (sft)",
     "do_train": "training is what `loraloop train` does",
     "finetuning_type": "loraloop trains LoRA adapters",
-    "dataset": "use --data FILE or --snapshot DIR",
-    "dataset_dir": "use --data FILE or --snapshot DIR",
     "eval_dataset": "the eval split comes from the data (LORALOOP_EVAL_FRACTION)",
     "val_size": "the eval split is LORALOOP_EVAL_FRACTION, chosen by content hash so it stays stable",
     "max_samples": "trim the dataset file instead",
     "template": "the base model's own chat template is used; set chat_template for another",
-    "output_dir": "use --out",
     "overwrite_output_dir": "use a new --out directory (or --resume)",
     "overwrite_cache": "nothing is cached between runs",
     "preprocessing_num_workers": "preparation runs in-process",
@@ -283,12 +288,76 @@ LF_IGNORED = {
 }
 
 
+# LLaMA-Factory's keys that name the run rather than a setting, as `llamafactory-cli train config.yaml` reads them:
+# `loraloop train config.yaml` takes them as --base, --out and the data (the command line's own options win).
+LF_RUN_KEYS = ("model_name_or_path", "output_dir", "dataset", "dataset_dir")
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a LLaMA-Factory YAML names besides the settings: the base model, the run directory and the datasets."""
+
+    base: str | None = None
+    out: Path | None = None
+    datasets: tuple[str, ...] = ()  # names in dataset_dir's dataset_info.json
+    dataset_dir: Path = Path("data")  # LLaMA-Factory's default, relative to the working directory as there
+
+    @property
+    def dataset_info(self) -> Path:
+        return self.dataset_dir / "dataset_info.json"
+
+
 @dataclass(frozen=True)
 class LoadedConfig:
-    """A configuration and the notices its loading produced (LLaMA-Factory keys translated or ignored)."""
+    """A configuration, the run inputs its file named, and the notices its loading produced (LLaMA-Factory keys
+    translated, ignored, or its defaults taken)."""
 
     config: TrainConfig
     notices: list[str] = field(default_factory=list)
+    inputs: RunInputs = field(default_factory=RunInputs)
+
+
+def _run_inputs(values: dict[str, Any], where: str) -> RunInputs:
+    """The LLaMA-Factory run keys of a YAML file (removed from ``values``), checked."""
+    found = {key: values.pop(key) for key in LF_RUN_KEYS if key in values}
+
+    def text(key: str) -> str | None:
+        value = found.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise TrainingRefused(f"{key}{where} must be a non-empty string (got {value!r})")
+        return value.strip()
+
+    datasets = found.get("dataset")
+    if isinstance(datasets, str):  # LLaMA-Factory's comma-separated list
+        datasets = [name.strip() for name in datasets.split(",") if name.strip()]
+    if datasets is not None and (not isinstance(datasets, list) or not datasets
+                                 or not all(isinstance(n, str) and n.strip() for n in datasets)):
+        raise TrainingRefused(f"dataset{where} must name datasets: a comma-separated string or a list of names "
+                              f"(got {found['dataset']!r})")
+    out, dataset_dir = text("output_dir"), text("dataset_dir")
+    return RunInputs(base=text("model_name_or_path"), out=Path(out).expanduser() if out else None,
+                     datasets=tuple(n.strip() for n in datasets or ()),
+                     dataset_dir=Path(dataset_dir).expanduser() if dataset_dir else RunInputs.dataset_dir)
+
+
+def _lf_defaults(values: dict[str, Any], lf_keys: list[str], path: Path) -> str | None:
+    """LLaMA-Factory's LoRA defaults set into ``values`` where the file and the command line leave them out (its
+    lora_alpha is 2 × the rank, its lora_dropout 0); the notice saying which were taken, or None."""
+    taken = []
+    rank = values.get("lora_r", TrainConfig.model_fields["lora_r"].default)
+    if values.get("lora_alpha") is None and isinstance(rank, int):  # a bad rank is refused by validation
+        values["lora_alpha"] = 2 * rank
+        taken.append(f"lora_alpha {2 * rank} (2 × lora_rank {rank})")
+    if values.get("lora_dropout") is None:
+        values["lora_dropout"] = 0.0
+        taken.append("lora_dropout 0")
+    if not taken:
+        return None
+    shown = ", ".join(lf_keys[:3]) + (", …" if len(lf_keys) > 3 else "")
+    return (f"{path} is written in LLaMA-Factory's names ({shown}): its defaults taken, as LLaMA-Factory would "
+            f"train it: {', '.join(taken)} (set them to choose others)")
 
 
 def translate_lf_keys(values: dict[str, Any], where: str = "") -> tuple[dict[str, Any], list[str]]:
@@ -316,7 +385,7 @@ def translate_lf_keys(values: dict[str, Any], where: str = "") -> tuple[dict[str
 
 
 def _closest(name: str) -> str:
-    known = list(TrainConfig.model_fields) + list(LF_ALIASES) + list(LF_IGNORED)
+    known = list(TrainConfig.model_fields) + list(LF_ALIASES) + list(LF_IGNORED) + list(LF_RUN_KEYS)
     match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
@@ -348,9 +417,14 @@ def _overridden(overrides: dict[str, Any], loc: tuple[Any, ...]) -> bool:
 
 
 def read_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> LoadedConfig:
-    """Like ``load_config``, with the notices to show: LLaMA-Factory key names are read as ours."""
+    """Like ``load_config``, with the notices to show and the run inputs the file names: LLaMA-Factory key names
+    are read as ours, its run keys (``model_name_or_path``, ``output_dir``, ``dataset``) as ``inputs``, and a file
+    written in its names gets its LoRA defaults where ours differ: the same file trains the same adapter as there
+    (ours would be twice its scaling, with dropout)."""
     values: dict[str, Any] = {}
     notices: list[str] = []
+    inputs = RunInputs()
+    lf_keys: list[str] = []
     where = f" in {path}" if path is not None else ""
     if path is not None:
         try:
@@ -366,6 +440,8 @@ def read_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             loaded = {}
         if not isinstance(loaded, dict):
             raise TrainingRefused(f"config file {path} must be a mapping of setting: value")
+        lf_keys = [key for key in loaded if key in LF_ALIASES or key in LF_IGNORED or key in LF_RUN_KEYS]
+        inputs = _run_inputs(loaded, where)
         loaded, notices = translate_lf_keys(loaded, where)
         values.update(loaded)
     for key, value in (overrides or {}).items():
@@ -373,8 +449,10 @@ def read_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             values[key] = {**values[key], **{k: v for k, v in value.items() if v is not None}}
         elif value is not None:
             values[key] = value
+    if path is not None and lf_keys and (notice := _lf_defaults(values, lf_keys, path)):
+        notices.append(notice)
     try:
-        return LoadedConfig(TrainConfig(**values), notices)
+        return LoadedConfig(TrainConfig(**values), notices, inputs)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -46,6 +46,7 @@ class PreparedSplit:
     truncated: int = 0
     dropped: int = 0
     unrenderable: int = 0
+    longest: int = 0  # tokens of the longest example before truncation
 
 
 class ChatFormat:
@@ -225,6 +226,7 @@ class ChatFormat:
             except UnrenderableConversation:
                 split.unrenderable += 1
                 continue
+            split.longest = max(split.longest, len(ids))
             if len(ids) > max_length:
                 split.truncated += 1
                 ids, labels = ids[:max_length], labels[:max_length]

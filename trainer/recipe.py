@@ -13,8 +13,11 @@ import math
 import os
 import random
 import resource
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, GenerationConfig, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import is_flash_attn_2_available, is_liger_kernel_available  # type: ignore[attr-defined]
 from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
@@ -30,7 +33,7 @@ from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 from data.conversation import Conversation
 from data.general_prompts import GeneralPrompts
 from data.snapshot import Snapshot, SnapshotError, SnapshotManifest, read_snapshot
-from trainer.config import TrainConfig, TrainingRefused
+from trainer.config import TrainConfig, TrainingInterrupted, TrainingRefused
 from trainer.dpo import run_dpo
 from trainer.evaluate import Answer, answer_eval, answer_questions, answer_table
 from trainer.prepare import ChatFormat, PreparedSplit, end_of_turn_tokens
@@ -67,6 +70,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     cfg.check(cuda)
     stored = _previous_run(out, request.resume)
+    resume_from = _resume_checkpoint(out) if request.resume else None
     if stored is not None:
         cfg = stored  # a resumed run keeps the configuration it started with
     try:
@@ -93,6 +97,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
     eval_split = fmt.prepare(snapshot.eval, cfg.max_length)
     if not train_split.examples:
         raise TrainingRefused(f"no training example fits in max_length {cfg.max_length} with an answer left to learn")
+    if shortened := _shortened(train_split, eval_split, cfg.max_length):
+        progress.console.print(f"[yellow]note:[/] {shortened}", highlight=False, soft_wrap=True)
     general = general_prompt_set(cfg)  # a bad prompt set is refused here, before anything is written
     replay = replay_prompt_set(cfg)
     model = load_base_model(base_dir, cfg, cuda)
@@ -110,7 +116,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout is reserved for progress JSON
             metrics = _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, progress,
-                           general=general, replay=replay)
+                           general=general, replay=replay, resume_from=resume_from)
         metrics["wall_time_s"] = round(time.monotonic() - t_start, 3)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
         # PEFT's save_pretrained leaves an empty model card template: replace it with what this run was.
@@ -120,6 +126,11 @@ def train(request: TrainRequest) -> dict[str, Any]:
         progress.emit(DoneEvent(message=summary, out=str(out), eval_loss_before=metrics["eval_loss_before"],
                                 eval_loss_after=metrics["eval_loss_after"], wall_time_s=metrics["wall_time_s"]))
         return metrics
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop: the last checkpoint, if any
+        checkpoint = _last_checkpoint(out)
+        saved = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+        log.info("interrupted: %s", saved)
+        raise TrainingInterrupted(f"stopped; {saved}", checkpoint) from None
     finally:
         progress.close()
         logging.getLogger().removeHandler(file_log)
@@ -128,7 +139,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
 
 def _run(request: TrainRequest, cfg: TrainConfig, cuda: bool, fmt: ChatFormat, snapshot: Snapshot,
          train_split: PreparedSplit, eval_split: PreparedSplit, model: Any, progress: ProgressReporter,
-         general: GeneralPrompts | None = None, replay: GeneralPrompts | None = None) -> dict[str, Any]:
+         general: GeneralPrompts | None = None, replay: GeneralPrompts | None = None,
+         resume_from: Path | None = None) -> dict[str, Any]:
     out = request.out
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -195,13 +207,23 @@ def _run(request: TrainRequest, cfg: TrainConfig, cuda: bool, fmt: ChatFormat, s
                                                cfg.retention_max_new_tokens, cfg.max_length)
     (out / "before.json").write_text(json.dumps(before, indent=2, ensure_ascii=False), encoding="utf-8")
 
-    # ---- 5. train (resuming from the last checkpoint if asked and one exists) ------------------
+    # ---- 5. train (resuming from the last checkpoint if asked); Ctrl-C saves a checkpoint and stops ------
     progress.phase("train", f"training {n_train} examples for {epochs} epochs ({batching})")
     _reset_peak_memory(cuda)
-    checkpoint = _last_checkpoint(out) if request.resume else None
-    if checkpoint:
-        log.info("resuming from %s", checkpoint)
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if resume_from is not None:
+        step = _checkpoint_step(resume_from)
+        log.info("resuming from %s (step %d)", resume_from, step)
+        progress.console.print(f"resuming from {resume_from} (step {step})", highlight=False, soft_wrap=True)
+    interrupt = InterruptToCheckpoint(progress.console)
+    trainer.add_callback(interrupt)
+    dtype = ComputeDtype(model)
+    with interrupt.catching_sigint(), dtype.recording():
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if interrupt.requested:
+        checkpoint = out / CHECKPOINTS / f"checkpoint-{trainer.state.global_step}"
+        log.info("interrupted at step %d: checkpoint %s", trainer.state.global_step, checkpoint)
+        raise TrainingInterrupted(f"at step {trainer.state.global_step} of {trainer.state.max_steps}: checkpoint "
+                                  f"saved in {checkpoint}", checkpoint)
     history = list(trainer.state.log_history)  # before the final evaluation adds to it
     sft_tokens_at_start = progress.tokens_at_start  # the DPO stage's on_train_begin resets it
 
@@ -241,6 +263,7 @@ def _run(request: TrainRequest, cfg: TrainConfig, cuda: bool, fmt: ChatFormat, s
         "steps": trainer.state.global_step,
         "batching": batching,
         "device": "cuda" if cuda else "cpu",
+        "train_dtype": dtype.seen,  # what the adapted layers computed in while training (bfloat16, float32 …)
         "eval_loss_before": before["eval"].get("eval_loss"),
         "eval_loss_after": after_eval.get("eval_loss"),
         "token_accuracy_before": before["eval"].get("eval_mean_token_accuracy"),
@@ -266,6 +289,73 @@ def _run(request: TrainRequest, cfg: TrainConfig, cuda: bool, fmt: ChatFormat, s
     _plot_loss(train_curve, eval_curve, out / "loss.png", title=f"{out.resolve().name}: loss ({request.base})",
                dpo=dpo)
     return metrics
+
+
+class InterruptToCheckpoint(TrainerCallback):
+    """Ctrl-C during training: the step in progress finishes, a checkpoint is saved and training stops (the
+    recipe then raises TrainingInterrupted). A second Ctrl-C interrupts at once, as Python's own would."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.requested = False
+
+    @contextlib.contextmanager
+    def catching_sigint(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only; the caller's own handling stays in place
+            return
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.console.print("[yellow]interrupt:[/] saving a checkpoint after this step (Ctrl-C again to stop without "
+                           "one)", highlight=False, soft_wrap=True)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class ComputeDtype:
+    """The dtype a LoRA-adapted layer's output actually has during training (autocast and QLoRA included), as
+    metrics.json's ``train_dtype``: what the run trained in, not what the GPU could do."""
+
+    def __init__(self, model: Any) -> None:
+        self.layer = next((m for name, m in model.named_modules() if name.endswith("lora_A.default")), None)
+        self.seen: str | None = None
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        if self.layer is None:
+            yield
+            return
+        handle = self.layer.register_forward_hook(self._record)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _record(self, module: Any, inputs: Any, output: Any) -> None:
+        if self.seen is None and module.training and isinstance(output, torch.Tensor):
+            self.seen = str(output.dtype).removeprefix("torch.")
+
+
+def _shortened(train_split: PreparedSplit, eval_split: PreparedSplit, max_length: int) -> str | None:
+    """The console line for examples preparation truncated or dropped (train.log has the counts too), or None."""
+    truncated, dropped = train_split.truncated + eval_split.truncated, train_split.dropped + eval_split.dropped
+    if not truncated and not dropped:
+        return None
+    longest = max(train_split.longest, eval_split.longest)
+    total = len(train_split.examples) + len(eval_split.examples) + dropped
+    return (f"{truncated} of {total} examples truncated to max_length {max_length} tokens, {dropped} dropped (nothing "
+            f"left to learn once cut); the longest is {longest} tokens: raise --max-length to keep them whole")
 
 
 def cpu_threads(cfg: TrainConfig) -> int:
@@ -489,10 +579,26 @@ def _previous_run(out: Path, resume: bool) -> TrainConfig | None:
         return None
     config_file = out / "config.yaml"
     if not config_file.is_file():
-        return None  # nothing to resume: start from scratch
+        raise TrainingRefused(f"--resume: {out} holds no run to resume (no config.yaml); run without --resume to "
+                              "start one")
     from trainer.config import load_config
 
     return load_config(config_file)
+
+
+def _resume_checkpoint(out: Path) -> Path:
+    """The checkpoint --resume continues from; TrainingRefused when the run saved none."""
+    checkpoint = _last_checkpoint(out)
+    if checkpoint is None:
+        raise TrainingRefused(f"--resume: the run in {out} saved no checkpoint (it stopped before its first "
+                              f"evaluation): nothing to resume; start again without --resume in a new --out, or "
+                              f"remove {out}")
+    return checkpoint
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    state = _load_json(checkpoint / "trainer_state.json") or {}
+    return int(state.get("global_step") or checkpoint.name.split("-")[-1])
 
 
 def _last_checkpoint(out: Path) -> Path | None:

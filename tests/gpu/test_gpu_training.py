@@ -74,8 +74,12 @@ def qlora_run(tmp_path_factory, snapshot_dir, tiny_llama_dir) -> tuple[Path, dic
 
 
 def test_qlora_loads_4bit_and_learns(qlora_run, capsys):
+    import torch
+
     out, metrics = qlora_run
     assert_learned(metrics, "cuda")
+    # The 4-bit base computes in the precision the GPU offers (bnb_4bit_compute_dtype), as recorded by the run.
+    assert metrics["train_dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 16
     with capsys.disabled():
         print(f"\n[QLoRA] {metrics['steps']} steps, eval loss {metrics['eval_loss_before']:.3f} → "
@@ -100,9 +104,11 @@ def test_qlora_base_is_nf4(tiny_llama_dir):
 def test_bf16_lora_learns(tmp_path, snapshot_dir, tiny_llama_dir, capsys):
     import torch
 
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip(f"{torch.cuda.get_device_name()} has no bf16: the trainer uses fp16 there")
     metrics = train_tiny(tmp_path / "out", snapshot_dir, tiny_llama_dir, qlora=False)
     assert_learned(metrics, "cuda")
-    assert torch.cuda.is_bf16_supported()  # so the run above trained in bf16 (sft_config's bf16=True)
+    assert metrics["train_dtype"] == "bfloat16"  # what the run computed in, recorded by the run itself
     with capsys.disabled():
         print(f"\n[bf16 LoRA] eval loss {metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f}, "
               f"peak memory {metrics['peak_memory_bytes'] / 2**20:.1f} MiB, {metrics['tokens_per_s']:.0f} tok/s")

@@ -3,6 +3,8 @@ an unknown key answered with the closest known one."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -32,8 +34,9 @@ def loaded(tmp_path, values: dict):
 def test_each_alias_is_translated_with_one_notice(tmp_path, key, value, field, expected):
     result = loaded(tmp_path, {key: value})
     assert getattr(result.config, field) == expected
-    assert len(result.notices) == 1
-    assert result.notices[0].startswith(f"{key} in ") and f"LLaMA-Factory's name: read as {field}" in result.notices[0]
+    notices = [n for n in result.notices if "defaults taken" not in n]  # its LoRA defaults: test_lf_yaml_run.py
+    assert len(notices) == 1
+    assert notices[0].startswith(f"{key} in ") and f"LLaMA-Factory's name: read as {field}" in notices[0]
 
 
 @pytest.mark.parametrize(("key", "value", "field"), [
@@ -70,10 +73,12 @@ def test_a_whole_llama_factory_recipe(tmp_path):
             cfg.eval_steps) == (8, "all-linear", 2048, 1, 8, 3, 500)
     ignored = [n for n in result.notices if n.startswith("ignored")]
     assert len(ignored) == 1  # listed once, each with what to do
-    for key, advice in [("model_name_or_path", "use --base"), ("dataset", "use --data FILE"), ("output_dir",
-                        "use --out"), ("val_size", "LORALOOP_EVAL_FRACTION"), ("template", "chat template")]:
+    for key, advice in [("val_size", "LORALOOP_EVAL_FRACTION"), ("template", "chat template")]:
         assert f"{key} (" in ignored[0] and advice in ignored[0]
-    assert len(result.notices) == 1 + 7  # the ignored line and one per translated key
+    for key in ("model_name_or_path", "dataset", "output_dir"):  # the run's inputs (test_lf_yaml_run.py)
+        assert not re.search(rf"[:;] {key} \(", ignored[0])
+    assert (cfg.lora_alpha, cfg.lora_dropout) == (16, 0.0)  # LLaMA-Factory's defaults for its file
+    assert len(result.notices) == 1 + 7 + 1  # the ignored line, one per translated key, the defaults taken
 
 
 @pytest.mark.parametrize(("key", "suggestion"), [

@@ -527,13 +527,25 @@ def _write_snapshot(spec: JobSpec, out: Path) -> Snapshot:
     return snapshot
 
 
+def _resume_or_start_over(out: Path) -> bool:
+    """Whether the trainer resumes the run in ``out``: --resume continues from a saved checkpoint and refuses a run
+    without one, so a run stopped before its first (the trainer creates checkpoints/ long before) is removed."""
+    if any((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        return True
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    return False
+
+
 async def _train(spec: JobSpec, snapshot: Path, out: Path, emit: Emit, cancelled: Callable[[], bool],
                  deadline: float) -> None:
     """``python -m trainer train`` in a child process (a crash or OOM there cannot take this process down); its JSON
     progress lines become step events. It dies with this process (PR_SET_PDEATHSIG)."""
     config = out.parent / "train.yaml"  # the snapshot step created out.parent
     config.write_text(spec.train.to_yaml(), encoding="utf-8")
-    resume = (out / "checkpoints").is_dir()
+    resume = _resume_or_start_over(out)
     # The trainer's own entry point: the child loads neither the bot's CLI nor its settings, only the job's config.
     args = [sys.executable, "-m", "trainer", "train", "--snapshot", str(snapshot), "--base", spec.base_model,
             "--out", str(out), "--config", str(config), "--json-progress", *(["--resume"] if resume else [])]

@@ -1,30 +1,40 @@
-"""The Discord application: a ``commands.Bot`` wired to the store and Ollama, and ``run_bot``."""
+"""The Discord application: a ``commands.Bot`` wired to the store and Ollama, and ``run_bot``.
+
+Every message and interaction belongs to one community (data/communities.py) or to none: a configured guild's,
+a DM's when ``dm_community`` is set and the user is a member of one of its guilds, none in an unconfigured guild or
+an ordinary DM. :meth:`LoraloopBot.store_for` gives the store scoped to it, :meth:`LoraloopBot.chat_for` the chat
+that answers with its model and its retrieval; outside every community that is the base model without retrieval,
+and the answer is recorded where no community sees it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
+from discord import app_commands
+from discord.ext import commands
+
 from bot.chat import Chat
 from bot.cogs import EXTENSIONS
-from bot.retrieval import Retriever
+from bot.permissions import Refused, say
+from bot.retrieval import Retriever, Retrievers
 from bot.settings import Settings
 from data.errors import LoraloopError
 from data.review import ReviewPolicy
 from data.store import Store
-from discord import app_commands
-from discord.ext import commands
-
-from bot.permissions import Refused, say
 from deploy.ollama import OllamaClient
 
 if TYPE_CHECKING:
     from bot.cogs.retrain import RetrainCog
 
 log = logging.getLogger("loraloop.bot")
+
+# How long a DM user's membership of dm_community's guilds is remembered (asked of Discord when not cached).
+MEMBERSHIP_TTL_S = 600.0
 
 
 class StartupError(LoraloopError):
@@ -51,20 +61,99 @@ class LoraloopBot(commands.Bot):
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None,
                          tree_cls=LoraloopTree)
         self.settings = settings
+        # The store that owns the connections, scoped to the first community (what the scheduler and the CLI
+        # default to); handlers use store_for, which gives the interaction's own community.
         self.store = store or Store(settings.resolved_database_url, policy=ReviewPolicy(
-            settings.rating_quorum, settings.approve_mean, settings.reject_mean))
+            settings.rating_quorum, settings.approve_mean, settings.reject_mean),
+            community=settings.community_names()[0])
         self.ollama = ollama or OllamaClient(settings.ollama_host, timeout=120)
-        self.retrieval = Retriever(settings, self.store, self.ollama)
-        self.chat = Chat(settings, self.store, self.ollama, retrieval=self.retrieval)
+        self.retrievers = Retrievers(settings, self.store, self.ollama, settings.community_names())
+        self._chats: dict[str | None, Chat] = {}
+        self._stores: dict[str | None, Store] = {}
+        self._members: dict[tuple[int, int], tuple[bool, float]] = {}  # (guild, user) -> (member, when asked)
         self.sync_commands = sync_commands
         self.dispatcher = dispatcher  # None: from settings (bot/retrain/dispatch.py)
         self.run_scheduler = run_scheduler
         self.retrain: RetrainCog | None = None  # set while the retrain cog is loaded (its cog_load)
 
+    # ---- communities --------------------------------------------------------------------------------------
+
+    def community_store(self, community: str | None) -> Store:
+        """The store scoped to ``community`` (None: outside every community), sharing the connections."""
+        if community not in self._stores:
+            self._stores[community] = self.store if community == self.store.community else self.store.scoped(community)
+        return self._stores[community]
+
+    async def community_of(self, guild_id: int | None, user_id: int) -> str | None:
+        """The community of a message or interaction: its guild's (None for a guild the settings do not
+        configure); in a DM, dm_community for a member of one of its guilds, else None."""
+        if guild_id is not None:
+            return self.settings.community_of_guild(guild_id)
+        community = self.settings.dm_community
+        if community is None:
+            return None
+        for member_of in self.settings.guilds_of(community):
+            if await self._is_member(member_of, user_id):
+                return community
+        return None
+
+    async def store_for(self, guild_id: int | None, user_id: int) -> Store:
+        """The store of a message's or an interaction's community (:meth:`community_of`)."""
+        return self.community_store(await self.community_of(guild_id, user_id))
+
+    def chat_for(self, community: str | None) -> Chat:
+        """The chat that answers in ``community``: its active model and its retrieval; outside every community
+        the base model without retrieval."""
+        if community not in self._chats:
+            self._chats[community] = Chat(self.settings, self.community_store(community), self.ollama,
+                                          retrieval=self.retrievers.of(community) if community else None)
+        return self._chats[community]
+
+    @property
+    def retrieval(self) -> Retriever:
+        """The first community's retriever (the one ``store`` is scoped to); chats use their own community's."""
+        return self.retrievers.of(self.store.community or "")
+
+    @property
+    def chat(self) -> Chat:
+        """The first community's chat (the one ``store`` is scoped to); messages get their own (chat_for)."""
+        return self.chat_for(self.store.community)
+
+    async def _is_member(self, guild_id: int, user_id: int) -> bool:
+        """Whether the user is in the guild: the member cache first, then Discord (GET guild member, which needs
+        no privileged intent), remembered for MEMBERSHIP_TTL_S."""
+        guild = self.get_guild(guild_id)
+        if guild is None:  # the bot is not in it (or not yet): nobody is vouched for by it
+            return False
+        if guild.get_member(user_id) is not None:
+            return True
+        known = self._members.get((guild_id, user_id))
+        if known is not None and time.monotonic() - known[1] < MEMBERSHIP_TTL_S:
+            return known[0]
+        try:
+            await guild.fetch_member(user_id)
+            member = True
+        except discord.NotFound:
+            member = False
+        except discord.HTTPException as exc:  # not remembered: asked again next time
+            log.warning("could not check whether user %s is in guild %s: %s", user_id, guild_id, exc)
+            return False
+        self._members[(guild_id, user_id)] = (member, time.monotonic())
+        return member
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
     async def setup_hook(self) -> None:
         await self.store.migrate()
-        # In the background: the bot answers (without retrieval) while the index is built from the database.
-        self.retrieval.start()
+        # Rows from before communities: each to its guild's community; the rest (and the old shared model) to the
+        # first one. Cheap once done: it runs on every start.
+        assignment = await self.store.assign_communities(self.settings.guild_communities(),
+                                                         self.settings.community_names()[0])
+        if assignment.changed:
+            for line in assignment.lines():
+                log.info("rows from before communities: %s", line)
+        # In the background: the bot answers (without retrieval) while the indexes are built from the database.
+        self.retrievers.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)  # each cog registers the persistent buttons it owns
         if not self.sync_commands:
@@ -82,7 +171,7 @@ class LoraloopBot(commands.Bot):
         """No prefix commands: the chat cog answers mentions and DMs; everything else is a slash command."""
 
     async def close(self) -> None:
-        await self.retrieval.stop()
+        await self.retrievers.stop()
         await super().close()
         await self.ollama.close()
         await self.store.close()

@@ -7,6 +7,10 @@ relevant ones go into the system message sent to Ollama, the answer names them i
 them, and the recorded answer lists their ids (its recorded prompt is the one without them, what a retrain or a
 preference pair should see).
 
+A :class:`Chat` answers for one community (its store's, data/communities.py): that community's active model, its
+retrieval, its recorded answers; the bot holds one per community (bot/app.py ``chat_for``), and one outside every
+community that answers with the base model alone.
+
 An answer has limits (:class:`AnswerLimits`): a token cap Ollama enforces (``num_predict``), a character cap
 for a server that ignores it, a total time, and a few Discord messages at most. A cut answer says so.
 
@@ -404,7 +408,9 @@ async def reply_to(previous: discord.Message, text: str, view: discord.ui.View |
 
 
 class Chat:
-    """Answers conversations with the active model and records them."""
+    """Answers conversations with the active model of the store's community and records them there; a store
+    outside every community (``store.community`` None: an unconfigured server, a DM) gets the base model, and
+    ``retrieval`` None no expert answers."""
 
     def __init__(self, settings: Settings, store: Store, ollama: OllamaClient,
                  clock: Callable[[], float] = time.monotonic, retrieval: Retriever | None = None) -> None:
@@ -415,7 +421,10 @@ class Chat:
         self.retrieval = retrieval
 
     async def active_model(self) -> tuple[str, int | None]:
-        """The tag the store marks active, or the configured base before any fine-tune was promoted."""
+        """The tag the store marks active, or the configured base before any fine-tune was promoted (and always
+        outside every community: no community's fine-tune answers there)."""
+        if self.store.community is None:
+            return self.settings.ollama_base, None
         version = await self.store.active_model_version()
         return (version.tag, version.id) if version else (self.settings.ollama_base, None)
 

@@ -6,6 +6,9 @@ A blind comparison is one public message in the experts channel (what is compare
 tally at quorum, and in manual promotion the Promote button, enabled only once the experts find the candidate
 not worse). Each expert compares privately: "Compare" opens an ephemeral card per question with answers "A" and
 "B" in an order drawn per question; which one was the candidate's is shown to them right after their vote.
+
+Everything here belongs to one community: a comparison is its candidate's, the alarm watches its active version and
+goes to its experts channel (``Settings.experts_channel_of``), a rollback switches its model only.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from bot import permissions
 from bot.permissions import IdButton, Only, say
 from data import quality
 from data.models import RetrainRun
-from data.store import StoreError
+from data.store import Store, StoreError
 from deploy.ollama import OllamaError
 from deploy.pipeline import AlreadyActive, DeployFailed, rollback
 
@@ -81,27 +84,29 @@ async def post_comparison(bot: LoraloopBot, run: RetrainRun, channel: discord.ab
     hold no question the two models answered differently."""
     if run.model_version_id is None:
         return None
-    version = await bot.store.get_model_version(run.model_version_id)
+    store = bot.community_store(run.community)  # the run's community: its candidate, its experts
+    version = await store.get_model_version(run.model_version_id)
     evaluation = version.evaluation or {}
     comparison = await quality.create_comparison(
-        bot.store, run_id=run.id, candidate=version, opponent_tag=str(evaluation.get("active") or ""),
+        store, run_id=run.id, candidate=version, opponent_tag=str(evaluation.get("active") or ""),
         rows=evaluation.get("rows") or [], k=k or int(getattr(bot.settings, "compare_questions", 5)))
     if comparison is None:
         return None
-    tally = await quality.tally(bot.store, comparison, _quorum(bot))
+    tally = await quality.tally(store, comparison, _quorum(bot))
     manual = getattr(bot.settings, "retrain_promotion", "automatic") == "manual"
     message = await channel.send(comparison_text(comparison, tally, run),
                                  view=comparison_view(comparison, tally, manual, run), allowed_mentions=NONE)
-    await quality.set_comparison_message(bot.store, comparison.id, getattr(channel, "id", None), message.id)
+    await quality.set_comparison_message(store, comparison.id, getattr(channel, "id", None), message.id)
     return comparison
 
 
-async def refresh_comparison(bot: LoraloopBot, comparison: quality.Comparison) -> None:
-    """Show the current tally (and enable Promote once allowed) on the public message."""
+async def refresh_comparison(bot: LoraloopBot, store: Store, comparison: quality.Comparison) -> None:
+    """Show the current tally (and enable Promote once allowed) on the public message (``store``: the
+    comparison's community's)."""
     if comparison.channel_id is None or comparison.message_id is None:
         return
-    run = await bot.store.get_run(comparison.run_id) if comparison.run_id is not None else None
-    tally = await quality.tally(bot.store, comparison, _quorum(bot))
+    run = await store.get_run(comparison.run_id) if comparison.run_id is not None else None
+    tally = await quality.tally(store, comparison, _quorum(bot))
     manual = getattr(bot.settings, "retrain_promotion", "automatic") == "manual"
     channel = bot.get_partial_messageable(comparison.channel_id)
     try:
@@ -111,9 +116,9 @@ async def refresh_comparison(bot: LoraloopBot, comparison: quality.Comparison) -
         log.warning("could not update comparison #%d: %s", comparison.id, exc)
 
 
-async def promotion_refusal(bot: LoraloopBot, run_id: int) -> str | None:
+async def promotion_refusal(bot: LoraloopBot, store: Store, run_id: int) -> str | None:
     """Why an expert may not promote this run's candidate yet (its blind comparison), or None."""
-    why = await quality.promotion_refusal(bot.store, run_id, _quorum(bot))
+    why = await quality.promotion_refusal(store, run_id, _quorum(bot))
     return None if why is None else f"Not promoted: {why}."
 
 
@@ -160,15 +165,16 @@ class CompareButton(IdButton, template=r"ll:cmp:(?P<comparison>\d+):(?P<action>s
 
     async def callback(self, interaction: Interaction) -> None:
         bot = interaction.client
+        store = await bot.store_for(interaction.guild_id, interaction.user.id)
         try:
-            comparison = await quality.get_comparison(bot.store, self.comparison_id)
+            comparison = await quality.get_comparison(store, self.comparison_id)
             before = ""
             if self.action != "start":
-                counted = await quality.vote(bot.store, comparison.id, self.question, interaction.user.id,
+                counted = await quality.vote(store, comparison.id, self.question, interaction.user.id,
                                              self.action)
                 before = reveal(comparison, self.question, self.action) if counted else \
                     f"Question {self.question + 1}: you had voted on it already; your first vote stands."
-            nxt = await quality.next_item(bot.store, comparison, interaction.user.id)
+            nxt = await quality.next_item(store, comparison, interaction.user.id)
         except quality.QualityError as exc:
             return await say(interaction, str(exc))
         if nxt is None:
@@ -181,36 +187,31 @@ class CompareButton(IdButton, template=r"ll:cmp:(?P<comparison>\d+):(?P<action>s
         else:
             await interaction.response.edit_message(content=text, view=view, allowed_mentions=NONE)
         if self.action != "start" and nxt is None:  # this expert finished: the tally may have reached quorum
-            await refresh_comparison(bot, comparison)
+            await refresh_comparison(bot, store, comparison)
 
 
 # ---- the regression alarm -----------------------------------------------------------------------------------
 
 
-def experts_channel(bot: LoraloopBot, guild_id: int | None) -> int | None:
-    channel = bot.settings.roles_for(guild_id).experts_channel_id
-    if channel:
-        return channel
-    return next((roles.experts_channel_id for _, roles in sorted(bot.settings.guilds.items())
-                 if roles.experts_channel_id), None)
-
-
-async def alert_if_regressed(bot: LoraloopBot, guild_id: int | None) -> bool:
-    """Tell the experts channel, once per version, that the active version's 👎 rate regressed; True if told."""
-    regression = await quality.detect_regression(bot.store, bot.settings.ollama_base,
-                                                 int(getattr(bot.settings, "quality_min_votes", 20)))
-    channel_id = experts_channel(bot, guild_id)
-    if regression is None or channel_id is None or not await quality.claim_alert(bot.store, regression):
+async def alert_if_regressed(bot: LoraloopBot, store: Store) -> bool:
+    """Tell the community's experts channel, once per version, that its active version's 👎 rate regressed; True
+    if told. Nothing outside every community (only the base answers there)."""
+    if store.community is None:
         return False
-    target = await bot.store.rollback_target()
+    channel_id = bot.settings.experts_channel_of(store.community)
+    if channel_id is None:
+        return False
+    regression = await quality.detect_regression(store, bot.settings.ollama_base,
+                                                 int(getattr(bot.settings, "quality_min_votes", 20)))
+    if regression is None or not await quality.claim_alert(store, regression):
+        return False
+    target = await store.rollback_target()
     view = discord.ui.View(timeout=None)
-    if target is not None:
-        view.add_item(RollbackButton(target.id))
-        advice = f"Admins can roll back to `{target.tag}`."
-    else:
-        advice = "There is no earlier fine-tuned version to roll back to."
-    await bot.get_partial_messageable(channel_id).send(f"{regression.text()}\n{advice}",
-                                                       view=view if target else discord.utils.MISSING,
+    view.add_item(RollbackButton(target.id if target is not None else BASE))
+    advice = (f"Admins can roll back to `{target.tag}`." if target is not None else
+              f"There is no earlier fine-tuned version; admins can roll back to the base model "
+              f"`{bot.settings.ollama_base}`.")
+    await bot.get_partial_messageable(channel_id).send(f"{regression.text()}\n{advice}", view=view,
                                                        allowed_mentions=NONE)
     return True
 
@@ -219,23 +220,36 @@ async def alert_if_regressed(bot: LoraloopBot, guild_id: int | None) -> bool:
 # ---- rolling back -------------------------------------------------------------------------------------------
 
 
-async def roll_back_to(bot: LoraloopBot, to: int | str) -> str:
-    """Roll back to the named version; the answer to show. Naming the target makes a retry harmless."""
+BASE = "base"  # the rollback target when no earlier fine-tune is: the clean base model
+
+
+async def roll_back_to(bot: LoraloopBot, store: Store, to: int | str) -> str:
+    """Roll ``store``'s community back to the named version (or BASE); the answer to show. Naming the target
+    makes a retry harmless."""
     try:
-        version = await rollback(bot.store, bot.ollama, to=to)
+        if to == BASE:
+            # deploy.pipeline.rollback without a target falls back to the base only when no earlier good version
+            # exists: one that appeared since the confirmation was shown is not what the admin confirmed.
+            target = await store.rollback_target()
+            if target is not None:
+                return f"Not rolled back: `{target.tag}` is the rollback target now; run /model rollback again."
+            answering = await rollback(store, bot.ollama)
+        else:
+            answering = await rollback(store, bot.ollama, to=to)
     except AlreadyActive as exc:
         return f"Nothing to do: {exc}."
     except (DeployFailed, StoreError, OllamaError) as exc:
         return f"Rollback refused: {exc}"
-    return f"Rolled back: now answering with `{version.tag}`."
+    return f"Rolled back: now answering with `{answering.tag}`."
 
 
-class RollbackButton(IdButton, template=r"ll:rb:(?P<version>\d+)"):
-    """Confirms a rollback to the version it carries (not "one back", which a second click would repeat)."""
+class RollbackButton(IdButton, template=r"ll:rb:(?P<version>\d+|base)"):
+    """Confirms a rollback to the version it carries, or to the base model (not "one back", which a second click
+    would repeat)."""
 
     only = Only(permissions.is_admin, "Only admins can roll the model back.")
 
-    def __init__(self, version_id: int) -> None:
+    def __init__(self, version_id: int | str) -> None:
         super().__init__(discord.ui.Button(style=discord.ButtonStyle.danger, label="Roll back",
                                            custom_id=f"ll:rb:{version_id}"))
         self.version_id = version_id
@@ -243,8 +257,10 @@ class RollbackButton(IdButton, template=r"ll:rb:(?P<version>\d+)"):
     @classmethod
     async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> RollbackButton:
-        return cls(int(match["version"]))
+        return cls(BASE if match["version"] == BASE else int(match["version"]))
 
     async def callback(self, interaction: Interaction) -> None:
+        bot = interaction.client
         await interaction.response.defer(ephemeral=True, thinking=True)  # Ollama may take longer than 3 s
-        await say(interaction, await roll_back_to(interaction.client, self.version_id))
+        store = await bot.store_for(interaction.guild_id, interaction.user.id)
+        await say(interaction, await roll_back_to(bot, store, self.version_id))

@@ -1,8 +1,11 @@
-"""Who may do what: expert and admin roles per guild, from the settings; and how much one user may submit.
+"""Who may do what: expert and admin roles per guild, from the settings; where teaching happens at all (a guild
+the settings configure, which belongs to a community); and how much one user may submit.
 
 Commands declare their rule with ``@experts_only(...)`` / ``@admins_only(...)`` / ``@teachers_only(...)`` (an
-``app_commands.check``: a refusal is a :class:`Refused` the command tree answers ephemerally); buttons that carry
-ids subclass :class:`IdButton`, whose ``interaction_check`` applies the button's :class:`Only` rule."""
+``app_commands.check``: a refusal is a :class:`Refused` the command tree answers ephemerally); cogs whose every
+command works on a community's knowledge refuse outside one in their ``interaction_check``
+(:func:`require_community`); buttons that carry ids subclass :class:`IdButton`, whose ``interaction_check`` applies
+the same refusal (unless the button says it works anywhere) and then the button's :class:`Only` rule."""
 
 from __future__ import annotations
 
@@ -12,11 +15,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import discord
+from discord import app_commands
+
 from bot.settings import Settings
 from data.errors import LoraloopError
 from data.models import utcnow
 from data.store import Store
-from discord import app_commands
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -89,6 +93,23 @@ async def check_submission_quota(store: Store, settings: Settings, user_id: int,
                       retry_at)
 
 
+# ---- where teaching happens: a configured guild, which belongs to a community -----------------------------
+
+NOT_SET_UP = ("This server is not set up for loraloop: only chat with the base model works here. An admin adds "
+              "this server's id ({guild_id}) under `guilds:` in loraloop's settings (README \"Several servers\").")
+NOT_IN_DMS = "This works in a server set up for loraloop, not in direct messages."
+
+
+def community_refusal(settings: Settings, guild_id: int | None) -> str | None:
+    """Why nothing can be taught, reviewed, exported or deployed here (None: a configured guild, which belongs to
+    a community). One line, with what an admin does about it."""
+    if guild_id is None:
+        return NOT_IN_DMS
+    if settings.community_of_guild(guild_id) is None:
+        return NOT_SET_UP.format(guild_id=guild_id)
+    return None
+
+
 # ---- the rules in Discord ----------------------------------------------------------------------------------
 
 
@@ -130,6 +151,14 @@ def only(rule: Only) -> Callable[[T], T]:
     return app_commands.check(predicate)
 
 
+async def require_community(interaction: Interaction) -> bool:
+    """A cog's ``interaction_check`` (every command of the cog): refused outside a configured guild."""
+    refusal = community_refusal(interaction.client.settings, interaction.guild_id)
+    if refusal is not None:
+        raise Refused(refusal)
+    return True
+
+
 def experts_only(refusal: str) -> Callable[[T], T]:
     return only(Only(is_expert, refusal))
 
@@ -147,11 +176,16 @@ class IdButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:(?!)"):
     """A persistent button whose custom id carries the ids it acts on (so it works after a restart).
 
     ``only`` says who may press it (None: anyone); a subclass whose rule depends on the button sets it per
-    instance. The callback runs only when ``interaction_check`` let the user through."""
+    instance. A button works in configured guilds only (:func:`community_refusal`) unless ``needs_community``
+    says otherwise. The callback runs only when ``interaction_check`` let the user through."""
 
     only: ClassVar[Only | None] = None
 
     async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+        refusal = community_refusal(interaction.client.settings, interaction.guild_id)
+        if refusal is not None and self.needs_community(interaction):
+            await say(interaction, refusal)
+            return False
         rule = self.rule()
         if rule is None or rule.permits(interaction):
             return True
@@ -160,4 +194,8 @@ class IdButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:(?!)"):
 
     def rule(self) -> Only | None:
         return self.only
+
+    def needs_community(self, interaction: Interaction) -> bool:
+        """Whether this click works on a community's knowledge (refused outside a configured guild)."""
+        return True
 

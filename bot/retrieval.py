@@ -1,14 +1,19 @@
 """Retrieval in the bot: taught in minutes, learned by the next retrain.
 
-The bot keeps one :class:`~data.retrieval.RetrievalIndex` of approved pairs. On every chat turn it asks it for the
-pairs relevant to the user's question and puts them in the system message, in a delimited block ("Expert answers
-that may help: …"), within a character budget. Which pairs a turn may use is the scope (``retrieval_scope``):
+A :class:`Retriever` keeps one :class:`~data.retrieval.RetrievalIndex` of approved pairs. On every chat turn the
+bot asks it for the pairs relevant to the user's question and puts them in the system message, in a delimited block
+("Expert answers that may help: …"), within a character budget. Which pairs a turn may use is the scope
+(``retrieval_scope``):
 
 - ``delta`` (default): approved pairs the active model was not trained on, so a promotion takes the pairs of its
   snapshot out, and a rollback brings back those the older version lacks (checked on the turn after the switch);
 - ``all``: every approved pair; ``off``: none.
 
-The index is built from the database in the background when the bot starts (it answers without retrieval
+Each community (data/communities.py) has its own index, over its own approved pairs only, and its own scope
+(relative to its own active model): :class:`Retrievers` holds one :class:`Retriever` per community, and a chat turn
+asks the one of the chat's community; a chat outside every community gets no retrieval at all.
+
+The indexes are built from the database in the background when the bot starts (it answers without retrieval
 meanwhile), re-read every ``retrieval_sync_s`` (approvals by CLI, imports or another process) and right after an
 approval, rejection or edit in Discord (:meth:`Retriever.request_sync`): an edited pair's superseded answer is
 never retrieved after the edit is saved. With ``embed_model`` set, pairs and questions are embedded through
@@ -26,7 +31,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
@@ -342,6 +347,80 @@ class Retriever:
         if self._embed_down_since is not None:
             log.info("retrieval: embeddings from %r work again", self.settings.embed_model)
             self._embed_down_since = None
+
+
+class Retrievers:
+    """One :class:`Retriever` per community, over the same database: the configured communities' indexes are built
+    when the bot starts and re-read by one loop every ``retrieval_sync_s``; another community's (none in a bot
+    whose settings name every community) is made on first use."""
+
+    def __init__(self, settings: Settings, store: Store, ollama: OllamaClient, communities: Iterable[str] = ()) -> None:
+        self.settings, self.store, self.ollama = settings, store, ollama
+        self._by_community: dict[str, Retriever] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._first_sync = asyncio.Event()
+        for community in communities:
+            self.of(community)
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.retrieval_scope != "off"
+
+    def of(self, community: str) -> Retriever:
+        """The community's retriever (made, and its index built in the background, on first use)."""
+        retriever = self._by_community.get(community)
+        if retriever is None:
+            retriever = Retriever(self.settings, self.store.scoped(community), self.ollama)
+            self._by_community[community] = retriever
+            if self._task is not None:  # the loop has started: build this one now, not at its next round
+                retriever.request_sync()
+        return retriever
+
+    def __iter__(self) -> Iterator[Retriever]:
+        return iter(list(self._by_community.values()))
+
+    def start(self) -> None:
+        """Build every community's index in the background, then re-read each every ``retrieval_sync_s``."""
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="retrieval-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for retriever in self:
+            await retriever.stop()
+
+    async def _run(self) -> None:
+        while True:
+            for retriever in self:  # one after the other: ten first builds at once would hold up the chats
+                await retriever._sync_logged()
+            self._first_sync.set()
+            await asyncio.sleep(self.settings.retrieval_sync_s)
+
+    def request_sync(self, community: str | None, withdrawn: Iterable[int] = ()) -> None:
+        """:meth:`Retriever.request_sync` for the community whose pairs changed (None: nothing to do)."""
+        if community is not None:
+            self.of(community).request_sync(withdrawn)
+
+    async def retrieve(self, community: str | None, history: Sequence[dict[str, str]],
+                       version_id: int | None = None) -> Retrieved:
+        """The community's pairs for this turn; none outside every community."""
+        if community is None:
+            return Retrieved()
+        return await self.of(community).retrieve(history, version_id)
+
+    async def wait_idle(self) -> None:
+        """Until the first builds and the syncs requested so far are done (tests, the benchmark)."""
+        if self._task is not None:
+            await self._first_sync.wait()
+        for retriever in self:
+            await retriever.wait_idle()
+
+    async def sync(self) -> dict[str, SyncReport]:
+        """Bring every community's index up to date now."""
+        return {retriever.store.community or "": await retriever.sync() for retriever in self}
 
 
 # ---- the gate's second table ------------------------------------------------------------------------------------

@@ -39,16 +39,26 @@ def modal_id(kind: str, *ids: int, user: discord.abc.User) -> str:
     return ":".join(["ll", kind, *map(str, ids), str(user.id), str(secrets.randbits(48))])
 
 
+async def in_community(interaction: Interaction) -> bool:
+    """A form's check: it saves to a community, so only in a configured guild (the command or button that opened
+    it was refused elsewhere already; this keeps a submit from anywhere else out too)."""
+    refusal = permissions.community_refusal(interaction.client.settings, interaction.guild_id)
+    if refusal is None:
+        return True
+    await say(interaction, refusal)
+    return False
+
+
 class OpenerOnlyModal(discord.ui.Modal):
     """A modal only the user it was opened for may submit."""
 
     opener_id: int
 
     async def interaction_check(self, interaction: Interaction) -> bool:
-        if interaction.user.id == self.opener_id:
-            return True
-        await say(interaction, "This form was opened by someone else; nothing was saved.")
-        return False
+        if interaction.user.id != self.opener_id:
+            await say(interaction, "This form was opened by someone else; nothing was saved.")
+            return False
+        return await in_community(interaction)
 
 
 async def check_quota(interaction: Interaction, wanted: int = 1) -> bool:
@@ -79,20 +89,27 @@ class FeedbackButton(IdButton, template=r"ll:fb:(?P<kind>up|down|fix):(?P<answer
                              match: re.Match[str]) -> FeedbackButton:
         return cls(match["kind"], int(match["answer"]))
 
+    def needs_community(self, interaction: Interaction) -> bool:
+        # 👍/👎 are kept anywhere (outside every community no one sees them); a suggestion is teaching. In a DM,
+        # open_suggestion says where suggestions are taken.
+        return self.kind == "fix" and interaction.guild_id is not None
+
     async def callback(self, interaction: Interaction) -> None:
         bot = interaction.client
         if self.kind == "fix":
             return await self.open_suggestion(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)
+        # The answer's community: a DM's may be asked of Discord (membership of dm_community's servers).
+        store = await bot.store_for(interaction.guild_id, interaction.user.id)
         try:
-            await bot.store.add_feedback(self.answer_id, interaction.user.id, 1 if self.kind == "up" else -1)
+            await store.add_feedback(self.answer_id, interaction.user.id, 1 if self.kind == "up" else -1)
         except StoreError as exc:
             return await say(interaction, str(exc))
         await say(interaction, "Thanks, noted 👍" if self.kind == "up" else
                   "Thanks, noted 👎 — you can also suggest a better answer.")
         if self.kind == "down":  # after answering: the check reads every vote of two versions
             try:
-                await alert_if_regressed(bot, interaction.guild_id)
+                await alert_if_regressed(bot, store)
             except (StoreError, discord.HTTPException) as exc:
                 log.warning("the regression check after a 👎 failed: %s", exc)
 
@@ -107,8 +124,9 @@ class FeedbackButton(IdButton, template=r"ll:fb:(?P<kind>up|down|fix):(?P<answer
                                           "what to look at.")
         if not await check_quota(interaction):
             return None
+        store = await bot.store_for(interaction.guild_id, interaction.user.id)
         try:
-            answer = await bot.store.get_answer(self.answer_id)
+            answer = await store.get_answer(self.answer_id)
         except StoreError as exc:
             return await say(interaction, str(exc))
         question = next((m["content"] for m in reversed(answer.prompt) if m["role"] == "user"), "")
@@ -140,7 +158,8 @@ class BetterAnswerButton(IdButton, template=r"ll:ba:(?P<answer>\d+)"):
 async def show_bad_answers(interaction: Interaction, limit: int = 5) -> None:
     """The oldest 👎 answers nobody has written a better answer for, each with a button to write it."""
     bot = interaction.client
-    answers = await quality.answers_needing_better(bot.store, limit)
+    store = await bot.store_for(interaction.guild_id, interaction.user.id)
+    answers = await quality.answers_needing_better(store, limit)
     if not answers:
         return await say(interaction, "No 👎 answer is waiting for a better one — thank you!")
     head = f"**Needs a better answer** (the {len(answers)} oldest 👎 answers without a suggestion):"
@@ -181,13 +200,14 @@ class UsedPairsButton(IdButton, template=r"ll:pairs:(?P<answer>\d+)"):
 
     async def callback(self, interaction: Interaction) -> None:
         bot = interaction.client
+        store = await bot.store_for(interaction.guild_id, interaction.user.id)
         try:
-            ids = (await bot.store.get_answer(self.answer_id)).pair_ids or []
-            feedback = await bot.store.pair_feedback(ids)
+            ids = (await store.get_answer(self.answer_id)).pair_ids or []
+            feedback = await store.pair_feedback(ids)
             examples = []
             for example_id in ids:
                 with contextlib.suppress(NotFound):  # deleted since
-                    examples.append(await bot.store.get_example(example_id))
+                    examples.append(await store.get_example(example_id))
         except StoreError as exc:
             return await say(interaction, str(exc))
         await say(interaction, render_used_pairs(examples, feedback) if examples else
@@ -230,12 +250,13 @@ class SuggestModal(OpenerOnlyModal):
 
     async def on_submit(self, interaction: Interaction) -> None:
         bot = interaction.client
+        store = await bot.store_for(interaction.guild_id, interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)
         if not await check_quota(interaction):  # checked again: the form may have stayed open a while
             return
         conversation = Conversation.qa(self.question.value.strip(), self.better.value.strip())
         try:
-            example = await bot.store.add_example(
+            example = await store.add_example(
                 conversation, source="correction", author_id=interaction.user.id, guild_id=interaction.guild_id,
                 answer_id=self.answer_id, max_chars=bot.settings.max_field_chars,
                 hourly_limit=bot.settings.max_pairs_per_user_hour,  # the check above may race another submission
@@ -256,15 +277,19 @@ class TeachModal(discord.ui.Modal, title="Teach the bot"):
 
     # No custom id given: discord.py draws a random one for every instance, so openings never collide.
 
+    async def interaction_check(self, interaction: Interaction) -> bool:
+        return await in_community(interaction)
+
     async def on_submit(self, interaction: Interaction) -> None:
         bot = interaction.client
+        store = await bot.store_for(interaction.guild_id, interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)
         if not await check_quota(interaction):  # checked again: the form may have stayed open a while
             return
         conversation = Conversation.qa(self.question.value.strip(), self.answer.value.strip(),
                                        self.system.value.strip() or None)
         try:
-            example = await bot.store.add_example(
+            example = await store.add_example(
                 conversation, source="teach", author_id=interaction.user.id, guild_id=interaction.guild_id,
                 max_chars=bot.settings.max_field_chars,
                 hourly_limit=bot.settings.max_pairs_per_user_hour,  # the check above may race another submission
@@ -463,9 +488,10 @@ class ReviewButton(IdButton, template=r"ll:rv:(?P<action>[1-5]|approve|reject|ed
 
     async def callback(self, interaction: Interaction) -> None:
         bot = interaction.client
+        store = await bot.store_for(interaction.guild_id, interaction.user.id)
         if self.action == "edit":  # a read, then the form (a deferred interaction cannot open one)
             try:
-                example = await bot.store.get_example(self.example_id)
+                example = await store.get_example(self.example_id)
             except StoreError as exc:
                 return await say(interaction, str(exc))
             return await open_edit(interaction, example)
@@ -473,7 +499,7 @@ class ReviewButton(IdButton, template=r"ll:rv:(?P<action>[1-5]|approve|reject|ed
         outcome = None
         try:
             if self.action.isdigit():
-                outcome = await bot.store.rate(self.example_id, interaction.user.id, int(self.action))
+                outcome = await store.rate(self.example_id, interaction.user.id, int(self.action))
                 # A second click (or a double click) is a change of mind, not an error.
                 rated = (f"Changed your rating of #{self.example_id} to" if getattr(outcome, "changed", False)
                          else f"Rated #{self.example_id}")
@@ -482,14 +508,14 @@ class ReviewButton(IdButton, template=r"ll:rv:(?P<action>[1-5]|approve|reject|ed
                     done += f" → {outcome.decided}"
             else:
                 status = "approved" if self.action == "approve" else "rejected"
-                await bot.store.set_example_status(self.example_id, status)
+                await store.set_example_status(self.example_id, status)
                 done = f"Example #{self.example_id} {status}."
         except StoreError as exc:
             return await say(interaction, str(exc))
         if self.action in ("approve", "reject") or getattr(outcome, "decided", None):
             # The next chat can use the pair within seconds; a rejected one is never retrieved again from now on.
             rejected = self.action == "reject" or getattr(outcome, "decided", None) == "rejected"
-            bot.retrieval.request_sync(withdrawn=(self.example_id,) if rejected else ())
+            bot.retrievers.request_sync(store.community, withdrawn=(self.example_id,) if rejected else ())
         await show_next_for_review(interaction, prefix=done, edit=True)
 
 
@@ -514,10 +540,11 @@ class PreferenceButton(IdButton, template=r"ll:pf:(?P<action>[1-5]|approve|rejec
 
     async def callback(self, interaction: Interaction) -> None:
         bot = interaction.client
+        store = await bot.store_for(interaction.guild_id, interaction.user.id)
         await interaction.response.defer()  # before the write: SQLite may hold its write lock past Discord's 3 s
         try:
             if self.action.isdigit():
-                outcome = await preferences.rate_preference(bot.store, self.record_id, interaction.user.id,
+                outcome = await preferences.rate_preference(store, self.record_id, interaction.user.id,
                                                             int(self.action))
                 done = (f"Rated preference #{self.record_id} {self.action}/5 "
                         f"(mean {outcome.mean:.1f} of {len(outcome.scores)})")
@@ -525,7 +552,7 @@ class PreferenceButton(IdButton, template=r"ll:pf:(?P<action>[1-5]|approve|rejec
                     done += f" → {outcome.decided}"
             else:
                 status = "approved" if self.action == "approve" else "rejected"
-                await preferences.set_preference_status(bot.store, self.record_id, status)
+                await preferences.set_preference_status(store, self.record_id, status)
                 done = f"Preference #{self.record_id} {status}."
         except StoreError as exc:
             return await say(interaction, str(exc))
@@ -553,11 +580,12 @@ def preference_view(record_id: int) -> discord.ui.View:
 async def show_next_for_review(interaction: Interaction, prefix: str = "", edit: bool = False) -> None:
     """The next pending pair this user may rate, as a new card or (``edit``) in place of the one rated."""
     bot = interaction.client
-    example = await bot.store.next_for_review(interaction.user.id)
+    store = await bot.store_for(interaction.guild_id, interaction.user.id)
+    example = await store.next_for_review(interaction.user.id)
     head = f"{prefix[:CONTENT_MAX // 4]}\n\n" if prefix else ""
     if example is None:
         return await show_card(interaction, ReviewCard(head + "Nothing left to review — thank you!"), None, edit)
-    scores = [r.score for r in await bot.store.ratings_for(example.id)]
+    scores = [r.score for r in await store.ratings_for(example.id)]
     shown = render_example(example, scores, CONTENT_MAX - len(head))
     await show_card(interaction, ReviewCard(head + shown.content, shown.attachment, shown.filename),
                     review_view(example.id), edit)
@@ -566,12 +594,13 @@ async def show_next_for_review(interaction: Interaction, prefix: str = "", edit:
 async def show_next_preference(interaction: Interaction, prefix: str = "", edit: bool = False) -> None:
     """The next pending preference record this user may rate, as a new card or (``edit``) in place of the last."""
     bot = interaction.client
-    record = await preferences.next_preference_for_review(bot.store, interaction.user.id)
+    store = await bot.store_for(interaction.guild_id, interaction.user.id)
+    record = await preferences.next_preference_for_review(store, interaction.user.id)
     head = f"{prefix[:CONTENT_MAX // 4]}\n\n" if prefix else ""
     if record is None:
         return await show_card(interaction, ReviewCard(head + "No preference record left to review — thank you!"),
                                None, edit)
-    shown = render_preference(record, await preferences.preference_scores(bot.store, record.id),
+    shown = render_preference(record, await preferences.preference_scores(store, record.id),
                               CONTENT_MAX - len(head))
     await show_card(interaction, ReviewCard(head + shown.content, shown.attachment, shown.filename),
                     preference_view(record.id), edit)
@@ -620,16 +649,18 @@ class EditModal(OpenerOnlyModal):
 
     async def on_submit(self, interaction: Interaction) -> None:
         bot = interaction.client
+        store = await bot.store_for(interaction.guild_id, interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)
         messages = list(self.original.to_dicts())
         messages[-2] = {"role": messages[-2]["role"], "content": self.question.value.strip()}
         messages[-1] = {"role": "assistant", "content": self.answer.value.strip()}
         try:
-            copy = await bot.store.edit_example(self.example_id, Conversation.from_dicts(messages, self.original.tags,
+            copy = await store.edit_example(self.example_id, Conversation.from_dicts(messages, self.original.tags,
                                                                                           self.original.tools),
                                                 editor_id=interaction.user.id, max_chars=bot.settings.max_field_chars)
         except (StoreError, InvalidConversation) as exc:
             return await say(interaction, f"Not saved: {exc}")
-        bot.retrieval.request_sync(withdrawn=(self.example_id,))  # the superseded answer is never retrieved again
+        # The superseded answer is never retrieved again.
+        bot.retrievers.request_sync(store.community, withdrawn=(self.example_id,))
         await say(interaction, f"Saved as example #{copy.id} (pending review); #{self.example_id} is superseded.")
 

@@ -1,4 +1,7 @@
-"""Chat: answer mentions, DMs and /ask with the active model (the path itself is in bot/chat.py)."""
+"""Chat: answer mentions, DMs and /ask with the active model of the chat's community (the path itself is in
+bot/chat.py). A server the settings do not configure, and a DM without ``dm_community``, get the base model
+without retrieval, recorded outside every community; with ``dm_community``, DMs are answered for members of its
+servers only."""
 
 from __future__ import annotations
 
@@ -60,10 +63,15 @@ class ChatCog(commands.Cog):
         if left:
             await _note(message, f"Please wait {left:.0f} s before asking again.", delete_after=max(left, 3))
             return
-        conversation = await conversation_for(message, me.id, store=self.bot.store, reads_all=reads_all)
+        community = await self.bot.community_of(guild_id, message.author.id)
+        if guild_id is None and community is None and self.bot.settings.dm_community is not None:
+            await _note(message, DM_MEMBERS_ONLY)
+            return
+        chat = self.bot.chat_for(community)
+        conversation = await conversation_for(message, me.id, store=chat.store, reads_all=reads_all)
         with contextlib.suppress(discord.HTTPException):  # typing is a courtesy; the answer says what fails
             await message.channel.typing()
-        await self.bot.chat.answer(
+        await chat.answer(
             conversation.turns,
             lambda text: message.channel.send(text, reference=message.to_reference(fail_if_not_exists=False),
                                               mention_author=False, allowed_mentions=NO_MENTIONS),
@@ -79,7 +87,10 @@ class ChatCog(commands.Cog):
         left = self._cooldown_left(interaction.user.id)
         if left:
             return await say(interaction, f"Please wait {left:.0f} s before asking again.")
-        await interaction.response.defer(thinking=True)
+        await interaction.response.defer(thinking=True)  # a DM's membership may be asked of Discord first
+        community = await self.bot.community_of(interaction.guild_id, interaction.user.id)
+        if interaction.guild_id is None and community is None and self.bot.settings.dm_community is not None:
+            return await say(interaction, DM_MEMBERS_ONLY)
 
         async def first(text: str) -> discord.Message:
             return await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS)
@@ -89,12 +100,13 @@ class ChatCog(commands.Cog):
             extra = {"view": view} if view is not None else {}
             return await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS, **extra)
 
-        await self.bot.chat.answer(
+        await self.bot.chat_for(community).answer(
             [{"role": "user", "content": question}], first, send_more=more, make_view=feedback_view,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id, user_id=interaction.user.id,
         )
 
 
+DM_MEMBERS_ONLY = "I answer direct messages for members of the servers I am set up in only; ask me there."
 HIDDEN_REPLY = ("I can't read that reply: Discord only shows me messages that mention me. Mention me ({me}) in "
                 "your message to go on, or ask an admin to enable the message content intent.")
 

@@ -1,4 +1,5 @@
-"""/dataset stats and /dataset export."""
+"""/dataset stats and /dataset export: the community of the server they are used in (refused in a server the
+settings do not configure)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.permissions import experts_only, say
+from bot.permissions import experts_only, require_community, say
 from data import formats
 from data.conversation import Conversation
 from data.preferences import preference_summary
@@ -30,9 +31,13 @@ class DatasetCog(commands.GroupCog, group_name="dataset", group_description="The
         self.bot = bot
         super().__init__()
 
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+        return await require_community(interaction)
+
     @app_commands.command(name="stats", description="Counts by status and source, agreement, new examples.")
     async def stats(self, interaction: Interaction) -> None:
-        s = await self.bot.store.dataset_stats()
+        store = await self.bot.store_for(interaction.guild_id, interaction.user.id)
+        s = await store.dataset_stats()
         status = ", ".join(f"{k} {v}" for k, v in s.by_status.items())
         source = ", ".join(f"{k} {v}" for k, v in s.by_source.items())
         agreement = "n/a" if s.agreement is None else f"{s.agreement:.0%}"
@@ -47,7 +52,8 @@ class DatasetCog(commands.GroupCog, group_name="dataset", group_description="The
     @experts_only("Only experts can export the dataset.")
     async def export(self, interaction: Interaction, format: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)  # the whole dataset is read and encoded
-        examples = await self.bot.store.approved_examples()
+        store = await self.bot.store_for(interaction.guild_id, interaction.user.id)
+        examples = await store.approved_examples()
         conversations = [Conversation.from_dicts(e.messages, e.tags, e.tools) for e in examples]
         filename = f"loraloop-{format}.{'csv' if format == 'csv' else 'jsonl'}"
         try:

@@ -1,7 +1,8 @@
 """Review: /review shows the next pending example the caller did not write, with rating buttons; /review
 what:preferences the next pending preference record (conversation, chosen and rejected answer) to rate the same
 way; /review what:bad answers lists 👎 answers nobody has written a better answer for (the answer written goes to
-review)."""
+review). Each shows the community of the server it is used in, and is refused in a server the settings do not
+configure."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.permissions import experts_only
+from bot.permissions import experts_only, require_community
 from bot.views import (
     BetterAnswerButton,
     PreferenceButton,
@@ -33,6 +34,9 @@ class ReviewCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(ReviewButton, PreferenceButton, BetterAnswerButton)
+
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+        return await require_community(interaction)
 
     @app_commands.command(name="review", description="Rate the next example waiting for review (experts).")
     @app_commands.guild_only()

@@ -1,4 +1,5 @@
-"""Teaching: /teach opens a modal; /import takes a file of pairs (experts)."""
+"""Teaching: /teach opens a modal; /import takes a file of pairs (experts). Both write to the community of the
+server they are used in, and are refused in a server the settings do not configure."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import permissions
-from bot.permissions import experts_only, say, teachers_only
+from bot.permissions import experts_only, require_community, say, teachers_only
 from bot.views import TeachModal, check_quota
 from data import formats
 from data.importer import import_bytes
@@ -28,6 +29,9 @@ class TeachCog(commands.Cog):
     def __init__(self, bot: LoraloopBot) -> None:
         self.bot = bot
 
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+        return await require_community(interaction)
+
     @app_commands.command(name="teach", description="Teach the bot a question and its answer.")
     @app_commands.guild_only()
     @teachers_only("Only experts can teach the bot on this server.")
@@ -44,13 +48,14 @@ class TeachCog(commands.Cog):
     async def import_(self, interaction: Interaction, file: discord.Attachment,
                       format: str = "auto") -> None:
         settings = self.bot.settings
+        store = await self.bot.store_for(interaction.guild_id, interaction.user.id)
         if file.size > settings.max_import_bytes:
             return await say(interaction, f"`{file.filename}` is {file.size:,} bytes; the limit is "
                                           f"{settings.max_import_bytes:,} bytes. Split it into smaller files.")
         # The hourly limit: refused before the download when nothing is left, after counting (not parsing) when
         # the file's records are more than what is left (nothing is written then).
         try:
-            remaining = await permissions.check_submission_quota(self.bot.store, settings, interaction.user.id)
+            remaining = await permissions.check_submission_quota(store, settings, interaction.user.id)
         except permissions.RateLimited as exc:
             return await say(interaction, f"`{file.filename}` was not imported: {exc}.")
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -66,9 +71,9 @@ class TeachCog(commands.Cog):
                     return await say(interaction, f"`{file.filename}` was not imported: it holds more than the limit "
                                                   f"of {limit:,} pairs per hour per user: split it into parts of at "
                                                   f"most {limit:,}.")
-                await permissions.check_submission_quota(self.bot.store, settings, interaction.user.id, wanted=count)
+                await permissions.check_submission_quota(store, settings, interaction.user.id, wanted=count)
             report = await import_bytes(
-                self.bot.store, data, file.filename, format=format, author_id=interaction.user.id,
+                store, data, file.filename, format=format, author_id=interaction.user.id,
                 guild_id=interaction.guild_id, skip_invalid=True, max_chars=settings.max_field_chars,
                 hourly_limit=settings.max_pairs_per_user_hour,  # decided again as it stores: imports may race
             )

@@ -181,7 +181,8 @@ async def bot_on(request, tmp_path, discord_api, settings):
     """The bot on SQLite, and on PostgreSQL."""
     store, cleanup = await make_store(request.param, tmp_path)
     discord_api.message_content_intent = settings.message_content_intent
-    bot = LoraloopBot(settings, store=store)
+    # Seen as the test guild's community, as the bot's own store is (bot/app.py).
+    bot = LoraloopBot(settings, store=store.scoped(settings.community_names()[0]))
     await bot.login(FAKE_TOKEN)
     try:
         yield bot

@@ -30,7 +30,8 @@ DOUBLE_CLICK_TRIALS = 50
 async def bot(request, tmp_path, discord_api, ollama_server):
     store, cleanup = await make_store(request.param, tmp_path)
     settings = make_settings(tmp_path, ollama_server.url)
-    bot = LoraloopBot(settings, store=store, run_scheduler=False)
+    # Seen as the test guild's community, as the bot's own store is (bot/app.py).
+    bot = LoraloopBot(settings, store=store.scoped(settings.community_names()[0]), run_scheduler=False)
     await bot.login(FAKE_TOKEN)
     try:
         yield bot

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 
 from bot.settings import GuildRoles
 from data.conversation import Conversation
@@ -163,7 +164,8 @@ async def test_cli_rollback_to_a_tag_twice_goes_back_once(bot, settings, ollama_
 
     v0, v1, v2 = await promoted_versions(bot, ollama_server, 3)
     for key, value in {"LORALOOP_HOME": str(settings.home), "LORALOOP_DATABASE_URL": settings.resolved_database_url,
-                       "LORALOOP_OLLAMA_HOST": ollama_server.url}.items():
+                       "LORALOOP_OLLAMA_HOST": ollama_server.url,
+                       "LORALOOP_GUILDS": json.dumps({str(g): {} for g in settings.guilds})}.items():  # its community
         monkeypatch.setenv(key, value)
     runs = [await asyncio.to_thread(CliRunner().invoke, app, ["models", "rollback", "--to", v1.tag])
             for _ in range(2)]

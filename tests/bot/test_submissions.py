@@ -13,7 +13,9 @@ from tests.harness.polling import wait_until
 
 
 async def answer_with_buttons(bot, **kw) -> tuple[int, dict]:
-    answer = await bot.store.record_answer(prompt=[{"role": "user", "content": "why?"}], answer="because",
+    """An answer given where ``kw`` says (a DM's, guild_id None, outside every community) and its message."""
+    store = bot.community_store(None) if kw.get("guild_id", 1) is None else bot.store
+    answer = await store.record_answer(prompt=[{"role": "user", "content": "why?"}], answer="because",
                                            model_tag=BASE_TAG)
     return answer.id, message_with_buttons([f"ll:fb:{k}:{answer.id}" for k in ("up", "down", "fix")], "because",
                                            **kw)

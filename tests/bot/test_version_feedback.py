@@ -80,6 +80,7 @@ async def test_status_history_and_cli_show_each_versions_feedback(bot, discord_a
     monkeypatch.setenv("LORALOOP_DATABASE_URL", bot.settings.resolved_database_url)
     monkeypatch.setenv("LORALOOP_OLLAMA_HOST", ollama_server.url)
     monkeypatch.setenv("LORALOOP_OLLAMA_BASE", BASE_TAG)
+    monkeypatch.setenv("LORALOOP_GUILDS", json.dumps({str(GUILD_ID): {}}))  # its only community: the bot's
     listed = await asyncio.to_thread(CliRunner().invoke, app, ["models", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     rows = {r["tag"]: r for r in map(json.loads, listed.stdout.splitlines())}

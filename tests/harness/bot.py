@@ -60,8 +60,10 @@ def make_settings(tmp_path, ollama_url: str, **overrides) -> Settings:
 
 async def start_bot(settings: Settings, **options) -> LoraloopBot:
     """``options``: LoraloopBot's keyword arguments (dispatcher, run_scheduler, …)."""
+    # Scoped to the first community, as the bot's own: a test's bot.store.add_example teaches the test guild.
     store = Store(settings.resolved_database_url,
-                  policy=ReviewPolicy(settings.rating_quorum, settings.approve_mean, settings.reject_mean))
+                  policy=ReviewPolicy(settings.rating_quorum, settings.approve_mean, settings.reject_mean),
+                  community=settings.community_names()[0])
     bot = LoraloopBot(settings, store=store, **options)
     await bot.login(FAKE_TOKEN)  # GET /users/@me, application info, setup_hook (migrate, cogs, sync)
     return bot
@@ -78,7 +80,7 @@ def add_test_command(bot, name: str, handler: Handler) -> None:
 
 
 def mention(text: str, **kw) -> dict:
-    return message_payload(f"<@{BOT_ID}> {text}", author=USER, mentions=[BOT], **kw)
+    return message_payload(f"<@{BOT_ID}> {text}", author=kw.pop("author", USER), mentions=[BOT], **kw)
 
 
 def last_response(api: DiscordAPI) -> dict:
@@ -90,13 +92,14 @@ def last_edit(api: DiscordAPI) -> Call:
     return [c for c in api.find("PATCH", "/webhooks/") if c.status < 400][-1]
 
 
-async def ask(gateway: Gateway, discord_api: DiscordAPI, text: str) -> dict:
-    """Mention the bot; the bot's finished reply (the message that carries the feedback buttons)."""
+async def ask(gateway: Gateway, discord_api: DiscordAPI, text: str, **where) -> dict:
+    """Mention the bot; the bot's finished reply (the message that carries the feedback buttons). ``where``:
+    message_payload's guild_id, channel_id, author (a DM: guild_id None)."""
     def finished() -> list[dict]:
         return [m for m in discord_api.bot_messages() if m.get("components")]
 
     before = len(finished())
-    await gateway.message(mention(text))
+    await gateway.message(mention(text, **where))
     await wait_until(lambda: len(finished()) > before)
     return finished()[-1]
 
@@ -106,14 +109,28 @@ def chats(ollama_server: OllamaTestServer) -> list[list[dict[str, Any]]]:
     return [body["messages"] for body in ollama_server.requests_to("POST", "/api/chat")]
 
 
-async def teach_and_approve(bot, gateway: Gateway, discord_api: DiscordAPI, question: str, answer: str) -> int:
-    await gateway.command("teach", user_id=EXPERT, roles=[EXPERT_ROLE])
+async def teach(gateway: Gateway, discord_api: DiscordAPI, question: str, answer: str, *, guild_id: int = GUILD_ID,
+                channel_id: int = CHANNEL_ID, expert_role: int = EXPERT_ROLE) -> str:
+    """An expert teaches a pair with /teach and its form; what the bot answered the form."""
+    where = {"guild_id": guild_id, "channel_id": channel_id}
+    await gateway.command("teach", user_id=EXPERT, roles=[expert_role], **where)
     modal = last_response(discord_api)
     fields = [c["components"][0]["custom_id"] for c in modal["data"]["components"]]
     await gateway.submit_modal(modal["data"]["custom_id"], dict(zip(fields, [question, answer, ""], strict=True)),
-                               user_id=EXPERT, roles=[EXPERT_ROLE])
-    [example] = [e for e in await bot.store.list_examples(status="pending") if e.messages[0]["content"] == question]
-    await gateway.click(f"ll:rv:approve:{example.id}", message=message_with_buttons([f"ll:rv:approve:{example.id}"]),
-                        user_id=ADMIN, roles=[ADMIN_ROLE])
-    await bot.retrieval.wait_idle()  # the approval asked for a sync; it runs beside the click's response
+                               user_id=EXPERT, roles=[expert_role], **where)
+    return discord_api.reply_text()
+
+
+async def teach_and_approve(bot, gateway: Gateway, discord_api: DiscordAPI, question: str, answer: str, *,
+                            guild_id: int = GUILD_ID, channel_id: int = CHANNEL_ID, expert_role: int = EXPERT_ROLE,
+                            admin_role: int = ADMIN_ROLE) -> int:
+    """An expert of ``guild_id`` teaches a pair and its admin approves it; the example's id."""
+    await teach(gateway, discord_api, question, answer, guild_id=guild_id, channel_id=channel_id,
+                expert_role=expert_role)
+    store = bot.community_store(bot.settings.community_of_guild(guild_id))
+    [example] = [e for e in await store.list_examples(status="pending") if e.messages[0]["content"] == question]
+    await gateway.click(f"ll:rv:approve:{example.id}", user_id=ADMIN, roles=[admin_role], guild_id=guild_id,
+                        channel_id=channel_id, message=message_with_buttons(
+                            [f"ll:rv:approve:{example.id}"], guild_id=guild_id, channel_id=channel_id))
+    await bot.retrievers.wait_idle()  # the approval asked for a sync; it runs beside the click's response
     return example.id

@@ -160,10 +160,12 @@ def _shown(value: Any, option: str) -> str:
 @app.command("train")
 @config_options(TrainConfig, aliases={"learning_rate": ["--lr"], "lora_r": ["-r"]}, notes={
     "system_prompt": "Use the one the bot serves with (LORALOOP_SYSTEM_PROMPT); unset, this command uses "
-                     f"{DEFAULT_SYSTEM_PROMPT!r}, the bot's default."})
+                     f"{DEFAULT_SYSTEM_PROMPT!r}, the bot's default.",
+    "lora_alpha": "A YAML in LLaMA-Factory's names defaults to its 2 × rank.",
+    "lora_dropout": "A YAML in LLaMA-Factory's names defaults to its 0."})
 def train(
     config_file: Path | None = typer.Argument(
-        None, metavar="[CONFIG.yaml]", show_default=False,
+        None, metavar="CONFIG.yaml", show_default=False,
         help="YAML file with training settings, as --config; LLaMA-Factory's (`llamafactory-cli train` file) too: "
              "its model_name_or_path, output_dir and dataset (names in dataset_dir/dataset_info.json) are read as "
              "--base, --out and the data."),
@@ -174,9 +176,11 @@ def train(
     data_format: str = typer.Option("auto", "--format", help="The --data file's format (auto: detected)."),
     columns: str | None = typer.Option(None, "--columns", help="--data: question=COL,answer=COL[,system=COL]."),
     set_: list[str] | None = typer.Option(
-        None, "--set", help="--data: fill a template placeholder: --set name=Ada fills {{name}} (repeatable)."),
+        None, "--set", help="--data or the YAML's datasets: fill a template placeholder: --set name=Ada fills "
+                            "{{name}} (repeatable)."),
     allow_placeholders: bool = typer.Option(
-        False, "--allow-placeholders", help="--data: train records that still hold {{placeholders}} as written."),
+        False, "--allow-placeholders", help="--data or the YAML's datasets: train records that still hold "
+                                            "{{placeholders}} as written (refused otherwise)."),
     base: str | None = typer.Option(None, "--base", help="Base model: a local directory or a Hugging Face id "
                                     "(default: the YAML's model_name_or_path)."),
     out: Path | None = typer.Option(None, "--out", help="Run directory: adapter, metrics, probes, checkpoints, log "

@@ -131,9 +131,12 @@ def ollama(
 def _pull_base(server: Any, cache: Path, tiny: bool) -> tuple[str, Path]:
     """Register the base as if `ollama pull` had fetched it (the model written into ``cache`` once); its tag and
     the Hugging Face directory to train on."""
+    from transformers.utils import logging as transformers_logging
+
     from deploy.ollama_server import add_hf_base
     from trainer.real import GGUF_NAME, RealModelUnavailable, _built_once, cached_smollm2
 
+    transformers_logging.disable_progress_bar()  # the bars of writing the model once are noise here
     if tiny:
         model_dir = _built_once(cache / TINY_DIR, TINY_GGUF, _tiny_with_gguf)
         add_hf_base(server, TINY_BASE_TAG, model_dir, model_dir / TINY_GGUF, real=False)
@@ -148,13 +151,10 @@ def _pull_base(server: Any, cache: Path, tiny: bool) -> tuple[str, Path]:
 
 def _tiny_with_gguf(out: Path) -> Path:
     """The tiny random chat model (ChatML) and its GGUF, by llama.cpp's own converter, as `ollama pull` gives one."""
-    from transformers.utils import logging as transformers_logging
-
     from bot.cli.common import settings
     from deploy.gguf import ConversionError, convert_model, llama_cpp_sources
     from trainer.tiny import build_tiny_model
 
-    transformers_logging.disable_progress_bar()  # "Writing model shards" is noise here
     build_tiny_model(out, arch="llama", template="chatml")
     try:
         convert_model(out, out / TINY_GGUF, llama_cpp_sources(settings().llama_cpp_dir), outtype="f32")

@@ -28,7 +28,8 @@ def chat(
     once: Annotated[str | None, typer.Option(
         "--once", help="Ask this one question, print the answer and exit (non-zero when no answer came).")] = None,
 ) -> None:
-    """Talk to the model from the terminal: type a question, the answer streams; `exit` or Ctrl-D quits."""
+    """Talk to the model from the terminal as the bot answers in Discord (its system prompt, expert answers, served
+    options; each answer recorded): type a question, the answer streams; `exit` or Ctrl-D quits."""
     config = settings()
     try:
         ok = asyncio.run(_session(config, model, once))

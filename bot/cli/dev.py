@@ -83,7 +83,7 @@ TINY_GGUF = "model.f32.gguf"
 def ollama(
     port: Annotated[int, typer.Option(help="Port to serve on (Ollama's own is 11434; 0: any free port).")] = 11434,
     tiny: Annotated[bool, typer.Option(
-        help="A tiny random model (trains in seconds, answers noise) instead of SmolLM2-135M-Instruct")] = False,
+        "--tiny", help="A tiny random model (trains in seconds, answers noise), not SmolLM2-135M-Instruct")] = False,
     models: Annotated[Path | None, typer.Option(
         help="Where the base model is written once and reused (default: ~/.cache/loraloop/models)")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

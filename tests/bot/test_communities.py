@@ -1,10 +1,10 @@
 """Several servers, one bot (issue 27): each configured guild's knowledge stays in its community.
 
 The Discord stand-in holds two configured guilds, A and B (each its own community), an unconfigured guild C and
-DMs; the store is a real SQLite database. Each leak the issue reported has its own test: what A taught never
-reaches the prompts, footers, exports, stats or review queues of B, C or a DM; B's approvals never reach A; a DM's
-👎 stays out of every server's review; B can teach what A already holds; C can only chat, with the base model.
-And two guilds that name one community share it."""
+DMs; the store is a real SQLite database, and PostgreSQL where the run has one (the module's ``bot``). Each leak
+the issue reported has its own test: what A taught never reaches the prompts, footers, exports, stats or review
+queues of B, C or a DM; B's approvals never reach A; a DM's 👎 stays out of every server's review; B can teach
+what A already holds; C can only chat, with the base model. And two guilds that name one community share it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import logging
 import pytest
 from sqlalchemy import update
 
+from bot.app import LoraloopBot
 from bot.permissions import NOT_SET_UP
 from bot.retrieval import BLOCK_HEAD
 from bot.settings import GuildRoles
@@ -26,6 +27,7 @@ from tests.harness.bot import (
     ANSWER,
     BASE_TAG,
     EXPERT,
+    FAKE_TOKEN,
     MEMBER,
     QUESTION,
     ask,
@@ -36,6 +38,7 @@ from tests.harness.bot import (
     teach,
     teach_and_approve,
 )
+from tests.harness.db import BACKENDS, make_store
 from tests.harness.discord import (
     ADMIN_ROLE,
     CHANNEL_ID,
@@ -73,6 +76,19 @@ def guild_b(**kw) -> GuildRoles:
 @pytest.fixture
 def settings(tmp_path, ollama_server):
     return make_settings(tmp_path, ollama_server.url, guilds={GUILD_A: guild_a(), GUILD_B: guild_b()})
+
+
+@pytest.fixture(params=BACKENDS)
+async def bot(request, tmp_path, discord_api, settings):
+    store, cleanup = await make_store(request.param, tmp_path, ReviewPolicy(
+        settings.rating_quorum, settings.approve_mean, settings.reject_mean))
+    bot = LoraloopBot(settings, store=store.scoped(settings.community_names()[0]), run_scheduler=False)
+    await bot.login(FAKE_TOKEN)
+    try:
+        yield bot
+    finally:
+        await bot.close()
+        await cleanup()
 
 
 @pytest.fixture

@@ -340,23 +340,25 @@ async def preference_stats(store: Store) -> dict[str, Any]:
             "approved_by_source": {k: approved[k] for k in PREFERENCE_SOURCES}}
 
 
-async def approved_preferences(store: Store) -> list[PreferenceRecord]:
-    """The approved records sorted by content hash (a snapshot's order)."""
+async def approved_preferences(store: Store, *, in_order_added: bool = False) -> list[PreferenceRecord]:
+    """The approved records sorted by content hash (a snapshot's order), or in the order they were stored."""
     async with store.session() as s:
         return list(await s.scalars(select(PreferenceRecord).where(PreferenceRecord.status == "approved", _VISIBLE,
                                                                    PreferenceRecord.community == store.community)
-                                    .order_by(PreferenceRecord.content_hash)))
+                                    .order_by(PreferenceRecord.id if in_order_added
+                                              else PreferenceRecord.content_hash)))
 
 
 async def export_preferences(store: Store, out: Path, format: str, *, split: str = "all",
                              eval_fraction: float = 0.1) -> int:
-    """Write the approved preference records (sorted by hash) to ``out``; ``split`` as for pairs."""
+    """Write the approved preference records, in the order they were stored, to ``out``; ``split`` as for
+    pairs."""
     from data.formats import preference as preference_format
     from data.snapshot import is_eval
 
     if split not in ("train", "eval", "all"):
         raise ValueError(f"split must be train, eval or all, not {split!r}")
-    rows = await approved_preferences(store)
+    rows = await approved_preferences(store, in_order_added=True)
     prefs = [preference_of(r) for r in rows
              if split == "all" or is_eval(r.content_hash, eval_fraction) == (split == "eval")]
     return await asyncio.to_thread(preference_format.write_file, prefs, out, format)

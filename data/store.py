@@ -101,12 +101,13 @@ def _approved_raw(community: str) -> Any:
             .order_by(Example.content_hash))
 
 
-def _approved_text(community: str) -> Any:
-    """The same, the JSON as text on PostgreSQL too: a cast in SQL, or asyncpg decodes it on the event loop."""
+def _approved_text(community: str, *, in_order_added: bool = False) -> Any:
+    """The same, the JSON as text on PostgreSQL too: a cast in SQL, or asyncpg decodes it on the event loop.
+    ``in_order_added``: in the order the examples were stored (an export keeps a file's record order)."""
     return (select(Example.content_hash, cast(Example.messages, Text).label("messages"),
                    cast(Example.tags, Text).label("tags"), Example.source, Example.tools)
             .where(Example.status == "approved", Example.community == community, _VISIBLE)
-            .order_by(Example.content_hash))
+            .order_by(Example.id if in_order_added else Example.content_hash))
 
 
 @dataclass(frozen=True)
@@ -742,7 +743,7 @@ class Store(RunsMixin):
         async with self.session() as s:
             return list(await s.execute(_approved_raw(self._owner())))
 
-    async def approved_examples_batches(self, batch_rows: int = SNAPSHOT_BATCH_ROWS
+    async def approved_examples_batches(self, batch_rows: int = SNAPSHOT_BATCH_ROWS, *, in_order_added: bool = False
                                         ) -> AsyncGenerator[Sequence[Any], None]:
         """``approved_examples_raw``'s rows, ``batch_rows`` at a time, fetched as they are consumed; ``messages``
         and ``tags`` are the stored JSON text on every database.
@@ -751,7 +752,8 @@ class Store(RunsMixin):
         plain connection (no ORM session: a third of the fetch time). Close it early with contextlib.aclosing.
         """
         async with self.engine.connect() as conn:
-            result = await conn.stream(_approved_text(self._owner()).execution_options(yield_per=batch_rows))
+            query = _approved_text(self._owner(), in_order_added=in_order_added)
+            result = await conn.stream(query.execution_options(yield_per=batch_rows))
             async for batch in result.partitions():
                 yield batch
 
@@ -794,7 +796,8 @@ class Store(RunsMixin):
 
     async def export_approved(self, out: Path, format: str, *, split: str = "all", eval_fraction: float = 0.1,
                               batch_rows: int = SNAPSHOT_BATCH_ROWS) -> int:
-        """Write the approved examples (sorted by hash) to ``out`` in ``format``; returns how many.
+        """Write the approved examples, in the order they were stored (an imported file's own order), to ``out`` in
+        ``format``; returns how many.
 
         ``split``: train, eval or all, the snapshots' hash-stable split for ``eval_fraction``. Streamed like
         create_snapshot; raises ValueError for a bad file name or a conversation the format cannot express, and
@@ -816,7 +819,7 @@ class Store(RunsMixin):
 
         writer = await asyncio.to_thread(formats.DatasetWriter, out, format)
         with writer:
-            async with aclosing(self.approved_examples_batches(batch_rows)) as batches:
+            async with aclosing(self.approved_examples_batches(batch_rows, in_order_added=True)) as batches:
                 async for batch in batches:
                     await _to_the_end(asyncio.to_thread(write, batch))
             return await _to_the_end(asyncio.to_thread(writer.commit))

@@ -78,6 +78,11 @@ async def approved(store) -> list[Conversation]:
     return [Conversation.from_dicts(e.messages, e.tags, e.tools) for e in await store.approved_examples()]
 
 
+async def approved_as_stored(store) -> list[Conversation]:
+    """What an export writes: the approved examples in the order they were stored (a file's own order)."""
+    return [Conversation.from_dicts(e.messages, e.tags, e.tools) for e in await store.list_examples(status="approved")]
+
+
 async def test_streamed_snapshot_is_byte_identical_to_the_one_shot_writer(store, tmp_path):
     await store.import_conversations(conversations(120), approve=True)
     streamed = await store.create_snapshot(tmp_path / "streamed", batch_rows=7)  # many batches, one short
@@ -133,10 +138,10 @@ async def test_streamed_export_is_byte_identical_to_the_one_shot_export(store, t
     (tmp_path / "out").mkdir()
     out = tmp_path / "out" / f"export{suffix}"
     count = await store.export_approved(out, format, batch_rows=7)
-    expected = one_shot(await approved(store), format, jsonl=suffix == ".jsonl")
+    expected = one_shot(await approved_as_stored(store), format, jsonl=suffix == ".jsonl")
     assert count == len(convs)
     assert out.read_bytes() == expected
-    assert formats.dumps(await approved(store), format, jsonl=suffix == ".jsonl") == expected
+    assert formats.dumps(convs, format, jsonl=suffix == ".jsonl") == expected  # the order they were imported in
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left beside it
 
 
@@ -146,7 +151,9 @@ async def test_export_split_matches_the_snapshot_split(store, tmp_path):
     for split, part in (("train", snapshot.train), ("eval", snapshot.eval)):
         out = tmp_path / f"{split}.jsonl"
         assert await store.export_approved(out, "sharegpt", split=split, eval_fraction=0.3, batch_rows=4) == len(part)
-        assert out.read_bytes() == one_shot(part, "sharegpt", jsonl=True)
+        wanted = {c.content_hash() for c in part}
+        in_order = [c for c in await approved_as_stored(store) if c.content_hash() in wanted]
+        assert out.read_bytes() == one_shot(in_order, "sharegpt", jsonl=True)
 
 
 async def test_refused_export_leaves_the_previous_file_and_no_other(store, tmp_path):
@@ -211,4 +218,8 @@ def test_cli_export_refusal_is_one_line_and_leaves_no_file(tmp_path, monkeypatch
     assert done.exit_code == 0 and f"wrote {len(convs)} examples to {out}" in " ".join(done.output.split())
     # As imported: sharegpt writes each OpenAI tool call in its own layout, which hashes apart from OpenAI's.
     imported = [r.conversation for r in formats.read_file(source).records]
-    assert out.read_bytes() == one_shot(sorted(imported, key=Conversation.content_hash), "sharegpt", jsonl=True)
+    first: dict[str, Conversation] = {}
+    for c in imported:
+        first.setdefault(c.content_hash(), c)  # the store keeps the first of each
+    in_file_order = list(first.values())
+    assert out.read_bytes() == one_shot(in_file_order, "sharegpt", jsonl=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from data.errors import LoraloopError
 
 # tool_call: the assistant calling a tool (content = the call as JSON text); tool: the tool's result.

@@ -25,10 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from data.errors import LoraloopError
-from data.models import Answer, Comparison, ComparisonVote, Example, Feedback, ModelVersion, Promotion, QualityAlert
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
+
+from data.errors import LoraloopError
+from data.models import Answer, Comparison, ComparisonVote, Example, Feedback, ModelVersion, Promotion, QualityAlert
 
 if TYPE_CHECKING:
     from data.store import Store

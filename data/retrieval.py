@@ -24,6 +24,7 @@ from typing import Any
 import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
+
 from data.errors import LoraloopError
 
 # Han, kana, Hangul: scripts written without spaces, so a word splitter sees a whole sentence as one token.

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
 import orjson
-from data.errors import LoraloopError
-from data.validation import describe
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from data.conversation import Conversation
+from data.errors import LoraloopError
+from data.validation import describe
 
 FORMAT: Final = "loraloop-snapshot/1"
 EXAMPLES_FILE: Final = "examples.jsonl"

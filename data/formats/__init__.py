@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from data.conversation import Conversation, InvalidConversation
 from data.errors import LoraloopError
+from data.formats import alpaca, csv_, lf_v1, openai, sharegpt
+from data.formats.columns import ColumnError, ColumnMap, DatasetEntry, dataset_entry, flat_record, parse_columns
+from data.formats.common import RecordIssue
 from data.formats.kinds import (
     KTO_KEYS,
     MEDIA_KEYS,
@@ -35,11 +40,6 @@ from data.formats.kinds import (
     kto_label,
     media_of,
 )
-
-from data.conversation import Conversation, InvalidConversation
-from data.formats import alpaca, csv_, lf_v1, openai, sharegpt
-from data.formats.columns import ColumnError, ColumnMap, DatasetEntry, dataset_entry, flat_record, parse_columns
-from data.formats.common import RecordIssue
 
 __all__ = ["FORMATS", "ColumnError", "ColumnMap", "DatasetEntry", "FormatError", "Kind", "MultimodalData",
            "ParseResult", "ParsedRecord", "PreferenceData", "RecordError", "check_kind", "dataset_entry",

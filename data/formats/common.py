@@ -6,9 +6,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from data.errors import LoraloopError
-
 from data.conversation import Conversation
+from data.errors import LoraloopError
 
 # Deeper JSON inside a record (tool calls, tool schemas) is refused: json.dumps would recurse past Python's limit.
 MAX_NESTING = 100

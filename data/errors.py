@@ -91,3 +91,7 @@ class RunInProgress(StoreError):
 
 class RunStateError(StoreError):
     """A retrain run is not in a state that allows the requested change."""
+
+
+class UnfilledPlaceholders(StoreError):
+    """An approval of an example that still holds template placeholders (``{{name}}``): it would train them."""

@@ -42,6 +42,8 @@ class ImportReport:
     approved: bool = False
     # Locations of records another import still being written holds: not imported, not duplicates (yet).
     in_flight: list[str] = field(default_factory=list)
+    # Pending placeholder copies an earlier import left, superseded by this import's filled records (--set).
+    replaced: int = 0
 
     @property
     def waiting(self) -> int:
@@ -101,9 +103,13 @@ async def _import(store: Store, data: bytes, filename: str, *, format: str, appr
     undesirable = [r.conversation for r in parsed.undesirable]
     if tags:
         wanted = [replace(c, tags=tuple(dict.fromkeys((*c.tags, *tags)))) for c in wanted]
+    copies: list[tuple[str, str]] = []  # (as written, filled): the placeholder copies a re-import replaces
     if set_values:
+        written = wanted
         wanted = [fill_placeholders(c, set_values) for c in wanted]
         undesirable = [fill_placeholders(c, set_values) for c in undesirable]
+        copies = [(before.content_hash(), after.content_hash()) for before, after in zip(written, wanted, strict=True)
+                  if after is not before and after.messages != before.messages]
     names: list[str] = []
     holding = 0
     # Most files hold no "{{" at all, nor its JSON escape: then no record needs a search.
@@ -126,13 +132,14 @@ async def _import(store: Store, data: bytes, filename: str, *, format: str, appr
         wanted + undesirable, source=source, approve=approve, author_id=author_id, guild_id=guild_id,
         reject=range(len(wanted), len(wanted) + len(undesirable)), hourly_limit=hourly_limit,
     )
+    replaced = await store.replace_pending_copies(copies)
     located = parsed.records + parsed.undesirable
     duplicates = [located[i].location for i in outcome.duplicates]
     in_flight = [located[i].location for i in outcome.in_flight]
     rejected = len(undesirable) - sum(1 for i in (*outcome.duplicates, *outcome.in_flight) if i >= len(wanted))
     return ImportReport(parsed.format, total, outcome.imported, duplicates, list(parsed.errors), kind=parsed.kind,
                         rejected=rejected, placeholders=names, with_placeholders=holding, approved=approve,
-                        in_flight=in_flight)
+                        in_flight=in_flight, replaced=replaced)
 
 
 async def import_file(store: Store, path: Path, **kwargs: Any) -> ImportReport:

@@ -42,6 +42,7 @@ from data.errors import (  # re-exported: callers import the store's errors from
     SelfRating,
     StoreError,
     Superseded,
+    UnfilledPlaceholders,
     UnstorableText,
 )
 from data.import_lease import ImportLease
@@ -118,6 +119,8 @@ class RatingOutcome:
     disagreement: float
     decided: str | None  # the status this rating decided ('approved'/'rejected'), if it decided one
     changed: bool = False  # True when this rater had rated the example before: the rating was changed
+    # Why the ratings' approval did not take (unfilled template placeholders): the example stays pending.
+    held: str | None = None
 
 
 @dataclass(frozen=True)
@@ -490,14 +493,18 @@ class Store(RunsMixin):
         async with self.session() as s:
             return await s.scalar(query)
 
-    async def set_example_status(self, example_id: int, status: str) -> Example:
+    async def set_example_status(self, example_id: int, status: str, *, allow_placeholders: bool = False) -> Example:
         """A moderator's direct decision (pending/approved/rejected), overriding the rating rule.
 
-        Raises Superseded when an edit replaced the example (even one that lands while this runs).
+        Raises Superseded when an edit replaced the example (even one that lands while this runs), and
+        UnfilledPlaceholders when approving one that still holds template placeholders (``{{name}}``) unless
+        ``allow_placeholders``: what is approved is exactly what trains.
         """
         _check_choice("status", status, _MODERATOR_STATUSES)
         async with self.session() as s, s.begin():
-            await _get_or_404(s, example_id, self.community, lock=True)
+            current = await _get_or_404(s, example_id, self.community, lock=True)
+            if status == "approved" and not allow_placeholders and (held := _unfilled(current)):
+                raise UnfilledPlaceholders(held)
             # Conditional on the status at the moment of writing: on SQLite the read above may predate an edit
             # committed since (its write lock is only taken here).
             moved = await _move_status(s, example_id, status, frm=_EDITABLE)
@@ -507,6 +514,33 @@ class Store(RunsMixin):
             if status == "approved":  # an approved correction is a preference judgement too
                 await record_correction(s, example_id)
         return example
+
+    async def replace_pending_copies(self, copies: Sequence[tuple[str, str]]) -> int:
+        """Supersede pending examples by their filled copies: ``copies`` holds (content hash of a conversation as
+        written with template placeholders, content hash of the same with them filled). Each pending example of
+        the first kind whose filled copy is stored becomes superseded by it; returns how many.
+
+        What a re-import with ``--set`` does, so the placeholder copies an earlier import left pending can no
+        longer be approved beside the filled ones."""
+        if not copies:
+            return 0
+        filled_of = dict(copies)
+        replaced = 0
+        async with self.session() as s, s.begin():
+            for start in range(0, len(copies), 1000):
+                chunk = [c[0] for c in copies[start:start + 1000]]
+                pending = dict((await s.execute(select(Example.content_hash, Example.id).where(
+                    Example.content_hash.in_(chunk), Example.status == "pending",
+                    Example.community == self.community, _VISIBLE))).all())
+                wanted = {filled_of[h] for h in pending}
+                copy_ids = dict((await s.execute(select(Example.content_hash, Example.id).where(
+                    Example.content_hash.in_(wanted), Example.community == self.community, _VISIBLE))).all())
+                for digest, example_id in pending.items():
+                    copy_id = copy_ids.get(filled_of[digest])
+                    if copy_id is not None and await _move_status(s, example_id, "superseded", frm=("pending",),
+                                                                  superseded_by=copy_id):
+                        replaced += 1
+        return replaced
 
     async def edit_example(self, example_id: int, conversation: Conversation, *, editor_id: int,
                            max_chars: int | None = None) -> Example:
@@ -584,13 +618,15 @@ class Store(RunsMixin):
                 raise Superseded(example_id, example.superseded_by)
             scores = list(await s.scalars(select(Rating.score).where(Rating.example_id == example_id)))
             decided = self.policy.decide(scores)
-            # Ratings decide pending examples only: a moderator's decision stands, a superseded one stays so.
-            if decided is None or not await _move_status(s, example_id, decided, frm=("pending",)):
+            held = _unfilled(example) if decided == "approved" else None
+            # Ratings decide pending examples only: a moderator's decision stands, a superseded one stays so; an
+            # example with unfilled placeholders is never approved by ratings (its author or an admin fills them).
+            if decided is None or held or not await _move_status(s, example_id, decided, frm=("pending",)):
                 decided = None
             if decided == "approved":  # an approved correction is a preference judgement too
                 await record_correction(s, example_id)
             example = await _get_or_404(s, example_id, self.community)
-        return RatingOutcome(example, scores, statistics.fmean(scores), disagreement(scores), decided, changed)
+        return RatingOutcome(example, scores, statistics.fmean(scores), disagreement(scores), decided, changed, held)
 
     async def ratings_for(self, example_id: int) -> list[Rating]:
         async with self.session() as s:
@@ -1053,6 +1089,19 @@ def _example_row(conv: Conversation, digest: str, source: str, author_id: int | 
         "content_hash": digest, "messages": conv.to_dicts(), "tools": conv.tools, "tags": list(conv.tags),
         "source": source, "status": status, "author_id": author_id, "guild_id": guild_id,
     }
+
+
+def _unfilled(example: Example) -> str | None:
+    """Why ``example`` may not be approved as it is (its unfilled template placeholders), or None."""
+    from data.placeholders import placeholders_in_order
+
+    names = list(dict.fromkeys(placeholders_in_order(Conversation.from_dicts(example.messages, example.tags or ()))))
+    if not names:
+        return None
+    shown = ", ".join("{{" + n + "}}" for n in names)
+    fill = " ".join(f"--set {n}=VALUE" for n in names)
+    return (f"example #{example.id} still holds the template placeholder(s) {shown}: edit it, or import its file "
+            f"again with {fill} (that replaces the pending copies); --allow-placeholders approves it as written")
 
 
 def _check_storable(conv: Conversation, where: str = "") -> None:

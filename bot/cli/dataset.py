@@ -172,6 +172,10 @@ def _print_report(name: str, report) -> None:
                       f"{'holds' if report.with_placeholders == 1 else 'hold'} template placeholders "
                       f"({escape(names)}); import again with {fill} to fill them", highlight=False, soft_wrap=True)
     if report.waiting:
+    if report.replaced:
+        copies = "copy" if report.replaced == 1 else "copies"
+        console.print(f"  {report.replaced} pending {copies} with unfilled placeholders replaced by the filled "
+                      "records", highlight=False, soft_wrap=True)
         waits, them = ("waits", "it") if report.waiting == 1 else ("wait", "them")
         console.print(f"  {plural(report.waiting, 'pair')} now {waits} for review: approve {them} with "
                       "`loraloop review approve --all-pending` (or review them in Discord)",

@@ -96,7 +96,8 @@ def list_(
         console.print("approve: loraloop review approve ID… (or --all-pending); reject: loraloop review reject ID…")
 
 
-def _decide(ids: list[int], all_pending: bool, status: str, json_out: bool) -> None:
+def _decide(ids: list[int], all_pending: bool, status: str, json_out: bool, community: str | None,
+            allow_placeholders: bool = False) -> None:
     from data.store import StoreError
 
     if bool(ids) == all_pending:
@@ -109,7 +110,7 @@ def _decide(ids: list[int], all_pending: bool, status: str, json_out: bool) -> N
             done, refused = [], []
             for example_id in targets:
                 try:
-                    await store.set_example_status(example_id, status)
+                    await store.set_example_status(example_id, status, allow_placeholders=allow_placeholders)
                 except StoreError as exc:
                     refused.append((example_id, str(exc) or f"example #{example_id} does not exist"))
                 else:
@@ -134,8 +135,12 @@ def approve(
     all_pending: Annotated[bool, typer.Option("--all-pending", help="Every example waiting for review.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
+    community: Community = None,
+    allow_placeholders: Annotated[bool, typer.Option(
+        "--allow-placeholders", help="Approve examples that still hold template placeholders ({{name}}) as "
+                                     "written (they train as they are).")] = False,
     """Approve examples (an admin decision: it overrides the experts' ratings)."""
-    _decide(ids or [], all_pending, "approved", json_out)
+    _decide(ids or [], all_pending, "approved", json_out, community, allow_placeholders)
 
 
 @app.command()

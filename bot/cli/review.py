@@ -96,8 +96,7 @@ def list_(
         console.print("approve: loraloop review approve ID… (or --all-pending); reject: loraloop review reject ID…")
 
 
-def _decide(ids: list[int], all_pending: bool, status: str, json_out: bool, community: str | None,
-            allow_placeholders: bool = False) -> None:
+def _decide(ids: list[int], all_pending: bool, status: str, json_out: bool, allow_placeholders: bool = False) -> None:
     from data.store import StoreError
 
     if bool(ids) == all_pending:
@@ -134,13 +133,12 @@ def approve(
     ids: Annotated[list[int] | None, typer.Argument(help="Example ids (see `loraloop review list`).")] = None,
     all_pending: Annotated[bool, typer.Option("--all-pending", help="Every example waiting for review.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    community: Community = None,
     allow_placeholders: Annotated[bool, typer.Option(
         "--allow-placeholders", help="Approve examples that still hold template placeholders ({{name}}) as "
                                      "written (they train as they are).")] = False,
+) -> None:
     """Approve examples (an admin decision: it overrides the experts' ratings)."""
-    _decide(ids or [], all_pending, "approved", json_out, community, allow_placeholders)
+    _decide(ids or [], all_pending, "approved", json_out, allow_placeholders)
 
 
 @app.command()

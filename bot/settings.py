@@ -152,7 +152,12 @@ class Settings(WorkerSettings):
         default_factory=dict, description="Per-community retrain schedule overrides, by community name.")
     chat_cooldown_s: float = 3.0
     max_import_bytes: int = 5 * 1024 * 1024
-    max_field_chars: int = 4000
+    max_field_chars: int = Field(
+        default=4000, ge=1, le=4000, description="Longest text in a Discord form (/teach, suggestions, edits): "
+                                                 "Discord's own limit for a modal's text input.")
+    max_stored_chars: int = Field(
+        default=32000, ge=1, description="Longest message text a file import (/import, dataset import) may hold: "
+                                         "LLaMA-Factory-style files carry long answers that no form ever edits.")
     max_pairs_per_user_hour: int = Field(
         default=200, ge=0,
         description="Pairs one user may submit per hour (/teach, suggestions, /import); 0: no limit.")

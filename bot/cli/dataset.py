@@ -80,7 +80,7 @@ def import_(
     async def run():
         async with open_store(config) as store:
             return await import_file(store, path, format=format, approve=approve, skip_invalid=skip_invalid,
-                                     max_chars=config.max_field_chars, columns=column_map, set_values=values,
+                                     max_chars=config.max_stored_chars, columns=column_map, set_values=values,
                                      allow_placeholders=allow_placeholders, tags=("holdout",) if holdout else ())
 
     shown = str(path)
@@ -171,11 +171,11 @@ def _print_report(name: str, report) -> None:
         console.print(f"  [yellow]warning:[/] {plural(report.with_placeholders, 'record')} "
                       f"{'holds' if report.with_placeholders == 1 else 'hold'} template placeholders "
                       f"({escape(names)}); import again with {fill} to fill them", highlight=False, soft_wrap=True)
-    if report.waiting:
     if report.replaced:
         copies = "copy" if report.replaced == 1 else "copies"
         console.print(f"  {report.replaced} pending {copies} with unfilled placeholders replaced by the filled "
                       "records", highlight=False, soft_wrap=True)
+    if report.waiting:
         waits, them = ("waits", "it") if report.waiting == 1 else ("wait", "them")
         console.print(f"  {plural(report.waiting, 'pair')} now {waits} for review: approve {them} with "
                       "`loraloop review approve --all-pending` (or review them in Discord)",

@@ -74,7 +74,7 @@ class TeachCog(commands.Cog):
                 await permissions.check_submission_quota(store, settings, interaction.user.id, wanted=count)
             report = await import_bytes(
                 store, data, file.filename, format=format, author_id=interaction.user.id,
-                guild_id=interaction.guild_id, skip_invalid=True, max_chars=settings.max_field_chars,
+                guild_id=interaction.guild_id, skip_invalid=True, max_chars=settings.max_stored_chars,
                 hourly_limit=settings.max_pairs_per_user_hour,  # decided again as it stores: imports may race
             )
         except (formats.FormatError, permissions.RateLimited, StoreError) as exc:

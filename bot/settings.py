@@ -14,6 +14,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError,
 
 from data.communities import DEFAULT_COMMUNITY, check_name, guild_community
 from data.validation import describe
+from trainer.config import DEFAULT_SYSTEM_PROMPT  # torch-free; one default for the bot and the trainer
 from worker.settings import WorkerSettings
 from worker.settings import parse_ollama_host as parse_ollama_host  # re-exported: the bot's code reads them here
 from worker.settings import redact_text as redact_text
@@ -75,7 +76,7 @@ class Settings(WorkerSettings):
 
     # Model identity (model_name, base_model: WorkerSettings).
     ollama_base: str = Field(default="qwen2.5:0.5b-instruct", description="The clean Ollama base tag.")
-    system_prompt: str = "You are a helpful assistant."
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
 
     # Review policy.
     rating_quorum: int = Field(default=2, ge=1)

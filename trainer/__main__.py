@@ -31,14 +31,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from data.placeholders import parse_set_values
-from trainer.config import TrainConfig
+from trainer.config import DEFAULT_SYSTEM_PROMPT, TrainConfig
 
 if TYPE_CHECKING:
     from data.formats.columns import ColumnMap
 
 # The bot's default system prompt (bot/settings.py). A bot serving another one says so: a retrain job always sends
 # the bot's prompt in its config, and by hand it is --system-prompt (the deploy gate refuses a mismatch).
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 err_console = Console(stderr=True)
 app = typer.Typer(name="trainer", help="loraloop's trainer.", no_args_is_help=True, pretty_exceptions_enable=False,

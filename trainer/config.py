@@ -20,6 +20,9 @@ from data.errors import LoraloopError
 # Modules the GGUF LoRA format (and therefore Ollama) cannot carry an adapter for.
 EMBEDDING_OR_HEAD = ("embed_tokens", "lm_head", "wte", "wpe", "embed_out", "word_embeddings", "output")
 
+# The bot's default system prompt (bot/settings.py reads it from here): a run whose data has none trains with it,
+# so the model learns under the prompt it will be served with.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_PROBES = (
     "Hello! Who are you?",
     "What can you help me with?",

@@ -143,6 +143,7 @@ class Retriever:
         self._scope_of: tuple[int | None] | None = None  # (active version id,) the scope was computed for
         self._sync_lock = asyncio.Lock()
         self._first_sync = asyncio.Event()  # the start-up build was tried (done, or failed and logged)
+        self._built_by_loop = False  # Retrievers' loop does the start-up build (set by Retrievers.start)
         self._tasks: set[asyncio.Task[None]] = set()
         self._embed_down_since: float | None = None  # when embeddings last failed; None: working (or unused)
         self._embedding_pass = False  # one pass over the pairs without vectors at a time
@@ -178,7 +179,7 @@ class Retriever:
 
     async def wait_idle(self) -> None:
         """Until the first build and the syncs requested so far are done (tests, the benchmark)."""
-        if self.enabled and any(t.get_name() == "retrieval-sync" for t in self._tasks):
+        if self.enabled and (self._built_by_loop or any(t.get_name() == "retrieval-sync" for t in self._tasks)):
             await self._first_sync.wait()  # the first build runs in the periodic task, which never ends
         await asyncio.gather(*(t for t in self._tasks if t.get_name() != "retrieval-sync"), return_exceptions=True)
 
@@ -382,6 +383,8 @@ class Retrievers:
     def start(self) -> None:
         """Build every community's index in the background, then re-read each every ``retrieval_sync_s``."""
         if self.enabled and self._task is None:
+            for retriever in self:
+                retriever._built_by_loop = True
             self._task = asyncio.get_running_loop().create_task(self._run(), name="retrieval-sync")
 
     async def stop(self) -> None:
@@ -396,6 +399,7 @@ class Retrievers:
         while True:
             for retriever in self:  # one after the other: ten first builds at once would hold up the chats
                 await retriever._sync_logged()
+                retriever._first_sync.set()
             self._first_sync.set()
             await asyncio.sleep(self.settings.retrieval_sync_s)
 

@@ -364,3 +364,38 @@ async def test_rows_from_before_communities_go_to_their_guilds_at_start(tmp_path
         assert any("rows from before communities" in r.getMessage() for r in caplog.records)
     finally:
         await bot.close()
+
+
+async def test_a_regression_is_told_in_its_own_communitys_experts_channel(bot, gateway, discord_api, ollama_server):
+    b_store = bot.community_store(bot.settings.community_of_guild(GUILD_B))
+
+    async def promoted():
+        version = await b_store.create_model_version(name="m", base_model="tiny", ollama_base=BASE_TAG)
+        await b_store.update_model_version(version.id, status="registered", in_ollama=True)
+        ollama_server.add_scripted_model(version.tag, reply="x")
+        return await b_store.promote(version.id)
+
+    async def voted(version, user: int, value: int) -> None:
+        answer = await b_store.record_answer(prompt=[{"role": "user", "content": "q?"}], answer="a",
+                                             model_tag=version.tag, model_version_id=version.id, guild_id=GUILD_B)
+        if value > 0:
+            await b_store.add_feedback(answer.id, user, 1)
+        else:
+            await click(gateway, f"ll:fb:down:{answer.id}", B, user_id=user)
+
+    v1 = await promoted()
+    for i in range(30):
+        await b_store.add_feedback((await b_store.record_answer(
+            prompt=[{"role": "user", "content": "q?"}], answer="a", model_tag=v1.tag, model_version_id=v1.id)).id,
+            1000 + i, 1 if i < 25 else -1)
+    v2 = await promoted()
+    for i in range(26):
+        await voted(v2, 5000 + i, 1 if i < 6 else -1)
+    [alert] = [m for m in discord_api.messages.values() if "gets more 👎" in (m.get("content") or "")]
+    assert int(alert["channel_id"]) == CHANNEL_B and buttons(alert) == [f"ll:rb:{v1.id}"]
+    # A's admin pressing it in A finds no such version in A's community; B's admin rolls B back.
+    await gateway.click(f"ll:rb:{v1.id}", message=alert, user_id=ADMIN, roles=[ADMIN_ROLE], **A)
+    assert "Rollback refused" in discord_api.reply_text()
+    assert (await b_store.active_model_version()).id == v2.id
+    await gateway.click(f"ll:rb:{v1.id}", message=alert, user_id=ADMIN, roles=[B_ADMIN_ROLE], **B)
+    assert (await b_store.active_model_version()).id == v1.id

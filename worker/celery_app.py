@@ -10,7 +10,11 @@ Reliability choices, each for a failure we test:
   whose heartbeat expired (kill -9, power loss, network split) instead of waiting for it forever.
 * cancellation: a key the job polls between training steps and deploy steps; the training child is stopped.
 * the solo pool: the job runs in the worker process itself, so killing the worker kills the job (its trainer
-  child dies with it), and one worker runs exactly one job at a time.
+  child dies with it), and one worker runs exactly one job at a time, taking the next only when it is done
+  (prefetch 1): jobs of every community wait in one queue, first come first served, and several workers (GPU
+  hosts) on the same queue each take one.
+* a job names its community, and its candidate tag must be of that community's lineage (validate_job): a job
+  signed for one community can never create or delete another community's tags.
 * trust nothing in Redis (it has no authentication in the documented deployment): a job must carry the bot's
   HMAC (worker/job.py :class:`SignedJob`, the shared ``worker_job_secret``), then pass the worker's own settings
   (:class:`WorkerPolicy`: base model allow-list, tag form, limits on every number, paths, its own Ollama), then
@@ -30,8 +34,6 @@ from typing import Any
 
 from data.errors import LoraloopError
 from trainer.progress import CancelledEvent, FailedEvent, ProgressEvent
-from worker.settings import WorkerSettings, redact_text, redact_url
-
 from worker.job import (
     JobRefused,
     JobSpec,
@@ -43,6 +45,7 @@ from worker.job import (
     stamped,
     validate_job,
 )
+from worker.settings import WorkerSettings, redact_text, redact_url
 
 TASK = "loraloop.retrain"
 QUEUE = "loraloop"
@@ -62,7 +65,11 @@ def make_celery(redis_url: str, *, policy: WorkerPolicy | None = None) -> Any:
     app = Celery("loraloop", broker=redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json", accept_content=["json"], task_default_queue=QUEUE, task_ignore_result=True,
-        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+        task_acks_late=True, task_reject_on_worker_lost=True,
+        # One job at a time per worker, and none held back while it trains (prefetch 1 with late acks: the job
+        # running is the one reserved): every community's jobs share the queue, first come first served, and a
+        # second worker (another GPU host) takes the next one meanwhile.
+        worker_prefetch_multiplier=1, worker_concurrency=1,
         broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
         # A job may train for hours: Redis must not hand an unacknowledged one to another worker meanwhile.
         broker_transport_options={"visibility_timeout": 24 * 3600},

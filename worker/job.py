@@ -39,9 +39,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from data.errors import LoraloopError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
+
+from data.errors import LoraloopError
+from data.snapshot import (
+    EXAMPLES_FILE,
+    FORMAT,
+    MANIFEST_FILE,
+    PREFERENCES_FILE,
+    Snapshot,
+    SnapshotError,
+    parse_manifest,
+    read_snapshot,
+)
+from deploy.ollama import OllamaClient
+from deploy.pipeline import DeployConfig
+from trainer.config import TrainConfig
 from trainer.progress import (
     CancelledEvent,
     EvalEvent,
@@ -56,20 +70,6 @@ from trainer.progress import (
 )
 from worker.settings import JobLimits, WorkerSettings, redact_text
 
-from data.snapshot import (
-    EXAMPLES_FILE,
-    FORMAT,
-    MANIFEST_FILE,
-    PREFERENCES_FILE,
-    Snapshot,
-    SnapshotError,
-    parse_manifest,
-    read_snapshot,
-)
-from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig
-from trainer.config import TrainConfig
-
 log = logging.getLogger("loraloop.job")
 
 Emit = Callable[[ProgressEvent], None]
@@ -82,7 +82,9 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     run_id: int
-    tag: str  # the candidate's Ollama tag, allocated by the bot
+    # The community whose run this is (data/communities.py): the candidate tag must be of its lineage.
+    community: str
+    tag: str  # the candidate's Ollama tag, allocated by the bot: loraloop-<lineage of model and community>:v<N>
     base_model: str  # HF id or a directory on the training host
     ollama_host: str
     deploy: DeployConfig
@@ -116,7 +118,7 @@ class WorkerPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     home: Path  # every job directory lies inside it
-    model_name: str  # candidate tags are loraloop-<model_name>:v<N>
+    model_name: str  # candidate tags are loraloop-<model_name>[-<community>]:v<N> (lineage)
     base_models: tuple[str, ...]  # HF ids or local directories it agrees to train on
     ollama_host: str  # the only Ollama it talks to
     max_time_limit_s: float  # a job asking for longer gets this
@@ -228,6 +230,17 @@ async def refuse_in_ollama(client: OllamaClient, spec: JobSpec) -> None:
         raise JobRefused(f"active_tag {spec.active_tag!r} is not in Ollama: the gate has nothing to compare with")
 
 
+# data.communities' names and lineage_name, which the GPU host cannot import (the database stack): kept equal by
+# tests/retrain/test_job_validation.py.
+_COMMUNITY = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+DEFAULT_COMMUNITY = "default"
+
+
+def lineage(model_name: str, community: str) -> str:
+    """The model name in a community's candidate tags (``loraloop-<lineage>:v<N>``)."""
+    return model_name if community == DEFAULT_COMMUNITY else f"{model_name}-{community}"
+
+
 _ANY_TAG = re.compile(r"^loraloop-[A-Za-z0-9][A-Za-z0-9_.\-]*:v[1-9][0-9]*$")
 _OLLAMA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -241,8 +254,9 @@ def validate_job(raw: Any, policy: WorkerPolicy) -> JobSpec:
 
     :class:`JobSpec` checks the types (strictly: no "3" for 3) and refuses unknown and missing fields; then the
     snapshot (file names, manifest, sha256 of the payload, before anything is written), the candidate tag
-    (``loraloop-<our model_name>:v<N>``, never the active tag), every number against the policy's limits, the
-    base model (the policy's allow-list) and the trainer settings (no file paths) are checked. The job's Ollama
+    (``loraloop-<our model_name's lineage in the job's community>:v<N>``, never the active tag), every number
+    against the policy's limits, the base model (the policy's allow-list) and the trainer settings (no file
+    paths) are checked. The job's Ollama
     host is not used: the returned spec carries the policy's, and its time limit is capped by the policy's.
     """
     if not isinstance(raw, bytes | str):  # a decoded job (a Celery argument): read as the JSON it came as
@@ -265,10 +279,14 @@ def validate_job(raw: Any, policy: WorkerPolicy) -> JobSpec:
             raise JobRefused(f"{name} must be a positive number of seconds, not {value!r}")
     _check_bounds(spec, policy.limits)
 
-    tag = spec.tag
-    if not re.fullmatch(rf"loraloop-{re.escape(policy.model_name)}:v[1-9][0-9]*", tag):
-        raise JobRefused(f"tag {tag!r} is not a candidate tag of this worker's model "
-                         f"(loraloop-{policy.model_name}:v<N>)")
+    if not _COMMUNITY.fullmatch(spec.community):
+        raise JobRefused(f"community {spec.community!r} is not a community name")
+    # The tag is checked against the job's own (signed) community: a job of one community never names, and so
+    # never creates or deletes, a tag of another's lineage.
+    tag, name = spec.tag, lineage(policy.model_name, spec.community)
+    if not re.fullmatch(rf"loraloop-{re.escape(name)}:v[1-9][0-9]*", tag):
+        raise JobRefused(f"tag {tag!r} is not a candidate tag of community {spec.community!r} for this worker's "
+                         f"model (loraloop-{name}:v<N>)")
     if tag == active:
         raise JobRefused(f"tag {tag!r} is the active model's tag: a job never overwrites the active model")
     if spec.base_model not in policy.base_models:
@@ -627,8 +645,12 @@ def _dpo_lines(dpo: dict[str, Any] | None) -> str:
 
 def _run_outputs(run_dir: Path) -> dict[str, Any]:
     from deploy.pipeline import TRAIN_METRICS  # what is carried back; the full metrics.json stays on the worker
+    from trainer.metrics import METRICS_FILE, read_metrics
 
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    record = read_metrics(run_dir)  # a malformed file is a ValueError naming it: the job fails with that reason
+    if record is None:
+        raise FileNotFoundError(f"{run_dir / METRICS_FILE}: the trainer finished without writing its metrics")
+    metrics = record.to_dict()
     probes_path = run_dir / "probes.json"
     png = run_dir / "loss.png"
     return {

@@ -1,7 +1,8 @@
 """Retraining in Discord: /retrain propose|status|cancel, the proposal with persistent Approve/Reject buttons,
 one live progress message per run, the loss curve and eval table at the end.
 
-The cog owns the orchestrator and the scheduler for the bot's lifetime; it is also their Notifier.
+The cog owns the orchestrators (one per community, bot/retrain/orchestrator.py) and the scheduler for the bot's
+lifetime; it is also their Notifier. An interaction works on its guild's community: its runs, its proposals.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from bot.compare import post_comparison
 from bot.permissions import IdButton, Only, admins_only, experts_only, say
 from bot.retrain import scheduler as retrain_scheduler
 from bot.retrain.dispatch import make_dispatcher
-from bot.retrain.orchestrator import Orchestrator
+from bot.retrain.orchestrator import Orchestrator, orchestrators
 from data.models import RUN_TERMINAL, RetrainRun
-from data.store import RunInProgress, StoreError
+from data.store import RunInProgress, Store, StoreError
 from trainer.progress import RunProgress, Stage
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("loraloop.bot.retrain")
 NONE = discord.AllowedMentions.none()
+NO_COMMUNITY = "This server is not part of any community: there is nothing to retrain here."
 STAGE_LABEL: dict[Stage, str] = {
     "queued": "waiting for a worker", "training": "training", "converting": "converting to GGUF",
     "registering": "registering with Ollama", "evaluating": "evaluating against the active model"}
@@ -80,9 +82,12 @@ def proposal_text(run: RetrainRun, quorum: int, approvals: int = 0) -> str:
     return "\n".join(lines)[:2000]
 
 
-def progress_text(run: RetrainRun) -> str:
+def progress_text(run: RetrainRun, queued: int | None = None) -> str:
+    """A run's progress; ``queued``: its place among every community's runs waiting for a worker (1: next)."""
     p = RunProgress.model_validate(run.progress or {})
     head = f"**Retrain #{run.id}** · " + (STAGE_LABEL[p.stage] if p.stage else run.state)
+    if queued is not None:
+        head += " · next in line" if queued == 1 else f" · {queued - 1} ahead in the queue"
     if p.tag:
         head += f" · `{p.tag}`"
     lines = [head]
@@ -159,9 +164,11 @@ class RetrainButton(IdButton, template=r"ll:rt:(?P<kind>approve|reject|promote|d
         cog = bot.retrain
         if cog is None:
             return await say(interaction, "Retraining is not running on this bot.")
+        orch = cog.orchestrator_of(interaction.guild_id)
+        if orch is None:
+            return await say(interaction, NO_COMMUNITY)
         # Votes start runs and promotions talk to Ollama and edit messages: answer within 3 s, report after.
         await interaction.response.defer(ephemeral=True, thinking=True)
-        orch = cog.orchestrator
         try:
             if self.kind in ("approve", "reject"):
                 outcome, started = await orch.vote(self.run_id, interaction.user.id, self.kind == "approve")
@@ -175,7 +182,7 @@ class RetrainButton(IdButton, template=r"ll:rt:(?P<kind>approve|reject|promote|d
                     text = f"Retrain #{self.run_id} is already {outcome.run.state}."
                 await say(interaction, text)
                 if self.kind == "approve":  # a rejection ends the run: the notifier updated the proposal
-                    await cog.refresh_proposal(await bot.store.get_run(self.run_id))
+                    await cog.refresh_proposal(await orch.store.get_run(self.run_id))
             else:
                 run = await orch.decide_promotion(self.run_id, interaction.user.id, self.kind == "promote")
                 why = f" ({run.reason})" if run.reason else ""
@@ -197,19 +204,34 @@ def proposal_view(run_id: int, kinds: tuple[str, ...] = ("approve", "reject")) -
 class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Propose, follow and stop retrains."):
     def __init__(self, bot: LoraloopBot) -> None:
         self.bot = bot
-        dispatcher = getattr(bot, "dispatcher", None) or make_dispatcher(bot.settings)
-        self.orchestrator = Orchestrator(bot.store, bot.settings, dispatcher, bot.ollama, notifier=self,
-                                         retriever=bot.retrieval)
+        # One dispatcher for every community: its queue is first come, first served across them.
+        self.dispatcher = getattr(bot, "dispatcher", None) or make_dispatcher(bot.settings)
+        self.orchestrators: dict[str, Orchestrator] = orchestrators(bot.store, bot.settings, self.dispatcher,
+                                                                     bot.ollama, notifier=self)
+        for name, orch in self.orchestrators.items():  # the gate's with-retrieval table: the community's own index
+            retrievers = getattr(bot, "retrievers", None)
+            orch.retriever = retrievers.of(name) if retrievers is not None else bot.retrieval
         self.scheduler: Any = None
         self._progress_latest: dict[int, RetrainRun] = {}  # run id -> the newest state not yet shown
         self._progress_editors: dict[int, asyncio.Task[None]] = {}
         super().__init__()
 
+    @property
+    def orchestrator(self) -> Orchestrator:
+        """The first community's orchestrator (a bot with one server has only that one)."""
+        return next(iter(self.orchestrators.values()))
+
+    def orchestrator_of(self, guild_id: int | None) -> Orchestrator | None:
+        """The orchestrator of a guild's community; None for a guild outside every community (or a DM)."""
+        community = self.bot.settings.community_of_guild(guild_id)
+        return self.orchestrators.get(community) if community is not None else None
+
     async def cog_load(self) -> None:
-        retrain_scheduler.bind(self.orchestrator)
-        self.bot.retrain = self  # what RetrainButton reaches the orchestrator through
+        retrain_scheduler.bind(self.orchestrators)
+        self.bot.retrain = self  # what RetrainButton reaches the orchestrators through
         self.bot.add_dynamic_items(RetrainButton)
-        await self.orchestrator.recover()
+        for orch in self.orchestrators.values():  # every community's runs dispatched before a restart
+            await orch.recover()
         if getattr(self.bot, "run_scheduler", True):
             try:
                 self.scheduler = retrain_scheduler.start_scheduler(self.bot.settings)
@@ -221,21 +243,35 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
             await self.scheduler.stop()  # a check still writing finishes before the bot closes the store
         for run_id in list(self._progress_editors):
             await self._stop_progress(run_id)
-        await self.orchestrator.close()
+        for orch in self.orchestrators.values():
+            await orch.close(release_dispatcher=False)
+        await self.dispatcher.close()
         retrain_scheduler.bind(None)
         self.bot.retrain = None
+
+    async def interaction_check(self, interaction: Interaction) -> bool:
+        if self.orchestrator_of(interaction.guild_id) is None:
+            await say(interaction, NO_COMMUNITY)
+            return False
+        return True
+
+    def _orch(self, interaction: Interaction) -> Orchestrator:
+        orch = self.orchestrator_of(interaction.guild_id)
+        assert orch is not None  # interaction_check let only a community's interactions through
+        return orch
 
     # ---- commands ---------------------------------------------------------------------------------
 
     @app_commands.command(name="propose", description="Propose a retrain with the new approved examples (experts).")
     @experts_only("Only experts can propose a retrain.")
     async def propose(self, interaction: Interaction) -> None:
+        orch = self._orch(interaction)
         roles = self.bot.settings.roles_for(interaction.guild_id)
-        channel_id = roles.experts_channel_id or interaction.channel_id
+        channel_id = (roles.experts_channel_id or self.bot.settings.experts_channel_of(orch.community)
+                      or interaction.channel_id)
         await interaction.response.defer(ephemeral=True, thinking=True)  # counting examples, posting the proposal
         try:
-            run = await self.orchestrator.propose(by=interaction.user.id, guild_id=interaction.guild_id,
-                                                  channel_id=channel_id)
+            run = await orch.propose(by=interaction.user.id, guild_id=interaction.guild_id, channel_id=channel_id)
         except RunInProgress as exc:
             return await say(interaction, str(exc))
         except StoreError as exc:
@@ -245,7 +281,8 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
 
     @app_commands.command(name="status", description="The current retrain and the last few.")
     async def status(self, interaction: Interaction) -> None:
-        runs = await self.bot.store.list_runs(5)
+        store = self._orch(interaction).store
+        runs = await store.list_runs(5)
         if not runs:
             return await say(interaction, "No retrains yet.")
         lines = []
@@ -253,27 +290,33 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
             if run.state in RUN_TERMINAL:
                 lines.append(f"#{run.id} **{run.state}**" + (f" — {run.reason}" if run.reason else ""))
             elif run.state == "proposed":
-                votes = await self.bot.store.votes(run.id)
+                votes = await store.votes(run.id)
                 lines.append(f"#{run.id} **proposed** — {len(votes.approvals)}/{self.bot.settings.retrain_quorum} "
                              f"approvals, {run.summary.get('new_examples')} new examples")
             else:
-                lines.append(progress_text(run))
+                lines.append(progress_text(run, await store.queue_position(run.id)))
         await say(interaction, "\n".join(lines)[:2000])
 
     @app_commands.command(name="cancel", description="Stop the open proposal or the running retrain (admins).")
     @admins_only("Only admins can cancel a retrain.")
     async def cancel(self, interaction: Interaction) -> None:
-        run = await self.bot.store.open_run()
+        orch = self._orch(interaction)
+        run = await orch.store.open_run()
         if run is None:
             return await say(interaction, "Nothing to cancel: no retrain is open.")
         await interaction.response.defer(ephemeral=True)
-        run = await self.orchestrator.cancel(run.id, by=interaction.user.id)
+        run = await orch.cancel(run.id, by=interaction.user.id)
         await say(interaction, f"Retrain #{run.id} {run.state}" + (f": {run.reason}" if run.reason else ""))
 
     # ---- Notifier ---------------------------------------------------------------------------------
 
     def _channel(self, run: RetrainRun) -> discord.PartialMessageable | None:
         return self.bot.get_partial_messageable(run.channel_id) if run.channel_id else None
+
+    def _store(self, run: RetrainRun) -> Store:
+        """The store of the run's community (the orchestrator's that told us)."""
+        orch = self.orchestrators.get(run.community or "")
+        return orch.store if orch is not None else self.bot.store.scoped(run.community)
 
     async def proposed(self, run: RetrainRun) -> None:
         channel = self._channel(run)
@@ -282,13 +325,13 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
             return
         message = await channel.send(proposal_text(run, self.bot.settings.retrain_quorum),
                                      view=proposal_view(run.id), allowed_mentions=NONE)
-        await self.bot.store.set_run(run.id, message_id=message.id)
+        await self._store(run).set_run(run.id, message_id=message.id)
 
     async def refresh_proposal(self, run: RetrainRun) -> None:
         channel = self._channel(run)
         if channel is None or run.message_id is None:
             return
-        votes = await self.bot.store.votes(run.id)
+        votes = await self._store(run).votes(run.id)
         view = proposal_view(run.id) if run.state == "proposed" else None
         try:
             await channel.get_partial_message(run.message_id).edit(
@@ -300,7 +343,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         channel = self._channel(run)
         if channel is None:
             return
-        votes = await self.bot.store.votes(run.id)
+        votes = await self._store(run).votes(run.id)
         expires = discord.utils.format_dt(run.expires_at, "R") if run.expires_at else "soon"
         await channel.send(f"⏰ Retrain proposal #{run.id} expires {expires} with {len(votes.approvals)}/"
                            f"{self.bot.settings.retrain_quorum} approvals.", allowed_mentions=NONE,
@@ -312,8 +355,9 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
             return
         if run.status_message_id is None:
             await self.refresh_proposal(run)
-            message = await channel.send(progress_text(run), allowed_mentions=NONE)
-            await self.bot.store.set_run(run.id, status_message_id=message.id)
+            queued = await self._store(run).queue_position(run.id) if run.state == "snapshotted" else None
+            message = await channel.send(progress_text(run, queued), allowed_mentions=NONE)
+            await self._store(run).set_run(run.id, status_message_id=message.id)
             return
         # Edits coalesce and run beside the orchestrator: a rate-limited edit (discord.py sleeps out a 429)
         # never holds up the run, and when it goes through it shows the latest state, not a backlog.
@@ -351,7 +395,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
             return
         tag = None
         if run.model_version_id is not None:
-            tag = (await self.bot.store.get_model_version(run.model_version_id)).tag
+            tag = (await self._store(run).get_model_version(run.model_version_id)).tag
         manual = self.bot.settings.retrain_promotion == "manual"
         kwargs: dict[str, Any] = {"allowed_mentions": NONE}
         if loss_png:

@@ -3,6 +3,11 @@
 Every decision is a state change of one RetrainRun row (data/runs.py); this object only sequences them and
 tells a :class:`Notifier` (the Discord cog, or nothing on the command line) what happened. Failures end the
 run with a reason and never touch the active model: the bot keeps answering with what it has.
+
+An orchestrator works for one community: its store is scoped to it (data/communities.py), so it proposes from
+that community's approved examples, names its versions in that community's lineage and switches that community's
+active model only. The bot holds one per community (:func:`orchestrators`), all handing jobs to one dispatcher,
+whose queue is first come, first served across communities.
 """
 
 from __future__ import annotations
@@ -28,7 +33,15 @@ from data.snapshot import MANIFEST_FILE, parse_manifest
 from data.store import RunStateError, Store, StoreError
 from deploy.gate import GateResult
 from deploy.ollama import OllamaClient, OllamaError
-from deploy.pipeline import DeployConfig, DeployFailed, conclude_candidate, fail_interrupted, forget, switch_to
+from deploy.pipeline import (
+    DeployConfig,
+    DeployFailed,
+    conclude_candidate,
+    fail_interrupted,
+    forget,
+    lineage,
+    switch_to,
+)
 from trainer.config import TrainConfig
 from trainer.progress import (
     CancelledEvent,
@@ -80,6 +93,10 @@ class Orchestrator:
         self.poll_s, self.progress_every_s = poll_s, progress_every_s
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
+    @property
+    def community(self) -> str:
+        return self.store.community or ""
+
     # ---- proposals ----------------------------------------------------------------------------------------
 
     async def summary(self) -> dict[str, Any]:
@@ -123,13 +140,15 @@ class Orchestrator:
         return await self.store.get_run(run.id)
 
     async def maybe_propose(self) -> RetrainRun | None:
-        """The scheduled check: propose when enough new approved data has gathered and nothing is open."""
+        """The scheduled check: propose when enough new approved data has gathered in this community (its own
+        threshold, settings.retrain_schedule) and nothing is open."""
         if await self.store.open_run() is not None:
             return None
+        _cron, min_new = self.settings.retrain_schedule(self.community)
         try:
-            return await self.propose(min_new=self.settings.retrain_min_new_examples, origin="scheduler")
+            return await self.propose(min_new=min_new, origin="scheduler")
         except (NothingToTrain, StoreError) as exc:
-            log.info("no retrain proposed: %s", exc)
+            log.info("no retrain proposed in %s: %s", self.community, exc)
             return None
 
     async def vote(self, run_id: int, user_id: int, approve: bool) -> tuple[VoteOutcome, bool]:
@@ -214,18 +233,18 @@ class Orchestrator:
             except ValueError as exc:
                 raise DispatchError(f"general_prompts_file: {exc}") from None
         version = await self.store.create_model_version(
-            name=s.model_name, base_model=s.base_model, ollama_base=s.ollama_base,
+            name=lineage(self.store, s.model_name), base_model=s.base_model, ollama_base=s.ollama_base,
             snapshot_sha256=manifest.sha256, snapshot_path=path, hyperparams=self.plan())
         await self.store.transition(run_id, "snapshotted", expect="approved", snapshot_sha256=manifest.sha256,
                                     snapshot_path=path, model_version_id=version.id)
-        spec = JobSpec(run_id=run_id, tag=version.tag, base_model=s.base_model, ollama_host=s.ollama_host,
-                       deploy=config, snapshot_sha256=manifest.sha256, snapshot_files=files,
+        spec = JobSpec(run_id=run_id, community=self.community, tag=version.tag, base_model=s.base_model,
+                       ollama_host=s.ollama_host, deploy=config, snapshot_sha256=manifest.sha256, snapshot_files=files,
                        train=TrainConfig.model_validate(train), active_tag=active.tag if active else None,
                        time_limit_s=s.worker_time_limit_s, heartbeat_ttl_s=s.worker_heartbeat_timeout_s)
         ref = await self.dispatcher.submit(spec)
         run = await self.store.set_run(run_id, dispatcher=self.dispatcher.name, job_ref=ref,
                                        progress=RunProgress(stage="queued", tag=version.tag).stored())
-        log.info("retrain #%d dispatched to %s as %s", run_id, self.dispatcher.name, ref)
+        log.info("retrain #%d of %s dispatched to %s as %s", run_id, self.community, self.dispatcher.name, ref)
         await self._notify("progress", run)
         return ref
 
@@ -404,13 +423,15 @@ class Orchestrator:
             log.exception("retrain #%d crashed", run_id)
             await self._fail(run_id, f"unexpected error in the orchestrator: {exc!r}")
 
-    async def close(self) -> None:
-        """Stop following jobs (they keep running; ``recover`` reattaches) and release the dispatcher."""
+    async def close(self, *, release_dispatcher: bool = True) -> None:
+        """Stop following jobs (they keep running; ``recover`` reattaches) and release the dispatcher (unless
+        other communities' orchestrators still share it)."""
         for task in list(self._tasks.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.dispatcher.close()
+        if release_dispatcher:
+            await self.dispatcher.close()
 
     # ---- endings ---------------------------------------------------------------------------------------------
 
@@ -445,10 +466,19 @@ class Orchestrator:
             log.exception("retrain #%d: notifying %s failed", run.id, what)
 
     def _default_channel(self) -> tuple[int | None, int | None]:
-        for guild_id, roles in sorted(self.settings.guilds.items()):
-            if roles.experts_channel_id:
-                return guild_id, roles.experts_channel_id
-        return None, None
+        """This community's experts channel (settings.experts_channel_of) and its guild."""
+        channel = self.settings.experts_channel_of(self.community)
+        guild = next((g for g in self.settings.guilds_of(self.community)
+                      if self.settings.guilds[g].experts_channel_id == channel), None)
+        return (guild, channel) if channel else (None, None)
+
+
+def orchestrators(store: Store, settings: Settings, dispatcher: Dispatcher, client: OllamaClient,
+                  notifier: Notifier | None = None, **options: Any) -> dict[str, Orchestrator]:
+    """One orchestrator per configured community (settings.community_names), each on the store scoped to it, all
+    sharing ``dispatcher`` (close them with ``release_dispatcher=False``, then the dispatcher once)."""
+    return {name: Orchestrator(store.scoped(name), settings, dispatcher, client, notifier, **options)
+            for name in settings.community_names()}
 
 
 def _read_files(directory: Path) -> dict[str, str]:

@@ -1,13 +1,16 @@
 """APScheduler 3 inside the bot: the retrain check (cron) and housekeeping (expiry, reminders), stored in the
 database (SQLAlchemyJobStore) so a restarted bot keeps its schedule and runs a check it missed while down.
 
-Stored jobs refer to module-level functions by name; they reach the live orchestrator through ``bind``.
+Each community has its own check job (its cron and threshold: settings.retrain_schedule), which proposes from
+that community's data to its experts channel. Stored jobs refer to module-level functions by name (the check
+with the community as its argument); they reach the live orchestrators through ``bind``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC
 from pathlib import Path
 from typing import Protocol
@@ -28,8 +31,13 @@ from sqlalchemy.engine import make_url
 from bot.settings import Settings
 
 log = logging.getLogger("loraloop.scheduler")
-CHECK_JOB = "loraloop-retrain-check"
+CHECK_JOB = "loraloop-retrain-check"  # the one check before communities; now one per community (check_job)
 HOUSEKEEPING_JOB = "loraloop-retrain-housekeeping"
+
+
+def check_job(community: str) -> str:
+    """The id of a community's stored retrain check."""
+    return f"{CHECK_JOB}:{community}"
 
 
 class Checks(Protocol):
@@ -40,23 +48,28 @@ class Checks(Protocol):
     async def expire_due(self) -> object: ...
 
 
-_orchestrator: Checks | None = None
+_orchestrators: Mapping[str, Checks] = {}
 
 
-def bind(orchestrator: Checks | None) -> None:
-    global _orchestrator
-    _orchestrator = orchestrator
+def bind(orchestrators: Mapping[str, Checks] | None) -> None:
+    """The live orchestrators, by community (None: none, the bot is stopping)."""
+    global _orchestrators
+    _orchestrators = dict(orchestrators or {})
 
 
-async def retrain_check() -> None:
-    """Propose a retrain when enough new approved data has gathered."""
-    if _orchestrator is not None:
-        await _orchestrator.maybe_propose()
+async def retrain_check(community: str) -> None:
+    """Propose a retrain in ``community`` when enough new approved data has gathered there."""
+    orchestrator = _orchestrators.get(community)
+    if orchestrator is not None:
+        await orchestrator.maybe_propose()
 
 
 async def housekeeping() -> None:
-    if _orchestrator is not None:
-        await _orchestrator.expire_due()
+    for orchestrator in list(_orchestrators.values()):
+        try:
+            await orchestrator.expire_due()
+        except Exception:  # one community's failure must not skip the others
+            log.exception("retrain housekeeping failed")
 
 
 class RetrainScheduler(AsyncIOScheduler):
@@ -110,27 +123,38 @@ def sync_url(async_url: str) -> str:
 
 def start_scheduler(settings: Settings, *, database_url: str | None = None, housekeeping_s: float = 60
                     ) -> RetrainScheduler:
-    """Start the scheduler (inside a running event loop) with the stored jobs.
+    """Start the scheduler (inside a running event loop) with the stored jobs: one retrain check per community.
 
     A stored check keeps its next run time, so a check that fell while the bot was down runs as soon as it is
-    back (within the misfire grace time); only a changed ``retrain_cron`` reschedules it. Stop it with
+    back (within the misfire grace time); only a changed cron (``retrain_cron``, or the community's own under
+    ``communities:``) reschedules it. Checks of communities no longer configured are removed. Stop it with
     ``await scheduler.stop()``, before closing the store the jobs write to.
     """
-    try:
-        trigger = CronTrigger.from_crontab(settings.retrain_cron, timezone=UTC)
-    except ValueError as exc:
-        raise ValueError(f"retrain_cron {settings.retrain_cron!r} is not a crontab expression: {exc}") from None
+    triggers = {}
+    for community in settings.community_names():
+        cron, _min_new = settings.retrain_schedule(community)
+        try:
+            triggers[check_job(community)] = (community, CronTrigger.from_crontab(cron, timezone=UTC))
+        except ValueError as exc:
+            own = settings.communities.get(community)
+            what = f"communities.{community}.retrain_cron" if own and own.retrain_cron else "retrain_cron"
+            raise ValueError(f"{what} {cron!r} is not a crontab expression: {exc}") from None
     store = SQLAlchemyJobStore(url=sync_url(database_url or settings.resolved_database_url),
                                tablename="apscheduler_jobs")
     scheduler = RetrainScheduler(jobstores={"default": store}, timezone=UTC,
                                  job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 6 * 3600})
     scheduler.start(paused=True)
-    stored = scheduler.get_job(CHECK_JOB)
-    if stored is None or str(stored.trigger) != str(trigger):
-        scheduler.add_job(retrain_check, trigger, id=CHECK_JOB, replace_existing=True)
+    for job in scheduler.get_jobs():
+        if job.id.startswith(CHECK_JOB) and job.id not in triggers:
+            scheduler.remove_job(job.id)  # the check from before communities, or a community no longer configured
+    for job_id, (community, trigger) in triggers.items():
+        stored = scheduler.get_job(job_id)
+        if stored is None or str(stored.trigger) != str(trigger):
+            scheduler.add_job(retrain_check, trigger, args=[community], id=job_id, replace_existing=True)
     if scheduler.get_job(HOUSEKEEPING_JOB) is None:
         scheduler.add_job(housekeeping, IntervalTrigger(seconds=housekeeping_s), id=HOUSEKEEPING_JOB)
     scheduler.resume()
-    log.info("retrain check scheduled (%s UTC), next at %s", settings.retrain_cron,
-             scheduler.get_job(CHECK_JOB).next_run_time)
+    for job_id, (community, _trigger) in triggers.items():
+        log.info("retrain check of %s scheduled (%s UTC), next at %s", community,
+                 settings.retrain_schedule(community)[0], scheduler.get_job(job_id).next_run_time)
     return scheduler

@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bot.settings import GuildRoles, Settings
+from data.communities import guild_community, lineage_name
 from data.conversation import Conversation
 from data.models import Answer
 from data.snapshot import MANIFEST_FILE, parse_manifest
@@ -29,6 +30,12 @@ TRAIN = {"cpu_threads": 1, "learning_rate": 5e-3, "max_steps": 6, "batch_size": 
          "max_new_tokens": 8, "eval_generate": 2, "probes": ["what colour is the sky?"], "probe_eval_samples": 1}
 EXPERTS = (31, 32, 33)
 JOB_SECRET = "test-job-secret-shared-by-bot-and-worker"  # signs the celery dispatcher's jobs (worker/job.py)
+COMMUNITY = guild_community(GUILD_ID)  # loop_settings' one guild is a community of its own
+
+
+def tag(n: int, community: str = COMMUNITY) -> str:
+    """The Ollama tag of a community's n-th fine-tune of the tiny model (its lineage: data.communities)."""
+    return f"loraloop-{lineage_name('tiny', community)}:v{n}"
 
 
 def loop_settings(tmp_path: Path, ollama_url: str, base_dir: Path, **overrides) -> Settings:
@@ -58,7 +65,8 @@ def spec_for(tmp_path, base_dir, **overrides) -> JobSpec:
     """A training job on 30 synthetic pairs (the snapshot written under ``tmp_path``) for the tiny base."""
     snap = write_snapshot(tmp_path / "snap", synthetic_conversations(30), source="teach")
     files = {p.name: p.read_text(encoding="utf-8") for p in snap.iterdir()}
-    values = dict(run_id=1, tag="loraloop-tiny:v1", base_model=str(base_dir), ollama_host="http://127.0.0.1:9",
+    values = dict(run_id=1, community="default", tag="loraloop-tiny:v1", base_model=str(base_dir),
+                  ollama_host="http://127.0.0.1:9",
                   deploy=DeployConfig(model_name="tiny", ollama_base=BASE),
                   snapshot_sha256=parse_manifest(files[MANIFEST_FILE]).sha256, snapshot_files=files,
                   train={**TRAIN, "max_steps": 400, "system_prompt": "You are terse."})
@@ -126,7 +134,7 @@ async def full_loop(settings, discord_api, base_server) -> None:
         assert done.state == "promoted", (done.state, done.reason)
         assert done.slot is None and done.result["passed"]
         active = await bot.store.active_model_version()
-        assert active.tag == "loraloop-tiny:v1" and active.id == done.model_version_id
+        assert active.tag == tag(1) and active.id == done.model_version_id
         assert base_server.get(active.tag) is not None
         status = discord_api.messages[done.status_message_id]
         edits = discord_api.find("PATCH", f"/messages/{done.status_message_id}")
@@ -134,7 +142,7 @@ async def full_loop(settings, discord_api, base_server) -> None:
         assert any("training" in (c.json or {}).get("content", "") for c in edits)
         [final] = [c for c in discord_api.find("POST", f"/channels/{CHANNEL_ID}/messages") if c.files]
         assert final.files[0][0] == f"retrain-{run.id}-loss.png" and final.files[0][1][:8] == b"\x89PNG\r\n\x1a\n"
-        assert "ROUGE-L" in final.json["content"] and "now answers with `loraloop-tiny:v1`" in final.json["content"]
+        assert "ROUGE-L" in final.json["content"] and f"now answers with `{tag(1)}`" in final.json["content"]
         # The gate's second table, measured by the bot after the job's verdict: for information, under it.
         assert "with retrieval (for information; the verdict above judged the weights alone)" in final.json["content"]
         assert active.evaluation["with_retrieval"]["prompts"] == done.result["scores"]["candidate"]["count"]
@@ -143,7 +151,7 @@ async def full_loop(settings, discord_api, base_server) -> None:
         # ---- the next answer comes from the new version ---------------------------------------------------
         await gateway.message(mention("what colour is lamp 1?"))
         answer = await wait_until(lambda: last_answer(bot), 20, "the bot's answer")
-        assert answer.model_tag == "loraloop-tiny:v1" and answer.model_version_id == active.id
-        assert base_server.requests_to("POST", "/api/chat")[-1]["model"] == "loraloop-tiny:v1"
+        assert answer.model_tag == tag(1) and answer.model_version_id == active.id
+        assert base_server.requests_to("POST", "/api/chat")[-1]["model"] == tag(1)
     finally:
         await bot.close()

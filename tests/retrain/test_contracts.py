@@ -47,7 +47,8 @@ def _snapshot(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def spec(tmp_path) -> JobSpec:
     files = _snapshot(tmp_path)
-    return JobSpec(run_id=3, tag="loraloop-tiny:v2", base_model="/models/tiny", ollama_host="http://127.0.0.1:9",
+    return JobSpec(run_id=3, community="default", tag="loraloop-tiny:v2", base_model="/models/tiny",
+                   ollama_host="http://127.0.0.1:9",
                    deploy=DeployConfig(model_name="tiny", ollama_base="tiny:base", probes=("Hi?", "Who?"),
                                        serve_options={"temperature": 0.2}),
                    snapshot_sha256=json.loads(files[MANIFEST_FILE])["sha256"], snapshot_files=files,

@@ -23,7 +23,7 @@ from data.store import RunInProgress, Store
 from deploy.ollama import OllamaClient
 from tests.harness.bot import start_bot
 from tests.harness.polling import wait_until
-from tests.harness.retrain import TRAIN, approved_examples, loop_settings
+from tests.harness.retrain import COMMUNITY, TRAIN, approved_examples, loop_settings, tag
 
 pytestmark = pytest.mark.slow
 SLOW_TRAIN = {**TRAIN, "max_steps": 400}  # long enough to be interrupted half-way
@@ -53,7 +53,7 @@ class Recorder:
 @asynccontextmanager
 async def orchestrator_for(settings, dispatcher=None):
     """An orchestrator on its own store and Ollama client, as one bot process has them."""
-    store = Store(settings.resolved_database_url, policy=ReviewPolicy(2, 4.0, 2.5))
+    store = Store(settings.resolved_database_url, policy=ReviewPolicy(2, 4.0, 2.5), community=COMMUNITY)
     await store.migrate()
     client = OllamaClient(settings.ollama_host, timeout=60)
     orchestrator = Orchestrator(store, settings, dispatcher or make_dispatcher(settings), client,
@@ -120,7 +120,7 @@ async def test_worker_killed_mid_training_fails_the_run_and_a_new_one_can_run(
         await approve(orch, again.id)
         done = await orch.wait(again.id, limit_s=120)
         assert done.state == "promoted", done.reason
-        assert (await orch.store.active_model_version()).tag == "loraloop-tiny:v2"
+        assert (await orch.store.active_model_version()).tag == tag(2)
 
 
 async def test_ollama_down_at_registration_fails_and_switches_nothing(
@@ -195,7 +195,7 @@ async def test_restart_reattaches_to_a_running_job_then_manual_promotion(
         assert await orch.store.active_model_version() is None
         promoted = await orch.decide_promotion(done.id, 7, True)
         assert promoted.state == "promoted"
-        assert (await orch.store.active_model_version()).tag == "loraloop-tiny:v1"
+        assert (await orch.store.active_model_version()).tag == tag(1)
 
 
 async def test_restart_fails_runs_whose_job_is_gone(tmp_path, tiny_llama_dir):
@@ -266,16 +266,17 @@ async def test_scheduler_job_is_persistent_and_proposes(tmp_path, tiny_llama_dir
                              retrain_cron="30 2 * * *")
     async with orchestrator_for(settings) as orch:
         await approved_examples(orch.store, 5)
-        sched.bind(orch)
+        sched.bind({COMMUNITY: orch})
         first = sched.start_scheduler(settings)
-        job = first.get_job(sched.CHECK_JOB)
+        job = first.get_job(sched.check_job(COMMUNITY))
         assert (job.next_run_time.hour, job.next_run_time.minute) == (2, 30)
-        first.modify_job(sched.CHECK_JOB, next_run_time=utcnow())  # the check falls due
+        first.modify_job(sched.check_job(COMMUNITY), next_run_time=utcnow())  # the check falls due
         run = await wait_until(orch.store.open_run, 10, "the scheduled check to propose")
         assert run.proposed_by is None and run.summary["new_examples"] == 5
         assert run.summary["origin"] == "scheduler"
-        await wait_until(lambda: first.get_job(sched.CHECK_JOB).next_run_time > utcnow(), 5, "the reschedule")
-        next_run = first.get_job(sched.CHECK_JOB).next_run_time
+        check = sched.check_job(COMMUNITY)
+        await wait_until(lambda: first.get_job(check).next_run_time > utcnow(), 5, "the reschedule")
+        next_run = first.get_job(sched.check_job(COMMUNITY)).next_run_time
         await first.stop()  # the check may still be writing (Recorder.proposed) while the store is open
 
         # the jobs live in the database, beside it: a restarted bot keeps the stored next run time …
@@ -283,18 +284,18 @@ async def test_scheduler_job_is_persistent_and_proposes(tmp_path, tiny_llama_dir
         assert jobs.endswith("bot-scheduler.sqlite3")
         with sqlite3.connect(jobs) as conn:
             ids = {row[0] for row in conn.execute("select id from apscheduler_jobs")}
-        assert ids == {sched.CHECK_JOB, sched.HOUSEKEEPING_JOB}
+        assert ids == {sched.check_job(COMMUNITY), sched.HOUSEKEEPING_JOB}
         second = sched.start_scheduler(settings)
-        assert second.get_job(sched.CHECK_JOB).next_run_time == next_run
+        assert second.get_job(sched.check_job(COMMUNITY)).next_run_time == next_run
         await second.stop()
         # … and a changed cron reschedules it
         settings.retrain_cron = "0 4 * * *"
         third = sched.start_scheduler(settings)
-        assert third.get_job(sched.CHECK_JOB).next_run_time.hour == 4
+        assert third.get_job(sched.check_job(COMMUNITY)).next_run_time.hour == 4
         await third.stop()
         sched.bind(None)
-    with pytest.raises(ValueError, match="not a crontab expression"):
-        sched.start_scheduler(loop_settings(tmp_path, "http://x", tiny_llama_dir, retrain_cron="every night"))
+    with pytest.raises(ValueError, match="'every night' is not a crontab line"):  # refused with the settings
+        loop_settings(tmp_path, "http://x", tiny_llama_dir, retrain_cron="every night")
 
 
 class HeldCheck:
@@ -320,8 +321,8 @@ async def test_bot_shutdown_waits_for_a_running_scheduled_check(tmp_path, discor
     settings = loop_settings(tmp_path, "http://127.0.0.1:9", tiny_llama_dir)
     bot = await start_bot(settings)  # the scheduler runs, as in production
     check = HeldCheck(bot.store)
-    sched.bind(check)
-    bot.retrain.scheduler.modify_job(sched.CHECK_JOB, next_run_time=utcnow())
+    sched.bind({COMMUNITY: check})
+    bot.retrain.scheduler.modify_job(sched.check_job(COMMUNITY), next_run_time=utcnow())
     await asyncio.wait_for(check.started.wait(), 10)
     closing = asyncio.create_task(bot.close())
     await asyncio.sleep(0.3)
@@ -329,7 +330,7 @@ async def test_bot_shutdown_waits_for_a_running_scheduled_check(tmp_path, discor
     check.release.set()
     await asyncio.wait_for(closing, 30)
 
-    store = Store(settings.resolved_database_url)
+    store = Store(settings.resolved_database_url, community=COMMUNITY)
     try:
         assert [e.messages[0]["content"] for e in await store.list_examples()] == ["written by the check"]
     finally:
@@ -362,14 +363,15 @@ async def test_scheduler_job_store_on_postgresql(tmp_path, tiny_llama_dir):
         assert sched.sync_url(db_url).startswith("postgresql+psycopg://")
         settings = loop_settings(tmp_path, "http://x", tiny_llama_dir, database_url=db_url, retrain_cron="15 1 * * *")
         first = sched.start_scheduler(settings)
-        next_run = first.get_job(sched.CHECK_JOB).next_run_time
+        next_run = first.get_job(sched.check_job(COMMUNITY)).next_run_time
         await first.stop()
         dsn = sched.sync_url(db_url).replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(dsn) as conn:
             ids = {row[0] for row in conn.execute("select id from apscheduler_jobs")}
-        assert ids == {sched.CHECK_JOB, sched.HOUSEKEEPING_JOB}
+        assert ids == {sched.check_job(COMMUNITY), sched.HOUSEKEEPING_JOB}
         second = sched.start_scheduler(settings)
-        assert second.get_job(sched.CHECK_JOB).next_run_time == next_run and (next_run.hour, next_run.minute) == (1, 15)
+        assert second.get_job(sched.check_job(COMMUNITY)).next_run_time == next_run
+        assert (next_run.hour, next_run.minute) == (1, 15)
         await second.stop()
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

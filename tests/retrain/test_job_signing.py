@@ -298,7 +298,7 @@ async def test_the_local_job_never_creates_over_an_existing_model_either(tmp_pat
     dispatcher = LocalDispatcher(home, policy)
     try:
         ref = await dispatcher.submit(job.model_copy(update={"tag": ACTIVE, "active_tag": None}))
-        await dispatcher._children[ref].wait()
+        await dispatcher._runner  # the queue ran its one job to the end
         events = await dispatcher.events(job.run_id, ref, 0)
     finally:
         await dispatcher.close()

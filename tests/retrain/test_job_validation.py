@@ -59,6 +59,13 @@ def _set(path: str, value):
 _DELETE = object()
 
 
+def _of(community: str, *, tag: str):
+    """A forgery: the job said to be ``community``'s, naming ``tag``."""
+    def forge(job: dict) -> dict:
+        return {**json.loads(json.dumps(job)), "community": community, "tag": tag, "active_tag": None}
+    return forge
+
+
 def signed(job: dict | str) -> str:
     """The job as the bot's secret signs it: these tests forge fields past the signature (a leaked secret, a bug)."""
     return SignedJob.sign(job if isinstance(job, str) else json.dumps(job), SecretStr(JOB_SECRET)).to_json()
@@ -96,7 +103,17 @@ FORGERIES = {
     "run id as text": (_set("run_id", "1"), "run_id must be int"),
     "run id as bool": (_set("run_id", True), "run_id must be int"),
     "negative run id": (_set("run_id", -3), "run_id must be positive"),
-    "tag of another model": (_set("tag", "loraloop-other:v2"), "not a candidate tag of this worker's model"),
+    "tag of another model": (_set("tag", "loraloop-other:v2"), "not a candidate tag of community 'default'"),
+    # A job of one community naming another's tag: it would create (or, failing, delete) that community's model.
+    "tag of another community": (_of("acme", tag="loraloop-tiny-globex:v2"),
+                                 "tag 'loraloop-tiny-globex:v2' is not a candidate tag of community 'acme' for "
+                                 "this worker's model (loraloop-tiny-acme:v<N>)"),
+    "default's tag for a community": (_of("acme", tag="loraloop-tiny:v2"), "not a candidate tag of community 'acme'"),
+    "a community's tag for default": (_of("default", tag="loraloop-tiny-acme:v2"),
+                                      "not a candidate tag of community 'default'"),
+    "community not a name": (_of("Acme Corp", tag="loraloop-tiny-Acme Corp:v2"), "is not a community name"),
+    "community as a path": (_of("../globex", tag="loraloop-tiny-../globex:v2"), "is not a community name"),
+    "missing community": (_set("community", _DELETE), "lacks community"),
     "tag with a path": (_set("tag", "loraloop-tiny:v2/../../x"), "not a candidate tag"),
     "tag not a string": (_set("tag", ["loraloop-tiny:v2"]), "tag must be str"),
     "tag is the active tag": (_set("tag", "loraloop-tiny:v1"), "is the active model's tag"),
@@ -135,6 +152,23 @@ def test_a_valid_job_passes_and_uses_the_workers_own_ollama_and_time_limit(job, 
     assert spec.ollama_host == policy.ollama_host
     assert spec.time_limit_s == 600
     assert validate_job(json.dumps({**job, "active_tag": None}), policy).active_tag is None
+
+
+def test_a_communitys_job_names_a_tag_of_its_own_lineage(job, policy):
+    mine = {**job, "community": "acme", "tag": "loraloop-tiny-acme:v7", "active_tag": "loraloop-tiny-acme:v6"}
+    spec = validate_job(json.dumps(mine), policy)
+    assert (spec.community, spec.tag) == ("acme", "loraloop-tiny-acme:v7")
+
+
+@pytest.mark.parametrize("community", ["default", "acme", "guild-800000000000000001", "a_b-c", "x" * 40])
+def test_the_workers_lineage_is_the_stores(community):
+    """worker/job.py keeps its own copy of data.communities' rule (the GPU host has no database stack)."""
+    from data.communities import check_name, lineage_name
+    from worker.job import _COMMUNITY, lineage
+
+    assert lineage("tiny", community) == lineage_name("tiny", community)
+    assert check_name(community) and _COMMUNITY.fullmatch(community)
+    assert not _COMMUNITY.fullmatch("x" * 41) and not _COMMUNITY.fullmatch("Acme")
 
 
 @pytest.mark.parametrize("name", FORGERIES)
@@ -279,7 +313,7 @@ async def test_the_local_child_validates_its_job_too(tmp_path, job, policy, olla
             await asyncio.sleep(0.1)
         (event,) = events
         assert event["event"] == "failed" and "is not one this worker trains" in event["reason"]
-        await asyncio.wait_for(dispatcher._children[ref].wait(), 30)
+        await asyncio.wait_for(dispatcher._runner, 30)  # the queue ran its one job to the end
         assert sorted(os.listdir(ref)) == ["events.jsonl", "job.log", "pid", "policy.json", "spec.json",
                                            "stderr.log"]  # no snapshot, no run
         log = await asyncio.to_thread(Path(ref, "job.log").read_text)

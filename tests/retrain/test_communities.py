@@ -1,0 +1,264 @@
+"""Communities on the retrain path: each community proposes on its own schedule and threshold, to its own experts;
+trains into its own lineage of tags; gets its own active model; and rolls back (to the base, too) without touching
+another's. Two communities' runs share one queue: on one worker one after the other, on two workers at once.
+
+The fast tests use models scripted in the Ollama-API test server (both databases); the slow ones train the tiny
+model for real, through the local dispatcher and through two real ``loraloop worker`` processes on Redis."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+import pytest
+
+from bot.retrain import scheduler as sched
+from bot.retrain.dispatch import LocalDispatcher, make_dispatcher
+from bot.retrain.orchestrator import orchestrators
+from bot.settings import CommunitySettings, GuildRoles
+from data.communities import lineage_name
+from data.models import utcnow
+from data.review import ReviewPolicy
+from data.store import NotFound, Store
+from deploy.ollama import OllamaClient
+from deploy.pipeline import AlreadyActive, DeployFailed, apply_retention, fail_interrupted, promote, rollback
+from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID
+from tests.harness.polling import wait_until
+from tests.harness.retrain import approved_examples, loop_settings, tag
+
+BASE = "tiny-llama:base"
+GUILD_B, CHANNEL_B = GUILD_ID + 1, CHANNEL_ID + 1
+
+
+def two_communities(**overrides) -> dict:
+    """Settings overrides: the test guild is community acme, a second guild globex, each with its experts channel."""
+    roles = {"expert_role_ids": [EXPERT_ROLE], "admin_role_ids": [ADMIN_ROLE]}
+    return {"guilds": {GUILD_ID: GuildRoles(**roles, community="acme", experts_channel_id=CHANNEL_ID),
+                       GUILD_B: GuildRoles(**roles, community="globex", experts_channel_id=CHANNEL_B)},
+            **overrides}
+
+
+class Recorder:
+    """A Notifier that keeps what it was told (the Discord cog's stand-in)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str | None, int | None]] = []
+
+    async def proposed(self, run):
+        self.calls.append(("proposed", run.id, run.community, run.channel_id))
+
+    async def reminder(self, run): ...
+
+    async def progress(self, run): ...
+
+    async def finished(self, run, loss_png):
+        self.calls.append(("finished", run.id, run.community, run.channel_id))
+
+
+@asynccontextmanager
+async def bot_orchestrators(settings, dispatcher=None):
+    """One orchestrator per community on one store, one Ollama client and one dispatcher, as the bot holds them."""
+    store = Store(settings.resolved_database_url, policy=ReviewPolicy(2, 4.0, 2.5))
+    await store.migrate()
+    client = OllamaClient(settings.ollama_host, timeout=60)
+    dispatcher = dispatcher or make_dispatcher(settings)
+    orchs = orchestrators(store, settings, dispatcher, client, Recorder(), poll_s=0.1)
+    try:
+        yield orchs
+    finally:
+        for orch in orchs.values():
+            await orch.close(release_dispatcher=False)
+        await dispatcher.close()
+        await client.close()
+        await store.close()
+
+
+async def approve(orch, run_id):
+    await orch.vote(run_id, 1, True)
+    _, started = await orch.vote(run_id, 2, True)
+    assert started
+
+
+# ---- promotion, rollback, retention: per community (scripted models, both databases) ------------------------
+
+
+async def promoted(store, server, n: int) -> list[str]:
+    """``n`` fine-tunes of the store's community promoted one after the other, each in Ollama; the last answers."""
+    tags = []
+    for _ in range(n):
+        v = await store.create_model_version(name=lineage_name("tiny", store.community), base_model="tiny",
+                                             ollama_base=BASE)
+        server.add_scripted_model(v.tag)
+        await store.update_model_version(v.id, status="evaluated", in_ollama=True)
+        await store.promote(v.tag)
+        tags.append(v.tag)
+    return tags
+
+
+async def test_rollback_promotion_and_retention_are_per_community(store, ollama_server):
+    ollama_server.add_scripted_model(BASE)
+    a, b = store.scoped("acme"), store.scoped("globex")
+    a_tags = await promoted(a, ollama_server, 1)
+    b_tags = await promoted(b, ollama_server, 3)
+    assert a_tags == ["loraloop-tiny-acme:v1"] and b_tags == [f"loraloop-tiny-globex:v{n}" for n in (1, 2, 3)]
+    async with OllamaClient(ollama_server.url) as client:
+        # acme's only fine-tune goes bad: its rollback goes back to the base model; globex is untouched
+        now = await rollback(a, client)
+        assert str(now) == f"{BASE} (the base model)" and now.version is None
+        assert await a.active_model_version() is None
+        assert (await a.get_model_version(a_tags[0])).status == "rolled_back"
+        assert (await b.active_model_version()).tag == b_tags[2]
+        with pytest.raises(DeployFailed, match="the base model already answers"):
+            await rollback(a, client)
+        # globex rolls back one version; acme still answers with the base
+        assert (await rollback(b, client)).tag == b_tags[1]
+        assert await a.active_model_version() is None
+        # promoting the base tag (`loraloop models promote <ollama_base>`) switches a community back to it
+        await promote(b, client, b_tags[2])
+        assert str(await promote(b, client, BASE, base=BASE)) == f"{BASE} (the base model)"
+        assert await b.active_model_version() is None
+        with pytest.raises(AlreadyActive, match="the base model is already the active model"):
+            await promote(b, client, BASE, base=BASE)
+        # a community cannot promote another's version: to it, it does not exist
+        with pytest.raises(NotFound, match="no model version"):
+            await promote(a, client, b_tags[0])
+
+        # retention and interrupted deploys: each community's own tags only
+        await promote(b, client, b_tags[2])
+        c = await a.create_model_version(name=lineage_name("tiny", "acme"), base_model="tiny", ollama_base=BASE)
+        ollama_server.add_scripted_model(c.tag)
+        assert await fail_interrupted(b, client, "tiny") == []
+        assert await apply_retention(a, client, "tiny", keep=1) == []  # acme's one tag in Ollama is kept
+        deleted = await apply_retention(b, client, "tiny", keep=1)
+        assert deleted == [b_tags[0]]  # v3 answers, v2 is its rollback target
+        assert await fail_interrupted(a, client, "tiny") == [c.tag]
+        present = {m.name for m in await client.list_models()}
+    assert {a_tags[0], b_tags[1], b_tags[2]} <= present and b_tags[0] not in present and c.tag not in present
+    assert (await b.get_model_version(b_tags[0])).in_ollama is False
+
+
+async def test_versions_from_before_communities_stay_in_their_communitys_housekeeping(store, ollama_server):
+    """Rows assigned to a community (data.communities.assign_communities) keep the old lineage name: retention and
+    interrupted-deploy clean-up still find them there."""
+    a = store.scoped("acme")
+    old = await a.create_model_version(name="tiny", base_model="tiny", ollama_base=BASE)  # loraloop-tiny:v1
+    ollama_server.add_scripted_model(old.tag)
+    async with OllamaClient(ollama_server.url) as client:
+        assert await fail_interrupted(a, client, "tiny") == ["loraloop-tiny:v1"]
+
+
+# ---- the scheduler: one check per community, its own cron and threshold, its own experts ---------------------
+
+
+async def test_the_scheduler_proposes_per_community_with_its_own_threshold(tmp_path, tiny_llama_dir):
+    settings = loop_settings(tmp_path, "http://127.0.0.1:9", tiny_llama_dir, retrain_min_new_examples=10,
+                             retrain_cron="0 3 * * *",
+                             **two_communities(communities={"acme": CommunitySettings(retrain_min_new_examples=3,
+                                                                                      retrain_cron="30 2 * * *")}))
+    # a check stored before communities: replaced by one per community
+    legacy = sched.start_scheduler(loop_settings(tmp_path, "http://127.0.0.1:9", tiny_llama_dir))
+    legacy.add_job(sched.housekeeping, "interval", hours=1, id=sched.CHECK_JOB)
+    await legacy.stop()
+    async with bot_orchestrators(settings) as orchs:
+        acme, globex = orchs["acme"], orchs["globex"]
+        await approved_examples(acme.store, 5)
+        await approved_examples(globex.store, 5, seed=1)
+        sched.bind(orchs)
+        scheduler = sched.start_scheduler(settings)
+        try:
+            jobs = {job.id: job for job in scheduler.get_jobs()}
+            assert set(jobs) == {sched.check_job("acme"), sched.check_job("globex"), sched.HOUSEKEEPING_JOB}
+            acme_next, globex_next = (jobs[sched.check_job(c)].next_run_time for c in ("acme", "globex"))
+            assert (acme_next.hour, acme_next.minute) == (2, 30) and (globex_next.hour, globex_next.minute) == (3, 0)
+            for community in orchs:  # both checks fall due
+                scheduler.modify_job(sched.check_job(community), next_run_time=utcnow())
+            run = await wait_until(acme.store.open_run, 10, "acme's check to propose")
+            await wait_until(lambda: all(scheduler.get_job(sched.check_job(c)).next_run_time > utcnow()
+                                         for c in orchs), 10, "both checks to have run")
+        finally:
+            await scheduler.stop()
+            sched.bind(None)
+        # acme's 5 new examples pass its threshold of 3; globex's 5 stay under the global 10
+        assert run.summary["new_examples"] == 5 and run.summary["origin"] == "scheduler"
+        assert await globex.store.open_run() is None
+        assert (run.community, run.guild_id, run.channel_id) == ("acme", GUILD_ID, CHANNEL_ID)
+        assert acme.notifier.calls == [("proposed", run.id, "acme", CHANNEL_ID)]
+        # globex's own proposal goes to its own experts
+        other = await globex.propose(min_new=1)
+        assert (other.community, other.guild_id, other.channel_id) == ("globex", GUILD_B, CHANNEL_B)
+
+
+# ---- two communities, one worker: one after the other, each with its own model ------------------------------
+
+
+@pytest.mark.slow
+async def test_two_communities_retrain_one_after_the_other_on_one_local_worker(tmp_path, base_server,
+                                                                              tiny_llama_dir):
+    settings = loop_settings(tmp_path, base_server.url, tiny_llama_dir, dispatcher="local", **two_communities())
+    async with bot_orchestrators(settings, LocalDispatcher(tmp_path / "jobs", poll_s=0.1)) as orchs:
+        acme, globex = orchs["acme"], orchs["globex"]
+        await approved_examples(acme.store, 40)
+        await approved_examples(globex.store, 40, seed=1)
+        first, second = await acme.propose(), await globex.propose()
+        await approve(acme, first.id)
+        await approve(globex, second.id)
+
+        # globex's run waits for the one worker while acme's trains, and says where it stands
+        async def waiting():
+            run = await globex.store.get_run(second.id)
+            return run if run.state == "snapshotted" and (await acme.store.get_run(first.id)).state == "training" \
+                else None
+        await wait_until(waiting, 60, "globex to wait while acme trains")
+        assert await globex.store.queue_position(second.id) == 1
+
+        a_done = await acme.wait(first.id, limit_s=170)
+        b_done = await globex.wait(second.id, limit_s=170)
+        assert (a_done.state, b_done.state) == ("promoted", "promoted"), (a_done.reason, b_done.reason)
+        a_events = await acme.dispatcher.events(first.id, a_done.job_ref, 0)
+        b_events = await globex.dispatcher.events(second.id, b_done.job_ref, 0)
+        assert b_events[0]["event"] == "started" and b_events[0]["t"] >= a_events[-1]["t"]  # one after the other
+
+        a_model, b_model = await acme.store.active_model_version(), await globex.store.active_model_version()
+        assert (a_model.tag, b_model.tag) == (tag(1, "acme"), tag(1, "globex"))
+        assert a_model.id == a_done.model_version_id and b_model.id == b_done.model_version_id
+        assert base_server.get(a_model.tag) is not None and base_server.get(b_model.tag) is not None
+
+        # rolling acme back to its base leaves globex's model answering
+        async with OllamaClient(base_server.url) as client:
+            assert str(await rollback(acme.store, client)) == f"{BASE} (the base model)"
+        assert await acme.store.active_model_version() is None
+        assert (await globex.store.active_model_version()).tag == tag(1, "globex")
+
+
+# ---- two communities, two workers on one queue: at the same time ---------------------------------------------
+
+
+@pytest.mark.slow
+async def test_two_workers_train_two_communities_at_once(tmp_path, base_server, tiny_llama_dir, redis_url,
+                                                         start_worker):
+    settings = loop_settings(tmp_path, base_server.url, tiny_llama_dir, dispatcher="celery", redis_url=redis_url,
+                             **two_communities())
+    t0 = time.monotonic()
+    workers = [start_worker(settings) for _ in range(2)]  # the same queue, each serving one job at a time
+    ready = time.monotonic() - t0
+    async with bot_orchestrators(settings) as orchs:
+        acme, globex = orchs["acme"], orchs["globex"]
+        await approved_examples(acme.store, 40)
+        await approved_examples(globex.store, 40, seed=1)
+        first, second = await acme.propose(), await globex.propose()
+        t1 = time.monotonic()
+        await approve(acme, first.id)
+        await approve(globex, second.id)
+        a_done = await acme.wait(first.id, limit_s=240)
+        b_done = await globex.wait(second.id, limit_s=240)
+        both = time.monotonic() - t1
+        assert (a_done.state, b_done.state) == ("promoted", "promoted"), (a_done.reason, b_done.reason)
+        a_events = await acme.dispatcher.events(first.id, a_done.job_ref, 0)
+        b_events = await globex.dispatcher.events(second.id, b_done.job_ref, 0)
+    # each worker took one job (its own process), and each started before the other had finished
+    assert {a_events[0]["pid"], b_events[0]["pid"]} == {w.proc.pid for w in workers}
+    assert a_events[0]["t"] < b_events[-1]["t"] and b_events[0]["t"] < a_events[-1]["t"]
+    assert a_done.result["passed"] and b_done.result["passed"]
+    print(f"\n[two workers] both ready in {ready:.1f} s; both runs approved → promoted in {both:.1f} s "
+          f"(acme {a_events[-1]['t'] - a_events[0]['t']:.1f} s, globex {b_events[-1]['t'] - b_events[0]['t']:.1f} s "
+          f"on their workers)")

@@ -7,8 +7,9 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
+import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 
 console = Console()
 err_console = Console(stderr=True)
+
+# Every command that reads or writes a community's data takes it (open_store resolves it).
+Community = Annotated[str | None, typer.Option(
+    "--community", metavar="NAME",
+    help="The community to work on (default: the only one; with several, the error lists them).")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

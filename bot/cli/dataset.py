@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import console, fail, open_store, plural, print_json, settings
+from bot.cli.common import Community, console, fail, open_store, plural, print_json, settings
 
 app = typer.Typer(help="Import, export and inspect the teaching dataset.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="Freeze the approved examples into an immutable training snapshot.",
@@ -38,6 +38,7 @@ def import_(
         help="Held-out eval questions (e.g. rewordings of taught questions): tagged holdout, the gate judges "
              "every retrain on them, they never train and are never retrieved.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    community: Community = None,
 ) -> None:
     """Import examples (pending review unless --approve); all or nothing.
 
@@ -78,7 +79,7 @@ def import_(
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             return await import_file(store, path, format=format, approve=approve, skip_invalid=skip_invalid,
                                      max_chars=config.max_stored_chars, columns=column_map, set_values=values,
                                      allow_placeholders=allow_placeholders, tags=("holdout",) if holdout else ())
@@ -187,6 +188,7 @@ def export(
     format: Annotated[str, typer.Option("--format", help="openai, alpaca, sharegpt, lf-v1 or csv")],
     out: Annotated[Path, typer.Option("--out", help="Output file (.json, .jsonl or .csv).")],
     split: Annotated[str, typer.Option(help="train, eval or all (the snapshot's hash-stable split)")] = "all",
+    community: Community = None,
 ) -> None:
     """Export the approved examples (streamed from the database; a refused conversation leaves no file)."""
     from data import formats
@@ -198,7 +200,7 @@ def export(
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             return await store.export_approved(out, format, split=split, eval_fraction=config.eval_fraction)
 
     try:
@@ -211,12 +213,15 @@ def export(
 
 
 @app.command()
-def stats(json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+def stats(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    community: Community = None,
+) -> None:
     """Counts by status and source, rater agreement, new approved examples since the active model."""
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             return await store.dataset_stats()
 
     result = asyncio.run(run())
@@ -244,6 +249,7 @@ def snapshot_create(
     out: Annotated[Path, typer.Option("--out", help="A new (or empty) directory.")],
     allow_empty: Annotated[bool, typer.Option(help="Write a snapshot even with no approved example.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    community: Community = None,
 ) -> None:
     """Freeze the approved examples (examples.jsonl + manifest.json, hash-stable train/eval split)."""
     from data.snapshot import SnapshotError
@@ -251,7 +257,7 @@ def snapshot_create(
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             if not allow_empty and not (await store.dataset_stats()).by_status.get("approved"):
                 return None
             return await store.create_snapshot(out, config.eval_fraction)

@@ -18,7 +18,7 @@ def upgrade() -> None:
     from bot.settings import redact_url
 
     async def run() -> None:
-        async with open_store(config):  # open_store migrates
+        async with open_store(config, config.community_names()[0]):  # open_store migrates (every community)
             pass
 
     config = settings()

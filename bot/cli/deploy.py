@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import console, fail
+from bot.cli.common import Community, console, fail
 
 app = typer.Typer(help="Convert an adapter to GGUF and register it with Ollama.", no_args_is_help=True)
 
@@ -73,6 +73,7 @@ def run_deploy(
     margin: float | None = typer.Option(None, "--margin", help="How much worse (ROUGE-L) the candidate may be."),
     keep: int | None = typer.Option(None, "--keep", help="Fine-tuned tags kept in Ollama."),
     as_json: bool = typer.Option(False, "--json", help="Progress and result as JSON lines."),
+    community: Community = None,
 ) -> None:
     """Register an adapter with Ollama from the clean base, gate it against the active model, switch if it passes.
 
@@ -103,7 +104,7 @@ def run_deploy(
             console.print(f"{info['tag']}: {step} {details}", highlight=False)
 
     async def run():
-        async with open_store(cfg) as store, open_ollama(cfg, timeout_s=300) as client:
+        async with open_store(cfg, community) as store, open_ollama(cfg, timeout_s=300) as client:
             return await deploy(adapter, store=store, client=client, config=config, base_dir=base,
                                 snapshot_dir=snapshot, on_event=show, llama_cpp_dir=cfg.llama_cpp_dir,
                                 inform=gate_with_retrieval(cfg, store, client))

@@ -1,4 +1,5 @@
-"""``loraloop models …``: list versions, promote one, roll back to the previous good one (``--to TAG``)."""
+"""``loraloop models …``: list a community's versions, promote one (or the base tag), roll back to the previous good
+one (``--to TAG``) or, with none, to the base model."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from typing import Any, TypeVar
 import typer
 from rich.table import Table
 
-from bot.cli.common import console, fail, open_ollama, open_store, print_json, settings
+from bot.cli.common import Community, console, fail, open_ollama, open_store, print_json, settings
 
 app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 T = TypeVar("T")
 
 
-def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]]) -> T:
+def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]], community: str | None) -> T:
     from data.store import StoreError
     from deploy.ollama import OllamaError
     from deploy.pipeline import DeployFailed
@@ -23,7 +24,7 @@ def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]]) -> T:
     cfg = settings()
 
     async def run() -> T:
-        async with open_store(cfg) as store, open_ollama(cfg, timeout_s=30) as client:
+        async with open_store(cfg, community) as store, open_ollama(cfg, timeout_s=30) as client:
             return await fn(store, client)
 
     try:
@@ -33,7 +34,10 @@ def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]]) -> T:
 
 
 @app.command("list")
-def list_versions(as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
+def list_versions(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    community: Community = None,
+) -> None:
     """Every model version, newest first: tag, status, which one is active, eval scores, failure reason."""
     from data import quality
     from deploy.ollama import OllamaError
@@ -49,7 +53,7 @@ def list_versions(as_json: bool = typer.Option(False, "--json", help="One JSON o
             present = None  # listing still works when Ollama is down
         return rows, active, present, rates, previous
 
-    rows, active, present, rates, (_, previous) = _with_store_and_ollama(run)
+    rows, active, present, rates, (_, previous) = _with_store_and_ollama(run, community)
     active_id = active.id if active is not None else None
     base_tag = settings().ollama_base
     if as_json:
@@ -97,24 +101,34 @@ def _feedback_cell(rate: Any) -> str:
 
 
 @app.command("promote")
-def promote_cmd(tag: str = typer.Argument(..., help="e.g. loraloop-assistant:v3")) -> None:
-    """Make an existing version the active model."""
-    from deploy.pipeline import promote
+def promote_cmd(
+    tag: str = typer.Argument(..., help="e.g. loraloop-assistant:v3, or the base tag (ollama_base) to answer with it"),
+    community: Community = None,
+) -> None:
+    """Make an existing version the active model (the base tag: the clean base model answers again)."""
+    from deploy.pipeline import AlreadyActive, promote
 
-    version = _with_store_and_ollama(lambda store, client: promote(store, client, tag))
-    console.print(f"active model is now {version.tag}")
+    base = settings().ollama_base
+    try:
+        now = _with_store_and_ollama(lambda store, client: promote(store, client, tag, base=base), community)
+    except AlreadyActive as exc:
+        console.print(f"nothing to do: {exc}", highlight=False)
+        return
+    console.print(f"active model is now {now}", highlight=False)
 
 
 @app.command("rollback")
 def rollback_cmd(
     to: str | None = typer.Option(None, "--to", help="The tag to switch back to; running it again changes nothing."),
+    community: Community = None,
 ) -> None:
-    """Switch back to the previous good version (--to names it, so a repeated command cannot go two back)."""
+    """Switch back to the previous good version (--to names it, so a repeated command cannot go two back); with no
+    earlier good version, back to the base model."""
     from deploy.pipeline import AlreadyActive, rollback
 
     try:
-        version = _with_store_and_ollama(lambda store, client: rollback(store, client, to=to))
+        now = _with_store_and_ollama(lambda store, client: rollback(store, client, to=to), community)
     except AlreadyActive as exc:
-        console.print(f"nothing to do: {exc}")
+        console.print(f"nothing to do: {exc}", highlight=False)
         return
-    console.print(f"rolled back: active model is now {version.tag}")
+    console.print(f"rolled back: active model is now {now}", highlight=False)

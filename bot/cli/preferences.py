@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import console, fail, open_store, print_json, settings
+from bot.cli.common import Community, console, fail, open_store, print_json, settings
 
 app = typer.Typer(help="Preference records (a chosen and a rejected answer) for the DPO stage.",
                   no_args_is_help=True)
@@ -30,6 +30,7 @@ def import_(
     approve: Annotated[bool, typer.Option(help="Admin bulk import: the records count as approved.")] = False,
     skip_invalid: Annotated[bool, typer.Option(help="Import the valid records even if some are invalid.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    community: Community = None,
 ) -> None:
     """Import preference records (pending review unless --approve); all or nothing."""
     from data import formats
@@ -54,7 +55,7 @@ def import_(
         fail(f"{path}: no valid preference record to import")
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             return await import_preferences(store, [p for _, p in parsed.records], approve=approve)
 
     try:
@@ -84,6 +85,7 @@ def export(
     format: Annotated[str, typer.Option("--format", help="alpaca, sharegpt, openai or lf-v1")],
     out: Annotated[Path, typer.Option("--out", help="Output file (.json or .jsonl).")],
     split: Annotated[str, typer.Option(help="train, eval or all (the snapshot's hash-stable split)")] = "all",
+    community: Community = None,
 ) -> None:
     """Export the approved preference records (sorted by hash; a record the format cannot hold leaves no file)."""
     from data.preferences import export_preferences
@@ -91,7 +93,7 @@ def export(
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             return await export_preferences(store, out, format, split=split, eval_fraction=config.eval_fraction)
 
     try:
@@ -105,14 +107,17 @@ def export(
 
 
 @app.command()
-def stats(json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+def stats(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    community: Community = None,
+) -> None:
     """Preference records by status and source."""
     from data.preferences import preference_stats
 
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             return await preference_stats(store)
 
     result = asyncio.run(run())
@@ -134,6 +139,7 @@ def list_(
     status: Annotated[str | None, typer.Option(help="pending, approved or rejected")] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per record.")] = False,
+    community: Community = None,
 ) -> None:
     """List preference records (oldest first)."""
     from data.preferences import list_preferences
@@ -141,7 +147,7 @@ def list_(
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             return await list_preferences(store, status=status, limit=limit)
 
     rows = asyncio.run(run())
@@ -157,7 +163,7 @@ def list_(
                           f"  rejected: {escape(row.rejected['content'][:100])}", highlight=False)
 
 
-def _decide(ids: list[int], all_pending: bool, status: str) -> None:
+def _decide(ids: list[int], all_pending: bool, status: str, community: str | None) -> None:
     from data.preferences import list_preferences, set_preference_status
     from data.store import StoreError
 
@@ -166,7 +172,7 @@ def _decide(ids: list[int], all_pending: bool, status: str) -> None:
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             targets = ids or [r.id for r in await list_preferences(store, status="pending")]
             for preference_id in targets:
                 await set_preference_status(store, preference_id, status)
@@ -183,15 +189,17 @@ def _decide(ids: list[int], all_pending: bool, status: str) -> None:
 def approve(
     ids: Annotated[list[int] | None, typer.Argument(help="Record ids.")] = None,
     all_pending: Annotated[bool, typer.Option("--all-pending", help="Every pending record.")] = False,
+    community: Community = None,
 ) -> None:
     """An admin's approval: the records are trained on by the next retrain with dpo enabled."""
-    _decide(ids or [], all_pending, "approved")
+    _decide(ids or [], all_pending, "approved", community)
 
 
 @app.command()
 def reject(
     ids: Annotated[list[int] | None, typer.Argument(help="Record ids.")] = None,
     all_pending: Annotated[bool, typer.Option("--all-pending", help="Every pending record.")] = False,
+    community: Community = None,
 ) -> None:
     """An admin's rejection: the records are never trained on."""
-    _decide(ids or [], all_pending, "rejected")
+    _decide(ids or [], all_pending, "rejected", community)

@@ -7,23 +7,24 @@ from typing import Any
 
 import typer
 
-from bot.cli.common import console, fail, open_ollama, open_store, print_json, settings
+from bot.cli.common import Community, console, fail, open_ollama, open_store, print_json, settings
 from trainer.progress import RunProgress
 
 app = typer.Typer(help="Retrain proposals and runs (the bot announces them in Discord).", no_args_is_help=True)
 
 
-def _run_line(run: Any) -> dict[str, Any]:
-    return {"id": run.id, "state": run.state, "reason": run.reason, "progress": run.progress,
+def _run_line(run: Any, queued: int | None = None) -> dict[str, Any]:
+    return {"id": run.id, "community": run.community, "state": run.state, "reason": run.reason,
+            "progress": run.progress, "queue_position": queued,
             "new_examples": (run.summary or {}).get("new_examples"), "created_at": run.created_at,
             "finished_at": run.finished_at}
 
 
-async def _with_orchestrator(cfg: Any, work: Any) -> Any:
+async def _with_orchestrator(cfg: Any, community: str | None, work: Any) -> Any:
     from bot.retrain.dispatch import make_dispatcher
     from bot.retrain.orchestrator import Orchestrator
 
-    async with open_store(cfg) as store, open_ollama(cfg, timeout_s=300) as client:
+    async with open_store(cfg, community) as store, open_ollama(cfg, timeout_s=300) as client:
         orchestrator = Orchestrator(store, cfg, make_dispatcher(cfg), client)
         try:
             return await work(orchestrator)
@@ -32,13 +33,13 @@ async def _with_orchestrator(cfg: Any, work: Any) -> Any:
 
 
 @app.command()
-def propose(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Open a retrain proposal now; the bot posts it to the experts channel for approval."""
+def propose(as_json: bool = typer.Option(False, "--json"), community: Community = None) -> None:
+    """Open a retrain proposal now; the bot posts it to the community's experts channel for approval."""
     from data.store import StoreError
 
     cfg = settings()
     try:
-        run = asyncio.run(_with_orchestrator(cfg, lambda o: o.propose(origin="command line")))
+        run = asyncio.run(_with_orchestrator(cfg, community, lambda o: o.propose(origin="command line")))
     except StoreError as exc:
         fail(str(exc))
     if as_json:
@@ -48,26 +49,31 @@ def propose(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Option(5)) -> None:
-    """The latest retrain runs."""
+def status(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Option(5),
+           community: Community = None) -> None:
+    """The community's latest retrain runs; a run waiting for a worker shows its place in the queue (the runs of
+    every community waiting)."""
     async def work():
-        async with open_store(cfg) as store:
-            return await store.list_runs(limit)
+        async with open_store(cfg, community) as store:
+            runs = await store.list_runs(limit)
+            return [(run, await store.queue_position(run.id)) for run in runs]
 
     cfg = settings()
     runs = asyncio.run(work())
     if as_json:
-        return print_json([_run_line(r) for r in runs])
+        return print_json([_run_line(r, queued) for r, queued in runs])
     if not runs:
         console.print("no retrains yet")
-    for run in runs:
+    for run, queued in runs:
         stage = RunProgress.model_validate(run.progress or {}).stage
         extra = f" ({stage})" if stage and stage != run.state else ""
+        if queued is not None:
+            extra += f" (queue position {queued})"
         console.print(f"#{run.id} {run.state}{extra}" + (f": {run.reason}" if run.reason else ""), highlight=False)
 
 
 @app.command()
-def cancel(run_id: int = typer.Argument(None, help="Default: the open one.")) -> None:
+def cancel(run_id: int = typer.Argument(None, help="Default: the open one."), community: Community = None) -> None:
     """Stop the open proposal or the running retrain; the active model is untouched."""
     from data.store import StoreError
 
@@ -82,7 +88,7 @@ def cancel(run_id: int = typer.Argument(None, help="Default: the open one.")) ->
 
     cfg = settings()
     try:
-        run = asyncio.run(_with_orchestrator(cfg, work))
+        run = asyncio.run(_with_orchestrator(cfg, community, work))
     except StoreError as exc:
         fail(str(exc))
     console.print(f"retrain #{run.id} {run.state}" + (f": {run.reason}" if run.reason else ""), highlight=False)

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import console, fail, open_ollama, open_store, print_json, settings
+from bot.cli.common import Community, console, fail, open_ollama, open_store, print_json, settings
 from bot.retrieval import Retriever, SyncReport
 from bot.settings import Settings
 from data.retrieval import Hit, RetrievalError
@@ -45,6 +45,7 @@ def _embeddings(config: Settings, retriever: Retriever) -> str:
 def query(
     text: Annotated[str, typer.Argument(help="A question as a user would ask it.")],
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object: every hit with its scores.")] = False,
+    community: Community = None,
 ) -> None:
     """The pairs a chat turn with TEXT would be given (scope, k and budget from the settings), with their scores:
     normalised BM25 (lexical), cosine (dense), their ranks and the fused score, and the 👍/👎 of answers that
@@ -54,7 +55,7 @@ def query(
         fail("retrieval is off (retrieval_scope: off): chats are answered without expert answers")
 
     async def run() -> tuple[SyncReport, list[Hit], dict[int, tuple[int, int]], str]:
-        async with open_store(config) as store, open_ollama(config, timeout_s=30) as ollama:
+        async with open_store(config, community) as store, open_ollama(config, timeout_s=30) as ollama:
             retriever = Retriever(config, store, ollama)
             report = await retriever.sync()
             hits = await retriever.search(text)
@@ -95,12 +96,13 @@ def query(
 @app.command("rebuild")
 def rebuild(
     prune: Annotated[bool, typer.Option(help="Delete stored vectors of other embedding models.")] = False,
+    community: Community = None,
 ) -> None:
     """Build the index from the database, embedding (with embed_model) the pairs that have no stored vector yet."""
     config = settings()
 
     async def run() -> tuple[SyncReport, int, int, str]:
-        async with open_store(config) as store, open_ollama(config, timeout_s=120) as ollama:
+        async with open_store(config, community) as store, open_ollama(config, timeout_s=120) as ollama:
             retriever = Retriever(config, store, ollama)
             report = await retriever.rebuild()
             pruned = await delete_vectors(store, keep_model=config.embed_model) if prune else 0

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import console, err_console, fail, open_store, plural, print_json, settings
+from bot.cli.common import Community, console, err_console, fail, open_store, plural, print_json, settings
 
 app = typer.Typer(help="List, approve and reject the examples waiting for review.", no_args_is_help=True)
 
@@ -62,6 +62,7 @@ def list_(
     page: Annotated[int, typer.Option(min=1, help="Which page (1: the oldest).")] = 1,
     per_page: Annotated[int, typer.Option(min=1, help="Examples per page.")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object: the page's examples in full.")] = False,
+    community: Community = None,
 ) -> None:
     """The examples with a status (pending: the review queue), oldest first, a page at a time."""
     if status not in ("pending", "approved", "rejected"):
@@ -69,7 +70,7 @@ def list_(
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             return await store.list_examples(status=status)
 
     everything = asyncio.run(run())
@@ -96,7 +97,8 @@ def list_(
         console.print("approve: loraloop review approve ID… (or --all-pending); reject: loraloop review reject ID…")
 
 
-def _decide(ids: list[int], all_pending: bool, status: str, json_out: bool, allow_placeholders: bool = False) -> None:
+def _decide(ids: list[int], all_pending: bool, status: str, json_out: bool, community: str | None,
+            allow_placeholders: bool = False) -> None:
     from data.store import StoreError
 
     if bool(ids) == all_pending:
@@ -104,7 +106,7 @@ def _decide(ids: list[int], all_pending: bool, status: str, json_out: bool, allo
     config = settings()
 
     async def run() -> tuple[list[int], list[tuple[int, str]]]:
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             targets = ids or [e.id for e in await store.list_examples(status="pending")]
             done, refused = [], []
             for example_id in targets:
@@ -133,12 +135,13 @@ def approve(
     ids: Annotated[list[int] | None, typer.Argument(help="Example ids (see `loraloop review list`).")] = None,
     all_pending: Annotated[bool, typer.Option("--all-pending", help="Every example waiting for review.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    community: Community = None,
     allow_placeholders: Annotated[bool, typer.Option(
         "--allow-placeholders", help="Approve examples that still hold template placeholders ({{name}}) as "
                                      "written (they train as they are).")] = False,
 ) -> None:
     """Approve examples (an admin decision: it overrides the experts' ratings)."""
-    _decide(ids or [], all_pending, "approved", json_out, allow_placeholders)
+    _decide(ids or [], all_pending, "approved", json_out, community, allow_placeholders)
 
 
 @app.command()
@@ -146,15 +149,17 @@ def reject(
     ids: Annotated[list[int] | None, typer.Argument(help="Example ids (see `loraloop review list`).")] = None,
     all_pending: Annotated[bool, typer.Option("--all-pending", help="Every example waiting for review.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    community: Community = None,
 ) -> None:
     """Reject examples (an admin decision: it overrides the experts' ratings)."""
-    _decide(ids or [], all_pending, "rejected", json_out)
+    _decide(ids or [], all_pending, "rejected", json_out, community)
 
 
 @app.command()
 def show(
     example_id: Annotated[int, typer.Argument(metavar="ID", help="The example (see `loraloop review list`).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    community: Community = None,
 ) -> None:
     """One example in full: its messages, status, ratings, tags and source."""
     from data.store import StoreError
@@ -162,7 +167,7 @@ def show(
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             try:
                 return await store.get_example(example_id), await store.ratings_for(example_id)
             except StoreError as exc:
@@ -199,6 +204,7 @@ def rate(
         help="Who rates: a name (alice) or your Discord user id; rating again changes your rating.")],
     comment: Annotated[str | None, typer.Option(help="Why, for the other reviewers.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    community: Community = None,
 ) -> None:
     """Rate an example as an expert; once enough experts rated it, the mean approves or rejects it."""
     from data.store import StoreError
@@ -210,7 +216,7 @@ def rate(
     config = settings()
 
     async def run():
-        async with open_store(config) as store:
+        async with open_store(config, community) as store:
             try:
                 return await store.rate(example_id, rater_number, score, comment)
             except StoreError as exc:

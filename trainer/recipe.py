@@ -1,7 +1,9 @@
-"""One LoRA fine-tuning run, top to bottom: load → prepare → evaluate (before) → train → evaluate (after) → save.
+"""One LoRA fine-tuning run, top to bottom: load → prepare → evaluate (before) → train → DPO → evaluate (after)
+→ save.
 
-Everything that can refuse the run (settings, snapshot, base model, chat template, an existing run in
-``--out``) is checked before anything is written, so a refused run leaves no trace.
+:class:`LoraRecipe` holds the run's state; its steps are methods, in the order :meth:`LoraRecipe.run` calls them.
+Everything that can refuse the run (settings, snapshot, base model, chat template, an existing run in ``--out``)
+is checked in :meth:`LoraRecipe.setup`, before anything is written, so a refused run leaves no trace.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
 from data.conversation import Conversation
 from data.general_prompts import GeneralPrompts
-from data.snapshot import Snapshot, SnapshotError, SnapshotManifest, read_snapshot
+from data.snapshot import Snapshot, SnapshotError, read_snapshot
+from trainer import report
 from trainer.config import TrainConfig, TrainingInterrupted, TrainingRefused
 from trainer.dpo import run_dpo
 from trainer.evaluate import Answer, answer_eval, answer_questions, answer_table
+from trainer.metrics import METRICS_FILE, EvalLossPoint, ExampleCounts, ReplayCounts, TrainLossPoint, TrainMetrics
 from trainer.prepare import ChatFormat, PreparedSplit, end_of_turn_tokens
 from trainer.progress import DoneEvent, ProgressReporter
 from trainer.record import RunRecord, read_run
@@ -47,7 +51,8 @@ log = logging.getLogger("loraloop.trainer")
 
 CHECKPOINTS = "checkpoints"
 # Files a finished or started run leaves in --out; any of them there means "a run lives here".
-RUN_FILES = ("config.yaml", "adapter_config.json", "metrics.json", CHECKPOINTS)
+RUN_FILES = ("config.yaml", "adapter_config.json", METRICS_FILE, CHECKPOINTS)
+_plot_loss = report.plot_loss  # its name here before it moved to trainer/report.py (tests import it)
 
 
 @dataclass(frozen=True)
@@ -62,233 +67,317 @@ class TrainRequest:
 
 def train(request: TrainRequest) -> dict[str, Any]:
     """Run the recipe and return metrics.json's content. Raises TrainingRefused (nothing written) for bad input."""
-    cfg, out = request.config, request.out
-    progress = ProgressReporter(json_lines=request.json_progress)
-    t_start = time.monotonic()
+    return LoraRecipe(request).run().to_dict()
 
-    # ---- 1. everything that can refuse the run, before writing anything ---------------------------
-    cuda = torch.cuda.is_available()
-    cfg.check(cuda)
-    stored = _previous_run(out, request.resume)
-    resume_from = _resume_checkpoint(out) if request.resume else None
-    if stored is not None:
-        cfg = stored  # a resumed run keeps the configuration it started with
-    try:
-        snapshot = read_snapshot(request.snapshot)
-    except SnapshotError as exc:
-        raise TrainingRefused(f"snapshot cannot be read: {exc}") from None
-    if not snapshot.train:
-        raise TrainingRefused(f"snapshot {request.snapshot} has no training examples")
-    if stored is not None:
+
+class LoraRecipe:
+    """One run's recipe (after torchtune's recipe classes): the state its steps share, and the steps in order."""
+
+    # setup: what the run trains, on what, from where
+    cuda: bool
+    resume_from: Path | None
+    snapshot: Snapshot
+    base_dir: Path
+    fmt: ChatFormat
+    train_split: PreparedSplit
+    eval_split: PreparedSplit
+    general: GeneralPrompts | None  # retention's prompt set (trainer/retention.py)
+    replay: GeneralPrompts | None  # replay's prompt set (trainer/replay.py)
+    model: Any  # the base model; from add_lora on, the PeftModel around it
+    # the trainer and its data
+    epochs: int
+    replayed: dict[str, Any] | None  # the base's answers to the replay prompts (replay.json)
+    replay_split: PreparedSplit
+    trainer: SFTTrainer
+    # evaluation before and after; training's outcome
+    eval_convs: list[Conversation]
+    probe_questions: list[str]
+    before: dict[str, Any]  # before.json: the base's eval loss, answers, probes (and retention)
+    result: Any  # SFTTrainer.train's TrainOutput
+    history: list[dict[str, Any]]  # the SFT stage's log (before the final evaluation adds to it)
+    sft_tokens_at_start: int
+    train_dtype: str | None
+    dpo: dict[str, Any] | None
+    after_eval: dict[str, float]
+    after_answers: list[Answer]
+    after_probes: list[str]
+    retention: dict[str, Any] | None
+
+    def __init__(self, request: TrainRequest) -> None:
+        self.request, self.out, self.cfg = request, request.out, request.config
+        self.progress = ProgressReporter(json_lines=request.json_progress)
+        self.t_start = time.monotonic()
+
+    @property
+    def has_eval(self) -> bool:
+        return bool(self.eval_split.examples)
+
+    def run(self) -> TrainMetrics:
+        """Every step, in order; the run's metrics (written to metrics.json too)."""
+        self.setup()
+        self.open_run_dir()
+        file_log = _log_to(self.out / "train.log")
         try:
-            started = (read_run(out) or RunRecord()).snapshot_sha256
-        except ValueError as exc:
-            raise TrainingRefused(f"--resume: {exc}") from None
-        if started and started != snapshot.sha256:
-            raise TrainingRefused(f"--resume: the run in {out} trained on snapshot {started[:12]}, not on "
-                                  f"{request.snapshot} ({snapshot.sha256[:12]})")
-    base_dir = resolve_base(request.base)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    generation_config = _generation_config(base_dir)
-    fmt = ChatFormat(tokenizer, cfg.template_text(), cfg.system_prompt,
-                     end_of_turn_tokens(tokenizer, generation_config))
-    _set_distinct_pad(tokenizer, fmt.end_of_turn)
-    train_split = fmt.prepare(snapshot.train, cfg.max_length)
-    eval_split = fmt.prepare(snapshot.eval, cfg.max_length)
-    if not train_split.examples:
-        raise TrainingRefused(f"no training example fits in max_length {cfg.max_length} with an answer left to learn")
-    if shortened := _shortened(train_split, eval_split, cfg.max_length):
-        progress.console.print(f"[yellow]note:[/] {shortened}", highlight=False, soft_wrap=True)
-    general = general_prompt_set(cfg)  # a bad prompt set is refused here, before anything is written
-    replay = replay_prompt_set(cfg)
-    model = load_base_model(base_dir, cfg, cuda)
-    _refuse_embedding_targets(model, cfg)
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is reserved for progress JSON
+                self.add_lora()
+                self.mix_replay()
+                self.build_trainer()
+                self.evaluate_before()
+                self.train()
+                self.train_preferences()
+                self.evaluate_after()
+                metrics = self.save()
+            self.progress.emit(DoneEvent(message=report.summary(self.out, metrics), out=str(self.out),
+                                         eval_loss_before=metrics.eval_loss_before,
+                                         eval_loss_after=metrics.eval_loss_after,
+                                         wall_time_s=metrics.wall_time_s or 0.0))
+            return metrics
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop: the last checkpoint, if any
+            checkpoint = _last_checkpoint(self.out)
+            saved = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+            log.info("interrupted: %s", saved)
+            raise TrainingInterrupted(f"stopped; {saved}", checkpoint) from None
+        finally:
+            self.progress.close()
+            logging.getLogger().removeHandler(file_log)
+            file_log.close()
 
-    # ---- 2. the run directory ---------------------------------------------------------------------
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-    RunRecord(base=request.base, base_dir=base_dir.resolve(), snapshot=str(request.snapshot),
-              snapshot_sha256=snapshot.sha256, chat_template=fmt.template, system_prompt=cfg.system_prompt,
-              end_of_turn=fmt.end_of_turn,
-              # How the answers' reasoning parts were trained: the base's convention.
-              reasoning=fmt.reasoning_style if snapshot_has_reasoning(snapshot) else None).write(out)
-    file_log = _log_to(out / "train.log")
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is reserved for progress JSON
-            metrics = _run(request, cfg, cuda, fmt, snapshot, train_split, eval_split, model, progress,
-                           general=general, replay=replay, resume_from=resume_from)
-        metrics["wall_time_s"] = round(time.monotonic() - t_start, 3)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    def setup(self) -> None:
+        """Everything that can refuse the run, before anything is written: settings, an existing run in --out,
+        the snapshot, the base model and its chat template, the prompt sets."""
+        request, out = self.request, self.out
+        self.cuda = torch.cuda.is_available()
+        self.cfg.check(self.cuda)
+        stored = _previous_run(out, request.resume)
+        self.resume_from = _resume_checkpoint(out) if request.resume else None
+        if stored is not None:
+            self.cfg = stored  # a resumed run keeps the configuration it started with
+        cfg = self.cfg
+        try:
+            self.snapshot = read_snapshot(request.snapshot)
+        except SnapshotError as exc:
+            raise TrainingRefused(f"snapshot cannot be read: {exc}") from None
+        if not self.snapshot.train:
+            raise TrainingRefused(f"snapshot {request.snapshot} has no training examples")
+        if stored is not None:
+            try:
+                started = (read_run(out) or RunRecord()).snapshot_sha256
+            except ValueError as exc:
+                raise TrainingRefused(f"--resume: {exc}") from None
+            if started and started != self.snapshot.sha256:
+                raise TrainingRefused(f"--resume: the run in {out} trained on snapshot {started[:12]}, not on "
+                                      f"{request.snapshot} ({self.snapshot.sha256[:12]})")
+        self.base_dir = resolve_base(request.base)
+        tokenizer = AutoTokenizer.from_pretrained(self.base_dir)
+        generation_config = _generation_config(self.base_dir)
+        self.fmt = ChatFormat(tokenizer, cfg.template_text(), cfg.system_prompt,
+                              end_of_turn_tokens(tokenizer, generation_config))
+        _set_distinct_pad(tokenizer, self.fmt.end_of_turn)
+        self.train_split = self.fmt.prepare(self.snapshot.train, cfg.max_length)
+        self.eval_split = self.fmt.prepare(self.snapshot.eval, cfg.max_length)
+        if not self.train_split.examples:
+            raise TrainingRefused(f"no training example fits in max_length {cfg.max_length} with an answer left to "
+                                  "learn")
+        if shortened := _shortened(self.train_split, self.eval_split, cfg.max_length):
+            self.progress.console.print(f"[yellow]note:[/] {shortened}", highlight=False, soft_wrap=True)
+        self.general = general_prompt_set(cfg)  # a bad prompt set is refused here, before anything is written
+        self.replay = replay_prompt_set(cfg)
+        self.model = load_base_model(self.base_dir, cfg, self.cuda)
+        _refuse_embedding_targets(self.model, cfg)
+
+    def open_run_dir(self) -> None:
+        """The run directory: the configuration and the run record (trainer/record.py) the later steps read."""
+        request, cfg, fmt = self.request, self.cfg, self.fmt
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        RunRecord(base=request.base, base_dir=self.base_dir.resolve(), snapshot=str(request.snapshot),
+                  snapshot_sha256=self.snapshot.sha256, chat_template=fmt.template, system_prompt=cfg.system_prompt,
+                  end_of_turn=fmt.end_of_turn,
+                  # How the answers' reasoning parts were trained: the base's convention.
+                  reasoning=fmt.reasoning_style if snapshot_has_reasoning(self.snapshot) else None).write(self.out)
+
+    def add_lora(self) -> None:
+        """Seeds and threads, then LoRA on every linear projection of the base."""
+        cfg, train_split, eval_split = self.cfg, self.train_split, self.eval_split
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        if not self.cuda:
+            torch.set_num_threads(cpu_threads(cfg))
+        n_train = len(train_split.examples)
+        self.epochs = cfg.resolved_epochs(n_train)
+        log.info("train %d examples (%d tokens, %d trained, %d truncated, %d dropped), eval %d; %d epochs",
+                 n_train, train_split.tokens, train_split.trained_tokens, train_split.truncated, train_split.dropped,
+                 len(eval_split.examples), self.epochs)
+        skipped = train_split.unrenderable + eval_split.unrenderable
+        if skipped:
+            log.warning("%d conversations skipped: the chat template drops their tool calls", skipped)
+        self.model = get_peft_model(self.model, lora_config(cfg))
+        trainable, total = self.model.get_nb_trainable_parameters()
+        log.info("LoRA r=%d alpha=%d: %d trainable of %d parameters", cfg.lora_r, int(cfg.lora_alpha), trainable,
+                 total)
+
+    def mix_replay(self) -> None:
+        """Replay: the base's own general answers train beside the pairs (trainer/replay.py); answered once, kept
+        in replay.json for a resumed run."""
+        cfg, fmt, model, replay = self.cfg, self.fmt, self.model, self.replay
+        n_train = len(self.train_split.examples)
+        replayed = _load_json(self.out / "replay.json") if replay is not None else None
+        if replay is not None and replayed is None:
+            self.progress.phase("replay", "the base answers the replay prompts")
+            with model.disable_adapter():
+                replayed = base_answers(model, fmt, replay, replay_count(cfg, n_train, len(replay.prompts)),
+                                        cfg.replay_max_new_tokens)
+            (self.out / "replay.json").write_text(json.dumps(replayed, indent=2, ensure_ascii=False),
+                                                  encoding="utf-8")
+        self.replayed = replayed
+        self.replay_split = fmt.prepare(replay_conversations(replayed, fmt.tokenizer) if replayed else [],
+                                        cfg.max_length)
+        if self.replay_split.examples:
+            log.info("replay: %d general answers of the base (%d tokens) mixed into %d taught examples",
+                     len(self.replay_split.examples), self.replay_split.tokens, n_train)
+
+    def build_trainer(self) -> None:
+        """TRL's SFTTrainer on the taught examples (and replay), evaluating on the held-out split."""
+        cfg, eval_split = self.cfg, self.eval_split
+        has_eval = bool(eval_split.examples)
+        args = sft_config(cfg, self.out / CHECKPOINTS, self.epochs, self.cuda, has_eval, self.model)
+        callbacks: list[Any] = [self.progress]
+        if has_eval and cfg.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
+        self.trainer = SFTTrainer(
+            model=self.model, args=args, processing_class=self.fmt.tokenizer,
+            train_dataset=Dataset.from_list(self.train_split.examples + self.replay_split.examples),
+            eval_dataset=Dataset.from_list(eval_split.examples) if has_eval else None,
+            callbacks=callbacks,
+        )
+        self.trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout
+        self.trainer.remove_callback(ProgressCallback)
+
+    def evaluate_before(self) -> None:
+        """The base model (the adapter off): eval loss, generated eval answers, probes, retention's base answers.
+        Kept in before.json: a resumed run does not measure them again."""
+        cfg, fmt, model = self.cfg, self.fmt, self.model
+        self.eval_convs = self.snapshot.eval[: cfg.eval_generate]
+        self.probe_questions = list(cfg.probes) + [_last_user(c) for c in self.snapshot.eval[: cfg.probe_eval_samples]]
+        before = _load_json(self.out / "before.json")
+        if before is None:
+            self.progress.phase("evaluate-before", "evaluating the base model")
+            with model.disable_adapter():
+                before = {
+                    "eval": self.trainer.evaluate() if self.has_eval else {},
+                    "answers": [asdict(a) for a in answer_eval(model, fmt, self.eval_convs, cfg.max_new_tokens)],
+                    "probes": answer_questions(model, fmt, self.probe_questions, cfg.max_new_tokens),
+                }
+        if self.general is not None and not before.get("retention"):  # also a resumed run that started without it
+            with model.disable_adapter():  # the base answers general prompts, scored under itself (retention.py)
+                before["retention"] = measure_base(model, fmt, self.general, cfg.retention_prompts,
+                                                   cfg.retention_max_new_tokens, cfg.max_length)
+        (self.out / "before.json").write_text(json.dumps(before, indent=2, ensure_ascii=False), encoding="utf-8")
+        self.before = before
+
+    def train(self) -> None:
+        """SFT, resuming from the last checkpoint if asked; Ctrl-C saves a checkpoint and raises TrainingInterrupted."""
+        trainer, progress, resume_from = self.trainer, self.progress, self.resume_from
+        progress.phase("train", f"training {len(self.train_split.examples)} examples for {self.epochs} epochs "
+                                f"({_batching(self.cfg)})")
+        _reset_peak_memory(self.cuda)
+        if resume_from is not None:
+            step = _checkpoint_step(resume_from)
+            log.info("resuming from %s (step %d)", resume_from, step)
+            progress.console.print(f"resuming from {resume_from} (step {step})", highlight=False, soft_wrap=True)
+        interrupt = InterruptToCheckpoint(progress.console)
+        trainer.add_callback(interrupt)
+        dtype = ComputeDtype(self.model)
+        with interrupt.catching_sigint(), dtype.recording():
+            self.result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if interrupt.requested:
+            checkpoint = self.out / CHECKPOINTS / f"checkpoint-{trainer.state.global_step}"
+            log.info("interrupted at step %d: checkpoint %s", trainer.state.global_step, checkpoint)
+            raise TrainingInterrupted(f"at step {trainer.state.global_step} of {trainer.state.max_steps}: "
+                                      f"checkpoint saved in {checkpoint}", checkpoint)
+        self.train_dtype = dtype.seen
+        self.history = list(trainer.state.log_history)  # before the final evaluation adds to it
+        self.sft_tokens_at_start = progress.tokens_at_start  # the DPO stage's on_train_begin resets it
+
+    def train_preferences(self) -> None:
+        """Preferences (optional): DPO continues the SFT adapter, the SFT model as its reference (trainer/dpo.py)."""
+        self.dpo = (run_dpo(self.model, self.fmt, self.snapshot, self.cfg, self.out, self.cuda, self.progress)
+                    if self.cfg.dpo.enabled else None)
+
+    def evaluate_after(self) -> None:
+        """The same evaluation as before, on the trained adapter (the best weights when those are kept)."""
+        cfg, fmt, model = self.cfg, self.fmt, self.model
+        self.progress.phase("evaluate-after", "evaluating the trained adapter")
+        self.after_eval = self.trainer.evaluate() if self.has_eval else {}
+        self.after_answers = answer_eval(model, fmt, self.eval_convs, cfg.max_new_tokens)
+        self.after_probes = answer_questions(model, fmt, self.probe_questions, cfg.max_new_tokens)
+        self.retention = (measure_trained(model, fmt, self.before["retention"], cfg.retention_samples,
+                                          cfg.max_length)
+                          if self.general is not None else None)
+
+    def save(self) -> TrainMetrics:
+        """The adapter, probes.json, loss.png, metrics.json and the model card (README.md)."""
+        out, request, before = self.out, self.request, self.before
+        self.progress.phase("save", f"saving the adapter to {out}")
+        self.model.save_pretrained(out)
+        probes = [{"question": q, "before": b, "after": a}
+                  for q, b, a in zip(self.probe_questions, before["probes"], self.after_probes, strict=True)]
+        (out / "probes.json").write_text(json.dumps(probes, indent=2, ensure_ascii=False), encoding="utf-8")
+        train_curve = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"]}
+                       for h in self.history if "loss" in h]
+        eval_curve = [{"step": 0, "epoch": 0.0, "eval_loss": before["eval"].get("eval_loss")}] if self.has_eval else []
+        eval_curve += [{"step": h["step"], "epoch": h.get("epoch"), "eval_loss": h["eval_loss"]}
+                       for h in self.history if "eval_loss" in h and h["step"] > 0]
+        report.plot_loss(train_curve, eval_curve, out / "loss.png",
+                         title=f"{out.resolve().name}: loss ({request.base})", dpo=self.dpo)
+        metrics = self.metrics(train_curve, eval_curve)
+        metrics.write(out)
         # PEFT's save_pretrained leaves an empty model card template: replace it with what this run was.
-        (out / "README.md").write_text(model_card(request, cfg, snapshot.manifest, metrics), encoding="utf-8")
-        summary = (f"adapter written to {out} (eval loss {_fmt(metrics['eval_loss_before'])} → "
-                   f"{_fmt(metrics['eval_loss_after'])}, {metrics['wall_time_s']:.1f}s)")
-        progress.emit(DoneEvent(message=summary, out=str(out), eval_loss_before=metrics["eval_loss_before"],
-                                eval_loss_after=metrics["eval_loss_after"], wall_time_s=metrics["wall_time_s"]))
+        (out / "README.md").write_text(report.model_card(request.base, out, self.cfg, self.snapshot.manifest,
+                                                         metrics), encoding="utf-8")
         return metrics
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop: the last checkpoint, if any
-        checkpoint = _last_checkpoint(out)
-        saved = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved yet"
-        log.info("interrupted: %s", saved)
-        raise TrainingInterrupted(f"stopped; {saved}", checkpoint) from None
-    finally:
-        progress.close()
-        logging.getLogger().removeHandler(file_log)
-        file_log.close()
 
-
-def _run(request: TrainRequest, cfg: TrainConfig, cuda: bool, fmt: ChatFormat, snapshot: Snapshot,
-         train_split: PreparedSplit, eval_split: PreparedSplit, model: Any, progress: ProgressReporter,
-         general: GeneralPrompts | None = None, replay: GeneralPrompts | None = None,
-         resume_from: Path | None = None) -> dict[str, Any]:
-    out = request.out
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if not cuda:
-        torch.set_num_threads(cpu_threads(cfg))
-    n_train = len(train_split.examples)
-    epochs = cfg.resolved_epochs(n_train)
-    log.info("train %d examples (%d tokens, %d trained, %d truncated, %d dropped), eval %d; %d epochs",
-             n_train, train_split.tokens, train_split.trained_tokens, train_split.truncated, train_split.dropped,
-             len(eval_split.examples), epochs)
-    skipped = train_split.unrenderable + eval_split.unrenderable
-    if skipped:
-        log.warning("%d conversations skipped: the chat template drops their tool calls", skipped)
-
-    # ---- 3. LoRA on every linear projection -------------------------------------------------------
-    model = get_peft_model(model, lora_config(cfg))
-    trainable, total = model.get_nb_trainable_parameters()
-    log.info("LoRA r=%d alpha=%d: %d trainable of %d parameters", cfg.lora_r, int(cfg.lora_alpha), trainable, total)
-
-    # ---- 3b. replay: the base's own general answers train beside the pairs (trainer/replay.py) --------
-    replayed = _load_json(out / "replay.json") if replay is not None else None
-    if replay is not None and replayed is None:
-        progress.phase("replay", "the base answers the replay prompts")
-        with model.disable_adapter():
-            replayed = base_answers(model, fmt, replay, replay_count(cfg, n_train, len(replay.prompts)),
-                                    cfg.replay_max_new_tokens)
-        (out / "replay.json").write_text(json.dumps(replayed, indent=2, ensure_ascii=False), encoding="utf-8")
-    replay_split = fmt.prepare(replay_conversations(replayed, fmt.tokenizer) if replayed else [], cfg.max_length)
-    mixed = train_split.examples + replay_split.examples
-    if replay_split.examples:
-        log.info("replay: %d general answers of the base (%d tokens) mixed into %d taught examples",
-                 len(replay_split.examples), replay_split.tokens, n_train)
-
-    has_eval = bool(eval_split.examples)
-    args = sft_config(cfg, out / CHECKPOINTS, epochs, cuda, has_eval, model)
-    batching = _batching(cfg)
-    callbacks: list[Any] = [progress]
-    if has_eval and cfg.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
-    trainer = SFTTrainer(
-        model=model, args=args, processing_class=fmt.tokenizer,
-        train_dataset=Dataset.from_list(mixed),
-        eval_dataset=Dataset.from_list(eval_split.examples) if has_eval else None,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout
-    trainer.remove_callback(ProgressCallback)
-
-    # ---- 4. before: eval loss, generated eval answers, probes ------------------------------------
-    eval_convs = snapshot.eval[: cfg.eval_generate]
-    probe_questions = list(cfg.probes) + [_last_user(c) for c in snapshot.eval[: cfg.probe_eval_samples]]
-    before = _load_json(out / "before.json")
-    if before is None:
-        progress.phase("evaluate-before", "evaluating the base model")
-        with model.disable_adapter():
-            before = {
-                "eval": trainer.evaluate() if has_eval else {},
-                "answers": [asdict(a) for a in answer_eval(model, fmt, eval_convs, cfg.max_new_tokens)],
-                "probes": answer_questions(model, fmt, probe_questions, cfg.max_new_tokens),
-            }
-    if general is not None and not before.get("retention"):  # also a resumed run that started without it
-        with model.disable_adapter():  # the base answers general prompts, scored under itself (retention.py)
-            before["retention"] = measure_base(model, fmt, general, cfg.retention_prompts,
-                                               cfg.retention_max_new_tokens, cfg.max_length)
-    (out / "before.json").write_text(json.dumps(before, indent=2, ensure_ascii=False), encoding="utf-8")
-
-    # ---- 5. train (resuming from the last checkpoint if asked); Ctrl-C saves a checkpoint and stops ------
-    progress.phase("train", f"training {n_train} examples for {epochs} epochs ({batching})")
-    _reset_peak_memory(cuda)
-    if resume_from is not None:
-        step = _checkpoint_step(resume_from)
-        log.info("resuming from %s (step %d)", resume_from, step)
-        progress.console.print(f"resuming from {resume_from} (step {step})", highlight=False, soft_wrap=True)
-    interrupt = InterruptToCheckpoint(progress.console)
-    trainer.add_callback(interrupt)
-    dtype = ComputeDtype(model)
-    with interrupt.catching_sigint(), dtype.recording():
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if interrupt.requested:
-        checkpoint = out / CHECKPOINTS / f"checkpoint-{trainer.state.global_step}"
-        log.info("interrupted at step %d: checkpoint %s", trainer.state.global_step, checkpoint)
-        raise TrainingInterrupted(f"at step {trainer.state.global_step} of {trainer.state.max_steps}: checkpoint "
-                                  f"saved in {checkpoint}", checkpoint)
-    history = list(trainer.state.log_history)  # before the final evaluation adds to it
-    sft_tokens_at_start = progress.tokens_at_start  # the DPO stage's on_train_begin resets it
-
-    # ---- 5b. preferences (optional): DPO continues the SFT adapter, the SFT model as its reference -------
-    dpo = run_dpo(model, fmt, snapshot, cfg, out, cuda, progress) if cfg.dpo.enabled else None
-
-    # ---- 6. after: same evaluation on the best weights --------------------------------------------
-    progress.phase("evaluate-after", "evaluating the trained adapter")
-    after_eval = trainer.evaluate() if has_eval else {}
-    after_answers = answer_eval(model, fmt, eval_convs, cfg.max_new_tokens)
-    after_probes = answer_questions(model, fmt, probe_questions, cfg.max_new_tokens)
-    retention = (measure_trained(model, fmt, before["retention"], cfg.retention_samples, cfg.max_length)
-                 if general is not None else None)
-
-    # ---- 7. save: adapter, probes, metrics, loss curve ---------------------------------------------
-    progress.phase("save", f"saving the adapter to {out}")
-    model.save_pretrained(out)
-    probes = [{"question": q, "before": b, "after": a}
-              for q, b, a in zip(probe_questions, before["probes"], after_probes, strict=True)]
-    (out / "probes.json").write_text(json.dumps(probes, indent=2, ensure_ascii=False), encoding="utf-8")
-    scores, table = answer_table([Answer(**a) for a in before["answers"]], after_answers)
-    train_curve = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"]} for h in history if "loss" in h]
-    eval_curve = [{"step": 0, "epoch": 0.0, "eval_loss": before["eval"].get("eval_loss")}] if has_eval else []
-    eval_curve += [{"step": h["step"], "epoch": h.get("epoch"), "eval_loss": h["eval_loss"]}
-                   for h in history if "eval_loss" in h and h["step"] > 0]
-    tokens_seen = int(trainer.state.num_input_tokens_seen or 0)
-    tokens_this_run = tokens_seen - sft_tokens_at_start  # a resumed run only timed its own part
-    runtime = result.metrics.get("train_runtime") or 0.0
-    metrics = {
-        "base": request.base,
-        "snapshot_sha256": snapshot.sha256,
-        "examples": {"train": n_train, "eval": len(eval_split.examples),
-                     "truncated": train_split.truncated + eval_split.truncated,
-                     "dropped": train_split.dropped + eval_split.dropped,
-                     "unrenderable": train_split.unrenderable + eval_split.unrenderable},
-        "epochs": epochs,
-        "steps": trainer.state.global_step,
-        "batching": batching,
-        "device": "cuda" if cuda else "cpu",
-        "train_dtype": dtype.seen,  # what the adapted layers computed in while training (bfloat16, float32 …)
-        "eval_loss_before": before["eval"].get("eval_loss"),
-        "eval_loss_after": after_eval.get("eval_loss"),
-        "token_accuracy_before": before["eval"].get("eval_mean_token_accuracy"),
-        "token_accuracy_after": after_eval.get("eval_mean_token_accuracy"),
-        "answers": scores,
-        "train_loss": result.metrics.get("train_loss"),
-        "train_loss_curve": train_curve,
-        "eval_loss_curve": eval_curve,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "tokens_seen": tokens_seen,
-        "train_runtime_s": round(runtime, 3),
-        "tokens_per_s": round(tokens_this_run / runtime, 1) if runtime else None,
-        "peak_memory_bytes": _peak_memory(cuda),
-        "eval_table": table,
-    }
-    if replayed:
-        metrics["replay"] = {"set": replayed["set"], "sha256": replayed["sha256"], "ratio": cfg.replay_ratio,
-                             "examples": len(replay_split.examples), "tokens": replay_split.tokens}
-    if dpo is not None:
-        metrics["dpo"] = dpo
-    if retention is not None:
-        metrics["retention"] = retention
-    _plot_loss(train_curve, eval_curve, out / "loss.png", title=f"{out.resolve().name}: loss ({request.base})",
-               dpo=dpo)
-    return metrics
+    def metrics(self, train_curve: list[dict[str, Any]], eval_curve: list[dict[str, Any]]) -> TrainMetrics:
+        """metrics.json's record of this run (trainer/metrics.py)."""
+        cfg, state, train_split, eval_split = self.cfg, self.trainer.state, self.train_split, self.eval_split
+        scores, table = answer_table([Answer(**a) for a in self.before["answers"]], self.after_answers)
+        tokens_seen = int(state.num_input_tokens_seen or 0)
+        tokens_this_run = tokens_seen - self.sft_tokens_at_start  # a resumed run only timed its own part
+        runtime = self.result.metrics.get("train_runtime") or 0.0
+        replay_split, replayed = self.replay_split, self.replayed
+        return TrainMetrics(
+            base=self.request.base,
+            snapshot_sha256=self.snapshot.sha256,
+            examples=ExampleCounts(train=len(train_split.examples), eval=len(eval_split.examples),
+                                   truncated=train_split.truncated + eval_split.truncated,
+                                   dropped=train_split.dropped + eval_split.dropped,
+                                   unrenderable=train_split.unrenderable + eval_split.unrenderable),
+            epochs=self.epochs,
+            steps=state.global_step,
+            batching=_batching(cfg),
+            device="cuda" if self.cuda else "cpu",
+            train_dtype=self.train_dtype,  # what the adapted layers computed in while training (bfloat16, float32 …)
+            eval_loss_before=self.before["eval"].get("eval_loss"),
+            eval_loss_after=self.after_eval.get("eval_loss"),
+            token_accuracy_before=self.before["eval"].get("eval_mean_token_accuracy"),
+            token_accuracy_after=self.after_eval.get("eval_mean_token_accuracy"),
+            answers=scores,
+            train_loss=self.result.metrics.get("train_loss"),
+            train_loss_curve=[TrainLossPoint(**p) for p in train_curve],
+            eval_loss_curve=[EvalLossPoint(**p) for p in eval_curve],
+            best_checkpoint=state.best_model_checkpoint,
+            tokens_seen=tokens_seen,
+            train_runtime_s=round(runtime, 3),
+            tokens_per_s=round(tokens_this_run / runtime, 1) if runtime else None,
+            peak_memory_bytes=_peak_memory(self.cuda),
+            eval_table=table,
+            replay=(ReplayCounts(set=replayed["set"], sha256=replayed["sha256"], ratio=cfg.replay_ratio,
+                                 examples=len(replay_split.examples), tokens=replay_split.tokens)
+                    if replayed else None),
+            dpo=self.dpo,
+            retention=self.retention,
+            wall_time_s=round(time.monotonic() - self.t_start, 3),
+        )
 
 
 class InterruptToCheckpoint(TrainerCallback):
@@ -615,10 +704,6 @@ def _load_json(path: Path) -> Any:
         return None
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def _last_user(conversation: Conversation) -> str:
     return next(m.content for m in reversed(conversation.messages) if m.role == "user")
 
@@ -647,88 +732,6 @@ def _peak_memory(cuda: bool) -> int:
     if cuda:
         return int(torch.cuda.max_memory_allocated())
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def _plot_loss(train_curve: list[dict[str, Any]], eval_curve: list[dict[str, Any]], path: Path,
-               title: str | None = None, dpo: dict[str, Any] | None = None) -> None:
-    """The SFT loss curves; after a DPO stage that ran, a second panel: its loss and reward accuracy per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if dpo and dpo.get("ran"):
-        fig, (ax, ax_dpo) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-        _plot_dpo(ax_dpo, dpo)
-    else:
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if train_curve:
-        ax.plot([p["step"] for p in train_curve], [p["loss"] for p in train_curve], label="train loss", lw=1)
-    points = [p for p in eval_curve if p["eval_loss"] is not None]
-    if points:
-        ax.plot([p["step"] for p in points], [p["eval_loss"] for p in points], "o-", label="eval loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if title:
-        ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _plot_dpo(ax: Any, dpo: dict[str, Any]) -> None:
-    curve = dpo.get("train_curve") or []
-    ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], label="DPO train loss", lw=1)
-    accuracy = [(p["step"], p["reward_accuracy"]) for p in curve if p.get("reward_accuracy") is not None]
-    if accuracy:
-        ax.plot(*zip(*accuracy, strict=True), lw=1, alpha=0.6, label="train reward accuracy")
-    before, after = dpo.get("before") or {}, dpo.get("after") or {}
-    steps = dpo.get("steps") or 0
-    for key, label in (("loss", "held-out DPO loss"), ("reward_accuracy", "held-out reward accuracy")):
-        if before.get(key) is not None and after.get(key) is not None:
-            ax.plot([0, steps], [before[key], after[key]], "o--", label=label)
-    ax.set_title(f"DPO (β {dpo.get('beta')}, {dpo['pairs']['train']} pairs)")
-    ax.set_xlabel("DPO step")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-
-
-def model_card(request: TrainRequest, cfg: TrainConfig, manifest: SnapshotManifest,
-               metrics: dict[str, Any]) -> str:
-    """The run folder's README.md: base, data (hash and counts), hyper-parameters and the before/after eval."""
-    examples = metrics.get("examples", {})
-    data_lines = [f"- snapshot sha256: `{manifest.sha256}`"]
-    if manifest.source is not None:
-        data_lines.append(f"- data file: `{manifest.source.file}` (sha256 `{manifest.source.sha256}`)")
-    data_lines.append(f"- examples: {examples.get('train', 0)} train, {examples.get('eval', 0)} eval "
-                      f"({examples.get('truncated', 0)} truncated, {examples.get('dropped', 0)} dropped)")
-    hyper = {"lora_r": cfg.lora_r, "lora_alpha": int(cfg.lora_alpha), "lora_dropout": cfg.lora_dropout,
-             "target_modules": cfg.target_modules, "qlora": cfg.qlora, "learning_rate": cfg.learning_rate,
-             "lr_scheduler": cfg.lr_scheduler, "warmup_ratio": cfg.warmup_ratio, "batch_size": cfg.batch_size,
-             "grad_accum": cfg.grad_accum, "max_length": cfg.max_length, "epochs": metrics.get("epochs"),
-             "steps": metrics.get("steps"), "seed": cfg.seed, "batching": metrics.get("batching")}
-    rows = [("eval loss", metrics.get("eval_loss_before"), metrics.get("eval_loss_after")),
-            ("token accuracy", metrics.get("token_accuracy_before"), metrics.get("token_accuracy_after"))]
-    answers = metrics.get("answers") or {}
-    for name, before in (answers.get("before") or {}).items():
-        after = (answers.get("after") or {}).get(name)
-        if isinstance(before, int | float) and isinstance(after, int | float):
-            rows.append((f"answers: {name}", before, after))
-    lines = [
-        "---", f"base_model: {request.base}", "library_name: peft", "tags:", "- lora", "- loraloop", "---", "",
-        f"# {request.out.resolve().name}", "",
-        f"A LoRA adapter for `{request.base}`, trained by loraloop on {metrics.get('device', '?')} "
-        f"in {metrics.get('wall_time_s', 0):.0f}s.", "",
-        "## Data", "", *data_lines, "",
-        "## Hyper-parameters", "", "| setting | value |", "|---|---|",
-        *(f"| {k} | {v} |" for k, v in hyper.items()), "",
-        "## Evaluation (held-out split)", "", "| metric | base | adapter |", "|---|---|---|",
-        *(f"| {name} | {_fmt(before)} | {_fmt(after)} |" for name, before, after in rows), "",
-        "![loss](loss.png)", "",
-    ]
-    return "\n".join(lines)
 
 
 def load_adapter(base: str | Path, adapter_dir: Path) -> Any:

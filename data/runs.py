@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from data.errors import NotFound, RunInProgress, RunStateError, StoreError
@@ -108,13 +108,19 @@ class RunsMixin:
 
     async def queue_position(self, run_id: int) -> int | None:
         """Where this community's dispatched run waits among every community's runs sent to the GPU workers and
-        not started yet (1: next); None when it is not waiting. Counts only: nothing else of other communities."""
+        not started yet (1: next); None when it is not waiting. Counts only: nothing else of other communities.
+
+        The queue is in approval order (``started_at``), which is the order runs are handed to the workers: a run
+        proposed earlier but approved later waits behind."""
         async with self.session() as s:
             run = await _run_or_404(s, run_id, self.community)
             if run.state != "snapshotted":
                 return None
+            approved = run.started_at
+            earlier = RetrainRun.id < run.id if approved is None else or_(
+                RetrainRun.started_at < approved, and_(RetrainRun.started_at == approved, RetrainRun.id < run.id))
             ahead = await s.scalar(select(func.count()).select_from(RetrainRun).where(
-                RetrainRun.state == "snapshotted", RetrainRun.id < run.id))
+                RetrainRun.state == "snapshotted", earlier))
         return (ahead or 0) + 1
 
     async def transition(self, run_id: int, state: str, *, expect: str | tuple[str, ...] | None = None,

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("loraloop.bot.retrain")
 NONE = discord.AllowedMentions.none()
-NO_COMMUNITY = "This server is not part of any community: there is nothing to retrain here."
 STAGE_LABEL: dict[Stage, str] = {
     "queued": "waiting for a worker", "training": "training", "converting": "converting to GGUF",
     "registering": "registering with Ollama", "evaluating": "evaluating against the active model"}
@@ -165,8 +164,9 @@ class RetrainButton(IdButton, template=r"ll:rt:(?P<kind>approve|reject|promote|d
         if cog is None:
             return await say(interaction, "Retraining is not running on this bot.")
         orch = cog.orchestrator_of(interaction.guild_id)
-        if orch is None:
-            return await say(interaction, NO_COMMUNITY)
+        if orch is None:  # IdButton refused it already outside a community; a community not loaded here
+            return await say(interaction, permissions.community_refusal(bot.settings, interaction.guild_id)
+                             or "Retraining is not running for this server's community.")
         # Votes start runs and promotions talk to Ollama and edit messages: answer within 3 s, report after.
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
@@ -249,9 +249,11 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         retrain_scheduler.bind(None)
         self.bot.retrain = None
 
-    async def interaction_check(self, interaction: Interaction) -> bool:
-        if self.orchestrator_of(interaction.guild_id) is None:
-            await say(interaction, NO_COMMUNITY)
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+        """A retrain is a community's: refused (one line) outside a configured guild."""
+        refusal = permissions.community_refusal(self.bot.settings, interaction.guild_id)
+        if refusal is not None or self.orchestrator_of(interaction.guild_id) is None:
+            await say(interaction, refusal or "Retraining is not running for this server's community.")
             return False
         return True
 

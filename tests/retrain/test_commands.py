@@ -9,9 +9,11 @@ from datetime import timedelta
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from bot.permissions import NOT_SET_UP
+from bot.settings import GuildRoles
 from data.models import utcnow
 from tests.harness.bot import EXPERTS_CHANNEL_GUILDS, make_settings, start_bot
-from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, Gateway, message_with_buttons
+from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 from tests.harness.polling import wait_until
 from tests.harness.retrain import approved_examples
 
@@ -143,5 +145,52 @@ async def test_manual_promotion_buttons(tmp_path, discord_api, ollama_server):
                 assert (await store.active_model_version()).tag == tags[0][1]  # unchanged
                 assert ollama_server.get(version.tag) is None  # the discarded candidate is deleted
                 assert (await store.get_model_version(version.id)).status == "rejected"
+    finally:
+        await bot.close()
+
+
+async def test_each_server_retrains_its_own_community(tmp_path, discord_api, ollama_server):
+    """Two servers, each its own community: a proposal counts its server's examples and goes to its experts; status
+    shows a server its own runs and where a dispatched one waits in the queue every community shares; another
+    server's experts cannot vote on it, and a server outside every community is told how to set it up."""
+    roles_b, channel_b, guild_b = 600_000_000_000_000_011, CHANNEL_ID + 1, GUILD_ID + 1
+    guilds = {**EXPERTS_CHANNEL_GUILDS,
+              guild_b: GuildRoles(expert_role_ids=[roles_b], admin_role_ids=[roles_b], experts_channel_id=channel_b)}
+    bot = await start_bot(make_settings(tmp_path, ollama_server.url, guilds=guilds))
+    gateway = Gateway(bot, discord_api)
+    in_b = {"guild_id": guild_b, "channel_id": channel_b}
+    try:
+        gateway.add_guild(guild_b, channel_id=channel_b)
+        b = bot.get_cog("RetrainCog").orchestrator_of(guild_b)
+        assert b is not None and b.community == f"guild-{guild_b}"
+        await approved_examples(bot.store, 12)  # the first server's
+        await approved_examples(b.store, 5, seed=1)
+        await gateway.command("retrain", subcommand="propose", user_id=EXPERT, roles=[roles_b], **in_b)
+        assert f"Retrain #1 proposed in <#{channel_b}>" in discord_api.reply_text()
+        run_b = await b.store.open_run()
+        proposal = discord_api.messages[run_b.message_id]
+        assert int(proposal["channel_id"]) == channel_b and "**5**" in proposal["content"]
+        await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
+        assert discord_api.reply_text() == "No retrains yet."
+        # the first server's experts: B's run is none of theirs
+        ids = [f"ll:rt:approve:{run_b.id}"]
+        await gateway.click(ids[0], message=message_with_buttons(ids), user_id=EXPERT, roles=[EXPERT_ROLE])
+        assert discord_api.reply_text() == f"there is no retrain run #{run_b.id}"
+
+        # both dispatched, A's first: each server sees its own run and its place in the one queue
+        run_a = await bot.store.propose_run(summary={"new_examples": 12}, channel_id=CHANNEL_ID)
+        for store, run in ((bot.store, run_a), (b.store, run_b)):
+            await store.transition(run.id, "approved")
+        for store, run in ((bot.store, run_a), (b.store, run_b)):
+            await store.transition(run.id, "snapshotted")
+        await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[], **in_b)
+        assert discord_api.reply_text() == f"**Retrain #{run_b.id}** · snapshotted · 1 ahead in the queue"
+        await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
+        assert discord_api.reply_text() == f"**Retrain #{run_a.id}** · snapshotted · next in line"
+
+        outside = GUILD_ID + 9
+        await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[], guild_id=outside,
+                              channel_id=CHANNEL_ID + 9)
+        assert discord_api.reply_text() == NOT_SET_UP.format(guild_id=outside)
     finally:
         await bot.close()

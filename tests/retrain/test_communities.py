@@ -7,8 +7,10 @@ model for real, through the local dispatcher and through two real ``loraloop wor
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +26,8 @@ from deploy.ollama import OllamaClient
 from deploy.pipeline import AlreadyActive, DeployFailed, apply_retention, fail_interrupted, promote, rollback
 from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID
 from tests.harness.polling import wait_until
-from tests.harness.retrain import approved_examples, loop_settings, tag
+from tests.harness.retrain import approved_examples, loop_settings, spec_for, tag
+from worker.job import WorkerPolicy
 
 BASE = "tiny-llama:base"
 GUILD_B, CHANNEL_B = GUILD_ID + 1, CHANNEL_ID + 1
@@ -262,3 +265,35 @@ async def test_two_workers_train_two_communities_at_once(tmp_path, base_server, 
     print(f"\n[two workers] both ready in {ready:.1f} s; both runs approved → promoted in {both:.1f} s "
           f"(acme {a_events[-1]['t'] - a_events[0]['t']:.1f} s, globex {b_events[-1]['t'] - b_events[0]['t']:.1f} s "
           f"on their workers)")
+
+
+# ---- the local dispatcher's queue ---------------------------------------------------------------------------
+
+
+async def test_the_local_dispatcher_runs_one_job_at_a_time_in_order_and_keeps_its_queue_over_a_restart(tmp_path):
+    """Jobs that end at once (refused: a base this host does not train) show the queue's order without training."""
+    home = (tmp_path / "jobs").resolve()
+    policy = WorkerPolicy(home=home, model_name="tiny", base_models=("some/other-base",),
+                          ollama_host="http://127.0.0.1:9", max_time_limit_s=600)
+    jobs = [spec_for(tmp_path / str(n), "/models/tiny", run_id=n, community=c, tag=f"loraloop-tiny-{c}:v1")
+            for n, c in ((1, "acme"), (2, "globex"), (3, "initech"))]
+    first = LocalDispatcher(home, policy, poll_s=0.05)
+    refs = [await first.submit(job) for job in jobs[:2]]
+    await asyncio.wait_for(first._runner, 60)  # the queue ran both
+    # a job queued when the bot stopped: submitted, then the dispatcher closed before it could start it
+    refs.append(await first.submit(jobs[2]))
+    await first.close()
+    assert not (Path(refs[2]) / "pid").exists()
+
+    second = LocalDispatcher(home, policy, poll_s=0.05)  # the restarted bot: recover() asks about its runs
+    try:
+        assert await second.alive(3, refs[2]) is None  # queued again, not lost
+        await asyncio.wait_for(second._runner, 60)
+    finally:
+        await second.close()
+    spans = []
+    for ref, job in zip(refs, jobs, strict=True):
+        events = await second.events(job.run_id, ref, 0)
+        assert [e["event"] for e in events] == ["failed"] and "is not one this worker trains" in events[0]["reason"]
+        spans.append(((Path(ref) / "pid").stat().st_mtime, events[-1]["t"]))
+    assert spans == sorted(spans) and all(spans[i][1] <= spans[i + 1][0] for i in range(2))  # never two at once

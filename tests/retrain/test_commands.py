@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from bot.permissions import NOT_SET_UP
 from bot.settings import GuildRoles
 from data.models import utcnow
+from data.store import Store
 from tests.harness.bot import EXPERTS_CHANNEL_GUILDS, make_settings, start_bot
 from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 from tests.harness.polling import wait_until
@@ -194,3 +195,26 @@ async def test_each_server_retrains_its_own_community(tmp_path, discord_api, oll
         assert discord_api.reply_text() == NOT_SET_UP.format(guild_id=outside)
     finally:
         await bot.close()
+
+
+async def test_a_restarted_bot_recovers_every_communitys_runs(tmp_path, discord_api, ollama_server):
+    """Runs left half-way by a bot that stopped are found in every community at start, not just the first one's
+    (here: approved, never handed to a worker, so each fails with the reason, in its own community)."""
+    guild_b = GUILD_ID + 1
+    guilds = {**EXPERTS_CHANNEL_GUILDS, guild_b: GuildRoles(experts_channel_id=CHANNEL_ID + 1)}
+    settings = make_settings(tmp_path, ollama_server.url, guilds=guilds)
+    store = Store(settings.resolved_database_url)
+    await store.migrate()
+    left = {}
+    for guild in guilds:
+        scoped = store.scoped(settings.community_of_guild(guild))
+        run = await scoped.propose_run(summary={})
+        left[guild] = (scoped, (await scoped.transition(run.id, "approved")).id)
+    bot = await start_bot(settings)
+    try:
+        for scoped, run_id in left.values():
+            run = await scoped.get_run(run_id)
+            assert run.state == "failed" and "interrupted: the bot stopped before the job was handed" in run.reason
+    finally:
+        await bot.close()
+        await store.close()

@@ -23,6 +23,7 @@ from data.errors import LoraloopError, StoreError
 from deploy.gate import MIN_EVAL, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.options import SERVE_OPTIONS, ServeSettings, check_options, option_type_error, serve_options_from
 from pydantic import ConfigDict
+from trainer.metrics import read_metrics
 from trainer.record import RunRecord, read_run
 
 from data.snapshot import SnapshotError, read_snapshot
@@ -547,11 +548,8 @@ def trained_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def _run_metrics(run_dir: Path) -> dict[str, Any]:
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return metrics if isinstance(metrics, dict) else {}
+    metrics = read_metrics(run_dir)  # a malformed file is a ValueError naming it: the deploy fails with that reason
+    return metrics.to_dict() if metrics else {}
 
 
 async def forget(client: OllamaClient, tag: str) -> bool:

@@ -297,3 +297,12 @@ async def test_the_local_dispatcher_runs_one_job_at_a_time_in_order_and_keeps_it
         assert [e["event"] for e in events] == ["failed"] and "is not one this worker trains" in events[0]["reason"]
         spans.append(((Path(ref) / "pid").stat().st_mtime, events[-1]["t"]))
     assert spans == sorted(spans) and all(spans[i][1] <= spans[i + 1][0] for i in range(2))  # never two at once
+
+
+def test_a_celery_worker_takes_one_job_at_a_time():
+    """Every community's jobs wait in one queue; a worker holds only the job it runs (late acks, prefetch 1), so the
+    next one goes to whichever worker is free first."""
+    from worker.celery_app import make_celery
+
+    conf = make_celery("redis://127.0.0.1:9/0").conf
+    assert (conf.worker_prefetch_multiplier, conf.worker_concurrency, conf.task_acks_late) == (1, 1, True)

@@ -122,7 +122,7 @@ class Conversation:
             if max_chars is not None and len(m.content) > max_chars:
                 raise InvalidConversation(
                     f"message {i} ({m.role}): {len(m.content)} characters, over the limit of {max_chars} "
-                    "(LORALOOP_MAX_FIELD_CHARS raises it)"
+                    "(LORALOOP_MAX_STORED_CHARS raises it for file imports)"
                 )
             if m.reasoning is not None:
                 if m.role != "assistant":

@@ -42,7 +42,7 @@ def import_(
         fail(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     config = settings()
     try:
-        parsed = preference_format.read_file(path, format, config.max_field_chars)
+        parsed = preference_format.read_file(path, format, config.max_stored_chars)
     except formats.FormatError as exc:
         fail(f"{path}: {exc}")
     except OSError as exc:

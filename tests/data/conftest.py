@@ -11,7 +11,8 @@ from bot.cli import app
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for key in ("LORALOOP_DATABASE_URL", "LORALOOP_CONFIG_FILE", "LORALOOP_MAX_FIELD_CHARS"):
+    for key in ("LORALOOP_DATABASE_URL", "LORALOOP_CONFIG_FILE", "LORALOOP_MAX_FIELD_CHARS",
+                "LORALOOP_MAX_STORED_CHARS"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("LORALOOP_HOME", str(tmp_path / "home"))
     runner = CliRunner()

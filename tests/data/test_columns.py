@@ -17,7 +17,7 @@ needs_info = pytest.mark.skipif(not INFO.is_file(), reason=f"{INFO} (shared data
 
 @pytest.fixture
 def cli(cli, monkeypatch):
-    monkeypatch.setenv("LORALOOP_MAX_FIELD_CHARS", "20000")  # some of the shared datasets' texts are longer
+    monkeypatch.setenv("LORALOOP_MAX_STORED_CHARS", "20000")  # some of the shared datasets' texts are longer
     return cli
 
 

@@ -84,7 +84,7 @@ def test_kto_demo_splits_desirable_from_undesirable():
 
 
 def test_kto_undesirable_answers_never_reach_the_approved_snapshot(cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("LORALOOP_MAX_FIELD_CHARS", "20000")  # six of its texts are over the default 4000
+    monkeypatch.setenv("LORALOOP_MAX_STORED_CHARS", "20000")  # six of its texts are over the default 4000
     path = dataset("kto_en_demo.json")
     raw = json.loads(path.read_text())
     result = cli("dataset", "import", str(path), "--approve", "--json")
@@ -195,8 +195,8 @@ def test_skip_invalid_with_only_duplicates_left_fails_too(cli, tmp_path):
 
 
 def test_length_error_names_the_setting(cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("LORALOOP_MAX_FIELD_CHARS", "20")
+    monkeypatch.setenv("LORALOOP_MAX_STORED_CHARS", "20")
     (tmp_path / "long.json").write_text(json.dumps([{"instruction": "q", "output": "x" * 30}]))
     result = cli("dataset", "import", str(tmp_path / "long.json"))
     assert result.exit_code == 1
-    assert "over the limit of 20 (LORALOOP_MAX_FIELD_CHARS raises it)" in result.output
+    assert "over the limit of 20 (LORALOOP_MAX_STORED_CHARS raises it for file imports)" in result.output

@@ -133,8 +133,8 @@ async def _hidden_batch(store: Store, batch: str, question: str) -> None:
                            {"b": batch})
         await conn.execute(text(
             "insert into examples (content_hash, messages, tags, source, status, import_batch, created_at, "
-            "updated_at) values (:h, '[]', '[]', 'import', 'pending', :b, current_timestamp, current_timestamp)"),
-            {"h": digest, "b": batch})
+            "updated_at, community) values (:h, '[]', '[]', 'import', 'pending', :b, current_timestamp, "
+            "current_timestamp, :c)"), {"h": digest, "b": batch, "c": store.community})
 
 
 async def test_a_dead_import_is_cleared_at_once_and_a_live_ones_rows_are_not_duplicates(store):

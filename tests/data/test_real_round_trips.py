@@ -25,7 +25,7 @@ REAL = [
 @pytest.fixture(autouse=True)
 def _whole_records(cli, monkeypatch):
     """A few of the demos' texts are longer than the default field limit (4,000 characters): all are kept here."""
-    monkeypatch.setenv("LORALOOP_MAX_FIELD_CHARS", "100000")
+    monkeypatch.setenv("LORALOOP_MAX_STORED_CHARS", "100000")
 
 
 def import_approved(cli, path: Path, *options: str) -> dict:

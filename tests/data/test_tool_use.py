@@ -41,7 +41,7 @@ def shape(conv: Conversation) -> list[tuple[str, str]]:
 
 @needs_shared
 def test_v1_preference_file_imports_and_exports_with_preferences(cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("LORALOOP_MAX_FIELD_CHARS", "100000")  # 9 of the demo's answers are longer than the default
+    monkeypatch.setenv("LORALOOP_MAX_STORED_CHARS", "100000")  # 9 of the demo's answers are longer than the default
     ranking = json.loads(DPO.read_text(encoding="utf-8"))
     source = write_jsonl(tmp_path / "v1_dpo_demo.jsonl", [v1_dpo(r) for r in ranking])
     refused = cli("dataset", "import", str(source))

@@ -21,9 +21,6 @@ from tests.conftest import REPO
 
 DEFAULT_PORT = "11434"  # Ollama's, and loraloop dev ollama's
 SECTION = "Try the whole loop in 10 minutes on a laptop (no Discord, no GPU)"
-ROLLBACK_PENDING = ("models rollback after the first promotion has nothing to roll back to until rollback to the base "
-                    "lands (another change in flight)")
-
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
@@ -144,7 +141,6 @@ def test_ctrl_c_stops_the_server_in_one_line(walkthrough: list[Step]) -> None:
     assert stop.output.startswith("stopped the Ollama API on http://127.0.0.1:")
 
 
-@pytest.mark.xfail(strict=True, reason=ROLLBACK_PENDING)
 def test_the_walkthrough_ends_rolled_back_to_the_base(walkthrough: list[Step]) -> None:
     (step,) = [s for s in walkthrough if s.command.startswith("loraloop models rollback")]
     assert step.returncode == 0 and step.shows_expected(), step.output

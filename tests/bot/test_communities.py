@@ -248,6 +248,10 @@ async def test_an_unconfigured_server_chats_with_the_base_and_refuses_every_butt
     assert ollama_server.requests_to("POST", "/api/chat")[-1]["model"] == BASE_TAG and ANSWER not in sent(
         ollama_server)
     answer = answer_id(reply)
+    await gateway.command("ask", {"question": QUESTION}, user_id=MEMBER, **C)  # /ask too
+    assert ollama_server.requests_to("POST", "/api/chat")[-1]["model"] == BASE_TAG and ANSWER not in sent(
+        ollama_server)
+    assert "Using" not in discord_api.reply_text()
     await click(gateway, f"ll:fb:up:{answer}", C, user_id=MEMBER)
     assert discord_api.reply_text() == "Thanks, noted 👍"  # votes are kept, where no community sees them
     refused = NOT_SET_UP.format(guild_id=GUILD_C)
@@ -283,6 +287,10 @@ async def test_dm_community_answers_its_members_only(tmp_path, discord_api, olla
         await gateway.message(mention(QUESTION, author=stranger, **DM))
         assert len(chats(ollama_server)) == before  # not answered at all
         assert "members of the servers" in discord_api.bot_messages(DM_CHANNEL)[-1]["content"]
+        await gateway.command("ask", {"question": QUESTION}, user_id=32, **DM)
+        assert len(chats(ollama_server)) == before and "members of the servers" in discord_api.reply_text()
+        await gateway.command("ask", {"question": QUESTION}, user_id=31, **DM)
+        assert ANSWER in sent(ollama_server)
     finally:
         await bot.close()
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from bot.cli.common import err_console, fail, open_ollama, open_store, settings
+from bot.cli.common import Community, err_console, fail, open_ollama, open_store, settings
 
 if TYPE_CHECKING:
     from bot.chat import Chat, ChatResult
@@ -27,12 +27,13 @@ def chat(
         "--model", help="The Ollama tag to talk to (default: the active model, or ollama_base before any).")] = None,
     once: Annotated[str | None, typer.Option(
         "--once", help="Ask this one question, print the answer and exit (non-zero when no answer came).")] = None,
+    community: Community = None,
 ) -> None:
     """Talk to the model from the terminal as the bot answers in Discord (its system prompt, expert answers, served
     options; each answer recorded): type a question, the answer streams; `exit` or Ctrl-D quits."""
     config = settings()
     try:
-        ok = asyncio.run(_session(config, model, once))
+        ok = asyncio.run(_session(config, model, once, community))
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         ok = True
@@ -40,11 +41,12 @@ def chat(
         raise SystemExit(1)
 
 
-async def _session(config: Settings, model: str | None, once: str | None) -> bool:
-    """One conversation: every question continues it, as replies continue a conversation in Discord."""
+async def _session(config: Settings, model: str | None, once: str | None, community: str | None) -> bool:
+    """One conversation with ``community``'s model and knowledge: every question continues it, as replies continue a
+    conversation in Discord."""
     from bot.retrieval import Retriever
 
-    async with open_store(config) as store, open_ollama(config, timeout_s=300) as ollama:
+    async with open_store(config, community) as store, open_ollama(config, timeout_s=300) as ollama:
         retrieval = Retriever(config, store, ollama)
         if retrieval.enabled:
             await retrieval.sync()  # the index the bot builds at start, once: a terminal session is short

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from data.errors import LoraloopError
 from trainer.record import read_run
 

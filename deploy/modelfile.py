@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import LoraloopError
-from trainer.record import RunRecord, read_run
-
 from deploy.go_template import ollama_prompt
+from trainer.record import RunRecord, read_run
 
 
 class UnsupportedTemplate(LoraloopError, ValueError):
@@ -275,8 +274,9 @@ class TrainedPrompts:
         self._format: Any = None
         if trained.tokenizer_dir is not None:
             try:
-                from trainer.prepare import ChatFormat
                 from transformers import AutoTokenizer
+
+                from trainer.prepare import ChatFormat
             except ImportError:
                 return
             self.tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer_dir)

@@ -30,9 +30,9 @@ from typing import Any
 
 import httpx
 import ollama
-from data.errors import LoraloopError
 
 from data.conversation import split_think
+from data.errors import LoraloopError
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20

@@ -19,16 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from data.errors import LoraloopError, StoreError
-from deploy.gate import MIN_EVAL, GateResult, eval_prompts, probe_prompts, run_gate
-from deploy.options import SERVE_OPTIONS, ServeSettings, check_options, option_type_error, serve_options_from
 from pydantic import ConfigDict
-from trainer.metrics import read_metrics
-from trainer.record import RunRecord, read_run
 
+from data.errors import LoraloopError, StoreError
 from data.snapshot import SnapshotError, read_snapshot
+from deploy.gate import MIN_EVAL, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.modelfile import SERVED_CHECK_CHATS, ServingFormat, TrainedPrompts, serving_format_for, trained_format
 from deploy.ollama import CreateProgress, ModelNotFound, OllamaClient, OllamaError
+from deploy.options import SERVE_OPTIONS, ServeSettings, check_options, option_type_error, serve_options_from
 from deploy.registration import (
     PROCESS_MEMORY,
     DaemonFacts,
@@ -40,11 +38,12 @@ from deploy.registration import (
     quantize_type,
 )
 from trainer.config import DEFAULT_PROBES  # the trainer's probes: same questions in both tables
+from trainer.metrics import read_metrics
+from trainer.record import RunRecord, read_run
 
 if TYPE_CHECKING:  # the GPU worker imports this module and has no database stack
     from data.models import ModelVersion
     from data.store import Store
-
     from deploy.merge import GgufBuild
 
 log = logging.getLogger(__name__)

@@ -391,8 +391,10 @@ class OllamaTestServer:
     """The server plus its registry. Start with :meth:`start`, stop with :meth:`stop`."""
 
     def __init__(self, root: Path, converter: Callable[[Path, Path], None] | None = None,
-                 version: str = VERSION, adapters: str = "refused", own_context: bool = False) -> None:
+                 version: str = VERSION, adapters: str = "refused", own_context: bool = False,
+                 threads: int = 1) -> None:
         self.root = Path(root)
+        self.threads = threads  # llama.cpp's threads per model: 1 for tests (xdist workers share the cores)
         # True: a GGUF model runs with the request's num_ctx capped at the context it was trained for, as Ollama
         # does (llm/server.go, v0.13.0: "requested context size too large for model"). False (the tests' server):
         # random tiny models keep the 512 tokens they were always served with, real ones get num_ctx.
@@ -422,6 +424,7 @@ class OllamaTestServer:
         self.url = ""
         self._lock = threading.RLock()
         self._llamas: dict[tuple[str, str | None, int], Any] = {}
+        self._contexts: dict[str, int] = {}  # model blob -> the context it was trained for (own_context)
         self._llama_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -1357,7 +1360,7 @@ class OllamaTestServer:
         key = (m.model_blob, adapter, n_ctx)
         with self._llama_lock:
             if key not in self._llamas:
-                llm = llama_cpp.Llama(model_path=str(self.blob_path(m.model_blob)), n_ctx=n_ctx, n_threads=1,
+                llm = llama_cpp.Llama(model_path=str(self.blob_path(m.model_blob)), n_ctx=n_ctx, n_threads=self.threads,
                                       n_batch=512, verbose=False, type_k=0, type_v=0)
                 if adapter:
                     self._apply_lora(llm, self.blob_path(adapter))
@@ -1368,10 +1371,12 @@ class OllamaTestServer:
         """The context a GGUF model was trained for (``<arch>.context_length``; 2048 where it does not say)."""
         import gguf
 
-        reader = gguf.GGUFReader(str(self.blob_path(digest)))
-        arch = reader.fields.get("general.architecture")
-        found = reader.fields.get(f"{arch.contents()}.context_length") if arch is not None else None
-        return int(found.contents()) if found is not None else 2048
+        if digest not in self._contexts:  # read once per blob: every chat asks
+            reader = gguf.GGUFReader(str(self.blob_path(digest)))
+            arch = reader.fields.get("general.architecture")
+            found = reader.fields.get(f"{arch.contents()}.context_length") if arch is not None else None
+            self._contexts[digest] = int(found.contents()) if found is not None else 2048
+        return self._contexts[digest]
 
     @staticmethod
     def _apply_lora(llm: Any, path: Path) -> None:

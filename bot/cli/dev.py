@@ -90,6 +90,7 @@ def ollama(
 ) -> None:
     """Serve Ollama's HTTP API here, with a base model pulled, for trying the loop without Ollama: llama.cpp answers
     (llama-cpp-python, the dev extra). Models created while it runs are gone when it stops (Ctrl-C)."""
+    import os
     import signal
     import tempfile
     import time
@@ -103,7 +104,7 @@ def ollama(
     from deploy.ollama_server import OllamaTestServer
 
     with tempfile.TemporaryDirectory(prefix="loraloop-dev-ollama-") as root:
-        server = OllamaTestServer(Path(root), own_context=True)
+        server = OllamaTestServer(Path(root), own_context=True, threads=len(os.sched_getaffinity(0)))
         try:
             server.start(port, host)  # first: a taken port is said at once, not after building a model
         except OSError as exc:

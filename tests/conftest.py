@@ -82,6 +82,13 @@ def empty_working_directory(tmp_path_factory: pytest.TempPathFactory):
     os.chdir(before)
 
 
+@pytest.fixture(autouse=True)
+def own_user_data_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """LORALOOP_HOME defaults to the per-user data folder (worker/settings.py): each test gets its own, so none
+    reads another's database nor the person's running the suite (subprocesses inherit it)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
 # Minutes of CPU training first: under `-n 2` one worker trains the real model while the other runs the rest.
 LONGEST_FIRST = ("tests/quality/test_real_model.py::",)
 

@@ -50,6 +50,18 @@ class JobLimits(BaseModel):
     max_heartbeat_ttl_s: float = Field(default=3600.0, gt=0, description="heartbeat_ttl_s, up to this.")
 
 
+# The folder a checkout's earlier versions kept everything in: still used where it exists.
+LOCAL_HOME = Path("loraloop-data")
+
+
+def default_home() -> Path:
+    """``./loraloop-data`` when it exists in the current folder (a project that has always kept its data there),
+    else the per-user data folder: every command finds the same database whatever folder it runs in."""
+    import platformdirs
+
+    return LOCAL_HOME if LOCAL_HOME.is_dir() else platformdirs.user_data_path("loraloop")
+
+
 class WorkerSettings(BaseSettings):
     """What the worker (and the job it runs) reads. Every field can be set as ``LORALOOP_<FIELD>`` or in the YAML
     file; settings only the bot reads are ignored here."""
@@ -63,7 +75,9 @@ class WorkerSettings(BaseSettings):
         populate_by_name=True,
     )
 
-    home: Path = Field(default=Path("./loraloop-data"), description="Where the SQLite file, snapshots, runs live.")
+    home: Path = Field(default_factory=lambda: default_home(),
+                       description="Where the SQLite file, snapshots and runs live: ./loraloop-data when that folder "
+                                   "exists here, else the per-user data folder (~/.local/share/loraloop on Linux).")
     config_file: Path | None = Field(default=None, description="Optional YAML file with any of these settings.")
     ollama_host: str = Field(
         default="http://127.0.0.1:11434", validation_alias=AliasChoices("OLLAMA_HOST", "LORALOOP_OLLAMA_HOST")

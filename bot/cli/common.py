@@ -56,6 +56,12 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str) + "\n")
 
 
+def say_which_store(database: str, community: str) -> None:
+    """Every command that used the store says which, on stderr (stdout stays the command's own output, JSON
+    included): the database follows LORALOOP_HOME, ./loraloop-data where it exists, else the per-user folder."""
+    err_console.print(f"store: {database} (community {community})", highlight=False, soft_wrap=True)
+
+
 @asynccontextmanager
 async def open_store(config: Settings, community: str | None = None) -> AsyncIterator[Store]:
     """The store named by the settings, migrated to the newest schema, scoped to ``community`` (--community; by
@@ -78,6 +84,8 @@ async def open_store(config: Settings, community: str | None = None) -> AsyncIte
         yield store.scoped(name)
     finally:
         await store.close()
+    # After the command's work, and only when it did it: a refusal stays the one line that says why.
+    say_which_store(redact_url(config.resolved_database_url), name)
 
 
 async def assign_communities(store: Store, config: Settings) -> None:

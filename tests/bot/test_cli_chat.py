@@ -40,7 +40,7 @@ def test_once_answers_as_the_bot_does(tmp_path: Path, env: dict[str, str], ollam
     result = invoke(env, "chat", "--once", "How bright is the Kestrel 3?")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{REPLY}\n-# Using 1 expert answer: #1\n"
-    assert result.stderr.strip() == f"{BASE} answers (the base: none promoted yet)"
+    assert result.stderr.splitlines()[0] == f"{BASE} answers (the base: none promoted yet)"
     (body,) = ollama_server.requests_to("POST", "/api/chat")
     system, question = body["messages"]
     assert system["role"] == "system" and system["content"].startswith("You are a helpful assistant.")

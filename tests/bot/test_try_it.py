@@ -90,7 +90,9 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> list[Step]:
     holding what it printed then."""
     work = tmp_path_factory.mktemp("try-it")
     (work / "examples").symlink_to(REPO / "examples")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           # The database's default home, the per-user data folder: this walk-through's own.
+           "XDG_DATA_HOME": str(work / "xdg")}
     steps = readme_steps()
     server = None
     try:

@@ -82,6 +82,6 @@ def test_retrain_status_shows_the_place_in_the_queue_of_every_communitys_runs(en
     asyncio.run(dispatch_both())
     acme = invoke(env, "retrain", "status", "--community", "acme")
     globex = invoke(env, "retrain", "status", "--community", "globex", "--json")
-    assert acme.exit_code == 0 and acme.output.strip() == "#1 snapshotted (queue position 1)", acme.output
+    assert acme.exit_code == 0 and acme.stdout.strip() == "#1 snapshotted (queue position 1)", acme.output
     assert '"queue_position": 2' in globex.output and '"community": "globex"' in globex.output
     assert '"id": 1' not in globex.output  # acme's run is counted, never shown

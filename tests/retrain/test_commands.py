@@ -106,7 +106,7 @@ async def test_command_line_proposal_is_announced_and_reminded(tmp_path, discord
         assert int(reminder["message_reference"]["message_id"]) == run.message_id
 
         status = await asyncio.to_thread(CliRunner().invoke, app, ["retrain", "status", "--json"])
-        assert json.loads(status.output)[0]["state"] == "proposed"
+        assert json.loads(status.stdout)[0]["state"] == "proposed"
         cancelled = await asyncio.to_thread(CliRunner().invoke, app, ["retrain", "cancel"])
         assert cancelled.exit_code == 0 and "retrain #1 cancelled" in cancelled.output
     finally:

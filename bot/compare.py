@@ -22,10 +22,10 @@ import discord
 from bot import permissions
 from bot.permissions import IdButton, Only, say
 from data import quality
+from data.errors import LoraloopError
 from data.models import RetrainRun
-from data.store import Store, StoreError
-from deploy.ollama import OllamaError
-from deploy.pipeline import AlreadyActive, DeployFailed, rollback
+from data.store import Store
+from deploy.pipeline import AlreadyActive, rollback
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -238,7 +238,7 @@ async def roll_back_to(bot: LoraloopBot, store: Store, to: int | str) -> str:
             answering = await rollback(store, bot.ollama, to=to)
     except AlreadyActive as exc:
         return f"Nothing to do: {exc}."
-    except (DeployFailed, StoreError, OllamaError) as exc:
+    except LoraloopError as exc:
         return f"Rollback refused: {exc}"
     return f"Rolled back: now answering with `{answering.tag}`."
 

@@ -19,6 +19,7 @@ from bot.compare import alert_if_regressed
 from bot.permissions import IdButton, Only, say
 from data import preferences, quality
 from data.conversation import Conversation, InvalidConversation, tool_calls
+from data.errors import LoraloopError
 from data.models import Example, PreferenceRecord
 from data.review import disagreement
 from data.store import NotFound, StoreError
@@ -261,7 +262,7 @@ class SuggestModal(OpenerOnlyModal):
                 answer_id=self.answer_id, max_chars=bot.settings.max_field_chars,
                 hourly_limit=bot.settings.max_pairs_per_user_hour,  # the check above may race another submission
             )
-        except (StoreError, InvalidConversation) as exc:
+        except LoraloopError as exc:
             return await say(interaction, f"Not saved: {exc}")
         await say(interaction, f"Thanks! Your answer is waiting for expert review (example #{example.id}).")
 
@@ -294,7 +295,7 @@ class TeachModal(discord.ui.Modal, title="Teach the bot"):
                 max_chars=bot.settings.max_field_chars,
                 hourly_limit=bot.settings.max_pairs_per_user_hour,  # the check above may race another submission
             )
-        except (StoreError, InvalidConversation) as exc:
+        except LoraloopError as exc:
             return await say(interaction, f"Not saved: {exc}")
         await say(interaction, f"Thanks! Example #{example.id} is waiting for expert review.")
 
@@ -658,7 +659,7 @@ class EditModal(OpenerOnlyModal):
             copy = await store.edit_example(self.example_id, Conversation.from_dicts(messages, self.original.tags,
                                                                                           self.original.tools),
                                                 editor_id=interaction.user.id, max_chars=bot.settings.max_field_chars)
-        except (StoreError, InvalidConversation) as exc:
+        except LoraloopError as exc:
             return await say(interaction, f"Not saved: {exc}")
         # The superseded answer is never retrieved again.
         bot.retrievers.request_sync(store.community, withdrawn=(self.example_id,))

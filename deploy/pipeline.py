@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from pydantic import ConfigDict
 
 from data.errors import LoraloopError, StoreError
-from data.snapshot import SnapshotError, read_snapshot
+from data.snapshot import read_snapshot
 from deploy.gate import MIN_EVAL, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.modelfile import SERVED_CHECK_CHATS, ServingFormat, TrainedPrompts, serving_format_for, trained_format
 from deploy.ollama import CreateProgress, ModelNotFound, OllamaClient, OllamaError
@@ -231,7 +231,7 @@ async def deploy(
         done = await conclude_candidate(store, client, tag, gate, model_name=config.model_name,
                                         keep_versions=config.keep_versions,
                                         train_metrics=trained_metrics(adapter_dir), inform=inform)
-    except (DeployFailed, OllamaError, StoreError, SnapshotError, OSError, ValueError) as exc:
+    except (LoraloopError, OSError, ValueError) as exc:  # ValueError: a run file pydantic or json refused
         reason = str(exc)
         removed = await forget(client, tag)
         await store.update_model_version(tag, status="failed", failure_reason=reason,

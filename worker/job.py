@@ -108,6 +108,10 @@ class JobStopped(LoraloopError):
     """Cancelled, or over its time limit: the reason is the message."""
 
 
+class TrainingFailed(LoraloopError):
+    """The training subprocess exited non-zero; the message holds its last error line."""
+
+
 class JobRefused(LoraloopError, ValueError):
     """A job that failed validation; the message names the field and why. Nothing was created or contacted."""
 
@@ -461,7 +465,7 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
     """Do the job; every outcome is reported through ``emit`` (it never raises for a job condition).
     Returns the result event, or None when the job failed or was cancelled."""
     from deploy.ollama import OllamaError
-    from deploy.pipeline import DeployFailed, forget, judge_candidate, register_candidate, trained_retention
+    from deploy.pipeline import forget, judge_candidate, register_candidate, trained_retention
     from deploy.registration import PathMemory
 
     deadline = time.monotonic() + spec.time_limit_s
@@ -512,7 +516,7 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
         if registered:
             await forget(client, spec.tag)
         emit(CancelledEvent(reason=str(exc)) if cancelled() else FailedEvent(reason=str(exc)))
-    except (DeployFailed, OllamaError, SnapshotError, OSError, ValueError) as exc:
+    except (LoraloopError, OSError, ValueError) as exc:  # ValueError: a run file pydantic or json refused
         if registered:
             await forget(client, spec.tag)
         emit(FailedEvent(reason=redact_text(str(exc)) or exc.__class__.__name__))
@@ -588,7 +592,7 @@ async def _train(spec: JobSpec, snapshot: Path, out: Path, emit: Emit, cancelled
             await _stop(child)
             raise
     if code != 0:
-        raise ValueError(f"training failed (exit {code}): {_last_error(stderr_path)}")
+        raise TrainingFailed(f"training failed (exit {code}): {_last_error(stderr_path)}")
 
 
 def _forward(line: bytes, emit: Emit) -> None:

@@ -11,15 +11,13 @@ import typer
 from rich.table import Table
 
 from bot.cli.common import Community, console, fail, open_ollama, open_store, print_json, settings
+from data.errors import LoraloopError
 
 app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 T = TypeVar("T")
 
 
 def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]], community: str | None) -> T:
-    from data.store import StoreError
-    from deploy.ollama import OllamaError
-    from deploy.pipeline import DeployFailed
 
     cfg = settings()
 
@@ -29,7 +27,7 @@ def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]], community: st
 
     try:
         return asyncio.run(run())
-    except (DeployFailed, OllamaError, StoreError) as exc:
+    except LoraloopError as exc:
         fail(str(exc))
 
 

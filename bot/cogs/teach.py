@@ -14,8 +14,8 @@ from bot import permissions
 from bot.permissions import experts_only, require_community, say, teachers_only
 from bot.views import TeachModal, check_quota
 from data import formats
+from data.errors import LoraloopError
 from data.importer import import_bytes
-from data.store import StoreError
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -77,7 +77,7 @@ class TeachCog(commands.Cog):
                 guild_id=interaction.guild_id, skip_invalid=True, max_chars=settings.max_stored_chars,
                 hourly_limit=settings.max_pairs_per_user_hour,  # decided again as it stores: imports may race
             )
-        except (formats.FormatError, permissions.RateLimited, StoreError) as exc:
+        except LoraloopError as exc:
             return await say(interaction, f"`{file.filename}` was not imported: {exc}")
         except discord.HTTPException as exc:
             return await say(interaction, f"Could not download `{file.filename}` from Discord ({exc.status}).")

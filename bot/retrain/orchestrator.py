@@ -27,15 +27,15 @@ from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
 from bot.retrieval import Retriever, gate_with_retrieval
 from bot.settings import Settings, redact_text
 from data import quality
+from data.errors import LoraloopError
 from data.models import RUN_DISPATCHED, RetrainRun, utcnow
 from data.runs import VoteOutcome
 from data.snapshot import MANIFEST_FILE, parse_manifest
 from data.store import RunStateError, Store, StoreError
 from deploy.gate import GateResult
-from deploy.ollama import OllamaClient, OllamaError
+from deploy.ollama import OllamaClient
 from deploy.pipeline import (
     DeployConfig,
-    DeployFailed,
     conclude_candidate,
     fail_interrupted,
     forget,
@@ -147,7 +147,7 @@ class Orchestrator:
         _cron, min_new = self.settings.retrain_schedule(self.community)
         try:
             return await self.propose(min_new=min_new, origin="scheduler")
-        except (NothingToTrain, StoreError) as exc:
+        except LoraloopError as exc:
             log.info("no retrain proposed in %s: %s", self.community, exc)
             return None
 
@@ -341,7 +341,7 @@ class Orchestrator:
                                             manual=self.settings.retrain_promotion == "manual",
                                             inform=gate_with_retrieval(self.settings, self.store, self.client,
                                                                        self.retriever))
-        except (DeployFailed, OllamaError, StoreError) as exc:
+        except LoraloopError as exc:
             return await self._fail(run_id, f"could not switch to {version.tag}: {exc}")
         if gate.with_retrieval:  # the job's table (its DPO lines too) gains the with-retrieval lines measured now
             table = "\n".join([ended.table or "", *gate.retrieval_lines()]).strip("\n")
@@ -364,7 +364,7 @@ class Orchestrator:
         try:
             await switch_to(self.store, self.client, version.tag, model_name=config.model_name,
                             keep_versions=config.keep_versions)
-        except (DeployFailed, OllamaError, StoreError) as exc:
+        except LoraloopError as exc:
             await self._fail(run_id, f"could not switch to {version.tag}: {exc}")
             return await self.store.get_run(run_id)
         run = await self.store.transition(run_id, "promoted", reason=None)

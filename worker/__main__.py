@@ -11,6 +11,7 @@ import sys
 
 from pydantic import ValidationError
 
+from data.validation import describe
 from worker.celery_app import WorkerCannotStart, check_redis, require_job_secret, run_worker
 from worker.settings import load_worker_settings
 
@@ -25,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_worker_settings()
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        print(f"error: invalid settings: {describe(exc, root='settings')}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ import typer
 from pydantic import ValidationError
 
 from bot.settings import Settings, load_settings, redact_url
+from data.validation import describe
 
 Status = Literal["ok", "FAIL", "warn", "skip"]
 TIMEOUT_S = 5.0
@@ -148,9 +149,7 @@ def settings_check() -> tuple[Settings | None, Check]:
     try:
         config = load_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
-        return None, Check("settings", "FAIL", f"invalid: {problems}")
+        return None, Check("settings", "FAIL", f"invalid: {describe(exc, root='settings')}")
     except FileNotFoundError as exc:
         return None, Check("settings", "FAIL", str(exc))
     sources = ["environment"]

@@ -39,7 +39,7 @@ ANSWER_SHOWN = 700  # characters of each answer on a card: two answers and a que
 
 
 def _quorum(bot: LoraloopBot) -> int:
-    return int(getattr(bot.settings, "retrain_quorum", 2))
+    return bot.settings.retrain_quorum
 
 
 def _clip(text: str, limit: int) -> str:
@@ -89,11 +89,11 @@ async def post_comparison(bot: LoraloopBot, run: RetrainRun, channel: discord.ab
     evaluation = version.evaluation or {}
     comparison = await quality.create_comparison(
         store, run_id=run.id, candidate=version, opponent_tag=str(evaluation.get("active") or ""),
-        rows=evaluation.get("rows") or [], k=k or int(getattr(bot.settings, "compare_questions", 5)))
+        rows=evaluation.get("rows") or [], k=k or bot.settings.compare_questions)
     if comparison is None:
         return None
     tally = await quality.tally(store, comparison, _quorum(bot))
-    manual = getattr(bot.settings, "retrain_promotion", "automatic") == "manual"
+    manual = bot.settings.retrain_promotion == "manual"
     message = await channel.send(comparison_text(comparison, tally, run),
                                  view=comparison_view(comparison, tally, manual, run), allowed_mentions=NONE)
     await quality.set_comparison_message(store, comparison.id, getattr(channel, "id", None), message.id)
@@ -107,7 +107,7 @@ async def refresh_comparison(bot: LoraloopBot, store: Store, comparison: quality
         return
     run = await store.get_run(comparison.run_id) if comparison.run_id is not None else None
     tally = await quality.tally(store, comparison, _quorum(bot))
-    manual = getattr(bot.settings, "retrain_promotion", "automatic") == "manual"
+    manual = bot.settings.retrain_promotion == "manual"
     channel = bot.get_partial_messageable(comparison.channel_id)
     try:
         await channel.get_partial_message(comparison.message_id).edit(
@@ -202,7 +202,7 @@ async def alert_if_regressed(bot: LoraloopBot, store: Store) -> bool:
     if channel_id is None:
         return False
     regression = await quality.detect_regression(store, bot.settings.ollama_base,
-                                                 int(getattr(bot.settings, "quality_min_votes", 20)))
+                                                 bot.settings.quality_min_votes)
     if regression is None or not await quality.claim_alert(store, regression):
         return False
     target = await store.rollback_target()

@@ -243,28 +243,41 @@ async def answer_all(client: OllamaClient, tag: str, prompts: Sequence[EvalPromp
     return [await client.chat(tag, list(p.messages), options, think=False) for p in prompts]
 
 
+@dataclass(frozen=True)
+class GateConfig:
+    """How the gate judges a candidate (deploy/pipeline.py builds it from DeployConfig).
+
+    ``margin``: the key-fact recall the candidate may lose against its opponent; ``options``: the deterministic
+    options every answer is generated with; ``paraphrases`` eval questions are reworded by ``paraphraser``;
+    probes are answered ``consistency_n`` times with ``sampling``; a trainer's retention record is judged against
+    ``max_retention_drop``; below ``min_eval`` eval prompts the scores are shown, not compared."""
+
+    margin: float
+    options: Mapping[str, Any]
+    paraphrases: int = 0
+    paraphraser: str | None = None
+    consistency_n: int = 0
+    sampling: Mapping[str, Any] | None = None
+    max_retention_drop: float | None = None
+    min_eval: int = MIN_EVAL
+
+
 async def run_gate(
     client: OllamaClient,
     candidate: str,
     active: str | None,
     prompts: Sequence[EvalPrompt],
     probes: Sequence[EvalPrompt],
-    margin: float,
-    options: Mapping[str, Any],
+    config: GateConfig,
     *,
     opponent_is_base: bool = False,
-    paraphrases: int = 0,
-    paraphraser: str | None = None,
-    consistency_n: int = 0,
-    sampling: Mapping[str, Any] | None = None,
     retention: Mapping[str, Any] | None = None,
-    max_retention_drop: float | None = None,
-    min_eval: int = MIN_EVAL,
 ) -> GateResult:
-    """Answer everything with both models, score, and decide (``active`` None: nothing to compare with).
-
-    ``paraphrases`` eval questions are reworded by ``paraphraser``; probes are answered ``consistency_n`` times
-    with ``sampling``; ``retention`` (the trainer's record) is judged against ``max_retention_drop``."""
+    """Answer everything with both models, score, and decide (``active`` None: nothing to compare with);
+    ``retention``: the trainer's record of general ability (judged by ``config.max_retention_drop``)."""
+    margin, options, min_eval = config.margin, config.options, config.min_eval
+    paraphrases, paraphraser, consistency_n = config.paraphrases, config.paraphraser, config.consistency_n
+    sampling, max_retention_drop = config.sampling, config.max_retention_drop
     tags = {"candidate": candidate} | ({"active": active} if active else {})
     answers = {role: await answer_all(client, tag, [*prompts, *probes], options) for role, tag in tags.items()}
     refs = [p.reference or "" for p in prompts]

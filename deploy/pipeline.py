@@ -23,7 +23,7 @@ from pydantic import ConfigDict
 
 from data.errors import LoraloopError, StoreError
 from data.snapshot import read_snapshot
-from deploy.gate import MIN_EVAL, GateResult, eval_prompts, probe_prompts, run_gate
+from deploy.gate import MIN_EVAL, GateConfig, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.modelfile import SERVED_CHECK_CHATS, ServingFormat, TrainedPrompts, serving_format_for, trained_format
 from deploy.ollama import CreateProgress, ModelNotFound, OllamaClient, OllamaError
 from deploy.options import SERVE_OPTIONS, ServeSettings, check_options, option_type_error, serve_options_from
@@ -520,12 +520,11 @@ async def judge_candidate(client: OllamaClient, config: DeployConfig, tag: str, 
         paraphraser = config.ollama_base
     # Repeated answers as users get them, cut to the gate's length (the served num_predict is a whole chat's).
     sampling = {**config.serve_options, "num_predict": config.gate_options.get("num_predict", 128)}
-    return await run_gate(client, tag, opponent, prompts, probe_prompts(config.probes), config.gate_margin,
-                          config.gate_options, opponent_is_base=active_tag is None,
-                          paraphrases=config.paraphrases, paraphraser=paraphraser,
-                          consistency_n=config.consistency_n, sampling=sampling,
-                          retention=retention, max_retention_drop=config.max_retention_drop,
-                          min_eval=config.min_eval)
+    judging = GateConfig(margin=config.gate_margin, options=config.gate_options, paraphrases=config.paraphrases,
+                         paraphraser=paraphraser, consistency_n=config.consistency_n, sampling=sampling,
+                         max_retention_drop=config.max_retention_drop, min_eval=config.min_eval)
+    return await run_gate(client, tag, opponent, prompts, probe_prompts(config.probes), judging,
+                          opponent_is_base=active_tag is None, retention=retention)
 
 
 def trained_retention(run_dir: Path) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from data.conversation import Conversation
-from deploy.gate import eval_prompts, probe_prompts, run_gate
+from deploy.gate import GateConfig, eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
 from tests.harness.ollama_server import OllamaTestServer
 
@@ -33,7 +33,7 @@ async def test_gate_decides_by_key_facts_within_margin(
     ollama_server.add_scripted_model("act:v1", reply=active_reply)
     async with OllamaClient(ollama_server.url) as client:
         result = await run_gate(client, "cand:v2", "act:v1", eval_prompts(EVAL, 10), probe_prompts(["hi?"]),
-                                margin, OPTIONS)
+                                GateConfig(margin, OPTIONS))
     assert result.passed is passed and result.decided_by == "facts"
     assert result.scores["candidate"]["count"] == 8
     assert len(result.rows) == 9 and result.rows[-1]["kind"] == "probe" and result.rows[-1]["reference"] is None
@@ -50,9 +50,9 @@ async def test_too_few_eval_prompts_are_shown_not_judged(ollama_server: OllamaTe
     ollama_server.add_scripted_model("cand:v2", reply="no idea")
     ollama_server.add_scripted_model("act:v1", reply="The cat is red.")
     async with OllamaClient(ollama_server.url) as client:
-        result = await run_gate(client, "cand:v2", "act:v1", eval_prompts(EVAL[:3], 10), [], 0.0, OPTIONS)
-        judged = await run_gate(client, "cand:v2", "act:v1", eval_prompts(EVAL[:3], 10), [], 0.0, OPTIONS,
-                                min_eval=3)
+        result = await run_gate(client, "cand:v2", "act:v1", eval_prompts(EVAL[:3], 10), [], GateConfig(0.0, OPTIONS))
+        judged = await run_gate(client, "cand:v2", "act:v1", eval_prompts(EVAL[:3], 10), [],
+                                GateConfig(0.0, OPTIONS, min_eval=3))
     assert result.passed and result.decided_by == ""
     assert result.reason.startswith("eval set too small to judge: 3 eval prompts, fewer than 8")
     assert result.scores["candidate"]["facts"] == 0.0 and result.scores["active"]["facts"] == 1.0
@@ -63,7 +63,7 @@ async def test_too_few_eval_prompts_are_shown_not_judged(ollama_server: OllamaTe
 async def test_no_active_model_passes_and_only_the_candidate_answers(ollama_server: OllamaTestServer) -> None:
     ollama_server.add_scripted_model("cand:v1", reply="whatever")
     async with OllamaClient(ollama_server.url) as client:
-        result = await run_gate(client, "cand:v1", None, eval_prompts(EVAL, 2), [], 0.0, OPTIONS)
+        result = await run_gate(client, "cand:v1", None, eval_prompts(EVAL, 2), [], GateConfig(0.0, OPTIONS))
     assert result.passed and result.reason == "no active model to compare with"
     assert set(result.scores) == {"candidate"} and result.scores["candidate"]["count"] == 2
 

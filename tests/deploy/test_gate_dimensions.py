@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from data.conversation import Conversation
-from deploy.gate import PARAPHRASE_INSTRUCTION, GateResult, eval_prompts, probe_prompts, run_gate
+from deploy.gate import PARAPHRASE_INSTRUCTION, GateConfig, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
 from deploy.pipeline import GATE_OPTIONS, SERVE_OPTIONS, deploy
 from tests.harness.gate import BASE, RIGHT, answered_chats, config, eval_snapshot, fake_adapter, scripted_base
@@ -114,8 +114,8 @@ async def test_a_candidate_that_knows_only_the_training_wording_is_flagged_over_
     ollama_server.add_scripted_model("cand:v2", reply="no idea", by_question={p.question: RIGHT for p in prompts})
     ollama_server.add_scripted_model("act:v1", reply=RIGHT)
     async with OllamaClient(ollama_server.url) as client:
-        result = await run_gate(client, "cand:v2", "act:v1", prompts, [], 0.02, GATE_OPTIONS, paraphrases=3,
-                                paraphraser=BASE, min_eval=3)
+        result = await run_gate(client, "cand:v2", "act:v1", prompts, [], GateConfig(
+            0.02, GATE_OPTIONS, paraphrases=3, paraphraser=BASE, min_eval=3))
     assert result.passed, result.reason  # flagged, not rejected: same score as the active on the data's wording
     assert result.paraphrase["candidate"] == {"original": 1.0, "paraphrased": 0.0}
     assert result.paraphrase["active"] == {"original": 1.0, "paraphrased": 1.0}
@@ -131,8 +131,8 @@ async def test_a_rise_on_the_rewording_is_never_flagged(ollama_server: OllamaTes
     ollama_server.add_scripted_model("cand:v2", reply=RIGHT, by_question={prompts[0].question: "no idea"})
     ollama_server.add_scripted_model("act:v1", reply="no idea")
     async with OllamaClient(ollama_server.url) as client:
-        result = await run_gate(client, "cand:v2", "act:v1", prompts, [], 0.02, GATE_OPTIONS, paraphrases=3,
-                                paraphraser=BASE, min_eval=3)
+        result = await run_gate(client, "cand:v2", "act:v1", prompts, [], GateConfig(
+            0.02, GATE_OPTIONS, paraphrases=3, paraphraser=BASE, min_eval=3))
     cand = result.paraphrase["candidate"]
     assert cand["paraphrased"] > cand["original"] and not result.paraphrase["overfitted"]
     assert "OVER-FITTED" not in result.table() and "memorised" not in result.table()
@@ -148,8 +148,8 @@ async def test_a_paraphraser_that_answers_instead_of_rewording_is_not_used(ollam
     ollama_server.add_scripted_model("cand:v2", reply=RIGHT)
     ollama_server.add_scripted_model("act:v1", reply=RIGHT)
     async with OllamaClient(ollama_server.url) as client:
-        result = await run_gate(client, "cand:v2", "act:v1", prompts, [], 0.02, GATE_OPTIONS, paraphrases=3,
-                                paraphraser=BASE, min_eval=3)
+        result = await run_gate(client, "cand:v2", "act:v1", prompts, [], GateConfig(
+            0.02, GATE_OPTIONS, paraphrases=3, paraphraser=BASE, min_eval=3))
     assert result.paraphrase == {"count": 0, "paraphrased_by": BASE} and result.passed
     assert not [r for r in result.rows if r["kind"] == "paraphrase"]
 
@@ -160,10 +160,10 @@ async def test_consistency_tells_sampled_answers_from_deterministic_ones(ollama_
     ollama_server.add_base_model("tiny:1", tiny_llama_gguf)
     probes = probe_prompts(["what colour is the sky?", "hello"])
     async with OllamaClient(ollama_server.url) as client:
-        sampled = await run_gate(client, "tiny:1", None, [], probes, 0.0, {**GATE_OPTIONS, "num_predict": 16},
-                                 consistency_n=3, sampling={**SERVE_OPTIONS, "num_predict": 16})
-        fixed = await run_gate(client, "tiny:1", None, [], probes, 0.0, {**GATE_OPTIONS, "num_predict": 16},
-                               consistency_n=3, sampling={**GATE_OPTIONS, "num_predict": 16})
+        sampled = await run_gate(client, "tiny:1", None, [], probes, GateConfig(
+            0.0, {**GATE_OPTIONS, "num_predict": 16}, consistency_n=3, sampling={**SERVE_OPTIONS, "num_predict": 16}))
+        fixed = await run_gate(client, "tiny:1", None, [], probes, GateConfig(
+            0.0, {**GATE_OPTIONS, "num_predict": 16}, consistency_n=3, sampling={**GATE_OPTIONS, "num_predict": 16}))
     assert fixed.consistency["candidate"] == 1.0
     assert sampled.consistency["candidate"] < 0.5
     rows = [r for r in sampled.rows if r["kind"] == "probe"]

@@ -1,5 +1,5 @@
 """The Ollama-API test server re-drawn from Ollama's source (issue 26 item 2): each test names the behaviour, and the
-server's code cites the file and tag it follows (tests/harness/ollama_server.py)."""
+server's code cites the file and tag it follows (deploy/ollama_server.py)."""
 
 from __future__ import annotations
 

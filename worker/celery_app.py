@@ -75,7 +75,7 @@ def make_celery(redis_url: str, *, policy: WorkerPolicy | None = None) -> Any:
         broker_transport_options={"visibility_timeout": 24 * 3600},
     )
 
-    @app.task(name=TASK, bind=True, acks_late=True)
+    @app.task(name=TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]  # celery has no types
     def retrain(task: Any, spec_json: Any = None, *args: Any, **kwargs: Any) -> None:
         import redis
 

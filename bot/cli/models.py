@@ -25,8 +25,12 @@ def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]], community: st
         async with open_store(cfg, community) as store, open_ollama(cfg, timeout_s=30) as client:
             return await fn(store, client)
 
+    from deploy.pipeline import AlreadyActive
+
     try:
         return asyncio.run(run())
+    except AlreadyActive:
+        raise  # not a failure: the caller says there was nothing to do
     except LoraloopError as exc:
         fail(str(exc))
 

@@ -13,7 +13,7 @@ from bot.settings import Settings
 from data.conversation import Conversation
 from data.metrics import score_answers
 from data.snapshot import read_snapshot
-from deploy.gate import GateResult, eval_prompts, probe_prompts, run_gate
+from deploy.gate import GateConfig, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
 from deploy.pipeline import conclude_candidate
 from tests.harness.bot import make_settings
@@ -56,8 +56,8 @@ async def candidate_with_delta(store, ollama_server, tmp_path):
 
 async def gate_of(ollama_server, tag: str, prompts) -> GateResult:
     async with OllamaClient(ollama_server.url) as client:
-        return await run_gate(client, tag, BASE, prompts, probe_prompts(["Hello?"]), 0.5, {"temperature": 0},
-                              opponent_is_base=True)
+        return await run_gate(client, tag, BASE, prompts, probe_prompts(["Hello?"]),
+                              GateConfig(0.5, {"temperature": 0}), opponent_is_base=True)
 
 
 async def test_the_candidate_with_retrieval_is_measured_beside_a_verdict_it_does_not_change(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bot.retrieval import BLOCK_HEAD
 from data.conversation import Conversation
-from deploy.gate import eval_prompts, probe_prompts, run_gate
+from deploy.gate import GateConfig, eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
 from tests.harness.bot import ANSWER, BASE_TAG, QUESTION, ask, chats, make_settings, start_bot, teach_and_approve
 from tests.harness.discord import Gateway
@@ -89,7 +89,7 @@ async def test_the_gate_answers_without_retrieval(tmp_path, discord_api, ollama_
         before = len(chats(ollama_server))
         async with OllamaClient(ollama_server.url) as client:
             result = await run_gate(client, "cand:v2", "act:v1", eval_prompts([pair], 5), probe_prompts([QUESTION]),
-                                    0.0, {"temperature": 0})
+                                    GateConfig(0.0, {"temperature": 0}))
         gate_chats = chats(ollama_server)[before:]
         assert result.passed and len(gate_chats) == 4
         assert all(BLOCK_HEAD not in m["content"] for messages in gate_chats for m in messages)

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.conversation import Conversation
 from data.general_prompts import DEFAULT_FILE, load_general_prompts
-from deploy.gate import eval_prompts, run_gate
+from deploy.gate import GateConfig, eval_prompts, run_gate
 from deploy.ollama import OllamaClient
 from deploy.pipeline import GATE_OPTIONS, DeployConfig
 from tests.harness.ollama_server import OllamaTestServer
@@ -95,8 +95,9 @@ async def test_an_over_trained_run_is_rejected_by_retention_and_a_normal_run_pas
     ollama_server.add_scripted_model("act:v1", reply="the cat is red.")
     prompts = eval_prompts(FEW[:1], 1)
     async with OllamaClient(ollama_server.url) as client:
-        verdicts = [await run_gate(client, "cand:v2", "act:v1", prompts, [], 0.02, GATE_OPTIONS,
-                                   retention=m["retention"], max_retention_drop=limit, min_eval=1)
+        verdicts = [await run_gate(client, "cand:v2", "act:v1", prompts, [],
+                                   GateConfig(0.02, GATE_OPTIONS, max_retention_drop=limit, min_eval=1),
+                                   retention=m["retention"])
                     for m in (normal, over)]
     assert verdicts[0].passed and verdicts[0].retention["passed"], verdicts[0].reason
     assert not verdicts[1].passed and "general ability lost" in verdicts[1].reason

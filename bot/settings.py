@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from data.communities import DEFAULT_COMMUNITY, check_name, guild_community
+from data.community_names import DEFAULT_COMMUNITY, check_name, guild_community
 from data.validation import describe
 from trainer.config import DEFAULT_SYSTEM_PROMPT  # torch-free; one default for the bot and the trainer
 from worker.settings import WorkerSettings
@@ -256,6 +256,10 @@ class Settings(WorkerSettings):
         """The community a guild belongs to; None for a guild the settings do not configure (and for None)."""
         if guild_id is None or guild_id not in self.guilds:
             return None
+        return self._community_of(guild_id)
+
+    def _community_of(self, guild_id: int) -> str:
+        """A configured guild's community: its ``community:``, else its own."""
         return self.guilds[guild_id].community or guild_community(guild_id)
 
     def community_for(self, guild_id: int | None) -> str | None:
@@ -267,7 +271,7 @@ class Settings(WorkerSettings):
         (a command-line setup with no Discord)."""
         if not self.guilds:
             return [DEFAULT_COMMUNITY]
-        return list(dict.fromkeys(r.community or guild_community(g) for g, r in self.guilds.items()))
+        return list(dict.fromkeys(self._community_of(g) for g in self.guilds))
 
     def guilds_of(self, community: str) -> list[int]:
         return [g for g in self.guilds if self.community_of_guild(g) == community]
@@ -285,7 +289,7 @@ class Settings(WorkerSettings):
 
     def guild_communities(self) -> dict[int, str]:
         """Each configured guild's community (what Store.assign_communities maps old rows by)."""
-        return {g: self.community_of_guild(g) or guild_community(g) for g in self.guilds}
+        return {g: self._community_of(g) for g in self.guilds}
 
     def resolve_community(self, name: str | None) -> str:
         """The community a command-line command works on: ``name``, or the only one; ValueError listing them."""

@@ -11,16 +11,20 @@ gives them the community of the guild they were taught in.
 
 from __future__ import annotations
 
-import re
 import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, not_, or_, select, update
 
-from data.errors import StoreError
+from data.community_names import (  # re-exported: the rules, in a module the GPU worker can import
+    DEFAULT_COMMUNITY as DEFAULT_COMMUNITY,
+)
+from data.community_names import BadCommunityName as BadCommunityName
+from data.community_names import check_name as check_name
+from data.community_names import guild_community as guild_community
+from data.community_names import lineage_name as lineage_name
 from data.models import (
-    COMMUNITY_MAX,
     ActiveModel,
     Answer,
     Comparison,
@@ -37,34 +41,6 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import CursorResult
     from sqlalchemy.ext.asyncio import AsyncEngine
-
-DEFAULT_COMMUNITY = "default"
-# Lower-case letters, digits, - and _: the name goes into Ollama tags (loraloop-<model>-<community>:vN).
-_NAME = re.compile(rf"[a-z0-9][a-z0-9_-]{{0,{COMMUNITY_MAX - 1}}}")
-
-
-class BadCommunityName(StoreError, ValueError):
-    """A community name that cannot be used (it becomes part of Ollama tags)."""
-
-
-def check_name(name: str) -> str:
-    """``name`` if it is a usable community name; raises BadCommunityName saying what is allowed."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise BadCommunityName(f"{name!r} is not a community name: use 1–{COMMUNITY_MAX} lower-case letters, "
-                               "digits, '-' and '_', starting with a letter or digit")
-    return name
-
-
-def guild_community(guild_id: int) -> str:
-    """The community of a configured guild whose config names none: its own."""
-    return f"guild-{guild_id}"
-
-
-def lineage_name(model_name: str, community: str) -> str:
-    """The ModelVersion name of a community's fine-tunes (their tags are ``loraloop-<name>:v<N>``): the model name
-    alone for the ``default`` community, as before communities existed."""
-    return model_name if community == DEFAULT_COMMUNITY else f"{model_name}-{community}"
-
 
 # Tables whose rows say which guild they came from, and those that do not (they follow the deployment).
 _BY_GUILD: tuple[Any, ...] = (Example, PreferenceRecord, RetrainRun, Answer)

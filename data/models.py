@@ -22,8 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime, TypeDecorator
 
-# The longest community name (data/communities.py checks names; Ollama tags are built from them).
-COMMUNITY_MAX = 40
+from data.community_names import COMMUNITY_MAX
+
 SOURCES = ("teach", "correction", "chat-feedback", "import")
 EXAMPLE_STATUSES = ("pending", "approved", "rejected", "superseded")
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import ConfigDict
 
+from data.community_names import lineage_name
 from data.errors import LoraloopError, StoreError
 from data.snapshot import read_snapshot
 from deploy.gate import MIN_EVAL, GateConfig, GateResult, eval_prompts, probe_prompts, run_gate
@@ -562,10 +563,8 @@ async def forget(client: OllamaClient, tag: str) -> bool:
 
 
 def lineage(store: Store, model_name: str) -> str:
-    """The ModelVersion name of the store's community's fine-tunes (data.communities.lineage_name): tags are
+    """The ModelVersion name of the store's community's fine-tunes (data.community_names.lineage_name): tags are
     global in Ollama, so each community's are its own (``loraloop-<model>-<community>:vN``)."""
-    from data.communities import lineage_name  # the bot's side only: the GPU host has no database stack
-
     return lineage_name(model_name, store.community or "")
 
 

@@ -42,6 +42,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
 
+from data.community_names import NAME, lineage_name
 from data.errors import LoraloopError
 from data.snapshot import (
     EXAMPLES_FILE,
@@ -234,15 +235,9 @@ async def refuse_in_ollama(client: OllamaClient, spec: JobSpec) -> None:
         raise JobRefused(f"active_tag {spec.active_tag!r} is not in Ollama: the gate has nothing to compare with")
 
 
-# data.communities' names and lineage_name, which the GPU host cannot import (the database stack): kept equal by
-# tests/retrain/test_job_validation.py.
-_COMMUNITY = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
-DEFAULT_COMMUNITY = "default"
-
-
-def lineage(model_name: str, community: str) -> str:
-    """The model name in a community's candidate tags (``loraloop-<lineage>:v<N>``)."""
-    return model_name if community == DEFAULT_COMMUNITY else f"{model_name}-{community}"
+# The store's own naming rules (data/community_names.py, no database stack): the same functions on both hosts.
+_COMMUNITY = NAME
+lineage = lineage_name
 
 
 _ANY_TAG = re.compile(r"^loraloop-[A-Za-z0-9][A-Za-z0-9_.\-]*:v[1-9][0-9]*$")

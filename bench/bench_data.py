@@ -285,7 +285,7 @@ async def run_backend(backend: SQLite | PostgreSQL, source: Path, out: Path, n: 
         await backend.floor_snapshot("loraloop", out / "floor-snapshot.jsonl")
     async with timed() as t["export floor"]:
         await backend.floor_export("loraloop", out / "floor-export.jsonl")
-    assert manifest["counts"]["total"] == n
+    assert manifest.counts.total == n
     for ours, floor in (("snapshot/examples.jsonl", "floor-snapshot.jsonl"), ("export.jsonl", "floor-export.jsonl")):
         assert (out / ours).read_bytes() == (out / floor).read_bytes(), f"{ours} and the floor's file differ"
     return t
@@ -342,8 +342,9 @@ async def _snapshot_child(url: str, out: Path, mode: str) -> None:
         await store.create_snapshot(out, EVAL_FRACTION)
     else:  # as before streaming: every row loaded, then written
         from data.snapshot import write_snapshot
+        from tests.harness.db import approved_rows_at_once
 
-        write_snapshot(await store.approved_examples_raw(), out, EVAL_FRACTION)
+        write_snapshot(await approved_rows_at_once(store), out, EVAL_FRACTION)
     await store.close()
 
 

@@ -55,9 +55,10 @@ def count_params(values: dict) -> tuple[int, int]:
 async def deploy_twice(label: str, mode: str, quantize: str | None, base_dir: Path, base_gguf: Path,
                        adapters: list[Path], sources: Path, work: Path) -> list[tuple]:
     from data.store import Store
+    from deploy.config import DeployConfig
     from deploy.modelfile import serving_format_for
     from deploy.ollama import OllamaClient
-    from deploy.pipeline import DeployConfig, deploy
+    from deploy.pipeline import deploy
     from deploy.registration import PathMemory
     from tests.harness.models import convert_base_to_gguf
     from tests.harness.ollama_server import OllamaTestServer
@@ -70,7 +71,8 @@ async def deploy_twice(label: str, mode: str, quantize: str | None, base_dir: Pa
     store = Store(f"sqlite+aiosqlite:///{work / f'{label}.db'}")
     await store.migrate()
     config = DeployConfig(model_name="bench", ollama_base="tiny:base", probes=("Hello?",), gate_margin=1.0,
-                          mode=mode, quantize=quantize, gate_options={"temperature": 0.0, "seed": 0, "num_predict": 8})
+                          mode=mode, quantize=quantize, gate_options={"temperature": 0.0, "seed": 0, "num_predict": 8},
+                          paraphrases=0, consistency_n=0)
     rows = []
     try:
         async with OllamaClient(server.url) as client:

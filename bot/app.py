@@ -24,7 +24,6 @@ from bot.permissions import Refused, say
 from bot.retrieval import Retriever, Retrievers
 from bot.settings import Settings
 from data.errors import LoraloopError
-from data.review import ReviewPolicy
 from data.store import Store
 from deploy.ollama import OllamaClient
 
@@ -63,9 +62,8 @@ class LoraloopBot(commands.Bot):
         self.settings = settings
         # The store that owns the connections, scoped to the first community (what the scheduler and the CLI
         # default to); handlers use store_for, which gives the interaction's own community.
-        self.store = store or Store(settings.resolved_database_url, policy=ReviewPolicy(
-            settings.rating_quorum, settings.approve_mean, settings.reject_mean),
-            community=settings.community_names()[0])
+        self.store = store or Store(settings.resolved_database_url, policy=settings.review.policy(),
+                                    community=settings.community_names()[0])
         self.ollama = ollama or OllamaClient(settings.ollama_host, timeout=120)
         self.retrievers = Retrievers(settings, self.store, self.ollama, settings.community_names())
         self._chats: dict[str | None, Chat] = {}

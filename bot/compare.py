@@ -21,11 +21,11 @@ import discord
 
 from bot import permissions
 from bot.permissions import IdButton, Only, say
-from data import quality
-from data.errors import LoraloopError
+from data import quality, runs
+from data.errors import LoraloopError, NotFound
 from data.models import RetrainRun
 from data.store import Store
-from deploy.pipeline import AlreadyActive, rollback
+from deploy.promotion import AlreadyActive, rollback
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
@@ -89,7 +89,7 @@ async def post_comparison(bot: LoraloopBot, run: RetrainRun, channel: discord.ab
     evaluation = version.evaluation or {}
     comparison = await quality.create_comparison(
         store, run_id=run.id, candidate=version, opponent_tag=str(evaluation.get("active") or ""),
-        rows=evaluation.get("rows") or [], k=k or bot.settings.compare_questions)
+        rows=evaluation.get("rows") or [], k=k or bot.settings.review.compare_questions)
     if comparison is None:
         return None
     tally = await quality.tally(store, comparison, _quorum(bot))
@@ -105,7 +105,7 @@ async def refresh_comparison(bot: LoraloopBot, store: Store, comparison: quality
     comparison's community's)."""
     if comparison.channel_id is None or comparison.message_id is None:
         return
-    run = await store.get_run(comparison.run_id) if comparison.run_id is not None else None
+    run = await runs.get_run(store, comparison.run_id) if comparison.run_id is not None else None
     tally = await quality.tally(store, comparison, _quorum(bot))
     manual = bot.settings.retrain_promotion == "manual"
     channel = bot.get_partial_messageable(comparison.channel_id)
@@ -175,7 +175,7 @@ class CompareButton(IdButton, template=r"ll:cmp:(?P<comparison>\d+):(?P<action>s
                 before = reveal(comparison, self.question, self.action) if counted else \
                     f"Question {self.question + 1}: you had voted on it already; your first vote stands."
             nxt = await quality.next_item(store, comparison, interaction.user.id)
-        except quality.QualityError as exc:
+        except (quality.QualityError, NotFound) as exc:
             return await say(interaction, str(exc))
         if nxt is None:
             text, view = (before + "\n\n" if before else "") + "You have compared every question — thank you.", None
@@ -202,7 +202,7 @@ async def alert_if_regressed(bot: LoraloopBot, store: Store) -> bool:
     if channel_id is None:
         return False
     regression = await quality.detect_regression(store, bot.settings.ollama_base,
-                                                 bot.settings.quality_min_votes)
+                                                 bot.settings.review.quality_min_votes)
     if regression is None or not await quality.claim_alert(store, regression):
         return False
     target = await store.rollback_target()
@@ -228,7 +228,7 @@ async def roll_back_to(bot: LoraloopBot, store: Store, to: int | str) -> str:
     makes a retry harmless."""
     try:
         if to == BASE:
-            # deploy.pipeline.rollback without a target falls back to the base only when no earlier good version
+            # deploy.promotion.rollback without a target falls back to the base only when no earlier good version
             # exists: one that appeared since the confirmation was shown is not what the admin confirmed.
             target = await store.rollback_target()
             if target is not None:

@@ -2,6 +2,10 @@
 
 The settings a GPU host reads too (home, model identity, Ollama, Redis, worker_*) and how the file is found are
 declared once in worker/settings.py :class:`~worker.settings.WorkerSettings`; :class:`Settings` adds the bot's.
+Two groups nest: ``deploy:`` (deploy/config.py :class:`~deploy.config.DeploySettings`) and ``review:``
+(:class:`ReviewSettings`), set as ``deploy: {mode: gguf}`` in YAML or ``LORALOOP_DEPLOY__MODE`` in the environment;
+their settings' earlier flat names (``deploy_mode``, ``gate_paraphrases``, ``approve_mean``…) are still read
+(:data:`FLAT_NAMES`).
 """
 
 from __future__ import annotations
@@ -10,10 +14,22 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from data.community_names import DEFAULT_COMMUNITY, check_name, guild_community
+from data.review import ReviewPolicy
 from data.validation import describe
+from deploy.config import DeployConfig, DeploySettings
+from deploy.options import check_options, serve_options_from
 from trainer.config import DEFAULT_SYSTEM_PROMPT  # torch-free; one default for the bot and the trainer
 from worker.settings import WorkerSettings
 from worker.settings import parse_ollama_host as parse_ollama_host  # re-exported: the bot's code reads them here
@@ -63,8 +79,56 @@ def check_crontab(value: str) -> str:
     return value
 
 
+# data/review.py's rule has the review defaults (the store uses them without settings); the settings start there.
+_POLICY = ReviewPolicy()
+
+
+class ReviewSettings(BaseModel):
+    """How people's judgements count: ratings of a pair, 👍/👎 on a version, the blind comparison of a candidate.
+    The ``review:`` settings (``LORALOOP_REVIEW__<NAME>``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rating_quorum: int = Field(default=_POLICY.quorum, ge=1, description="Ratings needed before a pair is decided.")
+    approve_mean: float = Field(default=_POLICY.approve_mean, ge=1, le=5,
+                                description="A pair whose mean rating is at least this is approved.")
+    reject_mean: float = Field(default=_POLICY.reject_mean, ge=1, le=5,
+                               description="A pair whose mean rating is at most this is rejected.")
+    quality_min_votes: int = Field(
+        default=20, ge=1, description="Distinct voters each version needs before a 👎-rate regression can be called.")
+    compare_questions: int = Field(
+        default=5, ge=1, le=25, description="Questions in the experts' blind comparison of a candidate.")
+    compare_automatic: bool = Field(
+        default=False, description="automatic mode: experts also compare a promoted version with the previous one.")
+
+    @model_validator(mode="after")
+    def _decidable(self) -> ReviewSettings:
+        # Checked at load, not when the bot builds its review policy (after connecting to Discord).
+        if self.approve_mean <= self.reject_mean:
+            raise ValueError(f"approve_mean ({self.approve_mean}) must be above reject_mean ({self.reject_mean}): "
+                             "a pair between the two waits for more ratings")
+        return self
+
+    def policy(self) -> ReviewPolicy:
+        """The store's rule for deciding a rated pair (data/review.py)."""
+        return ReviewPolicy(self.rating_quorum, self.approve_mean, self.reject_mean)
+
+
+# The flat names the grouped settings had before they were grouped, still read from the environment, .env, the YAML
+# file and keywords (worker/settings.py FlatNames): flat name → (group, name).
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    **{f"deploy_{name}": ("deploy", name)
+       for name in ("mode", "quantize", "outtype", "gate_margin", "eval_limit", "keep_versions")},
+    **{f"gate_{name}": ("deploy", name) for name in ("min_eval", "max_retention_drop", "paraphrases", "consistency_n")},
+    **{name: ("review", name) for name in ReviewSettings.model_fields},
+}
+
+
 class Settings(WorkerSettings):
-    """loraloop's settings. Every field can be set as ``LORALOOP_<FIELD>`` or in the YAML file."""
+    """loraloop's settings. Every field can be set as ``LORALOOP_<FIELD>`` or in the YAML file; a grouped one as
+    ``LORALOOP_<GROUP>__<FIELD>`` or under its group's key."""
+
+    flat_names = FLAT_NAMES
 
     database_url: str | None = Field(
         default=None, description="SQLAlchemy async URL; default sqlite+aiosqlite under LORALOOP_HOME."
@@ -78,47 +142,21 @@ class Settings(WorkerSettings):
     ollama_base: str = Field(default="qwen2.5:0.5b-instruct", description="The clean Ollama base tag.")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
 
-    # Review policy.
-    rating_quorum: int = Field(default=2, ge=1)
-    approve_mean: float = Field(default=4.0, ge=1, le=5)
-    reject_mean: float = Field(default=2.5, ge=1, le=5)
+    review: ReviewSettings = Field(
+        default_factory=ReviewSettings, description="How ratings, votes and comparisons count (ReviewSettings).")
 
     eval_fraction: float = Field(default=0.1, ge=0, lt=1)
 
-    # Deploy (adapter → Ollama): see deploy/pipeline.py DeployConfig.
-    deploy_mode: Literal["auto", "adapter", "gguf", "merged"] = Field(
-        default="auto", description="auto: adapter where the Ollama daemon may serve one for the base, gguf where it "
-                                    "cannot or refuses (remembered); adapter: a GGUF LoRA on the clean base; gguf: "
-                                    "the merged model as one GGUF file made with llama.cpp; merged: merged "
-                                    "safetensors that Ollama converts (removed in Ollama 0.34.1).")
-    deploy_quantize: str | None = Field(
-        default=None, description="gguf and merged paths: q4_K_M, q4_K_S, q8_0, f16, f32 or bf16 (gguf: quantized "
-                                  "by llama.cpp on the worker; merged: by Ollama); unset: deploy_outtype")
-    deploy_gate_margin: float = Field(default=0.02, ge=0,
-                                      description="allowed key-fact recall drop vs the active model")
-    deploy_eval_limit: int = Field(default=32, ge=0, description="eval prompts answered by each model in the gate")
-    deploy_keep_versions: int = Field(default=3, ge=1, description="fine-tuned tags kept in Ollama")
-    deploy_outtype: Literal["f16", "f32"] = "f16"
-    # The gate's other dimensions (deploy/gate.py; README "What the gate checks").
-    gate_max_retention_drop: float = Field(
-        default=0.4, ge=0, description="Rejects a candidate whose NLL of the base's answers to general prompts rose "
-                                       "by more than this (nats/token): general ability lost.")
-    gate_paraphrases: int = Field(
-        default=4, ge=0, description="Eval questions reworded by the base and answered again (0: off); a large "
-                                     "drop on the rewording flags over-fitting.")
-    gate_min_eval: int = Field(
-        default=8, ge=1, description="Fewer eval prompts than this and the gate shows the scores without comparing "
-                                     "them (a handful of questions cannot tell two models apart).")
-    gate_consistency_n: int = Field(
-        default=3, ge=0, description="Answers per probe at the served sampling options, compared pairwise "
-                                     "(below 2: off).")
+    deploy: DeploySettings = Field(
+        default_factory=DeploySettings, description="How a version is registered, judged and kept (deploy/config.py "
+                                                    "DeploySettings; README \"What the gate checks\").")
     general_prompts_file: Path | None = Field(
         default=None, description="JSON set of general prompts for the retention measurement; default: the "
                                   "shipped data/general_prompts/general-v1.json.")
     serve_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Sampling options users get (temperature, top_p, top_k, num_ctx, repeat_penalty, num_predict…), "
-                    "over deploy/pipeline.py SERVE_OPTIONS; written into each fine-tune and sent with chats to the "
+                    "over deploy/options.py SERVE_OPTIONS; written into each fine-tune and sent with chats to the "
                     "base. num_predict defaults to chat_max_tokens.")
 
     # Retraining (bot/retrain): when to propose, who approves, where the training runs.
@@ -127,12 +165,6 @@ class Settings(WorkerSettings):
     retrain_quorum: int = Field(default=2, ge=1, description="Distinct experts whose approval starts a run.")
     retrain_expiry_h: float = Field(default=48.0, gt=0, description="A proposal dies after this many hours.")
     retrain_reminder_h: float = Field(default=12.0, ge=0, description="Remind experts this long before expiry.")
-    compare_questions: int = Field(
-        default=5, ge=1, le=25, description="Questions in the experts' blind comparison of a candidate.")
-    compare_automatic: bool = Field(
-        default=False, description="automatic mode: experts also compare a promoted version with the previous one.")
-    quality_min_votes: int = Field(
-        default=20, ge=1, description="Distinct voters each version needs before a 👎-rate regression can be called.")
     retrain_promotion: Literal["automatic", "manual"] = Field(
         default="automatic", description="manual: a candidate that passed the gate waits for an expert's promote.")
     retrain_train: dict[str, Any] = Field(
@@ -191,20 +223,10 @@ class Settings(WorkerSettings):
     def _retrain_crontab(cls, value: str) -> str:
         return check_crontab(value)
 
-    @field_validator("deploy_quantize")
-    @classmethod
-    def _ollama_quantize_type(cls, value: str | None) -> str | None:
-        # Ollama refuses any other type only when the merged model is created (at 3 a.m.): refuse it here.
-        from deploy.registration import quantize_type
-
-        return quantize_type(value) if value else None
-
     @field_validator("serve_options")
     @classmethod
     def _typed_options(cls, value: dict[str, Any]) -> dict[str, Any]:
         # Ollama would create the model and then refuse every chat with it: refuse at start-up instead.
-        from deploy.options import check_options
-
         check_options(value, "serve_options")
         return value
 
@@ -230,15 +252,14 @@ class Settings(WorkerSettings):
     def roles_for(self, guild_id: int | None) -> GuildRoles:
         return self.guilds.get(guild_id or 0, GuildRoles())
 
-    # ---- communities (data/communities.py) ------------------------------------------------------------
+    def deploy_config(self, **overrides: Any) -> DeployConfig:
+        """The deploy configuration: the ``deploy:`` settings, the model they apply to and the options it serves."""
+        values: dict[str, Any] = {
+            **self.deploy.model_dump(), "model_name": self.model_name, "ollama_base": self.ollama_base,
+            "chat_system_prompt": self.system_prompt or None, "serve_options": serve_options_from(self)}
+        return DeployConfig(**{**values, **overrides})
 
-    @model_validator(mode="after")
-    def _review_policy(self) -> Settings:
-        # Checked at load, not when the bot builds its review policy (after connecting to Discord).
-        if self.approve_mean <= self.reject_mean:
-            raise ValueError(f"approve_mean ({self.approve_mean}) must be above reject_mean ({self.reject_mean}): "
-                             "a pair between the two waits for more ratings")
-        return self
+    # ---- communities (data/communities.py) ------------------------------------------------------------
 
     @model_validator(mode="after")
     def _known_communities(self) -> Settings:

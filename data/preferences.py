@@ -5,7 +5,8 @@ made by the store when the correction is approved, see ``record_correction``) an
 pending review, or approved by an admin). They are reviewed by the same rule as pairs — a quorum of expert
 ratings of the chosen answer, never by its author — and snapshots carry the approved ones for the DPO stage.
 
-Functions take a Store; the session-level helper ``record_correction`` runs inside the store's own transactions.
+Functions take a Store; the session-level helper ``record_correction`` runs inside the store's own transactions
+(the store imports it where it approves an example).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import func, not_, or_, select, update
+from sqlalchemy import func, not_, select, update
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from data.conversation import InvalidConversation, Message
+from data.errors import ImportFailed, InvalidRating, SelfRating
 from data.formats.preference import Preference
 from data.models import (
     PREFERENCE_SOURCES,
@@ -29,22 +31,29 @@ from data.models import (
     Answer,
     Example,
     Feedback,
-    PendingImport,
     PreferenceRating,
     PreferenceRecord,
     utcnow,
+)
+from data.store import (
+    IMPORT_BATCH_ROWS,
+    Store,
+    _check_choice,
+    _check_storable,
+    _db_reason,
+    _import_insert,
+    _json_text,
+    _to_the_end,
+    visible,
 )
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import CursorResult
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from data.store import Store
 
-
-# The records every query sees: not those of an import still being written (data.store's _VISIBLE, for examples).
-_VISIBLE = or_(PreferenceRecord.import_batch.is_(None),
-               PreferenceRecord.import_batch.not_in(select(PendingImport.id)))
+# The records every query sees: not those of an import still being written.
+_VISIBLE = visible(PreferenceRecord.import_batch)
 
 
 @dataclass(frozen=True)
@@ -134,11 +143,8 @@ async def import_preferences(store: Store, prefs: Sequence[Preference], *, appro
     ``batch_rows`` rows, so the bot's own writes go on meanwhile, hidden until the last one is in, deleted on any
     failure or cancellation.
     """
-    from data.errors import ImportFailed
-    from data.store import IMPORT_BATCH_ROWS, _db_reason, _import_insert, _to_the_end
-
     batch_rows = batch_rows or IMPORT_BATCH_ROWS
-    community = store._owner()
+    community = store.owner()
     # Off the event loop: checking, serialising and hashing a 100k-record file takes seconds.
     stored = await asyncio.to_thread(_storable_rows, prefs)
     status = "approved" if approve else "pending"
@@ -199,8 +205,6 @@ _IMPORT_COLUMNS = ("content_hash", "prompt", "chosen", "rejected", "tags", "tool
 def _storable_rows(prefs: Sequence[Preference]) -> list[tuple[str, str, str, str, str, str | None]]:
     """Each preference as (content hash, prompt, chosen, rejected and tags as stored JSON text, tools);
     UnstorableText for the first one the database cannot store."""
-    from data.store import _check_storable, _json_text
-
     rows = []
     for i, pref in enumerate(prefs):
         _check_storable(pref.chosen_conversation(), f"preference {i}: ")
@@ -215,14 +219,8 @@ def _storable_rows(prefs: Sequence[Preference]) -> list[tuple[str, str, str, str
 
 
 async def get_preference(store: Store, preference_id: int) -> PreferenceRecord:
-    from data.errors import NotFound
-
     async with store.session() as s:
-        row = await s.scalar(select(PreferenceRecord).where(PreferenceRecord.id == preference_id, _VISIBLE,
-                                                            PreferenceRecord.community == store.community))
-    if row is None:
-        raise NotFound(f"there is no preference record #{preference_id}")
-    return row
+        return await store.get_or_404(s, PreferenceRecord, preference_id)
 
 
 async def list_preferences(store: Store, *, status: str | None = None,
@@ -261,8 +259,6 @@ async def preference_scores(store: Store, preference_id: int) -> list[int]:
 
 async def set_preference_status(store: Store, preference_id: int, status: str) -> PreferenceRecord:
     """A moderator's direct decision (pending/approved/rejected), overriding the rating rule."""
-    from data.store import _check_choice
-
     _check_choice("status", status, PREFERENCE_STATUSES)
     await get_preference(store, preference_id)
     now = utcnow()
@@ -275,19 +271,13 @@ async def set_preference_status(store: Store, preference_id: int, status: str) -
 async def rate_preference(store: Store, preference_id: int, rater_id: int, score: int) -> PreferenceRatingOutcome:
     """One expert's 1–5 rating of the chosen answer (a second one by the same expert changes it); the store's
     review policy decides a pending record, exactly as for examples. Its author cannot rate it."""
-    from data.errors import InvalidRating, NotFound, SelfRating
-
     if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
         raise InvalidRating(f"a rating is a whole number from 1 to 5, not {score!r}")
     for attempt in (1, 2):
         try:
             async with store.session() as s, s.begin():
                 # Locked (PostgreSQL) so concurrent raters each count the other's committed rating.
-                record = await s.scalar(select(PreferenceRecord).where(PreferenceRecord.id == preference_id, _VISIBLE,
-                                                                       PreferenceRecord.community == store.community)
-                                        .with_for_update())
-                if record is None:
-                    raise NotFound(f"there is no preference record #{preference_id}")
+                record = await store.get_or_404(s, PreferenceRecord, preference_id, lock=True)
                 if record.author_id is not None and record.author_id == rater_id:
                     raise SelfRating()
                 rating = await s.scalar(select(PreferenceRating).where(PreferenceRating.preference_id == preference_id,

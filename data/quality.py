@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from data.errors import LoraloopError
@@ -220,18 +220,16 @@ async def create_comparison(store: Store, *, run_id: int | None, candidate: Mode
     if not items:
         return None
     row = Comparison(run_id=run_id, candidate_version_id=candidate.id, candidate_tag=candidate.tag,
-                     opponent_tag=opponent_tag, items=items, community=store._owner())
+                     opponent_tag=opponent_tag, items=items, community=store.owner())
     async with store.session() as s, s.begin():
         s.add(row)
     return row
 
 
 async def get_comparison(store: Store, comparison_id: int) -> Comparison:
+    """The community's comparison; NotFound for none (another community's too)."""
     async with store.session() as s:
-        row = await s.get(Comparison, comparison_id)
-    if row is None or row.community != store.community:
-        raise QualityError(f"there is no comparison #{comparison_id}")
-    return row
+        return await store.get_or_404(s, Comparison, comparison_id)
 
 
 async def comparison_for_run(store: Store, run_id: int) -> Comparison | None:
@@ -243,10 +241,11 @@ async def comparison_for_run(store: Store, run_id: int) -> Comparison | None:
 
 
 async def set_comparison_message(store: Store, comparison_id: int, channel_id: int | None, message_id: int) -> None:
+    """Where the comparison's public message is (nothing for another community's comparison)."""
     async with store.session() as s, s.begin():
-        row = await s.get(Comparison, comparison_id)
-        if row is not None and row.community == store.community:
-            row.channel_id, row.message_id = channel_id, message_id
+        await s.execute(update(Comparison)
+                        .where(Comparison.id == comparison_id, Comparison.community == store.community)
+                        .values(channel_id=channel_id, message_id=message_id))
 
 
 async def user_votes(store: Store, comparison_id: int, user_id: int) -> dict[int, str]:

@@ -87,6 +87,26 @@ class SnapshotManifest(BaseModel):
         return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n"
 
 
+@dataclass(frozen=True)
+class WrittenSnapshot:
+    """A snapshot just written: its directory (absolute) and its manifest."""
+
+    path: Path
+    manifest: SnapshotManifest
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.sha256
+
+    @property
+    def counts(self) -> SplitCounts:
+        return self.manifest.counts
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as JSON plus ``path`` (not stored in the manifest file): what ``--json`` prints."""
+        return {**self.manifest.model_dump(mode="json", exclude_none=True), "path": str(self.path)}
+
+
 def parse_manifest(text: str | bytes, where: str = MANIFEST_FILE) -> SnapshotManifest:
     """A manifest's text as a :class:`SnapshotManifest`, or SnapshotError saying what is wrong with it."""
     try:
@@ -126,10 +146,9 @@ def is_eval(example_id: str, eval_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction
 
 
-def write_snapshot(examples: Iterable[_ExampleLike], out_dir: Path, eval_fraction: float = 0.1) -> dict[str, Any]:
+def write_snapshot(examples: Iterable[_ExampleLike], out_dir: Path, eval_fraction: float = 0.1) -> WrittenSnapshot:
     """Write ``examples.jsonl`` (sorted by id) and ``manifest.json`` into a new or empty ``out_dir``.
 
-    Returns the manifest plus ``path`` (the directory's absolute path, not stored in the manifest file).
     Holds every example to sort them; SnapshotWriter takes them already sorted, a batch at a time.
     """
     with SnapshotWriter(out_dir, eval_fraction) as writer:
@@ -213,8 +232,8 @@ class SnapshotWriter:
             self._sha256.update(chunk)
             self._file.write(chunk)
 
-    def close(self) -> dict[str, Any]:
-        """Finish ``examples.jsonl``, write ``manifest.json``; returns the manifest plus ``path``."""
+    def close(self) -> WrittenSnapshot:
+        """Finish ``examples.jsonl``, write ``manifest.json``."""
         self._file.close()
         manifest = SnapshotManifest(
             format=FORMAT, file=EXAMPLES_FILE, sha256=self._sha256.hexdigest(),
@@ -222,7 +241,7 @@ class SnapshotWriter:
             eval_fraction=self.eval_fraction, sources=dict(sorted(self._sources.items())),
             created_at=datetime.now(UTC).isoformat(), preferences=self._preferences)
         (self.out_dir / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
-        return {**manifest.model_dump(mode="json", exclude_none=True), "path": str(self.out_dir.resolve())}
+        return WrittenSnapshot(self.out_dir.resolve(), manifest)
 
     def abort(self) -> None:
         """Remove what this writer wrote: a half-written snapshot must not look like one."""

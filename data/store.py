@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Text, bindparam, cast, delete, event, func, insert, not_, or_, select, type_coerce, update
+from sqlalchemy import Text, bindparam, cast, delete, event, func, insert, not_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import IntegrityError, StatementError
@@ -52,6 +52,8 @@ from data.models import (
     VERSION_STATUSES,
     ActiveModel,
     Answer,
+    Base,
+    Comparison,
     Example,
     Feedback,
     ModelVersion,
@@ -59,13 +61,18 @@ from data.models import (
     PreferenceRecord,
     Promotion,
     Rating,
+    RetrainRun,
     SnapshotRecord,
     VersionStatus,
     utcnow,
 )
-from data.preferences import approved_preferences, preference_stats, record_correction
 from data.review import ReviewPolicy, agreement, disagreement
-from data.runs import RunsMixin
+
+if typing.TYPE_CHECKING:
+    from sqlalchemy.orm import QueryableAttribute
+    from sqlalchemy.sql.elements import ColumnElement
+
+    from data.snapshot import WrittenSnapshot
 
 # The role of the prompt entry that lists the retrieved pairs an answer was given with (record_answer).
 # Statuses a version can be rolled back to (it served well and was not rolled back itself).
@@ -89,22 +96,26 @@ SUBMISSION_WINDOW = timedelta(hours=1)
 # PostgreSQL: the first key of the per-author advisory lock that serialises their submissions under a limit (two
 # 32-bit keys: a key space apart from import leases' single 64-bit keys).
 _SUBMISSIONS_LOCK = 0x4C4C5355
-# The examples every query sees: not those of an import still being written.
-_VISIBLE = or_(Example.import_batch.is_(None), Example.import_batch.not_in(select(PendingImport.id)))
+# What get_or_404 calls each kind of row it finds for a caller (the NotFound message: "there is no …").
+_NOT_FOUND = {Example: "example #{}", Answer: "answer #{}", ModelVersion: "model version {!r}",
+              RetrainRun: "retrain run #{}", PreferenceRecord: "preference record #{}", Comparison: "comparison #{}"}
+_Row = TypeVar("_Row", bound=Base)
 
 
-def _approved_raw(community: str) -> Any:
-    """A community's training set as snapshots and exports read it: messages and tags as the JSON text stored,
-    sorted by hash. Columns in SnapshotWriter.write_rows's order."""
-    return (select(Example.content_hash, type_coerce(Example.messages, Text).label("messages"),
-                   type_coerce(Example.tags, Text).label("tags"), Example.source, Example.tools)
-            .where(Example.status == "approved", Example.community == community, _VISIBLE)
-            .order_by(Example.content_hash))
+def visible(import_batch: ColumnElement[str | None] | QueryableAttribute[str | None]) -> ColumnElement[bool]:
+    """The rows every query sees, given their ``import_batch`` column: not those of an import still being written
+    (see Store.import_batch)."""
+    return or_(import_batch.is_(None), import_batch.not_in(select(PendingImport.id)))
+
+
+_VISIBLE = visible(Example.import_batch)
 
 
 def _approved_text(community: str, *, in_order_added: bool = False) -> Any:
-    """The same, the JSON as text on PostgreSQL too: a cast in SQL, or asyncpg decodes it on the event loop.
-    ``in_order_added``: in the order the examples were stored (an export keeps a file's record order)."""
+    """A community's training set as snapshots and exports read it, sorted by hash: messages and tags as the JSON
+    text stored, on PostgreSQL too (a cast in SQL, or asyncpg decodes it on the event loop). Columns in
+    SnapshotWriter.write_rows's order. ``in_order_added``: in the order the examples were stored (an export keeps
+    a file's record order)."""
     return (select(Example.content_hash, cast(Example.messages, Text).label("messages"),
                    cast(Example.tags, Text).label("tags"), Example.source, Example.tools)
             .where(Example.status == "approved", Example.community == community, _VISIBLE)
@@ -152,12 +163,17 @@ class DatasetStats:
         return self.__dict__.copy()
 
 
-class Store(RunsMixin):
+class Store:
     """All persistent state. Create with an async SQLAlchemy URL, then ``await migrate()``.
 
     A store is scoped to one community (data.communities): every method reads and writes that community's rows
     only, and ids of another community's rows are "not found". ``scoped`` gives the same database seen as
     another community; the first store owns the connections (close that one).
+
+    The store is how everything reaches the database. Examples, ratings, answers and their feedback, imports,
+    snapshots and model versions are its methods; each other group of queries is a module of functions that take
+    the store as their first argument (data.runs, data.quality, data.preferences, data.vectors) and go through its
+    ``session``, ``owner`` and ``get_or_404``, so the community scope is kept in one place.
     """
 
     def __init__(
@@ -200,7 +216,7 @@ class Store(RunsMixin):
         clone.community = None if community is None else check_name(community)
         return clone
 
-    def _owner(self) -> str:
+    def owner(self) -> str:
         """The community new knowledge is written to; StoreError outside every community."""
         if self.community is None:
             raise StoreError("this server is not part of any community: nothing can be taught or trained here")
@@ -221,6 +237,23 @@ class Store(RunsMixin):
 
     def session(self) -> AsyncSession:
         return self._sessions()
+
+    async def get_or_404(self, s: AsyncSession, entity: type[_Row], key: int | str, *, lock: bool = False) -> _Row:
+        """This community's ``entity`` row with id ``key`` (a model version: its tag, when ``key`` is text) as the
+        database has it now, this session's own writes included; NotFound when there is none, when it is another
+        community's or when an import still being written holds it. ``lock``: row-locked until commit (PostgreSQL).
+        """
+        columns = entity.__table__.c
+        query = select(entity).where(columns["tag" if isinstance(key, str) else "id"] == key,
+                                     columns["community"] == self.community)
+        if "import_batch" in columns:
+            query = query.where(visible(columns["import_batch"]))
+        if lock:
+            query = query.with_for_update()
+        row = await s.scalar(query.execution_options(populate_existing=True))
+        if row is None:
+            raise NotFound("there is no " + _NOT_FOUND[entity].format(key))
+        return row
 
     # ---- examples -------------------------------------------------------------------------------------
 
@@ -253,7 +286,7 @@ class Store(RunsMixin):
             if hourly_limit and author_id is not None:
                 await _decide_submissions(s, author_id, hourly_limit, 1)
             example = Example(**_example_row(conversation, digest, source, author_id, guild_id, status),
-                              community=self._owner(), answer_id=answer_id,
+                              community=self.owner(), answer_id=answer_id,
                               approved_at=utcnow() if status == "approved" else None)
             s.add(example)
             try:
@@ -291,7 +324,7 @@ class Store(RunsMixin):
         Raises UnstorableText before writing anything, ImportFailed when the database refuses a row.
         """
         _check_choice("source", source, SOURCES)
-        self._owner()
+        self.owner()
         # Off the event loop: a 100k-row import's text takes a while to check, serialise and hash.
         stored = await asyncio.to_thread(_storable_rows, conversations)
         inserts = (_import_insert(self.engine.dialect, approve), _import_insert(self.engine.dialect, False))
@@ -463,7 +496,7 @@ class Store(RunsMixin):
 
     async def get_example(self, example_id: int) -> Example:
         async with self.session() as s:
-            return await _get_or_404(s, example_id, self.community)
+            return await self.get_or_404(s, Example, example_id)
 
     async def list_examples(self, *, status: str | None = None, limit: int | None = None) -> list[Example]:
         query = select(Example).where(_VISIBLE, Example.community == self.community).order_by(Example.id)
@@ -500,15 +533,18 @@ class Store(RunsMixin):
         UnfilledPlaceholders when approving one that still holds template placeholders (``{{name}}``) unless
         ``allow_placeholders``: what is approved is exactly what trains.
         """
+        # data.preferences builds on the store (it imports this module): imported where the store needs it.
+        from data.preferences import record_correction
+
         _check_choice("status", status, _MODERATOR_STATUSES)
         async with self.session() as s, s.begin():
-            current = await _get_or_404(s, example_id, self.community, lock=True)
+            current = await self.get_or_404(s, Example, example_id, lock=True)
             if status == "approved" and not allow_placeholders and (held := _unfilled(current)):
                 raise UnfilledPlaceholders(held)
             # Conditional on the status at the moment of writing: on SQLite the read above may predate an edit
             # committed since (its write lock is only taken here).
             moved = await _move_status(s, example_id, status, frm=_EDITABLE)
-            example = await _get_or_404(s, example_id, self.community)
+            example = await self.get_or_404(s, Example, example_id)
             if not moved:
                 raise Superseded(example_id, example.superseded_by)
             if status == "approved":  # an approved correction is a preference judgement too
@@ -554,7 +590,7 @@ class Store(RunsMixin):
         digest = conversation.content_hash()
         try:
             async with self.session() as s, s.begin():
-                original = await _get_or_404(s, example_id, self.community, lock=True)
+                original = await self.get_or_404(s, Example, example_id, lock=True)
                 if original.status not in _EDITABLE:
                     raise Superseded(example_id, original.superseded_by)
                 existing = await s.scalar(self._same_content(digest))
@@ -566,7 +602,7 @@ class Store(RunsMixin):
                 await s.flush()
                 if not await _move_status(s, example_id, "superseded", frm=_EDITABLE, superseded_by=edited.id):
                     # Another edit superseded it after our read (SQLite: before we held the write lock).
-                    original = await _get_or_404(s, example_id, self.community)
+                    original = await self.get_or_404(s, Example, example_id)
                     raise Superseded(example_id, original.superseded_by)
         except IntegrityError:  # a concurrent insert of the same content won the race
             async with self.session() as s:
@@ -594,11 +630,13 @@ class Store(RunsMixin):
             return await self._rate(example_id, rater_id, score, comment)
 
     async def _rate(self, example_id: int, rater_id: int, score: int, comment: str | None) -> RatingOutcome:
+        from data.preferences import record_correction
+
         async with self.session() as s, s.begin():
             # PostgreSQL: lock the example row, so a concurrent rating of it waits for this one to commit and
             # then counts it (READ COMMITTED would otherwise let each see only its own: nobody decides).
             # SQLite ignores FOR UPDATE; its single writer gives the same guarantee from the flush below on.
-            example = await _get_or_404(s, example_id, self.community, lock=True)
+            example = await self.get_or_404(s, Example, example_id, lock=True)
             if example.author_id is not None and example.author_id == rater_id:
                 raise SelfRating()
             if example.status == "superseded":
@@ -613,7 +651,7 @@ class Store(RunsMixin):
                 rating.score, rating.comment, rating.updated_at = score, comment, utcnow()
             await s.flush()
             # Read the status again now that this transaction writes (SQLite: holds the write lock).
-            example = await _get_or_404(s, example_id, self.community)
+            example = await self.get_or_404(s, Example, example_id)
             if example.status == "superseded":
                 raise Superseded(example_id, example.superseded_by)
             scores = list(await s.scalars(select(Rating.score).where(Rating.example_id == example_id)))
@@ -625,7 +663,7 @@ class Store(RunsMixin):
                 decided = None
             if decided == "approved":  # an approved correction is a preference judgement too
                 await record_correction(s, example_id)
-            example = await _get_or_404(s, example_id, self.community)
+            example = await self.get_or_404(s, Example, example_id)
         return RatingOutcome(example, scores, statistics.fmean(scores), disagreement(scores), decided, changed, held)
 
     async def ratings_for(self, example_id: int) -> list[Rating]:
@@ -663,13 +701,7 @@ class Store(RunsMixin):
 
     async def get_answer(self, answer_id: int) -> Answer:
         async with self.session() as s:
-            return await self._answer_or_404(s, answer_id)
-
-    async def _answer_or_404(self, s: AsyncSession, answer_id: int) -> Answer:
-        answer = await s.scalar(select(Answer).where(Answer.id == answer_id, Answer.community == self.community))
-        if answer is None:
-            raise NotFound(f"there is no answer #{answer_id}")
-        return answer
+            return await self.get_or_404(s, Answer, answer_id)
 
     async def add_feedback(self, answer_id: int, user_id: int, value: int) -> Feedback:
         """👍 (+1) or 👎 (-1); one per user and answer, a second click changes it.
@@ -685,7 +717,7 @@ class Store(RunsMixin):
         upsert = upsert.on_conflict_do_update(index_elements=[Feedback.answer_id, Feedback.user_id],
                                               set_={"value": value, "updated_at": now})
         async with self.session() as s, s.begin():
-            await self._answer_or_404(s, answer_id)
+            await self.get_or_404(s, Answer, answer_id)
             try:
                 await s.execute(upsert)
             except IntegrityError:  # the answer was deleted meanwhile (its foreign key)
@@ -710,15 +742,11 @@ class Store(RunsMixin):
                     counts[example_id] = (up + (value > 0), down + (value < 0))
         return counts
 
-    async def feedback_counts(self, answer_id: int) -> tuple[int, int]:
-        async with self.session() as s:
-            values = list(await s.scalars(select(Feedback.value).join(Answer, Answer.id == Feedback.answer_id)
-                                          .where(Feedback.answer_id == answer_id, Answer.community == self.community)))
-        return values.count(1), values.count(-1)
-
     # ---- statistics ------------------------------------------------------------------------------------
 
     async def dataset_stats(self) -> DatasetStats:
+        from data.preferences import preference_stats
+
         mine = (_VISIBLE, Example.community == self.community)
         async with self.session() as s:
             by_status = dict((await s.execute(select(Example.status, func.count()).where(*mine)
@@ -773,39 +801,35 @@ class Store(RunsMixin):
         async with self.session() as s:
             return list(await s.execute(query))
 
-    async def approved_examples_raw(self) -> list[Any]:
-        """Like ``approved_examples`` but ``messages`` and ``tags`` stay the JSON text the store holds
-        (snapshots embed it as is: decoding and re-encoding 100k rows dominated snapshot time)."""
-        async with self.session() as s:
-            return list(await s.execute(_approved_raw(self._owner())))
-
     async def approved_examples_batches(self, batch_rows: int = SNAPSHOT_BATCH_ROWS, *, in_order_added: bool = False
                                         ) -> AsyncGenerator[Sequence[Any], None]:
-        """``approved_examples_raw``'s rows, ``batch_rows`` at a time, fetched as they are consumed; ``messages``
-        and ``tags`` are the stored JSON text on every database.
+        """``approved_examples``' rows, ``batch_rows`` at a time, fetched as they are consumed; ``messages`` and
+        ``tags`` are the JSON text the store holds, on every database (snapshots embed it as is: decoding and
+        re-encoding 100k rows dominated snapshot time).
 
         One SELECT, so one consistent view however long the reading takes; memory holds one batch. Read through a
         plain connection (no ORM session: a third of the fetch time). Close it early with contextlib.aclosing.
         """
         async with self.engine.connect() as conn:
-            query = _approved_text(self._owner(), in_order_added=in_order_added)
+            query = _approved_text(self.owner(), in_order_added=in_order_added)
             result = await conn.stream(query.execution_options(yield_per=batch_rows))
             async for batch in result.partitions():
                 yield batch
 
     async def record_snapshot(self, sha256: str, path: str, counts: dict[str, Any]) -> SnapshotRecord:
-        row = SnapshotRecord(sha256=sha256, path=path, counts=counts, community=self._owner())
+        row = SnapshotRecord(sha256=sha256, path=path, counts=counts, community=self.owner())
         async with self.session() as s, s.begin():
             s.add(row)
         return row
 
     async def create_snapshot(self, out_dir: Path, eval_fraction: float = 0.1, *,
-                              batch_rows: int = SNAPSHOT_BATCH_ROWS) -> Any:
-        """Freeze the approved examples into ``out_dir`` (see data.snapshot); returns the manifest.
+                              batch_rows: int = SNAPSHOT_BATCH_ROWS) -> WrittenSnapshot:
+        """Freeze the approved examples into ``out_dir`` (see data.snapshot); returns where and its manifest.
 
         Streamed: each batch of rows goes to the file (off the event loop) as it arrives, so memory stays one
         batch's however many examples there are; a failure or cancellation leaves no half-written snapshot.
         """
+        from data.preferences import approved_preferences
         from data.snapshot import SnapshotWriter
 
         # SQLite snapshots embed the stored JSON text as it is; PostgreSQL ones have always held it decoded and
@@ -826,9 +850,9 @@ class Store(RunsMixin):
             preferences = await approved_preferences(self)
             if preferences:
                 await _to_the_end(asyncio.to_thread(writer.write_preferences, preferences))
-            manifest = await _to_the_end(asyncio.to_thread(writer.close))
-        await self.record_snapshot(manifest["sha256"], manifest["path"], manifest["counts"])
-        return manifest
+            written = await _to_the_end(asyncio.to_thread(writer.close))
+        await self.record_snapshot(written.sha256, str(written.path), written.manifest.counts.model_dump())
+        return written
 
     async def export_approved(self, out: Path, format: str, *, split: str = "all", eval_fraction: float = 0.1,
                               batch_rows: int = SNAPSHOT_BATCH_ROWS) -> int:
@@ -875,7 +899,7 @@ class Store(RunsMixin):
     ) -> ModelVersion:
         """A new version of this community with the next number N for ``name``; its Ollama tag is
         ``loraloop-<name>:v<N>`` (name it with data.communities.lineage_name: tags are global in Ollama)."""
-        community = self._owner()
+        community = self.owner()
         for _attempt in range(5):
             async with self.session() as s:
                 n = (await s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
@@ -914,18 +938,15 @@ class Store(RunsMixin):
                   "hyperparams": hyperparams, "in_ollama": in_ollama, "failure_reason": failure_reason,
                   "snapshot_sha256": snapshot_sha256, "snapshot_path": snapshot_path}
         async with self.session() as s, s.begin():
-            row = await _version_or_404(s, version, self.community)
+            row = await self.get_or_404(s, ModelVersion, version)
             for key, value in fields.items():
                 if value is not None:
                     setattr(row, key, value)
         return row
 
-    async def mark_failed(self, version: int | str, reason: str) -> ModelVersion:
-        return await self.update_model_version(version, status="failed", failure_reason=reason)
-
     async def get_model_version(self, version: int | str) -> ModelVersion:
         async with self.session() as s:
-            return await _version_or_404(s, version, self.community)
+            return await self.get_or_404(s, ModelVersion, version)
 
     async def list_model_versions(self) -> list[ModelVersion]:
         """Newest first."""
@@ -946,11 +967,11 @@ class Store(RunsMixin):
     async def promote(self, version: int | str) -> ModelVersion:
         """Make ``version`` the one the bot answers with: one transaction moves the single pointer."""
         async with self.session() as s, s.begin():
-            row = await _version_or_404(s, version, self.community)
+            row = await self.get_or_404(s, ModelVersion, version)
             if row.status in ("failed", "rejected") or not row.in_ollama:
                 why = row.failure_reason or row.status if row.in_ollama else "it is not registered in Ollama"
                 raise StoreError(f"{row.tag} cannot be promoted: {why}")
-            await _point_at(s, row, "promote", self._owner())
+            await _point_at(s, row, "promote", self.owner())
         return row
 
     async def rollback_target(self) -> ModelVersion | None:
@@ -978,7 +999,7 @@ class Store(RunsMixin):
             current = await self._active(s)
             if current is not None:
                 current.status = "rolled_back"
-            await _point_at(s, target, "rollback", self._owner())
+            await _point_at(s, target, "rollback", self.owner())
         return target
 
     async def rollback_to_base(self) -> ModelVersion:
@@ -986,7 +1007,7 @@ class Store(RunsMixin):
 
         What an operator does when the only fine-tune, or every earlier one, went bad. Raises NoRollbackTarget
         when the base already answers."""
-        community = self._owner()
+        community = self.owner()
         async with self.session() as s, s.begin():
             current = await self._active(s)
             if current is None:
@@ -1211,18 +1232,6 @@ def _db_reason(exc: StatementError) -> str:
     return str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0][:300]
 
 
-async def _get_or_404(s: AsyncSession, example_id: int, community: str | None, *, lock: bool = False) -> Example:
-    """A visible example of ``community`` as the database has it now; ``lock``: and row-locked until commit
-    (PostgreSQL). Another community's example is "not found", as one that does not exist."""
-    query = select(Example).where(Example.id == example_id, Example.community == community, _VISIBLE)
-    if lock:
-        query = query.with_for_update()
-    example = await s.scalar(query.execution_options(populate_existing=True))
-    if example is None:
-        raise NotFound(f"there is no example #{example_id}")
-    return example
-
-
 async def _move_status(s: AsyncSession, example_id: int, status: str, *, frm: Sequence[str], **values: Any) -> bool:
     """Set an example's status if (and only if) it is in one of ``frm`` when the UPDATE runs."""
     now = utcnow()
@@ -1234,14 +1243,6 @@ async def _move_status(s: AsyncSession, example_id: int, status: str, *, frm: Se
         update(Example).where(Example.id == example_id, Example.status.in_(frm))
         .values(**values).execution_options(synchronize_session=False)))
     return moved.rowcount == 1
-
-
-async def _version_or_404(s: AsyncSession, version: int | str, community: str | None) -> ModelVersion:
-    column = ModelVersion.tag if isinstance(version, str) else ModelVersion.id
-    row = await s.scalar(select(ModelVersion).where(column == version, ModelVersion.community == community))
-    if row is None:
-        raise NotFound(f"there is no model version {version!r}")
-    return row
 
 
 async def _point_at(s: AsyncSession, row: ModelVersion, action: str, community: str) -> None:

@@ -37,14 +37,12 @@ from typing import Any
 
 from data.conversation import Conversation
 from data.metrics import fact_recall, key_facts, rouge_l, score_answers
+from deploy.config import MIN_EVAL
 from deploy.ollama import OllamaClient
 
 CHAT_ROLES = ("system", "user", "assistant")
 DECIDED_BY = "facts"
 METRIC_NAMES = {"facts": "key-fact recall", "rouge_l": "ROUGE-L F1", "exact_match": "exact match"}
-# Fewer eval prompts than this and the score comparison is not judged: on SmolLM2-135M a 3-prompt eval split ranked
-# the run that had learned the fewest facts first. Held-out rewordings (tag ``holdout``) raise the count.
-MIN_EVAL = 8
 # The paraphrasing model's system prompt; the user message is the question alone. Fixed: a changed instruction
 # changes every rewording, and with it the numbers versions are compared on.
 PARAPHRASE_INSTRUCTION = ("Rewrite the user's question in different words with exactly the same meaning. "
@@ -245,7 +243,7 @@ async def answer_all(client: OllamaClient, tag: str, prompts: Sequence[EvalPromp
 
 @dataclass(frozen=True)
 class GateConfig:
-    """How the gate judges a candidate (deploy/pipeline.py builds it from DeployConfig).
+    """How the gate judges a candidate (deploy/candidate.py judge_candidate builds it from DeployConfig).
 
     ``margin``: the key-fact recall the candidate may lose against its opponent; ``options``: the deterministic
     options every answer is generated with; ``paraphrases`` eval questions are reworded by ``paraphraser``;

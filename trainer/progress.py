@@ -114,7 +114,7 @@ class ResultEvent(_Event):
     table: str
     artifacts: dict[str, Any]
     bytes_uploaded: int
-    metrics: dict[str, Any]  # deploy.pipeline.TRAIN_METRICS of metrics.json
+    metrics: dict[str, Any]  # deploy.run_files.TRAIN_METRICS of metrics.json
     loss_curve: list[dict[str, Any]]
     probes: list[dict[str, Any]]
     loss_png: str | None = None  # base64

@@ -7,7 +7,7 @@ Ollama). The mean per-token negative log-likelihood of those base answers is the
 before and after training, with the same chat template and tokenisation as training (answer tokens and the
 end-of-turn token, as training labels them). The increase is the number: how much less likely the trained model
 finds what the base says to general questions. A fine-tune that memorises its pairs and forgets the rest
-raises it by a lot; the gate rejects a candidate whose increase exceeds ``gate_max_retention_drop``.
+raises it by a lot; the gate rejects a candidate whose increase exceeds ``deploy.max_retention_drop``.
 """
 
 from __future__ import annotations

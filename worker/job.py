@@ -54,8 +54,8 @@ from data.snapshot import (
     parse_manifest,
     read_snapshot,
 )
+from deploy.config import DeployConfig
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig
 from trainer.config import TrainConfig
 from trainer.progress import (
     CancelledEvent,
@@ -334,8 +334,7 @@ def _refusal(errors: list[ErrorDetails], raw: str | bytes) -> JobRefused:
     if len(first["loc"]) == 1 and first["type"] in _KINDS:
         return JobRefused(f"{name} must be {_KINDS[first['type']]}, not {type(first['input']).__name__}")
     inside = [e for e in errors if e["loc"][:1] == (name,)]
-    # A deploy config is a dataclass: pydantic reports its unknown fields as unexpected keyword arguments.
-    extra = sorted(str(e["loc"][1]) for e in inside if e["type"] == "unexpected_keyword_argument")
+    extra = sorted(str(e["loc"][1]) for e in inside if e["type"] == "extra_forbidden" and len(e["loc"]) == 2)
     if extra:
         return JobRefused(f"{name} has unknown fields {', '.join(extra)}")
     return JobRefused(f"{name}: " + _errors(inside))
@@ -448,7 +447,7 @@ def _check_train(config: TrainConfig) -> None:
 
 def _errors(errors: list[ErrorDetails]) -> str:
     def message(e: ErrorDetails) -> str:
-        # A model's own check (DeployConfig.__post_init__): its message, without pydantic's "Value error, ".
+        # A model's own check (DeployConfig's option check): its message, without pydantic's "Value error, ".
         error = (e.get("ctx") or {}).get("error")
         return str(error) if e["type"] == "value_error" and error is not None else e["msg"]
 
@@ -459,9 +458,11 @@ async def run_job(spec: JobSpec, workdir: Path, emit: Emit, cancelled: Callable[
                   ollama_host: str | None = None, llama_cpp_dir: Path | None = None) -> ResultEvent | None:
     """Do the job; every outcome is reported through ``emit`` (it never raises for a job condition).
     Returns the result event, or None when the job failed or was cancelled."""
+    from deploy.candidate import judge_candidate, register_candidate
     from deploy.ollama import OllamaError
-    from deploy.pipeline import forget, judge_candidate, register_candidate, trained_retention
+    from deploy.promotion import forget
     from deploy.registration import PathMemory
+    from deploy.run_files import trained_retention
 
     deadline = time.monotonic() + spec.time_limit_s
     config = spec.deploy
@@ -643,7 +644,7 @@ def _dpo_lines(dpo: dict[str, Any] | None) -> str:
 
 
 def _run_outputs(run_dir: Path) -> dict[str, Any]:
-    from deploy.pipeline import TRAIN_METRICS  # what is carried back; the full metrics.json stays on the worker
+    from deploy.run_files import TRAIN_METRICS  # what is carried back; the full metrics.json stays on the worker
     from trainer.metrics import METRICS_FILE, read_metrics
 
     record = read_metrics(run_dir)  # a malformed file is a ValueError naming it: the job fails with that reason

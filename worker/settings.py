@@ -1,16 +1,20 @@
 """The worker's settings: the part of loraloop's configuration a GPU host reads, and hiding secrets in what it
 reports. The same ``LORALOOP_*`` environment, ``.env`` and YAML file as the bot: bot/settings.py ``Settings``
-extends :class:`WorkerSettings`, so each shared setting is declared once and the worker needs no bot code.
+extends :class:`WorkerSettings`, so each shared setting is declared once and the worker needs no bot code; how
+those places are read is declared here too (:class:`FlatNames`: grouped settings by their earlier flat names).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -109,6 +113,9 @@ class WorkerSettings(BaseSettings):
     worker_limits: JobLimits = Field(
         default_factory=JobLimits, description="The largest job a worker agrees to run (JobLimits).")
 
+    # Settings read under a group by the flat name each had before: flat name → (group, name) (see FlatNames).
+    flat_names: ClassVar[Mapping[str, tuple[str, str]]] = {}
+
     @field_validator("worker_job_secret", mode="before")
     @classmethod
     def _long_enough(cls, value: Any) -> Any:
@@ -137,11 +144,62 @@ class WorkerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        sources: list[tuple[PydanticBaseSettingsSource, str]] = [
+            (init_settings, "the arguments"), (env_settings, "the environment"), (dotenv_settings, ".env")]
         yaml_path = _yaml_path(init_settings, env_settings, dotenv_settings)
         if yaml_path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
-        return tuple(sources)
+            sources.append((YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path), str(yaml_path)))
+        if not cls.flat_names:
+            return tuple(source for source, _ in sources)
+        return tuple(FlatNames(settings_cls, source, where, cls.flat_names) for source, where in sources)
+
+
+class FlatNames(PydanticBaseSettingsSource):
+    """A settings source that also reads grouped settings by the flat names they had before: ``deploy_mode`` (a
+    YAML key, a keyword) and ``LORALOOP_DEPLOY_MODE`` as ``deploy.mode``. One source giving both spellings of one
+    setting is refused (a ValidationError naming both); between sources the usual order decides, whichever
+    spelling each one used."""
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource, where: str,
+                 flat_names: Mapping[str, tuple[str, str]]) -> None:
+        super().__init__(settings_cls)
+        self.source, self.where, self.flat_names = source, where, flat_names
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # the wrapped source reads the fields (__call__)
+
+    def __call__(self) -> dict[str, Any]:
+        values = dict(self.source())
+        # The environment and .env read only the fields' own names: a flat one is looked up among their variables.
+        variables: Mapping[str, str | None] | None = getattr(self.source, "env_vars", None)
+        prefix, delimiter = self.config.get("env_prefix", ""), self.config.get("env_nested_delimiter") or "__"
+        both: list[InitErrorDetails] = []
+        for flat, (group, name) in self.flat_names.items():
+            variable = prefix + flat if self.config.get("case_sensitive") else (prefix + flat).lower()
+            if flat in values:
+                value = values.pop(flat)
+            elif variables is not None and variable in variables:
+                value = variables[variable]
+            else:
+                continue
+            section = values.get(group)
+            if isinstance(section, BaseModel):
+                section = section.model_dump(exclude_unset=True)
+            elif section is None:
+                section = {}
+            elif not isinstance(section, Mapping):
+                continue  # the group's own value is not one: its validation says so
+            if name in section:
+                spellings = (flat, f"{group}.{name}") if variables is None else \
+                    ((prefix + flat).upper(), f"{prefix}{group}{delimiter}{name}".upper())
+                both.append(InitErrorDetails(type=PydanticCustomError(
+                    "both_spellings", "set as both {flat} and {nested} in {where}: keep one",
+                    {"flat": spellings[0], "nested": spellings[1], "where": self.where}), loc=(group, name),
+                    input=value))
+            values[group] = {**section, name: value}
+        if both:
+            raise ValidationError.from_exception_data(self.settings_cls.__name__, both)
+        return values
 
 
 def parse_ollama_host(value: str) -> str:

@@ -16,7 +16,6 @@ from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.settings import Settings, load_settings, redact_url
-from data.review import ReviewPolicy
 from data.store import Store
 from data.validation import describe
 
@@ -72,7 +71,7 @@ async def open_store(config: Settings, community: str | None = None) -> AsyncIte
         fail(str(exc), 2)
     store = Store(
         config.resolved_database_url,
-        policy=ReviewPolicy(config.rating_quorum, config.approve_mean, config.reject_mean),
+        policy=config.review.policy(),
     )
     try:
         await store.migrate()

@@ -263,15 +263,15 @@ def snapshot_create(
             return await store.create_snapshot(out, config.eval_fraction)
 
     try:
-        manifest = asyncio.run(run())
+        written = asyncio.run(run())
     except SnapshotError as exc:
         fail(str(exc))
-    if manifest is None:
+    if written is None:
         fail("no approved examples to snapshot: approve some first (`loraloop review list`, `loraloop review "
              "approve`, or `dataset import --approve`), or pass --allow-empty")
     if json_out:
-        print_json(manifest)
+        print_json(written.to_dict())
     else:
-        c = manifest["counts"]
-        console.print(f"snapshot {manifest['sha256'][:12]} in {out}: {plural(c['total'], 'example')} "
-                      f"({c['train']} train, {c['eval']} eval)")
+        c = written.counts
+        console.print(f"snapshot {written.sha256[:12]} in {out}: {plural(c.total, 'example')} "
+                      f"({c.train} train, {c.eval} eval)")

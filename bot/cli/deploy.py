@@ -33,7 +33,7 @@ def convert(
     from bot.cli.common import settings
     from deploy.gguf import ConversionError, convert_adapter, recorded_base
     from deploy.modelfile import UnsupportedTemplate, modelfile_text, serving_format_for
-    from deploy.pipeline import serve_options_from
+    from deploy.options import serve_options_from
 
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter} is not an adapter directory (no adapter_config.json)")
@@ -83,7 +83,8 @@ def run_deploy(
 
     from bot.cli.common import open_ollama, open_store, print_json, settings
     from bot.retrieval import gate_with_retrieval
-    from deploy.pipeline import DeployConfig, DeployFailed, deploy
+    from deploy.errors import DeployFailed
+    from deploy.pipeline import deploy
 
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter} is not an adapter directory (no adapter_config.json)", 2)
@@ -92,7 +93,7 @@ def run_deploy(
     cfg = settings()
     overrides = {k: v for k, v in {"mode": mode, "gate_margin": margin, "keep_versions": keep}.items()
                  if v is not None}
-    config = DeployConfig.from_settings(cfg, **overrides)
+    config = cfg.deploy_config(**overrides)
 
     def show(step: str, info: dict) -> None:
         if as_json:

@@ -127,8 +127,8 @@ def run_checks(
             host, setting = config.worker_ollama_host, "LORALOOP_WORKER_OLLAMA_HOST"
         else:
             host, setting = config.ollama_host, "OLLAMA_HOST"
-        checks.extend(asyncio.run(ollama_checks(host, config.ollama_base, setting, config.deploy_mode,
-                                                config.deploy_quantize)))
+        checks.extend(asyncio.run(ollama_checks(host, config.ollama_base, setting, config.deploy.mode,
+                                                config.deploy.quantize)))
     if want("redis"):
         if worker or config.dispatcher == "celery":
             checks.append(redis_check(config.redis_url))

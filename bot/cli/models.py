@@ -25,7 +25,7 @@ def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]], community: st
         async with open_store(cfg, community) as store, open_ollama(cfg, timeout_s=30) as client:
             return await fn(store, client)
 
-    from deploy.pipeline import AlreadyActive
+    from deploy.promotion import AlreadyActive
 
     try:
         return asyncio.run(run())
@@ -108,7 +108,7 @@ def promote_cmd(
     community: Community = None,
 ) -> None:
     """Make an existing version the active model (the base tag: the clean base model answers again)."""
-    from deploy.pipeline import AlreadyActive, promote
+    from deploy.promotion import AlreadyActive, promote
 
     base = settings().ollama_base
     try:
@@ -126,7 +126,7 @@ def rollback_cmd(
 ) -> None:
     """Switch back to the previous good version (--to names it, so a repeated command cannot go two back); with no
     earlier good version, back to the base model."""
-    from deploy.pipeline import AlreadyActive, rollback
+    from deploy.promotion import AlreadyActive, rollback
 
     try:
         now = _with_store_and_ollama(lambda store, client: rollback(store, client, to=to), community)

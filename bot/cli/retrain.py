@@ -53,18 +53,20 @@ def status(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Opt
            community: Community = None) -> None:
     """The community's latest retrain runs; a run waiting for a worker shows its place in the queue (the runs of
     every community waiting)."""
+    from data import runs
+
     async def work():
         async with open_store(cfg, community) as store:
-            runs = await store.list_runs(limit)
-            return [(run, await store.queue_position(run.id)) for run in runs]
+            recent = await runs.list_runs(store, limit)
+            return [(run, await runs.queue_position(store, run.id)) for run in recent]
 
     cfg = settings()
-    runs = asyncio.run(work())
+    listed = asyncio.run(work())
     if as_json:
-        return print_json([_run_line(r, queued) for r, queued in runs])
-    if not runs:
+        return print_json([_run_line(r, queued) for r, queued in listed])
+    if not listed:
         console.print("no retrains yet")
-    for run, queued in runs:
+    for run, queued in listed:
         stage = RunProgress.model_validate(run.progress or {}).stage
         extra = f" ({stage})" if stage and stage != run.state else ""
         if queued is not None:
@@ -75,12 +77,13 @@ def status(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Opt
 @app.command()
 def cancel(run_id: int = typer.Argument(None, help="Default: the open one."), community: Community = None) -> None:
     """Stop the open proposal or the running retrain; the active model is untouched."""
+    from data import runs
     from data.store import StoreError
 
     async def work(orchestrator):
         target = run_id
         if target is None:
-            run = await orchestrator.store.open_run()
+            run = await runs.open_run(orchestrator.store)
             if run is None:
                 raise StoreError("nothing to cancel: no retrain is open")
             target = run.id

@@ -234,10 +234,10 @@ def rate(
         decision = f"{outcome.decided} by the ratings"
     elif outcome.example.status != "pending":  # an admin's decision stands
         decision = f"stays {outcome.example.status}"
-    elif len(outcome.scores) < config.rating_quorum:
-        decision = f"pending until {plural(config.rating_quorum, 'rating')}"
+    elif len(outcome.scores) < config.review.rating_quorum:
+        decision = f"pending until {plural(config.review.rating_quorum, 'rating')}"
     else:
-        decision = (f"pending: a mean above {config.reject_mean} and below {config.approve_mean} waits for more "
-                    "ratings")
+        decision = (f"pending: a mean above {config.review.reject_mean} and below {config.review.approve_mean} "
+                    "waits for more ratings")
     console.print(escape(f"#{example_id} {verb} {score} by {who}: {plural(len(outcome.scores), 'rating')}, "
                          f"mean {outcome.mean:.1f}; {decision}"), highlight=False)

@@ -23,7 +23,7 @@ from data import quality
 from data.models import ModelVersion
 from data.store import Store
 from deploy.gate import GateResult
-from deploy.pipeline import serve_options_from
+from deploy.options import serve_options_from
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot

@@ -24,6 +24,7 @@ from bot.permissions import IdButton, Only, admins_only, experts_only, say
 from bot.retrain import scheduler as retrain_scheduler
 from bot.retrain.dispatch import make_dispatcher
 from bot.retrain.orchestrator import Orchestrator, orchestrators
+from data import runs
 from data.models import RUN_TERMINAL, RetrainRun
 from data.store import RunInProgress, Store, StoreError
 from trainer.progress import RunProgress, Stage
@@ -182,7 +183,7 @@ class RetrainButton(IdButton, template=r"ll:rt:(?P<kind>approve|reject|promote|d
                     text = f"Retrain #{self.run_id} is already {outcome.run.state}."
                 await say(interaction, text)
                 if self.kind == "approve":  # a rejection ends the run: the notifier updated the proposal
-                    await cog.refresh_proposal(await orch.store.get_run(self.run_id))
+                    await cog.refresh_proposal(await runs.get_run(orch.store, self.run_id))
             else:
                 run = await orch.decide_promotion(self.run_id, interaction.user.id, self.kind == "promote")
                 why = f" ({run.reason})" if run.reason else ""
@@ -284,26 +285,26 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
     @app_commands.command(name="status", description="The current retrain and the last few.")
     async def status(self, interaction: Interaction) -> None:
         store = self._orch(interaction).store
-        runs = await store.list_runs(5)
-        if not runs:
+        recent = await runs.list_runs(store, 5)
+        if not recent:
             return await say(interaction, "No retrains yet.")
         lines = []
-        for run in runs:
+        for run in recent:
             if run.state in RUN_TERMINAL:
                 lines.append(f"#{run.id} **{run.state}**" + (f" — {run.reason}" if run.reason else ""))
             elif run.state == "proposed":
-                votes = await store.votes(run.id)
+                votes = await runs.votes(store, run.id)
                 lines.append(f"#{run.id} **proposed** — {len(votes.approvals)}/{self.bot.settings.retrain_quorum} "
                              f"approvals, {run.summary.get('new_examples')} new examples")
             else:
-                lines.append(progress_text(run, await store.queue_position(run.id)))
+                lines.append(progress_text(run, await runs.queue_position(store, run.id)))
         await say(interaction, "\n".join(lines)[:2000])
 
     @app_commands.command(name="cancel", description="Stop the open proposal or the running retrain (admins).")
     @admins_only("Only admins can cancel a retrain.")
     async def cancel(self, interaction: Interaction) -> None:
         orch = self._orch(interaction)
-        run = await orch.store.open_run()
+        run = await runs.open_run(orch.store)
         if run is None:
             return await say(interaction, "Nothing to cancel: no retrain is open.")
         await interaction.response.defer(ephemeral=True)
@@ -327,13 +328,13 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
             return
         message = await channel.send(proposal_text(run, self.bot.settings.retrain_quorum),
                                      view=proposal_view(run.id), allowed_mentions=NONE)
-        await self._store(run).set_run(run.id, message_id=message.id)
+        await runs.set_run(self._store(run), run.id, message_id=message.id)
 
     async def refresh_proposal(self, run: RetrainRun) -> None:
         channel = self._channel(run)
         if channel is None or run.message_id is None:
             return
-        votes = await self._store(run).votes(run.id)
+        votes = await runs.votes(self._store(run), run.id)
         view = proposal_view(run.id) if run.state == "proposed" else None
         try:
             await channel.get_partial_message(run.message_id).edit(
@@ -345,7 +346,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         channel = self._channel(run)
         if channel is None:
             return
-        votes = await self._store(run).votes(run.id)
+        votes = await runs.votes(self._store(run), run.id)
         expires = discord.utils.format_dt(run.expires_at, "R") if run.expires_at else "soon"
         await channel.send(f"⏰ Retrain proposal #{run.id} expires {expires} with {len(votes.approvals)}/"
                            f"{self.bot.settings.retrain_quorum} approvals.", allowed_mentions=NONE,
@@ -357,9 +358,9 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
             return
         if run.status_message_id is None:
             await self.refresh_proposal(run)
-            queued = await self._store(run).queue_position(run.id) if run.state == "snapshotted" else None
+            queued = await runs.queue_position(self._store(run), run.id) if run.state == "snapshotted" else None
             message = await channel.send(progress_text(run, queued), allowed_mentions=NONE)
-            await self._store(run).set_run(run.id, status_message_id=message.id)
+            await runs.set_run(self._store(run), run.id, status_message_id=message.id)
             return
         # Edits coalesce and run beside the orchestrator: a rate-limited edit (discord.py sleeps out a 429)
         # never holds up the run, and when it goes through it shows the latest state, not a backlog.
@@ -408,7 +409,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         message = await channel.send(result_text(run, tag, manual), **kwargs)
         # In automatic mode, on request, the experts still judge the promoted version blind (for information: it
         # is already answering, and /model rollback undoes it if the tally goes against it).
-        informative = run.state == "promoted" and not manual and self.bot.settings.compare_automatic
+        informative = run.state == "promoted" and not manual and self.bot.settings.review.compare_automatic
         if compared or informative:  # a failure to post it leaves plain Promote/Discard
             try:
                 if await post_comparison(self.bot, run, channel) is not None and compared:

@@ -26,22 +26,17 @@ from pydantic import ValidationError
 from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
 from bot.retrieval import Retriever, gate_with_retrieval
 from bot.settings import Settings, redact_text
-from data import quality
+from data import quality, runs
 from data.errors import LoraloopError
 from data.models import RUN_DISPATCHED, RetrainRun, utcnow
 from data.runs import VoteOutcome
 from data.snapshot import MANIFEST_FILE, parse_manifest
 from data.store import RunStateError, Store, StoreError
+from deploy.config import DeployConfig
 from deploy.gate import GateResult
 from deploy.ollama import OllamaClient
-from deploy.pipeline import (
-    DeployConfig,
-    conclude_candidate,
-    fail_interrupted,
-    forget,
-    lineage,
-    switch_to,
-)
+from deploy.pipeline import conclude_candidate
+from deploy.promotion import fail_interrupted, forget, lineage, switch_to
 from trainer.config import TrainConfig
 from trainer.progress import (
     CancelledEvent,
@@ -133,16 +128,16 @@ class Orchestrator:
         if guild_id is None and channel_id is None:
             guild_id, channel_id = self._default_channel()
         expires = utcnow() + timedelta(hours=self.settings.retrain_expiry_h)
-        run = await self.store.propose_run(summary=summary, proposed_by=by, guild_id=guild_id,
-                                           channel_id=channel_id, expires_at=expires)
+        run = await runs.propose_run(self.store, summary=summary, proposed_by=by, guild_id=guild_id,
+                                     channel_id=channel_id, expires_at=expires)
         log.info("retrain #%d proposed (%d new examples)", run.id, summary["new_examples"])
         await self._notify("proposed", run)
-        return await self.store.get_run(run.id)
+        return await runs.get_run(self.store, run.id)
 
     async def maybe_propose(self) -> RetrainRun | None:
         """The scheduled check: propose when enough new approved data has gathered in this community (its own
         threshold, settings.retrain_schedule) and nothing is open."""
-        if await self.store.open_run() is not None:
+        if await runs.open_run(self.store) is not None:
             return None
         _cron, min_new = self.settings.retrain_schedule(self.community)
         try:
@@ -153,16 +148,16 @@ class Orchestrator:
 
     async def vote(self, run_id: int, user_id: int, approve: bool) -> tuple[VoteOutcome, bool]:
         """An expert's vote on a proposal; returns the tally and whether this vote started the run."""
-        outcome = await self.store.vote_run(run_id, user_id, approve=approve)
+        outcome = await runs.vote_run(self.store, run_id, user_id, approve=approve)
         if not approve:
-            run = await self.store.transition(run_id, "rejected", expect="proposed",
-                                              reason=f"rejected by expert {user_id}")
+            run = await runs.transition(self.store, run_id, "rejected", expect="proposed",
+                                        reason=f"rejected by expert {user_id}")
             await self._notify("finished", run, None)
             return VoteOutcome(run, outcome.approvals, outcome.rejections), False
         if len(outcome.approvals) < self.settings.retrain_quorum:
             return outcome, False
         try:  # the database decides which of two simultaneous quorum votes starts the run
-            run = await self.store.transition(run_id, "approved", expect="proposed")
+            run = await runs.transition(self.store, run_id, "approved", expect="proposed")
         except RunStateError:
             return outcome, False
         self.start(run.id)
@@ -170,18 +165,19 @@ class Orchestrator:
 
     async def expire_due(self) -> None:
         """Housekeeping: expire stale proposals, remind experts of those about to expire."""
-        expired, remind = await self.store.proposals_due(utcnow(), timedelta(hours=self.settings.retrain_reminder_h))
-        for run in await self.store.runs_in(("proposed",)):
+        expired, remind = await runs.proposals_due(self.store, utcnow(),
+                                                   timedelta(hours=self.settings.retrain_reminder_h))
+        for run in await runs.runs_in(self.store, ("proposed",)):
             if run.message_id is None and run.channel_id is not None and run not in expired:
                 await self._notify("proposed", run)  # proposed from the command line: announce it here
         for run in expired:
             with contextlib.suppress(RunStateError):
-                run = await self.store.transition(run.id, "expired", expect="proposed", reason=(
+                run = await runs.transition(self.store, run.id, "expired", expect="proposed", reason=(
                     f"no quorum of {self.settings.retrain_quorum} approvals within "
                     f"{self.settings.retrain_expiry_h:g} h"))
                 await self._notify("finished", run, None)
         for run in remind:
-            run = await self.store.set_run(run.id, reminded_at=utcnow())
+            run = await runs.set_run(self.store, run.id, reminded_at=utcnow())
             await self._notify("reminder", run)
 
     # ---- runs ---------------------------------------------------------------------------------------------
@@ -197,7 +193,7 @@ class Orchestrator:
         task = self._tasks.get(run_id)
         if task is not None:
             await asyncio.wait_for(asyncio.shield(task), limit_s)
-        return await self.store.get_run(run_id)
+        return await runs.get_run(self.store, run_id)
 
     async def _execute(self, run_id: int) -> None:
         try:
@@ -215,7 +211,7 @@ class Orchestrator:
         s = self.settings
         await fail_interrupted(self.store, self.client, s.model_name)
         out = Path(s.home) / "snapshots" / f"run-{run_id}-{int(time.time())}"
-        path = (await self.store.create_snapshot(out, s.eval_fraction))["path"]
+        path = str((await self.store.create_snapshot(out, s.eval_fraction)).path)
         files = await asyncio.to_thread(_read_files, Path(path))
         manifest = parse_manifest(files[MANIFEST_FILE])  # as the job will read it
         if not manifest.counts.train:
@@ -235,26 +231,26 @@ class Orchestrator:
         version = await self.store.create_model_version(
             name=lineage(self.store, s.model_name), base_model=s.base_model, ollama_base=s.ollama_base,
             snapshot_sha256=manifest.sha256, snapshot_path=path, hyperparams=self.plan())
-        await self.store.transition(run_id, "snapshotted", expect="approved", snapshot_sha256=manifest.sha256,
-                                    snapshot_path=path, model_version_id=version.id)
+        await runs.transition(self.store, run_id, "snapshotted", expect="approved", snapshot_sha256=manifest.sha256,
+                              snapshot_path=path, model_version_id=version.id)
         spec = JobSpec(run_id=run_id, community=self.community, tag=version.tag, base_model=s.base_model,
                        ollama_host=s.ollama_host, deploy=config, snapshot_sha256=manifest.sha256, snapshot_files=files,
                        train=TrainConfig.model_validate(train), active_tag=active.tag if active else None,
                        time_limit_s=s.worker_time_limit_s, heartbeat_ttl_s=s.worker_heartbeat_timeout_s)
         ref = await self.dispatcher.submit(spec)
-        run = await self.store.set_run(run_id, dispatcher=self.dispatcher.name, job_ref=ref,
-                                       progress=RunProgress(stage="queued", tag=version.tag).stored())
+        run = await runs.set_run(self.store, run_id, dispatcher=self.dispatcher.name, job_ref=ref,
+                                 progress=RunProgress(stage="queued", tag=version.tag).stored())
         log.info("retrain #%d of %s dispatched to %s as %s", run_id, self.community, self.dispatcher.name, ref)
         await self._notify("progress", run)
         return ref
 
     def deploy_config(self) -> DeployConfig:
-        return DeployConfig.from_settings(self.settings)
+        return self.settings.deploy_config()
 
     async def _follow(self, run_id: int, ref: str, start: int = 0) -> None:
         """Poll the job's events until it ends; a job that dies without a word fails the run."""
         index, last_write, lost_since = start, 0.0, None
-        progress = RunProgress.model_validate((await self.store.get_run(run_id)).progress or {})
+        progress = RunProgress.model_validate((await runs.get_run(self.store, run_id)).progress or {})
         patience = max(30.0, self.settings.worker_heartbeat_timeout_s)
         while True:
             try:
@@ -286,7 +282,7 @@ class Orchestrator:
                 if isinstance(event, StageEvent):
                     progress = RunProgress(stage=event.stage, tag=progress.tag)
                     with contextlib.suppress(RunStateError):
-                        await self.store.transition(run_id, RUN_STATE_OF_STAGE[event.stage])
+                        await runs.transition(self.store, run_id, RUN_STATE_OF_STAGE[event.stage])
                     last_write = 0.0  # a stage change is always shown
                 elif isinstance(event, StepEvent):
                     progress = _updated(progress, step=event.step, total=event.total, epoch=event.epoch,
@@ -299,7 +295,7 @@ class Orchestrator:
                 elif isinstance(event, StartedEvent):
                     progress = progress.model_copy(update={"host": event.host})
                 if time.monotonic() - last_write >= self.progress_every_s:
-                    run = await self.store.set_run(run_id, progress=progress.stored())
+                    run = await runs.set_run(self.store, run_id, progress=progress.stored())
                     last_write = time.monotonic()
                     await self._notify("progress", run)
             if not events:
@@ -320,7 +316,7 @@ class Orchestrator:
         if isinstance(ended, CancelledEvent):
             return await self._end(run_id, "cancelled", ended.reason or "cancelled", version_status="failed")
         assert isinstance(ended, ResultEvent)
-        run = await self.store.get_run(run_id)
+        run = await runs.get_run(self.store, run_id)
         gate = GateResult.from_dict(ended.gate)
         gate.reason = redact_text(gate.reason)  # stored and shown in Discord: a job's texts may carry a password
         png = base64.b64decode(ended.loss_png) if ended.loss_png else None
@@ -332,7 +328,7 @@ class Orchestrator:
         result.update(passed=gate.passed, reason=gate.reason, scores=gate.scores)
         version = await self.store.update_model_version(run.model_version_id, status="registered", in_ollama=True,
                                                         artifacts=ended.artifacts)
-        await self.store.set_run(run_id, result=result)
+        await runs.set_run(self.store, run_id, result=result)
         # The job registered and judged the candidate; the rest is deploy/pipeline.py's one promotion path.
         config = self.deploy_config()
         try:
@@ -345,20 +341,20 @@ class Orchestrator:
             return await self._fail(run_id, f"could not switch to {version.tag}: {exc}")
         if gate.with_retrieval:  # the job's table (its DPO lines too) gains the with-retrieval lines measured now
             table = "\n".join([ended.table or "", *gate.retrieval_lines()]).strip("\n")
-            await self.store.set_run(run_id, result={**result, "table": table})
+            await runs.set_run(self.store, run_id, result={**result, "table": table})
         if done.status == "rejected":
-            run = await self.store.transition(run_id, "rejected", reason=f"the evaluation gate refused {version.tag}: "
-                                                                         f"{gate.reason}")
+            run = await runs.transition(self.store, run_id, "rejected",
+                                        reason=f"the evaluation gate refused {version.tag}: {gate.reason}")
         elif done.status == "evaluated":
-            run = await self.store.transition(run_id, "evaluated")
+            run = await runs.transition(self.store, run_id, "evaluated")
         else:
-            run = await self.store.transition(run_id, "promoted", reason=None)
+            run = await runs.transition(self.store, run_id, "promoted", reason=None)
             log.info("retrain #%d: now answering with %s", run_id, version.tag)
         await self._notify("finished", run, png)
 
     async def _promote(self, run_id: int) -> RetrainRun:
         """An expert's Promote on an evaluated candidate: the switch and retention of the one promotion path."""
-        run = await self.store.get_run(run_id)
+        run = await runs.get_run(self.store, run_id)
         version = await self.store.get_model_version(run.model_version_id)
         config = self.deploy_config()
         try:
@@ -366,8 +362,8 @@ class Orchestrator:
                             keep_versions=config.keep_versions)
         except LoraloopError as exc:
             await self._fail(run_id, f"could not switch to {version.tag}: {exc}")
-            return await self.store.get_run(run_id)
-        run = await self.store.transition(run_id, "promoted", reason=None)
+            return await runs.get_run(self.store, run_id)
+        run = await runs.transition(self.store, run_id, "promoted", reason=None)
         log.info("retrain #%d: now answering with %s", run_id, version.tag)
         await self._notify("finished", run, None)
         return run
@@ -376,7 +372,7 @@ class Orchestrator:
         """Manual promotion: an expert promotes or discards an evaluated candidate."""
         if approve and (why := await quality.promotion_refusal(self.store, run_id, self.settings.retrain_quorum)):
             raise RunStateError(f"Not promoted: {why}.")  # no path promotes past the experts' comparison
-        await self.store.vote_run(run_id, user_id, approve=approve, stage="promotion")
+        await runs.vote_run(self.store, run_id, user_id, approve=approve, stage="promotion")
         if approve:
             return await self._promote(run_id)
         return await self._end(run_id, "rejected", f"discarded by expert {user_id} after the evaluation",
@@ -384,7 +380,7 @@ class Orchestrator:
 
     async def cancel(self, run_id: int, by: int | None = None) -> RetrainRun:
         """Stop a proposal or a run (admins). The job is asked to stop; the active model is untouched."""
-        run = await self.store.get_run(run_id)
+        run = await runs.get_run(self.store, run_id)
         reason = f"cancelled by {by}" if by else "cancelled"
         if run.job_ref and run.state in RUN_DISPATCHED:
             with contextlib.suppress(Exception):
@@ -398,7 +394,7 @@ class Orchestrator:
 
     async def recover(self) -> None:
         """After a restart: reattach to jobs still running, fail runs whose job is gone (never leave one hanging)."""
-        for run in await self.store.runs_in(("approved", *RUN_DISPATCHED)):
+        for run in await runs.runs_in(self.store, ("approved", *RUN_DISPATCHED)):
             if run.id in self._tasks:
                 continue
             if run.job_ref and run.dispatcher == self.dispatcher.name:
@@ -444,9 +440,9 @@ class Orchestrator:
         # may carry a connection URL with its password.
         reason = redact_text(reason)
         try:
-            run = await self.store.transition(run_id, state, reason=reason, expect=expect)
+            run = await runs.transition(self.store, run_id, state, reason=reason, expect=expect)
         except RunStateError:
-            return await self.store.get_run(run_id)  # it had ended already
+            return await runs.get_run(self.store, run_id)  # it had ended already
         log.warning("retrain #%d %s: %s", run_id, state, reason)
         if run.model_version_id is not None:
             version = await self.store.get_model_version(run.model_version_id)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bot.settings import GuildRoles
-from data import quality
+from data import quality, runs
 from deploy.gate import GateResult
 from tests.harness.bot import BASE_TAG, make_settings, start_bot
 from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
@@ -42,10 +42,10 @@ async def evaluated_run(bot, ollama_server) -> tuple[Any, Any]:
                       {"candidate": {"rouge_l": 1.0, "exact_match": 1.0, "count": 4},
                        "active": {"rouge_l": 0.0, "exact_match": 0.0, "count": 4}}, rows, active_is_base=True)
     await bot.store.update_model_version(version.id, status="evaluated", in_ollama=True, evaluation=gate.to_dict())
-    run = await bot.store.propose_run(summary={}, guild_id=GUILD_ID, channel_id=CHANNEL_ID)
+    run = await runs.propose_run(bot.store, summary={}, guild_id=GUILD_ID, channel_id=CHANNEL_ID)
     for state in ("approved", "snapshotted", "training", "converting", "registering", "evaluating", "evaluated"):
-        run = await bot.store.transition(run.id, state)
-    run = await bot.store.set_run(run.id, model_version_id=version.id)
+        run = await runs.transition(bot.store, run.id, state)
+    run = await runs.set_run(bot.store, run.id, model_version_id=version.id)
     await bot.get_cog("RetrainCog").finished(run, None)  # what the orchestrator calls when the gate passed
     return run, version
 
@@ -119,7 +119,7 @@ async def test_blind_comparison_hides_the_order_counts_one_vote_and_gates_promot
     assert "win rate 50% (95% CI" in public["content"] and version.tag in public["content"]  # revealed at quorum
     assert buttons(public)[f"ll:rt:promote:{run.id}"].get("disabled") in (None, False)
     await gateway.click(f"ll:rt:promote:{run.id}", message=public, user_id=EXPERT_2, roles=[EXPERT_ROLE])
-    assert (await bot.store.get_run(run.id)).state == "promoted", api.reply_text()
+    assert (await runs.get_run(bot.store, run.id)).state == "promoted", api.reply_text()
     assert (await bot.store.active_model_version()).id == version.id
 
 
@@ -137,7 +137,8 @@ async def test_a_candidate_the_experts_find_worse_cannot_be_promoted(manual_bot,
     await gateway.click(f"ll:rt:promote:{run.id}", message=message_with_buttons([f"ll:rt:promote:{run.id}"]),
                         user_id=EXPERT_1, roles=[EXPERT_ROLE])
     assert "found the candidate worse" in api.reply_text()
-    assert (await bot.store.get_run(run.id)).state == "evaluated" and await bot.store.active_model_version() is None
+    assert (await runs.get_run(bot.store, run.id)).state == "evaluated"
+    assert await bot.store.active_model_version() is None
 
 
 @pytest.mark.parametrize("enabled", [False, True])
@@ -158,10 +159,10 @@ async def test_automatic_mode_compares_a_promoted_version_only_when_asked(tmp_pa
         await bot.store.update_model_version(version.id, status="evaluated", in_ollama=True,
                                              evaluation=gate.to_dict())
         await bot.store.promote(version.id)
-        run = await bot.store.propose_run(summary={}, guild_id=GUILD_ID, channel_id=CHANNEL_ID)
+        run = await runs.propose_run(bot.store, summary={}, guild_id=GUILD_ID, channel_id=CHANNEL_ID)
         for state in ("approved", "snapshotted", "training", "converting", "registering", "evaluating", "promoted"):
-            run = await bot.store.transition(run.id, state)
-        run = await bot.store.set_run(run.id, model_version_id=version.id)
+            run = await runs.transition(bot.store, run.id, state)
+        run = await runs.set_run(bot.store, run.id, model_version_id=version.id)
         await bot.get_cog("RetrainCog").finished(run, None)
         comparison = await quality.comparison_for_run(bot.store, run.id)
         assert (comparison is not None) is enabled

@@ -7,6 +7,7 @@ import pytest
 from data.conversation import Conversation
 from deploy.gate import GateResult
 from tests.harness.bot import ADMIN, AUTHOR, BASE_TAG, EXPERT, MEMBER, last_edit, last_response, start_bot
+from tests.harness.db import feedback_counts
 from tests.harness.discord import ADMIN_ROLE, EPHEMERAL, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 from tests.harness.polling import wait_until
 
@@ -117,7 +118,7 @@ async def test_feedback_buttons_survive_a_restart(discord_api, settings, ollama_
         msg = message_with_buttons([f"ll:fb:{k}:{answer.id}" for k in ("up", "down", "fix")], "because")
         await gw.click(f"ll:fb:up:{answer.id}", message=msg, user_id=MEMBER)
         assert "noted" in discord_api.reply_text()
-        assert await second.store.feedback_counts(answer.id) == (1, 0)
+        assert await feedback_counts(second.store, answer.id) == (1, 0)
         # Suggesting follows /teach's rule (experts here; this server does not allow non-expert teaching).
         await gw.click(f"ll:fb:fix:{answer.id}", message=msg, user_id=EXPERT, roles=[EXPERT_ROLE])
         modal = last_response(discord_api)

@@ -80,8 +80,7 @@ def settings(tmp_path, ollama_server):
 
 @pytest.fixture(params=BACKENDS)
 async def bot(request, tmp_path, discord_api, settings):
-    store, cleanup = await make_store(request.param, tmp_path, ReviewPolicy(
-        settings.rating_quorum, settings.approve_mean, settings.reject_mean))
+    store, cleanup = await make_store(request.param, tmp_path, settings.review.policy())
     bot = LoraloopBot(settings, store=store.scoped(settings.community_names()[0]), run_scheduler=False)
     await bot.login(FAKE_TOKEN)
     try:

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from bot.settings import redact_text, redact_url
+from data import runs
 from tests.harness.bot import EXPERT, EXPERTS_CHANNEL_GUILDS, make_settings, start_bot
 from tests.harness.discord import CHANNEL_ID, EXPERT_ROLE, Gateway, message_with_buttons
 
@@ -82,14 +83,14 @@ async def test_a_run_failure_carrying_a_dsn_shows_no_password(tmp_path, discord_
         store = bot.store
         version = await store.create_model_version(name="assistant", base_model="tiny", ollama_base="tiny-base")
         await store.update_model_version(version.id, status="evaluated", in_ollama=True)
-        run = await store.propose_run(summary={}, channel_id=CHANNEL_ID)
-        await store.transition(run.id, "snapshotted", model_version_id=version.id)
-        await store.transition(run.id, "evaluated")
+        run = await runs.propose_run(store, summary={}, channel_id=CHANNEL_ID)
+        await runs.transition(store, run.id, "snapshotted", model_version_id=version.id)
+        await runs.transition(store, run.id, "evaluated")
         ids = [f"ll:rt:promote:{run.id}", f"ll:rt:discard:{run.id}"]
         await Gateway(bot, discord_api).click(ids[0], message=message_with_buttons(ids), user_id=EXPERT,
                                               roles=[EXPERT_ROLE])
 
-        run = await store.get_run(run.id)
+        run = await runs.get_run(store, run.id)
         assert run.state == "failed" and "not reachable" in run.reason
         assert f"admin:***@127.0.0.1:{port}" in run.reason and "hunter2" not in run.reason
         assert "hunter2" not in (await store.get_model_version(version.id)).failure_reason

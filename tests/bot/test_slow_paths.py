@@ -10,6 +10,7 @@ import gzip
 import json
 
 from bot.settings import GuildRoles
+from data import runs
 from data.conversation import Conversation
 from tests.harness.bot import BASE_TAG, make_settings, start_bot
 from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
@@ -142,11 +143,11 @@ async def test_retrain_propose_and_promote_defer(tmp_path, discord_api, ollama_s
                                                        ollama_base=settings.ollama_base)
         await bot.store.update_model_version(version.id, status="evaluated", in_ollama=True)
         ollama_server.add_scripted_model(version.tag, reply="tuned")
-        run = await bot.store.propose_run(summary={}, channel_id=CHANNEL_ID)
+        run = await runs.propose_run(bot.store, summary={}, channel_id=CHANNEL_ID)
         for state in ("approved", "snapshotted", "training", "converting", "registering", "evaluating",
                       "evaluated"):
-            await bot.store.transition(run.id, state, **({"model_version_id": version.id}
-                                                         if state == "snapshotted" else {}))
+            await runs.transition(bot.store, run.id, state, **({"model_version_id": version.id}
+                                                               if state == "snapshotted" else {}))
         ollama_server.latency_s = SLOW_OLLAMA_S
         ids = [f"ll:rt:promote:{run.id}", f"ll:rt:discard:{run.id}"]
         await gateway.click(ids[0], message=message_with_buttons(ids), user_id=EXPERT, roles=[EXPERT_ROLE])
@@ -167,11 +168,11 @@ async def test_cli_rollback_to_a_tag_twice_goes_back_once(bot, settings, ollama_
                        "LORALOOP_OLLAMA_HOST": ollama_server.url,
                        "LORALOOP_GUILDS": json.dumps({str(g): {} for g in settings.guilds})}.items():  # its community
         monkeypatch.setenv(key, value)
-    runs = [await asyncio.to_thread(CliRunner().invoke, app, ["models", "rollback", "--to", v1.tag])
-            for _ in range(2)]
-    assert [r.exit_code for r in runs] == [0, 0], [r.output for r in runs]
-    assert f"rolled back: active model is now {v1.tag}" in runs[0].output
-    assert f"nothing to do: {v1.tag} is already the active model" in runs[1].output
+    results = [await asyncio.to_thread(CliRunner().invoke, app, ["models", "rollback", "--to", v1.tag])
+               for _ in range(2)]
+    assert [r.exit_code for r in results] == [0, 0], [r.output for r in results]
+    assert f"rolled back: active model is now {v1.tag}" in results[0].output
+    assert f"nothing to do: {v1.tag} is already the active model" in results[1].output
     assert (await bot.store.active_model_version()).id == v1.id
     wrong = await asyncio.to_thread(CliRunner().invoke, app, ["models", "rollback", "--to", v2.tag])
     assert wrong.exit_code == 1 and f"{v2.tag} is not the previous good version (that is {v0.tag})" in wrong.output

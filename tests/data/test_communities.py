@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
+from data import runs
 from data.communities import BadCommunityName, lineage_name
 from data.conversation import Conversation
 from data.errors import DuplicateExample, NoRollbackTarget, NotFound, RunInProgress, StoreError
@@ -78,9 +79,9 @@ async def test_training_sets_snapshots_and_exports_are_per_community(two, tmp_pa
     await b.add_example(qa("B's other?", "gamma"), source="teach", status="approved")
     assert [r.messages[-1]["content"] for r in await a.approved_examples()] == ["alpha"]
     manifest = await a.create_snapshot(tmp_path / "snap-a", eval_fraction=0)
-    assert manifest["counts"]["train"] == 1
+    assert manifest.counts.train == 1
     manifest = await b.create_snapshot(tmp_path / "snap-b", eval_fraction=0)
-    assert manifest["counts"]["train"] == 2
+    assert manifest.counts.train == 2
     assert await a.export_approved(tmp_path / "a.jsonl", "openai") == 1
     assert "beta" not in (tmp_path / "a.jsonl").read_text()
     assert (await a.dataset_stats()).approved_by_source["teach"] == 1
@@ -166,22 +167,22 @@ async def test_retrieval_reads_its_community_only(two):
 
 async def test_one_open_run_per_community_and_the_shared_queue(two):
     a, b = two
-    ra = await a.propose_run(summary={})
-    rb = await b.propose_run(summary={})  # B's proposal does not wait for A's
+    ra = await runs.propose_run(a, summary={})
+    rb = await runs.propose_run(b, summary={})  # B's proposal does not wait for A's
     with pytest.raises(RunInProgress):
-        await a.propose_run(summary={})
-    assert (await a.open_run()).id == ra.id and (await b.open_run()).id == rb.id
+        await runs.propose_run(a, summary={})
+    assert (await runs.open_run(a)).id == ra.id and (await runs.open_run(b)).id == rb.id
     with pytest.raises(NotFound):
-        await b.get_run(ra.id)
+        await runs.get_run(b, ra.id)
     for store, run in ((a, ra), (b, rb)):
-        await store.transition(run.id, "approved")
-        await store.transition(run.id, "snapshotted")
-    assert await a.queue_position(ra.id) == 1
-    assert await b.queue_position(rb.id) == 2
-    await a.transition(ra.id, "training")
-    assert await a.queue_position(ra.id) is None
-    assert await b.queue_position(rb.id) == 1
-    assert [r.id for r in await b.list_runs()] == [rb.id]
+        await runs.transition(store, run.id, "approved")
+        await runs.transition(store, run.id, "snapshotted")
+    assert await runs.queue_position(a, ra.id) == 1
+    assert await runs.queue_position(b, rb.id) == 2
+    await runs.transition(a, ra.id, "training")
+    assert await runs.queue_position(a, ra.id) is None
+    assert await runs.queue_position(b, rb.id) == 1
+    assert [r.id for r in await runs.list_runs(b)] == [rb.id]
 
 
 def test_community_names_are_checked(store):
@@ -236,7 +237,7 @@ async def test_a_one_guild_database_upgrades_in_place(store):
     mine = store.scoped("guild-10")
     assert len(await mine.list_examples()) == 2
     assert (await mine.active_model_version()).tag == "loraloop-assistant:v1"
-    assert (await mine.open_run()) is not None
+    assert (await runs.open_run(mine)) is not None
     assert done.assigned["examples"] == {"guild-10": 2}
     assert any("first configured community" in line for line in done.lines())
     assert done.left == {"answers": {"given in a DM": 1}}  # the DM answer is nobody's

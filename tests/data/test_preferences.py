@@ -167,16 +167,16 @@ async def test_snapshots_carry_approved_preferences_with_the_hash_stable_split(s
     await import_preferences(store, prefs(2, start=100))  # pending: not in the snapshot
     manifest = await store.create_snapshot(tmp_path / "snap", eval_fraction=0.3)
     snap = read_snapshot(tmp_path / "snap")
-    listed = manifest["preferences"]
-    assert listed["file"] == PREFERENCES_FILE and listed["counts"]["total"] == 30
-    assert len(snap.preferences["train"]) == listed["counts"]["train"] > 0
-    assert len(snap.preferences["eval"]) == listed["counts"]["eval"] > 0
+    listed = manifest.manifest.preferences
+    assert listed is not None and listed.file == PREFERENCES_FILE and listed.counts.total == 30
+    assert len(snap.preferences["train"]) == listed.counts.train > 0
+    assert len(snap.preferences["eval"]) == listed.counts.eval > 0
     for split, items in snap.preferences.items():
         assert all(is_eval(p.content_hash(), 0.3) == (split == "eval") for p in items)
     assert set(snap.preferences["train"] + snap.preferences["eval"]) == set(prefs(30))
     # The examples' file and hash are what they were before preferences existed.
     again = await store.create_snapshot(tmp_path / "snap2", eval_fraction=0.3)
-    assert again["sha256"] == manifest["sha256"]
+    assert again.sha256 == manifest.sha256
     # Modified preferences are refused like modified examples.
     path = tmp_path / "snap" / PREFERENCES_FILE
     path.write_bytes(path.read_bytes().replace(b"green", b"GREEN", 1))
@@ -197,8 +197,9 @@ def test_older_snapshots_without_preferences_still_read(tmp_path):
     conv = Conversation.qa("q?", "a.")
     with SnapshotWriter(tmp_path / "old", 0.1) as writer:
         writer.write([_Example(conv.content_hash(), conv.to_dicts(), [], "teach", None)])
-        manifest = writer.close()
-    assert "preferences" not in manifest and not (tmp_path / "old" / PREFERENCES_FILE).exists()
+        written = writer.close()
+    assert written.manifest.preferences is None and "preferences" not in written.to_dict()
+    assert not (tmp_path / "old" / PREFERENCES_FILE).exists()
     snap = read_snapshot(tmp_path / "old")
     assert snap.preferences == {"train": [], "eval": []} and len(snap.train) + len(snap.eval) == 1
 
@@ -211,13 +212,13 @@ async def test_the_job_carries_preferences_and_refuses_them_modified(store, tmp_
     manifest = await store.create_snapshot(tmp_path / "snap")
     files = {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / "snap").iterdir()}
     assert set(files) == {"examples.jsonl", "manifest.json", PREFERENCES_FILE}
-    _check_snapshot(files, manifest["sha256"])
+    _check_snapshot(files, manifest.sha256)
     with pytest.raises(JobRefused, match="does not match"):
         _check_snapshot({**files, PREFERENCES_FILE: files[PREFERENCES_FILE].replace("green", "red")},
-                        manifest["sha256"])
+                        manifest.sha256)
     without = {k: v for k, v in files.items() if k != PREFERENCES_FILE}
     with pytest.raises(JobRefused, match="disagree"):
-        _check_snapshot(without, manifest["sha256"])
+        _check_snapshot(without, manifest.sha256)
 
 
 # ---- the command line -----------------------------------------------------------------------------------------

@@ -226,7 +226,7 @@ async def test_delta_is_what_the_active_model_was_not_trained_on(store, tmp_path
     assert await delta_ids(store) == set(trained)  # no active model: everything approved is new to it
     manifest = await store.create_snapshot(tmp_path / "snap")
     version = await store.create_model_version(name="physics", base_model="tiny", ollama_base="qwen2.5:0.5b",
-                                               snapshot_sha256=manifest["sha256"], snapshot_path=manifest["path"])
+                                               snapshot_sha256=manifest.sha256, snapshot_path=str(manifest.path))
     await store.update_model_version(version.id, status="registered", in_ollama=True)
     await store.promote(version.id)
     fresh = await approved(store, "new one", "new two")

@@ -7,45 +7,46 @@ from datetime import timedelta
 
 import pytest
 
+from data import runs
 from data.models import utcnow
 from data.runs import allowed_from
 from data.store import RunInProgress, RunStateError, Store, StoreError
 
 
 async def test_only_one_proposal_or_run_is_open(store):
-    first = await store.propose_run(summary={"new_examples": 3})
+    first = await runs.propose_run(store, summary={"new_examples": 3})
     with pytest.raises(RunInProgress, match=f"#{first.id} \\(proposed\\)"):
-        await store.propose_run(summary={})
-    assert (await store.open_run()).id == first.id
-    await store.transition(first.id, "rejected", reason="no")
-    assert await store.open_run() is None
-    second = await store.propose_run(summary={})  # the slot is free again
+        await runs.propose_run(store, summary={})
+    assert (await runs.open_run(store)).id == first.id
+    await runs.transition(store, first.id, "rejected", reason="no")
+    assert await runs.open_run(store) is None
+    second = await runs.propose_run(store, summary={})  # the slot is free again
     assert second.id != first.id
 
 
 async def test_the_state_machine_only_moves_forward(store):
-    run = await store.propose_run(summary={})
+    run = await runs.propose_run(store, summary={})
     with pytest.raises(RunStateError, match="is proposed: it cannot become training"):
-        await store.transition(run.id, "training", expect="approved")
+        await runs.transition(store, run.id, "training", expect="approved")
     with pytest.raises(RunStateError, match="cannot become promoted"):
-        await store.transition(run.id, "promoted")
-    approved = await store.transition(run.id, "approved", expect="proposed")
+        await runs.transition(store, run.id, "promoted")
+    approved = await runs.transition(store, run.id, "approved", expect="proposed")
     assert approved.started_at is not None and approved.slot == 1
     for state in ("snapshotted", "training", "converting", "registering", "evaluating"):
-        assert (await store.transition(run.id, state)).state == state
+        assert (await runs.transition(store, run.id, state)).state == state
     with pytest.raises(RunStateError):
-        await store.transition(run.id, "training")  # never backwards
+        await runs.transition(store, run.id, "training")  # never backwards
     with pytest.raises(RunStateError):
-        await store.transition(run.id, "expired")  # only proposals expire
-    done = await store.transition(run.id, "failed", reason="worker lost")
+        await runs.transition(store, run.id, "expired")  # only proposals expire
+    done = await runs.transition(store, run.id, "failed", reason="worker lost")
     assert (done.state, done.reason, done.slot) == ("failed", "worker lost", None)
     assert done.finished_at is not None
     with pytest.raises(RunStateError):
-        await store.transition(run.id, "cancelled")  # ended runs stay ended
+        await runs.transition(store, run.id, "cancelled")  # ended runs stay ended
     with pytest.raises(ValueError, match="unknown run state"):
         allowed_from("sleeping")
     with pytest.raises(StoreError, match="cannot set state"):
-        await store.set_run(run.id, state="training")
+        await runs.set_run(store, run.id, state="training")
 
 
 async def test_two_processes_approving_at_once_start_exactly_one_run(store):
@@ -53,37 +54,37 @@ async def test_two_processes_approving_at_once_start_exactly_one_run(store):
     other = Store(store.url, connect_args=store.connect_args)
     try:
         for _ in range(5):
-            run = await store.propose_run(summary={})
+            run = await runs.propose_run(store, summary={})
             results = await asyncio.gather(
-                store.transition(run.id, "approved", expect="proposed"),
-                other.transition(run.id, "approved", expect="proposed"),
+                runs.transition(store, run.id, "approved", expect="proposed"),
+                runs.transition(other, run.id, "approved", expect="proposed"),
                 return_exceptions=True)
             assert sorted(type(r).__name__ for r in results) == ["RetrainRun", "RunStateError"]
-            await store.transition(run.id, "cancelled")
+            await runs.transition(store, run.id, "cancelled")
     finally:
         await other.close()
 
 
 async def test_votes_count_each_expert_once_and_may_change(store):
-    run = await store.propose_run(summary={})
-    await store.vote_run(run.id, 1, approve=True)
-    await store.vote_run(run.id, 1, approve=True)
-    outcome = await store.vote_run(run.id, 2, approve=False)
+    run = await runs.propose_run(store, summary={})
+    await runs.vote_run(store, run.id, 1, approve=True)
+    await runs.vote_run(store, run.id, 1, approve=True)
+    outcome = await runs.vote_run(store, run.id, 2, approve=False)
     assert (outcome.approvals, outcome.rejections) == ([1], [2])
-    outcome = await store.vote_run(run.id, 2, approve=True)
+    outcome = await runs.vote_run(store, run.id, 2, approve=True)
     assert outcome.approvals == [1, 2] and outcome.rejections == []
-    await store.transition(run.id, "approved", expect="proposed")
+    await runs.transition(store, run.id, "approved", expect="proposed")
     with pytest.raises(RunStateError, match="not waiting for this vote"):
-        await store.vote_run(run.id, 3, approve=True)
+        await runs.vote_run(store, run.id, 3, approve=True)
 
 
 async def test_expired_and_reminder_due_proposals(store):
     now = utcnow()
-    run = await store.propose_run(summary={}, expires_at=now + timedelta(hours=10))
-    assert await store.proposals_due(now, timedelta(hours=2)) == ([], [])
-    expired, remind = await store.proposals_due(now + timedelta(hours=9), timedelta(hours=2))
+    run = await runs.propose_run(store, summary={}, expires_at=now + timedelta(hours=10))
+    assert await runs.proposals_due(store, now, timedelta(hours=2)) == ([], [])
+    expired, remind = await runs.proposals_due(store, now + timedelta(hours=9), timedelta(hours=2))
     assert expired == [] and [r.id for r in remind] == [run.id]
-    await store.set_run(run.id, reminded_at=now + timedelta(hours=9))
-    assert await store.proposals_due(now + timedelta(hours=9, minutes=1), timedelta(hours=2)) == ([], [])
-    expired, _ = await store.proposals_due(now + timedelta(hours=11), timedelta(hours=2))
+    await runs.set_run(store, run.id, reminded_at=now + timedelta(hours=9))
+    assert await runs.proposals_due(store, now + timedelta(hours=9, minutes=1), timedelta(hours=2)) == ([], [])
+    expired, _ = await runs.proposals_due(store, now + timedelta(hours=11), timedelta(hours=2))
     assert [r.id for r in expired] == [run.id]

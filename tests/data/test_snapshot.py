@@ -25,11 +25,11 @@ async def test_snapshot_twice_gives_same_sha_and_reads_back(store, tmp_path):
     await store.add_example(Conversation.qa("pending one", "x"), source="teach")  # not approved: left out
     first = await store.create_snapshot(tmp_path / "s1")
     second = await store.create_snapshot(tmp_path / "s2")
-    assert first["sha256"] == second["sha256"]
-    assert first["counts"]["total"] == 60
+    assert first.sha256 == second.sha256
+    assert first.counts.total == 60
     assert (tmp_path / "s1" / "examples.jsonl").read_bytes() == (tmp_path / "s2" / "examples.jsonl").read_bytes()
     snap = read_snapshot(tmp_path / "s1")
-    assert len(snap.train) + len(snap.eval) == 60 and len(snap.eval) == first["counts"]["eval"]
+    assert len(snap.train) + len(snap.eval) == 60 and len(snap.eval) == first.counts.eval
     assert {c.content_hash() for c in snap.train + snap.eval} == {c.content_hash() for c in convs}
     assert all(is_eval(i, 0.1) for i in snap.ids["eval"])
 
@@ -67,5 +67,5 @@ def test_adding_examples_never_moves_one_between_splits(tmp_path_factory, before
             record = json.loads(line)
             split_of.setdefault(record["id"], set()).add(record["split"])
     assert all(len(s) == 1 for s in split_of.values())
-    assert len(read_snapshot(base / "b").ids["train"]) == second["counts"]["train"]
-    assert second["counts"]["total"] >= first["counts"]["total"]
+    assert len(read_snapshot(base / "b").ids["train"]) == second.counts.train
+    assert second.counts.total >= first.counts.total

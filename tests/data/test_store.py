@@ -20,6 +20,7 @@ from data.store import (
     Superseded,
     UnstorableText,
 )
+from tests.harness.db import feedback_counts
 
 AUTHOR, ALICE, BOB, CAROL = 1, 2, 3, 4
 
@@ -207,7 +208,7 @@ async def test_feedback_one_per_user_and_changeable(store):
     await store.add_feedback(answer.id, ALICE, 1)
     await store.add_feedback(answer.id, BOB, 1)
     await store.add_feedback(answer.id, ALICE, -1)
-    assert await store.feedback_counts(answer.id) == (1, 1)
+    assert await feedback_counts(store, answer.id) == (1, 1)
     with pytest.raises(NotFound):
         await store.add_feedback(answer.id + 100, ALICE, 1)
 
@@ -243,7 +244,8 @@ async def test_model_versions_promote_rollback_and_retention(store):
     back = await store.rollback()
     assert back.id == v1.id and (await store.active_model_version()).id == v1.id
     assert (await store.get_model_version(v2.id)).status == "rolled_back"
-    failed = await store.mark_failed(v3.id, "warm-up failed: adapter does not match base")
+    failed = await store.update_model_version(v3.id, status="failed",
+                                              failure_reason="warm-up failed: adapter does not match base")
     with pytest.raises(StoreError, match="warm-up failed"):
         await store.promote(failed.id)
     v4 = await _registered(store)

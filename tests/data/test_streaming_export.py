@@ -21,6 +21,7 @@ from data import formats
 from data.conversation import Conversation, Message
 from data.formats import csv_, openai
 from data.snapshot import SnapshotError, SnapshotWriter, read_snapshot, write_snapshot
+from tests.harness.db import approved_rows_at_once
 
 # Text that trips serialisers: quotes, newlines, separators JSON keeps raw (U+2028), a formula, emoji, CJK.
 AWKWARD = ['say "hi"\nthen go', "line\u2028sep", "=1+2", "🙂 ok", "中文回答", "tab\tand \\ slash", "[brackets] {x}"]
@@ -86,9 +87,9 @@ async def approved_as_stored(store) -> list[Conversation]:
 async def test_streamed_snapshot_is_byte_identical_to_the_one_shot_writer(store, tmp_path):
     await store.import_conversations(conversations(120), approve=True)
     streamed = await store.create_snapshot(tmp_path / "streamed", batch_rows=7)  # many batches, one short
-    reference = write_snapshot(await store.approved_examples_raw(), tmp_path / "reference")
-    assert streamed["sha256"] == reference["sha256"] and streamed["counts"] == reference["counts"]
-    assert streamed["counts"]["total"] == 120
+    reference = write_snapshot(await approved_rows_at_once(store), tmp_path / "reference")
+    assert streamed.sha256 == reference.sha256 and streamed.counts == reference.counts
+    assert streamed.counts.total == 120
     assert (tmp_path / "streamed" / "examples.jsonl").read_bytes() == \
         (tmp_path / "reference" / "examples.jsonl").read_bytes()
     snap = read_snapshot(tmp_path / "streamed")
@@ -105,7 +106,7 @@ def test_snapshot_writer_batches_equal_one_write_and_refuse_disorder(tmp_path):
             writer.write(ordered[start:start + 9])
         writer.write([])
         batched = writer.close()
-    assert batched["sha256"] == whole["sha256"]
+    assert batched.sha256 == whole.sha256
     with pytest.raises(SnapshotError, match="out of order"), SnapshotWriter(tmp_path / "disorder") as writer:
         writer.write(ordered[10:12])
         writer.write(ordered[:1])
@@ -126,7 +127,7 @@ async def test_cancelled_snapshot_leaves_nothing(store, tmp_path):
         await task
     assert not out.exists()
     manifest = await store.create_snapshot(out)  # the store and the directory are usable again
-    assert manifest["counts"]["total"] == 3000
+    assert manifest.counts.total == 3000
 
 
 @pytest.mark.parametrize(("format", "suffix"), [("openai", ".jsonl"), ("openai", ".json"), ("alpaca", ".json"),
@@ -147,7 +148,7 @@ async def test_streamed_export_is_byte_identical_to_the_one_shot_export(store, t
 
 async def test_export_split_matches_the_snapshot_split(store, tmp_path):
     await store.import_conversations(conversations(90), approve=True)
-    snapshot = read_snapshot((await store.create_snapshot(tmp_path / "snap", 0.3))["path"])
+    snapshot = read_snapshot((await store.create_snapshot(tmp_path / "snap", 0.3)).path)
     for split, part in (("train", snapshot.train), ("eval", snapshot.eval)):
         out = tmp_path / f"{split}.jsonl"
         assert await store.export_approved(out, "sharegpt", split=split, eval_fraction=0.3, batch_rows=4) == len(part)

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from data.conversation import Conversation
+from deploy.config import GATE_OPTIONS
 from deploy.gate import PARAPHRASE_INSTRUCTION, GateConfig, GateResult, eval_prompts, probe_prompts, run_gate
 from deploy.ollama import OllamaClient
-from deploy.pipeline import GATE_OPTIONS, SERVE_OPTIONS, deploy
+from deploy.options import SERVE_OPTIONS
+from deploy.pipeline import deploy
 from tests.harness.gate import BASE, RIGHT, answered_chats, config, eval_snapshot, fake_adapter, scripted_base
 from tests.harness.ollama_server import OllamaTestServer, paraphrase
 

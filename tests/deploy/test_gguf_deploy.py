@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from deploy import gguf
+from deploy.config import DeployConfig
 from deploy.merge import merge_to_gguf
 from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig, deploy
+from deploy.pipeline import deploy
 from deploy.registration import PathMemory
 from tests.harness.models import find_sdist
 from tests.harness.ollama_server import ADAPTERS_REMOVED, OllamaTestServer
@@ -48,7 +49,7 @@ def server(ollama_server: OllamaTestServer, tiny_llama_gguf: Path, tiny_llama_ad
 def config(**overrides: Any) -> DeployConfig:
     values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "eval_limit": 0,
                               "gate_margin": 1.0, "gate_options": {"temperature": 0.0, "seed": 0, "num_predict": 4},
-                              "outtype": "f32"}
+                              "outtype": "f32", "paraphrases": 0, "consistency_n": 0}
     return DeployConfig(**{**values, **overrides})
 
 

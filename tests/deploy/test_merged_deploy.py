@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from deploy.config import DeployConfig
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig, apply_retention, deploy, rollback
+from deploy.pipeline import deploy
+from deploy.promotion import apply_retention, rollback
 from deploy.registration import PathMemory
 from tests.harness.ollama_server import OllamaTestServer
 
@@ -32,7 +34,8 @@ def fresh_adapters(tiny_llama_adapters: list[Path], tmp_path: Path) -> list[Path
 def config(**overrides: Any) -> DeployConfig:
     values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "eval_limit": 0,
                               "gate_margin": 1.0, "gate_options": {"temperature": 0.0, "seed": 0, "num_predict": 4},
-                              "mode": "merged", "quantize": "Q4_K_M", "keep_versions": 1}
+                              "mode": "merged", "quantize": "Q4_K_M", "keep_versions": 1, "paraphrases": 0,
+                              "consistency_n": 0}
     return DeployConfig(**{**values, **overrides})
 
 

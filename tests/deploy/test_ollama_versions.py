@@ -9,9 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from deploy.config import DeployConfig
 from deploy.modelfile import serving_format_for
 from deploy.ollama import ModelNotFound, OllamaClient, OllamaError
-from deploy.pipeline import DeployConfig, deploy
+from deploy.pipeline import deploy
 from deploy.registration import (
     DaemonFacts,
     PathMemory,
@@ -212,7 +213,7 @@ async def test_option_types_are_checked_at_every_chat_as_ollama_does(ollama_serv
 def config(**overrides: Any) -> DeployConfig:
     values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "eval_limit": 0,
                               "gate_margin": 1.0, "gate_options": {"temperature": 0.0, "seed": 0, "num_predict": 4},
-                              "outtype": "f32"}
+                              "outtype": "f32", "paraphrases": 0, "consistency_n": 0}
     return DeployConfig(**{**values, **overrides})
 
 

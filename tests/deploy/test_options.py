@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bot.settings import Settings
+from deploy.config import DeployConfig
 from deploy.ollama import OllamaClient, OllamaError
 from deploy.options import OllamaOptions, check_options, option_type_error
-from deploy.pipeline import DeployConfig
 from tests.harness.ollama_server import OllamaTestServer
 
 HI = [{"role": "user", "content": "hi"}]
@@ -95,7 +95,7 @@ def test_the_settings_check_imports_neither_the_gate_nor_an_http_client(tmp_path
     code = ("import sys; from bot.settings import Settings; "
             f"Settings(home={str(tmp_path)!r}, serve_options={{'temperature': 0.2, 'num_ctx': 8192}}); "
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'httpx') "
-            "or m in ('deploy.gate', 'deploy.pipeline', 'deploy.ollama')); "
+            "or m in ('deploy.gate', 'deploy.pipeline', 'deploy.candidate', 'deploy.promotion', 'deploy.ollama')); "
             "assert 'deploy.options' in sys.modules and not loaded, loaded")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]

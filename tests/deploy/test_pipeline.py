@@ -17,9 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from data.conversation import Conversation
+from deploy.config import DeployConfig
 from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig, apply_retention, deploy, rollback
+from deploy.pipeline import deploy
+from deploy.promotion import apply_retention, rollback
 from tests.harness.models import convert_base_to_gguf
 from tests.harness.ollama_server import OllamaTestServer
 from tests.harness.snapshots import write_snapshot
@@ -50,6 +52,7 @@ def snapshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config(**overrides: Any) -> DeployConfig:
     values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "keep_versions": 2,
+                              "paraphrases": 0, "consistency_n": 0,
                               "eval_limit": 3, "min_eval": 3,  # judged on 3 (scripted answers leave nothing to chance)
                               "gate_options": {"temperature": 0.0, "seed": 0, "num_predict": 12}, "outtype": "f32"}
     return DeployConfig(**{**values, **overrides})
@@ -167,8 +170,10 @@ async def test_a_worse_candidate_is_rejected_and_the_active_stays(
 ) -> None:
     async with OllamaClient(registered_base.url) as client:
         await deploy(tiny_llama_adapters[0], store=store, client=client, config=config(), base_dir=tiny_llama_dir)
-        # A negative margin demands the candidate beat the active by 2 ROUGE-L points out of 1: impossible.
-        result = await deploy(tiny_llama_adapters[1], store=store, client=client, config=config(gate_margin=-2.0),
+        # A negative margin demands the candidate beat the active by 2 points out of 1: impossible. No setting may
+        # be negative (DeployConfig refuses it), so the copy is made without validation.
+        impossible = config().model_copy(update={"gate_margin": -2.0})
+        result = await deploy(tiny_llama_adapters[1], store=store, client=client, config=impossible,
                               base_dir=tiny_llama_dir, snapshot_dir=snapshot_dir)
         assert not await client.has_model("loraloop-tiny:v2")
     assert result.status == "rejected" and not result.promoted and "below active" in result.reason
@@ -289,14 +294,16 @@ import asyncio, sys
 from pathlib import Path
 from data.store import Store
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig, deploy
+from deploy.config import DeployConfig
+from deploy.pipeline import deploy
 
 async def main():
     store = Store(sys.argv[1])
     await store.migrate()
     async with OllamaClient(sys.argv[2]) as client:
         await deploy(Path(sys.argv[3]), store=store, client=client, base_dir=Path(sys.argv[4]),
-                     config=DeployConfig(model_name="tiny", ollama_base=sys.argv[5], outtype="f32"))
+                     config=DeployConfig(model_name="tiny", ollama_base=sys.argv[5], outtype="f32",
+                                         paraphrases=0, consistency_n=0))
 
 asyncio.run(main())
 """

@@ -17,9 +17,11 @@ from bot.retrain.orchestrator import Orchestrator
 from data.conversation import Conversation
 from data.snapshot import read_snapshot, write_snapshot
 from data.store import Store
+from deploy.candidate import judge_candidate
+from deploy.config import DeployConfig
 from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig, deploy, judge_candidate
+from deploy.pipeline import deploy
 from tests.harness.ollama_server import OllamaTestServer
 from tests.harness.retrain import loop_settings
 
@@ -112,7 +114,7 @@ async def via_deploy(server: OllamaTestServer, tmp_path: Path, adapter: Path, ba
     earlier = await earlier_versions(store, server, "viadeploy", answers=active_answers)
     config = DeployConfig(model_name="viadeploy", ollama_base=BASE, probes=("Hello?",), keep_versions=1,
                           eval_limit=3, min_eval=3, gate_options={"temperature": 0.0, "seed": 0, "num_predict": 12},
-                          outtype="f32")
+                          outtype="f32", paraphrases=0, consistency_n=0)
     async with OllamaClient(server.url) as client:
         result = await deploy(adapter, store=store, client=client, config=config, base_dir=base_dir,
                               snapshot_dir=snapshot(tmp_path))

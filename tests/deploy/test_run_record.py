@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from deploy.config import DeployConfig
+from deploy.errors import DeployFailed
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig, DeployFailed, deploy
+from deploy.pipeline import deploy
 
 
 @pytest.mark.parametrize("text", ["{ not json", json.dumps({"base": "x", "snapshot_sha": "typo"})])
@@ -19,5 +21,6 @@ async def test_an_unreadable_run_record_fails_before_a_version_is_made(store, tm
     async with OllamaClient("http://127.0.0.1:9") as client:  # never reached
         with pytest.raises(DeployFailed, match=r"run\.json is not a loraloop run record"):
             await deploy(adapter, store=store, client=client,
-                         config=DeployConfig(model_name="tiny", ollama_base="tiny:latest"))
+                         config=DeployConfig(model_name="tiny", ollama_base="tiny:latest", paraphrases=0,
+                                             consistency_n=0))
     assert await store.list_model_versions() == []

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from deploy.config import DeployConfig
 from deploy.modelfile import CHATML_TEMPLATE, SERVED_CHECK_CHATS, serving_format_for
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig, deploy
+from deploy.pipeline import deploy
 from deploy.registration import PathMemory
 from tests.harness.ollama_server import OllamaTestServer
 
@@ -33,7 +34,7 @@ def register_base(server: OllamaTestServer, gguf: Path, adapter: Path, renderer:
 def config(**overrides: Any) -> DeployConfig:
     values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "eval_limit": 0,
                               "gate_margin": 1.0, "gate_options": {"temperature": 0.0, "seed": 0, "num_predict": 4},
-                              "outtype": "f32"}
+                              "outtype": "f32", "paraphrases": 0, "consistency_n": 0}
     return DeployConfig(**{**values, **overrides})
 
 

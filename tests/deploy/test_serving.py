@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from bot.settings import Settings
+from deploy.config import DeployConfig
 from deploy.modelfile import serving_format_for
 from deploy.ollama import OllamaClient, OllamaError
-from deploy.pipeline import SERVE_OPTIONS, DeployConfig, deploy
+from deploy.options import SERVE_OPTIONS
+from deploy.pipeline import deploy
 from tests.harness.gate import BASE, RIGHT, answered_chats, eval_snapshot, fake_adapter, scripted_base
 from tests.harness.ollama_server import OllamaTestServer
 
@@ -35,7 +37,7 @@ async def test_served_parameters_reach_the_model_and_the_gate_options_do_not(
     scripted_base(ollama_server, adapter, RIGHT)
     ollama_server.script_tag("loraloop-tiny:v1", RIGHT)
     config = DeployConfig(model_name="tiny", ollama_base=BASE, probes=("Hello?",), eval_limit=3,
-                          serve_options=SERVE, gate_options=GATE)
+                          serve_options=SERVE, gate_options=GATE, paraphrases=0, consistency_n=0)
     async with OllamaClient(ollama_server.url) as client:
         result = await deploy(adapter, store=store, client=client, config=config,
                               snapshot_dir=eval_snapshot(tmp_path))
@@ -58,11 +60,11 @@ async def test_served_parameters_reach_the_model_and_the_gate_options_do_not(
 
 
 def test_serve_options_come_from_settings_with_chat_defaults(tmp_path: Path) -> None:
-    plain = DeployConfig.from_settings(Settings(home=tmp_path, chat_max_tokens=300))
+    plain = Settings(home=tmp_path, chat_max_tokens=300).deploy_config()
     assert plain.serve_options == {**SERVE_OPTIONS, "num_predict": 300}  # one answer limit for bot and model
     assert plain.serve_options["temperature"] > 0 and plain.gate_options["temperature"] == 0
     if "serve_options" in Settings.model_fields:
-        tuned = DeployConfig.from_settings(Settings(home=tmp_path, serve_options={"temperature": 0.2, "num_ctx": 8192}))
+        tuned = Settings(home=tmp_path, serve_options={"temperature": 0.2, "num_ctx": 8192}).deploy_config()
         assert tuned.serve_options["temperature"] == 0.2 and tuned.serve_options["num_ctx"] == 8192
         assert tuned.serve_options["top_p"] == SERVE_OPTIONS["top_p"]
 

@@ -11,7 +11,6 @@ from discord import app_commands
 
 from bot.app import LoraloopBot
 from bot.settings import GuildRoles, Settings
-from data.review import ReviewPolicy
 from data.store import Store
 from tests.harness.discord import (
     ADMIN_ROLE,
@@ -62,7 +61,7 @@ async def start_bot(settings: Settings, **options) -> LoraloopBot:
     """``options``: LoraloopBot's keyword arguments (dispatcher, run_scheduler, …)."""
     # Scoped to the first community, as the bot's own: a test's bot.store.add_example teaches the test guild.
     store = Store(settings.resolved_database_url,
-                  policy=ReviewPolicy(settings.rating_quorum, settings.approve_mean, settings.reject_mean),
+                  policy=settings.review.policy(),
                   community=settings.community_names()[0])
     bot = LoraloopBot(settings, store=store, **options)
     await bot.login(FAKE_TOKEN)  # GET /users/@me, application info, setup_hook (migrate, cogs, sync)

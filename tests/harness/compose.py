@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+
+from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -59,6 +62,20 @@ def documented_names(path: Path = ENV_EXAMPLE) -> set[str]:
     """Names set (or shown commented out) in .env.example."""
     pattern = re.compile(r"^#?\s*([A-Za-z_][A-Za-z0-9_]*)=")
     return {m.group(1) for line in path.read_text(encoding="utf-8").splitlines() if (m := pattern.match(line))}
+
+
+def setting_names() -> set[str]:
+    """Every loraloop setting by the name the docs give it: a field (``model_name``) or a group's (``deploy.mode``)."""
+    names = set(Settings.model_fields)
+    for name, info in Settings.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            names |= {f"{name}.{field}" for field in info.annotation.model_fields}
+    return names
+
+
+def setting_of(variable: str) -> str:
+    """The setting a ``LORALOOP_`` variable sets: LORALOOP_DEPLOY__MODE → deploy.mode."""
+    return variable.removeprefix("LORALOOP_").lower().replace("__", ".")
 
 
 def environment(service: dict[str, Any]) -> dict[str, Any]:

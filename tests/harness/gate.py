@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from data.conversation import Conversation
+from deploy.config import DeployConfig
 from deploy.modelfile import serving_format_for
-from deploy.pipeline import DeployConfig
 from tests.harness.ollama import gguf_header
 from tests.harness.ollama_server import OllamaTestServer
 from tests.harness.snapshots import write_snapshot
@@ -52,5 +52,5 @@ def scripted_base(server: OllamaTestServer, adapter: Path, reply: str) -> None:
 def config(**overrides: Any) -> DeployConfig:
     """Judged on 4 eval prompts (min_eval 4: scripted answers leave nothing to chance; real models need more)."""
     values: dict[str, Any] = {"model_name": "tiny", "ollama_base": BASE, "probes": ("Hello?",), "eval_limit": 4,
-                              "gate_margin": 0.02, "min_eval": 4}
+                              "gate_margin": 0.02, "min_eval": 4, "paraphrases": 0, "consistency_n": 0}
     return DeployConfig(**{**values, **overrides})

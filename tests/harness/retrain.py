@@ -12,11 +12,12 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bot.settings import GuildRoles, Settings
+from data import runs
 from data.communities import guild_community, lineage_name
 from data.conversation import Conversation
 from data.models import Answer
 from data.snapshot import MANIFEST_FILE, parse_manifest
-from deploy.pipeline import DeployConfig
+from deploy.config import DeployConfig
 from tests.harness.bot import make_settings, mention, start_bot
 from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 from tests.harness.polling import wait_until
@@ -67,7 +68,7 @@ def spec_for(tmp_path, base_dir, **overrides) -> JobSpec:
     files = {p.name: p.read_text(encoding="utf-8") for p in snap.iterdir()}
     values = dict(run_id=1, community="default", tag="loraloop-tiny:v1", base_model=str(base_dir),
                   ollama_host="http://127.0.0.1:9",
-                  deploy=DeployConfig(model_name="tiny", ollama_base=BASE),
+                  deploy=DeployConfig(model_name="tiny", ollama_base=BASE, paraphrases=0, consistency_n=0),
                   snapshot_sha256=parse_manifest(files[MANIFEST_FILE]).sha256, snapshot_files=files,
                   train={**TRAIN, "max_steps": 400, "system_prompt": "You are terse."})
     return JobSpec(**{**values, **overrides})
@@ -109,7 +110,7 @@ async def full_loop(settings, discord_api, base_server) -> None:
         # ---- propose: the proposal is posted in the experts channel with its numbers and buttons ------------
         await gateway.command("retrain", subcommand="propose", user_id=EXPERTS[0], roles=[EXPERT_ROLE])
         assert "proposed" in discord_api.reply_text()
-        run = await bot.store.open_run()
+        run = await runs.open_run(bot.store)
         proposal = discord_api.messages[run.message_id]
         assert int(proposal["channel_id"]) == CHANNEL_ID and "**42**" in proposal["content"]
         buttons = [c["custom_id"] for row in proposal["components"] for c in row["components"]]
@@ -120,7 +121,7 @@ async def full_loop(settings, discord_api, base_server) -> None:
         assert "Only experts" in discord_api.reply_text()
         await asyncio.gather(*(gateway.click(buttons[0], message=proposal, user_id=u, roles=[EXPERT_ROLE])
                                for u in EXPERTS[:2]))
-        assert (await bot.store.get_run(run.id)).state != "proposed"
+        assert (await runs.get_run(bot.store, run.id)).state != "proposed"
         orchestrator = bot.get_cog("RetrainCog").orchestrator
         assert list(orchestrator._tasks) == [run.id]
         await wait_until(lambda: proposal["components"] == [])  # the buttons go; a stale client still clicks:

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from bot.cli.doctor import CHECKS
-from bot.settings import Settings
 from tests.harness.compose import (
     COMPOSE,
     ENV_EXAMPLE,
@@ -19,6 +18,8 @@ from tests.harness.compose import (
     interpolate,
     interpolated_names,
     load_compose,
+    setting_names,
+    setting_of,
     volume_sources,
 )
 
@@ -51,19 +52,18 @@ def test_every_interpolated_variable_is_documented_in_env_example():
 
 def test_every_setting_passed_to_a_container_is_documented_and_real(services):
     documented = documented_names()
-    fields = set(Settings.model_fields)
+    fields = setting_names()
     for name, service in services.items():
         for var in environment(service):
             if var.startswith("LORALOOP_") or var in ("DISCORD_TOKEN", "OLLAMA_HOST"):
                 assert var in documented, f"{name}: {var} is not documented in .env.example"
             if var.startswith("LORALOOP_"):
-                assert var.removeprefix("LORALOOP_").lower() in fields, f"{name}: {var} is not a loraloop setting"
+                assert setting_of(var) in fields, f"{name}: {var} is not a loraloop setting"
 
 
 def test_env_example_only_documents_real_settings():
-    fields = set(Settings.model_fields)
-    unknown = {n for n in documented_names() if n.startswith("LORALOOP_")
-               and n.removeprefix("LORALOOP_").lower() not in fields}
+    fields = setting_names()
+    unknown = {n for n in documented_names() if n.startswith("LORALOOP_") and setting_of(n) not in fields}
     assert not unknown, f".env.example documents settings that do not exist: {sorted(unknown)}"
 
 

@@ -7,8 +7,7 @@ import re
 
 import discord
 
-from bot.settings import Settings
-from tests.harness.compose import ROOT, documented_names, load_compose
+from tests.harness.compose import ROOT, documented_names, load_compose, setting_names, setting_of
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -48,12 +47,12 @@ def test_compose_commands_name_existing_services_and_volumes():
 
 def test_the_variables_the_guide_sets_are_documented_and_real():
     env_example = (ROOT / ".env.example").read_text(encoding="utf-8")
-    fields = set(Settings.model_fields)
+    fields = setting_names()
     text = section("Quick start (Discord server owner)") + section("Operator's guide")
     for name in set(re.findall(r"\b((?:DOCKER|LORALOOP|OLLAMA|REDIS|POSTGRES|COMPOSE|HF)_[A-Z_]+)=", text)):
         assert name in documented_names() or name in env_example, f"README sets {name}; .env.example never names it"
         if name.startswith("LORALOOP_"):
-            assert name.removeprefix("LORALOOP_").lower() in fields, name
+            assert setting_of(name) in fields, name
     approval = re.search(r"\*\*Approval settings\.\*\*(.*?)\n\n", text, re.S).group(1)
-    named = re.findall(r"`([a-z_]+)(?::[^`]*)?`", approval)
+    named = re.findall(r"`([a-z_.]+)(?::[^`]*)?`", approval)
     assert len(named) >= 8 and set(named) <= fields, set(named) - fields

@@ -11,7 +11,7 @@ from bot.settings import Settings
 def test_approve_mean_must_be_above_reject_mean():
     with pytest.raises(ValidationError, match=r"approve_mean \(2.0\) must be above reject_mean \(3.0\)"):
         Settings(approve_mean=2.0, reject_mean=3.0)
-    assert Settings(approve_mean=4.0, reject_mean=2.5).approve_mean == 4.0
+    assert Settings(approve_mean=4.0, reject_mean=2.5).review.approve_mean == 4.0
 
 
 def test_communities_come_from_the_guild_configs():

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from data import runs
 from data.conversation import Conversation
 from deploy.modelfile import serving_format
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig, deploy
+from deploy.pipeline import deploy
 from tests.harness.bot import mention, start_bot
 from tests.harness.discord import EXPERT_ROLE, Gateway, message_with_buttons
 from tests.harness.facts import FACTS, IDENTITY, Fact, heldout, recall, taught
@@ -133,7 +134,7 @@ async def test_experts_teach_a_real_model_and_the_gate_keeps_what_it_knew(
 
         # ---- the retrain, proposed and approved in Discord ------------------------------------------------------
         await gateway.command("retrain", subcommand="propose", user_id=EXPERTS[0], roles=[EXPERT_ROLE])
-        run = await bot.store.open_run()
+        run = await runs.open_run(bot.store)
         buttons = [c["custom_id"] for row in discord_api.messages[run.message_id]["components"]
                    for c in row["components"]]
         for expert in EXPERTS[:2]:
@@ -185,7 +186,7 @@ async def test_experts_teach_a_real_model_and_the_gate_keeps_what_it_knew(
         await asyncio.to_thread(train, TrainRequest(
             snapshot=Path(active.snapshot_path), base=str(smollm2_dir), out=over,
             config=TrainConfig(**{**TRAIN, **OVER_TRAINED})))
-        config = DeployConfig.from_settings(settings)
+        config = settings.deploy_config()
         async with OllamaClient(real_server.url) as client:
             result = await deploy(over, store=bot.store, client=client, config=config, base_dir=smollm2_dir,
                                   snapshot_dir=Path(active.snapshot_path))

@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bot.cli import app
+from data import runs
 from data.store import Store
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "kestrel-faq.json"
@@ -73,9 +74,9 @@ def test_retrain_status_shows_the_place_in_the_queue_of_every_communitys_runs(en
         try:
             for community in ("acme", "globex"):
                 scoped = store.scoped(community)
-                run = await scoped.propose_run(summary={"new_examples": 3})
-                await scoped.transition(run.id, "approved")
-                await scoped.transition(run.id, "snapshotted")
+                run = await runs.propose_run(scoped, summary={"new_examples": 3})
+                await runs.transition(scoped, run.id, "approved")
+                await runs.transition(scoped, run.id, "snapshotted")
         finally:
             await store.close()
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from bot.permissions import NOT_SET_UP
 from bot.settings import GuildRoles
+from data import runs
 from data.models import utcnow
 from data.store import Store
 from tests.harness.bot import EXPERTS_CHANNEL_GUILDS, make_settings, start_bot
@@ -36,7 +37,7 @@ async def test_propose_vote_reject_cancel_and_status(tmp_path, discord_api, olla
         await approved_examples(bot.store, 12)
         await gateway.command("retrain", subcommand="propose", user_id=EXPERT, roles=[EXPERT_ROLE])
         assert "Retrain #1 proposed" in discord_api.reply_text()
-        run = await bot.store.open_run()
+        run = await runs.open_run(bot.store)
         proposal = discord_api.messages[run.message_id]
         assert "**12**" in proposal["content"] and "r=16" in proposal["content"] and "Approvals: 0/2" in \
             proposal["content"]
@@ -56,7 +57,7 @@ async def test_propose_vote_reject_cancel_and_status(tmp_path, discord_api, olla
         assert discord_api.reply_text() == "Retrain #1 rejected."
         await wait_until(lambda: f"**rejected**: rejected by expert {OTHER_EXPERT}" in proposal["content"])
         assert proposal["components"] == []
-        assert await bot.store.open_run() is None
+        assert await runs.open_run(bot.store) is None
 
         await gateway.command("retrain", subcommand="propose", user_id=EXPERT, roles=[EXPERT_ROLE])
         await gateway.command("retrain", subcommand="cancel", user_id=EXPERT, roles=[EXPERT_ROLE])
@@ -94,7 +95,7 @@ async def test_command_line_proposal_is_announced_and_reminded(tmp_path, discord
 
         cog = bot.get_cog("RetrainCog")
         await cog.orchestrator.expire_due()  # the bot's housekeeping job announces it
-        run = await bot.store.get_run(1)
+        run = await runs.get_run(bot.store, 1)
         assert "(by the command line)" in discord_api.messages[run.message_id]["content"]
         assert int(discord_api.messages[run.message_id]["channel_id"]) == CHANNEL_ID
         async with bot.store.session() as s, s.begin():
@@ -126,11 +127,11 @@ async def test_manual_promotion_buttons(tmp_path, discord_api, ollama_server):
                                                        ollama_base=settings.ollama_base)
             await store.update_model_version(version.id, status="evaluated", in_ollama=True)
             ollama_server.add_scripted_model(version.tag, reply="tuned")
-            run = await store.propose_run(summary={}, channel_id=CHANNEL_ID)
+            run = await runs.propose_run(store, summary={}, channel_id=CHANNEL_ID)
             for state in ("approved", "snapshotted", "training", "converting", "registering", "evaluating",
                           "evaluated"):
-                await store.transition(run.id, state, **({"model_version_id": version.id}
-                                                         if state == "snapshotted" else {}))
+                await runs.transition(store, run.id, state, **({"model_version_id": version.id}
+                                                               if state == "snapshotted" else {}))
             tags.append((run.id, version.tag))
             if len(tags) == 1:
                 ids = [f"ll:rt:promote:{run.id}", f"ll:rt:discard:{run.id}"]
@@ -168,7 +169,7 @@ async def test_each_server_retrains_its_own_community(tmp_path, discord_api, oll
         await approved_examples(b.store, 5, seed=1)
         await gateway.command("retrain", subcommand="propose", user_id=EXPERT, roles=[roles_b], **in_b)
         assert f"Retrain #1 proposed in <#{channel_b}>" in discord_api.reply_text()
-        run_b = await b.store.open_run()
+        run_b = await runs.open_run(b.store)
         proposal = discord_api.messages[run_b.message_id]
         assert int(proposal["channel_id"]) == channel_b and "**5**" in proposal["content"]
         await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
@@ -179,11 +180,11 @@ async def test_each_server_retrains_its_own_community(tmp_path, discord_api, oll
         assert discord_api.reply_text() == f"there is no retrain run #{run_b.id}"
 
         # both dispatched, A's first: each server sees its own run and its place in the one queue
-        run_a = await bot.store.propose_run(summary={"new_examples": 12}, channel_id=CHANNEL_ID)
+        run_a = await runs.propose_run(bot.store, summary={"new_examples": 12}, channel_id=CHANNEL_ID)
         for store, run in ((bot.store, run_a), (b.store, run_b)):
-            await store.transition(run.id, "approved")
+            await runs.transition(store, run.id, "approved")
         for store, run in ((bot.store, run_a), (b.store, run_b)):
-            await store.transition(run.id, "snapshotted")
+            await runs.transition(store, run.id, "snapshotted")
         await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[], **in_b)
         assert discord_api.reply_text() == f"**Retrain #{run_b.id}** · snapshotted · 1 ahead in the queue"
         await gateway.command("retrain", subcommand="status", user_id=MEMBER, roles=[])
@@ -208,12 +209,12 @@ async def test_a_restarted_bot_recovers_every_communitys_runs(tmp_path, discord_
     left = {}
     for guild in guilds:
         scoped = store.scoped(settings.community_of_guild(guild))
-        run = await scoped.propose_run(summary={})
-        left[guild] = (scoped, (await scoped.transition(run.id, "approved")).id)
+        run = await runs.propose_run(scoped, summary={})
+        left[guild] = (scoped, (await runs.transition(scoped, run.id, "approved")).id)
     bot = await start_bot(settings)
     try:
         for scoped, run_id in left.values():
-            run = await scoped.get_run(run_id)
+            run = await runs.get_run(scoped, run_id)
             assert run.state == "failed" and "interrupted: the bot stopped before the job was handed" in run.reason
     finally:
         await bot.close()

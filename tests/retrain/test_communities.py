@@ -18,12 +18,14 @@ from bot.retrain import scheduler as sched
 from bot.retrain.dispatch import LocalDispatcher, make_dispatcher
 from bot.retrain.orchestrator import orchestrators
 from bot.settings import CommunitySettings, GuildRoles
+from data import runs
 from data.communities import lineage_name
 from data.models import utcnow
 from data.review import ReviewPolicy
 from data.store import NotFound, Store
+from deploy.errors import DeployFailed
 from deploy.ollama import OllamaClient
-from deploy.pipeline import AlreadyActive, DeployFailed, apply_retention, fail_interrupted, promote, rollback
+from deploy.promotion import AlreadyActive, apply_retention, fail_interrupted, promote, rollback
 from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID
 from tests.harness.polling import wait_until
 from tests.harness.retrain import approved_examples, loop_settings, spec_for, tag
@@ -175,7 +177,7 @@ async def test_the_scheduler_proposes_per_community_with_its_own_threshold(tmp_p
             assert (acme_next.hour, acme_next.minute) == (2, 30) and (globex_next.hour, globex_next.minute) == (3, 0)
             for community in orchs:  # both checks fall due
                 scheduler.modify_job(sched.check_job(community), next_run_time=utcnow())
-            run = await wait_until(acme.store.open_run, 10, "acme's check to propose")
+            run = await wait_until(lambda: runs.open_run(acme.store), 10, "acme's check to propose")
             await wait_until(lambda: all(scheduler.get_job(sched.check_job(c)).next_run_time > utcnow()
                                          for c in orchs), 10, "both checks to have run")
         finally:
@@ -183,7 +185,7 @@ async def test_the_scheduler_proposes_per_community_with_its_own_threshold(tmp_p
             sched.bind(None)
         # acme's 5 new examples pass its threshold of 3; globex's 5 stay under the global 10
         assert run.summary["new_examples"] == 5 and run.summary["origin"] == "scheduler"
-        assert await globex.store.open_run() is None
+        assert await runs.open_run(globex.store) is None
         assert (run.community, run.guild_id, run.channel_id) == ("acme", GUILD_ID, CHANNEL_ID)
         assert acme.notifier.calls == [("proposed", run.id, "acme", CHANNEL_ID)]
         # globex's own proposal goes to its own experts
@@ -208,11 +210,11 @@ async def test_two_communities_retrain_one_after_the_other_on_one_local_worker(t
 
         # globex's run waits for the one worker while acme's trains, and says where it stands
         async def waiting():
-            run = await globex.store.get_run(second.id)
-            return run if run.state == "snapshotted" and (await acme.store.get_run(first.id)).state == "training" \
-                else None
+            run = await runs.get_run(globex.store, second.id)
+            other = await runs.get_run(acme.store, first.id)
+            return run if run.state == "snapshotted" and other.state == "training" else None
         await wait_until(waiting, 60, "globex to wait while acme trains")
-        assert await globex.store.queue_position(second.id) == 1
+        assert await runs.queue_position(globex.store, second.id) == 1
 
         a_done = await acme.wait(first.id, limit_s=170)
         b_done = await globex.wait(second.id, limit_s=170)

@@ -15,8 +15,8 @@ from bot.retrain.orchestrator import Orchestrator
 from data.conversation import Conversation
 from data.snapshot import MANIFEST_FILE, SnapshotError, SnapshotManifest, parse_manifest, read_snapshot
 from data.store import Store
+from deploy.config import DeployConfig
 from deploy.ollama import OllamaClient
-from deploy.pipeline import DeployConfig
 from tests.harness.retrain import loop_settings
 from tests.harness.snapshots import write_snapshot
 from trainer.config import TrainConfig

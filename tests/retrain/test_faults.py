@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from bot.retrain.dispatch import CeleryDispatcher, LocalDispatcher, make_dispatcher
 from bot.retrain.orchestrator import NothingToTrain, Orchestrator
+from data import runs
 from data.conversation import Conversation
 from data.models import utcnow
 from data.review import ReviewPolicy
@@ -38,7 +39,7 @@ class Recorder:
 
     async def proposed(self, run):
         self.calls.append(("proposed", run.id, run.state))
-        await self.store.set_run(run.id, message_id=1000 + run.id)
+        await runs.set_run(self.store, run.id, message_id=1000 + run.id)
 
     async def reminder(self, run):
         self.calls.append(("reminder", run.id, run.state))
@@ -74,7 +75,7 @@ async def approve(orchestrator, run_id):
 
 async def training_step(orchestrator, run_id, at_least=1):
     async def ready():
-        run = await orchestrator.store.get_run(run_id)
+        run = await runs.get_run(orchestrator.store, run_id)
         return run if run.state == "training" and (run.progress or {}).get("step", 0) >= at_least else None
     return await wait_until(ready, 90, "training to be under way")
 
@@ -156,7 +157,7 @@ async def test_redis_down_at_dispatch_is_a_clear_error_and_loses_nothing(tmp_pat
         after = await orch.store.dataset_stats()
         assert after.by_status == before.by_status
         assert after.new_approved_since_active == before.new_approved_since_active == 40
-        assert await orch.store.open_run() is None
+        assert await runs.open_run(orch.store) is None
         assert (await orch.propose()).state == "proposed"  # and it can be proposed again
 
 
@@ -205,13 +206,13 @@ async def test_restart_fails_runs_whose_job_is_gone(tmp_path, tiny_llama_dir):
         gone = tmp_path / "job-gone"
         gone.mkdir()
         (gone / "pid").write_text("999999999")
-        run = await orch.store.propose_run(summary={})
-        await orch.store.transition(run.id, "approved")
-        await orch.store.transition(run.id, "training", job_ref=str(gone), dispatcher="local")
+        run = await runs.propose_run(orch.store, summary={})
+        await runs.transition(orch.store, run.id, "approved")
+        await runs.transition(orch.store, run.id, "training", job_ref=str(gone), dispatcher="local")
         await orch.recover()
-        failed = await orch.store.get_run(run.id)
+        failed = await runs.get_run(orch.store, run.id)
         assert failed.state == "failed" and failed.reason.startswith("interrupted")
-        assert await orch.store.open_run() is None
+        assert await runs.open_run(orch.store) is None
 
 
 async def test_cancel_stops_the_training_process(tmp_path, base_server, tiny_llama_dir):
@@ -243,7 +244,7 @@ async def test_proposals_need_data_expire_and_remind(tmp_path, tiny_llama_dir):
         assert run.summary["new_examples"] >= 10 and run.summary["hyperparameters"]["lora_r"] == 16
         with pytest.raises(RunInProgress):
             await orch.propose()
-        await orch.store.set_run(run.id)  # nothing due yet
+        await runs.set_run(orch.store, run.id)  # nothing due yet
         await orch.expire_due()
         assert [c[0] for c in orch.notifier.calls] == ["proposed"]
         async with orch.store.session() as s, s.begin():  # 9 hours later
@@ -254,7 +255,7 @@ async def test_proposals_need_data_expire_and_remind(tmp_path, tiny_llama_dir):
         async with orch.store.session() as s, s.begin():
             await s.execute(text("update retrain_runs set expires_at = :t"), {"t": utcnow() - timedelta(seconds=1)})
         await orch.expire_due()
-        expired = await orch.store.get_run(run.id)
+        expired = await runs.get_run(orch.store, run.id)
         assert expired.state == "expired" and "no quorum of 2 approvals within 10 h" in expired.reason
         assert orch.notifier.calls[-1] == ("finished", run.id, "expired")
 
@@ -271,7 +272,7 @@ async def test_scheduler_job_is_persistent_and_proposes(tmp_path, tiny_llama_dir
         job = first.get_job(sched.check_job(COMMUNITY))
         assert (job.next_run_time.hour, job.next_run_time.minute) == (2, 30)
         first.modify_job(sched.check_job(COMMUNITY), next_run_time=utcnow())  # the check falls due
-        run = await wait_until(orch.store.open_run, 10, "the scheduled check to propose")
+        run = await wait_until(lambda: runs.open_run(orch.store), 10, "the scheduled check to propose")
         assert run.proposed_by is None and run.summary["new_examples"] == 5
         assert run.summary["origin"] == "scheduler"
         check = sched.check_job(COMMUNITY)

@@ -40,11 +40,11 @@ async def candidate_with_delta(store, ollama_server, tmp_path):
     for question, answer in LAMPS:
         await store.add_example(Conversation.qa(question, answer), source="teach", status="approved")
     manifest = await store.create_snapshot(tmp_path / "snap", 0.3)
-    snapshot = read_snapshot(manifest["path"])
+    snapshot = read_snapshot(manifest.path)
     prompts = eval_prompts(snapshot.eval, 10)
     assert prompts, "the split must hold eval prompts for this test"
     version = await store.create_model_version(name="tiny", base_model="tiny", ollama_base=BASE,
-                                               snapshot_sha256=manifest["sha256"], snapshot_path=manifest["path"])
+                                               snapshot_sha256=manifest.sha256, snapshot_path=str(manifest.path))
     await store.update_model_version(version.id, status="registered", in_ollama=True)
     ollama_server.add_scripted_model(BASE, reply="I do not know.")
     ollama_server.add_scripted_model(version.tag, reply=REPLY)

@@ -186,7 +186,9 @@ OUT_OF_BOUNDS = {
     "learning rate infinite": ({"train__learning_rate": float("inf")}, "train.learning_rate must be a finite"),
     "eval limit": ({"deploy__eval_limit": 100_000}, "deploy.eval_limit 100000 is over"),
     "gate margin": ({"deploy__gate_margin": 0.5}, "deploy.gate_margin 0.5 is over"),
-    "gate margin negative": ({"deploy__gate_margin": -1.0}, "deploy.gate_margin -1 is under"),
+    # The deploy: settings' own bound, which DeployConfig shares: refused by the model, before the limits.
+    "gate margin negative": ({"deploy__gate_margin": -1.0},
+                             "deploy: gate_margin: Input should be greater than or equal to 0"),
     "gate margin infinite": ({"deploy__gate_margin": float("inf")}, "deploy.gate_margin must be a finite"),
     "retention drop": ({"deploy__max_retention_drop": 50.0}, "deploy.max_retention_drop 50 is over"),
     "paraphrases": ({"deploy__paraphrases": 1000}, "deploy.paraphrases 1000 is over"),

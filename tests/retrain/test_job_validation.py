@@ -134,7 +134,7 @@ FORGERIES = {
     "deploy margin as text": (_set("deploy.gate_margin", "0.5"), "deploy: gate_margin"),
     "train template from a file": (_set("train.chat_template", "/etc/shadow"), "not a path on the worker"),
     "train prompts from a file": (_set("train.general_prompts_file", "/etc/shadow"), "names a file on the worker"),
-    "train unknown setting": (_set("train.output_dir", "/"), "train: output_dir"),
+    "train unknown setting": (_set("train.output_dir", "/"), "train has unknown fields output_dir"),
     "train steps as text": (_set("train.max_steps", "400"), "train: max_steps"),
     "time limit negative": (_set("time_limit_s", -1), "time_limit_s must be a positive number"),
     "time limit as text": (_set("time_limit_s", "forever"), "time_limit_s must be int or float"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from data import runs
 from data.conversation import Conversation, InvalidConversation
 from data.formats.preference import Preference
 from data.preferences import list_preferences
@@ -104,7 +105,7 @@ async def test_a_thumbs_down_correction_is_trained_on_by_the_dpo_stage(tmp_path,
 
         # ---- a retrain: SFT, then DPO on that pair ------------------------------------------------------------
         await gateway.command("retrain", subcommand="propose", user_id=EXPERTS[0], roles=[EXPERT_ROLE])
-        run = await bot.store.open_run()
+        run = await runs.open_run(bot.store)
         proposal = discord_api.messages[run.message_id]
         approve = f"ll:rt:approve:{run.id}"
         for expert in EXPERTS[:2]:

@@ -22,7 +22,7 @@ async def trained_version(store, ollama_server, snapshot_dir: Path):
     """A version trained on every pair approved now, registered in Ollama, promoted."""
     manifest = await store.create_snapshot(snapshot_dir)
     version = await store.create_model_version(name="tiny", base_model="tiny", ollama_base=BASE_TAG,
-                                               snapshot_sha256=manifest["sha256"], snapshot_path=manifest["path"])
+                                               snapshot_sha256=manifest.sha256, snapshot_path=str(manifest.path))
     ollama_server.add_scripted_model(version.tag, reply=f"{version.tag} says hi")
     await store.update_model_version(version.id, status="registered", in_ollama=True)
     return await store.promote(version.id)

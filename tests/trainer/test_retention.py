@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.conversation import Conversation
 from data.general_prompts import DEFAULT_FILE, load_general_prompts
+from deploy.config import GATE_OPTIONS, DeploySettings
 from deploy.gate import GateConfig, eval_prompts, run_gate
 from deploy.ollama import OllamaClient
-from deploy.pipeline import GATE_OPTIONS, DeployConfig
 from tests.harness.ollama_server import OllamaTestServer
 from tests.harness.snapshots import write_snapshot
 from trainer.config import TrainingRefused, load_config
@@ -78,7 +78,7 @@ async def test_an_over_trained_run_is_rejected_by_retention_and_a_normal_run_pas
     _, normal, _ = trained_run  # 100 pairs, 3 epochs (FAST, tests/harness/snapshots.py)
     snapshot = write_snapshot(tmp_path / "few", FEW, eval_fraction=0.01)
     over = train(TrainRequest(snapshot, str(tiny_llama_dir), tmp_path / "over", load_config(None, OVER_TRAINED)))
-    limit = DeployConfig(model_name="m", ollama_base="b").max_retention_drop
+    limit = DeploySettings().max_retention_drop
     for metrics in (normal, over):
         retention = metrics["retention"]
         assert retention["set"] == "general-v1" and retention["prompts"] == 50 and retention["tokens"] > 500

@@ -59,6 +59,9 @@ DISCORD_LIMIT = 2000
 EDIT_INTERVAL_S = 1.0  # Discord allows ~5 edits per 5 s per channel; one a second leaves room
 CURSOR = " ▌"
 MAX_HISTORY = 20
+# How old the active model read on a chat turn may be: a promotion by another process (the CLI) reaches chat within
+# this; one made in the bot (a button, the retrain loop) at once.
+ACTIVE_MODEL_MAX_AGE_S = 2.0
 DEFAULT_NUM_CTX = 4096  # Ollama's, when neither the model nor the request sets num_ctx
 # Generous (English averages ~4): the cap Ollama applies is num_predict; this one only stops a server that
 # ignores it, so it must never cut an answer Ollama would have let through.
@@ -422,11 +425,10 @@ class Chat:
 
     async def active_model(self) -> tuple[str, int | None]:
         """The tag the store marks active, or the configured base before any fine-tune was promoted (and always
-        outside every community: no community's fine-tune answers there)."""
-        if self.store.community is None:
-            return self.settings.ollama_base, None
-        version = await self.store.active_model_version()
-        return (version.tag, version.id) if version else (self.settings.ollama_base, None)
+        outside every community: no community's fine-tune answers there). A switch made in this process counts
+        from the next turn; one made by another process within ``ACTIVE_MODEL_MAX_AGE_S``."""
+        answering = await self.store.answering_model(ACTIVE_MODEL_MAX_AGE_S)
+        return answering if answering is not None else (self.settings.ollama_base, None)
 
     async def answer(
         self,

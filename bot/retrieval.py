@@ -63,6 +63,9 @@ EMBED_BATCH = 64  # texts per /api/embed request
 INDEX_STEP = 2048  # pairs embedded and added to the index at a time
 # After an embedding failure, questions skip the embedding call for this long (no timeout paid on every turn).
 EMBED_RETRY_S = 60.0
+# A query that took less than this runs the next one on the event loop: handing it to a thread costs about as
+# much under load. A slower one (a large index) sends the next to a thread, so the loop is never held up long.
+INLINE_QUERY_S = 0.001
 # What a failure while indexing or querying may raise: the database, the index, the embedding server.
 _FAILURES = (SQLAlchemyError, StoreError, RetrievalError, OllamaError, OSError, TimeoutError)
 
@@ -150,6 +153,7 @@ class Retriever:
         # Pairs that left approval in Discord (rejected, edited) and are never retrieved again, until a sync that
         # read the database after they left has taken them out of the index.
         self._withdrawn: frozenset[int] = frozenset()
+        self._query_s = float("inf")  # how long the last index query took (none yet: the first goes to a thread)
 
     @property
     def enabled(self) -> bool:
@@ -307,12 +311,23 @@ class Retriever:
         if isinstance(allowed, EllipsisType):
             allowed = self._allowed
         try:
-            hits = await asyncio.to_thread(index.query, text, k, vector=vector, allow=allowed,
-                                           exclude=self._withdrawn)
+            hits = await self._query(index, text, k, vector, allowed)
         except RetrievalError as exc:  # a vector of another dimension: embed_model changed under a built index
             self._embedding_failed(exc)
-            hits = await asyncio.to_thread(index.query, text, k, allow=allowed, exclude=self._withdrawn)
+            hits = await self._query(index, text, k, None, allowed)
         return within_budget(hits, self.settings.retrieval_max_chars)
+
+    async def _query(self, index: RetrievalIndex, text: str, k: int, vector: list[float] | None,
+                     allowed: Collection[int] | None) -> list[Hit]:
+        """``index.query`` on the loop while queries are quick (``INLINE_QUERY_S``), else in a thread."""
+        def timed() -> list[Hit]:
+            start = time.perf_counter()
+            try:
+                return index.query(text, k, vector=vector, allow=allowed, exclude=self._withdrawn)
+            finally:
+                self._query_s = time.perf_counter() - start
+
+        return timed() if self._query_s < INLINE_QUERY_S else await asyncio.to_thread(timed)
 
     async def _query_vector(self, text: str) -> list[float] | None:
         if not self._embedding_usable():

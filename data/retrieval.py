@@ -318,6 +318,8 @@ class RetrievalIndex:
         self._dense: _Dense | None = None
         self._write = threading.Lock()  # one writer at a time; readers never wait for a lexical rebuild
         self._dense_lock = threading.Lock()  # usearch is not safe against a concurrent remove
+        # The last scope asked for, resolved: a chat's scope changes with promotions and withdrawals, not per turn.
+        self._scope: tuple[object, object, _Lexical, np.ndarray | None, np.ndarray | None] | None = None
 
     def __len__(self) -> int:
         return len(self._pairs)
@@ -400,9 +402,8 @@ class RetrievalIndex:
         if k <= 0:
             return []
         lexical, dense, pairs = self._lexical, self._dense, self._pairs
-        allowed_ids = _allowed(allow, exclude, lexical.ids)
+        allowed_ids, mask = self._resolve(lexical, allow, exclude)
         depth = max(k, self.config.candidates)
-        mask = None if allowed_ids is None else np.isin(lexical.ids, allowed_ids, assume_unique=True)
         lexical_hits = lexical.search(tokenize(text), mask, depth, self.config.min_lexical)
         dense_hits: list[tuple[int, float]] = []
         if vector is not None and dense is not None:
@@ -413,6 +414,19 @@ class RetrievalIndex:
                 dense_hits = dense.search(vector, allowed_ids, depth, self.config.min_dense)
             dense_hits = [(i, s) for i, s in dense_hits if i in pairs]
         return _fuse(lexical_hits, dense_hits, pairs, k, self.config.rrf_k)
+
+    def _resolve(self, lexical: _Lexical, allow: Collection[int] | None,
+                 exclude: Collection[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The allowed ids and the lexical index's mask for a scope; the last immutable scope is kept (the same
+        frozensets against the same index give the same answer)."""
+        cached = self._scope
+        if cached is not None and cached[0] is allow and cached[1] is exclude and cached[2] is lexical:
+            return cached[3], cached[4]
+        allowed_ids = _allowed(allow, exclude, lexical.ids)
+        mask = None if allowed_ids is None else np.isin(lexical.ids, allowed_ids, assume_unique=True)
+        if isinstance(allow, frozenset | None) and isinstance(exclude, frozenset | tuple):
+            self._scope = (allow, exclude, lexical, allowed_ids, mask)
+        return allowed_ids, mask
 
 
 def _allowed(allow: Collection[int] | None, exclude: Collection[int], ids: np.ndarray) -> np.ndarray | None:

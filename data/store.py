@@ -163,6 +163,21 @@ class DatasetStats:
         return self.__dict__.copy()
 
 
+class _AnsweringCache:
+    """The active version of each community as last read, shared by a store and every store scoped from it.
+
+    A read is kept only if no switch happened while it ran (``switches``): a promotion made through these stores
+    is never hidden by a read that started before it."""
+
+    def __init__(self) -> None:
+        self.read: dict[str, tuple[float, tuple[str, int] | None]] = {}
+        self.switches: Counter[str] = Counter()
+
+    def switched(self, community: str) -> None:
+        self.switches[community] += 1
+        self.read.pop(community, None)
+
+
 class Store:
     """All persistent state. Create with an async SQLAlchemy URL, then ``await migrate()``.
 
@@ -200,6 +215,7 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._answering = _AnsweringCache()
 
     async def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision; then delete what imports killed mid-way left hidden."""
@@ -958,6 +974,28 @@ class Store:
         async with self.session() as s:
             return await self._active(s)
 
+    async def answering_model(self, max_age: float) -> tuple[str, int] | None:
+        """The active version's ``(tag, id)`` (None: the base answers), read from the database at most ``max_age``
+        seconds ago; the chat path asks it every turn. A promotion or rollback made through this store or one
+        scoped from it is seen at once; one made by another process (the CLI, a second bot) within ``max_age``."""
+        community = self.community
+        if community is None:
+            return None
+        cache = self._answering
+        now = time.monotonic()
+        if (cached := cache.read.get(community)) is not None and now - cached[0] <= max_age:
+            return cached[1]
+        switches = cache.switches[community]
+        async with self.engine.connect() as conn:  # one statement, no ORM objects: this is on every turn
+            row = (await conn.execute(
+                select(ModelVersion.tag, ModelVersion.id)
+                .join(ActiveModel, ActiveModel.model_version_id == ModelVersion.id)
+                .where(ActiveModel.community == community))).first()
+        answering = (row.tag, row.id) if row is not None else None
+        if cache.switches[community] == switches:
+            cache.read[community] = (now, answering)
+        return answering
+
     async def _active(self, s: AsyncSession) -> ModelVersion | None:
         pointer = await s.scalar(select(ActiveModel).where(ActiveModel.community == self.community))
         if pointer is None or pointer.model_version_id is None:
@@ -972,6 +1010,7 @@ class Store:
                 why = row.failure_reason or row.status if row.in_ollama else "it is not registered in Ollama"
                 raise StoreError(f"{row.tag} cannot be promoted: {why}")
             await _point_at(s, row, "promote", self.owner())
+        self._answering.switched(self.owner())
         return row
 
     async def rollback_target(self) -> ModelVersion | None:
@@ -1000,6 +1039,7 @@ class Store:
             if current is not None:
                 current.status = "rolled_back"
             await _point_at(s, target, "rollback", self.owner())
+        self._answering.switched(self.owner())
         return target
 
     async def rollback_to_base(self) -> ModelVersion:
@@ -1017,6 +1057,7 @@ class Store:
             await s.execute(update(ActiveModel).where(ActiveModel.community == community)
                             .values(model_version_id=None, switched_at=now))
             s.add(Promotion(model_version_id=current.id, action="base", created_at=now, community=community))
+        self._answering.switched(community)
         return current
 
     async def retention_candidates(self, keep: int) -> list[ModelVersion]:

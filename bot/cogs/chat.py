@@ -5,6 +5,7 @@ servers only."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -68,16 +69,25 @@ class ChatCog(commands.Cog):
             await _note(message, DM_MEMBERS_ONLY)
             return
         chat = self.bot.chat_for(community)
-        conversation = await conversation_for(message, me.id, store=chat.store, reads_all=reads_all)
-        with contextlib.suppress(discord.HTTPException):  # typing is a courtesy; the answer says what fails
-            await message.channel.typing()
-        await chat.answer(
-            conversation.turns,
-            lambda text: message.channel.send(text, reference=message.to_reference(fail_if_not_exists=False),
-                                              mention_author=False, allowed_mentions=NO_MENTIONS),
-            note=hidden_note(conversation.hidden) if conversation.hidden else "",
-            make_view=feedback_view, guild_id=guild_id, channel_id=message.channel.id, user_id=message.author.id,
-        )
+        # The typing indicator is asked for beside the work before the answer, not ahead of it (a round trip
+        # to Discord), and always before the first message: posted after it, it would linger.
+        typing = asyncio.create_task(_typing(message.channel))
+
+        async def send_first(text: str) -> discord.Message:
+            await typing
+            return await message.channel.send(text, reference=message.to_reference(fail_if_not_exists=False),
+                                              mention_author=False, allowed_mentions=NO_MENTIONS)
+
+        try:
+            conversation = await conversation_for(message, me.id, store=chat.store, reads_all=reads_all)
+            await chat.answer(
+                conversation.turns, send_first,
+                note=hidden_note(conversation.hidden) if conversation.hidden else "",
+                make_view=feedback_view, guild_id=guild_id, channel_id=message.channel.id,
+                user_id=message.author.id,
+            )
+        finally:
+            await typing
 
     @app_commands.command(name="ask", description="Ask the bot a question.")
     @app_commands.describe(question="What do you want to know?")
@@ -118,6 +128,11 @@ async def _note(message: discord.Message, text: str, **kwargs: Any) -> None:
                                    mention_author=False, allowed_mentions=NO_MENTIONS, **kwargs)
     except discord.HTTPException as exc:
         log.warning("could not reply in channel %s: %s", message.channel.id, exc)
+
+
+async def _typing(channel: discord.abc.Messageable) -> None:
+    with contextlib.suppress(discord.HTTPException):  # a courtesy; the answer says what fails
+        await channel.typing()
 
 
 async def setup(bot: LoraloopBot) -> None:

@@ -43,6 +43,19 @@ async def test_mention_streams_one_message_with_throttled_edits(bot, gateway, di
     assert answer.prompt[0] == {"role": "system", "content": "You are terse."}
 
 
+async def test_a_slow_typing_indicator_is_still_asked_for_before_the_answer(bot, gateway, discord_api,
+                                                                            ollama_server):
+    """Typing is asked for beside the work before the answer, not ahead of it; but never after the answer is
+    posted (Discord would show the bot typing for seconds after it answered)."""
+    ollama_server.add_scripted_model(BASE_TAG, reply="at once")
+    discord_api.rate_limit("POST", "/typing", retry_after=0.4)  # discord.py waits, then asks again
+    await gateway.message(mention("quick one"))
+    await wait_until(lambda: any(m["components"] for m in discord_api.bot_messages()))
+    typed = [c for c in discord_api.find("POST", "/typing") if c.status < 400]
+    [posted] = discord_api.sent_messages()
+    assert typed and discord_api.calls.index(typed[0]) < discord_api.calls.index(posted)
+
+
 async def test_long_answer_is_split_into_replies(bot, gateway, discord_api, ollama_server):
     reply = ("lorem ipsum dolor " * 200).strip()  # ~3,600 characters
     ollama_server.add_scripted_model(BASE_TAG, reply=reply)

@@ -134,6 +134,27 @@ def test_allow_and_exclude_restrict_both_lists():
     assert index.query("reset password", 3, vector=e[0], allow=set()) == []
 
 
+def test_a_scope_asked_again_answers_for_the_scope_and_the_index_as_they_are_now():
+    """The last scope is kept resolved between queries (the chat asks the same frozensets every turn): a new scope,
+    a change to the index or a mutable collection changed in place is never answered from the kept one."""
+    index = index_of("reset my password", "reset my password please", "forgot password reset")
+    first, second = frozenset({1, 2}), frozenset({3})
+    assert {h.example_id for h in index.query("reset password", 3, allow=first)} == {1, 2}
+    assert {h.example_id for h in index.query("reset password", 3, allow=first)} == {1, 2}
+    assert {h.example_id for h in index.query("reset password", 3, allow=second)} == {3}
+    assert {h.example_id for h in index.query("reset password", 3, allow=first, exclude=frozenset({2}))} == {1}
+    wider = frozenset({1, 2, 4})
+    assert {h.example_id for h in index.query("reset password", 3, allow=wider)} == {1, 2}
+    index.add([Pair(4, "password reset link", "answer 4")])  # an approval while the scope stays the same
+    assert {h.example_id for h in index.query("reset password", 3, allow=wider)} == {1, 2, 4}
+    index.remove([1])
+    assert {h.example_id for h in index.query("reset password", 3, allow=wider)} == {2, 4}
+    changing = {2}
+    assert {h.example_id for h in index.query("reset password", 3, allow=changing)} == {2}
+    changing.add(3)
+    assert {h.example_id for h in index.query("reset password", 3, allow=changing)} == {2, 3}
+
+
 def test_a_large_allowed_set_searches_the_graph_and_still_filters():
     # Over 4096 allowed ids the dense side reads the HNSW graph deeper and filters instead of comparing exactly.
     vectors = np.random.default_rng(7).standard_normal((6000, 8)).astype(np.float32)

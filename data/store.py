@@ -976,8 +976,10 @@ class Store:
 
     async def answering_model(self, max_age: float) -> tuple[str, int] | None:
         """The active version's ``(tag, id)`` (None: the base answers), read from the database at most ``max_age``
-        seconds ago; the chat path asks it every turn. A promotion or rollback made through this store or one
-        scoped from it is seen at once; one made by another process (the CLI, a second bot) within ``max_age``."""
+        seconds ago; the chat path asks it every turn. One read refreshes every community's (one statement, kept
+        by the store and its scoped copies), so a bot in many servers reads once per ``max_age``, not once per
+        server. A promotion or rollback made through these stores is seen at once; one made by another process
+        (the CLI, a second bot) within ``max_age``."""
         community = self.community
         if community is None:
             return None
@@ -985,16 +987,16 @@ class Store:
         now = time.monotonic()
         if (cached := cache.read.get(community)) is not None and now - cached[0] <= max_age:
             return cached[1]
-        switches = cache.switches[community]
-        async with self.engine.connect() as conn:  # one statement, no ORM objects: this is on every turn
-            row = (await conn.execute(
-                select(ModelVersion.tag, ModelVersion.id)
-                .join(ActiveModel, ActiveModel.model_version_id == ModelVersion.id)
-                .where(ActiveModel.community == community))).first()
-        answering = (row.tag, row.id) if row is not None else None
-        if cache.switches[community] == switches:
-            cache.read[community] = (now, answering)
-        return answering
+        switches = cache.switches.copy()
+        async with self.engine.connect() as conn:  # no ORM objects: this is on the chat path
+            rows = await conn.execute(
+                select(ActiveModel.community, ModelVersion.tag, ModelVersion.id)
+                .join(ModelVersion, ActiveModel.model_version_id == ModelVersion.id))
+            found = {row.community: (row.tag, row.id) for row in rows}
+        for name in found.keys() | cache.read.keys() | {community}:
+            if cache.switches[name] == switches[name]:  # no switch while reading: what was read still holds
+                cache.read[name] = (now, found.get(name))
+        return found.get(community)
 
     async def _active(self, s: AsyncSession) -> ModelVersion | None:
         pointer = await s.scalar(select(ActiveModel).where(ActiveModel.community == self.community))

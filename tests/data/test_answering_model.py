@@ -54,3 +54,17 @@ async def test_each_community_reads_its_own_active_model(store):
     assert await a.answering_model(LONG) == (version.tag, version.id)
     assert await b.answering_model(LONG) is None
     assert await store.scoped(None).answering_model(LONG) is None  # outside every community: always the base
+
+
+async def test_one_read_refreshes_every_community(store):
+    """A bot in many servers reads the pointers once per max_age, not once per server per turn."""
+    alpha, beta = store.scoped("alpha"), store.scoped("beta")
+    version = await _registered(beta, "beta")
+    assert await beta.answering_model(LONG) is None
+    other = Store(store.url, connect_args=store.connect_args).scoped("beta")
+    try:
+        await other.promote(version.id)  # another process
+    finally:
+        await other.close()
+    assert await alpha.answering_model(0.0) is None  # alpha's read brings beta's pointer too
+    assert await beta.answering_model(LONG) == (version.tag, version.id)

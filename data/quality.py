@@ -145,7 +145,7 @@ class Regression:
                 f"{self.before.votes} (two-proportion z = {self.z:.2f}, beyond 1.96: not chance at 95%).")
 
 
-async def detect_regression(store: Store, base_tag: str, min_votes: int = 20) -> Regression | None:
+async def detect_regression(store: Store, base_tag: str, min_votes: int) -> Regression | None:
     """The active version's regression against the one before it, when both have ``min_votes`` distinct voters
     and the two-proportion test says so; else None."""
     any_active, before_version = await previous_version(store)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import typing
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.engine import CursorResult
 
 from data.models import ActiveModel, Example, ModelVersion, SnapshotRecord, example_vectors, utcnow
 from data.retrieval import Pair, RetrievalConfig, RetrievalError, RetrievalIndex
 from data.snapshot import HOLDOUT, SnapshotError, read_snapshot
+from data.store import Store
 
 # Embeds texts with the configured model (e.g. Ollama's /api/embed): one vector per text, in order.
 Embed = Callable[[list[str]], Awaitable[Sequence[Sequence[float]]]]
@@ -31,7 +34,7 @@ Embed = Callable[[list[str]], Awaitable[Sequence[Sequence[float]]]]
 _CHUNK = 5000
 
 
-async def save_vectors(store: Any, model: str, vectors: Mapping[int, Sequence[float] | np.ndarray]) -> None:
+async def save_vectors(store: Store, model: str, vectors: Mapping[int, Sequence[float] | np.ndarray]) -> None:
     """Store (or replace) each example's vector for ``model`` in one transaction."""
     rows = []
     for example_id, vector in vectors.items():
@@ -50,7 +53,7 @@ async def save_vectors(store: Any, model: str, vectors: Mapping[int, Sequence[fl
             await s.execute(insert(example_vectors), rows[start:start + _CHUNK])
 
 
-async def load_vectors(store: Any, model: str, ids: Collection[int] | None = None) -> dict[int, np.ndarray]:
+async def load_vectors(store: Store, model: str, ids: Collection[int] | None = None) -> dict[int, np.ndarray]:
     """The stored float32 vectors for ``model`` of the store's community's examples (of ``ids`` only, when
     given), by example id."""
     query = (select(example_vectors.c.example_id, example_vectors.c.vector)
@@ -65,13 +68,15 @@ async def load_vectors(store: Any, model: str, ids: Collection[int] | None = Non
     return out
 
 
-async def delete_vectors(store: Any, *, keep_model: str | None = None) -> int:
+async def delete_vectors(store: Store, *, keep_model: str | None = None) -> int:
     """Delete the vectors of every model except ``keep_model`` (all of them with None); returns rows deleted."""
     query = delete(example_vectors)
     if keep_model is not None:
         query = query.where(example_vectors.c.model != keep_model)
     async with store.session() as s, s.begin():
-        return (await s.execute(query)).rowcount or 0
+        # A DELETE's result is a CursorResult (it has rowcount); SQLAlchemy types execute() as a plain Result.
+        gone = typing.cast("CursorResult[Any]", await s.execute(query))
+        return gone.rowcount or 0
 
 
 def _retrievable(tags: Any) -> bool:
@@ -79,7 +84,7 @@ def _retrievable(tags: Any) -> bool:
     return not tags or HOLDOUT not in tags
 
 
-async def approved_pairs(store: Any, ids: Collection[int] | None = None) -> list[Pair]:
+async def approved_pairs(store: Store, ids: Collection[int] | None = None) -> list[Pair]:
     """Approved examples as retrieval pairs (of ``ids`` only, when given), by id; held-out questions left out."""
     query = (select(Example.id, Example.messages, Example.tags)
              .where(Example.status == "approved", Example.community == store.community).order_by(Example.id))
@@ -92,7 +97,7 @@ async def approved_pairs(store: Any, ids: Collection[int] | None = None) -> list
     return pairs
 
 
-async def approved_ids(store: Any) -> set[int]:
+async def approved_ids(store: Store) -> set[int]:
     """The ids of every retrievable approved example: what a running index is compared with to find approvals made
     elsewhere."""
     async with store.session() as s:
@@ -101,7 +106,7 @@ async def approved_ids(store: Any) -> set[int]:
         return {example_id for example_id, tags in rows if _retrievable(tags)}
 
 
-async def ids_of_hashes(store: Any, hashes: Collection[str]) -> set[int]:
+async def ids_of_hashes(store: Store, hashes: Collection[str]) -> set[int]:
     """The ids of the examples whose content hash is in ``hashes`` (a snapshot's ids are content hashes)."""
     out: set[int] = set()
     async with store.session() as s:
@@ -120,7 +125,7 @@ def pair_of(example_id: int, messages: Sequence[Mapping[str, str]]) -> Pair:
     return Pair(example_id, question, answers[-1] if answers else "")
 
 
-async def delta_ids(store: Any, tag: str | None = None) -> set[int]:
+async def delta_ids(store: Store, tag: str | None = None) -> set[int]:
     """Approved examples the active model was not trained on (scope ``delta``): every approved example when no
     version is active, else those whose content hash is not in the active version's snapshot. ``tag``: the same
     for that version instead of the active one (the gate's with-retrieval table asks it for a candidate).
@@ -165,7 +170,7 @@ def snapshot_hashes(path: str, sha256: str) -> frozenset[str]:
     return frozenset(snap.ids["train"]) | frozenset(snap.ids["eval"])
 
 
-async def build_index(store: Any, *, embed_model: str | None = None, ids: Collection[int] | None = None,
+async def build_index(store: Store, *, embed_model: str | None = None, ids: Collection[int] | None = None,
                       config: RetrievalConfig | None = None) -> RetrievalIndex:
     """Rebuild the index from the database: the approved pairs (of ``ids`` only, when given) with their stored
     vectors for ``embed_model``. Pairs without a stored vector are indexed lexically only; ``index_pairs`` with
@@ -188,7 +193,7 @@ async def build_index(store: Any, *, embed_model: str | None = None, ids: Collec
     return index
 
 
-async def index_pairs(store: Any, index: RetrievalIndex, ids: Iterable[int], *, embed: Embed | None = None,
+async def index_pairs(store: Store, index: RetrievalIndex, ids: Iterable[int], *, embed: Embed | None = None,
                       embed_model: str | None = None) -> list[int]:
     """Index newly approved examples (call after approval): stored vectors are reused, missing ones embedded
     with ``embed`` and stored for ``embed_model``. Ids that are not approved any more are removed from the index.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import discord
@@ -29,6 +29,7 @@ from deploy.ollama import OllamaClient
 
 if TYPE_CHECKING:
     from bot.cogs.retrain import RetrainCog
+    from bot.retrain.dispatch import Dispatcher
 
 log = logging.getLogger("loraloop.bot")
 
@@ -51,7 +52,7 @@ class LoraloopTree(app_commands.CommandTree["LoraloopBot"]):
 
 class LoraloopBot(commands.Bot):
     def __init__(self, settings: Settings, *, store: Store | None = None, ollama: OllamaClient | None = None,
-                 sync_commands: bool = True, dispatcher: Any = None, run_scheduler: bool = True) -> None:
+                 sync_commands: bool = True, dispatcher: Dispatcher | None = None, run_scheduler: bool = True) -> None:
         # Mentions and DMs carry their text without the privileged message-content intent; with it (the
         # operator enabled it in the developer portal) the bot also reads replies and other people's turns.
         intents = discord.Intents.default()

@@ -37,7 +37,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import discord
 from sqlalchemy.exc import SQLAlchemyError
@@ -387,10 +387,21 @@ def too_long_note(too_long: QuestionTooLong) -> str:
             f"about {too_long.room:,} besides its instructions and the room for its answer. Please shorten it.")
 
 
+class Posted(Protocol):
+    """A posted piece of an answer, edited in place while the answer streams: a Discord message (``loraloop chat``
+    draws its pieces on a terminal instead)."""
+
+    async def edit(self, *, content: str | None = ..., allowed_mentions: discord.AllowedMentions | None = ...,
+                   view: discord.ui.View | None = ...) -> Self: ...
+
+
+P = TypeVar("P", bound=Posted)
+
+
 @dataclass
-class ChatResult:
+class ChatResult(Generic[P]):
     text: str
-    messages: list[discord.Message]
+    messages: list[P]
     answer_id: int | None
     model_tag: str
     error: str | None = None
@@ -398,9 +409,9 @@ class ChatResult:
     discord_error: str | None = None  # Discord refused to show (part of) it; the answer is recorded anyway
 
 
-Send = Callable[[str], Awaitable[discord.Message]]
+Send = Callable[[str], Awaitable[P]]
 # Posts a later chunk: (the previous chunk's message, text, view or nothing) -> the new message.
-SendMore = Callable[[discord.Message, str, "discord.ui.View | None"], Awaitable[discord.Message]]
+SendMore = Callable[[P, str, "discord.ui.View | None"], Awaitable[P]]
 
 
 async def reply_to(previous: discord.Message, text: str, view: discord.ui.View | None = None) -> discord.Message:
@@ -433,15 +444,15 @@ class Chat:
     async def answer(
         self,
         history: list[dict[str, str]],
-        send_first: Send,
+        send_first: Send[P],
         *,
-        send_more: SendMore = reply_to,
+        send_more: SendMore[P],
         note: str = "",
         make_view: Callable[[int], discord.ui.View] | None = None,
         guild_id: int | None = None,
         channel_id: int | None = None,
         user_id: int | None = None,
-    ) -> ChatResult:
+    ) -> ChatResult[P]:
         """Stream the answer into Discord: ``send_first`` posts the first message, ``send_more`` later chunks.
 
         ``note`` is shown under the final answer, not recorded. Discord refusing a message (deleted, no
@@ -577,13 +588,13 @@ class _Reply:
         return render_thinking(self.thinking(), self.mode) + self.answer()
 
 
-class _Showing:
+class _Showing(Generic[P]):
     """One answer's Discord messages: live updates that coalesce (the newest text wins), a final render that
     waits for the update in flight, and the first refusal from Discord ending all showing (logged once)."""
 
-    def __init__(self, send_first: Send, send_more: SendMore) -> None:
+    def __init__(self, send_first: Send[P], send_more: SendMore[P]) -> None:
         self.send_first, self.send_more = send_first, send_more
-        self.sent: list[discord.Message] = []
+        self.sent: list[P] = []
         self.shown: list[str] = []
         self.error: str | None = None
         self._pending: str | None = None

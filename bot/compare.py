@@ -23,14 +23,13 @@ from bot import permissions
 from bot.permissions import IdButton, Only, say
 from data import quality, runs
 from data.errors import LoraloopError, NotFound
-from data.models import RetrainRun
+from data.models import Comparison, RetrainRun
 from data.store import Store
 from deploy.promotion import AlreadyActive, rollback
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
-
-    Interaction = discord.Interaction[LoraloopBot]
+    from bot.permissions import Interaction
 
 log = logging.getLogger("loraloop.bot.quality")
 NONE = discord.AllowedMentions.none()
@@ -54,7 +53,7 @@ def _quote(text: str) -> str:
 # ---- the public message -------------------------------------------------------------------------------------
 
 
-def comparison_text(comparison: quality.Comparison, tally: quality.Tally, run: RetrainRun | None = None) -> str:
+def comparison_text(comparison: Comparison, tally: quality.Tally, run: RetrainRun | None = None) -> str:
     head = f"**Blind comparison #{comparison.id}**" + (f" for retrain #{run.id}" if run else "")
     lines = [head, f"A candidate against what answers now, on {len(comparison.items)} questions from its "
                    "evaluation. Each expert compares privately (press Compare): which model wrote which answer is "
@@ -65,7 +64,7 @@ def comparison_text(comparison: quality.Comparison, tally: quality.Tally, run: R
     return "\n".join(lines)[:CONTENT_MAX]
 
 
-def comparison_view(comparison: quality.Comparison, tally: quality.Tally, manual: bool,
+def comparison_view(comparison: Comparison, tally: quality.Tally, manual: bool,
                     run: RetrainRun | None) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CompareButton(comparison.id, "start", 0))
@@ -79,7 +78,7 @@ def comparison_view(comparison: quality.Comparison, tally: quality.Tally, manual
 
 
 async def post_comparison(bot: LoraloopBot, run: RetrainRun, channel: discord.abc.Messageable,
-                          k: int | None = None) -> quality.Comparison | None:
+                          k: int | None = None) -> Comparison | None:
     """Make the blind comparison for an evaluated run from its gate table and post it; None when the gate rows
     hold no question the two models answered differently."""
     if run.model_version_id is None:
@@ -100,7 +99,7 @@ async def post_comparison(bot: LoraloopBot, run: RetrainRun, channel: discord.ab
     return comparison
 
 
-async def refresh_comparison(bot: LoraloopBot, store: Store, comparison: quality.Comparison) -> None:
+async def refresh_comparison(bot: LoraloopBot, store: Store, comparison: Comparison) -> None:
     """Show the current tally (and enable Promote once allowed) on the public message (``store``: the
     comparison's community's)."""
     if comparison.channel_id is None or comparison.message_id is None:
@@ -125,7 +124,7 @@ async def promotion_refusal(bot: LoraloopBot, store: Store, run_id: int) -> str 
 # ---- the private cards --------------------------------------------------------------------------------------
 
 
-def card(comparison: quality.Comparison, item: int, before: str = "") -> tuple[str, discord.ui.View]:
+def card(comparison: Comparison, item: int, before: str = "") -> tuple[str, discord.ui.View]:
     it = comparison.items[item]
     lines = ([before, ""] if before else []) + [
         f"**Comparison #{comparison.id} · question {item + 1}/{len(comparison.items)}**",
@@ -139,7 +138,7 @@ def card(comparison: quality.Comparison, item: int, before: str = "") -> tuple[s
     return "\n".join(lines)[-CONTENT_MAX:], view
 
 
-def reveal(comparison: quality.Comparison, item: int, choice: str) -> str:
+def reveal(comparison: Comparison, item: int, choice: str) -> str:
     it = comparison.items[item]
     chose = "a tie" if choice == "tie" else f"answer {choice.upper()}"
     whose = "the candidate" if choice == it["candidate"] else ("neither" if choice == "tie" else "what answers now")
@@ -159,11 +158,11 @@ class CompareButton(IdButton, template=r"ll:cmp:(?P<comparison>\d+):(?P<action>s
         self.comparison_id, self.action, self.question = comparison_id, action, item
 
     @classmethod
-    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> CompareButton:
         return cls(int(match["comparison"]), match["action"], int(match["item"]))
 
-    async def callback(self, interaction: Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         bot = interaction.client
         store = await bot.store_for(interaction.guild_id, interaction.user.id)
         try:
@@ -255,11 +254,11 @@ class RollbackButton(IdButton, template=r"ll:rb:(?P<version>\d+|base)"):
         self.version_id = version_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> RollbackButton:
         return cls(BASE if match["version"] == BASE else int(match["version"]))
 
-    async def callback(self, interaction: Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         bot = interaction.client
         await interaction.response.defer(ephemeral=True, thinking=True)  # Ollama may take longer than 3 s
         store = await bot.store_for(interaction.guild_id, interaction.user.id)

@@ -25,6 +25,11 @@ from data.store import Store
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
 
+    # Every interaction loraloop handles is its bot's. discord.py types the methods a cog, modal or button
+    # overrides (interaction_check, on_submit, callback) for any client: ``Interaction[ClientT]`` with a type
+    # variable of the method, not of the class, so no subclass can name its own client without mypy's [override]
+    # (discord.py fixed this for app_commands.Transformer alone, #9936). Those overrides take this alias and say
+    # ``# type: ignore[override]  # see Interaction``; from_custom_id, which reads no client, takes any interaction.
     Interaction = discord.Interaction[LoraloopBot]
 
 SUBMISSION_WINDOW = timedelta(hours=1)
@@ -172,7 +177,7 @@ def teachers_only(refusal: str) -> Callable[[T], T]:
 
 
 # The base's template matches nothing (discord.py wants one on every subclass); each button has its own.
-class IdButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:(?!)"):
+class IdButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"ll:(?!)"):
     """A persistent button whose custom id carries the ids it acts on (so it works after a restart).
 
     ``only`` says who may press it (None: anyone); a subclass whose rule depends on the button sets it per
@@ -181,7 +186,7 @@ class IdButton(discord.ui.DynamicItem[discord.ui.Button], template=r"ll:(?!)"):
 
     only: ClassVar[Only | None] = None
 
-    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]  # see Interaction
         refusal = community_refusal(interaction.client.settings, interaction.guild_id)
         if refusal is not None and self.needs_community(interaction):
             await say(interaction, refusal)

@@ -47,7 +47,7 @@ from data.retrieval import Hit, RetrievalConfig, RetrievalError, RetrievalIndex,
 from data.snapshot import read_snapshot
 from data.store import Store
 from data.vectors import approved_ids, build_index, delta_ids, ids_of_hashes, index_pairs
-from deploy.gate import EvalPrompt, GateResult, eval_prompts
+from deploy.gate import EvalPrompt, GateResult, RetrievalRow, WithRetrieval, eval_prompts
 from deploy.ollama import OllamaClient, OllamaError
 from deploy.pipeline import Inform
 
@@ -453,7 +453,7 @@ def gate_with_retrieval(settings: Settings, store: Store, ollama: OllamaClient,
     alone. The eval split's own pairs are never retrieved (their answers are the references). ``retriever``: the
     bot's own, whose index is reused (brought up to date first); without it one is built from the database."""
 
-    async def measure(tag: str, gate: GateResult) -> dict[str, Any]:
+    async def measure(tag: str, gate: GateResult) -> WithRetrieval:
         if settings.retrieval_scope == "off":
             return {"skipped": "retrieval is off (retrieval_scope: off)"}
         weights = gate.scores.get("candidate")
@@ -471,7 +471,7 @@ def gate_with_retrieval(settings: Settings, store: Store, ollama: OllamaClient,
             allowed = await delta_ids(store, tag) - held_out
         else:
             allowed = set(live.index.ids if live.index else ()) - held_out
-        rows: list[dict[str, Any]] = []
+        rows: list[RetrievalRow] = []
         used: set[int] = set()
         for prompt in prompts:
             hits = await live.search(prompt.question, allowed=frozenset(allowed))

@@ -19,15 +19,12 @@ from bot.compare import alert_if_regressed
 from bot.permissions import IdButton, Only, say
 from data import preferences, quality
 from data.conversation import Conversation, InvalidConversation, tool_calls
-from data.errors import LoraloopError
+from data.errors import LoraloopError, NotFound, StoreError
 from data.models import Example, PreferenceRecord
 from data.review import disagreement
-from data.store import NotFound, StoreError
 
 if TYPE_CHECKING:
-    from bot.app import LoraloopBot
-
-    Interaction = discord.Interaction[LoraloopBot]
+    from bot.permissions import Interaction
 
 log = logging.getLogger("loraloop.bot.views")
 MODAL_TEXT_MAX = 4000  # Discord's own limit for a text input
@@ -55,7 +52,7 @@ class OpenerOnlyModal(discord.ui.Modal):
 
     opener_id: int
 
-    async def interaction_check(self, interaction: Interaction) -> bool:
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]  # see Interaction
         if interaction.user.id != self.opener_id:
             await say(interaction, "This form was opened by someone else; nothing was saved.")
             return False
@@ -86,7 +83,7 @@ class FeedbackButton(IdButton, template=r"ll:fb:(?P<kind>up|down|fix):(?P<answer
         self.kind, self.answer_id = kind, answer_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> FeedbackButton:
         return cls(match["kind"], int(match["answer"]))
 
@@ -95,7 +92,7 @@ class FeedbackButton(IdButton, template=r"ll:fb:(?P<kind>up|down|fix):(?P<answer
         # open_suggestion says where suggestions are taken.
         return self.kind == "fix" and interaction.guild_id is not None
 
-    async def callback(self, interaction: Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         bot = interaction.client
         if self.kind == "fix":
             return await self.open_suggestion(interaction)
@@ -148,11 +145,11 @@ class BetterAnswerButton(IdButton, template=r"ll:ba:(?P<answer>\d+)"):
         self.answer_id = answer_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> BetterAnswerButton:
         return cls(int(match["answer"]))
 
-    async def callback(self, interaction: Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         await FeedbackButton("fix", self.answer_id).open_suggestion(interaction)
 
 
@@ -195,11 +192,11 @@ class UsedPairsButton(IdButton, template=r"ll:pairs:(?P<answer>\d+)"):
         self.answer_id = answer_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> UsedPairsButton:
         return cls(int(match["answer"]))
 
-    async def callback(self, interaction: Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         bot = interaction.client
         store = await bot.store_for(interaction.guild_id, interaction.user.id)
         try:
@@ -242,14 +239,16 @@ class SuggestModal(OpenerOnlyModal):
         super().__init__(title="Suggest a better answer", custom_id=modal_id("suggest", answer_id, user=opener),
                          timeout=900)
         self.answer_id, self.opener_id = answer_id, opener.id
-        self.question = discord.ui.TextInput(label="Question", style=discord.TextStyle.paragraph,
-                                             default=question[:MODAL_TEXT_MAX], max_length=MODAL_TEXT_MAX)
-        self.better = discord.ui.TextInput(label="Better answer", style=discord.TextStyle.paragraph,
-                                           placeholder=current[:100], max_length=MODAL_TEXT_MAX)
+        self.question: discord.ui.TextInput[SuggestModal] = discord.ui.TextInput(
+            label="Question", style=discord.TextStyle.paragraph, default=question[:MODAL_TEXT_MAX],
+            max_length=MODAL_TEXT_MAX)
+        self.better: discord.ui.TextInput[SuggestModal] = discord.ui.TextInput(
+            label="Better answer", style=discord.TextStyle.paragraph, placeholder=current[:100],
+            max_length=MODAL_TEXT_MAX)
         self.add_item(self.question)
         self.add_item(self.better)
 
-    async def on_submit(self, interaction: Interaction) -> None:
+    async def on_submit(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         bot = interaction.client
         store = await bot.store_for(interaction.guild_id, interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)
@@ -271,17 +270,20 @@ class SuggestModal(OpenerOnlyModal):
 
 
 class TeachModal(discord.ui.Modal, title="Teach the bot"):
-    question = discord.ui.TextInput(label="Question", style=discord.TextStyle.paragraph, max_length=MODAL_TEXT_MAX)
-    answer = discord.ui.TextInput(label="Answer", style=discord.TextStyle.paragraph, max_length=MODAL_TEXT_MAX)
-    system = discord.ui.TextInput(label="System prompt / context (optional)", style=discord.TextStyle.paragraph,
-                                  required=False, max_length=MODAL_TEXT_MAX)
+    question: discord.ui.TextInput[TeachModal] = discord.ui.TextInput(
+        label="Question", style=discord.TextStyle.paragraph, max_length=MODAL_TEXT_MAX)
+    answer: discord.ui.TextInput[TeachModal] = discord.ui.TextInput(
+        label="Answer", style=discord.TextStyle.paragraph, max_length=MODAL_TEXT_MAX)
+    system: discord.ui.TextInput[TeachModal] = discord.ui.TextInput(
+        label="System prompt / context (optional)", style=discord.TextStyle.paragraph, required=False,
+        max_length=MODAL_TEXT_MAX)
 
     # No custom id given: discord.py draws a random one for every instance, so openings never collide.
 
-    async def interaction_check(self, interaction: Interaction) -> bool:
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]  # see Interaction
         return await in_community(interaction)
 
-    async def on_submit(self, interaction: Interaction) -> None:
+    async def on_submit(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         bot = interaction.client
         store = await bot.store_for(interaction.guild_id, interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)
@@ -398,9 +400,12 @@ def tools_text(tools: str) -> str:
         function = schema.get("function", schema) if isinstance(schema, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             return tools
-        parameters = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
-        properties = parameters.get("properties") if isinstance(parameters.get("properties"), dict) else {}
-        required = parameters.get("required") if isinstance(parameters.get("required"), list) else []
+        raw = function.get("parameters")
+        parameters: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        raw = parameters.get("properties")
+        properties: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        raw = parameters.get("required")
+        required: list[Any] = raw if isinstance(raw, list) else []
         names = ", ".join(p if p in required else f"{p}?" for p in properties)
         description = function.get("description")
         lines.append(f"{function['name']}({names})" + (f" — {description}" if isinstance(description, str) else ""))
@@ -480,14 +485,14 @@ class ReviewButton(IdButton, template=r"ll:rv:(?P<action>[1-5]|approve|reject|ed
         self.action, self.example_id = action, example_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> ReviewButton:
         return cls(match["action"], int(match["example"]))
 
     def rule(self) -> Only:
         return _DECIDE if self.action in ("approve", "reject") else _RATE
 
-    async def callback(self, interaction: Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         bot = interaction.client
         store = await bot.store_for(interaction.guild_id, interaction.user.id)
         if self.action == "edit":  # a read, then the form (a deferred interaction cannot open one)
@@ -532,14 +537,14 @@ class PreferenceButton(IdButton, template=r"ll:pf:(?P<action>[1-5]|approve|rejec
         self.action, self.record_id = action, record_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> PreferenceButton:
         return cls(match["action"], int(match["record"]))
 
     def rule(self) -> Only:
         return _DECIDE if self.action in ("approve", "reject") else _RATE
 
-    async def callback(self, interaction: Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         bot = interaction.client
         store = await bot.store_for(interaction.guild_id, interaction.user.id)
         await interaction.response.defer()  # before the write: SQLite may hold its write lock past Discord's 3 s
@@ -640,15 +645,15 @@ class EditModal(OpenerOnlyModal):
         self.example_id, self.opener_id = example.id, opener.id
         conv = Conversation.from_dicts(example.messages, example.tags, example.tools)
         turns = conv.turns
-        self.question = discord.ui.TextInput(label="Question", style=discord.TextStyle.paragraph,
-                                             default=turns[-2].content, max_length=MODAL_TEXT_MAX)
-        self.answer = discord.ui.TextInput(label="Answer", style=discord.TextStyle.paragraph,
-                                           default=turns[-1].content, max_length=MODAL_TEXT_MAX)
+        self.question: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
+            label="Question", style=discord.TextStyle.paragraph, default=turns[-2].content, max_length=MODAL_TEXT_MAX)
+        self.answer: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
+            label="Answer", style=discord.TextStyle.paragraph, default=turns[-1].content, max_length=MODAL_TEXT_MAX)
         self.add_item(self.question)
         self.add_item(self.answer)
         self.original = conv
 
-    async def on_submit(self, interaction: Interaction) -> None:
+    async def on_submit(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         bot = interaction.client
         store = await bot.store_for(interaction.guild_id, interaction.user.id)
         await interaction.response.defer(ephemeral=True, thinking=True)  # before the write (see ReviewButton)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from data.conversation import Conversation
 from data.metrics import fact_recall, key_facts, rouge_l, score_answers
@@ -58,6 +58,70 @@ MEANINGS = {
     "retention": "how much less likely the base's answers to general questions became (nats/token); near 0: "
                  "general ability kept",
 }
+
+
+Role = Literal["candidate", "active"]  # the two models the gate compares
+
+
+class ParaphraseScores(TypedDict):
+    """One model's mean key-fact recall on the reworded eval questions, worded as in the data and reworded."""
+
+    original: float
+    paraphrased: float
+
+
+class Paraphrase(TypedDict, total=False):
+    """The reworded eval questions (see the module doc): {} when the check did not run; ``count`` 0 and
+    ``paraphrased_by`` alone when the paraphraser gave no rewording back."""
+
+    count: int
+    paraphrased_by: str
+    gap: float  # OVERFIT_GAP when it was judged
+    meaning: str
+    metric: str  # the metric ``candidate`` and ``active`` are in
+    candidate: ParaphraseScores
+    active: ParaphraseScores
+    overfitted: bool
+
+
+class Consistency(TypedDict, total=False):
+    """Repeated probe answers at the served sampling options (see the module doc): {} when the check did not run;
+    per role the mean pairwise ROUGE-L of its answers."""
+
+    n: int
+    probes: int
+    options: dict[str, Any]  # the sampling options the answers were drawn with
+    meaning: str
+    candidate: float
+    active: float
+
+
+class RetrievalRow(TypedDict):
+    """One eval prompt answered by the candidate with the expert answers retrieval gave it."""
+
+    question: str
+    pair_ids: list[int]
+    answer: str
+    rouge_l: float
+
+
+class WithRetrieval(TypedDict, total=False):
+    """For information, never judged: the candidate on the gate's eval prompts with the expert answers the bot would
+    retrieve for it (bot/retrieval.py ``gate_with_retrieval``). {} when not asked for; only ``skipped`` (why it was
+    not measured) or ``error`` (what failed); else the measurement."""
+
+    skipped: str
+    error: str
+    scope: str
+    k: int
+    max_chars: int
+    search: str
+    prompts: int
+    with_pairs: int  # eval prompts that got at least one expert answer
+    pairs: int  # distinct expert answers given
+    weights: dict[str, float | int]  # the candidate's gate scores: its weights alone
+    candidate: dict[str, float | int]  # the same prompts answered with retrieval
+    rows: list[RetrievalRow]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +150,11 @@ class GateResult:
     active_is_base: bool = False  # ``active`` is the base tag: no fine-tuned version answered yet
     decided_by: str = DECIDED_BY  # the metric the verdict compared ("" when nothing was compared)
     options: dict[str, Any] = field(default_factory=dict)  # the decoding options both models answered with
-    # Reworded eval questions: count, paraphrased_by, per role {original, paraphrased}, overfitted (see module doc).
-    paraphrase: dict[str, Any] = field(default_factory=dict)
-    # Repeated probe answers at the served options: n, probes, options, per role the mean pairwise ROUGE-L.
-    consistency: dict[str, Any] = field(default_factory=dict)
+    paraphrase: Paraphrase = field(default_factory=Paraphrase)
+    consistency: Consistency = field(default_factory=Consistency)
     # The trainer's retention record plus the limit it was judged against and whether it passed.
     retention: dict[str, Any] = field(default_factory=dict)
-    # For information, never judged: the candidate on the same eval prompts with the expert answers the bot would
-    # retrieve for it (bot/retrieval.py ``gate_with_retrieval``): scope, k, candidate scores, rows; or "error".
-    with_retrieval: dict[str, Any] = field(default_factory=dict)
+    with_retrieval: WithRetrieval = field(default_factory=WithRetrieval)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,8 +193,7 @@ class GateResult:
         if info.get("error") or info.get("skipped"):
             return [*head, f"  not measured: {info.get('error') or info.get('skipped')}"]
         lines = [*head, f"{'candidate':<22} {'facts':>6} {'ROUGE-L':>8} {'EM':>6} {'n':>4}"]
-        for label, key in (("weights alone", "weights"), ("with expert answers", "candidate")):
-            s = info.get(key)
+        for label, s in (("weights alone", info.get("weights")), ("with expert answers", info.get("candidate"))):
             if s:
                 facts = f"{s['facts']:>6.3f}" if "facts" in s else f"{'–':>6}"
                 lines.append(f"{label:<22} {facts} {s['rouge_l']:>8.3f} {s['exact_match']:>6.3f} {s['count']:>4}")
@@ -146,12 +205,13 @@ class GateResult:
     def _dimension_lines(self) -> list[str]:
         """One line per extra dimension that ran: its numbers, then what they mean."""
         other = "base" if self.active_is_base else "active"
+        roles: tuple[tuple[Role, str], ...] = (("candidate", "candidate"), ("active", other))
         lines = []
         para = self.paraphrase
         if para.get("count"):
             metric = METRIC_NAMES.get(para.get("metric", "rouge_l"), "ROUGE-L F1")
             parts = [f"{label} {para[role]['original']:.3f} → {para[role]['paraphrased']:.3f}"
-                     for role, label in (("candidate", "candidate"), ("active", other)) if role in para]
+                     for role, label in roles if role in para]
             lines.append(f"reworded ({para['count']} eval questions, original → reworded {metric}): "
                          + ", ".join(parts))
             lines.append(f"  {MEANINGS['paraphrase']}")
@@ -161,8 +221,7 @@ class GateResult:
                              f"{c['paraphrased']:.3f} reworded (more than {para.get('gap', OVERFIT_GAP):g} lower)")
         cons = self.consistency
         if cons.get("n"):
-            parts = [f"{label} {cons[role]:.3f}" for role, label in (("candidate", "candidate"), ("active", other))
-                     if cons.get(role) is not None]
+            parts = [f"{label} {cons[role]:.3f}" for role, label in roles if cons.get(role) is not None]
             lines.append(f"consistency ({cons['n']} answers to each of {cons['probes']} probes): " + ", ".join(parts))
             lines.append(f"  {MEANINGS['consistency']}")
         ret = self.retention
@@ -201,11 +260,11 @@ class GateResult:
                                f"{row.get(f'{role}_consistency', 0):.3f}):")
                     out += [f"  - {s}" for s in samples]
             out.append("")
-        for i, row in enumerate(self.with_retrieval.get("rows", []), 1):
-            if row.get("pair_ids"):
-                out += [f"--- {i}. eval with retrieval (pairs {', '.join(f'#{p}' for p in row['pair_ids'])}) ---",
-                        f"question:  {row.get('question', '')}",
-                        f"candidate (ROUGE-L {row.get('rouge_l', 0):.3f}): {row.get('answer', '')}", ""]
+        for i, answered in enumerate(self.with_retrieval.get("rows", []), 1):
+            if answered.get("pair_ids"):
+                out += [f"--- {i}. eval with retrieval (pairs {', '.join(f'#{p}' for p in answered['pair_ids'])}) ---",
+                        f"question:  {answered.get('question', '')}",
+                        f"candidate (ROUGE-L {answered.get('rouge_l', 0):.3f}): {answered.get('answer', '')}", ""]
         ret = self.retention
         if ret.get("samples"):
             out.append("--- general prompts (retention): base answer, then the candidate's after training ---")
@@ -276,11 +335,14 @@ async def run_gate(
     margin, options, min_eval = config.margin, config.options, config.min_eval
     paraphrases, paraphraser, consistency_n = config.paraphrases, config.paraphraser, config.consistency_n
     sampling, max_retention_drop = config.sampling, config.max_retention_drop
-    tags = {"candidate": candidate} | ({"active": active} if active else {})
+    tags: dict[Role, str] = {"candidate": candidate}
+    if active:
+        tags["active"] = active
     answers = {role: await answer_all(client, tag, [*prompts, *probes], options) for role, tag in tags.items()}
     refs = [p.reference or "" for p in prompts]
     questions = [p.question for p in prompts]
-    scores = {role: score_answers(a[: len(prompts)], refs, questions).to_dict() for role, a in answers.items()}
+    scores: dict[str, dict[str, float | int]] = {role: score_answers(a[: len(prompts)], refs, questions).to_dict()
+                                                 for role, a in answers.items()}
     rows = []
     for i, p in enumerate([*prompts, *probes]):
         row: dict[str, Any] = {"kind": "eval" if i < len(prompts) else "probe", "question": p.question,
@@ -293,11 +355,11 @@ async def run_gate(
                 row[f"{role}_facts"] = round(fact_recall(answers[role][i], p.reference, p.question), 4)
                 row[f"{role}_rouge_l"] = round(rouge_l(answers[role][i], p.reference), 4)
         rows.append(row)
-    para: dict[str, Any] = {}
+    para: Paraphrase = {}
     if paraphrases > 0 and prompts and paraphraser:
         para, para_rows = await _paraphrase_check(client, tags, prompts[:paraphrases], rows, paraphraser, options)
         rows += para_rows
-    cons: dict[str, Any] = {}
+    cons: Consistency = {}
     if consistency_n >= 2 and probes:
         cons = await _consistency_check(client, tags, probes, rows[len(prompts):len(prompts) + len(probes)],
                                         consistency_n, dict(sampling or options))
@@ -350,9 +412,9 @@ async def paraphrase(client: OllamaClient, model: str, question: str, options: M
     return next((ln for ln in lines if ln.endswith(("?", "？"))), "")
 
 
-async def _paraphrase_check(client: OllamaClient, tags: Mapping[str, str], prompts: Sequence[EvalPrompt],
+async def _paraphrase_check(client: OllamaClient, tags: Mapping[Role, str], prompts: Sequence[EvalPrompt],
                             rows: list[dict[str, Any]], paraphraser: str,
-                            options: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                            options: Mapping[str, Any]) -> tuple[Paraphrase, list[dict[str, Any]]]:
     """Both models on reworded eval questions, beside their score on the same questions as worded in the data."""
     reworded: list[tuple[int, EvalPrompt]] = []
     for i, p in enumerate(prompts):
@@ -364,8 +426,8 @@ async def _paraphrase_check(client: OllamaClient, tags: Mapping[str, str], promp
     if not reworded:
         return {"count": 0, "paraphrased_by": paraphraser}, []
     answers = {role: await answer_all(client, tag, [p for _, p in reworded], options) for role, tag in tags.items()}
-    result: dict[str, Any] = {"count": len(reworded), "paraphrased_by": paraphraser, "gap": OVERFIT_GAP,
-                              "meaning": MEANINGS["paraphrase"]}
+    result: Paraphrase = {"count": len(reworded), "paraphrased_by": paraphraser, "gap": OVERFIT_GAP,
+                          "meaning": MEANINGS["paraphrase"]}
     para_rows = []
     result["metric"] = DECIDED_BY
     for j, (i, p) in enumerate(reworded):
@@ -386,10 +448,10 @@ async def _paraphrase_check(client: OllamaClient, tags: Mapping[str, str], promp
     return result, para_rows
 
 
-async def _consistency_check(client: OllamaClient, tags: Mapping[str, str], probes: Sequence[EvalPrompt],
-                             probe_rows: list[dict[str, Any]], n: int, sampling: dict[str, Any]) -> dict[str, Any]:
+async def _consistency_check(client: OllamaClient, tags: Mapping[Role, str], probes: Sequence[EvalPrompt],
+                             probe_rows: list[dict[str, Any]], n: int, sampling: dict[str, Any]) -> Consistency:
     """Each model answers each probe ``n`` times at the served sampling options; mean pairwise ROUGE-L."""
-    result: dict[str, Any] = {"n": n, "probes": len(probes), "options": sampling, "meaning": MEANINGS["consistency"]}
+    result: Consistency = {"n": n, "probes": len(probes), "options": sampling, "meaning": MEANINGS["consistency"]}
     for role, tag in tags.items():
         per_probe = []
         for p, row in zip(probes, probe_rows, strict=True):

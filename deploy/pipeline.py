@@ -22,7 +22,7 @@ from data.errors import LoraloopError
 from data.snapshot import read_snapshot
 from deploy.candidate import judge_candidate, register_candidate
 from deploy.config import DeployConfig
-from deploy.gate import GateResult
+from deploy.gate import GateResult, WithRetrieval
 from deploy.ollama import OllamaClient
 from deploy.promotion import fail_interrupted, forget, lineage, switch_to
 from deploy.registration import PathMemory
@@ -50,7 +50,7 @@ class DeployResult:
 
 Event = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 # An information-only measurement beside the gate's verdict (the bot's retrieval table): tag, gate → its record.
-Inform = Callable[[str, GateResult], Awaitable[dict[str, Any]]]
+Inform = Callable[[str, GateResult], Awaitable[WithRetrieval]]
 
 
 async def deploy(
@@ -173,7 +173,7 @@ async def conclude_candidate(store: Store, client: OllamaClient, tag: str, gate:
     return Conclusion(tag, "promoted", gate.reason, tuple(deleted))
 
 
-async def _informed(inform: Inform, tag: str, gate: GateResult) -> dict[str, Any]:
+async def _informed(inform: Inform, tag: str, gate: GateResult) -> WithRetrieval:
     try:
         return await inform(tag, gate)
     except Exception as exc:  # information only: whatever failed, the verdict and the switch go on

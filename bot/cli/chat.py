@@ -15,9 +15,13 @@ import typer
 from bot.cli.common import Community, err_console, fail, open_ollama, open_store, settings
 
 if TYPE_CHECKING:
+    import discord
+
     from bot.chat import Chat, ChatResult
+    from bot.retrieval import Retriever
     from bot.settings import Settings
     from data.store import Store
+    from deploy.ollama import OllamaClient
 
 QUIT = ("exit", "quit", "/bye")
 
@@ -75,7 +79,8 @@ async def _session(config: Settings, model: str | None, once: str | None, commun
                 history += [{"role": "user", "content": question}, {"role": "assistant", "content": result.text}]
 
 
-async def _chat_with(config: Settings, store: Store, ollama: Any, retrieval: Any, model: str | None) -> Chat:
+async def _chat_with(config: Settings, store: Store, ollama: OllamaClient, retrieval: Retriever | None,
+                     model: str | None) -> Chat:
     """The bot's Chat, answering with ``model`` when one is named (as the version it is, if the store knows it)."""
     from bot.chat import Chat
 
@@ -85,6 +90,7 @@ async def _chat_with(config: Settings, store: Store, ollama: Any, retrieval: Any
     clock = itertools.count().__next__
     if model is None:
         return Chat(terminal, store, ollama, clock=clock, retrieval=retrieval)
+    tag = model  # named for the class below, where ``model`` would be read as still possibly None
     versions = {v.tag: v.id for v in await store.list_model_versions()}
     if model not in versions and model != config.ollama_base:
         try:
@@ -96,12 +102,12 @@ async def _chat_with(config: Settings, store: Store, ollama: Any, retrieval: Any
 
     class Named(Chat):
         async def active_model(self) -> tuple[str, int | None]:
-            return model, versions.get(model)
+            return tag, versions.get(tag)
 
     return Named(terminal, store, ollama, clock=clock, retrieval=retrieval)
 
 
-async def _turn(talk: Chat, history: list[dict[str, str]], question: str) -> ChatResult:
+async def _turn(talk: Chat, history: list[dict[str, str]], question: str) -> ChatResult[_Message]:
     """One question answered by the bot's chat path, streamed to stdout."""
     screen = _Screen(sys.stdout)
     result = await talk.answer([*history, {"role": "user", "content": question}], screen.first,
@@ -122,7 +128,7 @@ class _Screen:
     async def first(self, text: str) -> _Message:
         return self._post(text)
 
-    async def more(self, previous: Any, text: str, view: Any = None) -> _Message:
+    async def more(self, previous: _Message, text: str, view: discord.ui.View | None = None) -> _Message:
         return self._post(text)
 
     def _post(self, text: str) -> _Message:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import Community, console, fail, open_store, plural, print_json, settings
+
+if TYPE_CHECKING:
+    from data.importer import ImportReport
+    from data.snapshot import WrittenSnapshot
+    from data.store import DatasetStats
 
 app = typer.Typer(help="Import, export and inspect the teaching dataset.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="Freeze the approved examples into an immutable training snapshot.",
@@ -47,8 +52,8 @@ def import_(
     from sqlalchemy.exc import SQLAlchemyError
 
     from data import formats
+    from data.errors import StoreError
     from data.importer import import_file
-    from data.store import StoreError
 
     column_map = None
     try:
@@ -78,7 +83,7 @@ def import_(
         fail(f"unknown format {format!r} (expected {FORMAT_HELP})")
     config = settings()
 
-    async def run():
+    async def run() -> ImportReport:
         async with open_store(config, community) as store:
             return await import_file(store, path, format=format, approve=approve, skip_invalid=skip_invalid,
                                      max_chars=config.max_stored_chars, columns=column_map, set_values=values,
@@ -144,7 +149,7 @@ def _set_values(pairs: list[str]) -> dict[str, str]:
         fail(str(exc))
 
 
-def _print_report(name: str, report) -> None:
+def _print_report(name: str, report: ImportReport) -> None:
     status = "imported" if report.committed else "[bold red]nothing imported[/]"
     kind = f", {report.kind}" if report.kind != "sft" else ""
     console.print(f"{name} ({report.format}{kind}, {plural(report.records, 'record')}): {status}", highlight=False,
@@ -199,7 +204,7 @@ def export(
         fail(f"unknown format {format!r} (expected one of {', '.join(formats.FORMATS)})")
     config = settings()
 
-    async def run():
+    async def run() -> int:
         async with open_store(config, community) as store:
             return await store.export_approved(out, format, split=split, eval_fraction=config.eval_fraction)
 
@@ -220,7 +225,7 @@ def stats(
     """Counts by status and source, rater agreement, new approved examples since the active model."""
     config = settings()
 
-    async def run():
+    async def run() -> DatasetStats:
         async with open_store(config, community) as store:
             return await store.dataset_stats()
 
@@ -256,7 +261,7 @@ def snapshot_create(
 
     config = settings()
 
-    async def run():
+    async def run() -> WrittenSnapshot | None:
         async with open_store(config, community) as store:
             if not allow_empty and not (await store.dataset_stats()).by_status.get("approved"):
                 return None

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from bot.cli.common import Community, console, fail
+
+if TYPE_CHECKING:
+    from deploy.pipeline import DeployResult
 
 app = typer.Typer(help="Convert an adapter to GGUF and register it with Ollama.", no_args_is_help=True)
 
@@ -95,7 +98,7 @@ def run_deploy(
                  if v is not None}
     config = cfg.deploy_config(**overrides)
 
-    def show(step: str, info: dict) -> None:
+    def show(step: str, info: dict[str, Any]) -> None:
         if as_json:
             print_json({"event": step, **info})
         elif step == "create":
@@ -104,7 +107,7 @@ def run_deploy(
             details = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("version", "tag", "scores"))
             console.print(f"{info['tag']}: {step} {details}", highlight=False)
 
-    async def run():
+    async def run() -> DeployResult:
         async with open_store(cfg, community) as store, open_ollama(cfg, timeout_s=300) as client:
             return await deploy(adapter, store=store, client=client, config=config, base_dir=base,
                                 snapshot_dir=snapshot, on_event=show, llama_cpp_dir=cfg.llama_cpp_dir,

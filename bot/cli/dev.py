@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from bot.cli.common import console, fail
+
+if TYPE_CHECKING:
+    from deploy.ollama_server import OllamaTestServer
 
 app = typer.Typer(help="Developer tools.", no_args_is_help=True)
 
@@ -129,7 +132,7 @@ def ollama(
     console.print(f"stopped the Ollama API on {server.url}", highlight=False)
 
 
-def _pull_base(server: Any, cache: Path, tiny: bool) -> tuple[str, Path]:
+def _pull_base(server: OllamaTestServer, cache: Path, tiny: bool) -> tuple[str, Path]:
     """Register the base as if `ollama pull` had fetched it (the model written into ``cache`` once); its tag and
     the Hugging Face directory to train on."""
     from transformers.utils import logging as transformers_logging
@@ -138,7 +141,8 @@ def _pull_base(server: Any, cache: Path, tiny: bool) -> tuple[str, Path]:
     from trainer.cache import built_once
     from trainer.real import GGUF_NAME, RealModelUnavailable, cached_smollm2
 
-    transformers_logging.disable_progress_bar()  # the bars of writing the model once are noise here
+    # The bars of writing the model once are noise here (transformers leaves this function unannotated).
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if tiny:
         model_dir = built_once(cache / TINY_DIR, TINY_GGUF, _tiny_with_gguf)
         add_hf_base(server, TINY_BASE_TAG, model_dir, model_dir / TINY_GGUF, real=False)

@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.table import Table
 
+from bot.chat import ACTIVE_MODEL_MAX_AGE_S
 from bot.cli.common import Community, console, fail, open_ollama, open_store, print_json, settings
 from data.errors import LoraloopError
+
+if TYPE_CHECKING:
+    from data.models import ModelVersion
+    from data.quality import Rate
+    from data.store import Store
+    from deploy.ollama import OllamaClient
 
 app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 T = TypeVar("T")
 
+# A running bot re-reads the active model at most this often (bot/chat.py).
+_RUNNING_BOT = f" (a running bot answers with it within {ACTIVE_MODEL_MAX_AGE_S:g} s)"
 
-def _with_store_and_ollama(fn: Callable[[Any, Any], Awaitable[T]], community: str | None) -> T:
+
+def _with_store_and_ollama(fn: Callable[[Store, OllamaClient], Awaitable[T]], community: str | None) -> T:
 
     cfg = settings()
 
@@ -44,7 +54,8 @@ def list_versions(
     from data import quality
     from deploy.ollama import OllamaError
 
-    async def run(store: Any, client: Any) -> tuple[list[Any], Any, set[str] | None, dict[Any, Any], Any]:
+    async def run(store: Store, client: OllamaClient) -> tuple[list[ModelVersion], ModelVersion | None, set[str] | None,
+                                                          dict[int | None, Rate], tuple[bool, ModelVersion | None]]:
         rows = await store.list_model_versions()
         active = await store.active_model_version()
         rates = await quality.feedback_by_version(store)
@@ -95,7 +106,7 @@ def list_versions(
         console.print("[yellow]Ollama is not reachable; 'in Ollama' is unknown[/]")
 
 
-def _feedback_cell(rate: Any) -> str:
+def _feedback_cell(rate: Rate | None) -> str:
     if rate is None or not rate.votes:
         return ""
     lo, hi = rate.interval
@@ -116,7 +127,7 @@ def promote_cmd(
     except AlreadyActive as exc:
         console.print(f"nothing to do: {exc}", highlight=False)
         return
-    console.print(f"active model is now {now}", highlight=False)
+    console.print(f"active model is now {now}{_RUNNING_BOT}", highlight=False)
 
 
 @app.command("rollback")
@@ -133,4 +144,4 @@ def rollback_cmd(
     except AlreadyActive as exc:
         console.print(f"nothing to do: {exc}", highlight=False)
         return
-    console.print(f"rolled back: active model is now {now}", highlight=False)
+    console.print(f"rolled back: active model is now {now}{_RUNNING_BOT}", highlight=False)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import Community, console, fail, open_store, print_json, settings
+
+if TYPE_CHECKING:
+    from data.models import PreferenceRecord
+    from data.preferences import PreferenceImport
 
 app = typer.Typer(help="Preference records (a chosen and a rejected answer) for the DPO stage.",
                   no_args_is_help=True)
@@ -34,9 +38,9 @@ def import_(
 ) -> None:
     """Import preference records (pending review unless --approve); all or nothing."""
     from data import formats
+    from data.errors import StoreError
     from data.formats import preference as preference_format
     from data.preferences import import_preferences
-    from data.store import StoreError
 
     if not path.is_file():
         fail(f"{path}: {'not a file' if path.exists() else 'no such file'}")
@@ -54,7 +58,7 @@ def import_(
     if not parsed.records:
         fail(f"{path}: no valid preference record to import")
 
-    async def run():
+    async def run() -> PreferenceImport:
         async with open_store(config, community) as store:
             return await import_preferences(store, [p for _, p in parsed.records], approve=approve)
 
@@ -92,7 +96,7 @@ def export(
 
     config = settings()
 
-    async def run():
+    async def run() -> int:
         async with open_store(config, community) as store:
             return await export_preferences(store, out, format, split=split, eval_fraction=config.eval_fraction)
 
@@ -116,7 +120,7 @@ def stats(
 
     config = settings()
 
-    async def run():
+    async def run() -> dict[str, Any]:
         async with open_store(config, community) as store:
             return await preference_stats(store)
 
@@ -146,7 +150,7 @@ def list_(
 
     config = settings()
 
-    async def run():
+    async def run() -> list[PreferenceRecord]:
         async with open_store(config, community) as store:
             return await list_preferences(store, status=status, limit=limit)
 
@@ -164,14 +168,14 @@ def list_(
 
 
 def _decide(ids: list[int], all_pending: bool, status: str, community: str | None) -> None:
+    from data.errors import StoreError
     from data.preferences import list_preferences, set_preference_status
-    from data.store import StoreError
 
     if bool(ids) == all_pending:
         fail("name the records (IDs) or pass --all-pending, not both")
     config = settings()
 
-    async def run():
+    async def run() -> int:
         async with open_store(config, community) as store:
             targets = ids or [r.id for r in await list_preferences(store, status="pending")]
             for preference_id in targets:

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from bot.cli.common import Community, console, fail, open_ollama, open_store, print_json, settings
 from trainer.progress import RunProgress
 
+if TYPE_CHECKING:
+    from bot.retrain.orchestrator import Orchestrator
+    from bot.settings import Settings
+    from data.models import RetrainRun
+
+T = TypeVar("T")
+
 app = typer.Typer(help="Retrain proposals and runs (the bot announces them in Discord).", no_args_is_help=True)
 
 
-def _run_line(run: Any, queued: int | None = None) -> dict[str, Any]:
+def _run_line(run: RetrainRun, queued: int | None = None) -> dict[str, Any]:
     return {"id": run.id, "community": run.community, "state": run.state, "reason": run.reason,
             "progress": run.progress, "queue_position": queued,
             "new_examples": (run.summary or {}).get("new_examples"), "created_at": run.created_at,
             "finished_at": run.finished_at}
 
 
-async def _with_orchestrator(cfg: Any, community: str | None, work: Any) -> Any:
+async def _with_orchestrator(cfg: Settings, community: str | None, work: Callable[[Orchestrator], Awaitable[T]]) -> T:
     from bot.retrain.dispatch import make_dispatcher
     from bot.retrain.orchestrator import Orchestrator
 
@@ -35,7 +43,7 @@ async def _with_orchestrator(cfg: Any, community: str | None, work: Any) -> Any:
 @app.command()
 def propose(as_json: bool = typer.Option(False, "--json"), community: Community = None) -> None:
     """Open a retrain proposal now; the bot posts it to the community's experts channel for approval."""
-    from data.store import StoreError
+    from data.errors import StoreError
 
     cfg = settings()
     try:
@@ -55,7 +63,7 @@ def status(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Opt
     every community waiting)."""
     from data import runs
 
-    async def work():
+    async def work() -> list[tuple[RetrainRun, int | None]]:
         async with open_store(cfg, community) as store:
             recent = await runs.list_runs(store, limit)
             return [(run, await runs.queue_position(store, run.id)) for run in recent]
@@ -78,9 +86,9 @@ def status(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Opt
 def cancel(run_id: int = typer.Argument(None, help="Default: the open one."), community: Community = None) -> None:
     """Stop the open proposal or the running retrain; the active model is untouched."""
     from data import runs
-    from data.store import StoreError
+    from data.errors import StoreError
 
-    async def work(orchestrator):
+    async def work(orchestrator: Orchestrator) -> RetrainRun:
         target = run_id
         if target is None:
             run = await runs.open_run(orchestrator.store)

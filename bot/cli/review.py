@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import math
 import string
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import Community, console, err_console, fail, open_store, plural, print_json, settings
+
+if TYPE_CHECKING:
+    from data.models import Example, Rating
+    from data.store import RatingOutcome
 
 app = typer.Typer(help="List, approve and reject the examples waiting for review.", no_args_is_help=True)
 
@@ -69,7 +73,7 @@ def list_(
         fail(f"--status must be pending, approved or rejected, not {status!r}")
     config = settings()
 
-    async def run():
+    async def run() -> list[Example]:
         async with open_store(config, community) as store:
             return await store.list_examples(status=status)
 
@@ -99,7 +103,7 @@ def list_(
 
 def _decide(ids: list[int], all_pending: bool, status: str, json_out: bool, community: str | None,
             allow_placeholders: bool = False) -> None:
-    from data.store import StoreError
+    from data.errors import StoreError
 
     if bool(ids) == all_pending:
         fail(f"name the examples to {status[:-1]} (IDs) or pass --all-pending, not both")
@@ -162,11 +166,11 @@ def show(
     community: Community = None,
 ) -> None:
     """One example in full: its messages, status, ratings, tags and source."""
-    from data.store import StoreError
+    from data.errors import StoreError
 
     config = settings()
 
-    async def run():
+    async def run() -> tuple[Example, list[Rating]]:
         async with open_store(config, community) as store:
             try:
                 return await store.get_example(example_id), await store.ratings_for(example_id)
@@ -207,7 +211,7 @@ def rate(
     community: Community = None,
 ) -> None:
     """Rate an example as an expert; once enough experts rated it, the mean approves or rejects it."""
-    from data.store import StoreError
+    from data.errors import StoreError
 
     try:
         rater_number = rater_id(rater)
@@ -215,7 +219,7 @@ def rate(
         fail(str(exc))
     config = settings()
 
-    async def run():
+    async def run() -> RatingOutcome:
         async with open_store(config, community) as store:
             try:
                 return await store.rate(example_id, rater_number, score, comment)

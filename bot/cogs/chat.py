@@ -15,14 +15,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat import NO_MENTIONS, conversation_for, hidden_note, message_text
+from bot.chat import NO_MENTIONS, conversation_for, hidden_note, message_text, reply_to
 from bot.permissions import say
 from bot.views import FeedbackButton, UsedPairsButton, feedback_view
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
-
-    Interaction = discord.Interaction[LoraloopBot]
+    from bot.permissions import Interaction
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class ChatCog(commands.Cog):
         try:
             conversation = await conversation_for(message, me.id, store=chat.store, reads_all=reads_all)
             await chat.answer(
-                conversation.turns, send_first,
+                conversation.turns, send_first, send_more=reply_to,
                 note=hidden_note(conversation.hidden) if conversation.hidden else "",
                 make_view=feedback_view, guild_id=guild_id, channel_id=message.channel.id,
                 user_id=message.author.id,
@@ -107,8 +106,8 @@ class ChatCog(commands.Cog):
 
         # Later chunks are follow-ups too: they need no permission in the channel, where a reply would.
         async def more(previous: discord.Message, text: str, view: discord.ui.View | None) -> discord.Message:
-            extra = {"view": view} if view is not None else {}
-            return await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS, **extra)
+            return await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS,
+                                                   view=view if view is not None else discord.utils.MISSING)
 
         await self.bot.chat_for(community).answer(
             [{"role": "user", "content": question}], first, send_more=more, make_view=feedback_view,

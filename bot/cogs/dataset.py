@@ -19,8 +19,7 @@ from data.preferences import preference_summary
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
-
-    Interaction = discord.Interaction[LoraloopBot]
+    from bot.permissions import Interaction
 
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's limit without boosts, when the interaction does not say
 UPLOAD_TOO_LARGE = 40005  # Discord's error code for an upload over the limit
@@ -31,7 +30,7 @@ class DatasetCog(commands.GroupCog, group_name="dataset", group_description="The
         self.bot = bot
         super().__init__()
 
-    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]  # see Interaction
         return await require_community(interaction)
 
     @app_commands.command(name="stats", description="Counts by status and source, agreement, new examples.")

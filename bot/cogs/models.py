@@ -27,8 +27,7 @@ from deploy.options import serve_options_from
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
-
-    Interaction = discord.Interaction[LoraloopBot]
+    from bot.permissions import Interaction
 
 
 def eval_table(version: ModelVersion) -> str:
@@ -73,7 +72,7 @@ class ModelsCog(commands.GroupCog, group_name="model", group_description="The an
         # The blind comparison's buttons too: quality lives with the models.
         self.bot.add_dynamic_items(RollbackButton, CompareButton)
 
-    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]  # see Interaction
         return await require_community(interaction)
 
     @app_commands.command(name="status", description="Which model answers, since when, how it scored, how it is liked.")

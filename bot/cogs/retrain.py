@@ -25,14 +25,14 @@ from bot.retrain import scheduler as retrain_scheduler
 from bot.retrain.dispatch import make_dispatcher
 from bot.retrain.orchestrator import Orchestrator, orchestrators
 from data import runs
+from data.errors import RunInProgress, StoreError
 from data.models import RUN_TERMINAL, RetrainRun
-from data.store import RunInProgress, Store, StoreError
+from data.store import Store
 from trainer.progress import RunProgress, Stage
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
-
-    Interaction = discord.Interaction[LoraloopBot]
+    from bot.permissions import Interaction
 
 log = logging.getLogger("loraloop.bot.retrain")
 NONE = discord.AllowedMentions.none()
@@ -155,11 +155,11 @@ class RetrainButton(IdButton, template=r"ll:rt:(?P<kind>approve|reject|promote|d
         self.kind, self.run_id = kind, run_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: Interaction, item: discord.ui.Item[Any],
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> RetrainButton:
         return cls(match["kind"], int(match["run"]))
 
-    async def callback(self, interaction: Interaction) -> None:
+    async def callback(self, interaction: Interaction) -> None:  # type: ignore[override]  # see Interaction
         bot = interaction.client
         cog = bot.retrain
         if cog is None:
@@ -212,7 +212,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         for name, orch in self.orchestrators.items():  # the gate's with-retrieval table: the community's own index
             retrievers = getattr(bot, "retrievers", None)
             orch.retriever = retrievers.of(name) if retrievers is not None else bot.retrieval
-        self.scheduler: Any = None
+        self.scheduler: retrain_scheduler.RetrainScheduler | None = None
         self._progress_latest: dict[int, RetrainRun] = {}  # run id -> the newest state not yet shown
         self._progress_editors: dict[int, asyncio.Task[None]] = {}
         super().__init__()
@@ -250,7 +250,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         retrain_scheduler.bind(None)
         self.bot.retrain = None
 
-    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]  # see Interaction
         """A retrain is a community's: refused (one line) outside a configured guild."""
         refusal = permissions.community_refusal(self.bot.settings, interaction.guild_id)
         if refusal is not None or self.orchestrator_of(interaction.guild_id) is None:
@@ -350,7 +350,7 @@ class RetrainCog(commands.GroupCog, group_name="retrain", group_description="Pro
         expires = discord.utils.format_dt(run.expires_at, "R") if run.expires_at else "soon"
         await channel.send(f"⏰ Retrain proposal #{run.id} expires {expires} with {len(votes.approvals)}/"
                            f"{self.bot.settings.retrain_quorum} approvals.", allowed_mentions=NONE,
-                           reference=_reference(run))
+                           reference=_reference(run))  # type: ignore[arg-type]  # None is send's own default
 
     async def progress(self, run: RetrainRun) -> None:
         channel = self._channel(run)

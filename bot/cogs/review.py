@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import discord
 from discord import app_commands
 from discord.ext import commands
 
@@ -24,8 +23,7 @@ from bot.views import (
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
-
-    Interaction = discord.Interaction[LoraloopBot]
+    from bot.permissions import Interaction
 
 
 class ReviewCog(commands.Cog):
@@ -35,7 +33,7 @@ class ReviewCog(commands.Cog):
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(ReviewButton, PreferenceButton, BetterAnswerButton)
 
-    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]  # see Interaction
         return await require_community(interaction)
 
     @app_commands.command(name="review", description="Rate the next example waiting for review (experts).")

@@ -19,8 +19,7 @@ from data.importer import import_bytes
 
 if TYPE_CHECKING:
     from bot.app import LoraloopBot
-
-    Interaction = discord.Interaction[LoraloopBot]
+    from bot.permissions import Interaction
 
 FORMAT_CHOICES = [app_commands.Choice(name=f, value=f) for f in ("auto", *formats.FORMATS)]
 
@@ -29,7 +28,7 @@ class TeachCog(commands.Cog):
     def __init__(self, bot: LoraloopBot) -> None:
         self.bot = bot
 
-    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]  # see Interaction
         return await require_community(interaction)
 
     @app_commands.command(name="teach", description="Teach the bot a question and its answer.")

@@ -27,11 +27,11 @@ from bot.retrain.dispatch import TERMINAL_EVENTS, Dispatcher, DispatchError
 from bot.retrieval import Retriever, gate_with_retrieval
 from bot.settings import Settings, redact_text
 from data import quality, runs
-from data.errors import LoraloopError
-from data.models import RUN_DISPATCHED, RetrainRun, utcnow
+from data.errors import LoraloopError, NotFound, RunStateError, StoreError
+from data.models import RUN_DISPATCHED, RetrainRun, VersionStatus, utcnow
 from data.runs import VoteOutcome
 from data.snapshot import MANIFEST_FILE, parse_manifest
-from data.store import RunStateError, Store, StoreError
+from data.store import Store
 from deploy.config import DeployConfig
 from deploy.gate import GateResult
 from deploy.ollama import OllamaClient
@@ -314,7 +314,8 @@ class Orchestrator:
         if isinstance(ended, FailedEvent):
             return await self._fail(run_id, ended.reason or "the job failed")
         if isinstance(ended, CancelledEvent):
-            return await self._end(run_id, "cancelled", ended.reason or "cancelled", version_status="failed")
+            await self._end(run_id, "cancelled", ended.reason or "cancelled", version_status="failed")
+            return
         assert isinstance(ended, ResultEvent)
         run = await runs.get_run(self.store, run_id)
         gate = GateResult.from_dict(ended.gate)
@@ -326,7 +327,7 @@ class Orchestrator:
         result: dict[str, Any] = {"table": ended.table, "metrics": ended.metrics, "probes": ended.probes,
                                   "loss_curve": ended.loss_curve, "bytes_uploaded": ended.bytes_uploaded}
         result.update(passed=gate.passed, reason=gate.reason, scores=gate.scores)
-        version = await self.store.update_model_version(run.model_version_id, status="registered", in_ollama=True,
+        version = await self.store.update_model_version(_version_id(run), status="registered", in_ollama=True,
                                                         artifacts=ended.artifacts)
         await runs.set_run(self.store, run_id, result=result)
         # The job registered and judged the candidate; the rest is deploy/pipeline.py's one promotion path.
@@ -355,7 +356,7 @@ class Orchestrator:
     async def _promote(self, run_id: int) -> RetrainRun:
         """An expert's Promote on an evaluated candidate: the switch and retention of the one promotion path."""
         run = await runs.get_run(self.store, run_id)
-        version = await self.store.get_model_version(run.model_version_id)
+        version = await self.store.get_model_version(_version_id(run))
         config = self.deploy_config()
         try:
             await switch_to(self.store, self.client, version.tag, model_name=config.model_name,
@@ -434,7 +435,7 @@ class Orchestrator:
     async def _fail(self, run_id: int, reason: str) -> None:
         await self._end(run_id, "failed", reason, version_status="failed")
 
-    async def _end(self, run_id: int, state: str, reason: str, *, version_status: str,
+    async def _end(self, run_id: int, state: str, reason: str, *, version_status: VersionStatus,
                    expect: str | None = None) -> RetrainRun:
         # Every ending's reason is stored, logged and shown in Discord: exception texts (a job's, a driver's)
         # may carry a connection URL with its password.
@@ -475,6 +476,14 @@ def orchestrators(store: Store, settings: Settings, dispatcher: Dispatcher, clie
     sharing ``dispatcher`` (close them with ``release_dispatcher=False``, then the dispatcher once)."""
     return {name: Orchestrator(store.scoped(name), settings, dispatcher, client, notifier, **options)
             for name in settings.community_names()}
+
+
+def _version_id(run: RetrainRun) -> int:
+    """The candidate version a run recorded when it was snapshotted; NotFound for a run without one (never
+    snapshotted, or its version deleted since)."""
+    if run.model_version_id is None:
+        raise NotFound(f"retrain run #{run.id} has no model version")
+    return run.model_version_id
 
 
 def _read_files(directory: Path) -> dict[str, str]:

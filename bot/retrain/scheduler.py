@@ -72,7 +72,7 @@ async def housekeeping() -> None:
             log.exception("retrain housekeeping failed")
 
 
-class RetrainScheduler(AsyncIOScheduler):
+class RetrainScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APScheduler 3 ships no types: its classes are Any
     """The AsyncIOScheduler, plus ``stop``: let a running job finish, then shut down.
 
     APScheduler's own ``shutdown`` cancels a running coroutine job whatever ``wait`` says, and the bot closes

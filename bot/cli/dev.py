@@ -123,8 +123,11 @@ def ollama(
                           f"  export OLLAMA_HOST={server.url}\n  export LORALOOP_OLLAMA_BASE={tag}\n"
                           f"  # train on the same model: loraloop train --base {model_dir} …", highlight=False,
                           soft_wrap=True)
+            # Ctrl-C reaches whichever thread the kernel picks (llama.cpp's, the executor's); Python acts on it
+            # when the main thread next runs Python code, so the main thread wakes every half second: one long
+            # sleep woke only when the kernel happened to pick it, and otherwise never stopped.
             while True:
-                time.sleep(3600)
+                time.sleep(0.5)
         except KeyboardInterrupt:
             pass
         finally:

@@ -3,8 +3,14 @@ prompts fit, as under Ollama), and a taken port is said at once, in one line."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import platform
+import signal
 import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -57,3 +63,36 @@ def test_a_taken_port_is_one_line_before_any_model_is_built(tmp_path: Path) -> N
     assert f"cannot listen on 127.0.0.1:{port}" in result.output and "Try --port" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "models").exists()
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    """Send ``signum`` to one thread of process ``pid`` (Linux tgkill(2)), as the kernel may hand a Ctrl-C to it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(234, pid, tid, signum) != 0:  # SYS_tgkill on x86-64
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not Path("/proc/self/task").is_dir(),
+                    reason="tgkill by its x86-64 number, threads listed in /proc")
+def test_ctrl_c_stops_it_whichever_thread_receives_it(tmp_path: Path) -> None:
+    """A Ctrl-C the kernel delivers to another of the server's threads (llama.cpp's, the executor's) stops it too;
+    it used to stop it only when the main thread got the signal (the README walk-through hung now and then)."""
+    server = subprocess.Popen([sys.executable, "-m", "bot.cli", "dev", "ollama", "--tiny", "--port", "0", "--models",
+                               str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert server.stdout is not None
+    try:
+        output = ""
+        while "Ctrl-C stops it" not in output:
+            line = server.stdout.readline()
+            assert line, output
+            output += line
+        others = [int(t.name) for t in Path(f"/proc/{server.pid}/task").iterdir() if int(t.name) != server.pid]
+        assert others  # the server's own thread at least
+        _tgkill(server.pid, others[0], signal.SIGINT)
+        rest, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0, rest
+    assert rest.strip().splitlines()[-1].startswith("stopped the Ollama API on http://127.0.0.1:"), rest

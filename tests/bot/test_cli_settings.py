@@ -17,6 +17,14 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           env=base, timeout=120)
 
 
+def config_file(monkeypatch, tmp_path, text: str):
+    """``text`` as loraloop.yaml in ``tmp_path``, the file LORALOOP_CONFIG_FILE names; its path."""
+    cfg = tmp_path / "loraloop.yaml"
+    cfg.write_text(text)
+    monkeypatch.setenv("LORALOOP_CONFIG_FILE", str(cfg))
+    return cfg
+
+
 def test_bot_without_token_names_the_setting(tmp_path):
     result = run_cli("bot", env={"LORALOOP_HOME": str(tmp_path)})
     assert result.returncode == 2
@@ -35,9 +43,8 @@ def test_settings_defaults_and_env(monkeypatch, tmp_path):
 
 def test_settings_from_yaml_file(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    cfg = tmp_path / "loraloop.yaml"
-    cfg.write_text("model_name: physics\nrating_quorum: 3\nguilds:\n  42:\n    expert_role_ids: [7]\n")
-    monkeypatch.setenv("LORALOOP_CONFIG_FILE", str(cfg))
+    config_file(monkeypatch, tmp_path,
+                "model_name: physics\nrating_quorum: 3\nguilds:\n  42:\n    expert_role_ids: [7]\n")
     monkeypatch.setenv("LORALOOP_RATING_QUORUM", "4")
     s = Settings()
     assert s.model_name == "physics"
@@ -60,11 +67,9 @@ def test_deploy_settings_reach_the_deploy_config(monkeypatch, tmp_path):
 
 def test_grouped_settings_read_by_their_nested_and_their_flat_names(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    cfg = tmp_path / "loraloop.yaml"
-    cfg.write_text("deploy:\n  mode: gguf\n  keep_versions: 5\ngate_paraphrases: 2\n"
-                   "review:\n  approve_mean: 4.5\nrating_quorum: 3\n")
+    config_file(monkeypatch, tmp_path, "deploy:\n  mode: gguf\n  keep_versions: 5\ngate_paraphrases: 2\n"
+                                       "review:\n  approve_mean: 4.5\nrating_quorum: 3\n")
     (tmp_path / ".env").write_text("LORALOOP_QUALITY_MIN_VOTES=30\nLORALOOP_DEPLOY__MIN_EVAL=4\n")
-    monkeypatch.setenv("LORALOOP_CONFIG_FILE", str(cfg))
     monkeypatch.setenv("LORALOOP_DEPLOY__GATE_MARGIN", "0.1")
     monkeypatch.setenv("LORALOOP_DEPLOY_QUANTIZE", "q8_0")
     monkeypatch.setenv("LORALOOP_REVIEW__COMPARE_QUESTIONS", "7")
@@ -95,8 +100,7 @@ def test_both_spellings_of_one_setting_in_one_place_are_refused(monkeypatch, tmp
     cfg = tmp_path / "loraloop.yaml"
     keywords = {}
     if where == "yaml":
-        cfg.write_text("deploy_mode: gguf\ndeploy:\n  mode: adapter\n")
-        monkeypatch.setenv("LORALOOP_CONFIG_FILE", str(cfg))
+        config_file(monkeypatch, tmp_path, "deploy_mode: gguf\ndeploy:\n  mode: adapter\n")
     elif where == "env":
         monkeypatch.setenv("LORALOOP_DEPLOY_MODE", "gguf")
         monkeypatch.setenv("LORALOOP_DEPLOY__MODE", "adapter")
@@ -111,9 +115,8 @@ def test_both_spellings_of_one_setting_in_one_place_are_refused(monkeypatch, tmp
 
 def test_between_places_the_usual_order_decides_whichever_spelling_each_used(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    cfg = tmp_path / "loraloop.yaml"
-    cfg.write_text("deploy_mode: adapter\ndeploy:\n  keep_versions: 5\nreview:\n  rating_quorum: 3\n")
-    monkeypatch.setenv("LORALOOP_CONFIG_FILE", str(cfg))
+    config_file(monkeypatch, tmp_path,
+                "deploy_mode: adapter\ndeploy:\n  keep_versions: 5\nreview:\n  rating_quorum: 3\n")
     monkeypatch.setenv("LORALOOP_DEPLOY__MODE", "gguf")
     monkeypatch.setenv("LORALOOP_RATING_QUORUM", "4")
     s = Settings()

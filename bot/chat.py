@@ -35,6 +35,7 @@ import logging
 import math
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, Self, TypeVar
@@ -433,6 +434,16 @@ class Chat:
         self.ollama = ollama
         self.clock = clock
         self.retrieval = retrieval
+        # One Discord write at a time per channel, shared by the answers streaming there (see _Showing).
+        self._channel_writes: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _writes(self, channel_id: int | None) -> asyncio.Lock:
+        if channel_id is None:
+            return asyncio.Lock()
+        lock = self._channel_writes.get(channel_id)
+        if lock is None:
+            lock = self._channel_writes[channel_id] = asyncio.Lock()
+        return lock
 
     async def active_model(self) -> tuple[str, int | None]:
         """The tag the store marks active, or the configured base before any fine-tune was promoted (and always
@@ -465,7 +476,7 @@ class Chat:
         history = [{**turn, "content": neutralise_controls(turn["content"])} for turn in history]
         retrieved = await self.retrieval.retrieve(history, version_id) if self.retrieval else Retrieved()
         limits = AnswerLimits.from_settings(self.settings)
-        view_of = _Showing(send_first, send_more)
+        view_of = _Showing(send_first, send_more, self._writes(channel_id))
         served = serve_options_from(self.settings)
         # The served context: a fine-tune carries these options (written at deploy), the base gets them below.
         budget = prompt_budget(int(served.get("num_ctx") or DEFAULT_NUM_CTX), limits.max_tokens)
@@ -590,10 +601,18 @@ class _Reply:
 
 class _Showing(Generic[P]):
     """One answer's Discord messages: live updates that coalesce (the newest text wins), a final render that
-    waits for the update in flight, and the first refusal from Discord ending all showing (logged once)."""
+    waits for the update in flight, and the first refusal from Discord ending all showing (logged once).
 
-    def __init__(self, send_first: Send[P], send_more: SendMore[P]) -> None:
+    ``writes`` is held around each edit, one lock per channel: the answers streaming into one channel share its
+    edit bucket, and discord.py counts the bucket's room from the headers of each answer as it lands. Two edits
+    in flight at once can be answered out of order, and the older answer's count then lets discord.py send an
+    edit the bucket has no room for (a 429: retried, but counted towards Discord's invalid-request limit, docs
+    topics/rate-limits). One at a time, every answer's count is current. New messages (one or a few per answer,
+    after the typing indicator) do not wait on it."""
+
+    def __init__(self, send_first: Send[P], send_more: SendMore[P], writes: asyncio.Lock) -> None:
         self.send_first, self.send_more = send_first, send_more
+        self.writes = writes
         self.sent: list[P] = []
         self.shown: list[str] = []
         self.error: str | None = None
@@ -643,13 +662,16 @@ class _Showing(Generic[P]):
             extra: dict[str, Any] = {"view": view} if (last and view is not None) else {}
             if i < len(sent):
                 if shown[i] != chunk or (last and force_last):
-                    sent[i] = await sent[i].edit(content=chunk, allowed_mentions=NO_MENTIONS, **extra) or sent[i]
+                    async with self.writes:
+                        edited = await sent[i].edit(content=chunk, allowed_mentions=NO_MENTIONS, **extra)
+                    sent[i] = edited or sent[i]
                     shown[i] = chunk
             elif not sent:
                 sent.append(await self.send_first(chunk))
                 shown.append(chunk)
                 if extra:
-                    await sent[0].edit(view=view)
+                    async with self.writes:
+                        await sent[0].edit(view=view)
             else:
                 sent.append(await self.send_more(sent[-1], chunk, view if extra else None))
                 shown.append(chunk)

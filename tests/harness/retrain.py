@@ -17,7 +17,7 @@ from data.communities import guild_community, lineage_name
 from data.conversation import Conversation
 from data.models import Answer
 from data.snapshot import MANIFEST_FILE, parse_manifest
-from deploy.config import DeployConfig
+from deploy.config import DeployConfig, DeploySettings
 from tests.harness.bot import make_settings, mention, start_bot
 from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 from tests.harness.polling import wait_until
@@ -39,11 +39,18 @@ def tag(n: int, community: str = COMMUNITY) -> str:
     return f"loraloop-{lineage_name('tiny', community)}:v{n}"
 
 
+# The product's gate, every dimension on (deploy/config.py DeploySettings defaults).
+FULL_GATE = {f"gate_{name}": DeploySettings.model_fields[name].default for name in ("paraphrases", "consistency_n")}
+
+
 def loop_settings(tmp_path: Path, ollama_url: str, base_dir: Path, **overrides) -> Settings:
     """The bot's test settings (tests/harness/bot.py) for a whole retrain of the tiny model."""
     values = dict(
         home=tmp_path / "home", model_name="tiny", base_model=str(base_dir), ollama_base=BASE,
         retrain_quorum=2, retrain_train=dict(TRAIN), deploy_eval_limit=3, deploy_outtype="f32",
+        # The gate's reworded and repeated questions (~30 more chats, 2.5 s a run of the tiny model): the full loop
+        # asks for them (FULL_GATE), as do the gate's own tests and the real-model test; fault and queue tests not.
+        gate_paraphrases=0, gate_consistency_n=0,
         worker_heartbeat_timeout_s=3, worker_home=tmp_path / "worker", redis_url=REDIS_URL or "redis://127.0.0.1:6379/15",
         worker_job_secret=JOB_SECRET,
         guilds={GUILD_ID: GuildRoles(expert_role_ids=[EXPERT_ROLE], admin_role_ids=[ADMIN_ROLE],
@@ -147,6 +154,14 @@ async def full_loop(settings, discord_api, base_server) -> None:
         # The gate's second table, measured by the bot after the job's verdict: for information, under it.
         assert "with retrieval (for information; the verdict above judged the weights alone)" in final.json["content"]
         assert active.evaluation["with_retrieval"]["prompts"] == done.result["scores"]["candidate"]["count"]
+        # The whole gate ran where asked (FULL_GATE): the base reworded the eval questions, the probes were answered
+        # n times by both models at the served sampling.
+        gate, asked = active.evaluation, settings.deploy
+        assert ("paraphrased_by" in gate["paraphrase"]) == bool(asked.paraphrases)
+        if asked.consistency_n >= 2:
+            consistency = gate["consistency"]
+            assert consistency["n"] == asked.consistency_n and consistency["probes"] >= 1
+            assert {"candidate", "active"} <= consistency.keys()
         print(f"\n[{settings.dispatcher}] approval → promoted in {time.monotonic() - t0:.1f} s")
 
         # ---- the next answer comes from the new version ---------------------------------------------------

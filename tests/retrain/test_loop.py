@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.retrain import full_loop, loop_settings
+from tests.harness.retrain import FULL_GATE, full_loop, loop_settings
 
 pytestmark = pytest.mark.slow
 
 
 async def test_full_loop_local_dispatcher(tmp_path, discord_api, base_server, tiny_llama_dir):
-    settings = loop_settings(tmp_path, base_server.url, tiny_llama_dir, dispatcher="local")
+    settings = loop_settings(tmp_path, base_server.url, tiny_llama_dir, dispatcher="local", **FULL_GATE)
     await full_loop(settings, discord_api, base_server)
 
 
 async def test_full_loop_celery_worker(tmp_path, discord_api, base_server, tiny_llama_dir, redis_url, start_worker):
-    settings = loop_settings(tmp_path, base_server.url, tiny_llama_dir, dispatcher="celery", redis_url=redis_url)
+    settings = loop_settings(tmp_path, base_server.url, tiny_llama_dir, dispatcher="celery", redis_url=redis_url,
+                             **FULL_GATE)
     start_worker(settings)
     await full_loop(settings, discord_api, base_server)

@@ -174,6 +174,9 @@ async def test_an_embedding_model_missing_from_the_server_leaves_retrieval_lexic
     settings = make_settings(tmp_path, ollama_server.url, embed_model="not-pulled")
     bot = await start_bot(settings)
     try:
+        # The start's own sync first: under load it may run after the pair is added, and then its embedding pass
+        # (the one that fails) can still be in flight when the sync below returns.
+        await bot.retrieval.wait_idle()
         pair = await bot.store.add_example(Conversation.qa(QUESTION, ANSWER), source="teach", status="approved")
         await bot.retrieval.sync()
         assert pair.id in bot.retrieval.index and bot.retrieval.index.dim is None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import random
@@ -211,12 +212,25 @@ def name_key(name: str) -> str | None:
 
 def gguf_facts(path: Path) -> dict[str, Any]:
     """The key/values of a GGUF file that decide how Ollama treats it (read with the ``gguf`` package):
-    ``general.type`` ("adapter" for a LoRA), ``general.architecture``, ``general.file_type`` and whether the
-    architecture has a ``pooling_type`` (an embedding model). Raises ValueError when the file does not decode."""
+    ``general.type`` ("adapter" for a LoRA), ``general.architecture``, ``general.file_type``, whether the
+    architecture has a ``pooling_type`` (an embedding model) and its ``context_length`` (None where it does not
+    say). Raises ValueError when the file does not decode.
+
+    Kept per file version (path, size, modification time): the reader decodes every key, a real vocabulary's
+    150,000 tokens included (~3.5 s a read), and a server asks about the same base again and again."""
+    try:
+        stat = Path(path).stat()
+    except OSError as exc:
+        raise ValueError(f"invalid file magic or corrupt GGUF: {exc}") from None
+    return dict(_gguf_facts(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _gguf_facts(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
     import gguf
 
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = gguf.GGUFReader(path)
     except Exception as exc:  # a truncated or fake GGUF
         raise ValueError(f"invalid file magic or corrupt GGUF: {exc}") from None
 
@@ -226,7 +240,7 @@ def gguf_facts(path: Path) -> dict[str, Any]:
 
     arch = value("general.architecture") or ""
     return {"type": value("general.type") or "", "architecture": arch, "file_type": value("general.file_type"),
-            "pooling": value(f"{arch}.pooling_type") is not None}
+            "pooling": value(f"{arch}.pooling_type") is not None, "context_length": value(f"{arch}.context_length")}
 
 
 # fs/ggml/type.go (v0.13.0) FileType names for the llama_ftype numbers a GGUF records.
@@ -1369,13 +1383,9 @@ class OllamaTestServer:
 
     def _trained_context(self, digest: str) -> int:
         """The context a GGUF model was trained for (``<arch>.context_length``; 2048 where it does not say)."""
-        import gguf
-
         if digest not in self._contexts:  # read once per blob: every chat asks
-            reader = gguf.GGUFReader(str(self.blob_path(digest)))
-            arch = reader.fields.get("general.architecture")
-            found = reader.fields.get(f"{arch.contents()}.context_length") if arch is not None else None
-            self._contexts[digest] = int(found.contents()) if found is not None else 2048
+            found = gguf_facts(self.blob_path(digest))["context_length"]
+            self._contexts[digest] = int(found) if found is not None else 2048
         return self._contexts[digest]
 
     @staticmethod

@@ -141,7 +141,8 @@ def test_loss_mask_is_each_answer_and_its_end_token(family, chat: str, system_pr
 # ---- a short real run: the model learns to stop --------------------------------------------------------
 # A 152k-token vocabulary makes every token's loss cost ~2,000x the tiny vocabulary's: few, short examples.
 RUN = {"cpu_threads": 1, "learning_rate": 2e-2, "max_steps": 6, "batch_size": 4, "max_length": 64,
-       "max_new_tokens": 2, "eval_generate": 1, "probes": [], "probe_eval_samples": 0, "warmup_ratio": 0}
+       "max_new_tokens": 2, "eval_generate": 1, "probes": [], "probe_eval_samples": 0, "warmup_ratio": 0,
+       "retention_prompts": 0, "replay_ratio": 0.0}
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.harness.stacks import FAULTHANDLER, abort_with_stacks
 
 DEFAULT_PORT = "11434"  # Ollama's, and loraloop dev ollama's
 SECTION = "Try the whole loop in 10 minutes on a laptop (no Discord, no GPU)"
@@ -65,8 +66,8 @@ def start_dev_ollama(step: Step, cwd: Path, env: dict[str, str]) -> tuple[subpro
     port = str(free_port())
     command = re.sub(r"--port \d+", "", step.command) + f" --port {port}"
     step.expected = step.expected.replace(DEFAULT_PORT, port)
-    server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env={**env, **FAULTHANDLER},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert server.stdout is not None
     exports: dict[str, str] = {}
     deadline = time.monotonic() + 300  # builds the tiny model and its GGUF once per machine
@@ -120,8 +121,7 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> list[Step]:
             try:
                 rest, _ = server.communicate(timeout=60)
             except subprocess.TimeoutExpired:
-                server.kill()
-                rest = "(did not stop within 60 s of Ctrl-C)"
+                rest = f"(did not stop within 60 s of Ctrl-C; its threads then:)\n{abort_with_stacks(server)}"
             steps.append(Step("Ctrl-C", output=rest, returncode=server.returncode))
     return steps
 

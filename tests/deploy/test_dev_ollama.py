@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from deploy.ollama_server import OllamaTestServer
+from tests.harness.stacks import FAULTHANDLER, abort_with_stacks
 
 pytestmark = pytest.mark.slow  # llama.cpp on the tiny model's GGUF
 
@@ -78,7 +79,8 @@ def test_ctrl_c_stops_it_whichever_thread_receives_it(tmp_path: Path) -> None:
     """A Ctrl-C the kernel delivers to another of the server's threads (llama.cpp's, the executor's) stops it too;
     it used to stop it only when the main thread got the signal (the README walk-through hung now and then)."""
     server = subprocess.Popen([sys.executable, "-m", "bot.cli", "dev", "ollama", "--tiny", "--port", "0", "--models",
-                               str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, **FAULTHANDLER})
     assert server.stdout is not None
     try:
         output = ""
@@ -89,7 +91,10 @@ def test_ctrl_c_stops_it_whichever_thread_receives_it(tmp_path: Path) -> None:
         others = [int(t.name) for t in Path(f"/proc/{server.pid}/task").iterdir() if int(t.name) != server.pid]
         assert others  # the server's own thread at least
         _tgkill(server.pid, others[0], signal.SIGINT)
-        rest, _ = server.communicate(timeout=30)
+        try:
+            rest, _ = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"did not stop within 30 s of Ctrl-C; its threads then:\n{abort_with_stacks(server)}")
     finally:
         if server.poll() is None:
             server.kill()

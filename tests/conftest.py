@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -56,6 +57,12 @@ pytest_plugins = [
 
 @pytest.hookimpl(trylast=True)  # after the terminal reporter exists
 def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a non-interactive shell (`make test &` in a script, nohup) inherits
+    # SIGINT ignored, and so would every process a test starts: a Ctrl-C sent to `loraloop dev ollama` or a trainer
+    # would then do nothing (Python installs its KeyboardInterrupt handler only where SIGINT is not ignored). The
+    # tests send Ctrl-C as a terminal does to a foreground command, so the processes they start get it as such.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         SERVICES.release()  # pytest-xdist's controller runs no test: each worker claims its own
     # The wide COLUMNS is for the CLI under test; pytest's report keeps the width of the terminal it prints to

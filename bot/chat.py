@@ -434,7 +434,7 @@ class Chat:
         self.ollama = ollama
         self.clock = clock
         self.retrieval = retrieval
-        # One Discord write at a time per channel, shared by the answers streaming there (see _Showing).
+        # One message edit at a time per channel, shared by the answers streaming there (see _Showing).
         self._channel_writes: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def _writes(self, channel_id: int | None) -> asyncio.Lock:

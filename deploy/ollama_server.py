@@ -438,7 +438,6 @@ class OllamaTestServer:
         self.url = ""
         self._lock = threading.RLock()
         self._llamas: dict[tuple[str, str | None, int], Any] = {}
-        self._contexts: dict[str, int] = {}  # model blob -> the context it was trained for (own_context)
         self._llama_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -1383,10 +1382,8 @@ class OllamaTestServer:
 
     def _trained_context(self, digest: str) -> int:
         """The context a GGUF model was trained for (``<arch>.context_length``; 2048 where it does not say)."""
-        if digest not in self._contexts:  # read once per blob: every chat asks
-            found = gguf_facts(self.blob_path(digest))["context_length"]
-            self._contexts[digest] = int(found) if found is not None else 2048
-        return self._contexts[digest]
+        found = gguf_facts(self.blob_path(digest))["context_length"]  # read once per file (gguf_facts keeps it)
+        return int(found) if found is not None else 2048
 
     @staticmethod
     def _apply_lora(llm: Any, path: Path) -> None:

@@ -31,8 +31,11 @@ from tests.harness.models import hf_tokenizer
 from tests.harness.polling import wait_until
 from tests.harness.retrain import EXPERTS, last_answer, loop_settings
 
-# Training a real model on CPU: longer than the suite's per-test limit (300 s), bounded here instead.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# Training a real model on CPU: longer than the suite's per-test limit (300 s), bounded here instead. Measured on
+# 2 cores under `-n 2`: 287 s on the fastest machine, up to 823 s on the slowest, the retrain (approval to promotion)
+# about two thirds of it. These bounds leave such a run about half again as much, so only a hang fails here.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+RETRAIN_LIMIT_S = 900
 
 BASE = "smollm2:135m-instruct-q4_1"
 EMBED = "all-minilm"
@@ -141,7 +144,7 @@ async def test_experts_teach_a_real_model_and_the_gate_keeps_what_it_knew(
             await gateway.click(buttons[0], message=discord_api.messages[run.message_id], user_id=expert,
                                 roles=[EXPERT_ROLE])
         t0 = time.monotonic()
-        done = await bot.get_cog("RetrainCog").orchestrator.wait(run.id, limit_s=600)
+        done = await bot.get_cog("RetrainCog").orchestrator.wait(run.id, limit_s=RETRAIN_LIMIT_S)
         timings["retrain"] = time.monotonic() - t0
         assert done.state == "promoted", (done.state, done.reason)
         active = await bot.store.active_model_version()

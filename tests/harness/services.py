@@ -4,12 +4,14 @@ claims a PostgreSQL database and a Redis db of its own, so two runs at once neve
 ``LORALOOP_TEST_POSTGRES_URL`` and ``LORALOOP_TEST_REDIS_URL`` arrive naming the servers; ``claim`` points them at
 what this process claimed (tests read them at import, so tests/conftest.py claims before importing any test) and
 ``Claims.release`` drops the database and frees the db. A claim is an open connection: a run that died without
-releasing leaves a database nobody is connected to, which the next claim drops, and a Redis db nobody holds.
+releasing leaves a database nobody is connected to, which the next claim drops, and a Redis db nobody holds. The
+databases a run's tests create are named after its claim (tests/harness/db.py): they go with it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 POSTGRES = "LORALOOP_TEST_POSTGRES_URL"
 REDIS = "LORALOOP_TEST_REDIS_URL"
 DATABASE_PREFIX = "loraloop_test_"
+RUN_DATABASE = re.compile(rf"{DATABASE_PREFIX}[0-9a-f]{{16}}")  # a run's claim; "<claim>_…": its tests' (db.py)
+TEMPLATE_SUFFIX = "_template"
 REDIS_CLIENT_NAME = "loraloop-tests"
 
 
@@ -64,25 +68,46 @@ def _claim_postgres(server_url: str, claims: Claims) -> str:
     except psycopg.Error as exc:
         raise RuntimeError(f"{POSTGRES}: cannot reach the test PostgreSQL ({exc})".strip()) from None
     with admin:
-        leftovers = admin.execute(
-            "select datname from pg_database d where starts_with(datname, %s) and not exists "
-            "(select 1 from pg_stat_activity a where a.datname = d.datname)", (DATABASE_PREFIX,)
-        ).fetchall()
-        for (leftover,) in leftovers:
-            try:
-                admin.execute(f'DROP DATABASE IF EXISTS "{leftover}"')
-            except psycopg.Error:
-                pass  # someone connected since, or it is not ours to drop
+        _drop_leftovers(admin)
         admin.execute(f'CREATE DATABASE "{name}"')
     holder = psycopg.connect(dsn(name), autocommit=True)
 
     def drop() -> None:
         holder.close()
         with psycopg.connect(dsn(url.database or "postgres"), autocommit=True) as conn:
+            for derived in _databases(conn, f"{name}_"):  # its tests' and their template
+                conn.execute(f'DROP DATABASE IF EXISTS "{derived}" WITH (FORCE)')
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     claims.release_steps.append(drop)
     return url.set(database=name).render_as_string(hide_password=False)
+
+
+def _databases(conn: Any, prefix: str, *, unconnected: bool = False) -> list[str]:
+    query = "select datname from pg_database d where starts_with(datname, %s)"
+    if unconnected:
+        query += " and not exists (select 1 from pg_stat_activity a where a.datname = d.datname)"
+    return [name for (name,) in conn.execute(query, (prefix,)).fetchall()]
+
+
+def _drop_leftovers(admin: Any) -> None:
+    """What runs that died left: their claims (which nobody holds any more), then every database named after a
+    claim that is gone. A live run's template and tests' databases are often unconnected between tests: they stay."""
+    import psycopg
+
+    unconnected = _databases(admin, DATABASE_PREFIX, unconnected=True)
+    claims = {n for n in _databases(admin, DATABASE_PREFIX) if RUN_DATABASE.fullmatch(n)}
+    live = claims - set(unconnected)
+
+    def claim_of(derived: str) -> str:
+        return derived[:len(DATABASE_PREFIX) + 16]
+
+    orphans = [n for n in unconnected if n not in claims and claim_of(n) not in live]
+    for leftover in [*orphans, *(n for n in unconnected if n in claims)]:
+        try:
+            admin.execute(f'DROP DATABASE IF EXISTS "{leftover}"')
+        except psycopg.Error:
+            pass  # someone connected since, or it is not ours to drop
 
 
 def _claim_redis(server_url: str, claims: Claims) -> str:

@@ -242,6 +242,10 @@ def test_deploy_run_and_models_cli(
     monkeypatch.setenv("LORALOOP_MODEL_NAME", "tiny")
     monkeypatch.setenv("LORALOOP_OLLAMA_BASE", BASE)
     monkeypatch.setenv("LORALOOP_SYSTEM_PROMPT", "")  # the tiny ChatML model was trained without one
+    # The command line's path, not the gate's every dimension (the full loop judges with all of them, FULL_GATE):
+    # a random tiny model rambles to num_predict, ~40 chats a deploy at the defaults.
+    monkeypatch.setenv("LORALOOP_DEPLOY__PARAPHRASES", "0")
+    monkeypatch.setenv("LORALOOP_DEPLOY__CONSISTENCY_N", "0")
     runner = CliRunner()
     for adapter in tiny_llama_adapters[:2]:
         ran = runner.invoke(app, ["deploy", "run", "--adapter", str(adapter), "--base", str(tiny_llama_dir),

@@ -18,6 +18,8 @@ from data.conversation import Conversation
 from data.models import Answer
 from data.snapshot import MANIFEST_FILE, parse_manifest
 from deploy.config import DeployConfig, DeploySettings
+from deploy.ollama import OllamaClient
+from deploy.promotion import rollback
 from tests.harness.bot import make_settings, mention, start_bot
 from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID, Gateway, message_with_buttons
 from tests.harness.polling import wait_until
@@ -41,6 +43,17 @@ def tag(n: int, community: str = COMMUNITY) -> str:
 
 # The product's gate, every dimension on (deploy/config.py DeploySettings defaults).
 FULL_GATE = {f"gate_{name}": DeploySettings.model_fields[name].default for name in ("paraphrases", "consistency_n")}
+
+
+GUILD_B, CHANNEL_B = GUILD_ID + 1, CHANNEL_ID + 1
+
+
+def two_communities(**overrides) -> dict:
+    """Settings overrides: the test guild is community acme, a second guild globex, each with its experts channel."""
+    roles = {"expert_role_ids": [EXPERT_ROLE], "admin_role_ids": [ADMIN_ROLE]}
+    return {"guilds": {GUILD_ID: GuildRoles(**roles, community="acme", experts_channel_id=CHANNEL_ID),
+                       GUILD_B: GuildRoles(**roles, community="globex", experts_channel_id=CHANNEL_B)},
+            **overrides}
 
 
 def loop_settings(tmp_path: Path, ollama_url: str, base_dir: Path, **overrides) -> Settings:
@@ -105,11 +118,20 @@ async def teach_and_rate(gateway: Gateway, api, bot, n: int = 2) -> None:
         assert (await bot.store.get_example(example.id)).status == "approved"
 
 
-async def full_loop(settings, discord_api, base_server) -> None:
-    """The whole loop, asserting at each step what experts and the model server see."""
+async def full_loop(settings, discord_api, base_server, *, beside: str | None = None,
+                    worker_pids: set[int] | None = None) -> None:
+    """The whole loop, asserting at each step what experts and the model server see.
+
+    ``beside``: a second server's community (two_communities) whose run is approved while the first trains: on the
+    local dispatcher it waits its turn in the one queue, then trains; on two Celery workers (``worker_pids``) both
+    train at once, one job on each. Each gets its own model; rolling the first back leaves the second answering.
+    """
+    community = settings.community_of_guild(GUILD_ID)
     bot = await start_bot(settings, run_scheduler=False)
     gateway = Gateway(bot, discord_api)
     gateway.add_guild()
+    if beside is not None:
+        gateway.add_guild(GUILD_B, channel_id=CHANNEL_B)
     try:
         await approved_examples(bot.store, 40)
         await teach_and_rate(gateway, discord_api, bot)
@@ -129,20 +151,36 @@ async def full_loop(settings, discord_api, base_server) -> None:
         await asyncio.gather(*(gateway.click(buttons[0], message=proposal, user_id=u, roles=[EXPERT_ROLE])
                                for u in EXPERTS[:2]))
         assert (await runs.get_run(bot.store, run.id)).state != "proposed"
-        orchestrator = bot.get_cog("RetrainCog").orchestrator
+        cog = bot.get_cog("RetrainCog")
+        orchestrator = cog.orchestrator_of(GUILD_ID)
         assert list(orchestrator._tasks) == [run.id]
         await wait_until(lambda: proposal["components"] == [])  # the buttons go; a stale client still clicks:
         await gateway.click(buttons[0], message=message_with_buttons(buttons), user_id=EXPERTS[2],
                             roles=[EXPERT_ROLE])
         assert "not waiting for this vote" in discord_api.reply_text()
 
+        other = other_run = None
+        if beside is not None:  # the second community's run, approved while the first is under way
+            other = cog.orchestrators[beside]
+            await approved_examples(other.store, 40, seed=1)
+            other_run = await other.propose()
+            for expert in EXPERTS[:2]:
+                await other.vote(other_run.id, expert, True)
+            if worker_pids is None:  # one local worker: it waits its turn, and says where it stands
+                async def waiting():
+                    waits = await runs.get_run(other.store, other_run.id)
+                    first = await runs.get_run(bot.store, run.id)
+                    return waits if waits.state == "snapshotted" and first.state == "training" else None
+                await wait_until(waiting, 60, f"{beside} to wait while {community} trains")
+                assert await runs.queue_position(other.store, other_run.id) == 1
+
         # ---- the run: live progress, then promotion -----------------------------------------------------------
         t0 = time.monotonic()
-        done = await orchestrator.wait(run.id, limit_s=170)
+        done = await orchestrator.wait(run.id, limit_s=240)  # a bound on a hang: two jobs may share the CPU
         assert done.state == "promoted", (done.state, done.reason)
         assert done.slot is None and done.result["passed"]
         active = await bot.store.active_model_version()
-        assert active.tag == tag(1) and active.id == done.model_version_id
+        assert active.tag == tag(1, community) and active.id == done.model_version_id
         assert base_server.get(active.tag) is not None
         status = discord_api.messages[done.status_message_id]
         edits = discord_api.find("PATCH", f"/messages/{done.status_message_id}")
@@ -150,7 +188,7 @@ async def full_loop(settings, discord_api, base_server) -> None:
         assert any("training" in (c.json or {}).get("content", "") for c in edits)
         [final] = [c for c in discord_api.find("POST", f"/channels/{CHANNEL_ID}/messages") if c.files]
         assert final.files[0][0] == f"retrain-{run.id}-loss.png" and final.files[0][1][:8] == b"\x89PNG\r\n\x1a\n"
-        assert "ROUGE-L" in final.json["content"] and f"now answers with `{tag(1)}`" in final.json["content"]
+        assert "ROUGE-L" in final.json["content"] and f"now answers with `{active.tag}`" in final.json["content"]
         # The gate's second table, measured by the bot after the job's verdict: for information, under it.
         assert "with retrieval (for information; the verdict above judged the weights alone)" in final.json["content"]
         assert active.evaluation["with_retrieval"]["prompts"] == done.result["scores"]["candidate"]["count"]
@@ -167,7 +205,34 @@ async def full_loop(settings, discord_api, base_server) -> None:
         # ---- the next answer comes from the new version ---------------------------------------------------
         await gateway.message(mention("what colour is lamp 1?"))
         answer = await wait_until(lambda: last_answer(bot), 20, "the bot's answer")
-        assert answer.model_tag == tag(1) and answer.model_version_id == active.id
-        assert base_server.requests_to("POST", "/api/chat")[-1]["model"] == tag(1)
+        assert answer.model_tag == active.tag and answer.model_version_id == active.id
+        assert base_server.requests_to("POST", "/api/chat")[-1]["model"] == active.tag
+
+        if other is not None and other_run is not None:
+            await _the_other_community(bot, base_server, orchestrator, (run, done), other, other_run, worker_pids)
     finally:
         await bot.close()
+
+
+async def _the_other_community(bot, base_server, orchestrator, first, other, other_run, worker_pids) -> None:
+    """full_loop's second community: its own run, queued or beside the first's, its own model, and its own
+    rollback."""
+    run, done = first
+    other_done = await other.wait(other_run.id, limit_s=240)
+    assert other_done.state == "promoted", (other_done.state, other_done.reason)
+    assert other_done.result["passed"]
+    events = await orchestrator.dispatcher.events(run.id, done.job_ref, 0)
+    other_events = await other.dispatcher.events(other_run.id, other_done.job_ref, 0)
+    if worker_pids is None:  # one worker: the second started after the first had finished
+        assert other_events[0]["event"] == "started" and other_events[0]["t"] >= events[-1]["t"]
+    else:  # each worker took one job (its own process), and each started before the other had finished
+        assert {events[0]["pid"], other_events[0]["pid"]} == worker_pids
+        assert events[0]["t"] < other_events[-1]["t"] and other_events[0]["t"] < events[-1]["t"]
+    mine, theirs = await bot.store.active_model_version(), await other.store.active_model_version()
+    assert theirs.tag == tag(1, other.store.community) and theirs.id == other_done.model_version_id
+    assert base_server.get(theirs.tag) is not None and theirs.tag != mine.tag
+    # rolling the first community back to its base leaves the second's model answering
+    async with OllamaClient(base_server.url) as client:
+        assert str(await rollback(bot.store, client)) == f"{BASE} (the base model)"
+    assert await bot.store.active_model_version() is None
+    assert (await other.store.active_model_version()).tag == theirs.tag

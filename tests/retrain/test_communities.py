@@ -8,7 +8,6 @@ model for real, through the local dispatcher and through two real ``loraloop wor
 from __future__ import annotations
 
 import asyncio
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from bot.retrain import scheduler as sched
 from bot.retrain.dispatch import LocalDispatcher, make_dispatcher
 from bot.retrain.orchestrator import orchestrators
-from bot.settings import CommunitySettings, GuildRoles
+from bot.settings import CommunitySettings
 from data import runs
 from data.communities import lineage_name
 from data.models import utcnow
@@ -26,21 +25,12 @@ from data.store import NotFound, Store
 from deploy.errors import DeployFailed
 from deploy.ollama import OllamaClient
 from deploy.promotion import AlreadyActive, apply_retention, fail_interrupted, promote, rollback
-from tests.harness.discord import ADMIN_ROLE, CHANNEL_ID, EXPERT_ROLE, GUILD_ID
+from tests.harness.discord import CHANNEL_ID, GUILD_ID
 from tests.harness.polling import wait_until
-from tests.harness.retrain import approved_examples, loop_settings, spec_for, tag
+from tests.harness.retrain import CHANNEL_B, GUILD_B, approved_examples, loop_settings, spec_for, two_communities
 from worker.job import WorkerPolicy
 
 BASE = "tiny-llama:base"
-GUILD_B, CHANNEL_B = GUILD_ID + 1, CHANNEL_ID + 1
-
-
-def two_communities(**overrides) -> dict:
-    """Settings overrides: the test guild is community acme, a second guild globex, each with its experts channel."""
-    roles = {"expert_role_ids": [EXPERT_ROLE], "admin_role_ids": [ADMIN_ROLE]}
-    return {"guilds": {GUILD_ID: GuildRoles(**roles, community="acme", experts_channel_id=CHANNEL_ID),
-                       GUILD_B: GuildRoles(**roles, community="globex", experts_channel_id=CHANNEL_B)},
-            **overrides}
 
 
 class Recorder:
@@ -193,80 +183,8 @@ async def test_the_scheduler_proposes_per_community_with_its_own_threshold(tmp_p
         assert (other.community, other.guild_id, other.channel_id) == ("globex", GUILD_B, CHANNEL_B)
 
 
-# ---- two communities, one worker: one after the other, each with its own model ------------------------------
-
-
-@pytest.mark.slow
-async def test_two_communities_retrain_one_after_the_other_on_one_local_worker(tmp_path, base_server,
-                                                                              tiny_llama_dir):
-    settings = loop_settings(tmp_path, base_server.url, tiny_llama_dir, dispatcher="local", **two_communities())
-    async with bot_orchestrators(settings, LocalDispatcher(tmp_path / "jobs", poll_s=0.1)) as orchs:
-        acme, globex = orchs["acme"], orchs["globex"]
-        await approved_examples(acme.store, 40)
-        await approved_examples(globex.store, 40, seed=1)
-        first, second = await acme.propose(), await globex.propose()
-        await approve(acme, first.id)
-        await approve(globex, second.id)
-
-        # globex's run waits for the one worker while acme's trains, and says where it stands
-        async def waiting():
-            run = await runs.get_run(globex.store, second.id)
-            other = await runs.get_run(acme.store, first.id)
-            return run if run.state == "snapshotted" and other.state == "training" else None
-        await wait_until(waiting, 60, "globex to wait while acme trains")
-        assert await runs.queue_position(globex.store, second.id) == 1
-
-        a_done = await acme.wait(first.id, limit_s=170)
-        b_done = await globex.wait(second.id, limit_s=170)
-        assert (a_done.state, b_done.state) == ("promoted", "promoted"), (a_done.reason, b_done.reason)
-        a_events = await acme.dispatcher.events(first.id, a_done.job_ref, 0)
-        b_events = await globex.dispatcher.events(second.id, b_done.job_ref, 0)
-        assert b_events[0]["event"] == "started" and b_events[0]["t"] >= a_events[-1]["t"]  # one after the other
-
-        a_model, b_model = await acme.store.active_model_version(), await globex.store.active_model_version()
-        assert (a_model.tag, b_model.tag) == (tag(1, "acme"), tag(1, "globex"))
-        assert a_model.id == a_done.model_version_id and b_model.id == b_done.model_version_id
-        assert base_server.get(a_model.tag) is not None and base_server.get(b_model.tag) is not None
-
-        # rolling acme back to its base leaves globex's model answering
-        async with OllamaClient(base_server.url) as client:
-            assert str(await rollback(acme.store, client)) == f"{BASE} (the base model)"
-        assert await acme.store.active_model_version() is None
-        assert (await globex.store.active_model_version()).tag == tag(1, "globex")
-
-
-# ---- two communities, two workers on one queue: at the same time ---------------------------------------------
-
-
-@pytest.mark.slow
-async def test_two_workers_train_two_communities_at_once(tmp_path, base_server, tiny_llama_dir, redis_url,
-                                                         start_worker):
-    settings = loop_settings(tmp_path, base_server.url, tiny_llama_dir, dispatcher="celery", redis_url=redis_url,
-                             **two_communities())
-    t0 = time.monotonic()
-    workers = [start_worker(settings) for _ in range(2)]  # the same queue, each serving one job at a time
-    ready = time.monotonic() - t0
-    async with bot_orchestrators(settings) as orchs:
-        acme, globex = orchs["acme"], orchs["globex"]
-        await approved_examples(acme.store, 40)
-        await approved_examples(globex.store, 40, seed=1)
-        first, second = await acme.propose(), await globex.propose()
-        t1 = time.monotonic()
-        await approve(acme, first.id)
-        await approve(globex, second.id)
-        a_done = await acme.wait(first.id, limit_s=240)
-        b_done = await globex.wait(second.id, limit_s=240)
-        both = time.monotonic() - t1
-        assert (a_done.state, b_done.state) == ("promoted", "promoted"), (a_done.reason, b_done.reason)
-        a_events = await acme.dispatcher.events(first.id, a_done.job_ref, 0)
-        b_events = await globex.dispatcher.events(second.id, b_done.job_ref, 0)
-    # each worker took one job (its own process), and each started before the other had finished
-    assert {a_events[0]["pid"], b_events[0]["pid"]} == {w.proc.pid for w in workers}
-    assert a_events[0]["t"] < b_events[-1]["t"] and b_events[0]["t"] < a_events[-1]["t"]
-    assert a_done.result["passed"] and b_done.result["passed"]
-    print(f"\n[two workers] both ready in {ready:.1f} s; both runs approved → promoted in {both:.1f} s "
-          f"(acme {a_events[-1]['t'] - a_events[0]['t']:.1f} s, globex {b_events[-1]['t'] - b_events[0]['t']:.1f} s "
-          f"on their workers)")
+# ---- two communities on the real loop: one after the other on one local worker, at once on two Celery workers:
+# the full loop of each dispatcher runs a second community beside it (tests/retrain/test_loop.py).
 
 
 # ---- the local dispatcher's queue ---------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def make_settings(tmp_path, ollama_url: str, **overrides) -> Settings:
 
 async def start_bot(settings: Settings, **options) -> LoraloopBot:
     """``options``: LoraloopBot's keyword arguments (dispatcher, run_scheduler, …)."""
-    seed_sqlite(settings.resolved_database_url)  # a new database: a copy of a migrated one (tests/harness/db.py)
+    await seed_sqlite(settings.resolved_database_url)  # a new database: a copy of a migrated one (tests/harness/db.py)
     # Scoped to the first community, as the bot's own: a test's bot.store.add_example teaches the test guild.
     store = Store(settings.resolved_database_url,
                   policy=settings.review.policy(),

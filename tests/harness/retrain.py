@@ -159,7 +159,7 @@ async def full_loop(settings, discord_api, base_server, *, beside: str | None = 
                             roles=[EXPERT_ROLE])
         assert "not waiting for this vote" in discord_api.reply_text()
 
-        other = other_run = None
+        second = None
         if beside is not None:  # the second community's run, approved while the first is under way
             other = cog.orchestrators[beside]
             await approved_examples(other.store, 40, seed=1)
@@ -173,6 +173,7 @@ async def full_loop(settings, discord_api, base_server, *, beside: str | None = 
                     return waits if waits.state == "snapshotted" and first.state == "training" else None
                 await wait_until(waiting, 60, f"{beside} to wait while {community} trains")
                 assert await runs.queue_position(other.store, other_run.id) == 1
+            second = (other, other_run)
 
         # ---- the run: live progress, then promotion -----------------------------------------------------------
         t0 = time.monotonic()
@@ -212,8 +213,8 @@ async def full_loop(settings, discord_api, base_server, *, beside: str | None = 
         models = [r["model"] for r in base_server.requests_to("POST", "/api/chat")[chats:]]
         assert active.tag in models, models
 
-        if other is not None and other_run is not None:
-            await _the_other_community(bot, base_server, orchestrator, (run, done), other, other_run, worker_pids)
+        if second is not None:
+            await _the_other_community(bot, base_server, orchestrator, (run, done), *second, worker_pids)
     finally:
         await bot.close()
 
